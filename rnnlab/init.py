@@ -1,0 +1,194 @@
+"""Initialisers, weight constraints and regularisers shared by every cell.
+
+The lecture's "differences to the official implementation": a special initialisation scheme, weight
+constraints and regularisation. Each is a small typed object a cell takes by keyword; nothing here
+knows about any particular cell beyond its weight groups:
+
+    kernel     weight_ih and weight_yh   (what reads x and y)
+    recurrent  weight_hh                 (what reads the state)
+    bias       bias_ih and bias_hh
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Init",
+    "MaxNorm",
+    "NonNeg",
+    "UnitNorm",
+    "L1L2",
+    "Constraints",
+    "Regularizers",
+    "regularization_loss",
+    "apply_constraints",
+]
+
+SCHEMES = ("uniform", "xavier_uniform", "xavier_normal", "orthogonal", "kaiming_uniform", "zeros")
+
+
+def _init_block(block: torch.Tensor, scheme: str, hidden_size: int) -> None:
+    """Initialise one gate's (H, fan_in) block in place."""
+    if scheme == "uniform":  # torch.nn's RNN default: U(-1/sqrt(H), 1/sqrt(H))
+        bound = 1.0 / math.sqrt(hidden_size)
+        nn.init.uniform_(block, -bound, bound)
+    elif block.numel() == 0:
+        return
+    elif scheme == "xavier_uniform":
+        nn.init.xavier_uniform_(block)
+    elif scheme == "xavier_normal":
+        nn.init.xavier_normal_(block)
+    elif scheme == "orthogonal":
+        nn.init.orthogonal_(block)
+    elif scheme == "kaiming_uniform":
+        nn.init.kaiming_uniform_(block, a=math.sqrt(5))
+    else:  # zeros
+        nn.init.zeros_(block)
+
+
+@dataclass(frozen=True)
+class Init:
+    """How a cell's weights start. Applied per gate block, so `orthogonal` makes each gate's
+    recurrent matrix orthogonal, as Keras does for the whole recurrent kernel.
+
+    Defaults are torch.nn's (every weight and bias U(-1/sqrt(H), 1/sqrt(H))); `Init.keras()` is
+    Keras's (Glorot-uniform kernels, orthogonal recurrent kernels, zero biases, forget bias 1).
+    """
+
+    kernel: str = "uniform"
+    recurrent: str = "uniform"
+    bias: str = "uniform"
+    unit_forget_bias: bool = False
+
+    def __post_init__(self):
+        for name in ("kernel", "recurrent", "bias"):
+            value = getattr(self, name)
+            if value not in SCHEMES:
+                raise ValueError(f"Init: {name} must be one of {SCHEMES}; got {value!r}")
+
+    @classmethod
+    def torch(cls) -> "Init":
+        return cls()
+
+    @classmethod
+    def keras(cls) -> "Init":
+        return cls("xavier_uniform", "orthogonal", "zeros", unit_forget_bias=True)
+
+    def apply(self, weight: torch.Tensor | None, scheme: str, hidden_size: int, blocks: int) -> None:
+        """Initialise a stacked (blocks*H, fan_in) weight or (blocks*H,) bias gate by gate."""
+        if weight is None:
+            return
+        with torch.no_grad():
+            for block in weight.chunk(blocks, dim=0):
+                _init_block(block if block.dim() > 1 else block.unsqueeze(1), scheme, hidden_size)
+
+
+# --- constraints: projections applied after each optimiser step -------------------------------
+
+
+@dataclass(frozen=True)
+class MaxNorm:
+    """Rescale each unit's incoming weights (a row of a torch (out, in) weight) to norm <= max_value."""
+
+    max_value: float = 3.0
+
+    def __call__(self, w: torch.Tensor) -> None:
+        if w.dim() < 2:
+            w.clamp_(-self.max_value, self.max_value)
+            return
+        norms = w.norm(dim=1, keepdim=True)
+        w.mul_(norms.clamp(max=self.max_value) / norms.clamp(min=1e-12))
+
+
+@dataclass(frozen=True)
+class NonNeg:
+    """Clip weights to be non-negative."""
+
+    def __call__(self, w: torch.Tensor) -> None:
+        w.clamp_(min=0.0)
+
+
+@dataclass(frozen=True)
+class UnitNorm:
+    """Rescale each unit's incoming weights to norm 1."""
+
+    def __call__(self, w: torch.Tensor) -> None:
+        if w.dim() < 2:
+            w.div_(w.norm().clamp(min=1e-12))
+        else:
+            w.div_(w.norm(dim=1, keepdim=True).clamp(min=1e-12))
+
+
+Constraint = Callable[[torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Constraint per weight group; None leaves a group free."""
+
+    kernel: Constraint | None = None
+    recurrent: Constraint | None = None
+    bias: Constraint | None = None
+
+
+# --- regularisers: loss terms the trainer adds ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class L1L2:
+    """l1 * sum|w| + l2 * sum w^2."""
+
+    l1: float = 0.0
+    l2: float = 0.0
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        loss = w.new_zeros(())
+        if self.l1:
+            loss = loss + self.l1 * w.abs().sum()
+        if self.l2:
+            loss = loss + self.l2 * w.pow(2).sum()
+        return loss
+
+
+Regularizer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Regularizers:
+    """Regulariser per weight group; `activity` penalises a runner's outputs (per element mean)."""
+
+    kernel: Regularizer | None = None
+    recurrent: Regularizer | None = None
+    bias: Regularizer | None = None
+    activity: Regularizer | None = None
+
+
+def regularization_loss(module: nn.Module) -> torch.Tensor:
+    """Sum of every regulariser in `module`: weight penalties of its cells plus the activity
+    penalties its runners recorded in their last forward. The trainer adds this to the loss."""
+    total = None
+    for sub in module.modules():
+        penalty = getattr(sub, "penalty", None)
+        if callable(penalty):
+            term = penalty()
+            if term is not None:
+                total = term if total is None else total + term
+    if total is None:
+        p = next(module.parameters(), None)
+        return torch.zeros(()) if p is None else p.new_zeros(())
+    return total
+
+
+def apply_constraints(module: nn.Module) -> None:
+    """Project every constrained weight of `module` back onto its set (call after optimiser.step())."""
+    with torch.no_grad():
+        for sub in module.modules():
+            constrain = getattr(sub, "constrain", None)
+            if callable(constrain):
+                constrain()

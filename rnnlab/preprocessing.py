@@ -1,0 +1,105 @@
+"""Preprocessing of inputs and outputs, and the readout f (the lecture: "both input and output can
+be preprocessed").
+
+Input maps turn raw x into what the cell reads (an embedding of token ids, an MLP). The readout f
+turns the cell's output into y. A feedback map is the output preprocessing: it turns y into the
+vector W multiplies at the next step, from the target under teacher forcing (`from_target`) or from
+the model's own output when running free (`from_output`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cells import ACTIVATIONS
+
+__all__ = ["MLP", "RawFeedback", "SoftmaxFeedback", "EmbeddingFeedback", "choose_token"]
+
+
+class MLP(nn.Module):
+    """Linear layers with an activation between them: sizes (in, hidden..., out)."""
+
+    def __init__(self, *sizes: int, activation: str = "tanh", dropout: float = 0.0):
+        super().__init__()
+        if len(sizes) < 2:
+            raise ValueError(f"MLP: sizes must name at least an input and an output size; got {sizes}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MLP: activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.activation, self.dropout = activation, dropout
+        self.in_features, self.out_features = sizes[0], sizes[-1]
+
+    def forward(self, x):
+        for i, linear in enumerate(self.linears):
+            if i:
+                x = F.dropout(ACTIVATIONS[self.activation](x), self.dropout, self.training)
+            x = linear(x)
+        return x
+
+
+def choose_token(logits: torch.Tensor, mode: str = "greedy", temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, C) logits -> (B,) token ids, greedy (argmax) or sampled at a temperature from the top k."""
+    if mode == "greedy":
+        return logits.argmax(dim=-1)
+    if mode != "sample":
+        raise ValueError(f"choose_token: mode must be 'greedy' or 'sample'; got {mode!r}")
+    if temperature <= 0:
+        raise ValueError(f"choose_token: temperature must be > 0; got {temperature}")
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class RawFeedback(nn.Module):
+    """Feed back y itself (regression, time series): y* under teacher forcing, y when free."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def from_target(self, targets: torch.Tensor) -> torch.Tensor:
+        if targets.dim() == 2:  # (B, T) of scalars
+            targets = targets.unsqueeze(-1)
+        return targets
+
+    def from_output(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+
+class SoftmaxFeedback(nn.Module):
+    """Feed back class probabilities: one-hot targets under teacher forcing, softmax(y) when free."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.size = num_classes
+
+    def from_target(self, targets: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(targets.long(), self.size).to(torch.get_default_dtype())
+
+    def from_output(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=-1)
+
+
+class EmbeddingFeedback(nn.Module):
+    """Feed back an embedding of a token: the given target token under teacher forcing, the token
+    chosen from the model's logits (greedy or sampled) when free."""
+
+    def __init__(self, num_classes: int, dim: int, choose: str = "greedy", temperature: float = 1.0,
+                 top_k: int | None = None):
+        super().__init__()
+        if choose not in ("greedy", "sample"):
+            raise ValueError(f"EmbeddingFeedback: choose must be 'greedy' or 'sample'; got {choose!r}")
+        self.embedding = nn.Embedding(num_classes, dim)
+        self.size, self.choose, self.temperature, self.top_k = dim, choose, temperature, top_k
+
+    def from_target(self, targets: torch.Tensor) -> torch.Tensor:
+        return self.embedding(targets.long())
+
+    def from_output(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.embedding(choose_token(logits.detach(), self.choose, self.temperature, self.top_k))
