@@ -1,0 +1,335 @@
+"""The ladder: each cell against the lecture's equations written out by hand, torch.nn equivalence,
+gradcheck, the options the 'official' implementations add, and clear errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rnnlab as R
+from rnnlab.cells import LADDER
+
+torch.manual_seed(0)
+I, H, O, B = 3, 4, 2, 5
+σ, tanh = torch.sigmoid, torch.tanh
+
+
+def lin(x, w, b=None):
+    return x @ w.T + (0 if b is None else b)
+
+
+def gate_blocks(cell, k):
+    """U_k, V_k, W_k, b_k of gate k, sliced from the fused weights."""
+    rows = slice(k * H, (k + 1) * H)
+    U = cell.weight_ih[rows]
+    V = cell.weight_hh[rows] if cell.weight_hh is not None else None
+    W = cell.weight_yh[rows] if cell.weight_yh is not None else None
+    b = cell.bias_ih[rows] + (cell.bias_hh[rows] if cell.bias_hh is not None else 0)
+    return U, V, W, b
+
+
+def z(cell, k, x, s, y):
+    """z_k = U_k x + V_k s + W_k y + b_k (eq. 1)."""
+    U, V, W, b = gate_blocks(cell, k)
+    out = lin(x, U) + b
+    if V is not None:
+        out = out + lin(s, V)
+    if W is not None:
+        out = out + lin(y, W)
+    return out
+
+
+@pytest.fixture
+def xsy():
+    return torch.randn(B, I), torch.randn(B, H), torch.randn(B, O)
+
+
+def test_vanilla_is_eq1(xsy):
+    x, s, y = xsy
+    cell = R.VanillaCell(I, H, O)
+    out, new = cell(x, s, y)
+    torch.testing.assert_close(new, tanh(z(cell, 0, x, s, y)))
+    torch.testing.assert_close(out, new)
+
+
+def test_vanilla_activation_is_choosable(xsy):
+    x, s, y = xsy
+    cell = R.VanillaCell(I, H, O, activation="relu")
+    torch.testing.assert_close(cell(x, s, y)[1], torch.relu(z(cell, 0, x, s, y)))
+
+
+@pytest.mark.parametrize("residual", ["after", "before"])
+def test_residual(xsy, residual):
+    x, s, y = xsy
+    cell = R.ResidualCell(I, H, O, residual=residual)
+    expected = s + tanh(z(cell, 0, x, s, y)) if residual == "after" else tanh(z(cell, 0, x, s, y) + s)
+    torch.testing.assert_close(cell(x, s, y)[1], expected)
+
+
+def test_input_gate(xsy):
+    x, s, y = xsy
+    cell = R.InputGatedCell(I, H, O)
+    i, r = σ(z(cell, 0, x, s, y)), tanh(z(cell, 1, x, s, y))
+    torch.testing.assert_close(cell(x, s, y)[1], s + i * r)
+
+
+def test_forget_gate(xsy):
+    x, s, y = xsy
+    cell = R.ForgetGatedCell(I, H, O)
+    i, f, r = σ(z(cell, 0, x, s, y)), σ(z(cell, 1, x, s, y)), tanh(z(cell, 2, x, s, y))
+    torch.testing.assert_close(cell(x, s, y)[1], f * s + i * r)
+
+
+def test_lstm_in_a_slide(xsy):
+    x, s_bar, y = xsy
+    s = torch.randn(B, H)
+    cell = R.LSTMCell(I, H, O)
+    # the gates read s_bar^{t-1} and y^{t-1}
+    r = tanh(z(cell, 2, x, s_bar, y))
+    i, f, o = σ(z(cell, 0, x, s_bar, y)), σ(z(cell, 1, x, s_bar, y)), σ(z(cell, 3, x, s_bar, y))
+    s_new = f * s + i * r
+    s_bar_new = o * tanh(s_new)
+    out, (h, c) = cell(x, (s_bar, s), y)
+    torch.testing.assert_close(c, s_new)
+    torch.testing.assert_close(h, s_bar_new)
+    torch.testing.assert_close(out, s_bar_new)
+
+
+def test_gru(xsy):
+    x, s, y = xsy
+    cell = R.GRUCell(I, H, O)
+    blk = lambda w, k: w[k * H:(k + 1) * H]
+    zx = [lin(x, blk(cell.weight_ih, k), blk(cell.bias_ih, k)) + lin(y, blk(cell.weight_yh, k)) for k in range(3)]
+    zh = [lin(s, blk(cell.weight_hh, k), blk(cell.bias_hh, k)) for k in range(3)]
+    r, u = σ(zx[0] + zh[0]), σ(zx[1] + zh[1])
+    n = tanh(zx[2] + r * zh[2])
+    torch.testing.assert_close(cell(x, s, y)[1], (1 - u) * n + u * s)
+
+
+def test_output_feedback_cell_ignores_state(xsy):
+    x, s, y = xsy
+    cell = R.OutputFeedbackCell(I, H, O)
+    assert cell.weight_hh is None
+    U, W, b = cell.weight_ih, cell.weight_yh, cell.bias_ih
+    out, new = cell(x, s, y)
+    torch.testing.assert_close(new, tanh(lin(x, U) + lin(y, W) + b))
+    torch.testing.assert_close(cell(x, torch.randn(B, H), y)[1], new)
+
+
+@pytest.mark.parametrize("name", ["forget", "lstm", "gru", "residual", "input"])
+def test_reads_state_false_is_linear_in_state(name):
+    cell = LADDER[name](I, H, O, reads_state=False)
+    assert cell.weight_hh is None
+    x, y = torch.randn(B, I), torch.randn(B, O)
+    s0 = cell.initial_state(B)
+    a = tuple(torch.randn(B, H) for _ in range(2)) if isinstance(s0, tuple) else torch.randn(B, H)
+    b = tuple(torch.randn(B, H) for _ in range(2)) if isinstance(s0, tuple) else torch.randn(B, H)
+    mem = lambda st: st[1] if isinstance(st, tuple) else st  # the linearly updated memory s
+    lerp = lambda u, v, t: tuple(p + t * (q - p) for p, q in zip(u, v)) if isinstance(u, tuple) else u + t * (v - u)
+    # s^t = A s^{t-1} + c  =>  the update of a mix is the mix of the updates
+    mixed = mem(cell(x, lerp(a, b, 0.3), y)[1])
+    torch.testing.assert_close(mixed, mem(lerp(cell(x, a, y)[1], cell(x, b, y)[1], 0.3)))
+
+
+# --- torch.nn equivalence ------------------------------------------------------------------------
+
+TORCH_PAIRS = [
+    (lambda: R.LSTMCell(I, H), lambda: torch.nn.LSTMCell(I, H)),
+    (lambda: R.GRUCell(I, H), lambda: torch.nn.GRUCell(I, H)),
+    (lambda: R.VanillaCell(I, H), lambda: torch.nn.RNNCell(I, H)),
+    (lambda: R.VanillaCell(I, H, activation="relu"), lambda: torch.nn.RNNCell(I, H, nonlinearity="relu")),
+]
+
+
+@pytest.mark.parametrize("ours, theirs", TORCH_PAIRS)
+def test_state_dict_loads_both_ways_and_agrees(ours, theirs):
+    a, t = ours(), theirs()
+    t.load_state_dict(a.state_dict(), strict=True)
+    a2 = ours()
+    a2.load_state_dict(t.state_dict(), strict=True)
+    x = torch.randn(B, I, requires_grad=True)
+    out_a, _ = a(x)
+    out_t = t(x)
+    out_t = out_t[0] if isinstance(out_t, tuple) else out_t
+    torch.testing.assert_close(out_a, out_t, atol=1e-5, rtol=1e-5)
+    ga = torch.autograd.grad(out_a.pow(2).sum(), [x, *a.parameters()])
+    gt = torch.autograd.grad(out_t.pow(2).sum(), [x, *t.parameters()])
+    for p, q in zip(ga, gt):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a2(x)[0], out_a)
+
+
+@pytest.mark.parametrize("ours, theirs", TORCH_PAIRS)
+def test_cell_conversion_helpers(ours, theirs):
+    a = ours()
+    t = R.to_torch_cell(a)
+    assert type(t) is type(theirs())
+    back = R.from_torch_cell(t)
+    assert type(back) is type(a)
+    x = torch.randn(B, I)
+    torch.testing.assert_close(back(x)[0], a(x)[0])
+
+
+def test_non_torch_cells_refuse_conversion():
+    with pytest.raises(ValueError, match="feedback"):
+        R.to_torch_cell(R.LSTMCell(I, H, O))
+    with pytest.raises(ValueError, match="no torch.nn counterpart"):
+        R.to_torch_cell(R.ForgetGatedCell(I, H))
+
+
+# --- gradcheck ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(LADDER))
+@pytest.mark.parametrize("feedback", [0, O])
+def test_gradcheck(name, feedback):
+    cell = LADDER[name](I, H, feedback).double()
+    x = torch.randn(2, I, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, feedback, dtype=torch.float64, requires_grad=True) if feedback else None
+    s0 = cell.initial_state(2, dtype=torch.float64)
+    s0 = tuple(torch.randn_like(p).requires_grad_() for p in s0) if isinstance(s0, tuple) else torch.randn_like(s0).requires_grad_()
+    params = list(cell.parameters())
+    # inputs, fed-back outputs and state
+    def g(*args):
+        x_, *rest = args
+        y_ = rest.pop(0) if feedback else None
+        s_ = (rest[0], rest[1]) if isinstance(s0, tuple) else rest[0]
+        return cell(x_, s_, y_)[1]
+
+    state_inputs = list(s0) if isinstance(s0, tuple) else [s0]
+    assert torch.autograd.gradcheck(g, [x] + ([y] if y is not None else []) + state_inputs)
+    # parameters: check d(loss)/d(param) against finite differences
+    def h(*ps):
+        out = torch.func.functional_call(cell, {n: p for (n, _), p in zip(cell.named_parameters(), ps)},
+                                         (x.detach(), s0 if not isinstance(s0, tuple) else tuple(t.detach() for t in s0), None if y is None else y.detach()))
+        return out[1]
+    assert torch.autograd.gradcheck(h, [p.detach().clone().requires_grad_() for p in params])
+
+
+# --- the official extras ------------------------------------------------------------------------
+
+def test_default_init_is_torch_uniform():
+    cell = R.LSTMCell(I, 64)
+    bound = 1 / 64 ** 0.5
+    for p in cell.parameters():
+        assert p.abs().max() <= bound
+
+
+def test_keras_init():
+    cell = R.LSTMCell(I, H, init=R.Init.keras())
+    for k in range(4):
+        blk = cell.weight_hh[k * H:(k + 1) * H]
+        torch.testing.assert_close(blk @ blk.T, torch.eye(H), atol=1e-5, rtol=0)
+    f = slice(H, 2 * H)
+    assert torch.all(cell.bias_ih[f] == 1) and torch.all(cell.bias_hh[f] == 0)
+    assert torch.all(cell.bias_ih[:H] == 0)
+
+
+def test_init_rejects_unknown_scheme():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        R.Init(kernel="glorot")
+
+
+def test_gate_activation_choosable(xsy):
+    x, s, y = xsy
+    cell = R.InputGatedCell(I, H, O, gate_activation="hard_sigmoid")
+    expected = s + F.hardsigmoid(z(cell, 0, x, s, y)) * tanh(z(cell, 1, x, s, y))
+    torch.testing.assert_close(cell(x, s, y)[1], expected)
+
+
+def test_deep_transition():
+    cell = R.VanillaCell(I, H, depth=3)
+    x, s = torch.randn(B, I), torch.randn(B, H)
+    l1, l2 = cell.transition[1], cell.transition[3]
+    u = tanh(lin(x, cell.weight_ih, cell.bias_ih) + lin(s, cell.weight_hh, cell.bias_hh))
+    expected = tanh(l2(tanh(l1(u))))
+    torch.testing.assert_close(cell(x, s)[1], expected)
+    lstm = R.LSTMCell(I, H, O, depth=2)
+    assert lstm.transition[-1].out_features == 4 * H
+    out, _ = lstm(torch.randn(B, I), None, torch.randn(B, O))
+    assert out.shape == (B, H)
+
+
+def test_recurrent_dropout_is_one_mask_per_sequence():
+    cell = R.VanillaCell(I, H, recurrent_dropout=0.5, activation="identity", bias=False)
+    runner = R.Recurrent(cell, implementation="reference")
+    with torch.no_grad():
+        cell.weight_ih.zero_()
+        cell.weight_hh.copy_(torch.eye(H))
+    state = torch.ones(1, H)
+    cell.train()
+    ys, _ = runner(torch.zeros(1, 4, I), state)
+    dropped = ys[0, 0] == 0
+    # the same units are dropped at every step: a unit zeroed once stays zero, a kept one doubles
+    for t in range(1, 4):
+        torch.testing.assert_close(ys[0, t] == 0, dropped)
+    cell.eval()
+    torch.testing.assert_close(runner(torch.zeros(1, 4, I), state)[0][0, -1], torch.ones(H))
+
+
+def test_input_dropout_only_in_training():
+    cell = R.VanillaCell(I, H, dropout=0.9)
+    x = torch.randn(B, I)
+    cell.eval()
+    a, b = cell(x)[0], cell(x)[0]
+    torch.testing.assert_close(a, b)
+    cell.train()
+    outs = {tuple(cell(x)[0].flatten().tolist()) for _ in range(5)}
+    assert len(outs) > 1
+
+
+def test_zoneout_expectation_at_eval(xsy):
+    x, s, y = xsy
+    cell = R.VanillaCell(I, H, O, zoneout=0.25).eval()
+    torch.testing.assert_close(cell(x, s, y)[1], 0.25 * s + 0.75 * tanh(z(cell, 0, x, s, y)))
+    cell.train()
+    new = cell(x, s, y)[1]
+    fresh = tanh(z(cell, 0, x, s, y))
+    assert torch.all(torch.isclose(new, s) | torch.isclose(new, fresh))
+
+
+def test_constraints_applied():
+    cell = R.LSTMCell(I, H, constraints=R.Constraints(kernel=R.MaxNorm(0.5), recurrent=R.NonNeg(), bias=R.UnitNorm()))
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.mul_(10)
+    R.apply_constraints(cell)
+    assert torch.all(cell.weight_ih.norm(dim=1) <= 0.5 + 1e-6)
+    assert torch.all(cell.weight_hh >= 0)
+    torch.testing.assert_close(cell.bias_ih.norm(), torch.tensor(1.0))
+
+
+def test_regularisers_sum_into_one_loss():
+    cell = R.ForgetGatedCell(I, H, regularizers=R.Regularizers(kernel=R.L1L2(l1=0.1), recurrent=R.L1L2(l2=0.2),
+                                                               activity=R.L1L2(l2=1.0)))
+    runner = R.Recurrent(cell)
+    ys, _ = runner(torch.randn(B, 3, I))
+    expected = 0.1 * cell.weight_ih.abs().sum() + 0.2 * cell.weight_hh.pow(2).sum() + ys.pow(2).sum()
+    torch.testing.assert_close(R.regularization_loss(runner), expected)
+    assert R.regularization_loss(R.Recurrent(R.LSTMCell(I, H))).item() == 0
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def test_cell_errors_name_argument_expected_and_actual():
+    cell = R.LSTMCell(I, H)
+    with pytest.raises(ValueError, match=r"LSTMCell: x must be \(B, 3\); got tensor \(5, 7\)"):
+        cell(torch.randn(B, 7))
+    with pytest.raises(ValueError, match="x must be"):
+        cell(torch.randn(B, 2, I))
+    with pytest.raises(ValueError, match="floating-point"):
+        cell(torch.ones(B, I, dtype=torch.long))
+    with pytest.raises(ValueError, match="y_prev given but LSTMCell has no output feedback"):
+        cell(torch.randn(B, I), None, torch.randn(B, O))
+    with pytest.raises(ValueError, match="state must be a tuple of 2 tensors"):
+        cell(torch.randn(B, I), torch.randn(B, H))
+    with pytest.raises(ValueError, match=r"state must be \(5, 4\); got tensor \(5, 9\)"):
+        cell(torch.randn(B, I), (torch.randn(B, 9), torch.randn(B, 9)))
+    with pytest.raises(ValueError, match=r"y_prev must be \(5, 2\)"):
+        R.GRUCell(I, H, O)(torch.randn(B, I), None, torch.randn(B, 3))
+    with pytest.raises(ValueError, match="hidden_size must be an int >= 1; got 0"):
+        R.VanillaCell(I, 0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        R.VanillaCell(I, H, activation="swoosh")
+    with pytest.raises(ValueError, match="dropout must be in"):
+        R.VanillaCell(I, H, dropout=1.0)
+    with pytest.raises(ValueError, match="reads_state must be False"):
+        R.OutputFeedbackCell(I, H, reads_state=True)

@@ -1,0 +1,157 @@
+"""Models: the feedback loop (teacher forcing, free running, scheduled sampling) and the lecture's
+unrolling patterns (many-to-many, single output, single input, no input, encoder-decoder)."""
+
+import pytest
+import torch
+from torch import nn
+
+import rnnlab as R
+
+torch.manual_seed(0)
+I, H, C, E = 3, 6, 5, 4  # input, hidden, classes, feedback embedding
+
+
+def token_model(input_size=I, layers=1, choose="greedy"):
+    core = R.Stacked.of(R.LSTMCell, input_size, H, layers, feedback_size=E)
+    return R.RecurrentModel(core, nn.Linear(H, C), feedback_map=R.EmbeddingFeedback(C, E, choose=choose))
+
+
+def test_many_to_many_without_feedback():
+    model = R.RecurrentModel(R.Recurrent(R.GRUCell(I, H)), nn.Linear(H, 2))
+    xs = torch.randn(2, 7, I)
+    ys, _ = model(xs)
+    torch.testing.assert_close(ys, model.readout(model.core(xs)[0]))
+    with pytest.raises(ValueError, match="teacher_forcing < 1 needs output feedback"):
+        model(xs, targets=torch.randn(2, 7, 2), teacher_forcing=0.5)
+
+
+def test_teacher_forcing_feeds_shifted_targets():
+    model = token_model()
+    xs, targets = torch.randn(2, 5, I), torch.randint(0, C, (2, 5))
+    ys, _ = model(xs, targets=targets)
+    fed = R.shift_right(model.feedback_map.embedding(targets))
+    ref, _ = model.core(xs, y_prev=fed)
+    torch.testing.assert_close(ys, model.readout(ref))
+    # the step-by-step loop with every coin on the target gives the same (parallel == serial)
+    loop, _ = model._closed_loop(xs, None, None, model.feedback_map.from_target(targets), 1.0)
+    torch.testing.assert_close(loop, ys)
+
+
+def test_free_running_feeds_own_choices():
+    model = token_model()
+    xs = torch.randn(2, 6, I)
+    ys, _ = model(xs)  # no targets: free running
+    state, y_fed, outs = model.core.initial_state(2), torch.zeros(2, E), []
+    for t in range(6):
+        out, state = model.core.step(xs[:, t], state, y_fed)
+        y = model.readout(out)
+        outs.append(y)
+        y_fed = model.feedback_map.embedding(y.argmax(-1))
+    torch.testing.assert_close(ys, torch.stack(outs, 1))
+    # teacher_forcing=0 with targets is free running too
+    torch.testing.assert_close(model(xs, targets=torch.randint(0, C, (2, 6)), teacher_forcing=0.0)[0], ys)
+
+
+def test_scheduled_sampling_mixes():
+    model = token_model()
+    xs, targets = torch.randn(64, 8, I), torch.randint(0, C, (64, 8))
+    tf, _ = model(xs, targets=targets)
+    free, _ = model(xs)
+    torch.manual_seed(1)
+    mixed, _ = model(xs, targets=targets, teacher_forcing=0.5)
+    assert not torch.allclose(mixed, tf) and not torch.allclose(mixed, free)
+    torch.testing.assert_close(mixed[:, 0], tf[:, 0])  # step 0 reads y^{-1} = 0 either way
+    with pytest.raises(ValueError, match=r"teacher_forcing must be in \[0, 1\]"):
+        model(xs, targets=targets, teacher_forcing=1.5)
+
+
+def test_raw_and_softmax_feedback():
+    core = R.Recurrent(R.OutputFeedbackCell(I, H, 1))
+    model = R.RecurrentModel(core, nn.Linear(H, 1), feedback_map=R.RawFeedback(1))
+    xs, targets = torch.randn(2, 4, I), torch.randn(2, 4, 1)
+    ys, _ = model(xs, targets=targets)
+    torch.testing.assert_close(ys, model.readout(core(xs, y_prev=R.shift_right(targets))[0]))
+    soft = R.RecurrentModel(R.Recurrent(R.GRUCell(I, H, C)), nn.Linear(H, C), feedback_map=R.SoftmaxFeedback(C))
+    free, _ = soft(xs)
+    assert free.shape == (2, 4, C)
+    with pytest.raises(ValueError, match="pass a feedback_map"):
+        R.RecurrentModel(core, nn.Linear(H, 1))
+    with pytest.raises(ValueError, match="feedback_map gives vectors of size 5"):
+        R.RecurrentModel(core, nn.Linear(H, 1), feedback_map=R.SoftmaxFeedback(5))
+
+
+def test_generation_with_no_input():
+    model = token_model(input_size=0, layers=2, choose="sample")
+    ys, state = model.generate(batch=3, steps=10)
+    assert ys.shape == (3, 10, C) and len(state) == 2
+    with pytest.raises(ValueError, match="xs is needed"):
+        token_model().generate(batch=1, steps=3)
+
+
+def test_sequence_to_vector_uses_last_valid_step():
+    model = R.SequenceToVector(R.Recurrent(R.LSTMCell(I, H)), nn.Linear(H, 2))
+    xs, lengths = torch.randn(3, 6, I), torch.tensor([6, 2, 4])
+    y, _ = model(xs, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        alone, _ = model(xs[i:i + 1, :n])
+        torch.testing.assert_close(y[i:i + 1], alone)
+    mean = R.SequenceToVector(model.core, model.readout, pool="mean")
+    outs, _ = model.core(xs[1:2, :2])
+    torch.testing.assert_close(mean(xs, lengths)[0][1], model.readout(outs.mean(1))[0])
+    maxed = R.SequenceToVector(R.Bidirectional(R.Recurrent(R.GRUCell(I, H)), R.Recurrent(R.GRUCell(I, H))),
+                               nn.Linear(2 * H, 2), pool="max")
+    assert maxed(xs, lengths)[0].shape == (3, 2)
+
+
+def test_sequence_to_vector_with_embedding_input():
+    model = R.SequenceToVector(R.Recurrent(R.LSTMCell(4, H)), nn.Linear(H, 2), input_map=nn.Embedding(10, 4))
+    y, _ = model(torch.randint(0, 10, (2, 5)), torch.tensor([5, 3]))
+    assert y.shape == (2, 2)
+
+
+def test_vector_to_sequence():
+    model = R.VectorToSequence(token_model())
+    v = torch.randn(2, I)
+    ys, _ = model(v, steps=7)
+    assert ys.shape == (2, 7, C)
+    xs = torch.zeros(2, 7, I)
+    xs[:, 0] = v
+    torch.testing.assert_close(ys, model.model(xs)[0])
+    with pytest.raises(ValueError, match=r"v must be \(B, 3\)"):
+        model(torch.randn(2, 4), steps=3)
+
+
+def test_encoder_decoder_learns_to_reverse():
+    """Sequence to sequence of different lengths: output the source reversed, then stop."""
+    torch.manual_seed(0)
+    V, EOS = 6, 0
+    encoder = R.Recurrent(R.GRUCell(8, 32))
+    decoder = R.RecurrentModel(R.Recurrent(R.GRUCell(32, 32, 8)), nn.Linear(32, V),
+                               feedback_map=R.EmbeddingFeedback(V, 8))
+    model = R.EncoderDecoder(encoder, decoder, source_map=nn.Embedding(V, 8))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+
+    def batch(n=64):
+        lengths = torch.randint(2, 5, (n,))
+        src = torch.randint(1, V, (n, 4))
+        tgt = torch.full((n, 5), EOS)
+        for i, L in enumerate(lengths.tolist()):
+            tgt[i, :L] = src[i, :L].flip(0)
+        return src, lengths, tgt
+
+    for _ in range(300):
+        src, lengths, tgt = batch()
+        logits = model(src, tgt, source_lengths=lengths)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    src, lengths, tgt = batch(200)
+    pred = model.translate(src, steps=5, source_lengths=lengths).argmax(-1)
+    accuracy = (pred == tgt).float().mean().item()
+    assert accuracy > 0.9, accuracy
+
+
+def test_encoder_decoder_errors():
+    with pytest.raises(ValueError, match="decoder must read the encoder's summary of size 6"):
+        R.EncoderDecoder(R.Recurrent(R.GRUCell(I, H)), token_model(input_size=4))

@@ -1,0 +1,232 @@
+"""Runners: the contract every cell passes, lengths, stacking, bidirectional, torch.nn conversion
+and entry errors."""
+
+import pytest
+import torch
+
+import rnnlab as R
+from rnnlab.cells import LADDER
+
+torch.manual_seed(0)
+I, H, O = 3, 5, 2
+
+
+def make(name, feedback=0, **kw):
+    return R.Recurrent(LADDER[name](I, H, feedback, **kw), implementation="reference")
+
+
+def inputs(b, t, feedback):
+    xs = torch.randn(b, t, I)
+    return xs, (torch.randn(b, t, feedback) if feedback else None)
+
+
+def by_hand(runner, xs, y_prev=None, state=None):
+    """The unrolling written out: one checked cell call per step."""
+    cell, outs = runner.cell, []
+    for t in range(xs.shape[1]):
+        out, state = cell(xs[:, t], state, None if y_prev is None else y_prev[:, t])
+        outs.append(out)
+    return torch.stack(outs, 1), state
+
+
+def same_state(a, b, **kw):
+    if isinstance(a, tuple):
+        for p, q in zip(a, b):
+            torch.testing.assert_close(p, q, **kw)
+    else:
+        torch.testing.assert_close(a, b, **kw)
+
+
+# --- the contract: every cell, with and without feedback -----------------------------------------
+
+@pytest.mark.parametrize("name", sorted(LADDER))
+@pytest.mark.parametrize("feedback", [0, O])
+def test_contract(name, feedback):
+    runner = make(name, feedback)
+    xs, yp = inputs(4, 6, feedback)
+    ys, state = runner(xs, y_prev=yp)
+    # shapes
+    assert ys.shape == (4, 6, H)
+    ref_ys, ref_state = by_hand(runner, xs, yp)
+    torch.testing.assert_close(ys, ref_ys)
+    same_state(state, ref_state)
+    # state round trip: two halves with the state carried equal one pass
+    a, sa = runner(xs[:, :2], y_prev=None if yp is None else yp[:, :2])
+    b, sb = runner(xs[:, 2:], sa, None if yp is None else yp[:, 2:])
+    torch.testing.assert_close(torch.cat([a, b], 1), ys)
+    same_state(sb, state)
+    # lengths: outputs past the end are zero, final state is the last valid one
+    lengths = torch.tensor([6, 3, 1, 4])
+    ys_l, state_l = runner(xs, y_prev=yp, lengths=lengths)
+    for i, n in enumerate(lengths.tolist()):
+        one_ys, one_state = runner(xs[i:i + 1, :n], y_prev=None if yp is None else yp[i:i + 1, :n])
+        torch.testing.assert_close(ys_l[i, :n], one_ys[0])
+        assert torch.all(ys_l[i, n:] == 0)
+        if isinstance(state_l, tuple):
+            same_state(tuple(s[i:i + 1] for s in state_l), one_state)
+        else:
+            torch.testing.assert_close(state_l[i:i + 1], one_state)
+    # batch of one and sequence of one
+    assert runner(xs[:1], y_prev=None if yp is None else yp[:1])[0].shape == (1, 6, H)
+    assert runner(xs[:, :1], y_prev=None if yp is None else yp[:, :1])[0].shape == (4, 1, H)
+    # gradients reach every parameter
+    ys.sum().backward()
+    assert all(p.grad is not None for p in runner.parameters())
+
+
+# --- entry errors ---------------------------------------------------------------------------------
+
+def test_runner_errors():
+    runner = make("lstm")
+    with pytest.raises(ValueError, match=r"Recurrent: xs must be \(B, T, 3\); got tensor \(8, 3\)"):
+        runner(torch.randn(8, 3))
+    with pytest.raises(ValueError, match=r"xs must be \(B, T, 3\); got tensor \(8, 2, 4\)"):
+        runner(torch.randn(8, 2, 4))
+    with pytest.raises(ValueError, match="at least one step"):
+        runner(torch.randn(8, 0, I))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\]; got values from 0 to 4"):
+        runner(torch.randn(2, 4, I), lengths=torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\]; got values from 1 to 9"):
+        runner(torch.randn(2, 4, I), lengths=torch.tensor([1, 9]))
+    with pytest.raises(ValueError, match=r"lengths must be an integer tensor \(2,\)"):
+        runner(torch.randn(2, 4, I), lengths=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="y_prev given but the cells have no output feedback"):
+        runner(torch.randn(2, 4, I), y_prev=torch.randn(2, 4, O))
+    with pytest.raises(ValueError, match="state must be a tuple of 2 tensors"):
+        runner(torch.randn(2, 4, I), torch.randn(2, H))
+    fb = make("gru", O)
+    with pytest.raises(ValueError, match="y_prev .* is required"):
+        fb(torch.randn(2, 4, I))
+    with pytest.raises(ValueError, match=r"y_prev must be \(2, 4, 2\); got tensor \(2, 3, 2\)"):
+        fb(torch.randn(2, 4, I), y_prev=torch.randn(2, 3, O))
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        R.Recurrent(R.LSTMCell(I, H), implementation="fastest")
+    with pytest.raises(ValueError, match="cell must be an rnnlab Cell"):
+        R.Recurrent(torch.nn.LSTMCell(I, H))
+
+
+# --- stacking ------------------------------------------------------------------------------------
+
+def test_stacked_is_layers_in_sequence():
+    stack = R.Stacked.of(R.GRUCell, I, H, 3)
+    xs = torch.randn(2, 5, I)
+    ys, state = stack(xs)
+    h = xs
+    for layer, s in zip(stack.layers, state):
+        h, s_ref = layer(h)
+        torch.testing.assert_close(s, s_ref)
+    torch.testing.assert_close(ys, h)
+    # step by step gives the same as the whole sequence at once
+    st, outs = stack.initial_state(2), []
+    for t in range(5):
+        out, st = stack.step(xs[:, t], st)
+        outs.append(out)
+    torch.testing.assert_close(torch.stack(outs, 1), ys)
+
+
+def test_stacked_residual_and_feedback_layers():
+    stack = R.Stacked.of(R.LSTMCell, H, H, 2, residual=True, feedback_size=O, feedback_layers="first")
+    assert stack.layers[0].feedback_size == O and stack.layers[1].feedback_size == 0
+    xs, yp = torch.randn(2, 4, H), torch.randn(2, 4, O)
+    ys, _ = stack(xs, y_prev=yp)
+    h1, _ = stack.layers[0](xs, y_prev=yp)
+    h2, _ = stack.layers[1](h1)
+    torch.testing.assert_close(ys, h2 + h1)
+    with pytest.raises(ValueError, match="residual=True needs equal sizes"):
+        R.Stacked(make("lstm"), R.Recurrent(R.LSTMCell(H, 7)), residual=True)
+    with pytest.raises(ValueError, match="input_size 4 cannot read a layer with output_size 5"):
+        R.Stacked(make("lstm"), R.Recurrent(R.LSTMCell(4, 7)))
+    with pytest.raises(ValueError, match="state must be a tuple with one entry per layer"):
+        stack(xs, (None,), yp)
+
+
+def test_stacked_dropout_between_layers_only_in_training():
+    stack = R.Stacked.of(R.VanillaCell, I, H, 2, dropout=0.5)
+    xs = torch.randn(2, 4, I)
+    stack.eval()
+    torch.testing.assert_close(stack(xs)[0], stack(xs)[0])
+    stack.train()
+    assert not torch.equal(stack(xs)[0], stack(xs)[0])
+
+
+@pytest.mark.parametrize("mode, torch_cls, cell", [("lstm", torch.nn.LSTM, R.LSTMCell),
+                                                    ("gru", torch.nn.GRU, R.GRUCell),
+                                                    ("rnn", torch.nn.RNN, R.VanillaCell)])
+def test_stacked_converts_to_and_from_torch(mode, torch_cls, cell):
+    stack = R.Stacked.of(cell, I, H, 2)
+    theirs = R.to_torch(stack)
+    assert isinstance(theirs, torch_cls) and theirs.batch_first and theirs.num_layers == 2
+    xs = torch.randn(3, 6, I, requires_grad=True)
+    ours_ys, ours_state = stack(xs)
+    their_ys, their_state = theirs(xs)
+    torch.testing.assert_close(ours_ys, their_ys, atol=1e-5, rtol=1e-5)
+    last = ours_state[-1][0] if mode == "lstm" else ours_state[-1]
+    final = their_state[0][-1] if mode == "lstm" else their_state[-1]
+    torch.testing.assert_close(last, final, atol=1e-5, rtol=1e-5)
+    g_ours = torch.autograd.grad(ours_ys.pow(2).sum(), [xs, *stack.parameters()])
+    g_theirs = torch.autograd.grad(their_ys.pow(2).sum(), [xs, *theirs.parameters()])
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    back = R.from_torch(theirs)
+    torch.testing.assert_close(back(xs)[0], ours_ys, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="module must be torch.nn.LSTM, GRU or RNN"):
+        R.from_torch(torch.nn.Linear(2, 2))
+
+
+def test_to_torch_refuses_what_torch_cannot_compute():
+    with pytest.raises(ValueError, match="feedback"):
+        R.to_torch(R.Stacked.of(R.LSTMCell, I, H, 2, feedback_size=O))
+    with pytest.raises(ValueError, match="same kind of cell"):
+        R.to_torch(R.Stacked(R.Recurrent(R.LSTMCell(I, H)), R.Recurrent(R.GRUCell(H, H))))
+
+
+# --- bidirectional -------------------------------------------------------------------------------
+
+def test_reverse_padded():
+    xs = torch.arange(8.).reshape(2, 4, 1)
+    out = R.reverse_padded(xs, torch.tensor([4, 2]))
+    assert out[0, :, 0].tolist() == [3, 2, 1, 0]
+    assert out[1, :, 0].tolist() == [5, 4, 6, 7]
+
+
+@pytest.mark.parametrize("merge", ["concat", "sum", "mean", "mul"])
+def test_bidirectional(merge):
+    bi = R.Bidirectional(make("lstm"), make("gru"), merge=merge)
+    xs, lengths = torch.randn(3, 5, I), torch.tensor([5, 2, 4])
+    ys, (fs, bs) = bi(xs, lengths=lengths)
+    assert ys.shape == (3, 5, 2 * H if merge == "concat" else H)
+    for i, n in enumerate(lengths.tolist()):
+        fwd, _ = bi.forward_runner(xs[i:i + 1, :n])
+        bwd, b_state = bi.backward_runner(xs[i:i + 1, :n].flip(1))
+        bwd = bwd.flip(1)
+        merged = {"concat": lambda: torch.cat([fwd, bwd], -1), "sum": lambda: fwd + bwd,
+                  "mean": lambda: (fwd + bwd) / 2, "mul": lambda: fwd * bwd}[merge]()
+        torch.testing.assert_close(ys[i:i + 1, :n], merged)
+        torch.testing.assert_close(bs[i:i + 1], b_state)
+
+
+def test_bidirectional_errors():
+    with pytest.raises(ValueError, match="merge must be one of"):
+        R.Bidirectional(make("lstm"), make("lstm"), merge="max")
+    with pytest.raises(ValueError, match="cannot run one step at a time"):
+        R.Bidirectional(make("lstm"), make("lstm")).step(torch.randn(1, I), None)
+
+
+def test_stacked_of_bidirectional():
+    stack = R.Stacked(R.Bidirectional(make("lstm"), make("lstm")),
+                      R.Recurrent(R.GRUCell(2 * H, H)))
+    ys, state = stack(torch.randn(2, 4, I), lengths=torch.tensor([4, 3]))
+    assert ys.shape == (2, 4, H) and len(state) == 2
+
+
+def test_shift_right():
+    y = torch.arange(6.).reshape(1, 3, 2)
+    assert R.shift_right(y).tolist() == [[[0, 0], [0, 1], [2, 3]]]
+    assert R.shift_right(y, torch.tensor([[9., 9.]])).tolist() == [[[9, 9], [0, 1], [2, 3]]]
+
+
+def test_no_grad_inference_keeps_no_graph():
+    runner = make("lstm")
+    with torch.no_grad():
+        ys, state = runner(torch.randn(2, 50, I))
+    assert ys.grad_fn is None and state[0].grad_fn is None
