@@ -1,0 +1,36 @@
+"""Input and output preprocessing and the readout."""
+
+import pytest
+import torch
+
+import rnnlab as R
+
+
+def test_mlp_layers_and_activation():
+    mlp = R.MLP(3, 8, 2, activation="relu")
+    x = torch.randn(4, 5, 3)
+    l1, l2 = mlp.linears
+    torch.testing.assert_close(mlp(x), l2(torch.relu(l1(x))))
+    with pytest.raises(ValueError, match="at least an input and an output size"):
+        R.MLP(3)
+
+
+def test_choose_token_greedy_sample_top_k():
+    logits = torch.tensor([[0.0, 5.0, 1.0, -1.0]]).repeat(500, 1)
+    assert R.choose_token(logits).eq(1).all()
+    g = torch.Generator().manual_seed(0)
+    top2 = R.choose_token(logits, "sample", temperature=5.0, top_k=2, generator=g)
+    assert set(top2.tolist()) == {1, 2}
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        R.choose_token(logits, "sample", temperature=0)
+    with pytest.raises(ValueError, match="mode must be 'greedy' or 'sample'"):
+        R.choose_token(logits, "beam")
+
+
+def test_feedback_maps():
+    soft = R.SoftmaxFeedback(3)
+    assert soft.from_target(torch.tensor([[2]])).tolist() == [[[0.0, 0.0, 1.0]]]
+    torch.testing.assert_close(soft.from_output(torch.zeros(1, 3)), torch.full((1, 3), 1 / 3))
+    emb = R.EmbeddingFeedback(3, 2)
+    torch.testing.assert_close(emb.from_output(torch.tensor([[0.0, 9.0, 0.0]])), emb.embedding.weight[1:2])
+    assert R.RawFeedback(1).from_target(torch.randn(2, 5)).shape == (2, 5, 1)
