@@ -275,8 +275,9 @@ class Cell(nn.Module):
         """New state from the input part zx and recurrent part zh (GRU needs them apart)."""
         return self.update(self.preactivations(zx, zh), state)
 
-    def update(self, z: torch.Tensor, state: State) -> State:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def update(self, z: torch.Tensor, state: State) -> State:
+        """The cell's equations: new state from the K*H pre-activations z (gate order `gates`)."""
+        raise TypeError(f"{type(self).__name__} must define update() or combine(); see the ladder cells")
 
     def sample_masks(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One dropout mask per sequence for x and for the state read (None when off or in eval)."""

@@ -14,6 +14,8 @@ free-running loop uses.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +23,7 @@ from torch import nn
 from . import kernels
 from .cells import Cell, State, _describe
 
-__all__ = ["Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded", "check_sequence"]
+__all__ = ["Runner", "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded", "check_sequence"]
 
 IMPLEMENTATION_NAMES = ("auto", "reference", "fused", "native", "scan")
 
@@ -68,7 +70,26 @@ def check_sequence(where: str, xs, input_size: int, lengths, y_prev, feedback_si
     return lengths
 
 
-class Recurrent(nn.Module):
+class Runner(nn.Module, ABC):
+    """Base of the runners: one checked `forward` (the calling convention), then `unroll`."""
+
+    def forward(self, xs, state=None, y_prev=None, lengths=None):
+        where = type(self).__name__
+        lengths = check_sequence(where, xs, self.input_size, lengths, y_prev, self.feedback_size)
+        if self.feedback_size and y_prev is None:
+            raise ValueError(f"{where}: the cells feed back their output (feedback_size={self.feedback_size}), so "
+                             f"y_prev (B, T, {self.feedback_size}) is required; to run free, feeding back the "
+                             f"readout's own outputs, use rnnlab.RecurrentModel")
+        batch = xs.shape[0]
+        state = self.initial_state(batch, xs.device, xs.dtype) if state is None else self.check_state(state, batch, where)
+        return self.unroll(xs, state, y_prev, lengths)
+
+    @abstractmethod
+    def unroll(self, xs, state, y_prev, lengths):
+        """Unchecked forward: the caller checked the arguments."""
+
+
+class Recurrent(Runner):
     """Unroll a cell over time: the lecture's figures "RNN model, unrolled T steps".
 
     Args:
@@ -105,16 +126,6 @@ class Recurrent(nn.Module):
     def step(self, x_t, state, y_prev_t=None, masks=(None, None)):
         return self.cell.step(x_t, state, y_prev_t, masks)
 
-    def forward(self, xs, state=None, y_prev=None, lengths=None):
-        lengths = check_sequence("Recurrent", xs, self.input_size, lengths, y_prev, self.feedback_size)
-        if self.feedback_size and y_prev is None:
-            raise ValueError(f"Recurrent: the cell feeds back its output (feedback_size={self.feedback_size}), so "
-                             f"y_prev (B, T, {self.feedback_size}) is required; to run free, feeding back the "
-                             f"readout's own outputs, use rnnlab.RecurrentModel")
-        batch = xs.shape[0]
-        state = self.initial_state(batch, xs.device, xs.dtype) if state is None else self.check_state(state, batch, "Recurrent")
-        return self.unroll(xs, state, y_prev, lengths)
-
     def unroll(self, xs, state, y_prev, lengths):
         """Unchecked forward (the caller checked): dispatch to the chosen implementation."""
         masks = self.cell.sample_masks(xs.shape[0], xs)
@@ -130,7 +141,7 @@ class Recurrent(nn.Module):
         return f"implementation={self.implementation!r}"
 
 
-class Stacked(nn.Module):
+class Stacked(Runner):
     """Depth by stacking: each runner reads the outputs of the one below.
 
     Args:
@@ -206,15 +217,6 @@ class Stacked(nn.Module):
             x_t = self._between(i, x_t, out)
         return x_t, tuple(new_state)
 
-    def forward(self, xs, state=None, y_prev=None, lengths=None):
-        lengths = check_sequence("Stacked", xs, self.input_size, lengths, y_prev, self.feedback_size)
-        if self.feedback_size and y_prev is None:
-            raise ValueError(f"Stacked: layers feed back the output (feedback_size={self.feedback_size}), so y_prev "
-                             f"(B, T, {self.feedback_size}) is required; to run free use rnnlab.RecurrentModel")
-        batch = xs.shape[0]
-        state = self.initial_state(batch, xs.device, xs.dtype) if state is None else self.check_state(state, batch, "Stacked")
-        return self.unroll(xs, state, y_prev, lengths)
-
     def unroll(self, xs, state, y_prev, lengths):
         new_state = []
         for i, (layer, s) in enumerate(zip(self.layers, state)):
@@ -227,7 +229,7 @@ class Stacked(nn.Module):
 MERGES = ("concat", "sum", "mean", "mul")
 
 
-class Bidirectional(nn.Module):
+class Bidirectional(Runner):
     """Two runners over the same sequence, one reading it backwards (within each sequence's length).
 
     Args:
@@ -272,16 +274,8 @@ class Bidirectional(nn.Module):
     def sample_masks(self, batch, like):
         raise ValueError("Bidirectional: cannot run one step at a time; its backward half needs the whole sequence")
 
-    def step(self, *args, **kwargs):
-        self.sample_masks(0, None)
-
-    def forward(self, xs, state=None, y_prev=None, lengths=None):
-        lengths = check_sequence("Bidirectional", xs, self.input_size, lengths, y_prev, self.feedback_size)
-        if self.feedback_size and y_prev is None:
-            raise ValueError("Bidirectional: the cells feed back their output, so y_prev is required")
-        batch = xs.shape[0]
-        state = self.initial_state(batch, xs.device, xs.dtype) if state is None else self.check_state(state, batch, "Bidirectional")
-        return self.unroll(xs, state, y_prev, lengths)
+    def step(self, x_t, state, y_prev_t=None, masks=None):
+        return self.sample_masks(0, x_t)
 
     def unroll(self, xs, state, y_prev, lengths):
         fwd, fs = self.forward_runner.unroll(xs, state[0], y_prev, lengths)
