@@ -40,7 +40,7 @@ BACKWARD = {
     "tanh": lambda g, y, out: _aten.tanh_backward.grad_input(g, y, grad_input=out),
     "sigmoid": lambda g, y, out: _aten.sigmoid_backward.grad_input(g, y, grad_input=out),
     "relu": lambda g, y, out: _aten.threshold_backward.grad_input(g, y, 0, grad_input=out),
-    "identity": _copy,
+    "identity": lambda g, y, out: _copy(g, out),
     "hard_sigmoid": lambda g, y, out: torch.mul(g, ((y > 0) & (y < 1)) / 6, out=out),
     "hard_tanh": lambda g, y, out: torch.mul(g, y.abs() < 1, out=out),
     "softsign": lambda g, y, out: torch.mul(g, (1 - y.abs()).square_(), out=out),
