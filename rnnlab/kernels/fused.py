@@ -72,14 +72,14 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     if y_prev is not None and cell.weight_yh is not None:
         inputs = torch.cat([inputs, y_prev.transpose(0, 1)], dim=-1)  # (T, B, I + O)
         weight = torch.cat([cell.weight_ih, cell.weight_yh], dim=1)  # (K*H, I + O)
+    inputs = inputs.contiguous()
     gru = type(cell) is GRUCell and cell.reads_state
     bias, bias_hh = cell.bias_ih, cell.bias_hh
     if bias_hh is not None and not gru:  # b_hh adds to every gate alike: fold it into the one GEMM
         bias, bias_hh = bias + bias_hh, None
-    zx = F.linear(inputs, weight, bias)  # (T, B, K*H)
 
     loop = _LSTM(cell) if type(cell) is LSTMCell else _GRU(cell) if type(cell) is GRUCell else _Gated(cell)
-    tensors = (zx, cell.weight_hh, bias_hh, mh) + parts
+    tensors = (inputs, weight, bias, cell.weight_hh, bias_hh, mh) + parts
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     hs, *final = _Loop.apply(loop, sizes, last, save, *tensors)
     ys = hs.transpose(0, 1)  # (B, T, H)
@@ -89,26 +89,34 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
 
 
 class _Loop(torch.autograd.Function):
-    """The time loop of one cell family with its backward through time."""
+    """The input GEMM and the time loop of one cell family, with its backward through time."""
 
     @staticmethod
-    def forward(ctx, loop, sizes, last, save, zx, weight_hh, bias_hh, mh, *state0):
-        steps = zx.shape[0]
+    def forward(ctx, loop, sizes, last, save, inputs, weight, bias, weight_hh, bias_hh, mh, *state0):
+        steps, batch = inputs.shape[:2]
+        flat = inputs.reshape(steps * batch, -1)  # (T*B, I + O)
+        # Zx for all steps in one GEMM; the loop then turns it into the gate values in place
+        zx = (torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())).view(steps, batch, -1)
         ctx.loop, ctx.sizes, ctx.last = loop, sizes, last
         tape = _Tape(steps, sizes, last)
         buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save)
         finals = [tape.final(b) for b in buffers[:len(state0)]]
         if save:
-            ctx.save_for_backward(weight_hh, mh, *state0, *buffers)
+            ctx.save_for_backward(inputs, weight, weight_hh, mh, *state0, *buffers)
         return (buffers[0], *finals)
 
     @staticmethod
     def backward(ctx, d_outputs, *d_finals):
-        loop, tape = ctx.loop, _Tape(d_outputs.shape[0], ctx.sizes, ctx.last)
-        weight_hh, mh, *rest = ctx.saved_tensors
+        loop, tape, needs = ctx.loop, _Tape(d_outputs.shape[0], ctx.sizes, ctx.last), ctx.needs_input_grad
+        inputs, weight, weight_hh, mh, *rest = ctx.saved_tensors
         state0, buffers = rest[:len(d_finals)], rest[len(d_finals):]
-        grads = loop.backward(tape, d_outputs, d_finals, weight_hh, mh, state0, buffers, ctx.needs_input_grad)
-        return (None, None, None, None) + grads
+        dz, *grads = loop.backward(tape, d_outputs, d_finals, weight_hh, mh, state0, buffers, needs)
+        flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, K*H)
+        # dU, db and dx as one product each over all steps
+        d_inputs = flat_dz.mm(weight).view_as(inputs) if needs[4] else None
+        d_weight = flat_dz.t().mm(inputs.reshape(flat_dz.shape[0], -1)) if needs[5] else None
+        d_bias = flat_dz.sum(0) if needs[6] else None
+        return (None, None, None, None, d_inputs, d_weight, d_bias) + tuple(grads)
 
 
 class _Tape:
@@ -187,21 +195,17 @@ class _Gated:
         self.gates, self.act, self.sigma = cell.gates, cell.activation, cell.gate_activation
 
     def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
-        K, kind = len(self.gates), self.kind
-        gates = tape.new(zx, zx.shape[-1], keep=save)
+        K, kind, gates = len(self.gates), self.kind, zx
         states = tape.new(zx, zx.shape[-1] // K)
         per_gate = dict(zip(self.gates, (tape.steps_of(g) for g in _gates(gates, K))))
         r, i, f = per_gate["r"], per_gate.get("i"), per_gate.get("f")
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         vt = weight_hh.t() if weight_hh is not None else None
-        zs, gs, new, prev, masks = (tape.steps_of(zx), tape.steps_of(gates), tape.steps_of(states),
-                                    tape.previous(state0[0], states), tape.same(mh))
+        gs, new, prev, masks = tape.steps_of(gates), tape.steps_of(states), tape.previous(state0[0], states), tape.same(mh)
         for t in range(tape.steps):
             g, s_prev = gs[t], prev[t]
-            if vt is None:
-                g.copy_(zs[t])
-            else:
-                torch.addmm(zs[t], _read(s_prev, masks[t]), vt, out=g)
+            if vt is not None:
+                g.addmm_(_read(s_prev, masks[t]), vt)
             if kind == "before":
                 g.add_(s_prev)
             act(r[t], r[t])
@@ -242,7 +246,7 @@ class _Gated:
                     sigma_back(ds * prev[t], f[t], d_gate["f"][t])
                     direct = ds.mul_(f[t])
             _recurrent(direct, dzs[t], weight_hh, masks[t], carries[t])
-        d_weight = _weight_grad(dz, state0[0], states, mh) if weight_hh is not None and needs[5] else None
+        d_weight = _weight_grad(dz, state0[0], states, mh) if weight_hh is not None and needs[7] else None
         return dz, d_weight, None, None, carry
 
 
@@ -254,8 +258,7 @@ class _LSTM:
         self.act, self.sigma = cell.activation, cell.gate_activation
 
     def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
-        hidden = zx.shape[-1] // 4
-        gates = tape.new(zx, 4 * hidden, keep=save)
+        hidden, gates = zx.shape[-1] // 4, zx
         hs = tape.new(zx, hidden)
         cs = zx.new_zeros((tape.steps if save else 2, zx.shape[1], hidden))  # a ring of 2 suffices without grad
         tcs = tape.new(zx, hidden, keep=save)  # a(c)
@@ -263,13 +266,11 @@ class _LSTM:
         vt = weight_hh.t() if weight_hh is not None else None
         gi, gf, gr, go = (tape.steps_of(g) for g in _gates(gates, 4))
         g_if = tape.steps_of(gates[..., :2 * hidden])
-        zs, gs, h_new, c_new, tc = (tape.steps_of(b) for b in (zx, gates, hs, cs, tcs))
+        gs, h_new, c_new, tc = (tape.steps_of(b) for b in (gates, hs, cs, tcs))
         h_prev, c_prev, masks = tape.previous(state0[0], hs), tape.previous(state0[1], cs), tape.same(mh)
         for t in range(tape.steps):
-            if vt is None:
-                gs[t].copy_(zs[t])
-            else:
-                torch.addmm(zs[t], _read(h_prev[t], masks[t]), vt, out=gs[t])
+            if vt is not None:
+                gs[t].addmm_(_read(h_prev[t], masks[t]), vt)
             sigma(g_if[t], g_if[t])
             act(gr[t], gr[t])
             sigma(go[t], go[t])
@@ -296,7 +297,7 @@ class _LSTM:
             act_back(dc * gi[t], gr[t], dr[t])
             torch.mul(dc, gf[t], out=cc[t])
             _recurrent(None, dzs[t], weight_hh, masks[t], ch[t])
-        d_weight = _weight_grad(dz, state0[0], hs, mh) if weight_hh is not None and needs[5] else None
+        d_weight = _weight_grad(dz, state0[0], hs, mh) if weight_hh is not None and needs[7] else None
         return dz, d_weight, None, None, carry_h, carry_c
 
 
@@ -310,21 +311,19 @@ class _GRU:
     def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         K = 3 if weight_hh is not None else 2
-        hidden = zx.shape[-1] // K
-        gates = tape.new(zx, K * hidden, keep=save)
+        hidden, gates = zx.shape[-1] // K, zx
         hs = tape.new(zx, hidden)
-        zs, h_new, h_prev, masks = tape.steps_of(zx), tape.steps_of(hs), tape.previous(state0[0], hs), tape.same(mh)
+        h_new, h_prev, masks = tape.steps_of(hs), tape.previous(state0[0], hs), tape.same(mh)
         *_, gu, gn = (tape.steps_of(g) for g in _gates(gates, K))
-        *_, zu, zn = (tape.steps_of(g) for g in _gates(zx, K))
         if weight_hh is None:
             for t in range(tape.steps):
-                sigma(zu[t], gu[t])
-                act(zn[t], gn[t])
+                sigma(gu[t], gu[t])
+                act(gn[t], gn[t])
                 torch.lerp(gn[t], h_prev[t], gu[t], out=h_new[t])
             return hs, gates
         zhs = tape.new(zx, 3 * hidden, keep=save)  # V s + b_hh, of which the n part is kept for backward
         vt = weight_hh.t()
-        g_ru, z_ru, zh_ru = (tape.steps_of(b[..., :2 * hidden]) for b in (gates, zx, zhs))
+        g_ru, zh_ru = (tape.steps_of(b[..., :2 * hidden]) for b in (gates, zhs))
         gr, zh_n, zh = tape.steps_of(gates[..., :hidden]), tape.steps_of(zhs[..., 2 * hidden:]), tape.steps_of(zhs)
         for t in range(tape.steps):
             read = _read(h_prev[t], masks[t])
@@ -332,8 +331,8 @@ class _GRU:
                 torch.mm(read, vt, out=zh[t])
             else:
                 torch.addmm(bias_hh, read, vt, out=zh[t])
-            sigma(torch.add(z_ru[t], zh_ru[t], out=g_ru[t]), g_ru[t])
-            act(torch.addcmul(zn[t], gr[t], zh_n[t], out=gn[t]), gn[t])
+            sigma(g_ru[t].add_(zh_ru[t]), g_ru[t])
+            act(gn[t].addcmul_(gr[t], zh_n[t]), gn[t])
             torch.lerp(gn[t], h_prev[t], gu[t], out=h_new[t])
         return hs, gates, zhs
 
@@ -366,6 +365,6 @@ class _GRU:
             _recurrent(direct, dzhs[t], weight_hh, masks[t], carries[t])
         if weight_hh is None:
             return dzx, None, None, None, carry
-        d_weight = _weight_grad(dzh, state0[0], hs, mh) if needs[5] else None
-        d_bias = dzh.sum((0, 1)) if needs[6] else None
+        d_weight = _weight_grad(dzh, state0[0], hs, mh) if needs[7] else None
+        d_bias = dzh.sum((0, 1)) if needs[8] else None
         return dzx, d_weight, d_bias, None, carry
