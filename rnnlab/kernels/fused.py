@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
                      State, VanillaCell)
+from . import compiled
 from .activations import BACKWARD, FORWARD
 
 _GATED = {VanillaCell: "vanilla", OutputFeedbackCell: "vanilla", ResidualCell: "residual",
@@ -257,6 +258,12 @@ class _LSTM:
     def __init__(self, cell):
         self.act, self.sigma = cell.activation, cell.gate_activation
 
+    def compiled(self, like):
+        """The C++ loop (lstm_loop.cpp) where it applies: standard activations, CPU tensors."""
+        if (self.act, self.sigma) != ("tanh", "sigmoid") or like.device.type != "cpu":
+            return None
+        return compiled.extension()
+
     def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
         hidden, gates = zx.shape[-1] // 4, zx
         hs = tape.new(zx, hidden)
@@ -264,6 +271,10 @@ class _LSTM:
         tcs = tape.new(zx, hidden, keep=save)  # a(c)
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         vt = weight_hh.t() if weight_hh is not None else None
+        extension = self.compiled(zx)
+        if extension is not None:
+            extension.lstm_forward(gates, weight_hh, mh, state0[0], state0[1].contiguous(), hs, cs, tcs, tape.sizes or [])
+            return hs, cs, gates, tcs
         gi, gf, gr, go = (tape.steps_of(g) for g in _gates(gates, 4))
         g_if = tape.steps_of(gates[..., :2 * hidden])
         gs, h_new, c_new, tc = (tape.steps_of(b) for b in (gates, hs, cs, tcs))
@@ -282,10 +293,21 @@ class _LSTM:
     def backward(self, tape, d_out, d_finals, weight_hh, mh, state0, buffers, needs):
         hs, cs, gates, tcs = buffers
         dz = tape.new(gates, gates.shape[-1])
+        carry_h, carry_c = d_finals[0].clone(), d_finals[1].clone()
+        extension = self.compiled(gates)
+        if extension is not None:
+            extension.lstm_backward(gates, cs, tcs, state0[1].contiguous(), d_out.contiguous(), weight_hh, mh,
+                                    carry_h, carry_c, dz, tape.sizes or [])
+        else:
+            self.backward_loop(tape, d_out, weight_hh, mh, state0, buffers, dz, carry_h, carry_c)
+        d_weight = _weight_grad(dz, state0[0], hs, mh) if weight_hh is not None and needs[7] else None
+        return dz, d_weight, None, None, carry_h, carry_c
+
+    def backward_loop(self, tape, d_out, weight_hh, mh, state0, buffers, dz, carry_h, carry_c):
+        hs, cs, gates, tcs = buffers
         gi, gf, gr, go = (tape.steps_of(g) for g in _gates(gates, 4))
         di, df, dr, do = (tape.steps_of(g) for g in _gates(dz, 4))
         act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
-        carry_h, carry_c = d_finals[0].clone(), d_finals[1].clone()
         ch, cc, d_outs, tc = tape.same(carry_h), tape.same(carry_c), tape.steps_of(d_out), tape.steps_of(tcs)
         c_prev, dzs, masks = tape.previous(state0[1], cs), tape.steps_of(dz), tape.same(mh)
         for t in reversed(range(tape.steps)):
@@ -297,8 +319,6 @@ class _LSTM:
             act_back(dc * gi[t], gr[t], dr[t])
             torch.mul(dc, gf[t], out=cc[t])
             _recurrent(None, dzs[t], weight_hh, masks[t], ch[t])
-        d_weight = _weight_grad(dz, state0[0], hs, mh) if weight_hh is not None and needs[7] else None
-        return dz, d_weight, None, None, carry_h, carry_c
 
 
 class _GRU:
