@@ -9,9 +9,18 @@ import torch
 from rnnlab import (ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, Recurrent, ResidualCell,
                     VanillaCell)
 from rnnlab import kernels
+from rnnlab.kernels import compiled
 from rnnlab.kernels.scan import linear_scan
 
 B, T, I, H, O = 4, 6, 3, 5, 2
+
+# The C++ loop compiles in about a minute at first use; the tests use a cached build only.
+EXTENSION = compiled.extension() if compiled.built() else None
+
+
+@pytest.fixture(autouse=True)
+def cached_extension_only(monkeypatch):
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION)
 LENGTHS = torch.tensor([6, 2, 4, 1])
 LADDER = [VanillaCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell, OutputFeedbackCell]
 
@@ -93,6 +102,34 @@ def test_every_cell_has_a_fast_path():
     for cls in (LSTMCell, GRUCell, VanillaCell):
         for feedback in (False, True):
             assert served("native", cls, feedback, {})[1] is None
+
+
+@pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
+@pytest.mark.parametrize("feedback, masked", [(False, False), (True, True)])
+def test_fused_lstm_loops(compiled_loop, feedback, masked, monkeypatch):
+    """The C++ LSTM loop and the Python one each against reference (lengths, masks, initial state)."""
+    if compiled_loop and EXTENSION is None:
+        pytest.skip("the C++ loop is not built (no compiler, or not cached yet: run rnnlab once)")
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
+    cell = make(LSTMCell, feedback, recurrent_dropout=0.3).train()
+    masks = (None, cell.sample_masks(B, torch.zeros((), dtype=torch.float64))[1]) if masked else (None, None)
+    assert_agree(cell, "fused", feedback, LENGTHS, masks)
+    assert_agree(cell, "fused", feedback, None, masks)
+
+
+def test_without_compiler_fused_falls_back(monkeypatch, tmp_path):
+    """No compiler on PATH and an empty cache: `extension()` is None and fused still runs."""
+    monkeypatch.undo()
+    compiled.extension.cache_clear()
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-compiler"))
+    try:
+        assert not compiled.built() and compiled.extension() is None
+    finally:
+        compiled.extension.cache_clear()
+    monkeypatch.setattr(compiled, "extension", lambda: None)
+    assert_agree(make(LSTMCell, False), "fused", False, LENGTHS)
 
 
 @pytest.mark.parametrize("activation, gate_activation", [("relu", "hard_sigmoid"), ("softsign", "sigmoid"),

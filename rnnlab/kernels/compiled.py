@@ -13,13 +13,22 @@ from pathlib import Path
 import torch
 
 
+def build_directory() -> Path:
+    cache = Path(os.environ.get("RNNLAB_CACHE", Path.home() / ".cache" / "rnnlab"))
+    return cache / f"torch-{torch.__version__}"
+
+
+def built() -> bool:
+    """Whether a build is cached, so that `extension()` loads it instead of compiling (about a minute)."""
+    return (build_directory() / "rnnlab_loops.so").exists()
+
+
 @functools.cache
 def extension():
     """The compiled module, or None when it cannot be built here."""
     if os.environ.get("RNNLAB_NO_EXTENSION"):
         return None
-    cache = Path(os.environ.get("RNNLAB_CACHE", Path.home() / ".cache" / "rnnlab"))
-    build = cache / f"torch-{torch.__version__}"
+    build = build_directory()
     try:
         from torch.utils.cpp_extension import load
 
