@@ -1,32 +1,59 @@
 """Implementations of the time loop behind one dispatch function.
 
-`run(cell, xs, state, y_prev, lengths, masks, implementation)` returns (outputs, final_state).
-`reference` is the oracle every other implementation is tested against.
+    run(cell, xs, state, y_prev, lengths, masks, implementation) -> (outputs (B, T, H), final state)
+
+- `reference`: the step loop over the cell module, the oracle every other one is tested against;
+- `native`: torch's own fused kernels, where they compute the cell exactly (see `native.py`);
+- `scan`: a parallel scan over time for cells linear in their state (`reads_state=False`);
+- `fused`: one input GEMM for all steps, one GEMM per step, hand-written backward through time;
+- `auto`: the first of native, scan, fused, reference that can serve the configuration.
+
+The configuration is the cell plus the context of the call: whether y_prev is given (`feedback`),
+whether there are `lengths`, the dropout `masks` (mx, mh) sampled for this sequence, and whether
+the cell is `training`. `available` says why an implementation cannot serve it (None if it can).
 """
 
 from __future__ import annotations
 
+from .fused import fused, unavailable as _fused_unavailable
+from .native import native, unavailable as _native_unavailable
 from .reference import reference, valid_steps, where_state
+from .scan import scan, unavailable as _scan_unavailable
 
-IMPLEMENTATIONS = {"reference": reference}
+IMPLEMENTATIONS = {"reference": reference, "native": native, "scan": scan, "fused": fused}
+_UNAVAILABLE = {"reference": lambda cell, **context: None, "native": _native_unavailable,
+                "scan": _scan_unavailable, "fused": _fused_unavailable}
+# Fastest first: torch's kernels, then O(sqrt T) serial steps, then one GEMM per step, then the oracle.
+AUTO_ORDER = ("native", "scan", "fused", "reference")
 
 
 def available(cell, implementation: str, **context) -> str | None:
-    """Why `implementation` cannot serve this configuration, or None if it can."""
-    if implementation == "reference":
-        return None
-    return f"implementation {implementation!r} is not built yet"
+    """Why `implementation` cannot serve this configuration, or None if it can.
+
+    context: feedback (bool, y_prev given), lengths (bool), masks ((mx, mh), None when off),
+    training (bool)."""
+    if implementation not in _UNAVAILABLE:
+        return f"unknown implementation {implementation!r}; expected one of {sorted(_UNAVAILABLE)}"
+    return _UNAVAILABLE[implementation](cell, **context)
 
 
 def choose(cell, implementation: str, **context) -> str:
-    """Resolve 'auto' to the fastest implementation valid for this configuration."""
-    if implementation != "auto":
-        return implementation
-    return "reference"
+    """Resolve 'auto' to the fastest implementation valid for this configuration; ValueError when an
+    explicit implementation cannot serve it."""
+    if implementation == "auto":
+        return next(name for name in AUTO_ORDER if available(cell, name, **context) is None)
+    reason = available(cell, implementation, **context)
+    if reason is not None:
+        raise ValueError(f"Recurrent: implementation={implementation!r} cannot run {type(cell).__name__} here: {reason}")
+    return implementation
 
 
 def run(cell, xs, state, y_prev, lengths, masks, implementation: str = "auto"):
-    return IMPLEMENTATIONS[choose(cell, implementation)](cell, xs, state, y_prev, lengths, masks)
+    masks = tuple(masks) if masks is not None else (None, None)
+    name = choose(cell, implementation, feedback=y_prev is not None, lengths=lengths is not None,
+                  masks=masks, training=cell.training)
+    return IMPLEMENTATIONS[name](cell, xs, state, y_prev, lengths, masks)
 
 
-__all__ = ["run", "choose", "available", "reference", "valid_steps", "where_state", "IMPLEMENTATIONS"]
+__all__ = ["run", "choose", "available", "reference", "native", "scan", "fused", "valid_steps", "where_state",
+           "IMPLEMENTATIONS", "AUTO_ORDER"]

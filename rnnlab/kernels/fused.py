@@ -1,0 +1,390 @@
+"""`fused`: every ladder cell as one GEMM for the input, one GEMM per step, and a hand-written
+backward through time.
+
+Forward, for z^t = Zx^t + V s_read^{t-1} (+ b_hh):
+  1. Zx = [x, y_prev] [U, W]^T + b for all B*T rows at once (the feedback y* is known under teacher
+     forcing, so W y* is hoisted with U x). This matrix product is left to autograd.
+  2. One `addmm` per step for V s_read, the gate arithmetic in place in preallocated buffers.
+Backward (`_Loop`), from the gate values the forward kept (activations differentiated from their
+outputs, see `activations.py`):
+  3. per step, dz^t from ds^t, and ds^{t-1} = (direct term) + dz^t V: one GEMM per step;
+  4. after the loop, dV = sum_t dz^t^T s_read^{t-1} as ONE (K*H x B*T) (B*T x H) product; dU, dW, dx
+     and dy* come from autograd through step 1, also one product each.
+
+`lengths`: the batch is sorted by length (descending) so that at step t the sequences still running
+are the first n_t rows; each step works on those rows only, so a finished sequence's state stays
+at its last valid value and its outputs stay zero, as in `reference`, at no extra cost per step.
+
+Serves every ladder cell with depth 1, no zoneout, and activations differentiable from their output
+(all but gelu); input and recurrent dropout masks are applied (x * mx before step 1, s * mh where
+the gates read s). Under no_grad the per-step buffers are one step long (memory constant in T
+besides the outputs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
+                     State, VanillaCell)
+from . import compiled
+from .activations import BACKWARD, FORWARD
+
+_GATED = {VanillaCell: "vanilla", OutputFeedbackCell: "vanilla", ResidualCell: "residual",
+          InputGatedCell: "input", ForgetGatedCell: "forget"}
+
+
+def unavailable(cell: Cell, **context) -> str | None:
+    """Why `fused` cannot run this cell; None if it can."""
+    if type(cell) not in _GATED and type(cell) not in (LSTMCell, GRUCell):
+        return f"fused knows the ladder's cells only; got {type(cell).__name__}"
+    if cell.depth > 1:
+        return "fused has no deep transition (depth > 1)"
+    if cell.zoneout:
+        return "fused has no zoneout"
+    for arg in ("activation", "gate_activation"):
+        if getattr(cell, arg) not in BACKWARD:
+            return f"fused differentiates activations from their outputs, which {arg}={getattr(cell, arg)!r} does not allow"
+    return None
+
+
+def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None,
+          lengths: torch.Tensor | None, masks) -> tuple[torch.Tensor, State]:
+    """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H), final state."""
+    mx, mh = masks
+    batch, steps = xs.shape[:2]
+    parts = state if isinstance(state, tuple) else (state,)
+    sizes = last = unsort = None
+    if lengths is not None and not bool((lengths == steps).all()):
+        order = torch.argsort(lengths, descending=True, stable=True)
+        unsort = torch.argsort(order)
+        sorted_lengths = lengths[order]
+        # n_t = number of sequences longer than t = B - #(length <= t)
+        sizes = (batch - torch.bincount(sorted_lengths, minlength=steps + 1).cumsum(0))[:steps].tolist()
+        last = sorted_lengths - 1
+        pick = lambda v: None if v is None else v.index_select(0, order)  # noqa: E731
+        xs, y_prev, mx, mh, parts = pick(xs), pick(y_prev), pick(mx), pick(mh), tuple(map(pick, parts))
+
+    inputs = xs.transpose(0, 1)  # (T, B, I): time-major, so each step's rows are contiguous
+    if mx is not None:
+        inputs = inputs * mx
+    weight = cell.weight_ih
+    if y_prev is not None and cell.weight_yh is not None:
+        inputs = torch.cat([inputs, y_prev.transpose(0, 1)], dim=-1)  # (T, B, I + O)
+        weight = torch.cat([cell.weight_ih, cell.weight_yh], dim=1)  # (K*H, I + O)
+    inputs = inputs.contiguous()
+    gru = type(cell) is GRUCell and cell.reads_state
+    bias, bias_hh = cell.bias_ih, cell.bias_hh
+    if bias_hh is not None and not gru:  # b_hh adds to every gate alike: fold it into the one GEMM
+        bias, bias_hh = bias + bias_hh, None
+
+    loop = _LSTM(cell) if type(cell) is LSTMCell else _GRU(cell) if type(cell) is GRUCell else _Gated(cell)
+    tensors = (inputs, weight, bias, cell.weight_hh, bias_hh, mh) + parts
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    hs, *final = _Loop.apply(loop, sizes, last, save, *tensors)
+    ys = hs.transpose(0, 1)  # (B, T, H)
+    if unsort is not None:
+        ys, final = ys.index_select(0, unsort), [f.index_select(0, unsort) for f in final]
+    return ys, tuple(final) if len(final) > 1 else final[0]
+
+
+class _Loop(torch.autograd.Function):
+    """The input GEMM and the time loop of one cell family, with its backward through time."""
+
+    @staticmethod
+    def forward(ctx, loop, sizes, last, save, inputs, weight, bias, weight_hh, bias_hh, mh, *state0):
+        steps, batch = inputs.shape[:2]
+        flat = inputs.reshape(steps * batch, -1)  # (T*B, I + O)
+        # Zx for all steps in one GEMM; the loop then turns it into the gate values in place
+        zx = (torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())).view(steps, batch, -1)
+        ctx.loop, ctx.sizes, ctx.last = loop, sizes, last
+        tape = _Tape(steps, sizes, last)
+        buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save)
+        finals = [tape.final(b) for b in buffers[:len(state0)]]
+        if save:
+            ctx.save_for_backward(inputs, weight, weight_hh, mh, *state0, *buffers)
+        return (buffers[0], *finals)
+
+    @staticmethod
+    def backward(ctx, d_outputs, *d_finals):
+        loop, tape, needs = ctx.loop, _Tape(d_outputs.shape[0], ctx.sizes, ctx.last), ctx.needs_input_grad
+        inputs, weight, weight_hh, mh, *rest = ctx.saved_tensors
+        state0, buffers = rest[:len(d_finals)], rest[len(d_finals):]
+        dz, *grads = loop.backward(tape, d_outputs, d_finals, weight_hh, mh, state0, buffers, needs)
+        flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, K*H)
+        # dU, db and dx as one product each over all steps
+        d_inputs = flat_dz.mm(weight).view_as(inputs) if needs[4] else None
+        d_weight = flat_dz.t().mm(inputs.reshape(flat_dz.shape[0], -1)) if needs[5] else None
+        d_bias = flat_dz.sum(0) if needs[6] else None
+        return (None, None, None, None, d_inputs, d_weight, d_bias) + tuple(grads)
+
+
+class _Tape:
+    """Per-step views of (T, B, ...) buffers, cut to the n_t rows still running at step t."""
+
+    def __init__(self, steps: int, sizes: list[int] | None, last: torch.Tensor | None):
+        self.steps, self.sizes, self.last = steps, sizes, last  # last: (B,) each sequence's last step
+
+    def rows(self, views):
+        return views if self.sizes is None else [v[:n] for v, n in zip(views, self.sizes)]
+
+    def steps_of(self, buffer):
+        """Views for t = 0..T-1; a buffer shorter than T (no_grad) is cycled through."""
+        views = buffer.unbind(0)
+        views = (views * -(-self.steps // len(views)))[:self.steps]
+        return self.rows(views)
+
+    def previous(self, first, buffer):
+        """The state read at step t: `first` at t = 0, then the buffer's step t - 1."""
+        views = buffer.unbind(0)
+        views = ((first,) + views * -(-self.steps // len(views)))[:self.steps]
+        return self.rows(views)
+
+    def same(self, tensor):
+        """One (B, ...) tensor (a mask, a carry) cut to n_t rows for each step."""
+        return self.rows((tensor,) * self.steps) if tensor is not None else (None,) * self.steps
+
+    def final(self, buffer):
+        """The state at each sequence's last step (the buffer may be a ring of R < T steps)."""
+        ring = buffer.shape[0]
+        if self.last is None:
+            return buffer[(self.steps - 1) % ring].clone()
+        return buffer[self.last % ring, torch.arange(buffer.shape[1], device=buffer.device)]
+
+    def new(self, like, width, keep=True):
+        """A (T or 1, B, width) buffer; zeros when there are finished rows, which must read as zero."""
+        shape = (self.steps if keep else 1, like.shape[1], width)
+        return like.new_zeros(shape) if self.sizes is not None else like.new_empty(shape)
+
+
+def _gates(buffer, count):
+    """Split a (T, B, K*H) buffer into its K gates, each (T, B, H)."""
+    return buffer.chunk(count, dim=-1)
+
+
+def _read(state, mask):
+    return state if mask is None else state * mask
+
+
+def _recurrent(direct, dz, weight_hh, mask, out):
+    """out = direct + (dz V) * mask: the gradient reaching s^{t-1} (direct may be None)."""
+    if weight_hh is None:
+        return out.zero_() if direct is None else out.copy_(direct)
+    if mask is None:
+        return torch.mm(dz, weight_hh, out=out) if direct is None else torch.addmm(direct, dz, weight_hh, out=out)
+    back = torch.mm(dz, weight_hh).mul_(mask)
+    return out.copy_(back) if direct is None else torch.add(direct, back, out=out)
+
+
+def _weight_grad(dz, first, states, mask):
+    """dV = sum_t dz^t^T s_read^{t-1}: one (K*H, T*B) x (T*B, H) product after the loop."""
+    reads = torch.cat([first[None], states[:-1]], dim=0)  # (T, B, H), the state each step read
+    if mask is not None:
+        reads = reads * mask
+    return dz.reshape(-1, dz.shape[-1]).t().mm(reads.reshape(-1, reads.shape[-1]))
+
+
+class _Gated:
+    """Vanilla s = a(z);  residual s = s + a(z)  (or a(z + s) before);  input-gated s = s + i r;
+    forget-gated s = f s + i r. z = Zx + V s^{t-1}; the gates are cell.gates, a subset of (i, f, r)."""
+
+    def __init__(self, cell):
+        self.kind = _GATED[type(cell)]
+        if self.kind == "residual" and cell.residual == "before":
+            self.kind = "before"
+        self.gates, self.act, self.sigma = cell.gates, cell.activation, cell.gate_activation
+
+    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
+        K, kind, gates = len(self.gates), self.kind, zx
+        states = tape.new(zx, zx.shape[-1] // K)
+        per_gate = dict(zip(self.gates, (tape.steps_of(g) for g in _gates(gates, K))))
+        r, i, f = per_gate["r"], per_gate.get("i"), per_gate.get("f")
+        act, sigma = FORWARD[self.act], FORWARD[self.sigma]
+        vt = weight_hh.t() if weight_hh is not None else None
+        gs, new, prev, masks = tape.steps_of(gates), tape.steps_of(states), tape.previous(state0[0], states), tape.same(mh)
+        for t in range(tape.steps):
+            g, s_prev = gs[t], prev[t]
+            if vt is not None:
+                g.addmm_(_read(s_prev, masks[t]), vt)
+            if kind == "before":
+                g.add_(s_prev)
+            act(r[t], r[t])
+            if i is not None:
+                sigma(i[t], i[t])
+            if kind == "vanilla" or kind == "before":
+                new[t].copy_(r[t])
+            elif kind == "residual":
+                torch.add(s_prev, r[t], out=new[t])
+            elif kind == "input":
+                torch.addcmul(s_prev, i[t], r[t], out=new[t])
+            else:
+                sigma(f[t], f[t])
+                torch.mul(f[t], s_prev, out=new[t]).addcmul_(i[t], r[t])
+        return states, gates
+
+    def backward(self, tape, d_out, d_finals, weight_hh, mh, state0, buffers, needs):
+        states, gates = buffers
+        K, kind = len(self.gates), self.kind
+        dz = tape.new(gates, gates.shape[-1])
+        per_gate = dict(zip(self.gates, (tape.steps_of(g) for g in _gates(gates, K))))
+        d_gate = dict(zip(self.gates, (tape.steps_of(g) for g in _gates(dz, K))))
+        r, i, f = per_gate["r"], per_gate.get("i"), per_gate.get("f")
+        act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
+        carry = d_finals[0].clone()
+        carries, d_outs, prev = tape.same(carry), tape.steps_of(d_out), tape.previous(state0[0], states)
+        dzs, masks = tape.steps_of(dz), tape.same(mh)
+        for t in reversed(range(tape.steps)):
+            ds = carries[t] + d_outs[t]  # dL/ds^t
+            if kind in ("vanilla", "before", "residual"):
+                act_back(ds, r[t], d_gate["r"][t])
+                direct = {"vanilla": None, "before": d_gate["r"][t], "residual": ds}[kind]
+            else:
+                sigma_back(ds * r[t], i[t], d_gate["i"][t])
+                act_back(ds * i[t], r[t], d_gate["r"][t])
+                direct = ds
+                if kind == "forget":
+                    sigma_back(ds * prev[t], f[t], d_gate["f"][t])
+                    direct = ds.mul_(f[t])
+            _recurrent(direct, dzs[t], weight_hh, masks[t], carries[t])
+        d_weight = _weight_grad(dz, state0[0], states, mh) if weight_hh is not None and needs[7] else None
+        return dz, d_weight, None, None, carry
+
+
+class _LSTM:
+    """i, f, o = sigma(z_i, z_f, z_o), r = a(z_r);  c = f c^{t-1} + i r;  h = o a(c).
+    z = Zx + V h^{t-1}; state (h, c)."""
+
+    def __init__(self, cell):
+        self.act, self.sigma = cell.activation, cell.gate_activation
+
+    def compiled(self, like):
+        """The C++ loop (lstm_loop.cpp) where it applies: standard activations, CPU tensors."""
+        if (self.act, self.sigma) != ("tanh", "sigmoid") or like.device.type != "cpu":
+            return None
+        return compiled.extension()
+
+    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
+        hidden, gates = zx.shape[-1] // 4, zx
+        hs = tape.new(zx, hidden)
+        cs = zx.new_zeros((tape.steps if save else 2, zx.shape[1], hidden))  # a ring of 2 suffices without grad
+        tcs = tape.new(zx, hidden, keep=save)  # a(c)
+        act, sigma = FORWARD[self.act], FORWARD[self.sigma]
+        vt = weight_hh.t() if weight_hh is not None else None
+        extension = self.compiled(zx)
+        if extension is not None:
+            extension.lstm_forward(gates, weight_hh, mh, state0[0], state0[1].contiguous(), hs, cs, tcs, tape.sizes or [])
+            return hs, cs, gates, tcs
+        gi, gf, gr, go = (tape.steps_of(g) for g in _gates(gates, 4))
+        g_if = tape.steps_of(gates[..., :2 * hidden])
+        gs, h_new, c_new, tc = (tape.steps_of(b) for b in (gates, hs, cs, tcs))
+        h_prev, c_prev, masks = tape.previous(state0[0], hs), tape.previous(state0[1], cs), tape.same(mh)
+        for t in range(tape.steps):
+            if vt is not None:
+                gs[t].addmm_(_read(h_prev[t], masks[t]), vt)
+            sigma(g_if[t], g_if[t])
+            act(gr[t], gr[t])
+            sigma(go[t], go[t])
+            torch.mul(gf[t], c_prev[t], out=c_new[t]).addcmul_(gi[t], gr[t])
+            act(c_new[t], tc[t])
+            torch.mul(go[t], tc[t], out=h_new[t])
+        return hs, cs, gates, tcs
+
+    def backward(self, tape, d_out, d_finals, weight_hh, mh, state0, buffers, needs):
+        hs, cs, gates, tcs = buffers
+        dz = tape.new(gates, gates.shape[-1])
+        carry_h, carry_c = d_finals[0].clone(), d_finals[1].clone()
+        extension = self.compiled(gates)
+        if extension is not None:
+            extension.lstm_backward(gates, cs, tcs, state0[1].contiguous(), d_out.contiguous(), weight_hh, mh,
+                                    carry_h, carry_c, dz, tape.sizes or [])
+        else:
+            self.backward_loop(tape, d_out, weight_hh, mh, state0, buffers, dz, carry_h, carry_c)
+        d_weight = _weight_grad(dz, state0[0], hs, mh) if weight_hh is not None and needs[7] else None
+        return dz, d_weight, None, None, carry_h, carry_c
+
+    def backward_loop(self, tape, d_out, weight_hh, mh, state0, buffers, dz, carry_h, carry_c):
+        hs, cs, gates, tcs = buffers
+        gi, gf, gr, go = (tape.steps_of(g) for g in _gates(gates, 4))
+        di, df, dr, do = (tape.steps_of(g) for g in _gates(dz, 4))
+        act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
+        ch, cc, d_outs, tc = tape.same(carry_h), tape.same(carry_c), tape.steps_of(d_out), tape.steps_of(tcs)
+        c_prev, dzs, masks = tape.previous(state0[1], cs), tape.steps_of(dz), tape.same(mh)
+        for t in reversed(range(tape.steps)):
+            dh = ch[t] + d_outs[t]
+            sigma_back(dh * tc[t], go[t], do[t])
+            dc = act_back(dh.mul_(go[t]), tc[t], dh).add_(cc[t])
+            sigma_back(dc * gr[t], gi[t], di[t])
+            sigma_back(dc * c_prev[t], gf[t], df[t])
+            act_back(dc * gi[t], gr[t], dr[t])
+            torch.mul(dc, gf[t], out=cc[t])
+            _recurrent(None, dzs[t], weight_hh, masks[t], ch[t])
+
+
+class _GRU:
+    """r = sigma(zx_r + zh_r), u = sigma(zx_z + zh_z), n = a(zx_n + r zh_n), s = n + u (s^{t-1} - n),
+    zh = V s^{t-1} + b_hh. Without a state read (minGRU): u = sigma(zx_z), n = a(zx_n)."""
+
+    def __init__(self, cell):
+        self.act, self.sigma = cell.activation, cell.gate_activation
+
+    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
+        act, sigma = FORWARD[self.act], FORWARD[self.sigma]
+        K = 3 if weight_hh is not None else 2
+        hidden, gates = zx.shape[-1] // K, zx
+        hs = tape.new(zx, hidden)
+        h_new, h_prev, masks = tape.steps_of(hs), tape.previous(state0[0], hs), tape.same(mh)
+        *_, gu, gn = (tape.steps_of(g) for g in _gates(gates, K))
+        if weight_hh is None:
+            for t in range(tape.steps):
+                sigma(gu[t], gu[t])
+                act(gn[t], gn[t])
+                torch.lerp(gn[t], h_prev[t], gu[t], out=h_new[t])
+            return hs, gates
+        zhs = tape.new(zx, 3 * hidden, keep=save)  # V s + b_hh, of which the n part is kept for backward
+        vt = weight_hh.t()
+        g_ru, zh_ru = (tape.steps_of(b[..., :2 * hidden]) for b in (gates, zhs))
+        gr, zh_n, zh = tape.steps_of(gates[..., :hidden]), tape.steps_of(zhs[..., 2 * hidden:]), tape.steps_of(zhs)
+        for t in range(tape.steps):
+            read = _read(h_prev[t], masks[t])
+            if bias_hh is None:
+                torch.mm(read, vt, out=zh[t])
+            else:
+                torch.addmm(bias_hh, read, vt, out=zh[t])
+            sigma(g_ru[t].add_(zh_ru[t]), g_ru[t])
+            act(gn[t].addcmul_(gr[t], zh_n[t]), gn[t])
+            torch.lerp(gn[t], h_prev[t], gu[t], out=h_new[t])
+        return hs, gates, zhs
+
+    def backward(self, tape, d_out, d_finals, weight_hh, mh, state0, buffers, needs):
+        hs, gates, *zhs = buffers
+        K = 3 if weight_hh is not None else 2
+        act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
+        dzx = tape.new(gates, gates.shape[-1])
+        *_, gu, gn = (tape.steps_of(g) for g in _gates(gates, K))
+        *_, du, dn = (tape.steps_of(g) for g in _gates(dzx, K))
+        carry = d_finals[0].clone()
+        carries, d_outs, h_prev = tape.same(carry), tape.steps_of(d_out), tape.previous(state0[0], hs)
+        if weight_hh is not None:
+            H = hs.shape[-1]
+            dzh = tape.new(gates, 3 * H)
+            gr, zh_n, dr = tape.steps_of(gates[..., :H]), tape.steps_of(zhs[0][..., 2 * H:]), tape.steps_of(dzx[..., :H])
+            dzx_ru, dzh_ru, dzh_n = (tape.steps_of(b) for b in (dzx[..., :2 * H], dzh[..., :2 * H], dzh[..., 2 * H:]))
+            dzhs, masks = tape.steps_of(dzh), tape.same(mh)
+        for t in reversed(range(tape.steps)):
+            dh = carries[t] + d_outs[t]
+            act_back(torch.addcmul(dh, dh, gu[t], value=-1), gn[t], dn[t])  # ds/dn = 1 - u
+            sigma_back(torch.sub(h_prev[t], gn[t]).mul_(dh), gu[t], du[t])  # ds/du = s^{t-1} - n
+            direct = dh.mul_(gu[t])  # ds/ds^{t-1} = u, besides V
+            if weight_hh is None:
+                carries[t].copy_(direct)
+                continue
+            torch.mul(dn[t], gr[t], out=dzh_n[t])
+            sigma_back(dn[t] * zh_n[t], gr[t], dr[t])
+            dzh_ru[t].copy_(dzx_ru[t])
+            _recurrent(direct, dzhs[t], weight_hh, masks[t], carries[t])
+        if weight_hh is None:
+            return dzx, None, None, None, carry
+        d_weight = _weight_grad(dzh, state0[0], hs, mh) if needs[7] else None
+        d_bias = dzh.sum((0, 1)) if needs[8] else None
+        return dzx, d_weight, d_bias, None, carry

@@ -1,0 +1,85 @@
+"""`native`: torch's own fused recurrent kernels (oneDNN / ATen on CPU, cuDNN on GPU), called on the
+rnnlab cell's own parameters, so gradients land on them and nothing is copied that could drift.
+
+The conditions, as Keras documents its cuDNN ones. `native` serves a cell when
+  1. it is an `LSTMCell`, a `GRUCell`, or a `VanillaCell` with activation tanh or relu, with the
+     standard activations (tanh candidate, sigmoid gates) and `reads_state=True`;
+  2. it has `depth=1` (no deep transition), no zoneout and `input_size > 0`;
+  3. no recurrent-dropout mask is sampled (training with `recurrent_dropout > 0`). An input-dropout
+     mask is fine: it scales x before the kernel, which is exactly what the cell does;
+  4. output feedback only under teacher forcing (`y_prev` given). Then the cell computes
+     U x + W y_prev = [U W] [x; y_prev], so the kernel gets the input [x, y_prev] and the input
+     weight [weight_ih, weight_yh] (concatenated in the graph, not copied into a parameter).
+`lengths` are served by packing (`pack_padded_sequence`, unsorted): outputs past a sequence's end
+are zero and the final state is the one at its last valid step, as in `reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import _VF
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..cells import Cell, GRUCell, LSTMCell, State, VanillaCell
+
+_KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+
+
+def _mode(cell: Cell) -> str | None:
+    if type(cell) is LSTMCell:
+        return "LSTM"
+    if type(cell) is GRUCell:
+        return "GRU"
+    if type(cell) is VanillaCell and cell.activation in ("tanh", "relu"):
+        return "RNN_" + cell.activation.upper()
+    return None
+
+
+def unavailable(cell: Cell, masks=(None, None), **context) -> str | None:
+    """Why torch's fused kernels cannot compute this configuration exactly; None if they can."""
+    if _mode(cell) is None:
+        if type(cell) is VanillaCell:
+            return f"torch.nn.RNN has tanh or relu only; the cell uses activation={cell.activation!r}"
+        return f"{type(cell).__name__} has no torch.nn counterpart"
+    if type(cell) is not VanillaCell and (cell.activation != "tanh" or cell.gate_activation != "sigmoid"):
+        return "torch.nn's LSTM and GRU use tanh and sigmoid only"
+    for reason, bad in (("reads_state=False", not cell.reads_state),
+                        ("a deep transition (depth > 1)", cell.depth > 1),
+                        ("zoneout", cell.zoneout),
+                        ("an input of size 0", cell.input_size == 0),
+                        ("a recurrent-dropout mask", masks[1] is not None)):
+        if bad:
+            return f"torch.nn has no {reason}"
+    return None
+
+
+def native(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None,
+           lengths: torch.Tensor | None, masks) -> tuple[torch.Tensor, State]:
+    """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H), final state, by torch's kernel."""
+    mode = _mode(cell)
+    mx, _ = masks
+    if mx is not None:
+        xs = xs * mx[:, None, :]
+    weight_ih = cell.weight_ih
+    if y_prev is not None:
+        xs = torch.cat([xs, y_prev], dim=-1)  # (B, T, I + O)
+        weight_ih = torch.cat([weight_ih, cell.weight_yh], dim=1)  # (K*H, I + O)
+    has_bias = cell.bias_ih is not None
+    weights = [weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if has_bias else [])
+    lstm = mode == "LSTM"
+    hx = tuple(s.unsqueeze(0) for s in state) if lstm else state.unsqueeze(0)  # (1, B, H)
+    kernel = _KERNELS[mode]
+    if lengths is None:
+        result = kernel(xs, hx, weights, has_bias, 1, 0.0, False, False, True)
+        ys, final = result[0], result[1:]
+    else:
+        packed = pack_padded_sequence(xs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        order, unorder = packed.sorted_indices, packed.unsorted_indices
+        hx = tuple(h.index_select(1, order) for h in hx) if lstm else hx.index_select(1, order)
+        result = kernel(packed.data, packed.batch_sizes, hx, weights, has_bias, 1, 0.0, False, False)
+        packed_out = type(packed)(result[0], packed.batch_sizes, order, unorder)
+        ys, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=xs.shape[1])
+        final = tuple(h.index_select(1, unorder) for h in result[1:])
+    if lstm:
+        return ys, (final[0][0], final[1][0])
+    return ys, final[0][0]

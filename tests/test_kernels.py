@@ -1,0 +1,286 @@
+"""Every fast path against the oracle `reference`: outputs, final states and all gradients (float64),
+for every cell each one serves, with and without feedback, lengths and initial states; the dispatch."""
+
+import itertools
+
+import pytest
+import torch
+
+from rnnlab import (ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, Recurrent, ResidualCell,
+                    VanillaCell)
+from rnnlab import kernels
+from rnnlab.kernels import compiled
+from rnnlab.kernels.scan import linear_scan
+
+B, T, I, H, O = 4, 6, 3, 5, 2
+
+# The C++ loop compiles in about a minute at first use; the tests use a cached build only.
+EXTENSION = compiled.extension() if compiled.built() else None
+
+
+@pytest.fixture(autouse=True)
+def cached_extension_only(monkeypatch):
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION)
+LENGTHS = torch.tensor([6, 2, 4, 1])
+LADDER = [VanillaCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell, OutputFeedbackCell]
+
+
+def make(cls, feedback, dtype=torch.float64, **options):
+    torch.manual_seed(0)
+    return cls(I, H, O if feedback else 0, **options).to(dtype)
+
+
+def inputs(cell, feedback, device="cpu", dtype=torch.float64):
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(B, T, I, generator=g, dtype=dtype).to(device).requires_grad_()
+    y_prev = torch.randn(B, T, O, generator=g, dtype=dtype).to(device).requires_grad_() if feedback else None
+    zero = cell.initial_state(B, dtype=dtype)
+    state = tuple(torch.randn(z.shape, generator=g, dtype=dtype).to(device).requires_grad_() for z in zero) \
+        if isinstance(zero, tuple) else torch.randn(zero.shape, generator=g, dtype=dtype).to(device).requires_grad_()
+    return xs, state, y_prev
+
+
+def forward_backward(cell, implementation, xs, state, y_prev, lengths, masks=(None, None)):
+    """Outputs, final state parts and the gradients of a loss touching all of them."""
+    ys, final = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, y_prev, lengths, masks)
+    finals = final if isinstance(final, tuple) else (final,)
+    weights = torch.linspace(-1, 1, ys.numel(), dtype=ys.dtype, device=ys.device).view_as(ys)
+    loss = (ys * weights).sum() + sum((f * f).sum() for f in finals)
+    leaves = list(cell.parameters()) + [xs] + list(state if isinstance(state, tuple) else (state,))
+    leaves += [y_prev] if y_prev is not None else []
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    # an input that does not reach the loss has a zero gradient; autograd may say None instead
+    grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
+    return ys, finals, grads
+
+
+def assert_agree(cell, implementation, feedback, lengths, masks=(None, None), device="cpu"):
+    xs, state, y_prev = inputs(cell, feedback, device)
+    cell, lengths = cell.to(device), None if lengths is None else lengths.to(device)
+    masks = tuple(None if m is None else m.to(device) for m in masks)
+    expected = forward_backward(cell, "reference", xs, state, y_prev, lengths, masks)
+    got = forward_backward(cell, implementation, xs, state, y_prev, lengths, masks)
+    for what, e, g in zip(("outputs", "final state", "gradients"), expected, got):
+        e, g = (e,) if isinstance(e, torch.Tensor) else e, (g,) if isinstance(g, torch.Tensor) else g
+        assert len(e) == len(g), what
+        for k, (a, b) in enumerate(zip(e, g)):
+            torch.testing.assert_close(b, a, msg=lambda m: f"{implementation} {what}[{k}]: {m}")
+
+
+def cells(**options):
+    """Every ladder cell, with and without feedback, reading its state or not (where it can)."""
+    for cls, feedback, reads_state in itertools.product(LADDER, (False, True), (True, False)):
+        if cls is OutputFeedbackCell and reads_state:
+            continue
+        opts = dict(options) if cls is OutputFeedbackCell else dict(options, reads_state=reads_state)
+        yield pytest.param(cls, feedback, opts, id=f"{cls.__name__}-fb{int(feedback)}-rs{int(reads_state)}")
+
+
+def served(implementation, cls, feedback, options, lengths=False):
+    cell = make(cls, feedback, **options)
+    reason = kernels.available(cell, implementation, feedback=feedback, lengths=lengths, masks=(None, None),
+                               training=False)
+    return cell, reason
+
+
+@pytest.mark.parametrize("implementation", ["native", "fused", "scan"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("cls, feedback, options", list(cells()))
+def test_agrees_with_reference(implementation, with_lengths, cls, feedback, options):
+    cell, reason = served(implementation, cls, feedback, options)
+    if reason is not None:
+        pytest.skip(reason)
+    assert_agree(cell, implementation, feedback, LENGTHS if with_lengths else None)
+
+
+def test_every_cell_has_a_fast_path():
+    """fused serves every ladder cell; scan every one without a state read; native torch's own."""
+    for cls, feedback, options in (p.values for p in cells()):
+        assert served("fused", cls, feedback, options)[1] is None
+        scan_reason = served("scan", cls, feedback, options)[1]
+        assert (scan_reason is None) == (not options.get("reads_state", False))
+    for cls in (LSTMCell, GRUCell, VanillaCell):
+        for feedback in (False, True):
+            assert served("native", cls, feedback, {})[1] is None
+
+
+@pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
+@pytest.mark.parametrize("feedback, masked", [(False, False), (True, True)])
+def test_fused_lstm_loops(compiled_loop, feedback, masked, monkeypatch):
+    """The C++ LSTM loop and the Python one each against reference (lengths, masks, initial state)."""
+    if compiled_loop and EXTENSION is None:
+        pytest.skip("the C++ loop is not built (no compiler, or not cached yet: run rnnlab once)")
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
+    cell = make(LSTMCell, feedback, recurrent_dropout=0.3).train()
+    masks = (None, cell.sample_masks(B, torch.zeros((), dtype=torch.float64))[1]) if masked else (None, None)
+    assert_agree(cell, "fused", feedback, LENGTHS, masks)
+    assert_agree(cell, "fused", feedback, None, masks)
+
+
+def test_without_compiler_fused_falls_back(monkeypatch, tmp_path):
+    """No compiler on PATH and an empty cache: `extension()` is None and fused still runs."""
+    monkeypatch.undo()
+    compiled.extension.cache_clear()
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-compiler"))
+    try:
+        assert not compiled.built() and compiled.extension() is None
+    finally:
+        compiled.extension.cache_clear()
+    monkeypatch.setattr(compiled, "extension", lambda: None)
+    assert_agree(make(LSTMCell, False), "fused", False, LENGTHS)
+
+
+@pytest.mark.parametrize("activation, gate_activation", [("relu", "hard_sigmoid"), ("softsign", "sigmoid"),
+                                                         ("elu", "hard_tanh"), ("identity", "tanh")])
+@pytest.mark.parametrize("cls", [VanillaCell, ForgetGatedCell, LSTMCell, GRUCell])
+def test_fused_activations(cls, activation, gate_activation):
+    cell = make(cls, True, activation=activation, gate_activation=gate_activation)
+    assert_agree(cell, "fused", True, LENGTHS)
+
+
+@pytest.mark.parametrize("implementation, cls, options", [
+    ("fused", ResidualCell, dict(residual="before")),
+    ("fused", ResidualCell, dict(residual="before", reads_state=False)),
+    ("scan", LSTMCell, dict(reads_state=False, depth=3)),
+    ("scan", ForgetGatedCell, dict(reads_state=False, depth=2, bias=False)),
+    ("fused", LSTMCell, dict(bias=False)),
+    ("fused", GRUCell, dict(bias=False)),
+    ("native", GRUCell, dict(bias=False)),
+])
+def test_variants(implementation, cls, options):
+    cell = make(cls, True, **options)
+    assert kernels.available(cell, implementation) is None
+    assert_agree(cell, implementation, True, LENGTHS)
+
+
+@pytest.mark.parametrize("cls", [VanillaCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell])
+def test_fused_applies_dropout_masks(cls):
+    cell = make(cls, True, dropout=0.3, recurrent_dropout=0.4)
+    cell.train()
+    masks = cell.sample_masks(B, torch.zeros((), dtype=torch.float64))
+    assert all(m is not None for m in masks)
+    assert_agree(cell, "fused", True, LENGTHS, masks)
+
+
+def test_runner_in_training_with_dropout_matches_reference():
+    """Through Recurrent: the same seed samples the same masks, so fused equals reference."""
+    cell = make(LSTMCell, True, dropout=0.2, recurrent_dropout=0.3).train()
+    xs, state, y_prev = inputs(cell, True)
+    results = []
+    for implementation in ("reference", "fused"):
+        torch.manual_seed(5)
+        ys, _ = Recurrent(cell, implementation)(xs, state, y_prev, LENGTHS)
+        results.append((ys, torch.autograd.grad(ys.square().sum(), cell.weight_hh)[0]))
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_native_applies_input_dropout_mask():
+    cell = make(GRUCell, False, dropout=0.5).train()
+    masks = (cell.sample_masks(B, torch.zeros((), dtype=torch.float64))[0], None)
+    assert kernels.available(cell, "native", masks=masks) is None
+    assert_agree(cell, "native", False, LENGTHS, masks)
+
+
+def test_auto_picks_the_fastest_valid():
+    def auto(cell, **context):
+        context = dict(dict(feedback=bool(cell.feedback_size), lengths=False, masks=(None, None), training=False), **context)
+        return kernels.choose(cell, "auto", **context)
+    assert auto(make(LSTMCell, False)) == "native"
+    assert auto(make(LSTMCell, True)) == "native"  # teacher forcing: [x, y*] through torch's kernel
+    assert auto(make(VanillaCell, False, activation="relu")) == "native"
+    assert auto(make(VanillaCell, False, activation="softsign")) == "fused"
+    assert auto(make(GRUCell, False, reads_state=False)) == "scan"
+    assert auto(make(OutputFeedbackCell, True)) == "scan"
+    assert auto(make(ForgetGatedCell, True)) == "fused"
+    assert auto(make(LSTMCell, False, zoneout=0.1)) == "reference"
+    assert auto(make(LSTMCell, False, depth=2)) == "reference"
+    assert auto(make(LSTMCell, False, activation="gelu")) == "reference"
+    recurrent_dropout = make(LSTMCell, False, recurrent_dropout=0.5)
+    assert auto(recurrent_dropout, masks=(None, torch.ones(B, H))) == "fused"
+    assert auto(recurrent_dropout, masks=(None, None)) == "native"  # evaluation: no mask
+
+
+@pytest.mark.parametrize("implementation, cell, reason", [
+    ("native", make(ForgetGatedCell, False), "no torch.nn counterpart"),
+    ("native", make(LSTMCell, False, reads_state=False), "reads_state=False"),
+    ("scan", make(LSTMCell, False), "reads_state=False"),
+    ("scan", make(ResidualCell, False, residual="before", reads_state=False), "residual='before'"),
+    ("fused", make(LSTMCell, False, depth=2), "depth > 1"),
+    ("fused", make(GRUCell, False, activation="gelu"), "gelu"),
+])
+def test_unavailable_explicit_choice_raises(implementation, cell, reason):
+    runner = Recurrent(cell, implementation)
+    with pytest.raises(ValueError, match=f"implementation='{implementation}'.*{reason}"):
+        runner(torch.randn(B, T, I, dtype=torch.float64))
+
+
+def test_native_declines_recurrent_dropout_mask():
+    cell = make(LSTMCell, False, recurrent_dropout=0.5).train()
+    with pytest.raises(ValueError, match="recurrent-dropout"):
+        Recurrent(cell, "native")(torch.randn(B, T, I, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("implementation, cls, options", [("fused", LSTMCell, {}), ("fused", GRUCell, {}),
+                                                          ("native", LSTMCell, {}),
+                                                          ("scan", ForgetGatedCell, dict(reads_state=False))])
+def test_inference_keeps_no_graph(implementation, cls, options):
+    cell = make(cls, False, **options)
+    runner = Recurrent(cell, implementation)
+    with torch.no_grad():
+        ys, state = runner(torch.randn(B, T, I, dtype=torch.float64), lengths=LENGTHS)
+    parts = state if isinstance(state, tuple) else (state,)
+    assert ys.grad_fn is None and all(p.grad_fn is None for p in parts)
+    assert ys.shape == (B, T, H)
+
+
+def test_fused_inference_equals_training_forward():
+    """Under no_grad fused keeps one-step buffers (a ring for the LSTM's c); results must not change."""
+    cell = make(LSTMCell, True)
+    xs, state, y_prev = inputs(cell, True)
+    ys, final = kernels.fused(cell, xs, state, y_prev, LENGTHS, (None, None))
+    with torch.no_grad():
+        ys0, final0 = kernels.fused(cell, xs, state, y_prev, LENGTHS, (None, None))
+    torch.testing.assert_close(ys0, ys.detach())
+    torch.testing.assert_close(final0, tuple(f.detach() for f in final))
+
+
+def test_linear_scan_is_stable_over_long_sequences():
+    """Gates near 0 (products underflow), exactly 0, and negative: agrees with the plain loop."""
+    g = torch.Generator().manual_seed(3)
+    steps = 3000
+    f = torch.rand(2, steps, 3, generator=g, dtype=torch.float64) * 2 - 0.5  # in [-0.5, 1.5)
+    f[:, ::7] = 1e-30
+    f[:, 5] = 0.0
+    f = f.clamp(max=1.0)
+    b = torch.randn(2, steps, 3, generator=g, dtype=torch.float64)
+    s0 = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    s, expected = s0, []
+    for t in range(steps):
+        s = f[:, t] * s + b[:, t]
+        expected.append(s)
+    expected = torch.stack(expected, 1)
+    torch.testing.assert_close(linear_scan(f, b, s0), expected)
+    torch.testing.assert_close(linear_scan(f.float(), b.float(), s0.float()), expected.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(linear_scan(None, b, s0), s0[:, None] + b.cumsum(1))
+
+
+def test_float32_long_sequence_scan_matches_reference():
+    cell = make(ForgetGatedCell, False, dtype=torch.float32, reads_state=False)
+    xs = torch.randn(2, 1500, I)
+    state = cell.initial_state(2)
+    with torch.no_grad():
+        expected, _ = kernels.reference(cell, xs, state, None, None, (None, None))
+        got, _ = kernels.scan(cell, xs, state, None, None, (None, None))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("implementation, cls, options", [("native", LSTMCell, {}), ("native", GRUCell, {}),
+                                                          ("fused", LSTMCell, {}), ("fused", GRUCell, {}),
+                                                          ("fused", ForgetGatedCell, {}),
+                                                          ("scan", LSTMCell, dict(reads_state=False))])
+def test_cuda_agrees_with_reference(implementation, cls, options):
+    cell = make(cls, True, **options)
+    assert_agree(cell, implementation, True, LENGTHS, device="cuda")
