@@ -50,7 +50,7 @@ def cmd_bench(args) -> int:
             threads=args.threads, reps=args.reps if args.reps is not None else (3 if args.quick else 5),
             max_call_s=args.max_call)
     except ValueError as error:
-        print(f"rnnlab bench: error: {error}", file=sys.stderr)
+        print(f"rnnlab {error}", file=sys.stderr)  # the message starts "bench: --flag ..."
         return 2
     report = bench.run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(bench.format_table(report))
