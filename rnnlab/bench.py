@@ -85,7 +85,7 @@ class BenchConfig:
     warmup: int = 1
     # A candidate whose first warm-up call takes longer is skipped (and reported so): this is what
     # keeps the default grid near 10 minutes when slow paths meet T = 1000.
-    max_call_s: float = 2.0
+    max_call_s: float = 5.0
     seed: int = 0
 
     def __post_init__(self):

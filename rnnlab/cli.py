@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--passes", default="all", help="forward, forward+backward")
     bench.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     bench.add_argument("--reps", type=int, default=None, help="timed repetitions per candidate (default 5; 3 with --quick)")
-    bench.add_argument("--max-call", type=float, default=2.0,
-                       help="skip a candidate whose warm-up call takes longer than this many seconds (default 2)")
+    bench.add_argument("--max-call", type=float, default=5.0,
+                       help="skip a candidate whose warm-up call takes longer than this many seconds (default 5)")
     bench.add_argument("--quick", action="store_true", help="a small grid that finishes in under a minute")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     bench.set_defaults(func=cmd_bench)
