@@ -1,0 +1,408 @@
+"""Speed side by side: rnnlab's implementations against the peers a user would pick instead.
+
+Everything is timed in ONE process, so that all candidates share the machine's state: after a
+warm-up call each, the repetitions go round-robin over the candidates of one (size, pass) group
+(the starting candidate rotates), so drift on a shared, noisy machine hits all of them alike.
+Each candidate reports the median and min-max of its repetitions, the ratio of its median to
+torch.nn.LSTM's in the same group, and the fraction of the machine's matrix-multiply peak it
+reaches (the peak is measured here, at the same thread count, as the best of square fp32 matmuls
+before and after the run; on a shared machine a share can exceed 100% when the peak was caught slow).
+
+The peers: torch.nn.LSTM (the baseline of every ratio), torch.nn.GRU, torch.nn.RNN (tanh), and a
+plain Python loop of torch.nn.LSTMCell (what a user writes by hand). The rnnlab candidates: each
+ladder cell in up to three variants (`plain`; `feedback`, output feedback of size O = I, teacher
+forced with a random y_prev; `linear`, reads_state=False, the recurrences a scan can serve) under
+each implementation. An implementation that cannot serve a configuration is reported with its
+reason instead of a time, so the same command lights up as the fast paths land.
+
+Two passes: `forward` (under no_grad) and `forward+backward` (the sum of the outputs, backward to
+the parameters; the inputs do not require grad, for every candidate alike).
+
+FLOPs count the matrix products only (`Cell.flops_per_step`); forward+backward counts three times
+the forward (each product has two of the same size in the backward: input and weight gradients).
+
+The functions here return data (dicts and strings ready to print or dump as JSON); the `rnnlab
+bench` command in cli.py prints them.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import kernels
+from .cells import LADDER
+from .runners import IMPLEMENTATION_NAMES, Recurrent
+
+__all__ = ["Size", "BenchConfig", "DEFAULT_SIZES", "QUICK_SIZES", "VARIANTS", "PASSES", "PEERS",
+           "parse_sizes", "parse_names", "run_bench", "format_table", "machine", "matmul_peak"]
+
+
+@dataclass(frozen=True)
+class Size:
+    """One point of the grid: batch B, hidden H, input I, time steps T."""
+
+    B: int
+    H: int
+    I: int
+    T: int
+
+    def __str__(self) -> str:
+        return f"{self.B}x{self.H}x{self.I}x{self.T}"
+
+
+DEFAULT_SIZES = (Size(32, 128, 128, 100), Size(64, 256, 256, 100), Size(32, 512, 512, 100), Size(1, 128, 128, 1000))
+QUICK_SIZES = (Size(32, 128, 128, 100), Size(1, 64, 64, 200))
+VARIANTS = ("plain", "feedback", "linear")
+PASSES = ("forward", "forward+backward")
+PEERS = ("torch.nn.LSTM", "torch.nn.GRU", "torch.nn.RNN", "LSTMCell loop")
+BASELINE = "torch.nn.LSTM"
+# The torch.nn layer that computes the same cell, for the second ratio (the issue's auto target).
+MATCHING_PEER = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU", "vanilla": "torch.nn.RNN"}
+# Cells whose update stays a recurrence when the gates stop reading the state (reads_state=False);
+# vanilla would lose its recurrence altogether and the feedback cell never reads its state.
+LINEAR_CELLS = ("residual", "input", "forget", "lstm", "gru")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to time. Every field is checked on construction, naming the command's flag."""
+
+    sizes: tuple[Size, ...] = DEFAULT_SIZES
+    cells: tuple[str, ...] = tuple(LADDER)
+    impls: tuple[str, ...] = IMPLEMENTATION_NAMES
+    variants: tuple[str, ...] = VARIANTS
+    passes: tuple[str, ...] = PASSES
+    threads: int = 1
+    reps: int = 5
+    warmup: int = 1
+    # A candidate whose first warm-up call takes longer is skipped (and reported so): this is what
+    # keeps the default grid near 10 minutes when slow paths meet T = 1000.
+    max_call_s: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_names("--cells", self.cells, tuple(LADDER))
+        _check_names("--impls", self.impls, IMPLEMENTATION_NAMES)
+        _check_names("--variants", self.variants, VARIANTS)
+        _check_names("--passes", self.passes, PASSES)
+        if not self.sizes or not all(isinstance(s, Size) for s in self.sizes):
+            raise ValueError(f"bench: --sizes must name at least one size BxHxIxT; got {self.sizes!r}")
+        for name, value, low in (("--threads", self.threads, 1), ("--reps", self.reps, 1), ("--warmup", self.warmup, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"bench: {name} must be an int >= {low}; got {value!r}")
+        if not self.max_call_s > 0:
+            raise ValueError(f"bench: --max-call must be a positive number of seconds; got {self.max_call_s!r}")
+
+
+def _check_names(flag: str, names, allowed) -> None:
+    if not names:
+        raise ValueError(f"bench: {flag} must name at least one of {', '.join(allowed)}; got none")
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"bench: {flag} must be names from {', '.join(allowed)}; got {', '.join(map(repr, unknown))}")
+
+
+def parse_sizes(text: str) -> tuple[Size, ...]:
+    """'32x128x128x100,1x128x128x1000' -> sizes (B, H, I, T)."""
+    sizes = []
+    for part in text.split(","):
+        fields = part.strip().lower().split("x")
+        if len(fields) != 4 or not all(f.isdigit() and int(f) > 0 for f in fields):
+            raise ValueError(f"bench: --sizes must be comma-separated BxHxIxT of positive integers, e.g. "
+                             f"32x128x128x100,1x128x128x1000; got {text!r}")
+        sizes.append(Size(*map(int, fields)))
+    return tuple(sizes)
+
+
+def parse_names(flag: str, text: str, allowed) -> tuple[str, ...]:
+    """'lstm,gru' -> ('lstm', 'gru'), checked against the allowed names ('all' for every one)."""
+    if text.strip() == "all":
+        return tuple(allowed)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    _check_names(flag, names, tuple(allowed))
+    return names
+
+
+# --- the machine --------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's guess elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int) -> dict:
+    """What a reader needs to judge the numbers: CPU, cores, torch, threads."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "threads": threads, "device": "cpu"}
+
+
+def matmul_peak(sizes: tuple[int, ...] = (512, 1024), reps: int = 10) -> float:
+    """Best FLOP/s of square (n x n) @ (n x n) fp32 matmuls at the current thread count: the
+    ceiling that an RNN's matrix products could reach on this machine. Several sizes and the best
+    repetition, because on a shared machine one size at one moment can land on a slow spell."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        torch.mm(a, b, out=out)  # warm-up: first call pays for allocation and dispatch set-up
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    return best
+
+
+# --- the candidates -----------------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    """One thing to time at one size: `forward(grad)` runs it once; `flops` of one forward."""
+
+    name: str
+    kind: str  # "peer" or "rnnlab"
+    cell: str | None = None
+    variant: str | None = None
+    impl: str | None = None
+    resolved: str | None = None  # what `auto` dispatched to
+    flops: int = 0
+    forward: Callable[[bool], torch.Tensor] | None = None
+    params: list = field(default_factory=list)
+    reason: str | None = None  # why it cannot be timed (n/a)
+
+
+def _lstm_flops(size: Size, gates: int) -> int:
+    """Matrix-product FLOPs of one forward of a torch.nn layer with `gates` gates."""
+    return 2 * gates * size.H * (size.I + size.H) * size.B * size.T
+
+
+def _peer(name: str, size: Size, xs: torch.Tensor) -> Candidate:
+    if name == "LSTMCell loop":
+        cell = torch.nn.LSTMCell(size.I, size.H)
+
+        def forward(grad: bool):
+            h = torch.zeros(size.B, size.H)
+            c = torch.zeros(size.B, size.H)
+            outs = []
+            for x_t in xs.unbind(1):  # the loop a user writes by hand
+                h, c = cell(x_t, (h, c))
+                outs.append(h)
+            return torch.stack(outs, 1)
+
+        return Candidate(name, "peer", flops=_lstm_flops(size, 4), forward=forward, params=list(cell.parameters()))
+    layer_type, gates = {"torch.nn.LSTM": (torch.nn.LSTM, 4), "torch.nn.GRU": (torch.nn.GRU, 3),
+                         "torch.nn.RNN": (torch.nn.RNN, 1)}[name]
+    layer = layer_type(size.I, size.H, batch_first=True)
+    return Candidate(name, "peer", flops=_lstm_flops(size, gates), forward=lambda grad: layer(xs)[0],
+                     params=list(layer.parameters()))
+
+
+def _variants(cell: str, wanted: tuple[str, ...]) -> list[str]:
+    """The variants that make sense for a cell: the feedback cell exists only with feedback."""
+    if cell == "feedback":
+        return [v for v in wanted if v == "feedback"]
+    return [v for v in wanted if v != "linear" or cell in LINEAR_CELLS]
+
+
+def _rnnlab(cell_name: str, variant: str, impl: str, size: Size, xs: torch.Tensor, y_prev: torch.Tensor) -> Candidate:
+    feedback = size.I if variant == "feedback" else 0
+    options = {"reads_state": False} if variant == "linear" else {}
+    cell = LADDER[cell_name](size.I, size.H, feedback, **options)
+    label = cell_name if variant == "plain" else f"{cell_name} {'fb' if variant == 'feedback' else 'lin'}"
+    candidate = Candidate(f"{label} [{impl}]", "rnnlab", cell_name, variant, impl,
+                          flops=cell.flops_per_step(size.B) * size.T, params=list(cell.parameters()))
+    # Ask the dispatcher first; the warm-up call (which catches the runner's ValueError) decides
+    # for whatever the dispatcher cannot tell without running.
+    resolved = kernels.choose(cell, impl) if impl == "auto" else impl
+    candidate.resolved = resolved
+    reason = kernels.available(cell, resolved)
+    if reason is not None:
+        candidate.reason = reason if impl != "auto" else f"auto chose {resolved!r}: {reason}"
+        return candidate
+    if impl == "auto":
+        candidate.name = f"{label} [auto: {resolved}]"
+    runner = Recurrent(cell, implementation=impl)
+    fed = y_prev if feedback else None
+    candidate.forward = lambda grad: runner(xs, y_prev=fed)[0]
+    return candidate
+
+
+def candidates(config: BenchConfig, size: Size, xs: torch.Tensor, y_prev: torch.Tensor) -> list[Candidate]:
+    """The peers, then every (cell, variant, implementation) of the configuration, at one size."""
+    torch.manual_seed(config.seed)  # the same weights for every run of the same grid
+    found = [_peer(name, size, xs) for name in PEERS]
+    for cell in config.cells:
+        for variant in _variants(cell, config.variants):
+            for impl in config.impls:
+                found.append(_rnnlab(cell, variant, impl, size, xs, y_prev))
+    return found
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+def _call(candidate: Candidate, backward: bool) -> float:
+    """Seconds of one forward (no_grad) or one forward+backward of the sum of the outputs."""
+    if backward:
+        for p in candidate.params:
+            p.grad = None  # no accumulation into last repetition's gradients
+        start = time.perf_counter()
+        candidate.forward(True).sum().backward()
+        return time.perf_counter() - start
+    with torch.no_grad():
+        start = time.perf_counter()
+        candidate.forward(False)
+        return time.perf_counter() - start
+
+
+def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
+               progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Warm up each candidate, then time them round-robin. Returns name -> result entry."""
+    results: dict[str, dict] = {}
+    live = []
+    for c in group:
+        if c.reason is not None:
+            results[c.name] = {"status": "n/a", "reason": c.reason}
+            continue
+        try:
+            first = _call(c, backward)
+            for _ in range(config.warmup - 1):
+                _call(c, backward)
+        except (ValueError, NotImplementedError) as error:  # the runner says it cannot serve this
+            results[c.name] = {"status": "n/a", "reason": str(error)}
+            continue
+        except Exception as error:  # a fast path that breaks must not take the whole bench down
+            results[c.name] = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+            continue
+        if first > config.max_call_s:
+            results[c.name] = {"status": "skipped", "reason": f"one call took {first:.1f} s > --max-call "
+                                                              f"{config.max_call_s:g} s"}
+            continue
+        live.append(c)
+    times: dict[str, list[float]] = {c.name: [] for c in live}
+    gc.collect()
+    for rep in range(config.reps):
+        shift = rep % len(live) if live else 0
+        for c in live[shift:] + live[:shift]:  # rotate who goes first: no one always runs cold
+            times[c.name].append(_call(c, backward))
+        if progress:
+            progress(f"  rep {rep + 1}/{config.reps}")
+    for c in live:
+        t = times[c.name]
+        results[c.name] = {"status": "ok", "times_s": t, "median_s": statistics.median(t),
+                           "min_s": min(t), "max_s": max(t)}
+    return results
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Time the grid of `config`. Returns the report: machine, settings, peak, and one row per
+    (size, pass, candidate) with times, ratios and peak fractions (or the reason for none)."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        peak = matmul_peak()
+        rows = []
+        for size in config.sizes:
+            generator = torch.Generator().manual_seed(config.seed)
+            xs = torch.randn(size.B, size.T, size.I, generator=generator)  # (B, T, I)
+            y_prev = torch.randn(size.B, size.T, size.I, generator=generator)  # (B, T, O), O = I: teacher forced
+            group = candidates(config, size, xs, y_prev)
+            for pass_name in config.passes:
+                if progress:
+                    progress(f"{size} {pass_name}: {sum(c.reason is None for c in group)} candidates")
+                results = time_group(group, pass_name == "forward+backward", config, progress)
+                rows += _rows(size, pass_name, group, results)
+        peak_after = matmul_peak()
+        # The better of the two measurements: a peak caught in a slow spell would flatter everyone.
+        for row in rows:
+            if row["status"] == "ok":
+                row["peak_fraction"] = row["flops"] / row["median_s"] / max(peak, peak_after)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return {"machine": machine(config.threads),
+            "peak_flops": peak, "peak_flops_after": peak_after,
+            "settings": {"sizes": [str(s) for s in config.sizes], "cells": list(config.cells),
+                         "impls": list(config.impls), "variants": list(config.variants),
+                         "passes": list(config.passes), "reps": config.reps, "warmup": config.warmup,
+                         "max_call_s": config.max_call_s, "seed": config.seed},
+            "rows": rows}
+
+
+def _rows(size: Size, pass_name: str, group: list[Candidate], results: dict) -> list[dict]:
+    """The group's rows, with ratios to torch.nn.LSTM (and to the matching torch.nn layer)."""
+    def median(name):
+        entry = results.get(name, {})
+        return entry.get("median_s")
+
+    base = median(BASELINE)
+    flop_factor = 3 if pass_name == "forward+backward" else 1
+    rows = []
+    for c in group:
+        entry = dict(results[c.name])
+        row = {"size": {"B": size.B, "H": size.H, "I": size.I, "T": size.T}, "pass": pass_name,
+               "name": c.name, "kind": c.kind, "cell": c.cell, "variant": c.variant, "impl": c.impl,
+               "resolved": c.resolved, "flops": c.flops * flop_factor, **entry}
+        if entry["status"] == "ok":
+            t = entry["median_s"]
+            row["ratio"] = t / base if base else None
+            match = MATCHING_PEER.get(c.cell) if c.variant == "plain" else None
+            row["ratio_match"] = t / median(match) if match and median(match) else None
+        rows.append(row)
+    return rows
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+def format_table(report: dict) -> str:
+    """The report as plain text: a header with the machine, then one table per (size, pass)."""
+    m = report["machine"]
+    lines = [f"rnnlab bench  cpu: {m['cpu']}  cores: {m['cores']}  torch {m['torch']}  threads: {m['threads']}",
+             f"matmul peak (fp32, {m['threads']} thread(s)): {report['peak_flops'] / 1e9:.1f} GFLOP/s before the run, "
+             f"{report['peak_flops_after'] / 1e9:.1f} after; peak fractions use the larger",
+             f"reps: {report['settings']['reps']} interleaved after {report['settings']['warmup']} warm-up; "
+             f"times are medians [min-max]; x LSTM = median / torch.nn.LSTM's; "
+             f"x match = / the same cell's torch.nn layer; peak = share of the matmul peak"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in report["rows"]:
+        s = row["size"]
+        groups.setdefault((f"B={s['B']} H={s['H']} I={s['I']} T={s['T']}", row["pass"]), []).append(row)
+    width = max(len(r["name"]) for r in report["rows"])
+    for (size, pass_name), rows in groups.items():
+        lines += ["", f"== {size}  {pass_name}",
+                  f"{'candidate':<{width}}  {'median ms':>10}  {'min-max ms':>17}  {'x LSTM':>7}  {'x match':>7}  {'peak':>6}"]
+        missing: dict[str, list[str]] = {}  # "status: reason" -> candidates, so n/a costs one line per reason
+        for r in rows:
+            if r["status"] != "ok":
+                missing.setdefault(f"{r['status']}: {r['reason']}", []).append(r["name"])
+                continue
+            spread = f"{r['min_s'] * 1e3:.2f}-{r['max_s'] * 1e3:.2f}"
+            ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+            match = f"{r['ratio_match']:.2f}" if r.get("ratio_match") is not None else ""
+            lines.append(f"{r['name']:<{width}}  {r['median_s'] * 1e3:>10.2f}  {spread:>17}  {ratio:>7}  "
+                         f"{match:>7}  {r['peak_fraction']:>6.1%}")
+        for why, names in missing.items():
+            lines.append(f"{why}: {_summarise(names, rows)}")
+    return "\n".join(lines)
+
+
+def _summarise(names: list[str], rows: list[dict]) -> str:
+    """'every fused candidate' when a reason covers all of one implementation's rows, else the names."""
+    impls = {r["impl"] for r in rows if r["name"] in names}
+    if len(impls) == 1 and None not in impls:
+        impl = impls.pop()
+        if len(names) == sum(r["impl"] == impl for r in rows):
+            return f"all {len(names)} [{impl}] candidates"
+    return ", ".join(names)

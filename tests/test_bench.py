@@ -1,0 +1,138 @@
+"""The bench's logic on a tiny grid: rows, ratios, reasons, JSON, flags. Nothing here asserts a time."""
+
+import json
+
+import pytest
+import torch
+
+from rnnlab import bench, kernels
+from rnnlab.bench import BenchConfig, Size
+from rnnlab.cli import main
+
+TINY = (Size(2, 4, 3, 5),)
+
+
+def tiny(**overrides) -> BenchConfig:
+    options = dict(sizes=TINY, cells=("lstm", "feedback"), impls=("reference", "auto"), reps=2)
+    options.update(overrides)
+    return BenchConfig(**options)
+
+
+def rows_of(report, **match):
+    return [r for r in report["rows"] if all(r[k] == v for k, v in match.items())]
+
+
+def test_tiny_grid_times_peers_and_rnnlab_in_both_passes():
+    report = bench.run_bench(tiny())
+    for pass_name in bench.PASSES:
+        names = {r["name"] for r in rows_of(report, **{"pass": pass_name})}
+        assert set(bench.PEERS) <= names
+        assert "lstm [reference]" in names and "lstm fb [reference]" in names
+        assert "feedback fb [reference]" in names
+        for row in rows_of(report, **{"pass": pass_name, "status": "ok"}):
+            assert len(row["times_s"]) == 2
+            assert row["min_s"] <= row["median_s"] <= row["max_s"]
+            assert row["flops"] > 0 and row["peak_fraction"] > 0
+    assert report["peak_flops"] > 0
+    assert report["machine"]["threads"] == 1 and report["machine"]["torch"] == torch.__version__
+
+
+def test_ratio_of_torch_lstm_to_itself_is_one():
+    report = bench.run_bench(tiny(cells=("lstm",), impls=("reference",)))
+    for row in rows_of(report, name="torch.nn.LSTM"):
+        assert row["ratio"] == 1.0
+    ref = rows_of(report, name="lstm [reference]")[0]
+    assert ref["ratio"] == pytest.approx(ref["median_s"] / rows_of(report, name="torch.nn.LSTM")[0]["median_s"])
+    # plain lstm has a matching torch.nn layer, the feedback variant has none
+    assert ref["ratio_match"] == ref["ratio"]
+    assert rows_of(report, name="lstm fb [reference]")[0]["ratio_match"] is None
+
+
+def test_forward_plus_backward_counts_three_forwards_of_flops():
+    report = bench.run_bench(tiny(cells=("lstm",), impls=("reference",)))
+    fwd, both = (rows_of(report, name="torch.nn.LSTM", **{"pass": p})[0] for p in bench.PASSES)
+    assert fwd["flops"] == 2 * 4 * 4 * (3 + 4) * 2 * 5
+    assert both["flops"] == 3 * fwd["flops"]
+
+
+def test_unavailable_implementation_is_reported_with_its_reason(monkeypatch):
+    real = kernels.available
+    monkeypatch.setattr(kernels, "available",
+                        lambda cell, impl, **c: "no fused path for this test" if impl == "fused" else real(cell, impl, **c))
+    report = bench.run_bench(tiny(cells=("lstm",), impls=("reference", "fused")))
+    row = rows_of(report, name="lstm [fused]")[0]
+    assert row["status"] == "n/a" and row["reason"] == "no fused path for this test"
+    assert "median_s" not in row
+    assert "n/a: no fused path for this test" in bench.format_table(report)
+
+
+def test_runner_errors_become_reasons_not_crashes(monkeypatch):
+    real_run = kernels.run
+
+    def run(cell, xs, state, y_prev, lengths, masks, implementation="auto"):
+        if implementation == "reference" and cell.feedback_size:
+            raise ValueError("cannot serve feedback here")
+        if implementation == "reference" and not cell.reads_state:
+            raise RuntimeError("a broken kernel")
+        return real_run(cell, xs, state, y_prev, lengths, masks, implementation)
+
+    monkeypatch.setattr(kernels, "run", run)
+    report = bench.run_bench(tiny(cells=("lstm",), impls=("reference",), variants=("plain", "feedback", "linear")))
+    assert rows_of(report, name="lstm fb [reference]")[0]["reason"] == "cannot serve feedback here"
+    broken = rows_of(report, name="lstm lin [reference]")[0]
+    assert broken["status"] == "failed" and "RuntimeError: a broken kernel" in broken["reason"]
+    assert rows_of(report, name="lstm [reference]")[0]["status"] == "ok"
+
+
+def test_slow_candidates_are_skipped_saying_so():
+    report = bench.run_bench(tiny(cells=("lstm",), impls=("reference",), passes=("forward",), max_call_s=1e-9))
+    row = rows_of(report, name="lstm [reference]")[0]
+    assert row["status"] == "skipped" and "--max-call" in row["reason"]
+
+
+def test_variants_follow_the_cells():
+    config = tiny(cells=("vanilla", "gru", "feedback"), impls=("reference",), variants=bench.VARIANTS)
+    names = {c.name for c in bench.candidates(config, TINY[0], torch.zeros(2, 5, 3), torch.zeros(2, 5, 3))}
+    assert {"vanilla [reference]", "vanilla fb [reference]", "gru lin [reference]", "feedback fb [reference]"} <= names
+    assert "vanilla lin [reference]" not in names and "feedback [reference]" not in names
+
+
+def test_threads_are_restored():
+    before = torch.get_num_threads()
+    bench.run_bench(tiny(cells=("lstm",), impls=("reference",), passes=("forward",), threads=1, reps=1))
+    assert torch.get_num_threads() == before
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    code = main(["bench", "--sizes", "2x4x3x5", "--cells", "lstm", "--impls", "reference,scan",
+                 "--reps", "1", "--json", str(path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "torch.nn.LSTM" in out and "lstm [reference]" in out and "x LSTM" in out
+    data = json.loads(path.read_text())
+    assert {"machine", "peak_flops", "settings", "rows"} <= set(data)
+    assert data["settings"]["sizes"] == ["2x4x3x5"]
+    assert any(r["name"] == "lstm [scan]" for r in data["rows"])
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--sizes", "32x128"], "--sizes"),
+    (["--sizes", "32x0x128x100"], "--sizes"),
+    (["--cells", "lstm,bogus"], "--cells"),
+    (["--impls", "turbo"], "--impls"),
+    (["--variants", "sideways"], "--variants"),
+    (["--threads", "0"], "--threads"),
+    (["--reps", "0"], "--reps"),
+    (["--max-call", "0"], "--max-call"),
+])
+def test_bad_flags_give_clear_errors(argv, flag, capsys):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab bench: " + flag)
+
+
+def test_parse_sizes():
+    assert bench.parse_sizes("32x128x128x100, 1x128x128x1000") == (Size(32, 128, 128, 100), Size(1, 128, 128, 1000))
+    with pytest.raises(ValueError, match="--sizes must be"):
+        bench.parse_sizes("a x b")
