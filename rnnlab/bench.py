@@ -227,9 +227,10 @@ def _rnnlab(cell_name: str, variant: str, impl: str, size: Size, xs: torch.Tenso
                           flops=cell.flops_per_step(size.B) * size.T, params=list(cell.parameters()))
     # Ask the dispatcher first; the warm-up call (which catches the runner's ValueError) decides
     # for whatever the dispatcher cannot tell without running.
-    resolved = kernels.choose(cell, impl) if impl == "auto" else impl
+    context = dict(feedback=bool(feedback), lengths=False, masks=(None, None), training=cell.training)
+    resolved = kernels.choose(cell, impl, **context) if impl == "auto" else impl
     candidate.resolved = resolved
-    reason = kernels.available(cell, resolved)
+    reason = kernels.available(cell, resolved, **context)
     if reason is not None:
         candidate.reason = reason if impl != "auto" else f"auto chose {resolved!r}: {reason}"
         return candidate
