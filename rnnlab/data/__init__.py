@@ -1,0 +1,1 @@
+"""Data: loaders, tokenizers, batching, and seeded generators of synthetic tasks (`synthetic`)."""
