@@ -84,12 +84,12 @@ def cmd_gradients(args) -> int:
 
     config = gf.GradientFlowConfig(cells=tuple(c for c in args.cells.split(",") if c), steps=args.T,
                                    train_steps=args.steps, hidden=args.hidden, batch=args.batch,
-                                   lr=args.lr, seed=args.seed)
+                                   lr=args.lr, seed=args.seed, init=args.init)
     config.check()
     out = _run_dir(args.out, "gradients")
     results = gf.measure_gradient_flow(config, progress=lambda line: print("  ", line, flush=True))
     shown = gf.selected_steps(config.steps)
-    print(f"\n||dLoss/ds^t|| on the adding problem (T={config.steps}, H={config.hidden}; loss at t=T; "
+    print(f"\n||dLoss/ds^t|| on the adding problem (T={config.steps}, H={config.hidden}, init {config.init}; loss at t=T; "
           f"baseline MSE {gf.ADDING_BASELINE_MSE:.3f})\n")
     print("| cell | moment | MSE | " + " | ".join(f"t={t}" for t in shown) + " | t=1 / t=T |")
     print("| --- | --- | ---: | " + " | ".join("---:" for _ in shown) + " | ---: |")
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     grad.add_argument("--batch", type=int, default=32)
     grad.add_argument("--lr", type=float, default=1e-3)
     grad.add_argument("--seed", type=int, default=0)
+    grad.add_argument("--init", default="torch", help="torch (default) or keras (orthogonal recurrent, forget bias 1)")
     grad.add_argument("--out", help="directory for JSON and the plot (default runs/gradients-<time>)")
     grad.set_defaults(func=cmd_gradients)
     return parser

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .cells import LADDER
+from .init import Init
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
 from .runners import Recurrent
 
@@ -24,6 +25,7 @@ __all__ = ["GradientFlowConfig", "CellFlow", "LADDER_CELLS", "state_gradient_nor
            "measure_gradient_flow", "selected_steps", "plot_gradient_flow"]
 
 LADDER_CELLS = ("vanilla", "residual", "input", "forget", "lstm", "gru")
+INITS = {"torch": Init.torch, "keras": Init.keras}
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class GradientFlowConfig:
     batch: int = 32
     lr: float = 1e-3
     seed: int = 0
+    init: str = "torch"  # 'torch' (torch.nn's uniform) or 'keras' (orthogonal recurrent, forget bias 1)
+    threads: int = 1  # torch CPU threads: small matrices on shared cores train faster on one
 
     def check(self) -> None:
         unknown = [c for c in self.cells if c not in LADDER_CELLS]
@@ -45,6 +49,8 @@ class GradientFlowConfig:
         for name, value, low in (("--steps", self.train_steps, 0), ("--hidden", self.hidden, 1), ("--batch", self.batch, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"gradients: {name} must be an int >= {low}; got {value!r}")
+        if self.init not in INITS:
+            raise ValueError(f"gradients: --init must be one of {sorted(INITS)}; got {self.init!r}")
         if not self.lr > 0:
             raise ValueError(f"gradients: --lr must be > 0; got {self.lr!r}")
 
@@ -70,24 +76,28 @@ def state_gradient_norms(runner: Recurrent, readout: nn.Module, xs: torch.Tensor
     """Norms of dLoss/ds^t for t = 1..T, and the loss; the loss is the MSE of the readout of the
     last output against `targets`.
 
-    The runner is stepped here, one `runner.step` per t, so that every state s^t is a tensor of the
-    graph whose gradient autograd can return: that is the total derivative, through every later
-    step. A state of several tensors (the LSTM's (s_bar, s)) counts them together: the norm of the
-    concatenation."""
+    dLoss/ds^t is the gradient with respect to the state as the rest of the sequence receives it:
+    what autograd would give for s^t if the runner were restarted from it as a leaf. The runner is
+    stepped here, one `runner.step` per t, and each state handed on is an alias (a view) of the
+    step's result, so that autograd returns exactly that gradient in one backward pass for every t;
+    the alias matters for the LSTM, whose s_bar^t = o * tanh(s^t) is computed from s^t: without it
+    the gradient of s^t would also count the path through s_bar^t of the same step. A state of
+    several tensors (the LSTM's (s_bar, s)) counts them together: the norm of the concatenation."""
     state = runner.initial_state(xs.shape[0], xs.device, xs.dtype)
-    states = []
+    handed = []
     for x_t in xs.unbind(1):
-        out, state = runner.step(x_t, state)
-        states.append(state)
-    loss = nn.functional.mse_loss(readout(out), targets)
-    flat = [part for s in states for part in _flat(s)]
-    grads = torch.autograd.grad(loss, flat, allow_unused=True)
-    per = len(_flat(states[0]))
+        _, state = runner.step(x_t, state)
+        state = tuple(p.view_as(p) for p in state) if isinstance(state, tuple) else state.view_as(state)
+        handed.append(state)
+    loss = nn.functional.mse_loss(readout(runner.cell.output(state)), targets)
+    flat = [part for s in handed for part in _flat(s)]
+    grads = torch.autograd.grad(loss, flat, allow_unused=True)  # unused: the LSTM's s^T, which f never reads
+    per = len(_flat(handed[0]))
     norms = []
-    for t in range(len(states)):
+    for t in range(len(handed)):
         parts = [g for g in grads[t * per:(t + 1) * per] if g is not None]
         norms.append(float(torch.sqrt(sum(g.square().sum() for g in parts))) if parts else 0.0)
-    return norms, float(loss)
+    return norms, float(loss.detach())
 
 
 def train_adding(runner: Recurrent, readout: nn.Module, config: GradientFlowConfig,
@@ -108,27 +118,34 @@ def train_adding(runner: Recurrent, readout: nn.Module, config: GradientFlowConf
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
 def measure_gradient_flow(config: GradientFlowConfig, progress=None) -> list[CellFlow]:
-    """For each cell: norms on a fixed evaluation batch at initialisation, then after training."""
+    """For each cell of `config.cells`, its norms at initialisation and after training."""
     config.check()
-    results = []
-    for name in config.cells:
-        if progress:
-            progress(f"{name}: training {config.train_steps} steps on the adding problem, T={config.steps}")
-        torch.manual_seed(config.seed)
-        runner = Recurrent(LADDER[name](2, config.hidden), implementation="reference")
-        readout = nn.Linear(config.hidden, 1)
-        # The same evaluation batch for every cell and both moments, drawn apart from training data.
-        xs, targets = adding_batch(256, config.steps, torch.Generator().manual_seed(config.seed + 10_000))
-        init, loss_init = state_gradient_norms(runner, readout, xs, targets)
-        losses = train_adding(runner, readout, config, torch.Generator().manual_seed(config.seed))
-        trained, loss_trained = state_gradient_norms(runner, readout, xs, targets)
-        results.append(CellFlow(name, init, trained, loss_init, loss_trained, losses))
-    return results
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return [_cell_flow(name, config, progress) for name in config.cells]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cell_flow(name: str, config: GradientFlowConfig, progress) -> CellFlow:
+    """One cell: norms on a fixed evaluation batch at initialisation, train, norms again."""
+    if progress:
+        progress(f"{name}: training {config.train_steps} steps on the adding problem, T={config.steps}")
+    torch.manual_seed(config.seed)
+    runner = Recurrent(LADDER[name](2, config.hidden, init=INITS[config.init]()), implementation="reference")
+    readout = nn.Linear(config.hidden, 1)
+    # The same evaluation batch for every cell and both moments, drawn apart from training data.
+    xs, targets = adding_batch(256, config.steps, torch.Generator().manual_seed(config.seed + 10_000))
+    init, loss_init = state_gradient_norms(runner, readout, xs, targets)
+    losses = train_adding(runner, readout, config, torch.Generator().manual_seed(config.seed))
+    trained, loss_trained = state_gradient_norms(runner, readout, xs, targets)
+    return CellFlow(name, init, trained, loss_init, loss_trained, losses)
 
 
 def selected_steps(steps: int) -> list[int]:
