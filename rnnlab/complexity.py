@@ -28,6 +28,7 @@ is what the table compares with the stated O(.): O(1) -> 0, O(sqrt T) -> 0.5, O(
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import time
@@ -370,7 +371,10 @@ def peak_allocated(step: Callable[[], None], device: str) -> int:
     """Most bytes allocated at once while `step()` runs, above what was allocated before it.
 
     CUDA: the caching allocator's max_memory_allocated. CPU: the profiler's allocation records
-    (each allocation and free with its size and time), summed in time order."""
+    (each allocation and free with its size and time), summed in time order. Garbage left by
+    earlier work is collected first: its frees during the step would otherwise count against the
+    step's own allocations and understate the peak."""
+    gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
