@@ -545,6 +545,13 @@ def _measure_point(regime: str, setup: _Setup, config: ComplexityConfig, steps: 
                  serial_steps=serial_steps(regime, steps, ops), wall_s=min(walls))
 
 
+def _chain(cell: Cell, device: str) -> int:
+    """`ops_per_step` of a cell that may live on the GPU (the count runs on the CPU)."""
+    count = ops_per_step(cell.cpu())
+    cell.to(device)
+    return count
+
+
 def measure(config: ComplexityConfig, progress: Callable[[str], None] | None = None) -> ComplexityResult:
     """Run every regime of `config` over its sweep of T; fit each quantity's exponent.
 
@@ -564,8 +571,10 @@ def _measure(config: ComplexityConfig, progress) -> ComplexityResult:
     feedback_cell = OutputFeedbackCell(config.input, config.hidden, config.input).to(config.device)
     scan_runner, scan_missing = _scan_runner(config)
     setup = _Setup(cell, Recurrent(cell, implementation="reference"), feedback_cell, scan_runner, config.window)
-    ops = ops_per_step(cell.cpu())
-    cell.to(config.device)
+    # The chain inside one step of the cell each regime steps: the special case steps the
+    # output-feedback cell, the scan its cell without state reads.
+    chains = {"cell": _chain(cell, config.device), "feedback": _chain(feedback_cell, config.device),
+              "scan": _chain(scan_runner.cell, config.device) if scan_runner else 0}
     results = []
     for regime in config.regimes:
         title, memory, compute, serial, _ = REGIMES[regime]
@@ -577,12 +586,10 @@ def _measure(config: ComplexityConfig, progress) -> ComplexityResult:
             continue
         if progress:
             progress(f"{regime}: T = {', '.join(map(str, config.steps))}")
-        scan_ops = ops_per_step(scan_runner.cell.cpu()) if regime == "scan" else ops
-        if regime == "scan":
-            scan_runner.cell.to(config.device)
-        result.points = [_measure_point(regime, setup, config, t, scan_ops) for t in config.steps]
+        ops = chains["scan" if regime == "scan" else "feedback" if regime.startswith("teacher_forced") else "cell"]
+        result.points = [_measure_point(regime, setup, config, t, ops) for t in config.steps]
         result.exponents = {q: fit_exponent(config.steps, [getattr(p, q) for p in result.points]) for q in QUANTITIES}
-    return ComplexityResult(config, config.device, ops, results)
+    return ComplexityResult(config, config.device, chains["cell"], results)
 
 
 # --- presenting -------------------------------------------------------------------------------

@@ -83,6 +83,7 @@ def test_truncated_memory_is_bounded_by_the_window(sweep):
 def test_teacher_forced_serial_steps_are_constant(sweep):
     points = sweep["teacher_forced"].points
     assert len({p.serial_steps for p in points}) == 1
+    assert points[0].serial_steps == 2 * 3  # one parallel forward and backward of a 3-op chain
     assert sweep["teacher_forced"].exponents["serial_steps"] == 0.0
     assert 0.9 < sweep["bptt"].exponents["serial_steps"] < 1.1
 
