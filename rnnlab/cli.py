@@ -31,17 +31,12 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _run_dir(path: str | None, name: str):
-    from datetime import datetime
-    from pathlib import Path
-
-    return Path(path) if path else Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
 def cmd_complexity(args) -> int:
     """Measure the lecture's complexity table; print it, write JSON and log-log plots."""
     import json
     from dataclasses import replace
+    from datetime import datetime
+    from pathlib import Path
 
     from . import complexity
 
@@ -52,7 +47,7 @@ def cmd_complexity(args) -> int:
     if args.T is not None:
         config = replace(config, steps=complexity.sweep_from_text(args.T))
     config.check()
-    out = _run_dir(args.out, "complexity")
+    out = Path(args.out) if args.out else Path("runs") / f"complexity-{datetime.now():%Y%m%d-%H%M%S}"
     print(f"rnnlab complexity: {config.cell}, H={config.hidden}, I={config.input}, B={config.batch}, "
           f"k={config.window}, device {config.device}")
     result = complexity.measure(config, progress=lambda line: print("  measuring", line, flush=True))
@@ -65,8 +60,6 @@ def cmd_complexity(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "complexity.json").write_text(json.dumps(data, indent=1))
     if args.json:
-        from pathlib import Path
-
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(data, indent=1))
     plots = complexity.plot_results(result, out)
@@ -79,6 +72,8 @@ def cmd_gradients(args) -> int:
     """Norms of dLoss/ds^t for each ladder cell on the adding problem, at init and after training."""
     import json
     from dataclasses import asdict
+    from datetime import datetime
+    from pathlib import Path
 
     from . import gradient_flow as gf
 
@@ -86,7 +81,7 @@ def cmd_gradients(args) -> int:
                                    train_steps=args.steps, hidden=args.hidden, batch=args.batch,
                                    lr=args.lr, seed=args.seed, init=args.init)
     config.check()
-    out = _run_dir(args.out, "gradients")
+    out = Path(args.out) if args.out else Path("runs") / f"gradients-{datetime.now():%Y%m%d-%H%M%S}"
     results = gf.measure_gradient_flow(config, progress=lambda line: print("  ", line, flush=True))
     shown = gf.selected_steps(config.steps)
     print(f"\n||dLoss/ds^t|| on the adding problem (T={config.steps}, H={config.hidden}, init {config.init}; loss at t=T; "
