@@ -1,0 +1,231 @@
+"""Tests of rnnlab.complexity, rnnlab.gradient_flow and rnnlab.data.synthetic.
+
+The measured exponents come from one small sweep shared by the tests (module fixture): memory and
+FLOP counts are exact on any machine, so only wall time (never asserted) is noisy."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from rnnlab import LSTMCell, OutputFeedbackCell, VanillaCell
+from rnnlab.cli import main
+from rnnlab.complexity import (
+    ComplexityConfig,
+    SavedTensorTracker,
+    expected_flops,
+    fit_exponent,
+    measure,
+    ops_per_step,
+    serial_steps,
+    sweep_from_text,
+)
+from rnnlab.data.synthetic import adding_batch, copy_memory_batch
+from rnnlab.gradient_flow import GradientFlowConfig, measure_gradient_flow, state_gradient_norms
+from rnnlab.runners import Recurrent
+
+SWEEP = (16, 32, 64, 128)
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    # B=8 so that the per-step memory outweighs the constant part (gradients of the weights) already
+    # at small T; the profiler's cost is per op, not per byte.
+    config = ComplexityConfig(hidden=16, input=8, batch=8, steps=SWEEP, window=4, repeats=1,
+                              regimes=("inference", "bptt", "checkpointed", "teacher_forced", "truncated"))
+    return {r.name: r for r in measure(config).regimes}
+
+
+# --- the slope fitter --------------------------------------------------------------------------
+
+def test_fit_exponent_recovers_power_laws():
+    ts = [16, 32, 64, 128, 256]
+    for p in (0.0, 0.5, 1.0, 1.7):
+        assert fit_exponent(ts, [3.0 * t ** p for t in ts]) == pytest.approx(p, abs=1e-12)
+    assert fit_exponent(ts, [5 * math.log2(t) for t in ts]) < 0.5  # log grows slower than any power
+
+
+def test_fit_exponent_constants_and_zeros_are_flat():
+    assert fit_exponent([16, 32, 64], [0, 0, 0]) == 0.0
+    assert fit_exponent([16, 32, 64], [7, 7, 7]) == 0.0
+
+
+def test_fit_exponent_rejects_too_few_points():
+    with pytest.raises(ValueError, match="at least two"):
+        fit_exponent([16], [1.0])
+    with pytest.raises(ValueError, match="distinct T"):
+        fit_exponent([16, 16], [1.0, 2.0])
+
+
+# --- the lecture's table, measured -------------------------------------------------------------
+
+def test_inference_memory_is_constant(sweep):
+    e = sweep["inference"].exponents
+    assert e["saved_bytes"] < 0.2 and e["peak_bytes"] < 0.2
+    assert all(p.saved_bytes == 0 for p in sweep["inference"].points)  # no_grad: nothing is saved
+
+
+def test_bptt_memory_is_linear(sweep):
+    e = sweep["bptt"].exponents
+    assert 0.8 < e["saved_bytes"] < 1.2
+    assert 0.8 < e["peak_bytes"] < 1.2
+
+
+def test_checkpointed_memory_grows_as_sqrt_t(sweep):
+    assert 0.3 < sweep["checkpointed"].exponents["saved_bytes"] < 0.7
+
+
+def test_truncated_memory_is_bounded_by_the_window(sweep):
+    assert sweep["truncated"].exponents["saved_bytes"] < 0.2
+
+
+def test_teacher_forced_serial_steps_are_constant(sweep):
+    points = sweep["teacher_forced"].points
+    assert len({p.serial_steps for p in points}) == 1
+    assert points[0].serial_steps == 2 * 3  # one parallel forward and backward of a 3-op chain
+    assert sweep["teacher_forced"].exponents["serial_steps"] == 0.0
+    assert 0.9 < sweep["bptt"].exponents["serial_steps"] < 1.1
+
+
+def test_compute_is_linear_and_matches_flops_per_step(sweep):
+    # The prediction from flops_per_step is exact (see FLOPS_CONVENTION): tolerance 0.1 %.
+    for regime in sweep.values():
+        assert 0.95 < regime.exponents["flops"] < 1.05, regime.name
+        for p in regime.points:
+            assert p.flops == pytest.approx(p.flops_expected, rel=1e-3), (regime.name, p.steps)
+            # and the rough rule (x1 forward, x3 training) holds within the input gradients it ignores
+            assert 0.6 <= p.flops / p.flops_rule <= 1.0, (regime.name, p.steps)
+
+
+def test_expected_flops_by_hand():
+    cell = VanillaCell(3, 5)  # F = 2 * 5 * (3 + 5) = 80 per sequence per step
+    assert cell.flops_per_step(1) == 80
+    assert expected_flops("inference", cell, 1, 10, 4) == 800
+    # forward 800 + weight grads 800 + V s input grads 2*5*5 at steps 2..10
+    assert expected_flops("bptt", cell, 1, 10, 4) == 800 + 800 + 50 * 9
+    assert expected_flops("truncated", cell, 1, 10, 4) == 800 + 800 + 50 * (10 - 3)
+    assert expected_flops("checkpointed", cell, 1, 10, 4) == 3 * 800 + 50 * 10
+
+
+# --- serial steps ------------------------------------------------------------------------------
+
+def test_ops_per_step_counts_the_chain():
+    assert ops_per_step(VanillaCell(3, 5)) == 3  # products, their sum, tanh
+    assert ops_per_step(LSTMCell(3, 5)) == 7  # ... gates, f*s, +, tanh(s), o*tanh(s)
+    assert ops_per_step(OutputFeedbackCell(3, 5, 2)) == 3
+
+
+def test_serial_steps_by_regime():
+    assert serial_steps("inference", 100, 3) == 300
+    assert serial_steps("bptt", 100, 3) == 600
+    assert serial_steps("teacher_forced", 100, 3) == serial_steps("teacher_forced", 10_000, 3) == 6
+    assert serial_steps("scan", 1024, 3) < serial_steps("scan", 2048, 3) < serial_steps("bptt", 2048, 3) / 50
+    with pytest.raises(ValueError, match="regime"):
+        serial_steps("magic", 10, 3)
+
+
+# --- the accounting ----------------------------------------------------------------------------
+
+def test_saved_tensor_tracker_counts_and_releases():
+    x = torch.randn(1000, requires_grad=True)
+    with SavedTensorTracker(external=[x]) as saved:
+        y = x.exp()  # saves its result: 4000 bytes; x itself is external
+        z = y.view(10, 100).sum()  # sum saves nothing
+        assert saved.current == 4000
+        z.backward()
+    assert saved.peak == 4000 and saved.current == 0
+
+
+def test_sweep_from_text():
+    assert sweep_from_text("16..128") == (16, 32, 64, 128)
+    assert sweep_from_text("8,24,100") == (8, 24, 100)
+    with pytest.raises(ValueError, match="complexity: --T"):
+        sweep_from_text("16..x")
+
+
+def test_config_errors_name_the_flag():
+    with pytest.raises(ValueError, match="complexity: --T"):
+        ComplexityConfig(steps=(64,)).check()
+    with pytest.raises(ValueError, match="complexity: --cell"):
+        ComplexityConfig(cell="transformer").check()
+    with pytest.raises(ValueError, match="complexity: --hidden"):
+        ComplexityConfig(hidden=0).check()
+
+
+# --- synthetic data ----------------------------------------------------------------------------
+
+def test_adding_batch():
+    xs, targets = adding_batch(64, 20, torch.Generator().manual_seed(1))
+    assert xs.shape == (64, 20, 2) and targets.shape == (64, 1)
+    markers = xs[..., 1]
+    assert torch.equal(markers.sum(1), torch.full((64,), 2.0))
+    assert torch.equal(markers[:, :10].sum(1), torch.ones(64))  # one marker in each half
+    assert torch.allclose((xs[..., 0] * markers).sum(1, keepdim=True), targets)
+    again, _ = adding_batch(64, 20, torch.Generator().manual_seed(1))
+    assert torch.equal(xs, again)
+    with pytest.raises(ValueError, match="adding_batch: steps"):
+        adding_batch(4, 1)
+
+
+def test_copy_memory_batch():
+    xs, targets = copy_memory_batch(5, 30, torch.Generator().manual_seed(0))
+    assert xs.shape == targets.shape == (5, 50) and xs.dtype == torch.long
+    assert torch.equal(targets[:, -10:], xs[:, :10])
+    assert bool(((xs[:, :10] >= 1) & (xs[:, :10] <= 8)).all())
+    assert bool((xs[:, 39] == 9).all())  # the marker, one step before the copy starts
+    assert int((targets[:, :40] != 0).sum()) == 0 and int((xs[:, 40:] != 0).sum()) == 0
+
+
+# --- gradient flow -----------------------------------------------------------------------------
+
+def test_state_gradient_norms_vanish_back_in_time_for_vanilla():
+    torch.manual_seed(0)
+    runner, readout = Recurrent(VanillaCell(2, 8), "reference"), torch.nn.Linear(8, 1)
+    xs, targets = adding_batch(16, 40, torch.Generator().manual_seed(0))
+    norms, loss = state_gradient_norms(runner, readout, xs, targets)
+    assert len(norms) == 40 and loss > 0
+    assert norms[0] < 1e-3 * norms[-1]
+
+
+def test_state_gradient_norms_match_restarting_the_runner():
+    # Oracle for dLoss/ds^t: restart the ordinary runner from s^t as its initial state (a leaf) over
+    # the remaining steps and ask autograd for the gradient of that leaf.
+    torch.manual_seed(0)
+    runner, readout = Recurrent(LSTMCell(2, 4), "reference"), torch.nn.Linear(4, 1)
+    xs, targets = adding_batch(3, 7, torch.Generator().manual_seed(0))
+    norms, _ = state_gradient_norms(runner, readout, xs, targets)
+    with torch.no_grad():
+        _, state = runner(xs[:, :3])  # s^3
+    state = tuple(s.clone().requires_grad_() for s in state)
+    ys, _ = runner(xs[:, 3:], state)
+    loss = torch.nn.functional.mse_loss(readout(ys[:, -1]), targets)
+    grads = torch.autograd.grad(loss, state)
+    assert norms[2] == pytest.approx(math.sqrt(sum(float(g.square().sum()) for g in grads)), rel=1e-5)
+
+
+def test_measure_gradient_flow_runs_and_checks():
+    flows = measure_gradient_flow(GradientFlowConfig(cells=("residual",), steps=6, train_steps=2, hidden=4, batch=4))
+    assert len(flows[0].init) == len(flows[0].trained) == 6 and len(flows[0].losses) == 2
+    with pytest.raises(ValueError, match="gradients: --cells"):
+        GradientFlowConfig(cells=("feedback",)).check()
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+def test_cli_complexity_writes_json_and_plots(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    assert main(["complexity", "--T", "4,8", "--hidden", "4", "--input", "2", "--batch", "1", "--repeats", "1",
+                 "--json", str(path), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "Training, BPTT" in out and "parallel scan" in out
+    data = json.loads(path.read_text())
+    assert {r["name"] for r in data["regimes"]} >= {"inference", "bptt", "teacher_forced", "checkpointed"}
+    assert len(list((tmp_path / "run").glob("*.png"))) == 5
+
+
+def test_cli_gradients(tmp_path, capsys):
+    assert main(["gradients", "--cells", "vanilla,gru", "--T", "6", "--steps", "1", "--hidden", "4",
+                 "--out", str(tmp_path)]) == 0
+    assert "| gru | init |" in capsys.readouterr().out
+    assert (tmp_path / "gradients.png").exists()
