@@ -1,0 +1,74 @@
+"""A short GPU check of the fast paths (run on a machine with CUDA): every implementation against
+`reference` on the device (outputs, final states, gradients; float64), a side-by-side timing against
+torch.nn.LSTM, and the complexity sweep on CUDA.  Usage: PYTHONPATH=. python3 scripts/gpu_check.py"""
+
+import itertools
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, "tests")
+from test_kernels import assert_agree, make  # noqa: E402  (the CPU suite's own oracle comparison)
+
+import rnnlab as R  # noqa: E402
+from rnnlab import kernels  # noqa: E402
+from rnnlab.cells import OutputFeedbackCell  # noqa: E402
+
+assert torch.cuda.is_available(), "needs CUDA"
+print("torch", torch.__version__, torch.cuda.get_device_name())
+LADDER = (R.VanillaCell, R.ResidualCell, R.InputGatedCell, R.ForgetGatedCell, R.LSTMCell, R.GRUCell, OutputFeedbackCell)
+lengths = torch.tensor([5, 2, 4])
+passed = failed = 0
+for cls, fb, rs, impl, lens in itertools.product(LADDER, (False, True), (True, False), ("native", "fused", "scan"),
+                                                 (None, lengths)):
+    if cls is OutputFeedbackCell and rs:
+        continue
+    opts = {} if cls is OutputFeedbackCell else {"reads_state": rs}
+    cell = make(cls, fb, **opts)
+    if kernels.available(cell, impl, feedback=fb, lengths=lens is not None, masks=(None, None), training=True):
+        continue
+    try:
+        assert_agree(cell, impl, fb, lens, device="cuda")
+        passed += 1
+    except Exception as error:  # report every failure, not only the first
+        failed += 1
+        print(f"FAIL {impl} {cls.__name__} fb={fb} reads_state={rs} lengths={lens is not None}: {str(error)[:300]}")
+print(f"agreement with reference on CUDA (float64): {passed} passed, {failed} failed")
+
+
+def timeit(fn, reps=20):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+for B, H, I, T in ((64, 256, 256, 100), (32, 512, 512, 100), (1, 128, 128, 1000)):
+    xs = torch.randn(B, T, I, device="cuda")
+    y = torch.randn(B, T, I, device="cuda")
+    base = torch.nn.LSTM(I, H, batch_first=True).cuda()
+    cands = {"torch.nn.LSTM": lambda: base(xs)[0]}
+    for name, cell, impl, fed in (("lstm auto", R.LSTMCell(I, H), "auto", None),
+                                  ("lstm fused", R.LSTMCell(I, H), "fused", None),
+                                  ("lstm+fb fused", R.LSTMCell(I, H, I), "fused", y),
+                                  ("lstm+fb auto", R.LSTMCell(I, H, I), "auto", y),
+                                  ("forget fused", R.ForgetGatedCell(I, H), "fused", None),
+                                  ("minLSTM scan", R.LSTMCell(I, H, reads_state=False), "scan", None),
+                                  ("lstm reference", R.LSTMCell(I, H), "reference", None)):
+        runner = R.Recurrent(cell.cuda(), implementation=impl)
+        cands[name] = (lambda r, f: lambda: r(xs, y_prev=f)[0])(runner, fed)
+    row = {}
+    for name, fn in cands.items():
+        row[name] = timeit(lambda: fn().sum().backward(), reps=10 if T > 500 else 20)
+    ref = row["torch.nn.LSTM"]
+    print(f"\nfwd+bwd on CUDA, (B,H,I,T)=({B},{H},{I},{T}): torch.nn.LSTM {ref * 1e3:.2f} ms")
+    for name, t in row.items():
+        print(f"  {name:16s} {t * 1e3:8.2f} ms  {t / ref:6.2f}x")
