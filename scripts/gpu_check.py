@@ -10,7 +10,7 @@ import time
 import torch
 
 sys.path.insert(0, "tests")
-from test_kernels import assert_agree, make  # noqa: E402  (the CPU suite's own oracle comparison)
+from test_kernels import LENGTHS, assert_agree, make  # noqa: E402  (the CPU suite's own oracle comparison)
 
 import rnnlab as R  # noqa: E402
 from rnnlab import kernels  # noqa: E402
@@ -19,7 +19,7 @@ from rnnlab.cells import OutputFeedbackCell  # noqa: E402
 assert torch.cuda.is_available(), "needs CUDA"
 print("torch", torch.__version__, torch.cuda.get_device_name())
 LADDER = (R.VanillaCell, R.ResidualCell, R.InputGatedCell, R.ForgetGatedCell, R.LSTMCell, R.GRUCell, OutputFeedbackCell)
-lengths = torch.tensor([5, 2, 4])
+lengths = LENGTHS
 passed = failed = 0
 for cls, fb, rs, impl, lens in itertools.product(LADDER, (False, True), (True, False), ("native", "fused", "scan"),
                                                  (None, lengths)):

@@ -69,14 +69,17 @@ def native(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | No
     lstm = mode == "LSTM"
     hx = tuple(s.unsqueeze(0) for s in state) if lstm else state.unsqueeze(0)  # (1, B, H)
     kernel = _KERNELS[mode]
+    # cuDNN keeps what its backward needs only in "train" mode (dropout is 0 either way), so ask for it
+    # whenever a gradient may be taken, whatever the module's train/eval flag says.
+    train = torch.is_grad_enabled()
     if lengths is None:
-        result = kernel(xs, hx, weights, has_bias, 1, 0.0, False, False, True)
+        result = kernel(xs, hx, weights, has_bias, 1, 0.0, train, False, True)
         ys, final = result[0], result[1:]
     else:
         packed = pack_padded_sequence(xs, lengths.cpu(), batch_first=True, enforce_sorted=False)
         order, unorder = packed.sorted_indices, packed.unsorted_indices
         hx = tuple(h.index_select(1, order) for h in hx) if lstm else hx.index_select(1, order)
-        result = kernel(packed.data, packed.batch_sizes, hx, weights, has_bias, 1, 0.0, False, False)
+        result = kernel(packed.data, packed.batch_sizes, hx, weights, has_bias, 1, 0.0, train, False)
         packed_out = type(packed)(result[0], packed.batch_sizes, order, unorder)
         ys, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=xs.shape[1])
         final = tuple(h.index_select(1, unorder) for h in result[1:])
