@@ -14,7 +14,7 @@ from rnnlab.kernels.scan import linear_scan
 
 B, T, I, H, O = 4, 6, 3, 5, 2
 
-# The C++ loop compiles in about a minute at first use; the tests use a cached build only.
+# The C++ loops compile in under a minute at first use; the tests use a cached build only.
 EXTENSION = compiled.extension() if compiled.built() else None
 
 
@@ -105,16 +105,23 @@ def test_every_cell_has_a_fast_path():
 
 
 @pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
-@pytest.mark.parametrize("feedback, masked", [(False, False), (True, True)])
-def test_fused_lstm_loops(compiled_loop, feedback, masked, monkeypatch):
-    """The C++ LSTM loop and the Python one each against reference (lengths, masks, initial state)."""
+@pytest.mark.parametrize("feedback, masked, options", [
+    (False, False, {}), (True, True, {}), (True, False, dict(reads_state=False)),
+    (False, False, dict(activation="elu", gate_activation="hard_sigmoid"))])
+@pytest.mark.parametrize("cls", LADDER)
+def test_fused_loops(cls, compiled_loop, feedback, masked, options, monkeypatch):
+    """The C++ loops and the Python ones each against reference (lengths, masks, initial state)."""
     if compiled_loop and EXTENSION is None:
-        pytest.skip("the C++ loop is not built (no compiler, or not cached yet: run rnnlab once)")
+        pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
+    if cls is OutputFeedbackCell and (masked or options.get("reads_state") is False):
+        pytest.skip("OutputFeedbackCell reads no state: no recurrent dropout, reads_state is always False")
     monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
-    cell = make(LSTMCell, feedback, recurrent_dropout=0.3).train()
+    cell = make(cls, feedback, recurrent_dropout=0.3 if masked else 0.0, **options).train()
     masks = (None, cell.sample_masks(B, torch.zeros((), dtype=torch.float64))[1]) if masked else (None, None)
     assert_agree(cell, "fused", feedback, LENGTHS, masks)
     assert_agree(cell, "fused", feedback, None, masks)
+    if cls is ResidualCell:
+        assert_agree(make(cls, feedback, residual="before", **options), "fused", feedback, LENGTHS)
 
 
 def test_without_compiler_fused_falls_back(monkeypatch, tmp_path):
