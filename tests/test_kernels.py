@@ -139,6 +139,13 @@ def test_without_compiler_fused_falls_back(monkeypatch, tmp_path):
     assert_agree(make(LSTMCell, False), "fused", False, LENGTHS)
 
 
+@pytest.mark.parametrize("cls", [ResidualCell, ForgetGatedCell, LSTMCell, GRUCell])
+def test_scan_without_compiled_loop(cls, monkeypatch):
+    """The chunked solver inside `scan`, as where no compiler is found (lengths, initial state)."""
+    monkeypatch.setattr(compiled, "extension", lambda: None)
+    assert_agree(make(cls, True, reads_state=False), "scan", True, LENGTHS)
+
+
 @pytest.mark.parametrize("activation, gate_activation", [("relu", "hard_sigmoid"), ("softsign", "sigmoid"),
                                                          ("elu", "hard_tanh"), ("identity", "tanh")])
 @pytest.mark.parametrize("cls", [VanillaCell, ForgetGatedCell, LSTMCell, GRUCell])
@@ -253,8 +260,29 @@ def test_fused_inference_equals_training_forward():
     torch.testing.assert_close(final0, tuple(f.detach() for f in final))
 
 
-def test_linear_scan_is_stable_over_long_sequences():
+SOLVERS = [pytest.param(True, None, id="c++"), pytest.param(False, None, id="chunked"),
+           pytest.param(False, 4, id="chunk4")]
+
+
+@pytest.mark.parametrize("compiled_loop, chunk", SOLVERS)
+def test_linear_scan_gradients(compiled_loop, chunk, monkeypatch):
+    """The hand-written backward of the recurrence, against autograd's numerical gradient."""
+    if compiled_loop and EXTENSION is None:
+        pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
+    g = torch.Generator().manual_seed(4)
+    f = torch.rand(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
+    s0 = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f, b, s0: linear_scan(f, b, s0, chunk), (f, b, s0))
+
+
+@pytest.mark.parametrize("compiled_loop, chunk", SOLVERS)
+def test_linear_scan_is_stable_over_long_sequences(compiled_loop, chunk, monkeypatch):
     """Gates near 0 (products underflow), exactly 0, and negative: agrees with the plain loop."""
+    if compiled_loop and EXTENSION is None:
+        pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
     g = torch.Generator().manual_seed(3)
     steps = 3000
     f = torch.rand(2, steps, 3, generator=g, dtype=torch.float64) * 2 - 0.5  # in [-0.5, 1.5)
@@ -268,8 +296,9 @@ def test_linear_scan_is_stable_over_long_sequences():
         s = f[:, t] * s + b[:, t]
         expected.append(s)
     expected = torch.stack(expected, 1)
-    torch.testing.assert_close(linear_scan(f, b, s0), expected)
-    torch.testing.assert_close(linear_scan(f.float(), b.float(), s0.float()), expected.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(linear_scan(f, b, s0, chunk), expected)
+    torch.testing.assert_close(linear_scan(f.float(), b.float(), s0.float(), chunk), expected.float(),
+                               atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(linear_scan(None, b, s0), s0[:, None] + b.cumsum(1))
 
 
