@@ -434,10 +434,12 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
     scalar_t *g = gates.data_ptr<scalar_t>(), *s = states.data_ptr<scalar_t>();
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = rows_at(sizes, t, batch);
-      const Tensor s_prev = t == 0 ? s0 : states.select(0, t - 1);
-      if (vt) gates.select(0, t).narrow(0, 0, n).addmm_(read(s_prev.narrow(0, 0, n), mask, n), *vt);
-      gated_forward_step<scalar_t>(kind, act, sigma, g + t * batch * K * H, s_prev.data_ptr<scalar_t>(),
-                                   s + t * batch * H, n, H);
+      const scalar_t* s_prev = t == 0 ? s0.data_ptr<scalar_t>() : s + (t - 1) * batch * H;
+      if (vt) {  // tensor views only here: each costs a dispatch
+        const Tensor prev = (t == 0 ? s0 : states.select(0, t - 1)).narrow(0, 0, n);
+        gates.select(0, t).narrow(0, 0, n).addmm_(read(prev, mask, n), *vt);
+      }
+      gated_forward_step<scalar_t>(kind, act, sigma, g + t * batch * K * H, s_prev, s + t * batch * H, n, H);
     }
   });
 }
@@ -458,7 +460,7 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
       const scalar_t* s_prev = t == 0 ? s0.data_ptr<scalar_t>() : s + (t - 1) * batch * H;
       gated_backward_step<scalar_t>(kind, act, sigma, g + t * batch * K * H, s_prev, dout + t * batch * H,
                                     carry.data_ptr<scalar_t>(), dz.data_ptr<scalar_t>() + t * batch * K * H, n, H);
-      add_recurrent(carry, dz.select(0, t), weight_hh, mask, n);
+      if (weight_hh) add_recurrent(carry, dz.select(0, t), weight_hh, mask, n);
     }
   });
 }
@@ -476,16 +478,15 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
     scalar_t *g = gates.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>();
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = rows_at(sizes, t, batch);
-      const Tensor s_prev = t == 0 ? s0 : hs.select(0, t - 1);
+      const scalar_t* s_prev = t == 0 ? s0.data_ptr<scalar_t>() : h + (t - 1) * batch * H;
       scalar_t* zh = nullptr;
-      if (vt) {
+      if (vt) {  // tensor views only here: each costs a dispatch
         Tensor zh_t = zhs->select(0, t % zhs->size(0)).narrow(0, 0, n);
-        Tensor s_read = read(s_prev.narrow(0, 0, n), mask, n);
+        Tensor s_read = read((t == 0 ? s0 : hs.select(0, t - 1)).narrow(0, 0, n), mask, n);
         if (bias_hh) at::addmm_out(zh_t, *bias_hh, s_read, *vt); else at::mm_out(zh_t, s_read, *vt);
         zh = zh_t.data_ptr<scalar_t>();
       }
-      gru_forward_step<scalar_t>(act, sigma, g + t * batch * K * H, zh, s_prev.data_ptr<scalar_t>(),
-                                 h + t * batch * H, n, H);
+      gru_forward_step<scalar_t>(act, sigma, g + t * batch * K * H, zh, s_prev, h + t * batch * H, n, H);
     }
   });
 }
