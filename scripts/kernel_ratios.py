@@ -1,5 +1,6 @@
 """Side-by-side timing of rnnlab's implementations against torch.nn.LSTM (one process, one thread,
-interleaved repetitions, median). Usage: python scripts/kernel_ratios.py [quick]"""
+interleaved repetitions, median). Usage: python scripts/kernel_ratios.py [quick] [sizes] [ladder] [scan]
+(no group named: all three)."""
 
 import statistics
 import sys
@@ -7,7 +8,8 @@ import time
 
 import torch
 
-from rnnlab import GRUCell, LSTMCell, Recurrent, VanillaCell, ForgetGatedCell, shift_right
+from rnnlab import ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, Recurrent, VanillaCell, shift_right
+from rnnlab.cells import LADDER
 
 torch.set_num_threads(1)
 
@@ -22,7 +24,7 @@ def timer(fn, backward):
     return once
 
 
-def compare(name, candidates, reps=7):
+def compare(name, candidates, reps=7, base="torch.nn.LSTM"):
     for fn in candidates.values():
         fn()
     times = {k: [] for k in candidates}
@@ -30,7 +32,7 @@ def compare(name, candidates, reps=7):
         for k, fn in candidates.items():
             times[k].append(fn())
     med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["torch.nn.LSTM"]
+    base = med[base]
     print(name, "  ".join(f"{k}={med[k] * 1e3:.2f}ms ({med[k] / base:.2f}x)" for k in candidates), flush=True)
 
 
@@ -59,25 +61,44 @@ def sizes_run(B, H, I, T, backward, reps):
                 {k: timer(v, backward) for k, v in c.items()}, reps)
 
 
-def scan_run(B, H, I, T, reps=3):
+def scan_run(B, H, I, T, reps=5):
+    """scan and fused against reference for the cells linear in their state (the issue: scan >= 20x)."""
     torch.manual_seed(0)
     xs = torch.randn(B, T, I)
+    for name, cls in (("forget", ForgetGatedCell), ("mingru", GRUCell), ("lstm", LSTMCell), ("input", InputGatedCell)):
+        cell = cls(I, H, reads_state=False)
+        c = {impl: (lambda r=Recurrent(cell, impl): r(xs)[0]) for impl in ("reference", "scan", "fused")}
+        compare(f"scan B={B} H={H} I={I} T={T} {name} fwd+bwd:", {k: timer(v, True) for k, v in c.items()}, reps,
+                base="reference")
+
+
+def fused_ladder_run(B, H, I, T, backward, reps=7):
+    """fused for every ladder cell against torch.nn.LSTM (the issue: <= 2x at B = 1, T = 1000)."""
+    torch.manual_seed(0)
+    xs, y = torch.randn(B, T, I), torch.randn(B, T, I)
     lstm = torch.nn.LSTM(I, H, batch_first=True)
-    cell = ForgetGatedCell(I, H, reads_state=False)
-    mg = GRUCell(I, H, reads_state=False)
-    c = {"torch.nn.LSTM": lambda: lstm(xs)[0],
-         "reference-forget": lambda: Recurrent(cell, "reference")(xs)[0],
-         "scan-forget": lambda: Recurrent(cell, "scan")(xs)[0],
-         "reference-mingru": lambda: Recurrent(mg, "reference")(xs)[0],
-         "scan-mingru": lambda: Recurrent(mg, "scan")(xs)[0]}
-    compare(f"scan B={B} H={H} I={I} T={T} fwd+bwd:", {k: timer(v, True) for k, v in c.items()}, reps)
+    c = {"torch.nn.LSTM": lambda: lstm(xs)[0]}
+    for name, cls in LADDER.items():
+        fb = I if name == "feedback" else 0
+        r = Recurrent(cls(I, H, fb), "fused")
+        c[name] = lambda r=r, fb=fb: r(xs, y_prev=y if fb else None)[0]
+    ctx = torch.enable_grad() if backward else torch.no_grad()
+    with ctx:
+        compare(f"fused B={B} H={H} I={I} T={T} {'fwd+bwd' if backward else 'fwd'}:",
+                {k: timer(v, backward) for k, v in c.items()}, reps)
 
 
 if __name__ == "__main__":
     quick = "quick" in sys.argv
-    for (B, H, I, T) in [(32, 128, 128, 100), (64, 256, 256, 100)] + ([] if quick else [(1, 128, 128, 1000)]):
+    only = [w for w in ("sizes", "ladder", "scan") if w in sys.argv] or ["sizes", "ladder", "scan"]
+    if "sizes" in only:
+        for (B, H, I, T) in [(32, 128, 128, 100), (64, 256, 256, 100)] + ([] if quick else [(1, 128, 128, 1000)]):
+            for backward in (False, True):
+                sizes_run(B, H, I, T, backward, 5 if quick else 9)
+    if "ladder" in only:
         for backward in (False, True):
-            sizes_run(B, H, I, T, backward, 5 if quick else 9)
-    if "scan" in sys.argv or not quick:
+            fused_ladder_run(1, 128, 128, 1000, backward)
+    if "scan" in only:
         scan_run(1, 128, 128, 1024)
-        scan_run(32, 128, 128, 1024)
+        if not quick:
+            scan_run(32, 128, 128, 1024)

@@ -14,13 +14,8 @@ from rnnlab.kernels.scan import linear_scan
 
 B, T, I, H, O = 4, 6, 3, 5, 2
 
-# The C++ loop compiles in about a minute at first use; the tests use a cached build only.
-EXTENSION = compiled.extension() if compiled.built() else None
+from conftest import EXTENSION  # the cached build of the C++ loops, or None (tests never compile)
 
-
-@pytest.fixture(autouse=True)
-def cached_extension_only(monkeypatch):
-    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION)
 LENGTHS = torch.tensor([6, 2, 4, 1])
 LADDER = [VanillaCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell, OutputFeedbackCell]
 
@@ -105,16 +100,23 @@ def test_every_cell_has_a_fast_path():
 
 
 @pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
-@pytest.mark.parametrize("feedback, masked", [(False, False), (True, True)])
-def test_fused_lstm_loops(compiled_loop, feedback, masked, monkeypatch):
-    """The C++ LSTM loop and the Python one each against reference (lengths, masks, initial state)."""
+@pytest.mark.parametrize("feedback, masked, options", [
+    (False, False, {}), (True, True, {}), (True, False, dict(reads_state=False)),
+    (False, False, dict(activation="elu", gate_activation="hard_sigmoid"))])
+@pytest.mark.parametrize("cls", LADDER)
+def test_fused_loops(cls, compiled_loop, feedback, masked, options, monkeypatch):
+    """The C++ loops and the Python ones each against reference (lengths, masks, initial state)."""
     if compiled_loop and EXTENSION is None:
-        pytest.skip("the C++ loop is not built (no compiler, or not cached yet: run rnnlab once)")
+        pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
+    if cls is OutputFeedbackCell and (masked or options.get("reads_state") is False):
+        pytest.skip("OutputFeedbackCell reads no state: no recurrent dropout, reads_state is always False")
     monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
-    cell = make(LSTMCell, feedback, recurrent_dropout=0.3).train()
+    cell = make(cls, feedback, recurrent_dropout=0.3 if masked else 0.0, **options).train()
     masks = (None, cell.sample_masks(B, torch.zeros((), dtype=torch.float64))[1]) if masked else (None, None)
     assert_agree(cell, "fused", feedback, LENGTHS, masks)
     assert_agree(cell, "fused", feedback, None, masks)
+    if cls is ResidualCell:
+        assert_agree(make(cls, feedback, residual="before", **options), "fused", feedback, LENGTHS)
 
 
 def test_without_compiler_fused_falls_back(monkeypatch, tmp_path):
@@ -130,6 +132,13 @@ def test_without_compiler_fused_falls_back(monkeypatch, tmp_path):
         compiled.extension.cache_clear()
     monkeypatch.setattr(compiled, "extension", lambda: None)
     assert_agree(make(LSTMCell, False), "fused", False, LENGTHS)
+
+
+@pytest.mark.parametrize("cls", [ResidualCell, ForgetGatedCell, LSTMCell, GRUCell])
+def test_scan_without_compiled_loop(cls, monkeypatch):
+    """The chunked solver inside `scan`, as where no compiler is found (lengths, initial state)."""
+    monkeypatch.setattr(compiled, "extension", lambda: None)
+    assert_agree(make(cls, True, reads_state=False), "scan", True, LENGTHS)
 
 
 @pytest.mark.parametrize("activation, gate_activation", [("relu", "hard_sigmoid"), ("softsign", "sigmoid"),
@@ -191,8 +200,10 @@ def test_auto_picks_the_fastest_valid():
     assert auto(make(LSTMCell, True)) == "native"  # teacher forcing: [x, y*] through torch's kernel
     assert auto(make(VanillaCell, False, activation="relu")) == "native"
     assert auto(make(VanillaCell, False, activation="softsign")) == "fused"
-    assert auto(make(GRUCell, False, reads_state=False)) == "scan"
-    assert auto(make(OutputFeedbackCell, True)) == "scan"
+    linear = "fused" if EXTENSION is not None else "scan"  # kernels.order: compiled loops on CPU
+    assert auto(make(GRUCell, False, reads_state=False)) == linear
+    assert auto(make(OutputFeedbackCell, True)) == linear
+    assert auto(make(GRUCell, False, reads_state=False), device="cuda") == "scan"
     assert auto(make(ForgetGatedCell, True)) == "fused"
     assert auto(make(LSTMCell, False, zoneout=0.1)) == "reference"
     assert auto(make(LSTMCell, False, depth=2)) == "reference"
@@ -246,8 +257,29 @@ def test_fused_inference_equals_training_forward():
     torch.testing.assert_close(final0, tuple(f.detach() for f in final))
 
 
-def test_linear_scan_is_stable_over_long_sequences():
+SOLVERS = [pytest.param(True, None, id="c++"), pytest.param(False, None, id="chunked"),
+           pytest.param(False, 4, id="chunk4")]
+
+
+@pytest.mark.parametrize("compiled_loop, chunk", SOLVERS)
+def test_linear_scan_gradients(compiled_loop, chunk, monkeypatch):
+    """The hand-written backward of the recurrence, against autograd's numerical gradient."""
+    if compiled_loop and EXTENSION is None:
+        pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
+    g = torch.Generator().manual_seed(4)
+    f = torch.rand(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
+    s0 = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f, b, s0: linear_scan(f, b, s0, chunk), (f, b, s0))
+
+
+@pytest.mark.parametrize("compiled_loop, chunk", SOLVERS)
+def test_linear_scan_is_stable_over_long_sequences(compiled_loop, chunk, monkeypatch):
     """Gates near 0 (products underflow), exactly 0, and negative: agrees with the plain loop."""
+    if compiled_loop and EXTENSION is None:
+        pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
     g = torch.Generator().manual_seed(3)
     steps = 3000
     f = torch.rand(2, steps, 3, generator=g, dtype=torch.float64) * 2 - 0.5  # in [-0.5, 1.5)
@@ -261,8 +293,9 @@ def test_linear_scan_is_stable_over_long_sequences():
         s = f[:, t] * s + b[:, t]
         expected.append(s)
     expected = torch.stack(expected, 1)
-    torch.testing.assert_close(linear_scan(f, b, s0), expected)
-    torch.testing.assert_close(linear_scan(f.float(), b.float(), s0.float()), expected.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(linear_scan(f, b, s0, chunk), expected)
+    torch.testing.assert_close(linear_scan(f.float(), b.float(), s0.float(), chunk), expected.float(),
+                               atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(linear_scan(None, b, s0), s0[:, None] + b.cumsum(1))
 
 

@@ -6,15 +6,18 @@
 - `native`: torch's own fused kernels, where they compute the cell exactly (see `native.py`);
 - `scan`: a parallel scan over time for cells linear in their state (`reads_state=False`);
 - `fused`: one input GEMM for all steps, one GEMM per step, hand-written backward through time;
-- `auto`: the first of native, scan, fused, reference that can serve the configuration.
+- `auto`: the first of `order(device)` that can serve the configuration: native, scan, fused,
+  reference; but fused before scan on CPU where the compiled loops are built (see `order`).
 
 The configuration is the cell plus the context of the call: whether y_prev is given (`feedback`),
 whether there are `lengths`, the dropout `masks` (mx, mh) sampled for this sequence, and whether
-the cell is `training`. `available` says why an implementation cannot serve it (None if it can).
+the cell is `training`, and the `device` type of the tensors ('cpu' when not given).
+`available` says why an implementation cannot serve it (None if it can).
 """
 
 from __future__ import annotations
 
+from . import compiled
 from .fused import fused, unavailable as _fused_unavailable
 from .native import native, unavailable as _native_unavailable
 from .reference import reference, valid_steps, where_state
@@ -25,13 +28,29 @@ _UNAVAILABLE = {"reference": lambda cell, **context: None, "native": _native_una
                 "scan": _scan_unavailable, "fused": _fused_unavailable}
 # Fastest first: torch's kernels, then O(sqrt T) serial steps, then one GEMM per step, then the oracle.
 AUTO_ORDER = ("native", "scan", "fused", "reference")
+COMPILED_ORDER = ("native", "fused", "scan", "reference")
+
+
+def order(device: str = "cpu") -> tuple[str, ...]:
+    """The implementations `auto` tries, fastest first, on this device type.
+
+    On CPU with the compiled loops (compiled.py), `fused` goes before `scan`: for the cells both
+    serve (reads_state=False) its C++ loop computes gates and recurrence in one pass per step, in
+    cache, where scan makes several passes over (B, T, H) tensors; on one core scan's parallelism
+    buys nothing. Measured (scripts/kernel_ratios.py scan: fp32, 1 thread, T = 1024, H = I = 128,
+    forward+backward, forget/minGRU/LSTM/input-gated): fused 0.7-1.1x scan's time at B = 1 (equal
+    within noise) and 0.4-0.65x at B = 32. Elsewhere (GPU, or no compiler: Python loops)
+    scan's few serial steps win."""
+    if device == "cpu" and compiled.extension() is not None:
+        return COMPILED_ORDER
+    return AUTO_ORDER
 
 
 def available(cell, implementation: str, **context) -> str | None:
     """Why `implementation` cannot serve this configuration, or None if it can.
 
     context: feedback (bool, y_prev given), lengths (bool), masks ((mx, mh), None when off),
-    training (bool)."""
+    training (bool), device (str)."""
     if implementation not in _UNAVAILABLE:
         return f"unknown implementation {implementation!r}; expected one of {sorted(_UNAVAILABLE)}"
     return _UNAVAILABLE[implementation](cell, **context)
@@ -41,7 +60,8 @@ def choose(cell, implementation: str, **context) -> str:
     """Resolve 'auto' to the fastest implementation valid for this configuration; ValueError when an
     explicit implementation cannot serve it."""
     if implementation == "auto":
-        return next(name for name in AUTO_ORDER if available(cell, name, **context) is None)
+        candidates = order(context.get("device", "cpu"))
+        return next(name for name in candidates if available(cell, name, **context) is None)
     reason = available(cell, implementation, **context)
     if reason is not None:
         raise ValueError(f"Recurrent: implementation={implementation!r} cannot run {type(cell).__name__} here: {reason}")
@@ -51,9 +71,9 @@ def choose(cell, implementation: str, **context) -> str:
 def run(cell, xs, state, y_prev, lengths, masks, implementation: str = "auto"):
     masks = tuple(masks) if masks is not None else (None, None)
     name = choose(cell, implementation, feedback=y_prev is not None, lengths=lengths is not None,
-                  masks=masks, training=cell.training)
+                  masks=masks, training=cell.training, device=xs.device.type)
     return IMPLEMENTATIONS[name](cell, xs, state, y_prev, lengths, masks)
 
 
 __all__ = ["run", "choose", "available", "reference", "native", "scan", "fused", "valid_steps", "where_state",
-           "IMPLEMENTATIONS", "AUTO_ORDER"]
+           "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "order"]

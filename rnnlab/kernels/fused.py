@@ -15,6 +15,10 @@ outputs, see `activations.py`):
 are the first n_t rows; each step works on those rows only, so a finished sequence's state stays
 at its last valid value and its outputs stay zero, as in `reference`, at no extra cost per step.
 
+The loops of steps 2 and 3 run in C++ (`loops.cpp`, see `compiled.py`) on CPU where the extension
+is built, for every cell, and in Python otherwise: the same
+buffers and equations, without Python's per-operation overhead at every step.
+
 Serves every ladder cell with depth 1, no zoneout, and activations differentiable from their output
 (all but gelu); input and recurrent dropout masks are applied (x * mx before step 1, s * mh where
 the gates read s). Under no_grad the per-step buffers are one step long (memory constant in T
@@ -158,6 +162,16 @@ class _Tape:
         return like.new_zeros(shape) if self.sizes is not None else like.new_empty(shape)
 
 
+def _extension(like):
+    """The compiled loops (loops.cpp) for CPU tensors where they are built, else None."""
+    return compiled.extension() if like.device.type == "cpu" else None
+
+
+def _carry(grad):
+    """A contiguous copy of a final state's gradient, which the backward loop turns into s^0's."""
+    return grad.clone(memory_format=torch.contiguous_format)
+
+
 def _gates(buffer, count):
     """Split a (T, B, K*H) buffer into its K gates, each (T, B, H)."""
     return buffer.chunk(count, dim=-1)
@@ -198,6 +212,11 @@ class _Gated:
     def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
         K, kind, gates = len(self.gates), self.kind, zx
         states = tape.new(zx, zx.shape[-1] // K)
+        extension = _extension(zx)
+        if extension is not None:
+            extension.gated_forward(kind, self.act, self.sigma, gates, weight_hh, mh, state0[0].contiguous(), states,
+                                    tape.sizes or [])
+            return states, gates
         per_gate = dict(zip(self.gates, (tape.steps_of(g) for g in _gates(gates, K))))
         r, i, f = per_gate["r"], per_gate.get("i"), per_gate.get("f")
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
@@ -225,13 +244,23 @@ class _Gated:
 
     def backward(self, tape, d_out, d_finals, weight_hh, mh, state0, buffers, needs):
         states, gates = buffers
+        dz, carry = tape.new(gates, gates.shape[-1]), _carry(d_finals[0])
+        extension = _extension(gates)
+        if extension is not None:
+            extension.gated_backward(self.kind, self.act, self.sigma, gates, states, state0[0].contiguous(),
+                                     d_out.contiguous(), weight_hh, mh, carry, dz, tape.sizes or [])
+        else:
+            self.backward_loop(tape, d_out, weight_hh, mh, state0, buffers, dz, carry)
+        d_weight = _weight_grad(dz, state0[0], states, mh) if weight_hh is not None and needs[7] else None
+        return dz, d_weight, None, None, carry
+
+    def backward_loop(self, tape, d_out, weight_hh, mh, state0, buffers, dz, carry):
+        states, gates = buffers
         K, kind = len(self.gates), self.kind
-        dz = tape.new(gates, gates.shape[-1])
         per_gate = dict(zip(self.gates, (tape.steps_of(g) for g in _gates(gates, K))))
         d_gate = dict(zip(self.gates, (tape.steps_of(g) for g in _gates(dz, K))))
         r, i, f = per_gate["r"], per_gate.get("i"), per_gate.get("f")
         act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
-        carry = d_finals[0].clone()
         carries, d_outs, prev = tape.same(carry), tape.steps_of(d_out), tape.previous(state0[0], states)
         dzs, masks = tape.steps_of(dz), tape.same(mh)
         for t in reversed(range(tape.steps)):
@@ -247,8 +276,6 @@ class _Gated:
                     sigma_back(ds * prev[t], f[t], d_gate["f"][t])
                     direct = ds.mul_(f[t])
             _recurrent(direct, dzs[t], weight_hh, masks[t], carries[t])
-        d_weight = _weight_grad(dz, state0[0], states, mh) if weight_hh is not None and needs[7] else None
-        return dz, d_weight, None, None, carry
 
 
 class _LSTM:
@@ -258,12 +285,6 @@ class _LSTM:
     def __init__(self, cell):
         self.act, self.sigma = cell.activation, cell.gate_activation
 
-    def compiled(self, like):
-        """The C++ loop (lstm_loop.cpp) where it applies: standard activations, CPU tensors."""
-        if (self.act, self.sigma) != ("tanh", "sigmoid") or like.device.type != "cpu":
-            return None
-        return compiled.extension()
-
     def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
         hidden, gates = zx.shape[-1] // 4, zx
         hs = tape.new(zx, hidden)
@@ -271,9 +292,9 @@ class _LSTM:
         tcs = tape.new(zx, hidden, keep=save)  # a(c)
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         vt = weight_hh.t() if weight_hh is not None else None
-        extension = self.compiled(zx)
+        extension = _extension(zx)
         if extension is not None:
-            extension.lstm_forward(gates, weight_hh, mh, state0[0], state0[1].contiguous(), hs, cs, tcs, tape.sizes or [])
+            extension.lstm_forward(self.act, self.sigma, gates, weight_hh, mh, state0[0], state0[1].contiguous(), hs, cs, tcs, tape.sizes or [])
             return hs, cs, gates, tcs
         gi, gf, gr, go = (tape.steps_of(g) for g in _gates(gates, 4))
         g_if = tape.steps_of(gates[..., :2 * hidden])
@@ -293,10 +314,10 @@ class _LSTM:
     def backward(self, tape, d_out, d_finals, weight_hh, mh, state0, buffers, needs):
         hs, cs, gates, tcs = buffers
         dz = tape.new(gates, gates.shape[-1])
-        carry_h, carry_c = d_finals[0].clone(), d_finals[1].clone()
-        extension = self.compiled(gates)
+        carry_h, carry_c = _carry(d_finals[0]), _carry(d_finals[1])
+        extension = _extension(gates)
         if extension is not None:
-            extension.lstm_backward(gates, cs, tcs, state0[1].contiguous(), d_out.contiguous(), weight_hh, mh,
+            extension.lstm_backward(self.act, self.sigma, gates, cs, tcs, state0[1].contiguous(), d_out.contiguous(), weight_hh, mh,
                                     carry_h, carry_c, dz, tape.sizes or [])
         else:
             self.backward_loop(tape, d_out, weight_hh, mh, state0, buffers, dz, carry_h, carry_c)
@@ -333,6 +354,13 @@ class _GRU:
         K = 3 if weight_hh is not None else 2
         hidden, gates = zx.shape[-1] // K, zx
         hs = tape.new(zx, hidden)
+        # V s + b_hh, of which the n part is kept for backward
+        zhs = tape.new(zx, 3 * hidden, keep=save) if weight_hh is not None else None
+        extension = _extension(zx)
+        if extension is not None:
+            extension.gru_forward(self.act, self.sigma, gates, weight_hh, bias_hh, mh, state0[0].contiguous(), hs, zhs,
+                                  tape.sizes or [])
+            return (hs, gates) if zhs is None else (hs, gates, zhs)
         h_new, h_prev, masks = tape.steps_of(hs), tape.previous(state0[0], hs), tape.same(mh)
         *_, gu, gn = (tape.steps_of(g) for g in _gates(gates, K))
         if weight_hh is None:
@@ -341,7 +369,6 @@ class _GRU:
                 act(gn[t], gn[t])
                 torch.lerp(gn[t], h_prev[t], gu[t], out=h_new[t])
             return hs, gates
-        zhs = tape.new(zx, 3 * hidden, keep=save)  # V s + b_hh, of which the n part is kept for backward
         vt = weight_hh.t()
         g_ru, zh_ru = (tape.steps_of(b[..., :2 * hidden]) for b in (gates, zhs))
         gr, zh_n, zh = tape.steps_of(gates[..., :hidden]), tape.steps_of(zhs[..., 2 * hidden:]), tape.steps_of(zhs)
@@ -358,16 +385,29 @@ class _GRU:
 
     def backward(self, tape, d_out, d_finals, weight_hh, mh, state0, buffers, needs):
         hs, gates, *zhs = buffers
+        dzx, carry = tape.new(gates, gates.shape[-1]), _carry(d_finals[0])
+        dzh = tape.new(gates, 3 * hs.shape[-1]) if weight_hh is not None else None
+        extension = _extension(gates)
+        if extension is not None:
+            extension.gru_backward(self.act, self.sigma, gates, zhs[0] if zhs else None, hs, state0[0].contiguous(),
+                                   d_out.contiguous(), weight_hh, mh, carry, dzx, dzh, tape.sizes or [])
+        else:
+            self.backward_loop(tape, d_out, weight_hh, mh, state0, buffers, dzx, dzh, carry)
+        if weight_hh is None:
+            return dzx, None, None, None, carry
+        d_weight = _weight_grad(dzh, state0[0], hs, mh) if needs[7] else None
+        d_bias = dzh.sum((0, 1)) if needs[8] else None
+        return dzx, d_weight, d_bias, None, carry
+
+    def backward_loop(self, tape, d_out, weight_hh, mh, state0, buffers, dzx, dzh, carry):
+        hs, gates, *zhs = buffers
         K = 3 if weight_hh is not None else 2
         act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
-        dzx = tape.new(gates, gates.shape[-1])
         *_, gu, gn = (tape.steps_of(g) for g in _gates(gates, K))
         *_, du, dn = (tape.steps_of(g) for g in _gates(dzx, K))
-        carry = d_finals[0].clone()
         carries, d_outs, h_prev = tape.same(carry), tape.steps_of(d_out), tape.previous(state0[0], hs)
         if weight_hh is not None:
             H = hs.shape[-1]
-            dzh = tape.new(gates, 3 * H)
             gr, zh_n, dr = tape.steps_of(gates[..., :H]), tape.steps_of(zhs[0][..., 2 * H:]), tape.steps_of(dzx[..., :H])
             dzx_ru, dzh_ru, dzh_n = (tape.steps_of(b) for b in (dzx[..., :2 * H], dzh[..., :2 * H], dzh[..., 2 * H:]))
             dzhs, masks = tape.steps_of(dzh), tape.same(mh)
@@ -383,8 +423,3 @@ class _GRU:
             sigma_back(dn[t] * zh_n[t], gr[t], dr[t])
             dzh_ru[t].copy_(dzx_ru[t])
             _recurrent(direct, dzhs[t], weight_hh, masks[t], carries[t])
-        if weight_hh is None:
-            return dzx, None, None, None, carry
-        d_weight = _weight_grad(dzh, state0[0], hs, mh) if needs[7] else None
-        d_bias = dzh.sum((0, 1)) if needs[8] else None
-        return dzx, d_weight, d_bias, None, carry

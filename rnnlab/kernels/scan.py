@@ -12,13 +12,21 @@ becomes the first-order linear recurrence
     GRU (minGRU):      f = sigma(z_z),     b = (1 - f) a(z_n)
     vanilla, OutputFeedbackCell: s = a(z), no recurrence at all
 
-With f = 1 the scan is a cumulative sum. Otherwise it is solved in chunks of C ~ sqrt(T) steps
-(`linear_scan`): within every chunk at once, the recurrence from a zero state and the running product
-of f; then across chunks, the state entering each; then s = local + product * entering, in one pass.
-That is about 2 sqrt(T) serial steps instead of T, and it only ever multiplies by f: no logarithms
-or divisions by products of f, which would under- or overflow (and fail for f <= 0) over long T.
-Autograd differentiates it. Past a sequence's end f = 1 and b = 0, so its state stays at the last
-valid value; outputs there are zero.
+With f = 1 the scan is a cumulative sum. Otherwise (`linear_scan`) the gates are computed for all
+steps by autograd, and the recurrence itself is one autograd node with a hand-written backward,
+itself a linear recurrence run backwards in time:
+
+    g^t = ds^t + f^{t+1} g^{t+1}        (g^T = 0 beyond the end)
+    db^t = g^t,   df^t = g^t s^{t-1},   ds^{-1} = f^0 g^0
+
+Either direction is solved by `solve`: on CPU by the compiled loop of `loops.cpp` (one pass over
+memory; on one core a serial loop is the fastest way to a scan), else in chunks of C ~ sqrt(T)
+steps: within every chunk at once, the recurrence from a zero state and the running product of f;
+then across chunks, the state entering each; then s = local + product * entering, in one pass. That
+is about 2 sqrt(T) serial steps instead of T. Both only ever multiply by f: no logarithms or
+divisions by products of f, which would under- or overflow (and fail for f <= 0) over long T.
+Past a sequence's end f = 1 and b = 0, so its state stays at the last valid value; outputs there
+are zero.
 
 Serves any ladder cell built with reads_state=False (any depth), except ResidualCell with
 residual='before' (the state sits inside the activation) and zoneout.
@@ -32,6 +40,7 @@ import torch
 
 from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
                      State, VanillaCell)
+from . import compiled
 from .reference import valid_steps
 
 _CELLS = (VanillaCell, OutputFeedbackCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell)
@@ -55,6 +64,50 @@ def linear_scan(f: torch.Tensor | None, b: torch.Tensor, s0: torch.Tensor, chunk
     s0 (B, H) -> s (B, T, H)."""
     if f is None:
         return s0[:, None] + b.cumsum(1)
+    return _LinearScan.apply(f, b, s0, chunk)
+
+
+class _LinearScan(torch.autograd.Function):
+    """The recurrence as one node of the graph; its backward is the reverse recurrence (module doc)."""
+
+    @staticmethod
+    def forward(ctx, f, b, s0, chunk):
+        f, b, s0 = f.contiguous(), b.contiguous(), s0.contiguous()
+        s = solve(f, b, s0, chunk)
+        ctx.chunk = chunk
+        ctx.save_for_backward(f, s, s0)
+        return s
+
+    @staticmethod
+    def backward(ctx, ds):
+        f, s, s0 = ctx.saved_tensors
+        ds = ds.contiguous()
+        extension = _extension(ds)
+        if extension is not None:
+            df, db, ds0 = extension.linear_scan_backward(f, s, s0, ds)
+            return df, db, ds0, None
+        # g^t = ds^t + f^{t+1} g^{t+1}: the forward recurrence on time-reversed f shifted by one
+        f_next = torch.cat([f[:, 1:], f.new_ones(f.shape[0], 1, f.shape[2])], 1)
+        g = solve(f_next.flip(1), ds.flip(1), torch.zeros_like(s0), ctx.chunk).flip(1)
+        s_prev = torch.cat([s0[:, None], s[:, :-1]], 1)  # (B, T, H)
+        return g * s_prev, g, f[:, 0] * g[:, 0], None
+
+
+def _extension(like):
+    return compiled.extension() if like.device.type == "cpu" else None
+
+
+def solve(f: torch.Tensor, b: torch.Tensor, s0: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """The recurrence without autograd: the compiled loop on CPU, else (or when a chunk size is asked
+    for) `chunked`."""
+    extension = _extension(b)
+    if extension is not None and chunk is None:
+        return extension.linear_scan_forward(f, b, s0)
+    return chunked(f, b, s0, chunk)
+
+
+def chunked(f: torch.Tensor, b: torch.Tensor, s0: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """The recurrence in chunks of C steps (default ~sqrt(T)): about 2 sqrt(T) serial steps."""
     batch, steps, hidden = b.shape
     C = chunk or max(1, math.isqrt(steps))
     N = -(-steps // C)
@@ -64,15 +117,15 @@ def linear_scan(f: torch.Tensor | None, b: torch.Tensor, s0: torch.Tensor, chunk
         b = torch.cat([b, b.new_zeros(batch, pad, hidden)], 1)
     f, b = f.view(batch, N, C, hidden), b.view(batch, N, C, hidden)
     decay = f.cumprod(2)  # (B, N, C, H): prod of f from the chunk's start up to each step
-    fs, bs = f.unbind(2), b.unbind(2)
-    local = [bs[0]]  # every chunk at once, from a zero state
+    local = torch.empty_like(b)  # every chunk at once, from a zero state
+    local[:, :, 0] = b[:, :, 0]
     for c in range(1, C):
-        local.append(torch.addcmul(bs[c], fs[c], local[-1]))
-    local = torch.stack(local, 2)  # (B, N, C, H)
-    entering = [s0]  # the state entering each chunk
-    for n_local, n_decay in zip(local[:, :-1, -1].unbind(1), decay[:, :-1, -1].unbind(1)):
-        entering.append(torch.addcmul(n_local, n_decay, entering[-1]))
-    s = torch.addcmul(local, decay, torch.stack(entering, 1)[:, :, None])  # (B, N, C, H)
+        torch.addcmul(b[:, :, c], f[:, :, c], local[:, :, c - 1], out=local[:, :, c])
+    entering = torch.empty_like(b[:, :, 0])  # (B, N, H): the state entering each chunk
+    entering[:, 0] = s0
+    for n in range(1, N):
+        torch.addcmul(local[:, n - 1, -1], decay[:, n - 1, -1], entering[:, n - 1], out=entering[:, n])
+    s = local.addcmul_(decay, entering[:, :, None])  # (B, N, C, H)
     return s.view(batch, N * C, hidden)[:, :steps]
 
 

@@ -1,0 +1,549 @@
+// The time loops of `fused` (every ladder cell) and the linear recurrence of `scan`, in C++, for the
+// sizes where Python's per-operation overhead is the cost (small batches, long sequences). Same
+// buffers, same equations, same results as the Python loops in fused.py and scan.py; the matrix
+// products stay ATen's (MKL, oneDNN), everything elementwise is a plain loop over the step's rows.
+// Built at first use by torch.utils.cpp_extension (compiled.py); rnnlab works without it.
+//
+//   LSTM                  i, f, o = sigma(z_i, z_f, z_o), r = a(z_r);  c = f c' + i r;  h = o a(c)
+//   gated                 vanilla s = a(z_r); before s = a(z_r + s'); residual s = s' + a(z_r);
+//                         input s = s' + i r;  forget s = f s' + i r      (any activations)
+//   GRU                   r, u = sigma(zx + zh), n = a(zx_n + r zh_n), s = n + u (s' - n)
+//   linear recurrence     s_t = f_t s_{t-1} + b_t, and its backward (a reverse recurrence)
+// where z = Zx + V s' (Zx precomputed for all steps by one GEMM, in the gate buffer on entry).
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+using at::Tensor;
+using c10::optional;
+
+namespace {
+
+int64_t rows_at(const std::vector<int64_t>& sizes, int64_t t, int64_t batch) {
+  return sizes.empty() ? batch : sizes[t];  // sequences still running at step t (sorted by length)
+}
+
+Tensor read(const Tensor& h, const optional<Tensor>& mask, int64_t rows) {
+  return mask ? h * mask->narrow(0, 0, rows) : h;
+}
+
+// carry[:rows] += (dz_t V) * mask: the gradient reaching the state read at the previous step.
+void add_recurrent(Tensor carry, const Tensor& dz_t, const optional<Tensor>& weight_hh,
+                   const optional<Tensor>& mask, int64_t rows) {
+  if (!weight_hh) return;
+  Tensor ch = carry.narrow(0, 0, rows), dz = dz_t.narrow(0, 0, rows);
+  if (mask) {
+    ch.add_(at::mm(dz, *weight_hh).mul_(mask->narrow(0, 0, rows)));
+  } else {
+    ch.addmm_(dz, *weight_hh);
+  }
+}
+
+// --- activations, as in activations.py: forward in place, backward from the output y ---------------
+// One switch per call, outside the loops, so that each loop is a plain (vectorisable) one.
+
+enum class Act { tanh, sigmoid, relu, identity, hard_sigmoid, hard_tanh, softsign, elu };
+
+Act parse(const std::string& name) {
+  static const std::pair<const char*, Act> names[] = {
+      {"tanh", Act::tanh}, {"sigmoid", Act::sigmoid}, {"relu", Act::relu}, {"identity", Act::identity},
+      {"hard_sigmoid", Act::hard_sigmoid}, {"hard_tanh", Act::hard_tanh}, {"softsign", Act::softsign},
+      {"elu", Act::elu}};
+  for (const auto& [key, act] : names)
+    if (name == key) return act;
+  TORCH_CHECK(false, "rnnlab loops: unknown activation ", name);
+  return Act::identity;  // not reached
+}
+
+// z = a(z) for n elements, with ATen's vectorised functions (SLEEF's exp, tanh, expm1: the ones
+// torch's own kernels use, with their NaN and inf semantics).
+template <typename T>
+void activate(Act a, T* z, int64_t n) {
+  using V = at::vec::Vectorized<T>;
+  auto map = [&](auto fn) { at::vec::map(fn, z, z, n); };
+  switch (a) {
+    case Act::tanh: return map([](V v) { return v.tanh(); });
+    case Act::sigmoid: return map([](V v) { return (V(1) + v.neg().exp()).reciprocal(); });
+    case Act::relu: return map([](V v) { return at::vec::clamp_min(v, V(0)); });
+    case Act::identity: return;
+    case Act::hard_sigmoid: return map([](V v) { return at::vec::clamp(v + V(3), V(0), V(6)) / V(6); });
+    case Act::hard_tanh: return map([](V v) { return at::vec::clamp(v, V(-1), V(1)); });
+    case Act::softsign: return map([](V v) { return v / (V(1) + v.abs()); });
+    case Act::elu: return map([](V v) { return V::blendv(v.expm1(), v, v > V(0)); });
+  }
+}
+
+// g = g * a'(z), a' written in terms of y = a(z), for n elements.
+template <typename T>
+void activate_backward(Act a, T* __restrict__ g, const T* __restrict__ y, int64_t n) {
+  auto scale = [&](auto derivative) {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) g[k] *= derivative(y[k]);
+  };
+  switch (a) {
+    case Act::tanh: return scale([](T v) { return T(1) - v * v; });
+    case Act::sigmoid: return scale([](T v) { return v * (T(1) - v); });
+    case Act::relu: return scale([](T v) { return v > T(0) ? T(1) : T(0); });
+    case Act::identity: return;
+    // torch's hardsigmoid_backward scales by the float 1.0f / 6.0f, in double too: the same here
+    case Act::hard_sigmoid: return scale([](T v) { return v > T(0) && v < T(1) ? T(1.0f / 6.0f) : T(0); });
+    case Act::hard_tanh: return scale([](T v) { return std::abs(v) < T(1) ? T(1) : T(0); });
+    case Act::softsign: return scale([](T v) { return (T(1) - std::abs(v)) * (T(1) - std::abs(v)); });
+    case Act::elu: return scale([](T v) { return v > T(0) ? T(1) : v + T(1); });
+  }
+}
+
+// --- LSTM ------------------------------------------------------------------------------------------
+// Gate order i, f, r, o; tc keeps a(c) for the backward.
+
+template <typename T>
+void lstm_forward_step(Act act, Act sigma, T* g, const T* __restrict__ c_prev, T* __restrict__ c,
+                       T* __restrict__ tc, T* __restrict__ h, int64_t rows, int64_t H) {
+  for (int64_t b = 0; b < rows; ++b) {
+    T* __restrict__ gb = g + b * 4 * H;
+    const T* __restrict__ cp = c_prev + b * H;
+    T *__restrict__ cn = c + b * H, *__restrict__ tn = tc + b * H, *__restrict__ hn = h + b * H;
+    activate(sigma, gb, 2 * H);  // i, f
+    activate(act, gb + 2 * H, H);
+    activate(sigma, gb + 3 * H, H);
+#pragma omp simd
+    for (int64_t k = 0; k < H; ++k) cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
+    activate(act, tn, H);
+#pragma omp simd
+    for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
+  }
+}
+
+//   dz_o = sigma'(dh a(c));  dc = dc' + a'(dh o)   (a' at c)
+//   dz_i = sigma'(dc r);  dz_f = sigma'(dc c');  dz_r = a'(dc i);  dc' = dc f
+template <typename T>
+void lstm_backward_step(Act act, Act sigma, const T* g, const T* __restrict__ c_prev, const T* __restrict__ tc,
+                        const T* __restrict__ d_out, const T* __restrict__ carry_h, T* __restrict__ carry_c, T* dz,
+                        int64_t rows, int64_t H) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict__ gb = g + b * 4 * H;
+    T* __restrict__ db = dz + b * 4 * H;
+    const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + b * H;
+    const T *__restrict__ dy = d_out + b * H, *__restrict__ ch = carry_h + b * H;
+    T* __restrict__ cc = carry_c + b * H;
+#pragma omp simd
+    for (int64_t k = 0; k < H; ++k) {
+      T dh = ch[k] + dy[k];
+      db[3 * H + k] = dh * tb[k];
+      db[2 * H + k] = dh * gb[3 * H + k];  // the r slot holds dh o until dc is known
+    }
+    activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
+    activate_backward(act, db + 2 * H, tb, H);
+#pragma omp simd
+    for (int64_t k = 0; k < H; ++k) {
+      T dc = cc[k] + db[2 * H + k];
+      db[k] = dc * gb[2 * H + k];
+      db[H + k] = dc * cp[k];
+      db[2 * H + k] = dc * gb[k];
+      cc[k] = dc * gb[H + k];
+    }
+    activate_backward(sigma, db, gb, 2 * H);
+    activate_backward(act, db + 2 * H, gb + 2 * H, H);
+  }
+}
+
+// --- gated cells: vanilla, residual (after or before), input-gated, forget-gated -------------------
+// Gate order is the cell's: (r), (i, r) or (i, f, r); r is always last.
+
+enum class Kind { vanilla, before, residual, input, forget };
+
+Kind parse_kind(const std::string& name) {
+  static const std::pair<const char*, Kind> names[] = {{"vanilla", Kind::vanilla}, {"before", Kind::before},
+                                                       {"residual", Kind::residual}, {"input", Kind::input},
+                                                       {"forget", Kind::forget}};
+  for (const auto& [key, kind] : names)
+    if (name == key) return kind;
+  TORCH_CHECK(false, "rnnlab loops: unknown gated kind ", name);
+  return Kind::vanilla;  // not reached
+}
+
+int64_t gate_count(Kind kind) { return kind == Kind::forget ? 3 : kind == Kind::input ? 2 : 1; }
+
+template <typename T>
+void gated_forward_step(Kind kind, Act act, Act sigma, T* g, const T* __restrict__ s_prev, T* __restrict__ s,
+                        int64_t rows, int64_t H) {
+  const int64_t K = gate_count(kind);
+  for (int64_t b = 0; b < rows; ++b) {
+    T* __restrict__ r = g + b * K * H + (K - 1) * H;
+    T* __restrict__ i = g + b * K * H;  // i and f are adjacent: one sigma pass for both
+    const T* __restrict__ sp = s_prev + b * H;
+    T* __restrict__ sn = s + b * H;
+    if (kind == Kind::before) {
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) r[k] += sp[k];
+    }
+    activate(act, r, H);
+    if (K > 1) activate(sigma, i, (K - 1) * H);
+    switch (kind) {
+      case Kind::vanilla:
+      case Kind::before: std::copy(r, r + H, sn); break;
+      case Kind::residual:
+#pragma omp simd
+        for (int64_t k = 0; k < H; ++k) sn[k] = sp[k] + r[k];
+        break;
+      case Kind::input:
+#pragma omp simd
+        for (int64_t k = 0; k < H; ++k) sn[k] = sp[k] + i[k] * r[k];
+        break;
+      case Kind::forget:
+#pragma omp simd
+        for (int64_t k = 0; k < H; ++k) sn[k] = i[H + k] * sp[k] + i[k] * r[k];
+        break;
+    }
+  }
+}
+
+// On entry carry = dL/ds^t from the future; d_out the output's gradient. Fills dz_t and leaves in
+// carry the direct part of dL/ds^{t-1} (the V part is added by the caller).
+template <typename T>
+void gated_backward_step(Kind kind, Act act, Act sigma, const T* g, const T* __restrict__ s_prev,
+                         const T* __restrict__ d_out, T* __restrict__ carry, T* dz, int64_t rows, int64_t H) {
+  const int64_t K = gate_count(kind);
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict__ r = g + b * K * H + (K - 1) * H;
+    const T* __restrict__ i = g + b * K * H;
+    T* __restrict__ dr = dz + b * K * H + (K - 1) * H;
+    T* __restrict__ di = dz + b * K * H;
+    const T* __restrict__ sp = s_prev + b * H;
+    const T* __restrict__ dy = d_out + b * H;
+    T* __restrict__ ds = carry + b * H;
+#pragma omp simd
+    for (int64_t k = 0; k < H; ++k) ds[k] += dy[k];  // dL/ds^t
+    switch (kind) {
+      case Kind::vanilla:
+      case Kind::before:
+      case Kind::residual:
+        std::copy(ds, ds + H, dr);
+        activate_backward(act, dr, r, H);
+        if (kind == Kind::vanilla) std::fill(ds, ds + H, T(0));
+        if (kind == Kind::before) std::copy(dr, dr + H, ds);
+        break;  // residual: ds^{t-1} = ds^t directly
+      case Kind::input:
+      case Kind::forget:
+#pragma omp simd
+        for (int64_t k = 0; k < H; ++k) {
+          di[k] = ds[k] * r[k];
+          dr[k] = ds[k] * i[k];
+        }
+        if (kind == Kind::forget) {
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            di[H + k] = ds[k] * sp[k];
+            ds[k] *= i[H + k];
+          }
+        }
+        activate_backward(sigma, di, i, (K - 1) * H);
+        activate_backward(act, dr, r, H);
+        break;
+    }
+  }
+}
+
+// --- GRU ------------------------------------------------------------------------------------------
+// With a state read: gates (r, z, n), zh = V s' + b_hh kept per step (its n part feeds the backward).
+// Without (minGRU): gates (z, n).
+
+template <typename T>
+void gru_forward_step(Act act, Act sigma, T* g, const T* zh, const T* __restrict__ s_prev, T* __restrict__ s,
+                      int64_t rows, int64_t H) {
+  const int64_t K = zh ? 3 : 2;
+  for (int64_t b = 0; b < rows; ++b) {
+    T* __restrict__ gb = g + b * K * H;
+    T* __restrict__ u = gb + (K - 2) * H;
+    T* __restrict__ n = gb + (K - 1) * H;
+    if (zh) {
+      const T* __restrict__ zb = zh + b * 3 * H;
+#pragma omp simd
+      for (int64_t k = 0; k < 2 * H; ++k) gb[k] += zb[k];
+      activate(sigma, gb, 2 * H);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) n[k] += gb[k] * zb[2 * H + k];
+    } else {
+      activate(sigma, u, H);
+    }
+    activate(act, n, H);
+    const T* __restrict__ sp = s_prev + b * H;
+    T* __restrict__ sn = s + b * H;
+#pragma omp simd
+    for (int64_t k = 0; k < H; ++k) sn[k] = n[k] + u[k] * (sp[k] - n[k]);
+  }
+}
+
+//   dn = a'(dh (1 - u));  du = sigma'(dh (s' - n));  ds' = dh u (+ dzh V)
+//   with a state read also  dzh_n = dn r;  dr = sigma'(dn zh_n);  dzh_{r,z} = dzx_{r,z}
+template <typename T>
+void gru_backward_step(Act act, Act sigma, const T* g, const T* zh, const T* __restrict__ s_prev,
+                       const T* __restrict__ d_out, T* __restrict__ carry, T* dzx, T* dzh, int64_t rows, int64_t H) {
+  const int64_t K = zh ? 3 : 2;
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict__ u = g + b * K * H + (K - 2) * H;
+    const T* __restrict__ n = g + b * K * H + (K - 1) * H;
+    T* __restrict__ du = dzx + b * K * H + (K - 2) * H;
+    T* __restrict__ dn = dzx + b * K * H + (K - 1) * H;
+    const T* __restrict__ sp = s_prev + b * H;
+    const T* __restrict__ dy = d_out + b * H;
+    T* __restrict__ ds = carry + b * H;
+#pragma omp simd
+    for (int64_t k = 0; k < H; ++k) {
+      T dh = ds[k] + dy[k];
+      dn[k] = dh - dh * u[k];
+      du[k] = (sp[k] - n[k]) * dh;
+      ds[k] = dh * u[k];
+    }
+    activate_backward(act, dn, n, H);
+    activate_backward(sigma, du, u, H);
+    if (zh) {
+      const T* __restrict__ r = g + b * 3 * H;
+      const T* __restrict__ zn = zh + b * 3 * H + 2 * H;
+      T* __restrict__ dr = dzx + b * 3 * H;
+      T* __restrict__ dh_b = dzh + b * 3 * H;
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        dh_b[2 * H + k] = dn[k] * r[k];
+        dr[k] = dn[k] * zn[k];
+      }
+      activate_backward(sigma, dr, r, H);
+      std::copy(dr, dr + 2 * H, dh_b);
+    }
+  }
+}
+
+// --- linear recurrence (scan) -----------------------------------------------------------------------
+
+template <typename T>
+void scan_forward(const T* f, const T* b, const T* s0, T* s, int64_t batch, int64_t steps, int64_t H) {
+  for (int64_t n = 0; n < batch; ++n) {
+    const T* __restrict__ prev = s0 + n * H;
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t o = (n * steps + t) * H;
+      const T* __restrict__ ft = f + o;
+      const T* __restrict__ bt = b + o;
+      T* __restrict__ out = s + o;
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) out[k] = ft[k] * prev[k] + bt[k];
+      prev = out;
+    }
+  }
+}
+
+template <typename T>
+void scan_backward(const T* f, const T* s, const T* s0, const T* ds, T* df, T* db, T* ds0, int64_t batch,
+                   int64_t steps, int64_t H) {
+  for (int64_t n = 0; n < batch; ++n) {
+    T* __restrict__ carry = ds0 + n * H;  // f_{t+1} g_{t+1}; ds0 at the end
+    std::fill(carry, carry + H, T(0));
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t o = (n * steps + t) * H;
+      const T* __restrict__ prev = t == 0 ? s0 + n * H : s + o - H;
+      const T* __restrict__ ft = f + o;
+      const T* __restrict__ dst = ds + o;
+      T* __restrict__ dft = df + o;
+      T* __restrict__ dbt = db + o;
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        T g = dst[k] + carry[k];
+        dbt[k] = g;
+        dft[k] = g * prev[k];
+        carry[k] = ft[k] * g;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// gates (T, B, 4H): Zx on entry, the gate values on exit. cs has T steps, or a ring of 2 when not
+// saving. Returns nothing: hs, cs, tcs are filled (hs and tcs rows of finished sequences untouched).
+void lstm_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
+                  const optional<Tensor>& weight_hh, const optional<Tensor>& mask,
+                  const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, std::vector<int64_t> sizes) {
+  const Act act = parse(act_name), sigma = parse(sigma_name);
+  const int64_t steps = gates.size(0), batch = gates.size(1), H = h0.size(1);
+  const int64_t ring_c = cs.size(0), ring_t = tcs.size(0);
+  optional<Tensor> vt;
+  if (weight_hh) vt = weight_hh->t();
+  const int64_t step = batch * H;  // elements of one step of hs, cs, tcs
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
+    scalar_t *g = gates.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>();
+    scalar_t *c = cs.data_ptr<scalar_t>(), *tc = tcs.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t n = rows_at(sizes, t, batch);
+      if (vt) {  // the one matrix product of the step; views only here, they cost a dispatch each
+        Tensor h_prev = t == 0 ? h0 : hs.select(0, t - 1);
+        Tensor g_t = gates.select(0, t);
+        if (n < batch) h_prev = h_prev.narrow(0, 0, n), g_t = g_t.narrow(0, 0, n);
+        g_t.addmm_(read(h_prev, mask, n), *vt);
+      }
+      const scalar_t* c_prev = t == 0 ? c0.data_ptr<scalar_t>() : c + ((t - 1) % ring_c) * step;
+      lstm_forward_step<scalar_t>(act, sigma, g + t * 4 * step, c_prev, c + (t % ring_c) * step, tc + (t % ring_t) * step,
+                                  h + t * step, n, H);
+    }
+  });
+}
+
+// Fills dz (T, B, 4H) and turns carry_h, carry_c (the gradients of the final state on entry) into
+// those of the initial state.
+void lstm_backward(const std::string& act_name, const std::string& sigma_name, const Tensor& gates, const Tensor& cs, const Tensor& tcs, const Tensor& c0, const Tensor& d_out,
+                   const optional<Tensor>& weight_hh, const optional<Tensor>& mask, Tensor carry_h,
+                   Tensor carry_c, Tensor dz, std::vector<int64_t> sizes) {
+  const Act act = parse(act_name), sigma = parse(sigma_name);
+  const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(1);
+  const int64_t step = batch * H;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
+    const scalar_t *g = gates.data_ptr<scalar_t>(), *c = cs.data_ptr<scalar_t>(), *tc = tcs.data_ptr<scalar_t>();
+    const scalar_t* dout = d_out.data_ptr<scalar_t>();
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t n = rows_at(sizes, t, batch);
+      const scalar_t* c_prev = t == 0 ? c0.data_ptr<scalar_t>() : c + (t - 1) * step;
+      lstm_backward_step<scalar_t>(act, sigma, g + t * 4 * step, c_prev, tc + t * step, dout + t * step,
+                                   carry_h.data_ptr<scalar_t>(), carry_c.data_ptr<scalar_t>(),
+                                   dz.data_ptr<scalar_t>() + t * 4 * step, n, H);
+      Tensor dz_t = dz.select(0, t), ch = carry_h;  // dh' = dz V (masked): the LSTM has no direct term
+      if (n < batch) dz_t = dz_t.narrow(0, 0, n), ch = ch.narrow(0, 0, n);
+      if (!weight_hh) {
+        ch.zero_();
+      } else if (mask) {
+        ch.copy_(at::mm(dz_t, *weight_hh).mul_(mask->narrow(0, 0, n)));
+      } else {
+        at::mm_out(ch, dz_t, *weight_hh);
+      }
+    }
+  });
+}
+
+// gates (T, B, K*H): Zx on entry, the gate values on exit; states (T, B, H) filled.
+void gated_forward(const std::string& kind_name, const std::string& act_name, const std::string& sigma_name,
+                   Tensor gates, const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const Tensor& s0,
+                   Tensor states, std::vector<int64_t> sizes) {
+  const Kind kind = parse_kind(kind_name);
+  const Act act = parse(act_name), sigma = parse(sigma_name);
+  const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = gate_count(kind);
+  optional<Tensor> vt;
+  if (weight_hh) vt = weight_hh->t();
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gated_forward", [&] {
+    scalar_t *g = gates.data_ptr<scalar_t>(), *s = states.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t n = rows_at(sizes, t, batch);
+      const scalar_t* s_prev = t == 0 ? s0.data_ptr<scalar_t>() : s + (t - 1) * batch * H;
+      if (vt) {  // tensor views only here: each costs a dispatch
+        const Tensor prev = (t == 0 ? s0 : states.select(0, t - 1)).narrow(0, 0, n);
+        gates.select(0, t).narrow(0, 0, n).addmm_(read(prev, mask, n), *vt);
+      }
+      gated_forward_step<scalar_t>(kind, act, sigma, g + t * batch * K * H, s_prev, s + t * batch * H, n, H);
+    }
+  });
+}
+
+// Fills dz (T, B, K*H); carry: the final state's gradient on entry, the initial state's on exit.
+void gated_backward(const std::string& kind_name, const std::string& act_name, const std::string& sigma_name,
+                    const Tensor& gates, const Tensor& states, const Tensor& s0, const Tensor& d_out,
+                    const optional<Tensor>& weight_hh, const optional<Tensor>& mask, Tensor carry, Tensor dz,
+                    std::vector<int64_t> sizes) {
+  const Kind kind = parse_kind(kind_name);
+  const Act act = parse(act_name), sigma = parse(sigma_name);
+  const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = gate_count(kind);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gated_backward", [&] {
+    const scalar_t *g = gates.data_ptr<scalar_t>(), *s = states.data_ptr<scalar_t>();
+    const scalar_t* dout = d_out.data_ptr<scalar_t>();
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t n = rows_at(sizes, t, batch);
+      const scalar_t* s_prev = t == 0 ? s0.data_ptr<scalar_t>() : s + (t - 1) * batch * H;
+      gated_backward_step<scalar_t>(kind, act, sigma, g + t * batch * K * H, s_prev, dout + t * batch * H,
+                                    carry.data_ptr<scalar_t>(), dz.data_ptr<scalar_t>() + t * batch * K * H, n, H);
+      if (weight_hh) add_recurrent(carry, dz.select(0, t), weight_hh, mask, n);
+    }
+  });
+}
+
+// gates (T, B, K*H): Zx on entry, gate values on exit; hs (T, B, H) filled; with a state read, zhs
+// (T or 1, B, 3H) receives V s' + b_hh of each step (a ring of one step when not saving).
+void gru_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
+                 const optional<Tensor>& weight_hh, const optional<Tensor>& bias_hh, const optional<Tensor>& mask,
+                 const Tensor& s0, Tensor hs, const optional<Tensor>& zhs, std::vector<int64_t> sizes) {
+  const Act act = parse(act_name), sigma = parse(sigma_name);
+  const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = weight_hh ? 3 : 2;
+  optional<Tensor> vt;
+  if (weight_hh) vt = weight_hh->t();
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
+    scalar_t *g = gates.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t n = rows_at(sizes, t, batch);
+      const scalar_t* s_prev = t == 0 ? s0.data_ptr<scalar_t>() : h + (t - 1) * batch * H;
+      scalar_t* zh = nullptr;
+      if (vt) {  // tensor views only here: each costs a dispatch
+        Tensor zh_t = zhs->select(0, t % zhs->size(0)).narrow(0, 0, n);
+        Tensor s_read = read((t == 0 ? s0 : hs.select(0, t - 1)).narrow(0, 0, n), mask, n);
+        if (bias_hh) at::addmm_out(zh_t, *bias_hh, s_read, *vt); else at::mm_out(zh_t, s_read, *vt);
+        zh = zh_t.data_ptr<scalar_t>();
+      }
+      gru_forward_step<scalar_t>(act, sigma, g + t * batch * K * H, zh, s_prev, h + t * batch * H, n, H);
+    }
+  });
+}
+
+// Fills dzx (T, B, K*H) and, with a state read, dzh (T, B, 3H); carry as in gated_backward.
+void gru_backward(const std::string& act_name, const std::string& sigma_name, const Tensor& gates,
+                  const optional<Tensor>& zhs, const Tensor& hs, const Tensor& s0, const Tensor& d_out,
+                  const optional<Tensor>& weight_hh, const optional<Tensor>& mask, Tensor carry, Tensor dzx,
+                  const optional<Tensor>& dzh, std::vector<int64_t> sizes) {
+  const Act act = parse(act_name), sigma = parse(sigma_name);
+  const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = weight_hh ? 3 : 2;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
+    const scalar_t *g = gates.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>();
+    const scalar_t* dout = d_out.data_ptr<scalar_t>();
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t n = rows_at(sizes, t, batch);
+      const scalar_t* s_prev = t == 0 ? s0.data_ptr<scalar_t>() : h + (t - 1) * batch * H;
+      const scalar_t* zh = zhs ? zhs->data_ptr<scalar_t>() + t * batch * 3 * H : nullptr;
+      scalar_t* dzh_t = dzh ? dzh->data_ptr<scalar_t>() + t * batch * 3 * H : nullptr;
+      gru_backward_step<scalar_t>(act, sigma, g + t * batch * K * H, zh, s_prev, dout + t * batch * H,
+                                  carry.data_ptr<scalar_t>(), dzx.data_ptr<scalar_t>() + t * batch * K * H, dzh_t, n, H);
+      if (dzh) add_recurrent(carry, dzh->select(0, t), weight_hh, mask, n);
+    }
+  });
+}
+
+// s_t = f_t s_{t-1} + b_t along dim 1 of (B, T, H), from s0 (B, H): one pass, B*H recurrences side by side.
+Tensor linear_scan_forward(const Tensor& f, const Tensor& b, const Tensor& s0) {
+  const int64_t batch = b.size(0), steps = b.size(1), H = b.size(2);
+  Tensor s = at::empty_like(b);
+  AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "linear_scan_forward", [&] {
+    scan_forward<scalar_t>(f.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), s0.data_ptr<scalar_t>(),
+                           s.data_ptr<scalar_t>(), batch, steps, H);
+  });
+  return s;
+}
+
+// The backward of linear_scan_forward, a reverse recurrence: g_t = ds_t + f_{t+1} g_{t+1};
+// db_t = g_t, df_t = g_t s_{t-1}, ds0 = f_0 g_0. Returns (df, db, ds0).
+std::vector<Tensor> linear_scan_backward(const Tensor& f, const Tensor& s, const Tensor& s0, const Tensor& ds) {
+  const int64_t batch = s.size(0), steps = s.size(1), H = s.size(2);
+  Tensor df = at::empty_like(s), db = at::empty_like(s), ds0 = at::empty_like(s0);
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "linear_scan_backward", [&] {
+    scan_backward<scalar_t>(f.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), s0.data_ptr<scalar_t>(),
+                            ds.data_ptr<scalar_t>(), df.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(),
+                            ds0.data_ptr<scalar_t>(), batch, steps, H);
+  });
+  return {df, db, ds0};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lstm_forward", &lstm_forward, "fused LSTM loop, forward");
+  m.def("lstm_backward", &lstm_backward, "fused LSTM loop, backward");
+  m.def("gated_forward", &gated_forward, "fused loop of the gated ladder cells, forward");
+  m.def("gated_backward", &gated_backward, "fused loop of the gated ladder cells, backward");
+  m.def("gru_forward", &gru_forward, "fused GRU loop, forward");
+  m.def("gru_backward", &gru_backward, "fused GRU loop, backward");
+  m.def("linear_scan_forward", &linear_scan_forward, "s_t = f_t s_{t-1} + b_t over dim 1");
+  m.def("linear_scan_backward", &linear_scan_backward, "the backward of linear_scan_forward");
+}
