@@ -142,8 +142,9 @@ def cmd_train(args) -> int:
     finally:
         progress.close()
     minutes = result.elapsed_s / 60
-    print(f"stopped ({result.stopped}) at step {result.step} after {minutes:.1f} min in all, "
-          f"{result.tokens / max(result.elapsed_s, 1e-9):,.0f} {task.unit}s/s overall")
+    print(f"stopped ({result.stopped}) at step {result.step} after {minutes:.1f} min in all "
+          f"({result.cpu_s / 60:.1f} min of process CPU time), {result.tokens / max(result.elapsed_s, 1e-9):,.0f} "
+          f"{task.unit}s/s overall")
     if result.last_eval is not None:
         e = result.last_eval
         print(f"validation: {e['loss']:.4f} nats/{task.unit}, {e['bits']:.4f} bits/{task.unit} "

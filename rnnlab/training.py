@@ -48,7 +48,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
 TEACHER_FORCING_SCHEDULES = ("linear", "exponential", "inverse_sigmoid")
 # Fields a resumed run may change: they set budgets and bookkeeping, not the trajectory.
-RESUMABLE_FIELDS = ("steps", "max_minutes", "device", "eval_every", "checkpoint_every", "log_every", "patience")
+RESUMABLE_FIELDS = ("steps", "max_minutes", "device", "threads", "eval_every", "checkpoint_every", "log_every", "patience")
 
 LossFn = Callable[[nn.Module, Batch, Any, float], tuple[torch.Tensor, Any, int]]
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -62,6 +62,8 @@ class TrainConfig:
     max_minutes: float | None = knob(None, "wall-clock budget of this invocation in minutes (none: no limit)")
     seed: int = knob(0, "seed of every random choice: the same seed gives the same run")
     device: str = knob("cpu", "torch device (cpu, cuda, cuda:1, ...; auto: cuda if available)")
+    threads: int | None = knob(None, "CPU threads for torch (none: torch's default); 1 is much faster on a "
+                                     "machine whose cores are busy with other work")
     optimizer: str = knob("adam", "optimiser", OPTIMIZERS)
     lr: float = knob(2e-3, "peak learning rate")
     weight_decay: float = knob(0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)")
@@ -96,7 +98,7 @@ class TrainConfig:
         for name in ("seed", "warmup_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail(name, "an int >= 0")
-        for name in ("truncate_every", "patience"):
+        for name in ("truncate_every", "patience", "threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 fail(name, "None or an int >= 1")
@@ -187,6 +189,7 @@ class TrainResult:
     step: int
     stopped: str
     elapsed_s: float
+    cpu_s: float
     tokens: int
     last_eval: dict[str, float] | None
     best_eval_loss: float | None
@@ -220,7 +223,9 @@ class Trainer:
         self.run_config = dict(run_config or {})
         self.on_event = on_event or (lambda event: None)
         self.optimizer = self._make_optimizer()
-        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
+        self.step, self.tokens = 0, 0
+        self.elapsed_before, self.cpu_before = 0.0, 0.0  # wall and process CPU seconds of earlier sessions
+        self._session_start: tuple[float, float] | None = None
         self.carried = None  # the final state of the last batch, detached
         self.best_eval_loss: float | None = None
         self.evals_since_best = 0
@@ -246,7 +251,8 @@ class Trainer:
         return {
             "step": self.step,
             "tokens": self.tokens,
-            "elapsed_s": self.elapsed_before,
+            "elapsed_s": self.elapsed()[0],
+            "cpu_s": self.elapsed()[1],
             "optimizer": self.optimizer.state_dict(),
             "batches": self.batches.state_dict(),
             "carried": _to(self.carried, "cpu"),
@@ -278,7 +284,8 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.batches.load_state_dict(state["batches"])
-            self.step, self.tokens, self.elapsed_before = step, int(state["tokens"]), float(state["elapsed_s"])
+            self.step, self.tokens = step, int(state["tokens"])
+            self.elapsed_before, self.cpu_before = float(state["elapsed_s"]), float(state["cpu_s"])
             self.carried = _to(state["carried"], self.device)
             torch.set_rng_state(state["rng_torch"].cpu())
             if state["rng_cuda"] and torch.cuda.is_available():
@@ -331,10 +338,13 @@ class Trainer:
         """Train until the step budget, the time budget, early stopping or Ctrl-C."""
         c = self.config
         self._start_run_dir()
+        if c.threads is not None:
+            torch.set_num_threads(c.threads)
         if not self.resumed:
             seed_everything(c.seed)  # the training stream starts from the seed, whatever init consumed
         self._stop_requested = False
         started = time.monotonic()
+        self._session_start = (started, time.process_time())
         deadline = None if c.max_minutes is None else started + 60 * c.max_minutes
         interval = {"loss": 0.0, "count": 0, "seconds": 0.0}
         stopped = "steps"
@@ -357,19 +367,27 @@ class Trainer:
                         stopped = "early_stopping"
                         break
                 if self.run is not None and self.step % c.checkpoint_every == 0:
-                    self.elapsed_before += time.monotonic() - started
-                    started = time.monotonic()
                     self.save_checkpoint()
             if self.evaluate_fn is not None and self.last_eval_step != self.step and stopped != "interrupted":
                 self._evaluate_and_check()
-            self.elapsed_before += time.monotonic() - started
             checkpoint = self.save_checkpoint() if self.run is not None else None
+        self.elapsed_before, self.cpu_before = self.elapsed()
+        self._session_start = None
         if self.run is not None:
             from .plots import plot_losses  # matplotlib only when there is somewhere to put the plot
 
             plot_losses(self.run.read_metrics(), self.run.path / "loss.png", self.run_config.get("unit", "token"))
-        return TrainResult(self.step, stopped, self.elapsed_before, self.tokens, self.last_eval,
+        return TrainResult(self.step, stopped, self.elapsed_before, self.cpu_before, self.tokens, self.last_eval,
                            self.best_eval_loss, checkpoint)
+
+    def elapsed(self) -> tuple[float, float]:
+        """(wall, process CPU) seconds of training so far, over all sessions of the run. CPU time
+        is what a busy shared machine does not inflate (with one thread it is the time the run
+        would take on a quiet core)."""
+        if self._session_start is None:
+            return self.elapsed_before, self.cpu_before
+        wall, cpu = self._session_start
+        return self.elapsed_before + time.monotonic() - wall, self.cpu_before + time.process_time() - cpu
 
     def _train_batch(self, batch: Batch) -> tuple[float, int]:
         """One step: one update per window of the batch. Returns (mean loss, predictions)."""
@@ -403,7 +421,8 @@ class Trainer:
         if self.step % self.config.log_every == 0:
             record = {"kind": "train", "step": self.step, "loss": interval["loss"] / max(interval["count"], 1),
                       "lr": lr, "teacher_forcing": self.config.teacher_forcing_at(self.step - 1),
-                      "tokens_per_s": rate, "tokens": self.tokens}
+                      "tokens_per_s": rate, "tokens": self.tokens,
+                      "elapsed_s": round(self.elapsed()[0], 2), "cpu_s": round(self.elapsed()[1], 2)}
             self._record(record)
             interval.update(loss=0.0, count=0, seconds=0.0)
 
@@ -430,7 +449,8 @@ class Trainer:
         """Evaluate, log, keep the best weights; True when early stopping says stop."""
         metrics = self.evaluate()
         self.last_eval, self.last_eval_step = metrics, self.step
-        self._record({"kind": "eval", "step": self.step, **metrics})
+        wall, cpu = self.elapsed()
+        self._record({"kind": "eval", "step": self.step, **metrics, "elapsed_s": round(wall, 2), "cpu_s": round(cpu, 2)})
         if self.best_eval_loss is None or metrics["loss"] < self.best_eval_loss:
             self.best_eval_loss, self.evals_since_best = metrics["loss"], 0
             if self.run is not None:
