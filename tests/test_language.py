@@ -8,7 +8,7 @@ from play_text import write_play
 
 from rnnlab.cli import main
 from rnnlab.tasks import LanguageConfig, LanguageTask
-from rnnlab.tasks.language import forward, sample
+from rnnlab.tasks.language import next_token_logits, sample
 
 TINY = ["--hidden", "16", "--embedding", "8", "--batch-size", "4", "--seq-len", "12", "--eval-tokens", "200",
         "--eval-every", "5", "--log-every", "5", "--threads", "1"]
@@ -79,7 +79,7 @@ def test_feedback_model_reads_its_output_not_an_input(tmp_path):
     model = task.model
     assert model.input_map is None and model.core.input_size == 0 and model.core.feedback_size == 4
     ids = task.train_ids[:30][None]
-    teacher_forced, _ = forward(model, ids)
+    teacher_forced, _ = next_token_logits(model, ids)
     # step by step, each step reading the embedding of the previous character, gives the same logits
     state, steps = model.core.initial_state(1), []
     for t in range(30):

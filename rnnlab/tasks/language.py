@@ -34,7 +34,7 @@ from ..preprocessing import EmbeddingFeedback, choose_token
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 
-__all__ = ["LanguageConfig", "LanguageTask", "build_model", "stream_loss", "sample"]
+__all__ = ["LanguageConfig", "LanguageTask", "build_model", "next_token_logits", "next_token_loss", "stream_loss", "sample"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def build_model(config: LanguageConfig, vocab_size: int) -> RecurrentModel:
     return RecurrentModel(core, readout, input_map=nn.Embedding(vocab_size, E))
 
 
-def forward(model: RecurrentModel, inputs: torch.Tensor, state=None, targets=None, teacher_forcing: float = 1.0):
+def next_token_logits(model: RecurrentModel, inputs: torch.Tensor, state=None, targets=None, teacher_forcing: float = 1.0):
     """(B, T) token ids -> logits (B, T, V) of the next tokens, and the final state.
 
     With feedback the token c_t enters as y^{t-1}: under full teacher forcing all steps at once,
@@ -112,7 +112,7 @@ def forward(model: RecurrentModel, inputs: torch.Tensor, state=None, targets=Non
 
 def next_token_loss(model, batch: Batch, state, teacher_forcing: float):
     """Mean cross-entropy in nats per token (the Trainer's loss_fn)."""
-    logits, state = forward(model, batch.inputs, state, batch.targets, teacher_forcing)
+    logits, state = next_token_logits(model, batch.inputs, state, batch.targets, teacher_forcing)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1))
     return loss, state, batch.targets.numel()
 
@@ -130,7 +130,7 @@ def stream_loss(model: RecurrentModel, ids: torch.Tensor, rows: int = 50, seq_le
     targets = ids[1: rows * width + 1].view(rows, width).to(device)
     total, state = 0.0, None
     for start in range(0, width, seq_len):
-        logits, state = forward(model, inputs[:, start:start + seq_len], state)
+        logits, state = next_token_logits(model, inputs[:, start:start + seq_len], state)
         chunk = targets[:, start:start + seq_len]
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk.reshape(-1), reduction="sum").item()
     model.train(was_training)
@@ -149,7 +149,7 @@ def sample(model: RecurrentModel, prompt_ids: torch.Tensor, length: int, tempera
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    logits, state = forward(model, prompt_ids.to(device)[None])
+    logits, state = next_token_logits(model, prompt_ids.to(device)[None])
     logits = logits[:, -1]  # (1, V)
     chosen = []
     for _ in range(length):
