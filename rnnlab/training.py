@@ -62,8 +62,8 @@ class TrainConfig:
     max_minutes: float | None = knob(None, "wall-clock budget of this invocation in minutes (none: no limit)")
     seed: int = knob(0, "seed of every random choice: the same seed gives the same run")
     device: str = knob("cpu", "torch device (cpu, cuda, cuda:1, ...; auto: cuda if available)")
-    threads: int | None = knob(None, "CPU threads for torch (none: torch's default); 1 is much faster on a "
-                                     "machine whose cores are busy with other work")
+    threads: int | None = knob(None, "CPU threads for torch while training (none: torch's default); 1 is "
+                                     "much faster on a machine whose cores are busy with other work")
     optimizer: str = knob("adam", "optimiser", OPTIMIZERS)
     lr: float = knob(2e-3, "peak learning rate")
     weight_decay: float = knob(0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)")
@@ -338,8 +338,16 @@ class Trainer:
         """Train until the step budget, the time budget, early stopping or Ctrl-C."""
         c = self.config
         self._start_run_dir()
+        threads_before = torch.get_num_threads()
         if c.threads is not None:
             torch.set_num_threads(c.threads)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _fit(self) -> TrainResult:
+        c = self.config
         if not self.resumed:
             seed_everything(c.seed)  # the training stream starts from the seed, whatever init consumed
         self._stop_requested = False

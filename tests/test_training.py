@@ -25,9 +25,14 @@ def tiny_task(text_file, seed=0, **options):
 
 
 def trainer_for(task, run_dir=None, on_event=None, **options):
-    config = TrainConfig(**{"steps": 20, "eval_every": 5, "checkpoint_every": 7, "log_every": 2, **options})
+    config = quick(**{"steps": 20, "eval_every": 5, "checkpoint_every": 7, "log_every": 2, **options})
     return Trainer(task.model, task.batches(config.seed), task.loss, config, evaluate=task.evaluate,
                    run_dir=run_dir, run_config=run_config(task), on_event=on_event)
+
+
+def quick(**options):
+    """A TrainConfig on one thread: tiny models only lose from more (and the cores may be busy)."""
+    return TrainConfig(threads=1, **options)
 
 
 def weights(model):
@@ -197,7 +202,7 @@ def spying_loss(calls):
 def test_state_carries_detached_across_continuing_batches_and_resets_otherwise():
     calls = []
     model = Regression()
-    trainer = Trainer(model, Stream(), spying_loss(calls), TrainConfig(steps=4))
+    trainer = Trainer(model, Stream(), spying_loss(calls), quick(steps=4))
     trainer.fit()
     assert calls[0]["state"] is None and calls[3]["state"] is None  # batches 0 and 3 start afresh
     carried = calls[1]["state"]
@@ -208,7 +213,7 @@ def test_state_carries_detached_across_continuing_batches_and_resets_otherwise()
 def test_truncate_every_cuts_a_batch_into_windows_with_state_carried():
     calls = []
     trainer = Trainer(Regression(), Stream(continues=(False,), steps=10), spying_loss(calls),
-                      TrainConfig(steps=2, truncate_every=4))
+                      quick(steps=2, truncate_every=4))
     trainer.fit()
     assert [c["steps"] for c in calls] == [4, 4, 2, 4, 4, 2]  # one update per window
     assert [c["state"] is None for c in calls] == [True, False, False, True, False, False]
@@ -216,7 +221,7 @@ def test_truncate_every_cuts_a_batch_into_windows_with_state_carried():
 
 
 def test_scheduled_sampling_probability_follows_its_schedule():
-    linear = TrainConfig(steps=11, teacher_forcing=1.0, teacher_forcing_end=0.0)
+    linear = quick(steps=11, teacher_forcing=1.0, teacher_forcing_end=0.0)
     assert [round(linear.teacher_forcing_at(s), 6) for s in (0, 5, 10, 50)] == [1.0, 0.5, 0.0, 0.0]
     for shape in ("exponential", "inverse_sigmoid"):
         config = TrainConfig(steps=11, teacher_forcing=1.0, teacher_forcing_end=0.1, teacher_forcing_schedule=shape)
@@ -236,7 +241,7 @@ def test_learning_rate_warms_up_then_follows_the_schedule():
     step = TrainConfig(lr=1.0, lr_schedule="step", lr_step_every=10, lr_gamma=0.5)
     assert [step.learning_rate(s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
     for optimizer in ("adam", "adamw", "sgd"):
-        trainer = Trainer(Regression(), Stream(), spying_loss([]), TrainConfig(steps=3, optimizer=optimizer))
+        trainer = Trainer(Regression(), Stream(), spying_loss([]), quick(steps=3, optimizer=optimizer))
         trainer.fit()
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.config.learning_rate(2))
 
@@ -244,7 +249,7 @@ def test_learning_rate_warms_up_then_follows_the_schedule():
 def test_constraints_hold_after_every_step_and_regularisers_enter_the_loss():
     model = Regression(constraints=Constraints(recurrent=MaxNorm(0.05)))
     norms = []
-    Trainer(model, Stream(), spying_loss([]), TrainConfig(steps=3, lr=0.1),
+    Trainer(model, Stream(), spying_loss([]), quick(steps=3, lr=0.1),
             on_event=lambda e: norms.append(model.core.layers[0].cell.weight_hh.norm(dim=1).max().item())
             if e["kind"] == "step" else None).fit()
     assert max(norms) <= 0.05 + 1e-6
@@ -254,7 +259,7 @@ def test_constraints_hold_after_every_step_and_regularisers_enter_the_loss():
 
     penalised = Regression(regularizers=Regularizers(recurrent=L1L2(l2=10.0)))
     before = penalised.core.layers[0].cell.weight_hh.norm().item()
-    Trainer(penalised, Stream(), zero_loss, TrainConfig(steps=5, optimizer="sgd", lr=0.01, momentum=0.0, clip_norm=None)).fit()
+    Trainer(penalised, Stream(), zero_loss, quick(steps=5, optimizer="sgd", lr=0.01, momentum=0.0, clip_norm=None)).fit()
     assert penalised.core.layers[0].cell.weight_hh.norm().item() < 0.5 * before
 
 
@@ -263,14 +268,14 @@ def test_constraints_hold_after_every_step_and_regularisers_enter_the_loss():
 
 def test_early_stopping_after_patience_evaluations_without_improvement():
     losses = iter([3.0, 2.0, 2.5, 2.4, 2.2, 1.0])
-    trainer = Trainer(Regression(), Stream(), spying_loss([]), TrainConfig(steps=100, eval_every=2, patience=3),
+    trainer = Trainer(Regression(), Stream(), spying_loss([]), quick(steps=100, eval_every=2, patience=3),
                       evaluate=lambda model: {"loss": next(losses)})
     result = trainer.fit()
     assert (result.stopped, result.step, result.best_eval_loss) == ("early_stopping", 10, 2.0)
 
 
 def test_time_budget_stops_the_run():
-    result = Trainer(Regression(), Stream(), spying_loss([]), TrainConfig(steps=10**6, max_minutes=0.02)).fit()
+    result = Trainer(Regression(), Stream(), spying_loss([]), quick(steps=10**6, max_minutes=0.02)).fit()
     assert result.stopped == "time" and 0 < result.step < 10**6
 
 
@@ -293,3 +298,11 @@ def test_config_errors_name_the_argument():
         TrainConfig(teacher_forcing=2)
     with pytest.raises(ValueError, match=r"LanguageConfig: cell must be a cell that reads its state"):
         LanguageConfig(cell="feedback")
+
+
+def test_threads_apply_while_training_only():
+    before = torch.get_num_threads()
+    seen = []
+    Trainer(Regression(), Stream(), spying_loss([]), TrainConfig(steps=2, threads=1),
+            on_event=lambda e: seen.append(torch.get_num_threads())).fit()
+    assert set(seen) == {1} and torch.get_num_threads() == before
