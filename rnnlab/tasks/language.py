@@ -118,9 +118,11 @@ def next_token_loss(model, batch: Batch, state, teacher_forcing: float):
 
 
 @torch.no_grad()
-def stream_loss(model: RecurrentModel, ids: torch.Tensor, rows: int = 50, seq_len: int = 250) -> float:
+def stream_loss(model: RecurrentModel, ids: torch.Tensor, rows: int = 50, seq_len: int = 250,
+                carry_state: bool = True) -> float:
     """Mean nats per token of predicting ids[1:] from what precedes, reading `rows` contiguous
-    pieces in parallel with the state carried from window to window."""
+    pieces in parallel, window by window, with the state carried from window to window (or, as a
+    model trained on independent windows is used, each window from a zero state)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -130,7 +132,7 @@ def stream_loss(model: RecurrentModel, ids: torch.Tensor, rows: int = 50, seq_le
     targets = ids[1: rows * width + 1].view(rows, width).to(device)
     total, state = 0.0, None
     for start in range(0, width, seq_len):
-        logits, state = next_token_logits(model, inputs[:, start:start + seq_len], state)
+        logits, state = next_token_logits(model, inputs[:, start:start + seq_len], state if carry_state else None)
         chunk = targets[:, start:start + seq_len]
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk.reshape(-1), reduction="sum").item()
     model.train(was_training)
@@ -211,7 +213,8 @@ class LanguageTask:
         evaluations during training) or, full=True, on all of the validation text."""
         limit = None if full else self.config.eval_tokens
         ids = self.val_ids if limit is None else self.val_ids[: limit + 1]
-        nats = stream_loss(model, ids)
+        c = self.config
+        nats = stream_loss(model, ids, carry_state=c.stateful, seq_len=250 if c.stateful else c.seq_len)
         return {"loss": nats, "bits": nats / math.log(2), "perplexity": math.exp(min(nats, 50.0))}
 
     def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
