@@ -14,7 +14,8 @@ from ..config import from_dict, to_dict
 from ..training import TrainConfig, resolve_device
 from .language import LanguageConfig, LanguageTask
 
-__all__ = ["TASKS", "DEFAULT_TASK", "run_config", "open_run", "load_weights", "LanguageTask", "LanguageConfig"]
+__all__ = ["TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "LanguageTask",
+           "LanguageConfig"]
 
 TASKS = {LanguageTask.name: LanguageTask}
 DEFAULT_TASK = LanguageTask.name
