@@ -219,8 +219,12 @@ class LanguageTask:
 
     def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
                     seed: int = 0) -> str:
-        """The prompt's continuation as text (the prompt itself not included)."""
-        tokens = tokenize(prompt, self.config.level) or ["\n"]
+        """The prompt's continuation as text (the prompt itself not included).
+
+        The model reads a new line before the prompt: trained on stateful batches it has almost
+        never started from a zero state, and a new line puts it where a prompt like "ROMEO:" stands
+        in the text, at the start of a line (without it, "ROMEO:" is read as the middle of a line)."""
+        tokens = ["\n"] + list(tokenize(prompt, self.config.level))
         generator = torch.Generator().manual_seed(seed)
         ids = sample(model, self.vocabulary.encode(tokens), length, temperature, top_k, generator)
         text = self.vocabulary.decode(ids)
