@@ -79,6 +79,12 @@ class RunDir:
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     best_file = property(lambda self: self.path / "best.safetensors")
 
+    def weights_file(self, step: int) -> Path:
+        return self.path / f"model-{step:07d}.safetensors"
+
+    def trainer_file(self, step: int) -> Path:
+        return self.path / f"trainer-{step:07d}.pt"
+
     def has_checkpoint(self) -> bool:
         return self.manifest_file.is_file()
 
@@ -105,8 +111,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(trainer_state, buffer)
-        blobs = {"weights": (f"model-{step:07d}.safetensors", _to_safetensors(weights)),
-                 "trainer": (f"trainer-{step:07d}.pt", buffer.getvalue())}
+        blobs = {"weights": (self.weights_file(step).name, _to_safetensors(weights)),
+                 "trainer": (self.trainer_file(step).name, buffer.getvalue())}
         for name, data in blobs.values():
             write_atomic(self.path / name, data)
         manifest = {"format": FORMAT, "step": step,

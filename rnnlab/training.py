@@ -277,10 +277,8 @@ class Trainer:
         if self.run is None:
             raise ValueError("Trainer.resume: run_dir must be given to resume; got None")
         step, weights, state = self.run.load(self.device)
-        weights_file = self.run.path / f"model-{step:07d}.safetensors"
-        check_weights(weights_file, weights, self.model)
+        check_weights(self.run.weights_file(step), weights, self.model)
         self.model.load_state_dict(weights)
-        trainer_file = self.run.path / f"trainer-{step:07d}.pt"
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.batches.load_state_dict(state["batches"])
@@ -294,7 +292,7 @@ class Trainer:
             self.best_eval_loss, self.evals_since_best = state["best_eval_loss"], state["evals_since_best"]
             self.last_eval, self.last_eval_step = state["last_eval"], state["last_eval_step"]
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
-            raise CheckpointError(f"{trainer_file} does not match this trainer (optimiser, data or format "
+            raise CheckpointError(f"{self.run.trainer_file(step)} does not match this trainer (optimiser, data or format "
                                   f"differ): {error}") from None
         self.run.truncate_metrics(step)
         self.resumed = True

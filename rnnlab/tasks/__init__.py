@@ -58,7 +58,7 @@ def load_weights(task, run_dir: str | Path, which: str = "best", device: str = "
         file, weights = run.best_file, run.load_weights(run.best_file, resolve_device(device))
     else:
         step, weights, _ = run.load(resolve_device(device))
-        file = run.path / f"model-{step:07d}.safetensors"
+        file = run.weights_file(step)
     check_weights(file, weights, task.model)
     task.model.load_state_dict(weights)
     task.model.to(resolve_device(device))
