@@ -3,32 +3,162 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-
-import torch
+import time
+import types
+import typing
+from pathlib import Path
 
 from . import __version__
 
 
-def cmd_train(args) -> int:
-    """Built-in demo until the language model lands: an LSTM learns a delayed copy of its input."""
-    from . import LSTMCell, Recurrent
+# --- flags generated from config dataclasses ---------------------------------------------------
 
-    torch.manual_seed(args.seed)
-    cell = LSTMCell(1, 32)
-    runner, readout = Recurrent(cell), torch.nn.Linear(32, 1)
-    params = list(cell.parameters()) + list(readout.parameters())
-    opt = torch.optim.Adam(params, lr=1e-2)
-    for step in range(1, args.steps + 1):
-        xs = torch.randn(32, 20, 1)
-        target = torch.cat([torch.zeros(32, 3, 1), xs[:, :-3]], 1)  # y^t = x^{t-3}
-        loss = torch.nn.functional.mse_loss(readout(runner(xs)[0]), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step == 1 or step % 50 == 0:
-            print(f"step {step:4d}  loss {loss.item():.4f}")
+
+def _parse_optional(kind):
+    """argparse type for `kind | None`: the word 'none' gives None."""
+
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, defaults, title: str) -> None:
+    """One flag per field of the config dataclass `cls` (`max_minutes` -> `--max-minutes`). The flags
+    default to SUPPRESS, so the namespace holds only what the user gave; `defaults` (an instance)
+    supplies the values shown in --help."""
+    from .config import field_types
+
+    group = parser.add_argument_group(title)
+    for name, kind in field_types(cls).items():
+        meta = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{meta.get('help', '')} (default: {getattr(defaults, name)})"
+        options = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+        args = typing.get_args(kind)
+        optional = (typing.get_origin(kind) in (typing.Union, types.UnionType)) and type(None) in args
+        base = next(a for a in args if a is not type(None)) if optional else kind
+        if base is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            continue
+        if meta.get("choices"):
+            options["choices"] = meta["choices"]
+        group.add_argument(flag, type=_parse_optional(base) if optional else base,
+                           metavar=name.upper() if not meta.get("choices") else None, **options)
+
+
+def _given(args: argparse.Namespace, cls) -> dict:
+    """The fields of `cls` the user set on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+# --- train -----------------------------------------------------------------------------------
+
+
+class Progress:
+    """The trainer's on_event callback: a tqdm bar with loss, learning rate and throughput, and a
+    line per evaluation."""
+
+    def __init__(self, total: int, initial: int, unit: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.unit = unit
+
+    def __call__(self, event: dict) -> None:
+        kind = event["kind"]
+        if kind == "step":
+            self.bar.update(1)
+            self.bar.set_postfix({"loss": f"{event['loss']:.3f}", "lr": f"{event['lr']:.2e}",
+                                  f"{self.unit}s/s": f"{event['tokens_per_s']:,.0f}"}, refresh=False)
+        elif kind == "eval":
+            self.bar.write(f"step {event['step']:>6}  validation {event['loss']:.4f} nats/{self.unit}  "
+                           f"{event['bits']:.4f} bits/{self.unit}" if "bits" in event else
+                           f"step {event['step']:>6}  validation loss {event['loss']:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _train_setup(args):
+    """(task, train_config, run_dir, resumed) from the flags: a new run, or the run to resume with
+    the flags it may change."""
+    from .config import differences, from_dict
+    from .tasks import DEFAULT_TASK, TASKS, open_run
+    from .training import RESUMABLE_FIELDS, seed_everything
+
+    task_name = args.task or DEFAULT_TASK
+    cls = TASKS[task_name]
+    task_flags, train_flags = _given(args, cls.Config), _given(args, type(cls.train_defaults))
+    if args.resume is None:
+        train_config = dataclasses.replace(cls.train_defaults, **train_flags)
+        seed_everything(train_config.seed)  # before the model is built: the initial weights follow the seed
+        task = cls(cls.Config(**task_flags))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return task, train_config, Path(args.out or f"runs/{task_name}-{stamp}"), False
+    if args.out is not None:
+        raise ValueError("rnnlab train: --out and --resume exclude each other; a resumed run stays in its directory")
+    task, stored = open_run(args.resume)
+    if args.task is not None and task.name != args.task:
+        raise ValueError(f"rnnlab train: the run in {args.resume} is a {task.name!r} run; got task {args.task!r}")
+    changed = differences(task.config, from_dict(type(task.config), {**dataclasses.asdict(task.config), **task_flags},
+                                                 "rnnlab train"))
+    changed.update({k: v for k, v in differences(stored, dataclasses.replace(stored, **train_flags)).items()
+                    if k not in RESUMABLE_FIELDS})
+    if changed:
+        listed = ", ".join(f"--{k.replace('_', '-')} {new} (the run has {old})" for k, (old, new) in changed.items())
+        raise ValueError(f"rnnlab train: a resumed run keeps its configuration; got {listed}. Only "
+                         f"{', '.join('--' + f.replace('_', '-') for f in RESUMABLE_FIELDS)} may change")
+    resumable = {k: v for k, v in train_flags.items() if k in RESUMABLE_FIELDS}
+    return task, dataclasses.replace(stored, **resumable), Path(args.resume), True
+
+
+def cmd_train(args) -> int:
+    """Train a task (default: the character language model on the bundled Shakespeare)."""
+    from .tasks import run_config, write_artifacts
+    from .training import Trainer
+
+    task, train_config, run_dir, resumed = _train_setup(args)
+    if not resumed and (run_dir / "checkpoint.json").exists():
+        raise ValueError(f"rnnlab train: --out {run_dir} already holds a run; continue it with --resume {run_dir} "
+                         f"or choose another --out")
+    trainer = Trainer(task.model, task.batches(train_config.seed), task.loss, train_config,
+                      evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
+    if resumed:
+        trainer.resume()
+    else:
+        write_artifacts(task, run_dir)
+    params = sum(p.numel() for p in task.model.parameters())
+    print(f"{'resuming' if resumed else 'training'} {task.name}: {task.config.cell} x{task.config.layers}, "
+          f"hidden {task.config.hidden}, {params:,} parameters, {len(task.vocabulary)} {task.unit} vocabulary, "
+          f"{len(task.train_ids):,} training {task.unit}s; run directory {run_dir}")
+    progress = Progress(train_config.steps, trainer.step, task.unit)
+    trainer.on_event = progress
+    try:
+        result = trainer.fit()
+    finally:
+        progress.close()
+    minutes = result.elapsed_s / 60
+    print(f"stopped ({result.stopped}) at step {result.step} after {minutes:.1f} min in all "
+          f"({result.cpu_s / 60:.1f} min of process CPU time), {result.tokens / max(result.elapsed_s, 1e-9):,.0f} "
+          f"{task.unit}s/s overall")
+    if result.last_eval is not None:
+        e = result.last_eval
+        print(f"validation: {e['loss']:.4f} nats/{task.unit}, {e['bits']:.4f} bits/{task.unit} "
+              f"(on the first {task.config.eval_tokens or 'all'} validation {task.unit}s; full: rnnlab eval {run_dir})")
+    if result.stopped == "interrupted":
+        print(f"interrupted: checkpoint saved; continue with: rnnlab train --resume {run_dir}")
+        return 130
+    for i in range(args.samples):
+        text = task.sample_text(task.model, args.prompt, args.sample_length, temperature=0.8, seed=i)
+        print(f"\n--- sample {i + 1} (temperature 0.8) ---\n{args.prompt}{text}")
     return 0
+
+
+# --- bench, complexity, gradients -------------------------------------------------------
 
 
 def cmd_bench(args) -> int:
@@ -131,13 +261,66 @@ def cmd_gradients(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# --- sample and eval -------------------------------------------------------------------------
+
+
+def _open_trained(run_dir: str, weights: str, device: str):
+    from .tasks import load_weights, open_run
+
+    task, _ = open_run(run_dir)
+    file = load_weights(task, run_dir, weights, device)
+    return task, file
+
+
+def cmd_sample(args) -> int:
+    """Generate text from a trained run, the model's own outputs fed back after the prompt."""
+    task, _ = _open_trained(args.run_dir, args.weights, args.device)
+    unknown = task.unknown_in(args.prompt)
+    if unknown:
+        print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
+              file=sys.stderr)
+    text = task.sample_text(task.model, args.prompt, args.length, args.temperature, args.top_k, args.seed)
+    print(args.prompt + text)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Validation loss of a trained run on all of its held-out text."""
+    task, file = _open_trained(args.run_dir, args.weights, args.device)
+    started = time.monotonic()
+    metrics = task.evaluate(task.model, full=True)
+    unit = task.unit
+    print(f"validation ({len(task.val_ids):,} {unit}s, weights {file}):")
+    print(f"  {metrics['loss']:.4f} nats/{unit}   {metrics['bits']:.4f} bits/{unit}   "
+          f"perplexity {metrics['perplexity']:.2f}   ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+# --- the parser ------------------------------------------------------------------------------
+
+
+def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser; `train`'s flags are those of `task_name` (default: the default task)."""
+    from .tasks import DEFAULT_TASK, TASKS
+    from .training import TrainConfig
+
+    task_name = task_name or DEFAULT_TASK
     parser = argparse.ArgumentParser(prog="rnnlab", description="Recurrent neural networks, from the lecture to fast kernels.")
     parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model (demo: delayed copy with an LSTM)")
-    train.add_argument("--steps", type=int, default=300)
-    train.add_argument("--seed", type=int, default=0)
+
+    task = TASKS[task_name]
+    train = sub.add_parser("train", help=f"train a task (default: {DEFAULT_TASK}, a character model of Shakespeare)",
+                           description=f"Train a task; flags shown are those of task {task_name!r}.")
+    train.add_argument("task", nargs="?", choices=sorted(TASKS), help=f"what to train (default: {DEFAULT_TASK}; "
+                       f"with --resume: the run's task)")
+    train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<task>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (same result as never stopping)")
+    train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
+    train.add_argument("--sample-length", type=int, default=500, help="tokens per sample (default: 500)")
+    train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")
+    add_config_flags(train, task.Config, task.Config(), f"task {task_name!r}")
+    add_config_flags(train, TrainConfig, task.train_defaults, "training")
     train.set_defaults(func=cmd_train)
     bench = sub.add_parser("bench", help="time every implementation side by side with torch.nn (ratios to torch.nn.LSTM)")
     bench.add_argument("--sizes", help="comma-separated BxHxIxT, e.g. 32x128x128x100,1x128x128x1000 "
@@ -178,12 +361,56 @@ def build_parser() -> argparse.ArgumentParser:
     grad.add_argument("--init", default="keras", help="keras (default: orthogonal recurrent, forget bias 1) or torch")
     grad.add_argument("--out", help="directory for JSON and the plot (default runs/gradients-<time>)")
     grad.set_defaults(func=cmd_gradients)
+
+    sample = sub.add_parser("sample", help="generate text from a trained run")
+    sample.add_argument("run_dir", metavar="RUN_DIR")
+    sample.add_argument("--prompt", default="\n", help="text to start from (default: a new line)")
+    sample.add_argument("--length", type=int, default=500, help="tokens to generate (default: 500)")
+    sample.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0: greedy (default: 0.8)")
+    sample.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    sample.set_defaults(func=cmd_sample)
+
+    evaluate = sub.add_parser("eval", help="validation loss of a trained run (nats and bits per token)")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.set_defaults(func=cmd_eval)
+
+    for command in (sample, evaluate):
+        command.add_argument("--weights", choices=("best", "last"), default="best",
+                             help="the best evaluation's weights or the last checkpoint's (default: best)")
+        command.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     return parser
 
 
+def _task_named(argv: list[str]) -> str | None:
+    """The task of `rnnlab train [TASK] [--resume RUN_DIR]`, found before parsing because it picks
+    the flags: the TASK word, or the task recorded in the resumed run's config.json."""
+    import json
+
+    from .tasks import TASKS
+
+    if not argv or argv[0] != "train":
+        return None
+    if len(argv) > 1 and argv[1] in TASKS:
+        return argv[1]
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--resume":
+            try:
+                task = json.loads((Path(value) / "config.json").read_text()).get("task")
+            except (OSError, ValueError, AttributeError):
+                return None  # the resume itself reports what is wrong with the run directory
+            return task if task in TASKS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_task_named(argv)).parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as error:  # wrong input: a message, not a traceback
+        print(f"rnnlab: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

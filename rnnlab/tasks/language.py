@@ -1,0 +1,229 @@
+"""Language modelling: predict the next character (or word) of a text; by default the bundled
+Shakespeare. The lecture's "language modeling in general, character and word based".
+
+The model is the lecture's general model with an embedding as input preprocessing and a linear
+readout f giving logits over the vocabulary:
+
+    x^t = E[c_t]            s^t = h(x^t, s^{t-1})           y^t = f(s^t) = logits of c_{t+1}
+
+With `feedback=True` the character reaches the cells only as the model's fed-back output, the
+lecture's "no input" unrolling: s^t = h(s^{t-1}, y^{t-1}) with W reading an embedding of the
+character y^{t-1} (under teacher forcing the true character, which is the same c_t; when sampling,
+the character the model chose). Without feedback the sampling loop feeds the chosen character
+back as the next input, which is the same thing done outside the model.
+
+Training is truncated BPTT over stateful batches (char-rnn): the text is cut into `batch_size`
+rows, every batch is the next `seq_len` characters of each row, and the state carries over.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cells import LADDER
+from ..config import knob
+from ..data.batches import Batch, TokenStream
+from ..data.text import LEVELS, Vocabulary, read_text, split_blocks, tokenize
+from ..models import RecurrentModel
+from ..preprocessing import EmbeddingFeedback, choose_token
+from ..runners import IMPLEMENTATION_NAMES, Stacked
+from ..training import TrainConfig
+
+__all__ = ["LanguageConfig", "LanguageTask", "build_model", "next_token_logits", "next_token_loss", "stream_loss", "sample"]
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """What the language model learns and how big it is."""
+
+    text: str | None = knob(None, "UTF-8 text file to learn (none: the bundled Shakespeare)")
+    level: str = knob("char", "tokens: characters or words (and punctuation)", LEVELS)
+    max_vocab: int | None = knob(10000, "vocabulary cap, <unk> included, most frequent kept (none: no cap)")
+    val_fraction: float = knob(0.1, "fraction of the text held out for validation (the tail of each of 10 blocks)")
+    cell: str = knob("lstm", "cell of the ladder", tuple(LADDER))
+    hidden: int = knob(512, "state size H of each layer")
+    layers: int = knob(1, "stacked layers")
+    embedding: int = knob(64, "size of the token embedding (the input, or the fed-back output with --feedback)")
+    feedback: bool = knob(False, "feed the model's own output y^{t-1} back through W instead of an input x")
+    dropout: float = knob(0.0, "dropout between stacked layers and before the readout")
+    batch_size: int = knob(32, "rows of the text read in parallel")
+    seq_len: int = knob(100, "steps per batch: the truncation length k of BPTT")
+    stateful: bool = knob(True, "carry the state across batches (off: random windows from a zero state)")
+    eval_tokens: int | None = knob(100_000, "validation tokens per evaluation during training (none: all)")
+    implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
+
+    def __post_init__(self):
+        def fail(name, expected):
+            raise ValueError(f"LanguageConfig: {name} must be {expected}; got {getattr(self, name)!r}")
+
+        if self.level not in LEVELS:
+            fail("level", f"one of {LEVELS}")
+        if self.cell not in LADDER:
+            fail("cell", f"one of {tuple(LADDER)}")
+        if self.cell == "feedback" and not self.feedback:
+            fail("cell", "a cell that reads its state unless feedback=True (the 'feedback' cell reads only y^{t-1})")
+        for name in ("hidden", "layers", "embedding", "batch_size", "seq_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail(name, "an int >= 1")
+        for name in ("max_vocab", "eval_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2):
+                fail(name, "None or an int >= 2")
+        if not 0 < self.val_fraction < 1:
+            fail("val_fraction", "in (0, 1)")
+        if not 0 <= self.dropout < 1:
+            fail("dropout", "in [0, 1)")
+        if self.implementation not in IMPLEMENTATION_NAMES:
+            fail("implementation", f"one of {IMPLEMENTATION_NAMES}")
+
+
+def build_model(config: LanguageConfig, vocab_size: int) -> RecurrentModel:
+    """Embedding -> stacked cells of the ladder -> linear readout to vocab_size logits."""
+    cell, H, E = LADDER[config.cell], config.hidden, config.embedding
+    readout = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(H, vocab_size))
+    if config.feedback:
+        core = Stacked.of(cell, 0, H, config.layers, feedback_size=E, implementation=config.implementation,
+                          dropout=config.dropout)
+        return RecurrentModel(core, readout, feedback_map=EmbeddingFeedback(vocab_size, E, choose="sample"))
+    core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=config.dropout)
+    return RecurrentModel(core, readout, input_map=nn.Embedding(vocab_size, E))
+
+
+def next_token_logits(model: RecurrentModel, inputs: torch.Tensor, state=None, targets=None, teacher_forcing: float = 1.0):
+    """(B, T) token ids -> logits (B, T, V) of the next tokens, and the final state.
+
+    With feedback the token c_t enters as y^{t-1}: under full teacher forcing all steps at once,
+    y_prev = embedding(inputs), exact across stateful windows; with teacher_forcing < 1 step by
+    step, the model's own choice fed back with probability 1 - teacher_forcing (a window then starts
+    from y^{-1} = 0, RecurrentModel's convention)."""
+    if model.feedback_map is None:
+        return model(inputs, state=state)
+    empty = model.feedback_map.embedding.weight.new_zeros(*inputs.shape, 0)  # (B, T, 0): no input x
+    if targets is None or teacher_forcing == 1.0:
+        outputs, state = model.core(empty, state, model.feedback_map.from_target(inputs))
+        return model.readout(outputs), state
+    return model(empty, targets=targets, teacher_forcing=teacher_forcing, state=state)
+
+
+def next_token_loss(model, batch: Batch, state, teacher_forcing: float):
+    """Mean cross-entropy in nats per token (the Trainer's loss_fn)."""
+    logits, state = next_token_logits(model, batch.inputs, state, batch.targets, teacher_forcing)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1))
+    return loss, state, batch.targets.numel()
+
+
+@torch.no_grad()
+def stream_loss(model: RecurrentModel, ids: torch.Tensor, rows: int = 50, seq_len: int = 250) -> float:
+    """Mean nats per token of predicting ids[1:] from what precedes, reading `rows` contiguous
+    pieces in parallel with the state carried from window to window."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = max(1, min(rows, (len(ids) - 1) // 2))
+    width = (len(ids) - 1) // rows
+    inputs = ids[: rows * width].view(rows, width).to(device)  # (rows, N)
+    targets = ids[1: rows * width + 1].view(rows, width).to(device)
+    total, state = 0.0, None
+    for start in range(0, width, seq_len):
+        logits, state = next_token_logits(model, inputs[:, start:start + seq_len], state)
+        chunk = targets[:, start:start + seq_len]
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk.reshape(-1), reduction="sum").item()
+    model.train(was_training)
+    return total / (rows * width)
+
+
+@torch.no_grad()
+def sample(model: RecurrentModel, prompt_ids: torch.Tensor, length: int, temperature: float = 1.0,
+           top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continue the prompt (N,) ids with `length` ids, each the model's own choice fed back:
+    sampled at a temperature from the top k, or greedy at temperature 0. Never chooses <unk>."""
+    if len(prompt_ids) < 1:
+        raise ValueError("sample: prompt_ids must hold at least one token; got none")
+    if length < 0:
+        raise ValueError(f"sample: length must be >= 0; got {length}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, state = next_token_logits(model, prompt_ids.to(device)[None])
+    logits = logits[:, -1]  # (1, V)
+    chosen = []
+    for _ in range(length):
+        logits[:, 0] = float("-inf")  # index 0 is <unk>: it stands for no character at all
+        mode = "greedy" if temperature == 0 else "sample"
+        token = choose_token(logits, mode, temperature or 1.0, top_k, generator)  # (1,)
+        chosen.append(int(token))
+        if model.feedback_map is None:
+            out, state = model.core.step(model.input_map(token), state)
+        else:
+            out, state = model.core.step(logits.new_zeros(1, 0), state, model.feedback_map.from_target(token))
+        logits = model.readout(out)
+    model.train(was_training)
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+class LanguageTask:
+    """The language-model task: text, vocabulary, model, batches, loss and metrics.
+
+    vocabulary: the run's saved vocabulary when rebuilding a run (None: built from the training
+    part of the text)."""
+
+    name = "language"
+    Config = LanguageConfig
+    # Sized on a 2-core CPU to reach validation <= 1.55 nats/char within 10 minutes (docs/RESULTS.md).
+    train_defaults = TrainConfig(steps=2200, max_minutes=10.0, lr=3e-3, warmup_steps=50, min_lr_ratio=0.05,
+                                 eval_every=250, checkpoint_every=500, clip_norm=5.0)
+
+    def __init__(self, config: LanguageConfig, vocabulary: Vocabulary | None = None):
+        self.config = config
+        tokens = tokenize(read_text(config.text), config.level)
+        train, val = split_blocks(tokens, config.val_fraction)
+        self.vocabulary = vocabulary or Vocabulary.build(train, config.level, config.max_vocab)
+        if self.vocabulary.level != config.level:
+            raise ValueError(f"LanguageTask: vocabulary level must be {config.level!r}; got {self.vocabulary.level!r}")
+        self.train_ids, self.val_ids = self.vocabulary.encode(train), self.vocabulary.encode(val)
+        self.model = build_model(config, len(self.vocabulary))
+
+    unit = property(lambda self: self.config.level)
+
+    artifact_files = ("vocabulary.json",)
+
+    def artifacts(self) -> dict[str, object]:
+        """JSON files the run directory keeps, so the run can be rebuilt without guessing."""
+        return {"vocabulary.json": self.vocabulary.to_dict()}
+
+    @classmethod
+    def from_artifacts(cls, config: LanguageConfig, artifacts: dict[str, object]) -> "LanguageTask":
+        return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"]))
+
+    def batches(self, seed: int) -> TokenStream:
+        c = self.config
+        return TokenStream(self.train_ids, c.batch_size, c.seq_len, seed=seed, stateful=c.stateful)
+
+    loss = staticmethod(next_token_loss)
+
+    def evaluate(self, model, full: bool = False) -> dict[str, float]:
+        """Validation loss in nats and bits per token: on the first eval_tokens tokens (quick, for
+        evaluations during training) or, full=True, on all of the validation text."""
+        limit = None if full else self.config.eval_tokens
+        ids = self.val_ids if limit is None else self.val_ids[: limit + 1]
+        nats = stream_loss(model, ids)
+        return {"loss": nats, "bits": nats / math.log(2), "perplexity": math.exp(min(nats, 50.0))}
+
+    def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
+                    seed: int = 0) -> str:
+        """The prompt's continuation as text (the prompt itself not included)."""
+        tokens = tokenize(prompt, self.config.level) or ["\n"]
+        generator = torch.Generator().manual_seed(seed)
+        ids = sample(model, self.vocabulary.encode(tokens), length, temperature, top_k, generator)
+        text = self.vocabulary.decode(ids)
+        if self.config.level == "word" and text and text[0].isalnum():
+            text = " " + text
+        return text
+
+    def unknown_in(self, prompt: str) -> list[str]:
+        return self.vocabulary.unknown(tokenize(prompt, self.config.level))

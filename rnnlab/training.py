@@ -1,0 +1,468 @@
+"""Training: one `Trainer` for every task, configured by a frozen `TrainConfig`.
+
+A task plugs in three things: the model, a batch source (an iterator of `rnnlab.data.Batch` with
+`state_dict()` / `load_state_dict()`), and a loss function
+
+    loss, state, count = loss_fn(model, batch, state, teacher_forcing)
+
+that returns the mean loss over the batch's `count` predictions (tokens, sequences, points), the
+model's final state, and takes the probability of teacher forcing for models with output feedback.
+Optionally an `evaluate(model) -> {"loss": ..., ...}` for validation.
+
+Backpropagation through time:
+- full BPTT: each batch from a zero state, gradient through all its steps;
+- truncated BPTT: a batch marked `continues` starts from the previous batch's final state,
+  detached (stateful batches, as char-rnn); `truncate_every=k` also cuts each batch into windows of
+  k steps with one update per window, the state carried (detached) between them. Either way the
+  gradient flows back at most one window, and the state flows forward through the whole stream.
+
+A step is one batch: one optimiser update, or one per window with `truncate_every`. The run is
+repeatable: the same seed gives the same weights, and a run resumed from a checkpoint gives the same
+weights as one that was never interrupted (model, optimiser, RNG, data position, carried state and
+early-stopping counters are all in the checkpoint; the learning rate is a function of the step).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointError, RunDir, check_weights
+from .config import knob, to_dict
+from .data.batches import Batch
+from .init import apply_constraints, regularization_loss
+
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "seed_everything", "resolve_device", "RESUMABLE_FIELDS"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "step")
+TEACHER_FORCING_SCHEDULES = ("linear", "exponential", "inverse_sigmoid")
+# Fields a resumed run may change: they set budgets and bookkeeping, not the trajectory.
+RESUMABLE_FIELDS = ("steps", "max_minutes", "device", "threads", "eval_every", "checkpoint_every", "log_every", "patience")
+
+LossFn = Callable[[nn.Module, Batch, Any, float], tuple[torch.Tensor, Any, int]]
+Evaluate = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (what to train is the task's config)."""
+
+    steps: int = knob(1000, "training steps (batches) in all; a resumed run continues to this total")
+    max_minutes: float | None = knob(None, "wall-clock budget of this invocation in minutes (none: no limit)")
+    seed: int = knob(0, "seed of every random choice: the same seed gives the same run")
+    device: str = knob("cpu", "torch device (cpu, cuda, cuda:1, ...; auto: cuda if available)")
+    threads: int | None = knob(None, "CPU threads for torch while training (none: torch's default); 1 is "
+                                     "much faster on a machine whose cores are busy with other work")
+    optimizer: str = knob("adam", "optimiser", OPTIMIZERS)
+    lr: float = knob(2e-3, "peak learning rate")
+    weight_decay: float = knob(0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)")
+    momentum: float = knob(0.9, "momentum of sgd")
+    lr_schedule: str = knob("cosine", "learning-rate schedule after warm-up", LR_SCHEDULES)
+    warmup_steps: int = knob(0, "steps of linear warm-up from 0 to lr")
+    min_lr_ratio: float = knob(0.1, "cosine: the final learning rate as a fraction of lr")
+    lr_step_every: int = knob(1000, "step schedule: multiply the learning rate by lr_gamma every this many steps")
+    lr_gamma: float = knob(0.5, "step schedule: the factor")
+    clip_norm: float | None = knob(5.0, "clip the gradient's global norm to this (none: no clipping)")
+    truncate_every: int | None = knob(None, "truncated BPTT: cut each batch into windows of k steps, one "
+                                            "update each, the state carried detached (none: whole batch)")
+    teacher_forcing: float = knob(1.0, "probability of feeding back the target rather than the model's own "
+                                       "output, at the start (models with output feedback)")
+    teacher_forcing_end: float | None = knob(None, "scheduled sampling: the probability at the last step "
+                                                   "(none: constant teacher_forcing)")
+    teacher_forcing_schedule: str = knob("linear", "scheduled sampling: the shape of the decay",
+                                         TEACHER_FORCING_SCHEDULES)
+    eval_every: int = knob(250, "evaluate every this many steps (and at the end)")
+    patience: int | None = knob(None, "early stopping: stop after this many evaluations without a new best "
+                                      "(none: never)")
+    checkpoint_every: int = knob(500, "write a checkpoint every this many steps (and at the end)")
+    log_every: int = knob(10, "write the mean training loss to metrics.jsonl every this many steps")
+
+    def __post_init__(self):
+        def fail(name, expected):
+            raise ValueError(f"TrainConfig: {name} must be {expected}; got {getattr(self, name)!r}")
+
+        for name in ("steps", "lr_step_every", "eval_every", "checkpoint_every", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail(name, "an int >= 1")
+        for name in ("seed", "warmup_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                fail(name, "an int >= 0")
+        for name in ("truncate_every", "patience", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                fail(name, "None or an int >= 1")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            fail("max_minutes", "None or > 0")
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"one of {OPTIMIZERS}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            fail("lr_schedule", f"one of {LR_SCHEDULES}")
+        if self.teacher_forcing_schedule not in TEACHER_FORCING_SCHEDULES:
+            fail("teacher_forcing_schedule", f"one of {TEACHER_FORCING_SCHEDULES}")
+        if not self.lr > 0:
+            fail("lr", "> 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            fail("min_lr_ratio", "in [0, 1]")
+        if not 0 < self.lr_gamma <= 1:
+            fail("lr_gamma", "in (0, 1]")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            fail("weight_decay" if self.weight_decay < 0 else "momentum", ">= 0" if self.weight_decay < 0 else "in [0, 1)")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            fail("clip_norm", "None or > 0")
+        if not 0 <= self.teacher_forcing <= 1:
+            fail("teacher_forcing", "in [0, 1]")
+        if self.teacher_forcing_end is not None and not 0 <= self.teacher_forcing_end <= 1:
+            fail("teacher_forcing_end", "None or in [0, 1]")
+        if self.teacher_forcing_schedule == "exponential" and self.teacher_forcing_end == 0 and self.teacher_forcing > 0:
+            fail("teacher_forcing_end", "> 0 for an exponential schedule (it never reaches 0)")
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of step `step` (0-based): linear warm-up, then the schedule."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        if self.lr_schedule == "step":
+            return self.lr * self.lr_gamma ** ((step - self.warmup_steps) // self.lr_step_every)
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        floor = self.lr * self.min_lr_ratio
+        return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def teacher_forcing_at(self, step: int) -> float:
+        """Scheduled sampling (Bengio et al., 2015): the probability of feeding back the target at
+        step `step`, from teacher_forcing at step 0 to teacher_forcing_end at the last step."""
+        start, end = self.teacher_forcing, self.teacher_forcing_end
+        if end is None or end == start:
+            return start
+        progress = min(1.0, step / max(1, self.steps - 1))
+        if self.teacher_forcing_schedule == "linear":
+            return start + (end - start) * progress
+        if self.teacher_forcing_schedule == "exponential":  # geometric interpolation
+            return start * (end / start) ** progress if start > 0 else end * progress
+        # inverse sigmoid: flat at first, steepest in the middle, flat at the end.
+        weight = 1 / (1 + math.exp(10 * (progress - 0.5)))
+        return end + (start - end) * weight
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and Python's random, before the model is built."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"TrainConfig: device must be a torch device name or 'auto'; got {name!r}") from None
+
+
+def _detach(state):
+    if state is None or isinstance(state, torch.Tensor):
+        return None if state is None else state.detach()
+    return tuple(_detach(s) for s in state)
+
+
+def _to(state, device):
+    if state is None or isinstance(state, torch.Tensor):
+        return None if state is None else state.to(device)
+    return tuple(_to(s, device) for s in state)
+
+
+@dataclass
+class TrainResult:
+    """How a call to `fit` ended. stopped: 'steps', 'time', 'early_stopping' or 'interrupted'."""
+
+    step: int
+    stopped: str
+    elapsed_s: float
+    cpu_s: float
+    tokens: int
+    last_eval: dict[str, float] | None
+    best_eval_loss: float | None
+    checkpoint: Path | None
+
+
+class Trainer:
+    """Trains `model` on `batches` with `loss_fn` under `config`; see the module docstring.
+
+    Args:
+        model, batches, loss_fn: what the task plugs in.
+        config: the TrainConfig.
+        evaluate: validation metrics of the model ({"loss": ..., ...}), called in eval mode under
+            no_grad every `eval_every` steps and at the end; drives early stopping and best.safetensors.
+        run_dir: where checkpoints, config.json, metrics.jsonl and loss.png go (None: nowhere).
+        run_config: JSON-able description of what is trained (task and its config), stored in
+            config.json next to the TrainConfig so that the run can be rebuilt.
+        on_event: called with a dict per event, for progress display: kind 'step' (every step:
+            step, loss, lr, tokens_per_s), 'train' (the logged mean loss), 'eval', 'checkpoint'.
+    """
+
+    def __init__(self, model: nn.Module, batches, loss_fn: LossFn, config: TrainConfig, *,
+                 evaluate: Evaluate | None = None, run_dir: str | Path | None = None,
+                 run_config: dict[str, Any] | None = None, on_event: Callable[[dict], None] | None = None):
+        if not isinstance(config, TrainConfig):
+            raise ValueError(f"Trainer: config must be a TrainConfig; got {type(config).__name__}")
+        self.config, self.device = config, resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.batches, self.loss_fn, self.evaluate_fn = batches, loss_fn, evaluate
+        self.run = RunDir(run_dir) if run_dir is not None else None
+        self.run_config = dict(run_config or {})
+        self.on_event = on_event or (lambda event: None)
+        self.optimizer = self._make_optimizer()
+        self.step, self.tokens = 0, 0
+        self.elapsed_before, self.cpu_before = 0.0, 0.0  # wall and process CPU seconds of earlier sessions
+        self._session_start: tuple[float, float] | None = None
+        self.carried = None  # the final state of the last batch, detached
+        self.best_eval_loss: float | None = None
+        self.evals_since_best = 0
+        self.last_eval: dict[str, float] | None = None
+        self.last_eval_step = -1
+        self.resumed = False
+        self._stop_requested = False
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c, params = self.config, [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("Trainer: model must have trainable parameters; it has none")
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that the rest of the run depends on."""
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed_s": self.elapsed()[0],
+            "cpu_s": self.elapsed()[1],
+            "optimizer": self.optimizer.state_dict(),
+            "batches": self.batches.state_dict(),
+            "carried": _to(self.carried, "cpu"),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_python": list(random.getstate()[1]),
+            "best_eval_loss": self.best_eval_loss,
+            "evals_since_best": self.evals_since_best,
+            "last_eval": self.last_eval,
+            "last_eval_step": self.last_eval_step,
+        }
+
+    def save_checkpoint(self) -> Path:
+        if self.run is None:
+            raise ValueError("Trainer.save_checkpoint: run_dir must be given to save checkpoints; got None")
+        path = self.run.save(self.step, self.model.state_dict(), self.state_dict())
+        self.on_event({"kind": "checkpoint", "step": self.step, "path": str(path)})
+        return path
+
+    def resume(self) -> int:
+        """Load the run directory's checkpoint into this trainer; returns its step."""
+        if self.run is None:
+            raise ValueError("Trainer.resume: run_dir must be given to resume; got None")
+        step, weights, state = self.run.load(self.device)
+        weights_file = self.run.path / f"model-{step:07d}.safetensors"
+        check_weights(weights_file, weights, self.model)
+        self.model.load_state_dict(weights)
+        trainer_file = self.run.path / f"trainer-{step:07d}.pt"
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.batches.load_state_dict(state["batches"])
+            self.step, self.tokens = step, int(state["tokens"])
+            self.elapsed_before, self.cpu_before = float(state["elapsed_s"]), float(state["cpu_s"])
+            self.carried = _to(state["carried"], self.device)
+            torch.set_rng_state(state["rng_torch"].cpu())
+            if state["rng_cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+            random.setstate((3, tuple(state["rng_python"]), None))
+            self.best_eval_loss, self.evals_since_best = state["best_eval_loss"], state["evals_since_best"]
+            self.last_eval, self.last_eval_step = state["last_eval"], state["last_eval_step"]
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            raise CheckpointError(f"{trainer_file} does not match this trainer (optimiser, data or format "
+                                  f"differ): {error}") from None
+        self.run.truncate_metrics(step)
+        self.resumed = True
+        return step
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop after the current step, with a checkpoint (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    @contextmanager
+    def _ctrl_c_stops(self):
+        """Ctrl-C asks for a stop at the next step boundary, so the checkpoint is consistent;
+        a second Ctrl-C interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _start_run_dir(self) -> None:
+        if self.run is None or self.resumed:
+            return
+        if self.run.has_checkpoint():
+            raise ValueError(f"Trainer: run_dir {self.run.path} already holds a run ({self.run.manifest_file.name}); "
+                             f"resume it or choose another directory")
+        self.run.write_json(self.run.config_file.name, {**self.run_config, "train": to_dict(self.config)})
+        self.run.metrics_file.unlink(missing_ok=True)
+
+    def fit(self) -> TrainResult:
+        """Train until the step budget, the time budget, early stopping or Ctrl-C."""
+        c = self.config
+        self._start_run_dir()
+        threads_before = torch.get_num_threads()
+        if c.threads is not None:
+            torch.set_num_threads(c.threads)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _fit(self) -> TrainResult:
+        c = self.config
+        if not self.resumed:
+            seed_everything(c.seed)  # the training stream starts from the seed, whatever init consumed
+        self._stop_requested = False
+        started = time.monotonic()
+        self._session_start = (started, time.process_time())
+        deadline = None if c.max_minutes is None else started + 60 * c.max_minutes
+        interval = {"loss": 0.0, "count": 0, "seconds": 0.0}
+        stopped = "steps"
+        with self._ctrl_c_stops():
+            while self.step < c.steps:
+                if self._stop_requested:
+                    stopped = "interrupted"
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopped = "time"
+                    break
+                batch_started = time.monotonic()
+                loss, count = self._train_batch(next(self.batches))
+                interval["seconds"] += time.monotonic() - batch_started
+                self.step += 1
+                self.tokens += count
+                self._report_step(loss, count, interval)
+                if self.evaluate_fn is not None and self.step % c.eval_every == 0:
+                    if self._evaluate_and_check():
+                        stopped = "early_stopping"
+                        break
+                if self.run is not None and self.step % c.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if self.evaluate_fn is not None and self.last_eval_step != self.step and stopped != "interrupted":
+                self._evaluate_and_check()
+            checkpoint = self.save_checkpoint() if self.run is not None else None
+        self.elapsed_before, self.cpu_before = self.elapsed()
+        self._session_start = None
+        if self.run is not None:
+            from .plots import plot_losses  # matplotlib only when there is somewhere to put the plot
+
+            plot_losses(self.run.read_metrics(), self.run.path / "loss.png", self.run_config.get("unit", "token"))
+        return TrainResult(self.step, stopped, self.elapsed_before, self.cpu_before, self.tokens, self.last_eval,
+                           self.best_eval_loss, checkpoint)
+
+    def elapsed(self) -> tuple[float, float]:
+        """(wall, process CPU) seconds of training so far, over all sessions of the run. CPU time
+        is what a busy shared machine does not inflate (with one thread it is the time the run
+        would take on a quiet core)."""
+        if self._session_start is None:
+            return self.elapsed_before, self.cpu_before
+        wall, cpu = self._session_start
+        return self.elapsed_before + time.monotonic() - wall, self.cpu_before + time.process_time() - cpu
+
+    def _train_batch(self, batch: Batch) -> tuple[float, int]:
+        """One step: one update per window of the batch. Returns (mean loss, predictions)."""
+        batch = batch.to(self.device)
+        k = self.config.truncate_every
+        windows = [batch] if k is None or batch.steps <= k else [batch.window(t, t + k) for t in range(0, batch.steps, k)]
+        lr, teacher_forcing = self.config.learning_rate(self.step), self.config.teacher_forcing_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total, count = 0.0, 0
+        for window in windows:
+            state = self.carried if window.continues else None
+            loss, state, n = self.loss_fn(self.model, window, state, teacher_forcing)
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss + regularization_loss(self.model)).backward()
+            if self.config.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+            self.optimizer.step()
+            apply_constraints(self.model)
+            self.carried = _detach(state)
+            total, count = total + loss.item() * n, count + n
+        return total / max(count, 1), count
+
+    def _report_step(self, loss: float, count: int, interval: dict) -> None:
+        interval["loss"] += loss * count
+        interval["count"] += count
+        rate = interval["count"] / max(interval["seconds"], 1e-9)  # training time only, not evaluation
+        lr = self.config.learning_rate(self.step - 1)
+        self.on_event({"kind": "step", "step": self.step, "loss": loss, "lr": lr, "tokens_per_s": rate})
+        if self.step % self.config.log_every == 0:
+            record = {"kind": "train", "step": self.step, "loss": interval["loss"] / max(interval["count"], 1),
+                      "lr": lr, "teacher_forcing": self.config.teacher_forcing_at(self.step - 1),
+                      "tokens_per_s": rate, "tokens": self.tokens,
+                      "elapsed_s": round(self.elapsed()[0], 2), "cpu_s": round(self.elapsed()[1], 2)}
+            self._record(record)
+            interval.update(loss=0.0, count=0, seconds=0.0)
+
+    def _record(self, record: dict) -> None:
+        if self.run is not None:
+            self.run.append_metrics(record)
+        self.on_event(record)
+
+    def evaluate(self) -> dict[str, float]:
+        """The task's validation metrics of the current model (eval mode, no gradients)."""
+        if self.evaluate_fn is None:
+            raise ValueError("Trainer.evaluate: needs an evaluate function; got None")
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.evaluate_fn(self.model)
+        finally:
+            self.model.train()
+        if "loss" not in metrics:
+            raise ValueError(f"Trainer: evaluate must return a dict with 'loss'; got keys {sorted(metrics)}")
+        return {k: float(v) for k, v in metrics.items()}
+
+    def _evaluate_and_check(self) -> bool:
+        """Evaluate, log, keep the best weights; True when early stopping says stop."""
+        metrics = self.evaluate()
+        self.last_eval, self.last_eval_step = metrics, self.step
+        wall, cpu = self.elapsed()
+        self._record({"kind": "eval", "step": self.step, **metrics, "elapsed_s": round(wall, 2), "cpu_s": round(cpu, 2)})
+        if self.best_eval_loss is None or metrics["loss"] < self.best_eval_loss:
+            self.best_eval_loss, self.evals_since_best = metrics["loss"], 0
+            if self.run is not None:
+                self.run.save_weights(self.run.best_file, self.model.state_dict())
+            return False
+        self.evals_since_best += 1
+        return self.config.patience is not None and self.evals_since_best >= self.config.patience

@@ -1,0 +1,89 @@
+"""The language-model task and its commands: train, resume, sample and eval on a tiny run."""
+
+import json
+
+import pytest
+import torch
+from play_text import write_play
+
+from rnnlab.cli import main
+from rnnlab.tasks import LanguageConfig, LanguageTask
+from rnnlab.tasks.language import next_token_logits, sample
+
+TINY = ["--hidden", "16", "--embedding", "8", "--batch-size", "4", "--seq-len", "12", "--eval-tokens", "200",
+        "--eval-every", "5", "--log-every", "5", "--threads", "1"]
+
+
+@pytest.fixture
+def tiny_run(tmp_path, capsys):
+    text = write_play(tmp_path / "play.txt")
+    run = tmp_path / "run"
+    assert main(["train", "--text", str(text), *TINY, "--steps", "10", "--out", str(run), "--sample-length", "30"]) == 0
+    return run, capsys.readouterr()
+
+
+def test_train_prints_validation_and_a_sample(tiny_run):
+    run, out = tiny_run
+    assert "validation:" in out.out and "nats/char" in out.out and "--- sample 1" in out.out
+    assert json.loads((run / "config.json").read_text())["task_config"]["hidden"] == 16
+    assert (run / "vocabulary.json").is_file()
+
+
+def test_eval_reports_nats_and_bits_per_char(tiny_run, capsys):
+    run, _ = tiny_run
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "nats/char" in out and "bits/char" in out and "best.safetensors" in out
+
+
+def test_sample_continues_the_prompt_and_reads_unknown_characters_as_unk(tiny_run, capsys):
+    run, _ = tiny_run
+    assert main(["sample", str(run), "--prompt", "ROMEO:", "--length", "40", "--top-k", "5"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("ROMEO:") and len(out.out) >= len("ROMEO:") + 40
+    assert main(["sample", str(run), "--prompt", "ROMÉO:", "--length", "10", "--temperature", "0"]) == 0
+    assert "['É']" in capsys.readouterr().err
+
+
+def test_resume_continues_and_refuses_a_changed_model(tiny_run, capsys):
+    run, _ = tiny_run
+    assert main(["train", "--resume", str(run), "--steps", "12", "--sample-length", "5"]) == 0
+    assert "stopped (steps) at step 12" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run), "--hidden", "32"]) == 2
+    assert "--hidden 32 (the run has 16)" in capsys.readouterr().err
+    assert main(["eval", str(run.parent / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_word_level_model_samples_words(tmp_path):
+    text = write_play(tmp_path / "play.txt")
+    task = LanguageTask(LanguageConfig(text=str(text), level="word", max_vocab=12, hidden=8, embedding=4))
+    assert len(task.vocabulary) == 12 and (task.train_ids == 0).any()  # rare words became <unk>
+    words = task.sample_text(task.model, "ROMEO :", 20)
+    assert "<unk>" not in words and len(words.split()) >= 5
+
+
+@pytest.mark.parametrize("cell", ["vanilla", "residual", "input", "forget", "lstm", "gru"])
+def test_every_cell_of_the_ladder_trains_as_a_language_model(tmp_path, cell):
+    task = LanguageTask(LanguageConfig(text=str(write_play(tmp_path / "play.txt")), cell=cell, hidden=8, embedding=4,
+                                       batch_size=4, seq_len=20))
+    batch = next(task.batches(0))
+    loss, state, count = task.loss(task.model, batch, None, 1.0)
+    loss.backward()
+    assert count == 4 * 20 and torch.isfinite(loss)
+
+
+def test_feedback_model_reads_its_output_not_an_input(tmp_path):
+    task = LanguageTask(LanguageConfig(text=str(write_play(tmp_path / "play.txt")), cell="feedback", feedback=True,
+                                       hidden=8, embedding=4))
+    model = task.model
+    assert model.input_map is None and model.core.input_size == 0 and model.core.feedback_size == 4
+    ids = task.train_ids[:30][None]
+    teacher_forced, _ = next_token_logits(model, ids)
+    # step by step, each step reading the embedding of the previous character, gives the same logits
+    state, steps = model.core.initial_state(1), []
+    for t in range(30):
+        out, state = model.core.step(ids.new_zeros(1, 0).float(), state, model.feedback_map.from_target(ids[:, t]))
+        steps.append(model.readout(out))
+    assert torch.allclose(teacher_forced[0], torch.cat(steps), atol=1e-6)
+    assert len(sample(model, ids[0, :3], 10)) == 10
