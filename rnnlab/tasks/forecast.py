@@ -221,7 +221,7 @@ class ForecastTask:
     # Sized on a shared 2-core CPU: about a minute for CO2 (docs/RESULTS.md).
     train_defaults = TrainConfig(steps=800, max_minutes=10.0, lr=3e-3, eval_every=50, checkpoint_every=200,
                                  log_every=10, clip_norm=1.0, threads=1)
-    unit = "step"
+    unit = "value"
     artifact_files = ()
 
     def __init__(self, config: ForecastConfig):
@@ -312,9 +312,9 @@ class ForecastTask:
         result = self.compare(model, n_history, self.n_test)
         s = self.series
         lines = [f"test: the last {self.n_test} {s.step_name}s forecast free running ({s.unit})",
-                 f"  {'':16} {'MAE':>8} {'RMSE':>8}"]
+                 f"  {'':20} {'MAE':>8} {'RMSE':>8}"]
         for who, label in (("model", "model"), ("naive", "naive"), ("seasonal_naive", f"seasonal naive ({s.season})")):
-            lines.append(f"  {label:16} {result[who]['mae']:8.3f} {result[who]['rmse']:8.3f}")
+            lines.append(f"  {label:20} {result[who]['mae']:8.3f} {result[who]['rmse']:8.3f}")
         path = self.plot(model, Path(run_dir) / "forecast.png")
         lines.append(f"wrote {path}")
         return lines
