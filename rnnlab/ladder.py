@@ -15,6 +15,7 @@ is resumed (to the same step budget), not restarted.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,22 +36,24 @@ def parameter_count(model) -> int:
 
 def hidden_for_budget(task_cls, config, cell: str, budget: int) -> tuple[int, int]:
     """(H, parameters): the state size whose model of `cell` comes closest to `budget` parameters.
-    The count grows with H, so a bisection finds the first H at or over the budget; it or the one
-    below it is the closest."""
+
+    A model's count is a quadratic in H (H x H recurrent blocks, H x I input blocks and biases, the
+    readout's H x O), so three tiny models (H = 1, 2, 3) give its coefficients exactly and the
+    budget's H is a root; building large candidates instead would cost an orthogonal
+    initialisation each."""
     if not isinstance(budget, int) or budget < 1:
         raise ValueError(f"hidden_for_budget: budget must be an int >= 1; got {budget!r}")
 
     def count(hidden: int) -> int:
         return parameter_count(task_cls(dataclasses.replace(config, cell=cell, hidden=hidden)).model)
 
-    low, high = 1, 2
-    while count(high) < budget:
-        low, high = high, high * 2
-    while low < high:  # the first H with count(H) >= budget
-        middle = (low + high) // 2
-        low, high = (middle + 1, high) if count(middle) < budget else (low, middle)
-    candidates = [(abs(count(h) - budget), h) for h in {max(1, high - 1), high}]
-    hidden = min(candidates)[1]
+    p1, p2, p3 = count(1), count(2), count(3)
+    a = (p3 - 2 * p2 + p1) / 2
+    b = p2 - p1 - 3 * a
+    c = p1 - a - b
+    root = (-b + math.sqrt(b * b - 4 * a * (c - budget))) / (2 * a) if a else (budget - c) / b
+    fit = lambda h: a * h * h + b * h + c
+    hidden = min({max(1, math.floor(root)), max(1, math.ceil(root))}, key=lambda h: abs(fit(h) - budget))
     return hidden, count(hidden)
 
 
