@@ -54,7 +54,7 @@ def test_tiny_run_through_the_cli(task, tmp_path, capsys):
              "--eval-every", "2", "--threads", "1", "--out", str(run)]
     assert main(["train", task, *flags]) == 0
     out = capsys.readouterr().out
-    assert ("test MSE" in out and "baseline" in out) if task == "adding" else ("memoryless baseline" in out)
+    assert ("MSE" in out and "held-out sequences" in out) if task == "adding" else ("memoryless baseline" in out)
     assert (run / "best.safetensors").is_file()
 
 

@@ -135,7 +135,7 @@ class AddingTask:
 
     def report(self, model, run_dir) -> list[str]:
         mse = self.evaluate(model)["loss"]
-        return [f"test MSE {mse:.4f} on {self.config.eval_size} held-out sequences (baseline: always 1, "
+        return [f"MSE {mse:.4f} on {self.config.eval_size} held-out sequences (baseline: always 1, "
                 f"MSE {self.baseline:.3f}; {self.baseline / max(mse, 1e-12):.1f}x lower)"]
 
 
@@ -211,7 +211,7 @@ class CopyTask:
 
     def report(self, model, run_dir) -> list[str]:
         e = self.evaluate(model)
-        return [f"test cross-entropy {e['loss']:.4f} nats/step on {self.config.eval_size} held-out sequences "
+        return [f"cross-entropy {e['loss']:.4f} nats/step on {self.config.eval_size} held-out sequences "
                 f"(memoryless baseline {self.baseline:.4f}); copied symbols right: {100 * e['accuracy']:.1f}% "
                 f"(chance {100 / COPY_SYMBOLS:.1f}%)"]
 
