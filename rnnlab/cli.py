@@ -344,6 +344,11 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     """Validation loss of a trained run on all of its held-out text."""
     task, file = _open_trained(args.run_dir, args.weights, args.device)
+    if hasattr(task, "report"):  # tasks other than the language model report their own metric
+        print(f"weights: {file}")
+        for line in task.report(task.model, args.run_dir):
+            print(line)
+        return 0
     started = time.monotonic()
     metrics = task.evaluate(task.model, full=True)
     unit = task.unit

@@ -70,6 +70,7 @@ def test_tiny_run_prints_errors_next_to_baselines_and_plots(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "forecast sunspots" in out and "MAE" in out and "naive" in out and "seasonal naive (11)" in out
     assert (run / "forecast.png").stat().st_size > 1000
+    assert main(["eval", str(run)]) == 0 and "seasonal naive" in capsys.readouterr().out
 
 
 def test_resume_gives_the_uninterrupted_weights(tmp_path):
