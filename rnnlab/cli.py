@@ -303,15 +303,16 @@ def cmd_ladder(args) -> int:
     rows = ladder.run_ladder(args.task, config, train, out, cells,
                              progress=lambda line: print("  training", line, flush=True))
     T = config.get("T")
-    print(f"\nrnnlab ladder {args.task}: {rows[0].steps} steps each, equal parameter budgets "
-          f"(the LSTM's at its hidden size); loss on held-out sequences\n")
+    print(f"\nrnnlab ladder {args.task}: equal parameter budgets (the LSTM's at its hidden size); "
+          f"loss on held-out sequences; steps: those trained (fewer where the time budget stopped a cell)\n")
     extra = sorted({k for row in rows for k in row.extra})
-    print("| cell | hidden | params | final loss | best loss | baseline | " + "".join(f"{k} | " for k in extra)
+    print("| cell | hidden | params | steps | final loss | best loss | baseline | " + "".join(f"{k} | " for k in extra)
           + "minutes |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(extra) + "---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(extra) + "---: |")
     for row in rows:
-        print(f"| {row.cell} | {row.hidden} | {row.params:,} | {row.final:.4f} | {row.best:.4f} | {row.baseline:.4f} | "
-              + "".join(f"{row.extra.get(k, float('nan')):.3f} | " for k in extra) + f"{row.minutes:.1f} |")
+        print(f"| {row.cell} | {row.hidden} | {row.params:,} | {row.steps} | {row.final:.4f} | {row.best:.4f} | "
+              f"{row.baseline:.4f} | " + "".join(f"{row.extra.get(k, float('nan')):.3f} | " for k in extra)
+              + f"{row.minutes:.1f} |")
     title = f"{args.task}{f', T={T}' if T else ''}: equal parameter budgets ({rows[0].params:,} for {rows[0].cell})"
     path = ladder.plot_ladder(rows, out / "ladder.png", title)
     print(f"\nwrote {path}; each cell's run in {out}/<cell>/")

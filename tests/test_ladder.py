@@ -27,7 +27,7 @@ def test_tiny_ladder_prints_one_table_and_saves_one_plot(tmp_path, capsys):
     assert main(["ladder", "copy", "--T", "3", "--hidden", "4", "--batch-size", "4", "--steps", "2",
                  "--eval-every", "1", "--cells", "vanilla,gru", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| cell | hidden | params | final loss |" in text and "| vanilla |" in text and "| gru |" in text
+    assert "| cell | hidden | params | steps | final loss |" in text and "| vanilla |" in text and "| gru |" in text
     assert (out / "ladder.png").stat().st_size > 1000 and (out / "gru" / "metrics.jsonl").is_file()
     # an existing ladder directory is resumed, not retrained: the curves keep their two evaluations
     rows = run_ladder("copy", {"T": 3, "hidden": 4, "batch_size": 4}, {"steps": 2, "eval_every": 1}, out, ("gru",))
