@@ -313,7 +313,8 @@ def cmd_ladder(args) -> int:
         print(f"| {row.cell} | {row.hidden} | {row.params:,} | {row.steps} | {row.final:.4f} | {row.best:.4f} | "
               f"{row.baseline:.4f} | " + "".join(f"{row.extra.get(k, float('nan')):.3f} | " for k in extra)
               + f"{row.minutes:.1f} |")
-    title = f"{args.task}{f', T={T}' if T else ''}: equal parameter budgets ({rows[0].params:,} for {rows[0].cell})"
+    low, high = min(row.params for row in rows), max(row.params for row in rows)
+    title = f"{args.task}{f', T={T}' if T else ''}: equal parameter budgets ({low:,} to {high:,} parameters)"
     path = ladder.plot_ladder(rows, out / "ladder.png", title)
     print(f"\nwrote {path}; each cell's run in {out}/<cell>/")
     return 0
