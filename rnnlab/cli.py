@@ -131,10 +131,13 @@ def cmd_train(args) -> int:
         trainer.resume()
     else:
         write_artifacts(task, run_dir)
-    params = sum(p.numel() for p in task.model.parameters())
-    print(f"{'resuming' if resumed else 'training'} {task.name}: {task.config.cell} x{task.config.layers}, "
-          f"hidden {task.config.hidden}, {params:,} parameters, {len(task.vocabulary)} {task.unit} vocabulary, "
-          f"{len(task.train_ids):,} training {task.unit}s; run directory {run_dir}")
+    if hasattr(task, "describe"):  # tasks other than the language model say what they train themselves
+        print(f"{'resuming' if resumed else 'training'} {task.describe()}; run directory {run_dir}")
+    else:
+        params = sum(p.numel() for p in task.model.parameters())
+        print(f"{'resuming' if resumed else 'training'} {task.name}: {task.config.cell} x{task.config.layers}, "
+              f"hidden {task.config.hidden}, {params:,} parameters, {len(task.vocabulary)} {task.unit} vocabulary, "
+              f"{len(task.train_ids):,} training {task.unit}s; run directory {run_dir}")
     progress = Progress(train_config.steps, trainer.step, task.unit)
     trainer.on_event = progress
     try:
@@ -145,6 +148,17 @@ def cmd_train(args) -> int:
     print(f"stopped ({result.stopped}) at step {result.step} after {minutes:.1f} min in all "
           f"({result.cpu_s / 60:.1f} min of process CPU time), {result.tokens / max(result.elapsed_s, 1e-9):,.0f} "
           f"{task.unit}s/s overall")
+    if hasattr(task, "report"):  # the task's own metric, with the best validation's weights
+        if result.stopped == "interrupted":
+            print(f"interrupted: checkpoint saved; continue with: rnnlab train --resume {run_dir}")
+            return 130
+        from .tasks import load_weights
+
+        file = load_weights(task, run_dir, "best", train_config.device)
+        print(f"weights: {file}")
+        for line in task.report(task.model, run_dir):
+            print(line)
+        return 0
     if result.last_eval is not None:
         e = result.last_eval
         print(f"validation: {e['loss']:.4f} nats/{task.unit}, {e['bits']:.4f} bits/{task.unit} "
@@ -261,6 +275,51 @@ def cmd_gradients(args) -> int:
     return 0
 
 
+# --- tasks and ladder -------------------------------------------------------------------------
+
+
+def cmd_tasks(args) -> int:
+    """List the registered tasks, one line each."""
+    from .tasks import DEFAULT_TASK, TASKS, describe_task
+
+    width = max(len(name) for name in TASKS)
+    for name, cls in TASKS.items():
+        print(f"{name:<{width}}  {describe_task(cls)}{' (default)' if name == DEFAULT_TASK else ''}")
+    return 0
+
+
+def cmd_ladder(args) -> int:
+    """Train every ladder cell with equal parameter budgets on one memory task; a table and a plot."""
+    from datetime import datetime
+
+    from . import ladder
+
+    config = {k: v for k, v in (("T", args.T), ("hidden", args.hidden), ("batch_size", args.batch_size)) if v is not None}
+    train = {k: v for k, v in (("steps", args.steps), ("max_minutes", args.max_minutes), ("lr", args.lr),
+                               ("seed", args.seed), ("eval_every", args.eval_every), ("threads", args.threads))
+             if v is not None}
+    cells = tuple(c for c in args.cells.split(",") if c)
+    out = Path(args.out) if args.out else Path("runs") / f"ladder-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
+    rows = ladder.run_ladder(args.task, config, train, out, cells,
+                             progress=lambda line: print("  training", line, flush=True))
+    T = config.get("T")
+    print(f"\nrnnlab ladder {args.task}: equal parameter budgets (the LSTM's at its hidden size); "
+          f"loss on held-out sequences; steps: those trained (fewer where the time budget stopped a cell)\n")
+    extra = sorted({k for row in rows for k in row.extra})
+    print("| cell | hidden | params | steps | final loss | best loss | baseline | " + "".join(f"{k} | " for k in extra)
+          + "minutes |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(extra) + "---: |")
+    for row in rows:
+        print(f"| {row.cell} | {row.hidden} | {row.params:,} | {row.steps} | {row.final:.4f} | {row.best:.4f} | "
+              f"{row.baseline:.4f} | " + "".join(f"{row.extra.get(k, float('nan')):.3f} | " for k in extra)
+              + f"{row.minutes:.1f} |")
+    low, high = min(row.params for row in rows), max(row.params for row in rows)
+    title = f"{args.task}{f', T={T}' if T else ''}: equal parameter budgets ({low:,} to {high:,} parameters)"
+    path = ladder.plot_ladder(rows, out / "ladder.png", title)
+    print(f"\nwrote {path}; each cell's run in {out}/<cell>/")
+    return 0
+
+
 # --- sample and eval -------------------------------------------------------------------------
 
 
@@ -287,6 +346,11 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     """Validation loss of a trained run on all of its held-out text."""
     task, file = _open_trained(args.run_dir, args.weights, args.device)
+    if hasattr(task, "report"):  # tasks other than the language model report their own metric
+        print(f"weights: {file}")
+        for line in task.report(task.model, args.run_dir):
+            print(line)
+        return 0
     started = time.monotonic()
     metrics = task.evaluate(task.model, full=True)
     unit = task.unit
@@ -361,6 +425,27 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     grad.add_argument("--init", default="keras", help="keras (default: orthogonal recurrent, forget bias 1) or torch")
     grad.add_argument("--out", help="directory for JSON and the plot (default runs/gradients-<time>)")
     grad.set_defaults(func=cmd_gradients)
+
+    tasks = sub.add_parser("tasks", help="list the tasks `rnnlab train` can train")
+    tasks.set_defaults(func=cmd_tasks)
+    lad = sub.add_parser("ladder", help="train every ladder cell with equal parameter budgets on a memory task",
+                         description="Train vanilla, residual, input, forget, lstm and gru with equal parameter "
+                                     "budgets on one task; print one table and save one plot of learning curves.")
+    lad.add_argument("task", metavar="TASK", help="adding or copy")
+    lad.add_argument("--T", type=int, help="sequence length (adding) or delay (copy) (default: the task's)")
+    lad.add_argument("--hidden", type=int, help="the LSTM's hidden size, which sets the budget (default: the task's)")
+    lad.add_argument("--batch-size", type=int, help="sequences per batch (default: the task's)")
+    lad.add_argument("--cells", default=",".join(("vanilla", "residual", "input", "forget", "lstm", "gru")),
+                     help="cells to train, comma-separated (default: all six)")
+    lad.add_argument("--steps", type=int, help="training steps per cell (default: the task's)")
+    lad.add_argument("--max-minutes", type=float, help="wall-clock budget per cell (default: the task's)")
+    lad.add_argument("--lr", type=float, help="peak learning rate (default: the task's)")
+    lad.add_argument("--eval-every", type=int, help="evaluate every this many steps (default: the task's)")
+    lad.add_argument("--seed", type=int, help="seed (default 0)")
+    lad.add_argument("--threads", type=int, help="torch CPU threads (default: the task's, 1)")
+    lad.add_argument("--out", help="directory of the runs and the plot (default runs/ladder-TASK-<time>); "
+                                   "cells already there are resumed")
+    lad.set_defaults(func=cmd_ladder)
 
     sample = sub.add_parser("sample", help="generate text from a trained run")
     sample.add_argument("run_dir", metavar="RUN_DIR")

@@ -12,13 +12,21 @@ from pathlib import Path
 from ..checkpoints import CheckpointError, RunDir, check_weights
 from ..config import from_dict, to_dict
 from ..training import TrainConfig, resolve_device
+from .forecast import ForecastConfig, ForecastTask
 from .language import LanguageConfig, LanguageTask
+from .memory import AddingConfig, AddingTask, CopyConfig, CopyTask
 
-__all__ = ["TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "LanguageTask",
-           "LanguageConfig"]
+__all__ = ["TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "describe_task",
+           "LanguageTask", "LanguageConfig", "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig",
+           "CopyTask", "CopyConfig"]
 
-TASKS = {LanguageTask.name: LanguageTask}
+TASKS = {cls.name: cls for cls in (LanguageTask, ForecastTask, AddingTask, CopyTask)}
 DEFAULT_TASK = LanguageTask.name
+
+
+def describe_task(cls) -> str:
+    """A task's one-line description: its `description`, else the first line of its docstring."""
+    return getattr(cls, "description", None) or (cls.__doc__ or cls.name).strip().splitlines()[0]
 
 
 def run_config(task) -> dict:

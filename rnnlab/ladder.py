@@ -1,0 +1,145 @@
+"""The ladder, measured: every cell from the vanilla RNN to the LSTM and GRU trained on one memory
+task with the same parameter budget, the lecture's story from "vanilla forgets" to "the LSTM
+remembers" as one table and one plot of learning curves.
+
+Equal budgets, not equal state sizes: a gated cell has K weight blocks per state unit (vanilla and
+residual 1, input 2, forget and GRU 3, LSTM 4), so at one H the LSTM would have four times the
+weights of the vanilla cell. Each cell gets the H whose model (cell and readout) comes closest to
+the reference cell's parameter count at the configured H (`hidden_for_budget`).
+
+Each cell is an ordinary run of the Trainer in OUT/<cell>/ (checkpoints, metrics.jsonl, loss.png),
+so an interrupted ladder resumes where it stopped: a cell whose run directory holds a checkpoint
+is resumed (to the same step budget), not restarted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .checkpoints import RunDir
+from .tasks import TASKS, run_config
+from .training import TrainConfig, Trainer, seed_everything
+
+__all__ = ["LADDER_CELLS", "LadderRow", "parameter_count", "hidden_for_budget", "run_ladder", "plot_ladder"]
+
+LADDER_CELLS = ("vanilla", "residual", "input", "forget", "lstm", "gru")
+
+
+def parameter_count(model) -> int:
+    """Trainable parameters (a frozen one-hot embedding does not count)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def hidden_for_budget(task_cls, config, cell: str, budget: int) -> tuple[int, int]:
+    """(H, parameters): the state size whose model of `cell` comes closest to `budget` parameters.
+
+    A model's count is a quadratic in H (H x H recurrent blocks, H x I input blocks and biases, the
+    readout's H x O), so three tiny models (H = 1, 2, 3) give its coefficients exactly and the
+    budget's H is a root; building large candidates instead would cost an orthogonal
+    initialisation each."""
+    if not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"hidden_for_budget: budget must be an int >= 1; got {budget!r}")
+
+    def count(hidden: int) -> int:
+        return parameter_count(task_cls(dataclasses.replace(config, cell=cell, hidden=hidden)).model)
+
+    p1, p2, p3 = count(1), count(2), count(3)
+    a = (p3 - 2 * p2 + p1) / 2
+    b = p2 - p1 - 3 * a
+    c = p1 - a - b
+    root = (-b + math.sqrt(b * b - 4 * a * (c - budget))) / (2 * a) if a else (budget - c) / b
+    fit = lambda h: a * h * h + b * h + c
+    hidden = min({max(1, math.floor(root)), max(1, math.ceil(root))}, key=lambda h: abs(fit(h) - budget))
+    return hidden, count(hidden)
+
+
+@dataclass
+class LadderRow:
+    """One cell's run: its size, its final and best evaluation loss, its minutes and its curve."""
+
+    cell: str
+    hidden: int
+    params: int
+    final: float
+    best: float
+    baseline: float
+    minutes: float
+    stopped: str
+    steps: int
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, evaluation loss)
+    extra: dict[str, float] = field(default_factory=dict)  # the other metrics of the last evaluation
+
+
+def run_ladder(task_name: str, config_overrides: dict, train_overrides: dict, out: str | Path,
+               cells: tuple[str, ...] = LADDER_CELLS, reference: str = "lstm",
+               progress: Callable[[str], None] | None = None) -> list[LadderRow]:
+    """Train every cell of `cells` on the task with the reference cell's parameter budget.
+
+    config_overrides: task config fields (T, hidden, ...); `hidden` is the reference cell's H.
+    train_overrides: TrainConfig fields over the task's train_defaults (steps, max_minutes, ...)."""
+    if task_name not in TASKS or not hasattr(TASKS[task_name], "baseline"):
+        ladder_tasks = sorted(name for name, cls in TASKS.items() if hasattr(cls, "baseline"))
+        raise ValueError(f"ladder: TASK must be one of {ladder_tasks}; got {task_name!r}")
+    unknown = [c for c in (*cells, reference) if c not in LADDER_CELLS]
+    if unknown or not cells:
+        raise ValueError(f"ladder: cells must be some of {LADDER_CELLS}; got {','.join(cells)!r}")
+    task_cls = TASKS[task_name]
+    config = task_cls.Config(**{**config_overrides, "cell": reference})
+    train_config = dataclasses.replace(task_cls.train_defaults, **train_overrides)
+    budget = parameter_count(task_cls(config).model)
+    out, rows = Path(out), []
+    for cell in cells:
+        hidden, params = hidden_for_budget(task_cls, config, cell, budget)
+        if progress:
+            progress(f"{cell}: hidden {hidden}, {params:,} parameters (budget {budget:,}), {train_config.steps} steps")
+        rows.append(_train_cell(task_cls, dataclasses.replace(config, cell=cell, hidden=hidden), train_config,
+                                out / cell, params))
+    return rows
+
+
+def _train_cell(task_cls, config, train_config: TrainConfig, run_dir: Path, params: int) -> LadderRow:
+    seed_everything(train_config.seed)  # before the model is built: the same start as `rnnlab train`
+    task = task_cls(config)
+    trainer = Trainer(task.model, task.batches(train_config.seed), task.loss, train_config,
+                      evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
+    if RunDir(run_dir).has_checkpoint():
+        trainer.resume()
+    result = trainer.fit()
+    curve = [(r["step"], r["loss"]) for r in RunDir(run_dir).read_metrics() if r.get("kind") == "eval"]
+    last = result.last_eval or {}
+    return LadderRow(config.cell, config.hidden, params, last.get("loss", float("nan")),
+                     result.best_eval_loss if result.best_eval_loss is not None else float("nan"),
+                     task.baseline, result.elapsed_s / 60, result.stopped, result.step, curve,
+                     {k: v for k, v in last.items() if k not in ("loss", "baseline")})
+
+
+def plot_ladder(rows: list[LadderRow], path: str | Path, title: str) -> Path:
+    """The evaluation loss of every cell against the training step, log scale, baseline dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a server
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for row in rows:
+        if row.curve:
+            steps, losses = zip(*row.curve)
+            axes.plot(steps, losses, marker="o", markersize=2, lw=1.2, label=f"{row.cell} (H={row.hidden})")
+    if rows:
+        axes.axhline(rows[0].baseline, color="black", ls="--", lw=1, label=f"baseline {rows[0].baseline:.3f}")
+    axes.set_yscale("log")
+    axes.set_xlabel("training step")
+    axes.set_ylabel("evaluation loss (held-out sequences)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

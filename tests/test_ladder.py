@@ -1,0 +1,44 @@
+"""rnnlab ladder: equal parameter budgets within 5%, a tiny ladder through the CLI, clear errors."""
+
+import pytest
+
+from rnnlab.cli import main
+from rnnlab.ladder import LADDER_CELLS, hidden_for_budget, parameter_count, run_ladder
+from rnnlab.tasks.memory import AddingConfig, AddingTask, CopyConfig, CopyTask
+
+
+@pytest.mark.parametrize("cls, config", [(AddingTask, AddingConfig(T=4, eval_size=2)),
+                                         (CopyTask, CopyConfig(T=4, eval_size=2))])
+def test_equal_budgets_within_five_percent(cls, config):
+    budget = parameter_count(cls(config).model)  # the LSTM at H = 64
+    sizes = {}
+    for cell in LADDER_CELLS:
+        hidden, params = hidden_for_budget(cls, config, cell, budget)
+        assert abs(params - budget) / budget < 0.05, (cell, hidden, params, budget)
+        sizes[cell] = hidden
+    assert sizes["lstm"] == 64
+    # more gates, fewer state units: vanilla (1 block) > input (2) > forget (3) > lstm (4)
+    assert sizes["vanilla"] > sizes["input"] > sizes["forget"] > sizes["lstm"]
+    assert sizes["vanilla"] == sizes["residual"]
+
+
+def test_tiny_ladder_prints_one_table_and_saves_one_plot(tmp_path, capsys):
+    out = tmp_path / "ladder"
+    assert main(["ladder", "copy", "--T", "3", "--hidden", "4", "--batch-size", "4", "--steps", "2",
+                 "--eval-every", "1", "--cells", "vanilla,gru", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| cell | hidden | params | steps | final loss |" in text and "| vanilla |" in text and "| gru |" in text
+    assert (out / "ladder.png").stat().st_size > 1000 and (out / "gru" / "metrics.jsonl").is_file()
+    # an existing ladder directory is resumed, not retrained: the curves keep their two evaluations
+    rows = run_ladder("copy", {"T": 3, "hidden": 4, "batch_size": 4}, {"steps": 2, "eval_every": 1}, out, ("gru",))
+    assert rows[0].steps == 2 and [step for step, _ in rows[0].curve] == [1, 2]
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="ladder: TASK must be one of \\['adding', 'copy'\\]; got 'language'"):
+        run_ladder("language", {}, {}, tmp_path)
+    with pytest.raises(ValueError, match="ladder: cells must be some of"):
+        run_ladder("adding", {}, {}, tmp_path, ("vanilla", "transformer"))
+    with pytest.raises(ValueError, match="hidden_for_budget: budget must be an int >= 1"):
+        hidden_for_budget(AddingTask, AddingConfig(), "gru", 0)
+    assert main(["ladder", "forecast", "--out", str(tmp_path / "x")]) == 2

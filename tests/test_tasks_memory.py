@@ -1,0 +1,87 @@
+"""The adding and copy tasks: their baselines against the data, tiny runs through the CLI, exact
+resume of the on-the-fly data, clear errors."""
+
+import math
+
+import pytest
+import torch
+
+from rnnlab.cli import main
+from rnnlab.data.seeded import SeededBatches
+from rnnlab.data.synthetic import copy_memory_batch
+from rnnlab.tasks.memory import AddingConfig, AddingTask, CopyConfig, CopyTask, copy_baseline
+from rnnlab.training import Trainer, TrainConfig
+
+
+def test_adding_baseline_is_always_predicting_one():
+    task = AddingTask(AddingConfig(T=20, eval_size=4000))
+    assert task.baseline == pytest.approx(1 / 6)
+    mse = float((task.eval_targets - 1).square().mean())
+    assert mse == pytest.approx(1 / 6, abs=0.01)
+    assert task.evaluate(task.model)["baseline"] == pytest.approx(0.1667, abs=1e-4)
+
+
+def test_copy_baseline_is_the_memoryless_strategy():
+    assert copy_baseline(50) == pytest.approx(10 * math.log(8) / 70)
+    T = 30
+    xs, targets = copy_memory_batch(50, T, torch.Generator().manual_seed(0))
+    # memoryless: a certain blank before the last 10 steps, a uniform guess among 8 symbols after
+    logits = torch.full((50, T + 20, 9), -1e4)
+    logits[:, :-10, 0] = 0.0
+    logits[:, -10:, 1:] = 0.0
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 9), targets.reshape(-1))
+    assert float(loss) == pytest.approx(copy_baseline(T), rel=1e-5)
+    assert CopyTask(CopyConfig(T=T, eval_size=8)).baseline == copy_baseline(T)
+
+
+def test_seeded_batches_resume_exactly():
+    make = lambda g: torch.rand(3, generator=g)
+    a = SeededBatches(make, seed=7)
+    next(a)
+    state = a.state_dict()
+    rest = [next(a) for _ in range(3)]
+    b = SeededBatches(make, seed=7)
+    b.load_state_dict(state)
+    assert all(torch.equal(x, next(b)) for x in rest) and b.served == 4
+    with pytest.raises(ValueError, match="SeededBatches: seed must be an int >= 0"):
+        SeededBatches(make, seed=-1)
+
+
+@pytest.mark.parametrize("task", ["adding", "copy"])
+def test_tiny_run_through_the_cli(task, tmp_path, capsys):
+    run = tmp_path / task
+    flags = ["--T", "6", "--hidden", "8", "--batch-size", "4", "--eval-size", "16", "--steps", "4",
+             "--eval-every", "2", "--threads", "1", "--out", str(run)]
+    assert main(["train", task, *flags]) == 0
+    out = capsys.readouterr().out
+    assert ("MSE" in out and "held-out sequences" in out) if task == "adding" else ("memoryless baseline" in out)
+    assert (run / "best.safetensors").is_file()
+
+
+def test_resume_gives_the_uninterrupted_weights(tmp_path):
+    """Both tasks draw their data from SeededBatches; the copy task's resume is the same mechanism."""
+
+    def trainer(steps, run_dir):
+        torch.manual_seed(0)
+        task = AddingTask(AddingConfig(T=8, hidden=6, eval_size=8, batch_size=4))
+        train = TrainConfig(steps=steps, eval_every=2, checkpoint_every=2, lr=1e-2, lr_schedule="constant")
+        return task, Trainer(task.model, task.batches(3), task.loss, train, evaluate=task.evaluate, run_dir=run_dir)
+
+    straight, t = trainer(6, tmp_path / "a")
+    t.fit()
+    _, t = trainer(3, tmp_path / "b")
+    t.fit()
+    resumed, t = trainer(6, tmp_path / "b")
+    t.resume()
+    t.fit()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="AddingConfig: T must be an int >= 2; got 1"):
+        AddingConfig(T=1)
+    with pytest.raises(ValueError, match="CopyConfig: cell must be one of"):
+        CopyConfig(cell="feedback")
+    with pytest.raises(ValueError, match="AddingConfig: hidden must be an int >= 1"):
+        AddingConfig(hidden=0)
