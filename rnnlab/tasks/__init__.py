@@ -1,6 +1,9 @@
 """Applications, one file each: data + model + metric + defaults. A task plugs into the Trainer
 with `model`, `batches(seed)`, `loss` and `evaluate(model)`, and into the CLI with `Config` (its
-flags), `train_defaults`, and `artifacts()` / `from_artifacts()` (what its run directory keeps).
+flags), `train_defaults`, `artifacts()` / `from_artifacts()` (what its run directory keeps), and
+`describe()` / `report(result, run_dir)` (the text printed when training starts and ends: what is
+trained, and the metrics reached next to the task's baseline). A task that generates text also
+has `sample_text`, which gives `rnnlab train` its sampling flags.
 
 This module also rebuilds a finished or interrupted run from its directory (`open_run`).
 """

@@ -214,6 +214,20 @@ class LanguageTask:
         nats = stream_loss(model, ids)
         return {"loss": nats, "bits": nats / math.log(2), "perplexity": math.exp(min(nats, 50.0))}
 
+    def describe(self) -> str:
+        """One line on what is trained, printed when training starts."""
+        c, params = self.config, sum(p.numel() for p in self.model.parameters())
+        return (f"{c.cell} x{c.layers}, hidden {c.hidden}, {params:,} parameters, {len(self.vocabulary)} {self.unit} "
+                f"vocabulary, {len(self.train_ids):,} training {self.unit}s")
+
+    def report(self, result, run_dir) -> str:
+        """The result of a training run (a TrainResult) as text, printed when training ends."""
+        if result.last_eval is None:
+            return "no evaluation yet"
+        e, unit = result.last_eval, self.unit
+        return (f"validation: {e['loss']:.4f} nats/{unit}, {e['bits']:.4f} bits/{unit} "
+                f"(on the first {self.config.eval_tokens or 'all'} validation {unit}s; full: rnnlab eval {run_dir})")
+
     def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
                     seed: int = 0) -> str:
         """The prompt's continuation as text (the prompt itself not included)."""
