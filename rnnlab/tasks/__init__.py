@@ -16,10 +16,12 @@ from ..checkpoints import CheckpointError, RunDir, check_weights
 from ..config import from_dict, to_dict
 from ..training import TrainConfig, resolve_device
 from .language import LanguageConfig, LanguageTask
+from .sentiment import SentimentConfig, SentimentTask
 
-__all__ = ["TASKS", "DEFAULT_TASK", "run_config", "open_run", "load_weights", "LanguageTask", "LanguageConfig"]
+__all__ = ["TASKS", "DEFAULT_TASK", "run_config", "open_run", "load_weights", "LanguageTask", "LanguageConfig",
+           "SentimentTask", "SentimentConfig"]
 
-TASKS = {LanguageTask.name: LanguageTask}
+TASKS = {task.name: task for task in (LanguageTask, SentimentTask)}
 DEFAULT_TASK = LanguageTask.name
 
 
