@@ -15,13 +15,14 @@ from pathlib import Path
 from ..checkpoints import CheckpointError, RunDir, check_weights
 from ..config import from_dict, to_dict
 from ..training import TrainConfig, resolve_device
+from .digits import DigitsConfig, DigitsTask
 from .language import LanguageConfig, LanguageTask
 from .sentiment import SentimentConfig, SentimentTask
 
 __all__ = ["TASKS", "DEFAULT_TASK", "run_config", "open_run", "load_weights", "LanguageTask", "LanguageConfig",
-           "SentimentTask", "SentimentConfig"]
+           "SentimentTask", "SentimentConfig", "DigitsTask", "DigitsConfig"]
 
-TASKS = {task.name: task for task in (LanguageTask, SentimentTask)}
+TASKS = {task.name: task for task in (LanguageTask, SentimentTask, DigitsTask)}
 DEFAULT_TASK = LanguageTask.name
 
 
