@@ -280,11 +280,15 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Validation loss of a trained run on all of its held-out text."""
+    """Validation loss (and the task's other validation metrics) of a trained run."""
     task, file = _open_trained(args.run_dir, args.weights, args.device)
     started = time.monotonic()
     metrics = task.evaluate(task.model, full=True)
     unit = task.unit
+    if "bits" not in metrics:  # a classifier: its loss and accuracy
+        print(f"validation (weights {file}): " + "   ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+              + f"   ({time.monotonic() - started:.1f} s)")
+        return 0
     print(f"validation ({len(task.val_ids):,} {unit}s, weights {file}):")
     print(f"  {metrics['loss']:.4f} nats/{unit}   {metrics['bits']:.4f} bits/{unit}   "
           f"perplexity {metrics['perplexity']:.2f}   ({time.monotonic() - started:.1f} s)")
@@ -367,7 +371,7 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = sub.add_parser("eval", help="validation loss of a trained run (nats and bits per token)")
+    evaluate = sub.add_parser("eval", help="validation metrics of a trained run (language: nats and bits per token)")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -78,7 +78,7 @@ def plot_confusion(matrix: torch.Tensor, labels: list[str], path: str | Path, ti
     size = len(labels)
     rates = matrix.float() / matrix.sum(1, keepdim=True).clamp(min=1)
     figure, axes = plt.subplots(figsize=(1.0 + 0.6 * size, 0.8 + 0.6 * size))
-    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    axes.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(size):
         for j in range(size):
             if matrix[i, j]:
