@@ -143,6 +143,10 @@ def cmd_train(args) -> int:
     print(f"stopped ({result.stopped}) at step {result.step} after {minutes:.1f} min in all "
           f"({result.cpu_s / 60:.1f} min of process CPU time), {result.tokens / max(result.elapsed_s, 1e-9):,.0f} "
           f"{task.unit}s/s overall")
+    if train_config.threads is not None:  # the report's evaluations too, not only fit (which restores the default)
+        import torch
+
+        torch.set_num_threads(train_config.threads)
     print(task.report(result, run_dir))
     if result.stopped == "interrupted":
         print(f"interrupted: checkpoint saved; continue with: rnnlab train --resume {run_dir}")
