@@ -75,9 +75,10 @@ class Progress:
             self.bar.set_postfix({"loss": f"{event['loss']:.3f}", "lr": f"{event['lr']:.2e}",
                                   f"{self.unit}s/s": f"{event['tokens_per_s']:,.0f}"}, refresh=False)
         elif kind == "eval":
+            metrics = {k: v for k, v in event.items() if k not in ("kind", "step", "elapsed_s", "cpu_s")}
             self.bar.write(f"step {event['step']:>6}  validation {event['loss']:.4f} nats/{self.unit}  "
                            f"{event['bits']:.4f} bits/{self.unit}" if "bits" in event else
-                           f"step {event['step']:>6}  validation loss {event['loss']:.4f}")
+                           f"step {event['step']:>6}  validation " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def close(self) -> None:
         self.bar.close()
@@ -131,13 +132,7 @@ def cmd_train(args) -> int:
         trainer.resume()
     else:
         write_artifacts(task, run_dir)
-    if hasattr(task, "describe"):  # tasks other than the language model say what they train themselves
-        print(f"{'resuming' if resumed else 'training'} {task.describe()}; run directory {run_dir}")
-    else:
-        params = sum(p.numel() for p in task.model.parameters())
-        print(f"{'resuming' if resumed else 'training'} {task.name}: {task.config.cell} x{task.config.layers}, "
-              f"hidden {task.config.hidden}, {params:,} parameters, {len(task.vocabulary)} {task.unit} vocabulary, "
-              f"{len(task.train_ids):,} training {task.unit}s; run directory {run_dir}")
+    print(f"{'resuming' if resumed else 'training'} {task.name}: {task.describe()}; run directory {run_dir}")
     progress = Progress(train_config.steps, trainer.step, task.unit)
     trainer.on_event = progress
     try:
@@ -148,25 +143,20 @@ def cmd_train(args) -> int:
     print(f"stopped ({result.stopped}) at step {result.step} after {minutes:.1f} min in all "
           f"({result.cpu_s / 60:.1f} min of process CPU time), {result.tokens / max(result.elapsed_s, 1e-9):,.0f} "
           f"{task.unit}s/s overall")
-    if hasattr(task, "report"):  # the task's own metric, with the best validation's weights
-        if result.stopped == "interrupted":
-            print(f"interrupted: checkpoint saved; continue with: rnnlab train --resume {run_dir}")
-            return 130
-        from .tasks import load_weights
-
-        file = load_weights(task, run_dir, "best", train_config.device)
-        print(f"weights: {file}")
-        for line in task.report(task.model, run_dir):
-            print(line)
-        return 0
-    if result.last_eval is not None:
-        e = result.last_eval
-        print(f"validation: {e['loss']:.4f} nats/{task.unit}, {e['bits']:.4f} bits/{task.unit} "
-              f"(on the first {task.config.eval_tokens or 'all'} validation {task.unit}s; full: rnnlab eval {run_dir})")
     if result.stopped == "interrupted":
         print(f"interrupted: checkpoint saved; continue with: rnnlab train --resume {run_dir}")
         return 130
-    for i in range(args.samples):
+    if train_config.threads is not None:  # the report's evaluations too, not only fit (which restores the default)
+        import torch
+
+        torch.set_num_threads(train_config.threads)
+    from .tasks import load_weights
+
+    file = load_weights(task, run_dir, "best", train_config.device)
+    print(f"weights: {file}")
+    for line in task.report(task.model, run_dir):
+        print(line)
+    for i in range(getattr(args, "samples", 0)):  # tasks that generate text (sample_text) have the flags
         text = task.sample_text(task.model, args.prompt, args.sample_length, temperature=0.8, seed=i)
         print(f"\n--- sample {i + 1} (temperature 0.8) ---\n{args.prompt}{text}")
     return 0
@@ -344,19 +334,11 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Validation loss of a trained run on all of its held-out text."""
+    """The task's metrics of a trained run (its best weights by default), next to its baselines."""
     task, file = _open_trained(args.run_dir, args.weights, args.device)
-    if hasattr(task, "report"):  # tasks other than the language model report their own metric
-        print(f"weights: {file}")
-        for line in task.report(task.model, args.run_dir):
-            print(line)
-        return 0
-    started = time.monotonic()
-    metrics = task.evaluate(task.model, full=True)
-    unit = task.unit
-    print(f"validation ({len(task.val_ids):,} {unit}s, weights {file}):")
-    print(f"  {metrics['loss']:.4f} nats/{unit}   {metrics['bits']:.4f} bits/{unit}   "
-          f"perplexity {metrics['perplexity']:.2f}   ({time.monotonic() - started:.1f} s)")
+    print(f"weights: {file}")
+    for line in task.report(task.model, args.run_dir):
+        print(line)
     return 0
 
 
@@ -380,9 +362,10 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                        f"with --resume: the run's task)")
     train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<task>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (same result as never stopping)")
-    train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
-    train.add_argument("--sample-length", type=int, default=500, help="tokens per sample (default: 500)")
-    train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")
+    if hasattr(task, "sample_text"):
+        train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
+        train.add_argument("--sample-length", type=int, default=500, help="tokens per sample (default: 500)")
+        train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")
     add_config_flags(train, task.Config, task.Config(), f"task {task_name!r}")
     add_config_flags(train, TrainConfig, task.train_defaults, "training")
     train.set_defaults(func=cmd_train)
@@ -456,7 +439,7 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = sub.add_parser("eval", help="validation loss of a trained run (nats and bits per token)")
+    evaluate = sub.add_parser("eval", help="validation metrics of a trained run (language: nats and bits per token)")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.set_defaults(func=cmd_eval)
 

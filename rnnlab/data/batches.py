@@ -1,4 +1,5 @@
-"""Batches for the Trainer, and the batch source of a language model.
+"""Batches for the Trainer, and two batch sources: the token stream of a language model and
+shuffled examples of a classifier.
 
 A `Batch` is what one optimiser step (or, with truncated BPTT, a few) learns from. `continues`
 marks a batch whose rows continue the rows of the previous batch, as char-rnn's stateful batches
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Batch", "TokenStream"]
+__all__ = ["Batch", "TokenStream", "ExampleBatches"]
 
 
 @dataclass
@@ -106,3 +107,69 @@ class TokenStream:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index, self.served = int(state["epoch"]), int(state["index"]), int(state["served"])
+
+
+class ExampleBatches:
+    """Shuffled mini-batches of whole examples, one target each (sequence-to-vector tasks).
+
+    inputs (N, T, ...) padded to a common T; targets (N, ...); lengths (N,) of the valid steps, or
+    None when every example fills T. Each epoch visits every example once in an order drawn from
+    (seed, epoch), so the counters are all a resume needs. bucket=True sorts the examples by length
+    within pools of 50 batches before cutting them into batches (then shuffles the batches), so a
+    batch pads little; every batch is trimmed to its longest example.
+    """
+
+    POOL = 50  # batches per sorting pool: large enough to pad little, small enough to stay random
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int = 0,
+                 lengths: torch.Tensor | None = None, bucket: bool = False):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"ExampleBatches: batch_size must be an int >= 1; got {batch_size!r}")
+        if inputs.dim() < 2 or len(inputs) == 0 or len(targets) != len(inputs):
+            raise ValueError(f"ExampleBatches: inputs must be (N, T, ...) with N >= 1 and targets (N, ...); got "
+                             f"{tuple(inputs.shape)} and {tuple(targets.shape)}")
+        if lengths is not None and tuple(lengths.shape) != (len(inputs),):
+            raise ValueError(f"ExampleBatches: lengths must be ({len(inputs)},); got {tuple(lengths.shape)}")
+        if bucket and lengths is None:
+            raise ValueError("ExampleBatches: bucket=True needs lengths to sort by; got None")
+        self.inputs, self.targets, self.lengths = inputs, targets, lengths
+        self.batch_size, self.seed, self.bucket = batch_size, seed, bucket
+        self.epoch, self.index = 0, 0
+        self._cached: tuple[int, list[torch.Tensor]] | None = None
+
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.inputs) // self.batch_size)
+
+    def _epoch_order(self) -> list[torch.Tensor]:
+        """The example indices of each batch of the current epoch (computed once per epoch)."""
+        if self._cached is None or self._cached[0] != self.epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(len(self.inputs), generator=generator)
+            if self.bucket:
+                pool = self.POOL * self.batch_size
+                pools = [chunk[torch.argsort(self.lengths[chunk], stable=True)] for chunk in order.split(pool)]
+                batches = list(torch.cat(pools).split(self.batch_size))
+                batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+            else:
+                batches = list(order.split(self.batch_size))
+            self._cached = (self.epoch, batches)
+        return self._cached[1]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        if self.index >= self.batches_per_epoch():
+            self.epoch, self.index = self.epoch + 1, 0
+        chosen = self._epoch_order()[self.index]
+        self.index += 1
+        if self.lengths is None:
+            return Batch(self.inputs[chosen], self.targets[chosen])
+        lengths = self.lengths[chosen]
+        return Batch(self.inputs[chosen, : int(lengths.max())], self.targets[chosen], lengths)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])

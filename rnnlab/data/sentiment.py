@@ -54,10 +54,18 @@ def split_by_movie(snippets: list[Snippet], fractions=(0.8, 0.1, 0.1), seed: int
 
 
 class Vocabulary:
-    """Token <-> id, built from training text; ids 0 and 1 are <pad> and <unk>."""
+    """Token <-> id, built from training text; ids 0 and 1 are <pad> and <unk>.
 
-    def __init__(self, texts, min_count: int = 1, max_size: int | None = None):
-        counts = Counter(tok for text in texts for tok in tokenize(text))
+    level 'word' reads `tokenize`'s words, 'char' the characters as written (case kept: capitals
+    and "!!" say something about a review)."""
+
+    LEVELS = ("word", "char")
+
+    def __init__(self, texts, min_count: int = 1, max_size: int | None = None, level: str = "word"):
+        if level not in self.LEVELS:
+            raise ValueError(f"Vocabulary: level must be one of {self.LEVELS}; got {level!r}")
+        self.level = level
+        counts = Counter(tok for text in texts for tok in self.split(text))
         kept = [t for t, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count]
         self.tokens = [PAD, UNK] + kept[:max_size]
         self.index = {t: i for i, t in enumerate(self.tokens)}
@@ -65,8 +73,26 @@ class Vocabulary:
     def __len__(self):
         return len(self.tokens)
 
+    def split(self, text: str) -> list[str]:
+        return tokenize(text) if self.level == "word" else list(text)
+
     def encode(self, text: str) -> list[int]:
-        return [self.index.get(t, 1) for t in tokenize(text)] or [1]
+        return [self.index.get(t, 1) for t in self.split(text)] or [1]
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "tokens": self.tokens}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Vocabulary":
+        """The vocabulary `to_dict` saved, ids unchanged."""
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(tokens, list) or tokens[:2] != [PAD, UNK]:
+            raise ValueError(f"Vocabulary.from_dict: data must hold 'tokens' starting with {PAD!r}, {UNK!r}; "
+                             f"got {str(data)[:80]}")
+        vocab = cls([], level=data.get("level", "word"))
+        vocab.tokens = tokens
+        vocab.index = {t: i for i, t in enumerate(tokens)}
+        return vocab
 
 
 def encode_batch(vocab: Vocabulary, snippets: list[Snippet]):

@@ -1,6 +1,9 @@
 """Applications, one file each: data + model + metric + defaults. A task plugs into the Trainer
 with `model`, `batches(seed)`, `loss` and `evaluate(model)`, and into the CLI with `Config` (its
-flags), `train_defaults`, and `artifacts()` / `from_artifacts()` (what its run directory keeps).
+flags), `train_defaults`, `artifacts()` / `from_artifacts()` (what its run directory keeps), and
+`describe()` / `report(result, run_dir)` (the text printed when training starts and ends: what is
+trained, and the metrics reached next to the task's baseline). A task that generates text also
+has `sample_text`, which gives `rnnlab train` its sampling flags.
 
 This module also rebuilds a finished or interrupted run from its directory (`open_run`).
 """
@@ -12,15 +15,17 @@ from pathlib import Path
 from ..checkpoints import CheckpointError, RunDir, check_weights
 from ..config import from_dict, to_dict
 from ..training import TrainConfig, resolve_device
+from .digits import DigitsConfig, DigitsTask
 from .forecast import ForecastConfig, ForecastTask
 from .language import LanguageConfig, LanguageTask
 from .memory import AddingConfig, AddingTask, CopyConfig, CopyTask
+from .sentiment import SentimentConfig, SentimentTask
 
 __all__ = ["TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "describe_task",
-           "LanguageTask", "LanguageConfig", "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig",
-           "CopyTask", "CopyConfig"]
+           "LanguageTask", "LanguageConfig", "SentimentTask", "SentimentConfig", "DigitsTask", "DigitsConfig",
+           "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig", "CopyTask", "CopyConfig"]
 
-TASKS = {cls.name: cls for cls in (LanguageTask, ForecastTask, AddingTask, CopyTask)}
+TASKS = {cls.name: cls for cls in (LanguageTask, SentimentTask, DigitsTask, ForecastTask, AddingTask, CopyTask)}
 DEFAULT_TASK = LanguageTask.name
 
 

@@ -217,6 +217,18 @@ class LanguageTask:
         nats = stream_loss(model, ids, carry_state=c.stateful, seq_len=250 if c.stateful else c.seq_len)
         return {"loss": nats, "bits": nats / math.log(2), "perplexity": math.exp(min(nats, 50.0))}
 
+    def describe(self) -> str:
+        """One line on what is trained, printed when training starts."""
+        c, params = self.config, sum(p.numel() for p in self.model.parameters())
+        return (f"{c.cell} x{c.layers}, hidden {c.hidden}, {params:,} parameters, {len(self.vocabulary)} {self.unit} "
+                f"vocabulary, {len(self.train_ids):,} training {self.unit}s")
+
+    def report(self, model, run_dir) -> list[str]:
+        """Validation loss of `model` on all of the held-out text."""
+        m, unit = self.evaluate(model, full=True), self.unit
+        return [f"validation: {m['loss']:.4f} nats/{unit}   {m['bits']:.4f} bits/{unit}   perplexity "
+                f"{m['perplexity']:.2f}   (all {len(self.val_ids):,} held-out {unit}s)"]
+
     def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
                     seed: int = 0) -> str:
         """The prompt's continuation as text (the prompt itself not included).

@@ -1,0 +1,167 @@
+"""Sentiment: is a critic's snippet from Rotten Tomatoes fresh or rotten? The lecture's sequence to
+vector ("single output"): the words (or characters) go in one by one, one output comes out.
+
+    x^t = E[w_t]           s^t = h(x^t, s^{t-1})           y = f(pool(s^1 .. s^T)) = logits of (rotten, fresh)
+
+where T is the snippet's own last word: batches are padded, and `lengths` make the runner stop
+each sequence at its end. pool 'last' is the lecture's single output, f(s^T); the default 'max'
+takes each unit's largest output over the valid steps, which scored higher here (docs/RESULTS.md).
+With --bidirectional a second runner reads each snippet backwards; pool it with mean or max (at
+the last step the backward half has read one word only). The data is split by movie (80/10/10% of the snippets), so no film is in two splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..cells import LADDER
+from ..config import knob
+from ..data.batches import ExampleBatches
+from ..data.sentiment import LABELS, Vocabulary, encode_batch, load_rotten_tomatoes, split_by_movie
+from ..models import SequenceToVector
+from ..runners import IMPLEMENTATION_NAMES, Bidirectional, Recurrent, Stacked
+from ..training import TrainConfig
+from .classification import classification_loss, majority_baseline, predict, scores
+
+__all__ = ["SentimentConfig", "SentimentTask", "TokenDropout", "build_model"]
+
+POOLS = ("last", "mean", "max")
+
+
+@dataclass(frozen=True)
+class SentimentConfig:
+    """What the sentiment classifier reads and how big it is."""
+
+    level: str = knob("word", "tokens: words (and punctuation) or characters", Vocabulary.LEVELS)
+    min_count: int = knob(2, "tokens seen fewer times in the training split are read as <unk>")
+    cell: str = knob("lstm", "cell of the ladder", tuple(c for c in LADDER if c != "feedback"))
+    hidden: int = knob(256, "state size H of each layer (of each direction)")
+    layers: int = knob(1, "stacked layers")
+    embedding: int = knob(128, "size of the token embedding")
+    bidirectional: bool = knob(False, "also read each snippet backwards")
+    pool: str = knob("max", "summary of the outputs: the output at the last valid step (the lecture's single "
+                            "output), or the mean or max over the valid steps", POOLS)
+    dropout: float = knob(0.25, "dropout on the embeddings, between layers and before the readout")
+    word_dropout: float = knob(0.05, "probability that a training token is read as <unk>")
+    batch_size: int = knob(64, "snippets per batch (sorted by length in pools, so batches pad little)")
+    implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
+
+    def __post_init__(self):
+        def fail(name, expected):
+            raise ValueError(f"SentimentConfig: {name} must be {expected}; got {getattr(self, name)!r}")
+
+        if self.level not in Vocabulary.LEVELS:
+            fail("level", f"one of {Vocabulary.LEVELS}")
+        if self.cell not in LADDER or self.cell == "feedback":
+            fail("cell", f"a cell that reads its input, one of {tuple(c for c in LADDER if c != 'feedback')}")
+        for name in ("min_count", "hidden", "layers", "embedding", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail(name, "an int >= 1")
+        if self.pool not in POOLS:
+            fail("pool", f"one of {POOLS}")
+        if self.bidirectional and self.pool == "last":
+            fail("pool", "'mean' or 'max' with bidirectional (at the last step the backward half has read one token)")
+        for name in ("dropout", "word_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                fail(name, "in [0, 1)")
+        if self.implementation not in IMPLEMENTATION_NAMES:
+            fail("implementation", f"one of {IMPLEMENTATION_NAMES}")
+
+
+class TokenDropout(nn.Module):
+    """Word dropout: in training, each real token becomes <unk> with probability p (padding stays),
+    so the model cannot lean on a few words it has memorised."""
+
+    def __init__(self, p: float, unk: int, pad: int = 0):
+        super().__init__()
+        self.p, self.unk, self.pad = p, unk, pad
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return ids
+        drop = (torch.rand(ids.shape, device=ids.device) < self.p) & (ids != self.pad)
+        return ids.masked_fill(drop, self.unk)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def build_model(config: SentimentConfig, vocab_size: int) -> SequenceToVector:
+    """Token dropout + embedding -> (bidirectional) stacked cells -> pool -> linear readout to 2 logits."""
+    cell, E, H, p = LADDER[config.cell], config.embedding, config.hidden, config.dropout
+    input_map = nn.Sequential(TokenDropout(config.word_dropout, unk=1), nn.Embedding(vocab_size, E, padding_idx=0),
+                              nn.Dropout(p))
+    if config.bidirectional:
+        sizes = [E] + [2 * H] * (config.layers - 1)
+        core = Stacked(*(Bidirectional(Recurrent(cell(i, H), config.implementation),
+                                       Recurrent(cell(i, H), config.implementation)) for i in sizes), dropout=p)
+    else:
+        core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=p)
+    readout = nn.Sequential(nn.Dropout(p), nn.Linear(core.output_size, len(LABELS)))
+    return SequenceToVector(core, readout, input_map, pool=config.pool)
+
+
+class SentimentTask:
+    """The sentiment task: snippets split by movie, vocabulary, model, batches, loss and metrics.
+
+    vocabulary: the run's saved vocabulary when rebuilding a run (None: built from the training split)."""
+
+    name = "sentiment"
+    Config = SentimentConfig
+    # Sized on a 2-core CPU: at most ~8 epochs of the 10,258 training snippets; the best weights
+    # (lowest validation loss) come after 4 to 7, and patience stops the run soon after.
+    train_defaults = TrainConfig(steps=1300, max_minutes=10.0, lr=2e-3, weight_decay=0.0, eval_every=80,
+                                 patience=5, checkpoint_every=400, clip_norm=5.0, min_lr_ratio=0.1)
+    unit = "snippet"
+    artifact_files = ("vocabulary.json",)
+
+    def __init__(self, config: SentimentConfig, vocabulary: Vocabulary | None = None):
+        self.config = config
+        self.train, self.val, self.test = split_by_movie(load_rotten_tomatoes())
+        self.vocabulary = vocabulary or Vocabulary([s.text for s in self.train], min_count=config.min_count,
+                                                   level=config.level)
+        if self.vocabulary.level != config.level:
+            raise ValueError(f"SentimentTask: vocabulary level must be {config.level!r}; got {self.vocabulary.level!r}")
+        self.data = {name: encode_batch(self.vocabulary, part)
+                     for name, part in (("train", self.train), ("val", self.val), ("test", self.test))}
+        self.model = build_model(config, len(self.vocabulary))
+
+    def artifacts(self) -> dict[str, object]:
+        return {"vocabulary.json": self.vocabulary.to_dict()}
+
+    @classmethod
+    def from_artifacts(cls, config: SentimentConfig, artifacts: dict[str, object]) -> "SentimentTask":
+        return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"]))
+
+    def batches(self, seed: int) -> ExampleBatches:
+        ids, lengths, labels = self.data["train"]
+        return ExampleBatches(ids, labels, self.config.batch_size, seed=seed, lengths=lengths, bucket=True)
+
+    loss = staticmethod(classification_loss)
+
+    def scores(self, model, split: str) -> dict[str, float]:
+        """Loss (nats per snippet) and accuracy on 'train', 'val' or 'test'."""
+        ids, lengths, labels = self.data[split]
+        return scores(predict(model, ids, lengths), labels)
+
+    def evaluate(self, model, full: bool = False) -> dict[str, float]:
+        """Validation loss and accuracy (all 1,283 validation snippets, whatever `full`)."""
+        return self.scores(model, "val")
+
+    def describe(self) -> str:
+        c, params = self.config, sum(p.numel() for p in self.model.parameters())
+        direction = "bidirectional " if c.bidirectional else ""
+        return (f"{direction}{c.cell} x{c.layers}, hidden {c.hidden}, {c.pool} pool, {params:,} parameters, "
+                f"{len(self.vocabulary):,} {c.level} vocabulary; {len(self.train):,} / {len(self.val):,} / "
+                f"{len(self.test):,} snippets (train / validation / test, split by movie)")
+
+    def report(self, model, run_dir) -> list[str]:
+        """Test accuracy of `model` next to the majority baseline."""
+        val, test = self.scores(model, "val"), self.scores(model, "test")
+        majority, baseline = majority_baseline(self.data["train"][2], self.data["test"][2])
+        return [f"test accuracy {100 * test['accuracy']:.1f}% (majority baseline {100 * baseline:.1f}%: always "
+                f"{LABELS[majority]!r}); validation accuracy {100 * val['accuracy']:.1f}%; test loss "
+                f"{test['loss']:.4f} nats/snippet"]

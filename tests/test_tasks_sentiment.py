@@ -1,0 +1,116 @@
+"""The sentiment task, its batch source and the shared classification helpers: tiny runs through
+the Trainer and the CLI, metrics on known inputs, exact resume, clear errors."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rnnlab.cli import main
+from rnnlab.data.batches import ExampleBatches
+from rnnlab.data.sentiment import Vocabulary
+from rnnlab.tasks import SentimentConfig, SentimentTask
+from rnnlab.tasks.classification import confusion_matrix, majority_baseline, predict, scores
+from rnnlab.tasks.sentiment import TokenDropout
+from rnnlab.training import TrainConfig, Trainer
+
+TINY = ["--hidden", "8", "--embedding", "8", "--batch-size", "16", "--eval-every", "2", "--log-every", "2",
+        "--checkpoint-every", "2", "--threads", "1",
+        "--lr-schedule", "constant"]  # constant: a run cut at step 2 and resumed to 4 then matches one run to 4
+
+
+@pytest.fixture(scope="module")
+def task():
+    torch.manual_seed(0)
+    return SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=16))
+
+
+def test_example_batches_visit_every_example_once_per_epoch_and_resume_exactly():
+    lengths = torch.randint(1, 9, (50,))
+    inputs = torch.arange(50)[:, None].expand(50, 8).clone()  # row i holds i: the batch says who is in it
+    source = ExampleBatches(inputs, torch.arange(50), 8, seed=3, lengths=lengths, bucket=True)
+    epoch = [next(source) for _ in range(source.batches_per_epoch())]
+    seen = torch.cat([b.targets for b in epoch])
+    assert sorted(seen.tolist()) == list(range(50))
+    for b in epoch:  # trimmed to the longest example of the batch, lengths kept
+        assert b.steps == int(b.lengths.max()) and torch.equal(b.lengths, lengths[b.targets])
+    state = source.state_dict()
+    ahead = [next(source).targets for _ in range(9)]  # crosses into the third epoch
+    again = ExampleBatches(inputs, torch.arange(50), 8, seed=3, lengths=lengths, bucket=True)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, next(again).targets) for a in ahead)
+    other = ExampleBatches(inputs, torch.arange(50), 8, seed=4, lengths=lengths, bucket=True)
+    assert not torch.equal(next(other).targets, epoch[0].targets)
+    with pytest.raises(ValueError, match="bucket=True needs lengths"):
+        ExampleBatches(inputs, torch.arange(50), 8, bucket=True)
+
+
+def test_metrics_on_known_inputs():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 0.0]])
+    targets = torch.tensor([0, 1, 1, 0])
+    result = scores(logits, targets)
+    assert result["accuracy"] == pytest.approx(0.75)  # the tie argmaxes to class 0
+    assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item())
+    assert confusion_matrix(logits.argmax(1), targets, 2).tolist() == [[2, 0], [1, 1]]
+    assert majority_baseline(torch.tensor([1, 1, 0]), torch.tensor([1, 0, 0, 0])) == (1, 0.25)
+    with pytest.raises(ValueError, match="logits must be"):
+        scores(logits[0], targets)
+
+
+def test_predict_pads_and_sorts_without_changing_the_answer(task):
+    ids, lengths, _ = task.data["val"]
+    chosen = torch.tensor([5, 0, 17, 3])
+    batched = predict(task.model, ids[chosen], lengths[chosen], batch_size=3)
+    one_by_one = torch.cat([predict(task.model, ids[i:i + 1, :lengths[i]], lengths[i:i + 1]) for i in chosen])
+    assert torch.allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_token_dropout_spares_padding_and_is_off_in_evaluation():
+    ids = torch.tensor([[5, 6, 7, 0, 0]] * 200)
+    layer = TokenDropout(0.5, unk=1)
+    dropped = layer(ids)
+    assert (dropped[:, 3:] == 0).all() and 0.4 < (dropped[:, :3] == 1).float().mean() < 0.6
+    assert torch.equal(layer.eval()(ids), ids)
+
+
+def test_a_few_steps_through_the_trainer_lower_the_loss(task):
+    config = TrainConfig(steps=15, lr=1e-2, eval_every=15, threads=1)
+    before = task.evaluate(task.model)["loss"]
+    result = Trainer(task.model, task.batches(0), task.loss, config, evaluate=task.evaluate).fit()
+    assert result.last_eval["loss"] < before and 0 <= result.last_eval["accuracy"] <= 1
+
+
+def test_train_resume_and_report_through_the_cli(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", "sentiment", *TINY, "--steps", "4", "--out", str(straight)]) == 0
+    out = capsys.readouterr().out
+    assert "word vocabulary" in out and "test accuracy" in out and "majority baseline 53.0%" in out
+    assert (straight / "vocabulary.json").is_file()
+    assert main(["train", "sentiment", *TINY, "--steps", "2", "--out", str(split)]) == 0
+    assert main(["train", "--resume", str(split), "--steps", "4"]) == 0
+    weights = [load_file(run / "model-0000004.safetensors") for run in (straight, split)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert main(["eval", str(split)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_bidirectional_char_model_trains():
+    task = SentimentTask(SentimentConfig(level="char", bidirectional=True, cell="gru", hidden=8, embedding=8,
+                                         batch_size=8))
+    assert "bidirectional gru" in task.describe() and "char vocabulary" in task.describe()
+    batch = next(task.batches(0))
+    loss, _, count = task.loss(task.model, batch, None, 1.0)
+    loss.backward()
+    assert count == 8 and torch.isfinite(loss) and batch.steps == int(batch.lengths.max()) > 20
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="pool must be 'mean' or 'max' with bidirectional"):
+        SentimentConfig(bidirectional=True, pool="last")
+    with pytest.raises(ValueError, match="cell must be a cell that reads its input"):
+        SentimentConfig(cell="feedback")
+    with pytest.raises(ValueError, match="word_dropout must be in"):
+        SentimentConfig(word_dropout=1.0)
+    with pytest.raises(ValueError, match="level must be one of"):
+        Vocabulary(["a"], level="byte")
+    with pytest.raises(ValueError, match="vocabulary level must be 'word'"):
+        SentimentTask(SentimentConfig(), Vocabulary(["a b"], level="char"))
