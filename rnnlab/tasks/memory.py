@@ -70,10 +70,9 @@ def _core(config, input_size: int) -> Stacked:
 
 
 @dataclass(frozen=True)
-class AddingConfig:
-    """The adding problem's length and the model."""
+class MemoryModelConfig:
+    """The model and batches both memory tasks share; each task adds its T."""
 
-    T: int = knob(200, "sequence length: steps between the first marked value and the answer, up to T")
     cell: str = knob("lstm", "cell of the ladder", CELLS)
     hidden: int = knob(64, "state size H of each layer")
     layers: int = knob(1, "stacked layers")
@@ -81,11 +80,36 @@ class AddingConfig:
     eval_size: int = knob(1000, "held-out sequences of the evaluation (always the same ones)")
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
+
+class MemoryTask:
+    """What both memory tasks share: no artifacts (the data is a function of the config and the
+    seed) and fresh seeded batches from the task's generator `make_batch(batch, T, generator)`."""
+
+    artifact_files = ()
+
+    def artifacts(self) -> dict[str, object]:
+        return {}
+
+    @classmethod
+    def from_artifacts(cls, config, artifacts: dict[str, object]):
+        return cls(config)
+
+    def batches(self, seed: int) -> SeededBatches:
+        B, T, make = self.config.batch_size, self.config.T, self.make_batch
+        return SeededBatches(lambda generator: Batch(*make(B, T, generator)), seed)
+
+
+@dataclass(frozen=True)
+class AddingConfig(MemoryModelConfig):
+    """The adding problem's length and the model."""
+
+    T: int = knob(200, "sequence length: steps between the first marked value and the answer, up to T")
+
     def __post_init__(self):
         _check("AddingConfig", self, 2)
 
 
-class AddingTask:
+class AddingTask(MemoryTask):
     """The adding problem: sequence to vector, MSE against the baseline 0.167."""
 
     name = "adding"
@@ -97,25 +121,14 @@ class AddingTask:
     train_defaults = TrainConfig(steps=2000, max_minutes=20.0, lr=1e-2, eval_every=100, checkpoint_every=500,
                                  log_every=10, clip_norm=1.0, threads=1)
     unit = "sequence"
-    artifact_files = ()
     baseline = ADDING_BASELINE_MSE
+    make_batch = staticmethod(adding_batch)
 
     def __init__(self, config: AddingConfig):
         self.config = config
         self.model = SequenceToVector(_core(config, 2), nn.Linear(config.hidden, 1))
         self.eval_inputs, self.eval_targets = adding_batch(config.eval_size, config.T,
                                                            torch.Generator().manual_seed(EVAL_SEED))
-
-    def artifacts(self) -> dict[str, object]:
-        return {}  # the data is a function of the config and the seed
-
-    @classmethod
-    def from_artifacts(cls, config: AddingConfig, artifacts: dict[str, object]) -> "AddingTask":
-        return cls(config)
-
-    def batches(self, seed: int) -> SeededBatches:
-        B, T = self.config.batch_size, self.config.T
-        return SeededBatches(lambda generator: Batch(*adding_batch(B, T, generator)), seed)
 
     @staticmethod
     def loss(model, batch: Batch, state, teacher_forcing: float):
@@ -140,22 +153,16 @@ class AddingTask:
 
 
 @dataclass(frozen=True)
-class CopyConfig:
+class CopyConfig(MemoryModelConfig):
     """The copy task's delay and the model."""
 
     T: int = knob(50, "delay: steps between the last symbol shown and the marker to reproduce them")
-    cell: str = knob("lstm", "cell of the ladder", CELLS)
-    hidden: int = knob(64, "state size H of each layer")
-    layers: int = knob(1, "stacked layers")
-    batch_size: int = knob(64, "sequences per batch, new ones every batch")
-    eval_size: int = knob(1000, "held-out sequences of the evaluation (always the same ones)")
-    implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
     def __post_init__(self):
         _check("CopyConfig", self, 1)
 
 
-class CopyTask:
+class CopyTask(MemoryTask):
     """The copy-memory task: sequence to sequence, cross-entropy per step against 10 ln 8 / (T + 20)."""
 
     name = "copy"
@@ -164,7 +171,7 @@ class CopyTask:
     train_defaults = TrainConfig(steps=2000, max_minutes=15.0, lr=1e-2, eval_every=100, checkpoint_every=500,
                                  log_every=10, clip_norm=1.0, threads=1)
     unit = "symbol"
-    artifact_files = ()
+    make_batch = staticmethod(copy_memory_batch)
 
     def __init__(self, config: CopyConfig):
         self.config = config
@@ -177,17 +184,6 @@ class CopyTask:
                                                                 torch.Generator().manual_seed(EVAL_SEED))
 
     baseline = property(lambda self: copy_baseline(self.config.T))
-
-    def artifacts(self) -> dict[str, object]:
-        return {}
-
-    @classmethod
-    def from_artifacts(cls, config: CopyConfig, artifacts: dict[str, object]) -> "CopyTask":
-        return cls(config)
-
-    def batches(self, seed: int) -> SeededBatches:
-        B, T = self.config.batch_size, self.config.T
-        return SeededBatches(lambda generator: Batch(*copy_memory_batch(B, T, generator)), seed)
 
     @staticmethod
     def loss(model, batch: Batch, state, teacher_forcing: float):
