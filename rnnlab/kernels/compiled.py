@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,6 +41,17 @@ def built() -> bool:
     return (build_directory() / "rnnlab_loops.so").exists()
 
 
+def _find_ninja() -> None:
+    """torch's builder runs `ninja` from PATH; where none is there, use the ninja package's (a
+    dependency of rnnlab), which a virtual environment's PATH may not include."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 @functools.cache
 def extension():
     """The compiled module, or None when it cannot be built here."""
@@ -49,6 +61,7 @@ def extension():
     try:
         from torch.utils.cpp_extension import load
 
+        _find_ninja()
         build.mkdir(parents=True, exist_ok=True)
         return load("rnnlab_loops", [str(SOURCE)], build_directory=str(build), extra_cflags=FLAGS, verbose=False)
     except Exception:  # any failure to build (no compiler, headers, ninja) means: use the Python loops
