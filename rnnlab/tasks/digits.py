@@ -111,6 +111,7 @@ def build_model(config: DigitsConfig, columns: int) -> SequenceToVector:
 class DigitsTask:
     """Classify images read row by row: data splits, model, batches, loss, metrics, confusion matrix."""
 
+    description = "sequence to vector: 8x8 digits or Fashion-MNIST read row by row, accuracy vs linear"
     name = "digits"
     Config = DigitsConfig
     # One budget for both data sets, sized on a 2-core CPU (docs/RESULTS.md): 6,000 steps of 64

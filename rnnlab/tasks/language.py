@@ -174,6 +174,7 @@ class LanguageTask:
     vocabulary: the run's saved vocabulary when rebuilding a run (None: built from the training
     part of the text)."""
 
+    description = "language model: next character (or word) of Shakespeare or --text, nats/char vs uniform"
     name = "language"
     Config = LanguageConfig
     # Sized on a 2-core CPU to reach validation <= 1.55 nats/char within 10 minutes (docs/RESULTS.md).

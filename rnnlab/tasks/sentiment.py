@@ -109,6 +109,7 @@ class SentimentTask:
 
     vocabulary: the run's saved vocabulary when rebuilding a run (None: built from the training split)."""
 
+    description = "sequence to vector: Rotten Tomatoes snippets fresh or rotten, test accuracy vs majority"
     name = "sentiment"
     Config = SentimentConfig
     # Sized on a 2-core CPU: at most ~8 epochs of the 10,258 training snippets; the best weights
