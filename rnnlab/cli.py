@@ -439,7 +439,7 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = sub.add_parser("eval", help="validation metrics of a trained run (language: nats and bits per token)")
+    evaluate = sub.add_parser("eval", help="the task's metrics of a trained run next to its baselines (language: nats and bits per token)")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.set_defaults(func=cmd_eval)
 
