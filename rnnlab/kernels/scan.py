@@ -63,7 +63,11 @@ def linear_scan(f: torch.Tensor | None, b: torch.Tensor, s0: torch.Tensor, chunk
     """s^t = f^t * s^{t-1} + b^t for t = 0..T-1 from s^{-1} = s0. f, b (B, T, H) (f None: f = 1),
     s0 (B, H) -> s (B, T, H)."""
     if f is None:
-        return s0[:, None] + b.cumsum(1)
+        if _extension(b) is None:
+            return s0[:, None] + b.cumsum(1)
+        # measured (1 thread, (1, 1000, 128), forward+backward): torch's cumsum over dim 1 takes 0.57 ms,
+        # the compiled loop with f = 1 0.16 ms
+        f = torch.ones_like(b)
     return _LinearScan.apply(f, b, s0, chunk)
 
 
