@@ -501,9 +501,13 @@ LADDER: dict[str, type[Cell]] = {
 }
 
 
-def torch_mode(cell: Cell) -> tuple[str | None, str]:
+def torch_mode(cell: Cell, *, feedback: bool = False, dropout: bool = False) -> tuple[str | None, str]:
     """torch's name for the cell ('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU') and '' when torch.nn computes
-    exactly this cell; (None, reason) when it does not."""
+    exactly this cell; (None, reason) when it does not.
+
+    feedback=True accepts output feedback and dropout=True the cell's dropout settings: torch's
+    kernels can still run such a cell (teacher-forced y* as part of the input; a dropout mask
+    applied outside), though no torch.nn module holds it."""
     modes = {LSTMCell: "LSTM", GRUCell: "GRU", VanillaCell: "RNN"}
     mode = modes.get(type(cell))
     if mode is None:
@@ -514,11 +518,11 @@ def torch_mode(cell: Cell) -> tuple[str | None, str]:
         mode = "RNN_" + cell.activation.upper()
     elif cell.activation != "tanh" or cell.gate_activation != "sigmoid":
         return None, "torch.nn's LSTM and GRU use tanh and sigmoid only"
-    for reason, bad in (("output feedback", cell.feedback_size),
+    for reason, bad in (("output feedback", cell.feedback_size and not feedback),
                         ("reads_state=False", not cell.reads_state),
-                        ("a deep transition", cell.depth > 1),
-                        ("recurrent dropout", cell.recurrent_dropout),
-                        ("input dropout", cell.dropout),
+                        ("a deep transition (depth > 1)", cell.depth > 1),
+                        ("recurrent dropout", cell.recurrent_dropout and not dropout),
+                        ("input dropout", cell.dropout and not dropout),
                         ("zoneout", cell.zoneout),
                         ("an input of size 0", cell.input_size == 0)):
         if bad:

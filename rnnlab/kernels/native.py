@@ -20,43 +20,31 @@ import torch
 from torch import _VF
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..cells import Cell, GRUCell, LSTMCell, State, VanillaCell
+from ..cells import Cell, State, torch_mode
 
 _KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
 
 
-def _mode(cell: Cell) -> str | None:
-    if type(cell) is LSTMCell:
-        return "LSTM"
-    if type(cell) is GRUCell:
-        return "GRU"
-    if type(cell) is VanillaCell and cell.activation in ("tanh", "relu"):
-        return "RNN_" + cell.activation.upper()
-    return None
+def _mode(cell: Cell) -> tuple[str | None, str]:
+    """torch's kernel for the cell, or (None, reason): torch.nn's conditions, with teacher-forced
+    feedback and dropout settings allowed (a recurrent-dropout mask is checked per call)."""
+    return torch_mode(cell, feedback=True, dropout=True)
 
 
 def unavailable(cell: Cell, masks=(None, None), **context) -> str | None:
     """Why torch's fused kernels cannot compute this configuration exactly; None if they can."""
-    if _mode(cell) is None:
-        if type(cell) is VanillaCell:
-            return f"torch.nn.RNN has tanh or relu only; the cell uses activation={cell.activation!r}"
-        return f"{type(cell).__name__} has no torch.nn counterpart"
-    if type(cell) is not VanillaCell and (cell.activation != "tanh" or cell.gate_activation != "sigmoid"):
-        return "torch.nn's LSTM and GRU use tanh and sigmoid only"
-    for reason, bad in (("reads_state=False", not cell.reads_state),
-                        ("a deep transition (depth > 1)", cell.depth > 1),
-                        ("zoneout", cell.zoneout),
-                        ("an input of size 0", cell.input_size == 0),
-                        ("a recurrent-dropout mask", masks[1] is not None)):
-        if bad:
-            return f"torch.nn has no {reason}"
+    mode, reason = _mode(cell)
+    if mode is None:
+        return reason
+    if masks[1] is not None:
+        return "torch.nn has no recurrent-dropout mask"
     return None
 
 
 def native(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None,
            lengths: torch.Tensor | None, masks) -> tuple[torch.Tensor, State]:
     """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H), final state, by torch's kernel."""
-    mode = _mode(cell)
+    mode = _mode(cell)[0]
     mx, _ = masks
     if mx is not None:
         xs = xs * mx[:, None, :]
