@@ -10,6 +10,7 @@ from rnnlab.cli import main
 from rnnlab.tasks.forecast import (ForecastConfig, ForecastTask, Normaliser, errors, forecast, naive_forecast,
                                    seasonal_naive_forecast)
 from rnnlab.training import Trainer, TrainConfig
+from resume_check import assert_resume_matches
 
 TINY = dict(series="sunspots", hidden=4, window=12, batch_size=4)
 TINY_FLAGS = ["--series", "sunspots", "--hidden", "4", "--window", "12", "--batch-size", "4", "--threads", "1"]
@@ -81,15 +82,7 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
                              teacher_forcing=0.5)  # constant: a cosine rate would depend on the total
         return task, Trainer(task.model, task.batches(0), task.loss, config, evaluate=task.evaluate, run_dir=run_dir)
 
-    straight, t = trainer(6, tmp_path / "a")
-    t.fit()
-    _, t = trainer(3, tmp_path / "b")
-    t.fit()
-    resumed, t = trainer(6, tmp_path / "b")
-    t.resume()
-    t.fit()
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_resume_matches(trainer, tmp_path)
 
 
 def test_clear_errors():

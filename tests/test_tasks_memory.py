@@ -11,6 +11,7 @@ from rnnlab.data.seeded import SeededBatches
 from rnnlab.data.synthetic import copy_memory_batch
 from rnnlab.tasks.memory import AddingConfig, AddingTask, CopyConfig, CopyTask, copy_baseline
 from rnnlab.training import Trainer, TrainConfig
+from resume_check import assert_resume_matches
 
 
 def test_adding_baseline_is_always_predicting_one():
@@ -67,15 +68,7 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
         train = TrainConfig(steps=steps, eval_every=2, checkpoint_every=2, lr=1e-2, lr_schedule="constant")
         return task, Trainer(task.model, task.batches(3), task.loss, train, evaluate=task.evaluate, run_dir=run_dir)
 
-    straight, t = trainer(6, tmp_path / "a")
-    t.fit()
-    _, t = trainer(3, tmp_path / "b")
-    t.fit()
-    resumed, t = trainer(6, tmp_path / "b")
-    t.resume()
-    t.fit()
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_resume_matches(trainer, tmp_path)
 
 
 def test_clear_errors():
