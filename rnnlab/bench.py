@@ -38,6 +38,7 @@ from typing import Callable
 import torch
 
 from . import kernels
+from .kernels import compiled
 from .cells import LADDER
 from .runners import IMPLEMENTATION_NAMES, Recurrent
 
@@ -311,6 +312,9 @@ def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Time the grid of `config`. Returns the report: machine, settings, peak, and one row per
     (size, pass, candidate) with times, ratios and peak fractions (or the reason for none)."""
+    if progress and not compiled.built():
+        progress("building the C++ loops (once, about a minute; compiled.py)")
+    loops = compiled.extension() is not None  # built before any timing: a first call must not compile
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -333,7 +337,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 row["peak_fraction"] = row["flops"] / row["median_s"] / max(peak, peak_after)
     finally:
         torch.set_num_threads(previous_threads)
-    return {"machine": machine(config.threads),
+    return {"machine": dict(machine(config.threads), compiled_loops=loops),
             "peak_flops": peak, "peak_flops_after": peak_after,
             "settings": {"sizes": [str(s) for s in config.sizes], "cells": list(config.cells),
                          "impls": list(config.impls), "variants": list(config.variants),
@@ -370,7 +374,9 @@ def _rows(size: Size, pass_name: str, group: list[Candidate], results: dict) -> 
 def format_table(report: dict) -> str:
     """The report as plain text: a header with the machine, then one table per (size, pass)."""
     m = report["machine"]
-    lines = [f"rnnlab bench  cpu: {m['cpu']}  cores: {m['cores']}  torch {m['torch']}  threads: {m['threads']}",
+    loops = {True: "built", False: "unavailable (Python loops)"}.get(m.get("compiled_loops"), "?")
+    lines = [f"rnnlab bench  cpu: {m['cpu']}  cores: {m['cores']}  torch {m['torch']}  threads: {m['threads']}  "
+             f"C++ loops: {loops}",
              f"matmul peak (fp32, {m['threads']} thread(s)): {report['peak_flops'] / 1e9:.1f} GFLOP/s before the run, "
              f"{report['peak_flops_after'] / 1e9:.1f} after; peak fractions use the larger",
              f"reps: {report['settings']['reps']} interleaved after {report['settings']['warmup']} warm-up; "

@@ -141,6 +141,37 @@ def test_scan_without_compiled_loop(cls, monkeypatch):
     assert_agree(make(cls, True, reads_state=False), "scan", True, LENGTHS)
 
 
+@pytest.mark.parametrize("cls", LADDER)
+@pytest.mark.parametrize("options", [{}, dict(activation="elu", gate_activation="hard_sigmoid"),
+                                     dict(activation="gelu")], ids=["tanh", "elu", "gelu"])
+def test_scan_compiled_loop(cls, options):
+    """scan's C++ loop (gates and recurrence in one pass; gelu falls back to the linear scan node)."""
+    if EXTENSION is None:
+        pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
+    cell = make(cls, True, **({} if cls is OutputFeedbackCell else dict(reads_state=False)), **options)
+    assert_agree(cell, "scan", True, LENGTHS)
+    assert_agree(cell, "scan", True, None)
+
+
+def test_float_tanh_of_the_compiled_loops():
+    """loops.cpp's own float tanh: within 1.5 units in the last place of the exact value, and
+    torch's at 0, -0, +-inf and NaN."""
+    if EXTENSION is None:
+        pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
+    x = torch.cat([torch.linspace(-12, 12, 200_001), torch.logspace(-30, 1, 10_001), -torch.logspace(-30, 1, 10_001),
+                   torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])])
+    got = x.clone()[None]  # (1, N, 1) as a VanillaCell's scan: out = tanh(z)
+    out = torch.empty_like(got)
+    EXTENSION.cell_scan_forward("vanilla", "tanh", "sigmoid", got.view(1, -1, 1), torch.zeros(1, 1), None,
+                                out.view(1, -1, 1), None, None, [])
+    got, exact = out.flatten(), torch.tanh(x.double())
+    ulp = (exact.float().nextafter(torch.tensor(float("inf"))) - exact.float()).double()
+    error = ((got.double() - exact).abs() / ulp)[:-5]
+    assert error.max() <= 1.5, f"max error {error.max():.2f} ulp at x = {x[:-5][error.argmax()]}"
+    torch.testing.assert_close(got[-5:], torch.tanh(x[-5:]), equal_nan=True)
+    assert torch.signbit(got[-4]) and not torch.signbit(got[-5])
+
+
 @pytest.mark.parametrize("activation, gate_activation", [("relu", "hard_sigmoid"), ("softsign", "sigmoid"),
                                                          ("elu", "hard_tanh"), ("identity", "tanh")])
 @pytest.mark.parametrize("cls", [VanillaCell, ForgetGatedCell, LSTMCell, GRUCell])

@@ -12,9 +12,12 @@ becomes the first-order linear recurrence
     GRU (minGRU):      f = sigma(z_z),     b = (1 - f) a(z_n)
     vanilla, OutputFeedbackCell: s = a(z), no recurrence at all
 
-With f = 1 the scan is a cumulative sum. Otherwise (`linear_scan`) the gates are computed for all
-steps by autograd, and the recurrence itself is one autograd node with a hand-written backward,
-itself a linear recurrence run backwards in time:
+On CPU where the compiled loops are built (compiled.py), gates and recurrence are one autograd node
+(`_CellScan`: `cell_scan_forward/backward` of loops.cpp), one pass over memory each way: the
+activations fused with the recurrence, differentiated from their outputs as in `fused`. Elsewhere,
+or for an activation not differentiable from its output (gelu), the gates are computed for all
+steps by autograd, and the recurrence itself (`linear_scan`; a cumulative sum where f = 1) is one
+autograd node with a hand-written backward, itself a linear recurrence run backwards in time:
 
     g^t = ds^t + f^{t+1} g^{t+1}        (g^T = 0 beyond the end)
     db^t = g^t,   df^t = g^t s^{t-1},   ds^{-1} = f^0 g^0
@@ -41,6 +44,7 @@ import torch
 from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
                      State, VanillaCell)
 from . import compiled
+from .activations import BACKWARD
 from .reference import valid_steps
 
 _CELLS = (VanillaCell, OutputFeedbackCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell)
@@ -141,6 +145,8 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
         xs = xs * mx[:, None, :]
     batch, steps = xs.shape[:2]
     z = cell.preactivations(cell.project_input(xs, y_prev), None)  # (B, T, K*H), one GEMM
+    if _extension(z) is not None and cell.activation in BACKWARD and cell.gate_activation in BACKWARD:
+        return _compiled(cell, z, state, lengths)
     act, sigma = cell.act, cell.sigma
     valid = valid_steps(lengths, steps)
     keep = None if valid is None else valid[:, :, None]  # (B, T, 1)
@@ -176,3 +182,48 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
         return masked(h), (at_last(h), c[:, -1])
     s = linear_scan(f, b, state)
     return masked(s), s[:, -1]
+
+
+_KIND = {VanillaCell: "vanilla", OutputFeedbackCell: "vanilla", ResidualCell: "residual", InputGatedCell: "input",
+         ForgetGatedCell: "forget", GRUCell: "gru", LSTMCell: "lstm"}
+
+
+def _compiled(cell: Cell, z: torch.Tensor, state: State, lengths: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+    """Gates and recurrence in one pass over z per direction: the compiled loop (`cell_scan_*` in
+    loops.cpp), the activations fused with the recurrence."""
+    sizes = [] if lengths is None else lengths.tolist()
+    parts = state if isinstance(state, tuple) else (state,)
+    out, *finals = _CellScan.apply(_KIND[type(cell)], cell.activation, cell.gate_activation, sizes, z, *parts)
+    return out, tuple(finals) if len(finals) > 1 else finals[0]
+
+
+class _CellScan(torch.autograd.Function):
+    """z (B, T, K*H) and the initial state -> outputs (B, T, H) and the final state (parts), whose
+    backward runs the same loop in reverse (activations differentiated from their outputs)."""
+
+    @staticmethod
+    def forward(ctx, kind, act, sigma, sizes, z, s0, c0=None):
+        batch, steps, hidden = z.shape[0], z.shape[1], s0.shape[-1]
+        gates = z.clone(memory_format=torch.contiguous_format)  # becomes the gate values
+        s0 = s0.contiguous()
+        c0 = c0.contiguous() if c0 is not None else None
+        new = z.new_zeros if sizes else z.new_empty  # past a length the outputs stay zero
+        out = new(batch, steps, hidden)
+        cs, tcs = (new(batch, steps, hidden), new(batch, steps, hidden)) if c0 is not None else (None, None)
+        compiled.extension().cell_scan_forward(kind, act, sigma, gates, s0, c0, out, cs, tcs, sizes)
+        rows, last = list(range(batch)), [n - 1 for n in sizes] if sizes else [steps - 1] * batch
+        finals = [part[rows, last] for part in (out, cs) if part is not None]  # copies, not views
+        ctx.kind, ctx.act, ctx.sigma, ctx.sizes = kind, act, sigma, sizes
+        ctx.save_for_backward(gates, out, s0, cs, tcs, c0)
+        return (out, *finals)
+
+    @staticmethod
+    def backward(ctx, d_out, *d_finals):
+        gates, out, s0, cs, tcs, c0 = ctx.saved_tensors
+        # the loop of each sequence starts at its last step, where the final state's gradient enters
+        carries = [d.clone(memory_format=torch.contiguous_format) for d in d_finals]
+        dz = torch.zeros_like(gates) if ctx.sizes else torch.empty_like(gates)
+        compiled.extension().cell_scan_backward(ctx.kind, ctx.act, ctx.sigma, gates, out, s0, cs, tcs, c0,
+                                                d_out.contiguous(), carries[0], carries[1] if c0 is not None else None,
+                                                dz, ctx.sizes)
+        return (None, None, None, None, dz, *carries)
