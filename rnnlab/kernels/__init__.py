@@ -6,8 +6,9 @@
 - `native`: torch's own fused kernels, where they compute the cell exactly (see `native.py`);
 - `scan`: a parallel scan over time for cells linear in their state (`reads_state=False`);
 - `fused`: one input GEMM for all steps, one GEMM per step, hand-written backward through time;
-- `auto`: the first of `order(device)` that can serve the configuration: native, scan, fused,
-  reference; but fused before scan on CPU where the compiled loops are built (see `order`).
+- `auto`: the first of `order(device, cell)` that can serve the configuration: native, scan, fused,
+  reference; but on CPU where the compiled loops are built, fused first except for the LSTM
+  (see `order`).
 
 The configuration is the cell plus the context of the call: whether y_prev is given (`feedback`),
 whether there are `lengths`, the dropout `masks` (mx, mh) sampled for this sequence, and whether
@@ -17,6 +18,7 @@ the cell is `training`, and the `device` type of the tensors ('cpu' when not giv
 
 from __future__ import annotations
 
+from ..cells import LSTMCell
 from . import compiled
 from .fused import fused, unavailable as _fused_unavailable
 from .native import native, unavailable as _native_unavailable
@@ -28,21 +30,22 @@ _UNAVAILABLE = {"reference": lambda cell, **context: None, "native": _native_una
                 "scan": _scan_unavailable, "fused": _fused_unavailable}
 # Fastest first: torch's kernels, then O(sqrt T) serial steps, then one GEMM per step, then the oracle.
 AUTO_ORDER = ("native", "scan", "fused", "reference")
-COMPILED_ORDER = ("native", "fused", "scan", "reference")
+COMPILED_ORDER = ("fused", "native", "scan", "reference")
+COMPILED_LSTM_ORDER = ("native", "fused", "scan", "reference")
 
 
-def order(device: str = "cpu") -> tuple[str, ...]:
-    """The implementations `auto` tries, fastest first, on this device type.
+def order(device: str = "cpu", cell=None) -> tuple[str, ...]:
+    """The implementations `auto` tries for `cell`, fastest first, on this device type.
 
-    On CPU with the compiled loops (compiled.py), `fused` goes before `scan`: for the cells both
-    serve (reads_state=False) its C++ loop computes gates and recurrence in one pass per step, in
-    cache, where scan makes several passes over (B, T, H) tensors; on one core scan's parallelism
-    buys nothing. Measured (scripts/kernel_ratios.py scan: fp32, 1 thread, T = 1024, H = I = 128,
-    forward+backward, forget/minGRU/LSTM/input-gated): fused 0.7-1.1x scan's time at B = 1 (equal
-    within noise) and 0.4-0.65x at B = 32. Elsewhere (GPU, or no compiler: Python loops)
-    scan's few serial steps win."""
+    On CPU with the compiled loops (compiled.py) `fused` goes first, measured with `rnnlab bench`
+    (fp32, 1 thread, docs/BENCHMARKS.md): its C++ loop beats torch's own GRU and tanh-RNN kernels at
+    every size of the grid, forward and forward+backward (0.66-0.92x torch.nn.GRU at B >= 32, 0.16x
+    at B = 1, T = 1000 forward+backward), and `scan` for the cells both serve (reads_state=False: one
+    pass per step in cache; on one core scan's parallelism buys nothing). The LSTM is the exception:
+    torch's oneDNN LSTM forward is 1.3-1.7x faster than the loop, so `native` stays first for it.
+    Elsewhere (GPU, or no compiler: Python loops) torch's kernels, then scan's few serial steps."""
     if device == "cpu" and compiled.extension() is not None:
-        return COMPILED_ORDER
+        return COMPILED_LSTM_ORDER if isinstance(cell, LSTMCell) else COMPILED_ORDER
     return AUTO_ORDER
 
 
@@ -60,7 +63,7 @@ def choose(cell, implementation: str, **context) -> str:
     """Resolve 'auto' to the fastest implementation valid for this configuration; ValueError when an
     explicit implementation cannot serve it."""
     if implementation == "auto":
-        candidates = order(context.get("device", "cpu"))
+        candidates = order(context.get("device", "cpu"), cell)
         return next(name for name in candidates if available(cell, name, **context) is None)
     reason = available(cell, implementation, **context)
     if reason is not None:
@@ -76,4 +79,4 @@ def run(cell, xs, state, y_prev, lengths, masks, implementation: str = "auto"):
 
 
 __all__ = ["run", "choose", "available", "reference", "native", "scan", "fused", "valid_steps", "where_state",
-           "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "order"]
+           "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_ORDER", "order"]
