@@ -1,6 +1,7 @@
 """A short GPU check of the fast paths (run on a machine with CUDA): every implementation against
 `reference` on the device (outputs, final states, gradients; float64), a side-by-side timing against
-torch.nn.LSTM, and the complexity sweep on CUDA.  Usage: PYTHONPATH=. python3 scripts/gpu_check.py"""
+torch.nn.LSTM, and scan's solvers against reference at T = 1024.
+Usage: PYTHONPATH=. python3 scripts/gpu_check.py"""
 
 import itertools
 import statistics
@@ -72,3 +73,20 @@ for B, H, I, T in ((64, 256, 256, 100), (32, 512, 512, 100), (1, 128, 128, 1000)
     print(f"\nfwd+bwd on CUDA, (B,H,I,T)=({B},{H},{I},{T}): torch.nn.LSTM {ref * 1e3:.2f} ms")
     for name, t in row.items():
         print(f"  {name:16s} {t * 1e3:8.2f} ms  {t / ref:6.2f}x")
+
+
+# scan at T = 1024, forward+backward: the doubling solver (the default on CUDA) and the chunked one
+scan_module = sys.modules["rnnlab.kernels.scan"]
+for B, H in ((1, 128), (32, 256)):
+    T = 1024
+    xs = torch.randn(B, T, H, device="cuda")
+    print(f"\nscan on CUDA, fwd+bwd, (B,H,I,T)=({B},{H},{H},{T})")
+    for cls in (R.ResidualCell, R.ForgetGatedCell, R.LSTMCell, R.GRUCell):
+        row = {}
+        for label, impl, solver in (("reference", "reference", None), ("scan doubling", "scan", scan_module.doubling),
+                                    ("scan chunked", "scan", scan_module.chunked)):
+            runner = R.Recurrent(cls(H, H, reads_state=False).cuda(), implementation=impl)
+            scan_module.default_solver = (lambda s: lambda like: s)(solver)
+            row[label] = timeit(lambda: runner(xs)[0].sum().backward(), reps=5 if impl == "reference" else 20)
+        ref = row["reference"]
+        print(f"  {cls.__name__:16s} " + "  ".join(f"{k} {v * 1e3:7.2f} ms ({ref / v:5.1f}x)" for k, v in row.items()))

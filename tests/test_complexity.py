@@ -121,8 +121,9 @@ def test_serial_steps_by_regime():
     assert serial_steps("bptt", 100, 3) == 600
     assert serial_steps("teacher_forced", 100, 3) == serial_steps("teacher_forced", 10_000, 3) == 6
     assert serial_steps("scan", 1024, 3) < serial_steps("scan", 2048, 3) < serial_steps("bptt", 2048, 3) / 30
-    # the chunked scan: C = 64 steps within chunks, then 64 across, 2 ops each, forward and backward
-    assert serial_steps("scan", 4096, 3) == 2 * (3 + 2 * (64 + 64))
+    # the doubling scan: 12 levels at T = 4096, 2 ops each, forward and backward
+    assert serial_steps("scan", 4096, 3) == 2 * (3 + 2 * 12)
+    assert serial_steps("scan", 4097, 3) == 2 * (3 + 2 * 13) and serial_steps("scan", 1, 3) == 2 * 3
     with pytest.raises(ValueError, match="regime"):
         serial_steps("magic", 10, 3)
 

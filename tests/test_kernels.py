@@ -1,6 +1,7 @@
 """Every fast path against the oracle `reference`: outputs, final states and all gradients (float64),
 for every cell each one serves, with and without feedback, lengths and initial states; the dispatch."""
 
+import functools
 import itertools
 
 import pytest
@@ -10,7 +11,7 @@ from rnnlab import (ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFe
                     VanillaCell)
 from rnnlab import kernels
 from rnnlab.kernels import compiled
-from rnnlab.kernels.scan import linear_scan
+from rnnlab.kernels.scan import chunked, compiled_loop as compiled_solver, doubling, linear_scan
 
 B, T, I, H, O = 4, 6, 3, 5, 2
 
@@ -292,29 +293,30 @@ def test_fused_inference_equals_training_forward():
     torch.testing.assert_close(final0, tuple(f.detach() for f in final))
 
 
-SOLVERS = [pytest.param(True, None, id="c++"), pytest.param(False, None, id="chunked"),
-           pytest.param(False, 4, id="chunk4")]
+SOLVERS = [pytest.param(True, compiled_solver, id="c++"), pytest.param(False, chunked, id="chunked"),
+           pytest.param(False, functools.partial(chunked, chunk=4), id="chunk4"),
+           pytest.param(False, doubling, id="doubling")]
 
 
-@pytest.mark.parametrize("compiled_loop, chunk", SOLVERS)
-def test_linear_scan_gradients(compiled_loop, chunk, monkeypatch):
+@pytest.mark.parametrize("needs_extension, solver", SOLVERS)
+def test_linear_scan_gradients(needs_extension, solver, monkeypatch):
     """The hand-written backward of the recurrence, against autograd's numerical gradient."""
-    if compiled_loop and EXTENSION is None:
+    if needs_extension and EXTENSION is None:
         pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
-    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if needs_extension else None)
     g = torch.Generator().manual_seed(4)
     f = torch.rand(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
     s0 = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda f, b, s0: linear_scan(f, b, s0, chunk), (f, b, s0))
+    assert torch.autograd.gradcheck(lambda f, b, s0: linear_scan(f, b, s0, solver), (f, b, s0))
 
 
-@pytest.mark.parametrize("compiled_loop, chunk", SOLVERS)
-def test_linear_scan_is_stable_over_long_sequences(compiled_loop, chunk, monkeypatch):
+@pytest.mark.parametrize("needs_extension, solver", SOLVERS)
+def test_linear_scan_is_stable_over_long_sequences(needs_extension, solver, monkeypatch):
     """Gates near 0 (products underflow), exactly 0, and negative: agrees with the plain loop."""
-    if compiled_loop and EXTENSION is None:
+    if needs_extension and EXTENSION is None:
         pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
-    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if needs_extension else None)
     g = torch.Generator().manual_seed(3)
     steps = 3000
     f = torch.rand(2, steps, 3, generator=g, dtype=torch.float64) * 2 - 0.5  # in [-0.5, 1.5)
@@ -328,8 +330,8 @@ def test_linear_scan_is_stable_over_long_sequences(compiled_loop, chunk, monkeyp
         s = f[:, t] * s + b[:, t]
         expected.append(s)
     expected = torch.stack(expected, 1)
-    torch.testing.assert_close(linear_scan(f, b, s0, chunk), expected)
-    torch.testing.assert_close(linear_scan(f.float(), b.float(), s0.float(), chunk), expected.float(),
+    torch.testing.assert_close(linear_scan(f, b, s0, solver), expected)
+    torch.testing.assert_close(linear_scan(f.float(), b.float(), s0.float(), solver), expected.float(),
                                atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(linear_scan(None, b, s0), s0[:, None] + b.cumsum(1))
 

@@ -611,8 +611,9 @@ void cell_scan_forward(const std::string& kind_name, const std::string& act_name
 
 // The scan's backward: fills dz (B, T, K*H) (untouched past each length). carry (B, H): the final
 // state's (the LSTM's h) gradient on entry, the initial state's on exit; carry_c likewise for c.
+// out, the forward's, only where the step reads the previous state: forget-gated and GRU.
 void cell_scan_backward(const std::string& kind_name, const std::string& act_name, const std::string& sigma_name,
-                        const Tensor& gates, const Tensor& out, const Tensor& s0, const optional<Tensor>& cs,
+                        const Tensor& gates, const optional<Tensor>& out, const Tensor& s0, const optional<Tensor>& cs,
                         const optional<Tensor>& tcs, const optional<Tensor>& c0, const Tensor& d_out, Tensor carry,
                         const optional<Tensor>& carry_c, Tensor dz, std::vector<int64_t> lengths) {
   const ScanKind scan = scan_kind(kind_name);
@@ -620,7 +621,7 @@ void cell_scan_backward(const std::string& kind_name, const std::string& act_nam
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const int64_t batch = gates.size(0), steps = gates.size(1), H = s0.size(1), KH = gates.size(2);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "cell_scan_backward", [&] {
-    const scalar_t *g = gates.data_ptr<scalar_t>(), *s = out.data_ptr<scalar_t>();
+    const scalar_t *g = gates.data_ptr<scalar_t>(), *s = out ? out->data_ptr<scalar_t>() : nullptr;
     const scalar_t* dy = d_out.data_ptr<scalar_t>();
     const scalar_t *c = cs ? cs->data_ptr<scalar_t>() : nullptr, *tc = tcs ? tcs->data_ptr<scalar_t>() : nullptr;
     scalar_t* d = dz.data_ptr<scalar_t>();
@@ -628,7 +629,7 @@ void cell_scan_backward(const std::string& kind_name, const std::string& act_nam
       scalar_t* carry_n = carry.data_ptr<scalar_t>() + n * H;
       for (int64_t t = steps_of(lengths, n, steps) - 1, o = n * steps + t; t >= 0; --t, --o) {
         const scalar_t* g_t = g + o * KH;
-        const scalar_t* prev = t == 0 ? s0.data_ptr<scalar_t>() + n * H : s + (o - 1) * H;
+        const scalar_t* prev = !s ? nullptr : t == 0 ? s0.data_ptr<scalar_t>() + n * H : s + (o - 1) * H;
         switch (scan) {
           case ScanKind::lstm: {
             const scalar_t* c_prev = t == 0 ? c0->data_ptr<scalar_t>() + n * H : c + (o - 1) * H;

@@ -22,12 +22,14 @@ autograd node with a hand-written backward, itself a linear recurrence run backw
     g^t = ds^t + f^{t+1} g^{t+1}        (g^T = 0 beyond the end)
     db^t = g^t,   df^t = g^t s^{t-1},   ds^{-1} = f^0 g^0
 
-Either direction is solved by `solve`: on CPU by the compiled loop of `loops.cpp` (one pass over
-memory; on one core a serial loop is the fastest way to a scan), else in chunks of C ~ sqrt(T)
-steps: within every chunk at once, the recurrence from a zero state and the running product of f;
-then across chunks, the state entering each; then s = local + product * entering, in one pass. That
-is about 2 sqrt(T) serial steps instead of T. Both only ever multiply by f: no logarithms or
-divisions by products of f, which would under- or overflow (and fail for f <= 0) over long T.
+Either direction is solved by a solver (`default_solver`): on CPU the compiled loop of `loops.cpp`
+(one pass over memory; on one core a serial loop is the fastest way to a scan), or `chunked`
+where none is built: chunks of C ~ sqrt(T) steps, within every chunk at once the recurrence from a
+zero state and the running product of f, then across chunks the state entering each, then
+s = local + product * entering (about 2 sqrt(T) serial steps, O(T) work). On an accelerator,
+`doubling`: log2(T) levels, each combining every step with the one 2^k before it (O(T log T) work,
+log T serial steps). All only ever multiply by f: no logarithms or divisions by products of f,
+which would under- or overflow (and fail for f <= 0) over long T.
 Past a sequence's end f = 1 and b = 0, so its state stays at the last valid value; outputs there
 are zero.
 
@@ -63,26 +65,28 @@ def unavailable(cell: Cell, **context) -> str | None:
     return None
 
 
-def linear_scan(f: torch.Tensor | None, b: torch.Tensor, s0: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def linear_scan(f: torch.Tensor | None, b: torch.Tensor, s0: torch.Tensor, solver=None) -> torch.Tensor:
     """s^t = f^t * s^{t-1} + b^t for t = 0..T-1 from s^{-1} = s0. f, b (B, T, H) (f None: f = 1),
-    s0 (B, H) -> s (B, T, H)."""
+    s0 (B, H) -> s (B, T, H). solver: a function (f, b, s0) -> s that solves it without autograd
+    (`compiled_loop`, `chunked`, `doubling`); by default the device's (`default_solver`)."""
+    solver = solver or default_solver(b)
     if f is None:
-        if _extension(b) is None:
+        if solver is not compiled_loop:
             return s0[:, None] + b.cumsum(1)
         # measured (1 thread, (1, 1000, 128), forward+backward): torch's cumsum over dim 1 takes 0.57 ms,
         # the compiled loop with f = 1 0.16 ms
         f = torch.ones_like(b)
-    return _LinearScan.apply(f, b, s0, chunk)
+    return _LinearScan.apply(f, b, s0, solver)
 
 
 class _LinearScan(torch.autograd.Function):
     """The recurrence as one node of the graph; its backward is the reverse recurrence (module doc)."""
 
     @staticmethod
-    def forward(ctx, f, b, s0, chunk):
+    def forward(ctx, f, b, s0, solver):
         f, b, s0 = f.contiguous(), b.contiguous(), s0.contiguous()
-        s = solve(f, b, s0, chunk)
-        ctx.chunk = chunk
+        s = solver(f, b, s0)
+        ctx.solver = solver
         ctx.save_for_backward(f, s, s0)
         return s
 
@@ -90,13 +94,12 @@ class _LinearScan(torch.autograd.Function):
     def backward(ctx, ds):
         f, s, s0 = ctx.saved_tensors
         ds = ds.contiguous()
-        extension = _extension(ds)
-        if extension is not None:
-            df, db, ds0 = extension.linear_scan_backward(f, s, s0, ds)
+        if ctx.solver is compiled_loop:
+            df, db, ds0 = compiled.extension().linear_scan_backward(f, s, s0, ds)
             return df, db, ds0, None
         # g^t = ds^t + f^{t+1} g^{t+1}: the forward recurrence on time-reversed f shifted by one
         f_next = torch.cat([f[:, 1:], f.new_ones(f.shape[0], 1, f.shape[2])], 1)
-        g = solve(f_next.flip(1), ds.flip(1), torch.zeros_like(s0), ctx.chunk).flip(1)
+        g = ctx.solver(f_next.flip(1).contiguous(), ds.flip(1).contiguous(), torch.zeros_like(s0)).flip(1)
         s_prev = torch.cat([s0[:, None], s[:, :-1]], 1)  # (B, T, H)
         return g * s_prev, g, f[:, 0] * g[:, 0], None
 
@@ -105,17 +108,37 @@ def _extension(like):
     return compiled.extension() if like.device.type == "cpu" else None
 
 
-def solve(f: torch.Tensor, b: torch.Tensor, s0: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """The recurrence without autograd: the compiled loop on CPU, else (or when a chunk size is asked
-    for) `chunked`."""
-    extension = _extension(b)
-    if extension is not None and chunk is None:
-        return extension.linear_scan_forward(f, b, s0)
-    return chunked(f, b, s0, chunk)
+def default_solver(like: torch.Tensor):
+    """On CPU the compiled loop where it is built (on one core a serial pass is the fastest scan),
+    else `chunked` (O(T) work); on an accelerator `doubling` (log T serial steps)."""
+    if like.device.type == "cpu":
+        return compiled_loop if compiled.extension() is not None else chunked
+    return doubling
+
+
+def compiled_loop(f: torch.Tensor, b: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
+    """The recurrence as one sequential pass in C++ (`linear_scan_forward` of loops.cpp), CPU only."""
+    return compiled.extension().linear_scan_forward(f, b, s0)
+
+
+def doubling(f: torch.Tensor, b: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
+    """Hillis and Steele's doubling scan: ceil(log2 T) levels, each one elementwise pass over all
+    steps at once. The level of offset d combines every step t >= d with step t - d,
+    (f, b)^t <- (f^t f^{t-d}, f^t b^{t-d} + b^t), so each (f, b)^t then spans 2d steps ending at t;
+    after the last level, b^t is s^t (s0 is folded into the first step). O(T log T) work for
+    log2 T serial steps: the schedule for a device with T-wide parallelism."""
+    b = torch.cat([torch.addcmul(b[:, :1], f[:, :1], s0[:, None]), b[:, 1:]], 1)
+    steps, d = b.shape[1], 1
+    while d < steps:
+        b = torch.cat([b[:, :d], torch.addcmul(b[:, d:], f[:, d:], b[:, :-d])], 1)
+        if 2 * d < steps:  # only the next level reads the products
+            f = torch.cat([f[:, :d], f[:, d:] * f[:, :-d]], 1)
+        d *= 2
+    return b
 
 
 def chunked(f: torch.Tensor, b: torch.Tensor, s0: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """The recurrence in chunks of C steps (default ~sqrt(T)): about 2 sqrt(T) serial steps."""
+    """The recurrence in chunks of C steps (default ~sqrt(T)): about 2 sqrt(T) serial steps, O(T) work."""
     batch, steps, hidden = b.shape
     C = chunk or max(1, math.isqrt(steps))
     N = -(-steps // C)
@@ -145,7 +168,7 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
         xs = xs * mx[:, None, :]
     batch, steps = xs.shape[:2]
     z = cell.preactivations(cell.project_input(xs, y_prev), None)  # (B, T, K*H), one GEMM
-    if _extension(z) is not None and cell.activation in BACKWARD and cell.gate_activation in BACKWARD:
+    if type(cell) in _KIND and _extension(z) is not None and BACKWARD.keys() >= {cell.activation, cell.gate_activation}:
         return _compiled(cell, z, state, lengths)
     act, sigma = cell.act, cell.sigma
     valid = valid_steps(lengths, steps)
@@ -184,8 +207,9 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
     return masked(s), s[:, -1]
 
 
-_KIND = {VanillaCell: "vanilla", OutputFeedbackCell: "vanilla", ResidualCell: "residual", InputGatedCell: "input",
-         ForgetGatedCell: "forget", GRUCell: "gru", LSTMCell: "lstm"}
+# The recurrent kinds; vanilla and OutputFeedbackCell have no recurrence here: s = a(z) in one op.
+_KIND = {ResidualCell: "residual", InputGatedCell: "input", ForgetGatedCell: "forget", GRUCell: "gru", LSTMCell: "lstm"}
+_READS_PREVIOUS = ("forget", "gru")  # kinds whose backward step reads s^{t-1}: only they keep the outputs
 
 
 def _compiled(cell: Cell, z: torch.Tensor, state: State, lengths: torch.Tensor | None) -> tuple[torch.Tensor, State]:
@@ -214,7 +238,7 @@ class _CellScan(torch.autograd.Function):
         rows, last = list(range(batch)), [n - 1 for n in sizes] if sizes else [steps - 1] * batch
         finals = [part[rows, last] for part in (out, cs) if part is not None]  # copies, not views
         ctx.kind, ctx.act, ctx.sigma, ctx.sizes = kind, act, sigma, sizes
-        ctx.save_for_backward(gates, out, s0, cs, tcs, c0)
+        ctx.save_for_backward(gates, out if kind in _READS_PREVIOUS else None, s0, cs, tcs, c0)
         return (out, *finals)
 
     @staticmethod
