@@ -161,10 +161,10 @@ def test_float_tanh_of_the_compiled_loops():
         pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
     x = torch.cat([torch.linspace(-12, 12, 200_001), torch.logspace(-30, 1, 10_001), -torch.logspace(-30, 1, 10_001),
                    torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])])
-    got = x.clone()[None]  # (1, N, 1) as a VanillaCell's scan: out = tanh(z)
-    out = torch.empty_like(got)
-    EXTENSION.cell_scan_forward("vanilla", "tanh", "sigmoid", got.view(1, -1, 1), torch.zeros(1, 1), None,
-                                out.view(1, -1, 1), None, None, [])
+    z = x.view(1, -1, 1)  # (B, T, H) = (1, N, 1) as a VanillaCell's scan: out = tanh(z)
+    out = torch.empty_like(z)
+    EXTENSION.cell_scan_forward("vanilla", "tanh", "sigmoid", z, torch.empty_like(z), torch.zeros(1, 1), None, out,
+                                None, None, [])
     got, exact = out.flatten(), torch.tanh(x.double())
     ulp = (exact.float().nextafter(torch.tensor(float("inf"))) - exact.float()).double()
     error = ((got.double() - exact).abs() / ulp)[:-5]

@@ -573,22 +573,25 @@ std::vector<Tensor> linear_scan_backward(const Tensor& f, const Tensor& s, const
   return {df, db, ds0};
 }
 
-// The scan's forward. gates (B, T, K*H): z on entry, the gate values on exit; out (B, T, H) gets s
+// The scan's forward. z (B, T, K*H), read only; gates (B, T, K*H) gets the gate values (copied
+// from z a row at a time, so that the step finds them in cache); out (B, T, H) gets s
 // (the LSTM's h), left untouched past each sequence's length; for the LSTM, cs and tcs (B, T, H)
 // get c and a(c) from c0. kind: vanilla, residual, input, forget (gated), gru (minGRU) or lstm.
 void cell_scan_forward(const std::string& kind_name, const std::string& act_name, const std::string& sigma_name,
-                       Tensor gates, const Tensor& s0, const optional<Tensor>& c0, Tensor out,
+                       const Tensor& z, Tensor gates, const Tensor& s0, const optional<Tensor>& c0, Tensor out,
                        const optional<Tensor>& cs, const optional<Tensor>& tcs, std::vector<int64_t> lengths) {
   const ScanKind scan = scan_kind(kind_name);
   const Kind kind = scan == ScanKind::gated ? parse_kind(kind_name) : Kind::vanilla;
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const int64_t batch = gates.size(0), steps = gates.size(1), H = s0.size(1), KH = gates.size(2);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "cell_scan_forward", [&] {
+    const scalar_t* zx = z.data_ptr<scalar_t>();
     scalar_t *g = gates.data_ptr<scalar_t>(), *s = out.data_ptr<scalar_t>();
     scalar_t *c = cs ? cs->data_ptr<scalar_t>() : nullptr, *tc = tcs ? tcs->data_ptr<scalar_t>() : nullptr;
     for (int64_t n = 0; n < batch; ++n) {
       for (int64_t t = 0, o = n * steps; t < steps_of(lengths, n, steps); ++t, ++o) {
         scalar_t* g_t = g + o * KH;
+        std::copy(zx + o * KH, zx + (o + 1) * KH, g_t);
         switch (scan) {
           case ScanKind::lstm: {
             const scalar_t* c_prev = t == 0 ? c0->data_ptr<scalar_t>() + n * H : c + (o - 1) * H;

@@ -228,13 +228,14 @@ class _CellScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind, act, sigma, sizes, z, s0, c0=None):
         batch, steps, hidden = z.shape[0], z.shape[1], s0.shape[-1]
-        gates = z.clone(memory_format=torch.contiguous_format)  # becomes the gate values
+        z = z.contiguous()
+        gates = torch.empty_like(z)  # the gate values (past a length unset, and never read)
         s0 = s0.contiguous()
         c0 = c0.contiguous() if c0 is not None else None
         new = z.new_zeros if sizes else z.new_empty  # past a length the outputs stay zero
         out = new(batch, steps, hidden)
         cs, tcs = (new(batch, steps, hidden), new(batch, steps, hidden)) if c0 is not None else (None, None)
-        compiled.extension().cell_scan_forward(kind, act, sigma, gates, s0, c0, out, cs, tcs, sizes)
+        compiled.extension().cell_scan_forward(kind, act, sigma, z, gates, s0, c0, out, cs, tcs, sizes)
         rows, last = list(range(batch)), [n - 1 for n in sizes] if sizes else [steps - 1] * batch
         finals = [part[rows, last] for part in (out, cs) if part is not None]  # copies, not views
         ctx.kind, ctx.act, ctx.sigma, ctx.sizes = kind, act, sigma, sizes
