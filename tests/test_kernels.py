@@ -354,3 +354,26 @@ def test_float32_long_sequence_scan_matches_reference():
 def test_cuda_agrees_with_reference(implementation, cls, options):
     cell = make(cls, True, **options)
     assert_agree(cell, implementation, True, LENGTHS, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cls", [ForgetGatedCell, LSTMCell, GRUCell])
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+def test_cuda_graph_replays_agree_with_reference(cls, lengths):
+    """fused on CUDA runs eagerly the first time, is captured the second and replayed after
+    (kernels/graphs.py); the weights change between calls, so a replay must read the new ones."""
+    from rnnlab.kernels import graphs
+    graphs._graphs.clear(), graphs._seen.clear()
+    cell = make(cls, True)
+    for call in range(4):
+        with torch.no_grad():
+            for p in cell.parameters():
+                p.mul_(0.9)
+        assert_agree(cell, "fused", True, lengths, device="cuda")
+        xs, state, y_prev = inputs(cell, True, device="cuda")
+        on_device = None if lengths is None else lengths.cuda()
+        with torch.no_grad():  # the forward without saving: a graph of its own
+            expected, _ = kernels.reference(cell, xs, state, y_prev, on_device, (None, None))
+            got, _ = kernels.fused(cell, xs, state, y_prev, on_device, (None, None))
+        torch.testing.assert_close(got, expected)
+    assert any(entry is not None for entry in graphs._graphs.values()), "nothing was captured"

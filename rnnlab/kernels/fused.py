@@ -17,7 +17,8 @@ at its last valid value and its outputs stay zero, as in `reference`, at no extr
 
 The loops of steps 2 and 3 run in C++ (`loops.cpp`, see `compiled.py`) on CPU where the extension
 is built, for every cell, and in Python otherwise: the same
-buffers and equations, without Python's per-operation overhead at every step.
+buffers and equations, without Python's per-operation overhead at every step. On CUDA the Python
+loops are captured as CUDA graphs and replayed (`graphs.py`), so that a loop costs one launch.
 
 Serves every ladder cell with depth 1, no zoneout, and activations differentiable from their output
 (all but gelu); input and recurrent dropout masks are applied (x * mx before step 1, s * mh where
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
                      State, VanillaCell)
-from . import compiled
+from . import compiled, graphs
 from .activations import BACKWARD, FORWARD
 
 _GATED = {VanillaCell: "vanilla", OutputFeedbackCell: "vanilla", ResidualCell: "residual",
@@ -104,7 +105,12 @@ class _Loop(torch.autograd.Function):
         zx = (torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())).view(steps, batch, -1)
         ctx.loop, ctx.sizes, ctx.last = loop, sizes, last
         tape = _Tape(steps, sizes, last)
-        buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save)
+        if graphs.enabled(zx):  # one CUDA graph for the whole loop (graphs.py)
+            buffers = graphs.replay((_key(loop), "forward", tuple(sizes or ()), save),
+                                    lambda zx, w, b, m, *s0: loop.forward(tape, zx, w, b, m, s0, save),
+                                    zx, weight_hh, bias_hh, mh, *state0)
+        else:
+            buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save)
         finals = [tape.final(b) for b in buffers[:len(state0)]]
         if save:
             ctx.save_for_backward(inputs, weight, weight_hh, mh, *state0, *buffers)
@@ -115,7 +121,14 @@ class _Loop(torch.autograd.Function):
         loop, tape, needs = ctx.loop, _Tape(d_outputs.shape[0], ctx.sizes, ctx.last), ctx.needs_input_grad
         inputs, weight, weight_hh, mh, *rest = ctx.saved_tensors
         state0, buffers = rest[:len(d_finals)], rest[len(d_finals):]
-        dz, *grads = loop.backward(tape, d_outputs, d_finals, weight_hh, mh, state0, buffers, needs)
+        if graphs.enabled(d_outputs):
+            n = len(d_finals)
+            dz, *grads = graphs.replay(
+                (_key(loop), "backward", tuple(ctx.sizes or ()), needs, n),
+                lambda d, w, m, *rest: loop.backward(tape, d, rest[:n], w, m, rest[n:2 * n], rest[2 * n:], needs),
+                d_outputs, weight_hh, mh, *d_finals, *state0, *buffers)
+        else:
+            dz, *grads = loop.backward(tape, d_outputs, d_finals, weight_hh, mh, state0, buffers, needs)
         flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, K*H)
         # dU, db and dx as one product each over all steps
         d_inputs = flat_dz.mm(weight).view_as(inputs) if needs[4] else None
@@ -160,6 +173,11 @@ class _Tape:
         """A (T or 1, B, width) buffer; zeros when there are finished rows, which must read as zero."""
         shape = (self.steps if keep else 1, like.shape[1], width)
         return like.new_zeros(shape) if self.sizes is not None else like.new_empty(shape)
+
+
+def _key(loop) -> tuple:
+    """What fixes a loop's code path: its class and settings (for graphs.replay)."""
+    return (type(loop).__name__,) + tuple(sorted(vars(loop).items()))
 
 
 def _extension(like):
