@@ -4,6 +4,7 @@ torch.nn.LSTM, and scan's solvers against reference at T = 1024.
 Usage: PYTHONPATH=. python3 scripts/gpu_check.py"""
 
 import itertools
+import os
 import statistics
 import sys
 import time
@@ -66,9 +67,18 @@ for B, H, I, T in ((64, 256, 256, 100), (32, 512, 512, 100), (1, 128, 128, 1000)
                                   ("lstm reference", R.LSTMCell(I, H), "reference", None)):
         runner = R.Recurrent(cell.cuda(), implementation=impl)
         cands[name] = (lambda r, f: lambda: r(xs, y_prev=f)[0])(runner, fed)
+    cands["lstm fused eager"] = cands["lstm fused"]  # the same runner, CUDA graphs off (kernels/graphs.py)
+    cands["forget fused eager"] = cands["forget fused"]
     row = {}
     for name, fn in cands.items():
-        row[name] = timeit(lambda: fn().sum().backward(), reps=10 if T > 500 else 20)
+        def step(fn=fn, eager=name.endswith("eager")):
+            if eager:
+                os.environ["RNNLAB_NO_CUDA_GRAPHS"] = "1"
+            try:
+                fn().sum().backward()
+            finally:
+                os.environ.pop("RNNLAB_NO_CUDA_GRAPHS", None)
+        row[name] = timeit(step, reps=10 if T > 500 else 20)
     ref = row["torch.nn.LSTM"]
     print(f"\nfwd+bwd on CUDA, (B,H,I,T)=({B},{H},{I},{T}): torch.nn.LSTM {ref * 1e3:.2f} ms")
     for name, t in row.items():
