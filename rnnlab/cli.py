@@ -218,7 +218,7 @@ def cmd_complexity(args) -> int:
     print()
     print(complexity.format_table(result))
     print(f"\nExponents: log-log least-squares slopes over T = {config.steps[0]}..{config.steps[-1]}; "
-          f"O(1) -> 0, O(sqrt T) -> 0.5, O(T) -> 1. Serial steps count ops on the longest chain "
+          f"O(1) and O(log T) -> 0, O(sqrt T) -> 0.5, O(T) -> 1. Serial steps count ops on the longest chain "
           f"({result.ops_per_step} per {config.cell} step). {complexity.FLOPS_CONVENTION}")
     data = result.to_dict()
     out.mkdir(parents=True, exist_ok=True)
