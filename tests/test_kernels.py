@@ -3,6 +3,7 @@ for every cell each one serves, with and without feedback, lengths and initial s
 
 import functools
 import itertools
+import sys
 
 import pytest
 import torch
@@ -155,12 +156,14 @@ def test_scan_compiled_loop(cls, options):
 
 
 def test_float_tanh_of_the_compiled_loops():
-    """loops.cpp's own float tanh: within 1.5 units in the last place of the exact value, and
-    torch's at 0, -0, +-inf and NaN."""
+    """loops.cpp's own float tanh: within 1.5 units in the last place of the exact value (every float
+    of [0.5, 1), where its two formulas meet, and a sweep beyond), and torch's at 0, -0, +-inf, NaN."""
     if EXTENSION is None:
         pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
-    x = torch.cat([torch.linspace(-12, 12, 200_001), torch.logspace(-30, 1, 10_001), -torch.logspace(-30, 1, 10_001),
-                   torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])])
+    half, one = torch.tensor([0.5, 1.0]).view(torch.int32).tolist()
+    every = torch.arange(half, one, dtype=torch.int32).view(torch.float32)
+    x = torch.cat([every, -every, torch.linspace(-12, 12, 200_001), torch.logspace(-30, 1, 10_001),
+                   -torch.logspace(-30, 1, 10_001), torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])])
     z = x.view(1, -1, 1)  # (B, T, H) = (1, N, 1) as a VanillaCell's scan: out = tanh(z)
     out = torch.empty_like(z)
     EXTENSION.cell_scan_forward("vanilla", "tanh", "sigmoid", z, torch.empty_like(z), torch.zeros(1, 1), None, out,
@@ -361,19 +364,103 @@ def test_cuda_agrees_with_reference(implementation, cls, options):
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
 def test_cuda_graph_replays_agree_with_reference(cls, lengths):
     """fused on CUDA runs eagerly the first time, is captured the second and replayed after
-    (kernels/graphs.py); the weights change between calls, so a replay must read the new ones."""
+    (kernels/graphs.py); weights, inputs, state, lengths' order and the dropout mask change between
+    calls, so a replay must read the new ones; with grad, without, and in inference mode."""
     from rnnlab.kernels import graphs
-    graphs._graphs.clear(), graphs._seen.clear()
-    cell = make(cls, True)
+    graphs.clear()
+    cell = make(cls, True, recurrent_dropout=0.3).cuda().train()
     for call in range(4):
         with torch.no_grad():
             for p in cell.parameters():
                 p.mul_(0.9)
-        assert_agree(cell, "fused", True, lengths, device="cuda")
+        torch.manual_seed(call)
+        masks = cell.sample_masks(B, torch.zeros((), dtype=torch.float64, device="cuda"))
+        on_device = None if lengths is None else lengths[torch.randperm(B)].cuda()
         xs, state, y_prev = inputs(cell, True, device="cuda")
-        on_device = None if lengths is None else lengths.cuda()
-        with torch.no_grad():  # the forward without saving: a graph of its own
-            expected, _ = kernels.reference(cell, xs, state, y_prev, on_device, (None, None))
-            got, _ = kernels.fused(cell, xs, state, y_prev, on_device, (None, None))
-        torch.testing.assert_close(got, expected)
+        scale = lambda t: (t.detach() * (1 + call)).requires_grad_()  # noqa: E731
+        xs, y_prev, state = scale(xs), scale(y_prev), tuple(map(scale, state)) if isinstance(state, tuple) else scale(state)
+        expected = forward_backward(cell, "reference", xs, state, y_prev, on_device, masks)
+        got = forward_backward(cell, "fused", xs, state, y_prev, on_device, masks)
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(g, e)
+        for mode in (torch.no_grad, torch.inference_mode):  # forward graphs of their own, either order
+            with mode():
+                ys, _ = kernels.fused(cell, xs, state, y_prev, on_device, masks)
+            torch.testing.assert_close(ys, expected[0])
     assert any(entry is not None for entry in graphs._graphs.values()), "nothing was captured"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_off(monkeypatch):
+    from rnnlab.kernels import graphs
+    graphs.clear()
+    monkeypatch.setenv("RNNLAB_NO_CUDA_GRAPHS", "1")
+    cell = make(LSTMCell, True).cuda()
+    for _ in range(3):
+        assert_agree(cell, "fused", True, LENGTHS, device="cuda")
+    assert not graphs._graphs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cls, options", [(GRUCell, {}), (VanillaCell, {}), (LSTMCell, {}),
+                                          (ForgetGatedCell, dict(reads_state=False))])
+def test_auto_in_half_precision_on_cpu(cls, options, dtype):
+    """The C++ loops serve float and double only; auto must pick what runs other dtypes."""
+    cell = make(cls, False, dtype=torch.float32, **options)
+    xs = torch.randn(B, T, I)
+    expected, _ = Recurrent(cell, "reference")(xs)
+    got, _ = Recurrent(cell.to(dtype), "auto")(xs.to(dtype))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("implementation, cls", [("fused", LSTMCell), ("fused", ForgetGatedCell),
+                                                 ("scan", LSTMCell), ("scan", ResidualCell)])
+@pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
+def test_hand_written_backwards_refuse_a_second_derivative(implementation, cls, compiled_loop, monkeypatch):
+    """A hand-written backward is not differentiable: a second derivative through one must fail,
+    not come back wrong (where autograd's own ops do the work, as in the Python residual scan's
+    cumulative sum, it must equal reference's)."""
+    if compiled_loop and EXTENSION is None:
+        pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
+    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
+    cell = make(cls, False, **({} if implementation == "fused" else dict(reads_state=False)))
+    xs, state, _ = inputs(cell, False)
+
+    def second(name):
+        xs.grad = None
+        ys, _ = kernels.IMPLEMENTATIONS[name](cell, xs, state, None, None, (None, None))
+        (grad,) = torch.autograd.grad(ys.square().sum(), xs, create_graph=True)
+        grad.square().sum().backward()
+        return xs.grad
+    hand_written = not (implementation == "scan" and cls is ResidualCell and not compiled_loop)
+    if hand_written:
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            second(implementation)
+    else:
+        torch.testing.assert_close(second(implementation), second("reference"))
+
+
+@pytest.mark.parametrize("implementation, options", [("fused", {}), ("scan", dict(reads_state=False))])
+@pytest.mark.parametrize("cls", [ResidualCell, ForgetGatedCell, LSTMCell, GRUCell])
+def test_float32_gradients_agree_with_reference(cls, implementation, options):
+    """In float32 (the C++ loops' own tanh, sums in another order): close to reference."""
+    cell = make(cls, True, dtype=torch.float32, **options)
+    xs, state, y_prev = inputs(cell, True, dtype=torch.float32)
+    expected = forward_backward(cell, "reference", xs, state, y_prev, LENGTHS)
+    got = forward_backward(cell, implementation, xs, state, y_prev, LENGTHS)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+
+
+def test_scan_keeps_doubling_to_bounded_gates(monkeypatch):
+    """Products of f over long spans overflow where |f| > 1 can occur: those cells take chunked."""
+    scan_module = sys.modules["rnnlab.kernels.scan"]
+    monkeypatch.setattr(compiled, "extension", lambda: None)
+    monkeypatch.setattr(scan_module, "default_solver", lambda like: scan_module.doubling)
+    calls = []
+    monkeypatch.setattr(scan_module, "doubling", lambda *a: calls.append(1) or scan_module.chunked(*a))
+    assert_agree(make(ForgetGatedCell, False, gate_activation="relu", reads_state=False), "scan", False, LENGTHS)
+    assert not calls
+    assert_agree(make(ForgetGatedCell, False, reads_state=False), "scan", False, LENGTHS)
+    assert calls

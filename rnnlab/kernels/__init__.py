@@ -18,6 +18,8 @@ the cell is `training`, and the `device` type of the tensors ('cpu' when not giv
 
 from __future__ import annotations
 
+import torch
+
 from ..cells import LSTMCell
 from . import compiled
 from .fused import fused, unavailable as _fused_unavailable
@@ -28,7 +30,7 @@ from .scan import scan, unavailable as _scan_unavailable
 IMPLEMENTATIONS = {"reference": reference, "native": native, "scan": scan, "fused": fused}
 _UNAVAILABLE = {"reference": lambda cell, **context: None, "native": _native_unavailable,
                 "scan": _scan_unavailable, "fused": _fused_unavailable}
-# Fastest first: torch's kernels, then O(sqrt T) serial steps, then one GEMM per step, then the oracle.
+# Fastest first: torch's kernels, then scan's O(log T) serial steps, then one GEMM per step, then the oracle.
 AUTO_ORDER = ("native", "scan", "fused", "reference")
 COMPILED_ORDER = ("fused", "native", "scan", "reference")
 COMPILED_LSTM_ORDER = ("native", "fused", "scan", "reference")
@@ -37,14 +39,18 @@ COMPILED_LSTM_ORDER = ("native", "fused", "scan", "reference")
 def order(device: str = "cpu", cell=None) -> tuple[str, ...]:
     """The implementations `auto` tries for `cell`, fastest first, on this device type.
 
-    On CPU with the compiled loops (compiled.py) `fused` goes first, measured with `rnnlab bench`
-    (fp32, 1 thread, docs/BENCHMARKS.md): its C++ loop beats torch's own GRU and tanh-RNN kernels at
-    every size of the grid, forward and forward+backward (0.66-0.92x torch.nn.GRU at B >= 32, 0.16x
-    at B = 1, T = 1000 forward+backward), and `scan` for the cells both serve (reads_state=False: one
-    pass per step in cache; on one core scan's parallelism buys nothing). The LSTM is the exception:
-    torch's oneDNN LSTM forward is 1.3-1.7x faster than the loop, so `native` stays first for it.
-    Elsewhere (GPU, or no compiler: Python loops) torch's kernels, then scan's few serial steps."""
-    if device == "cpu" and compiled.extension() is not None:
+    On CPU with the compiled loops (compiled.py; float and double cells) `fused` goes first,
+    measured with `rnnlab bench` (float32, one thread, docs/BENCHMARKS.md): its C++ loop beats
+    torch's own GRU and tanh-RNN kernels at every size of the grid, forward and forward+backward
+    (0.67-0.92x torch.nn.GRU at B >= 32, 0.15x at B = 1, T = 1000 forward+backward), and `scan`
+    for the cells both serve (reads_state=False: one pass per step in cache; on one core scan's
+    parallelism buys nothing). The LSTM is the exception: torch's oneDNN LSTM forward is 1.3-1.7x
+    faster than the loop, so `native` stays first for it. With more threads torch's kernels may
+    gain on the loop, whose elementwise work runs on one. Elsewhere (GPU, other dtypes, or no
+    compiler: Python loops) torch's kernels, then scan's few serial steps.
+    """
+    dtype = next(cell.parameters()).dtype if cell is not None else torch.float32
+    if compiled.serves(device, dtype):
         return COMPILED_LSTM_ORDER if isinstance(cell, LSTMCell) else COMPILED_ORDER
     return AUTO_ORDER
 

@@ -66,3 +66,16 @@ def extension():
         return load("rnnlab_loops", [str(SOURCE)], build_directory=str(build), extra_cflags=FLAGS, verbose=False)
     except Exception:  # any failure to build (no compiler, headers, ninja) means: use the Python loops
         return None
+
+
+DTYPES = (torch.float32, torch.float64)  # what loops.cpp is compiled for (AT_DISPATCH_FLOATING_TYPES)
+
+
+def serves(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether the compiled loops can run tensors of this device and dtype (built, CPU, float or double)."""
+    return torch.device(device).type == "cpu" and dtype in DTYPES and extension() is not None
+
+
+def extension_for(like: torch.Tensor):
+    """The compiled module for tensors like `like`, or None where it cannot run them."""
+    return extension() if serves(like.device, like.dtype) else None

@@ -29,6 +29,7 @@ besides the outputs).
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
@@ -117,6 +118,7 @@ class _Loop(torch.autograd.Function):
         return (buffers[0], *finals)
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, d_outputs, *d_finals):
         loop, tape, needs = ctx.loop, _Tape(d_outputs.shape[0], ctx.sizes, ctx.last), ctx.needs_input_grad
         inputs, weight, weight_hh, mh, *rest = ctx.saved_tensors
@@ -180,11 +182,6 @@ def _key(loop) -> tuple:
     return (type(loop).__name__,) + tuple(sorted(vars(loop).items()))
 
 
-def _extension(like):
-    """The compiled loops (loops.cpp) for CPU tensors where they are built, else None."""
-    return compiled.extension() if like.device.type == "cpu" else None
-
-
 def _carry(grad):
     """A contiguous copy of a final state's gradient, which the backward loop turns into s^0's."""
     return grad.clone(memory_format=torch.contiguous_format)
@@ -230,7 +227,7 @@ class _Gated:
     def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
         K, kind, gates = len(self.gates), self.kind, zx
         states = tape.new(zx, zx.shape[-1] // K)
-        extension = _extension(zx)
+        extension = compiled.extension_for(zx)
         if extension is not None:
             extension.gated_forward(kind, self.act, self.sigma, gates, weight_hh, mh, state0[0].contiguous(), states,
                                     tape.sizes or [])
@@ -263,7 +260,7 @@ class _Gated:
     def backward(self, tape, d_out, d_finals, weight_hh, mh, state0, buffers, needs):
         states, gates = buffers
         dz, carry = tape.new(gates, gates.shape[-1]), _carry(d_finals[0])
-        extension = _extension(gates)
+        extension = compiled.extension_for(gates)
         if extension is not None:
             extension.gated_backward(self.kind, self.act, self.sigma, gates, states, state0[0].contiguous(),
                                      d_out.contiguous(), weight_hh, mh, carry, dz, tape.sizes or [])
@@ -310,7 +307,7 @@ class _LSTM:
         tcs = tape.new(zx, hidden, keep=save)  # a(c)
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         vt = weight_hh.t() if weight_hh is not None else None
-        extension = _extension(zx)
+        extension = compiled.extension_for(zx)
         if extension is not None:
             extension.lstm_forward(self.act, self.sigma, gates, weight_hh, mh, state0[0], state0[1].contiguous(), hs, cs, tcs, tape.sizes or [])
             return hs, cs, gates, tcs
@@ -333,7 +330,7 @@ class _LSTM:
         hs, cs, gates, tcs = buffers
         dz = tape.new(gates, gates.shape[-1])
         carry_h, carry_c = _carry(d_finals[0]), _carry(d_finals[1])
-        extension = _extension(gates)
+        extension = compiled.extension_for(gates)
         if extension is not None:
             extension.lstm_backward(self.act, self.sigma, gates, cs, tcs, state0[1].contiguous(), d_out.contiguous(), weight_hh, mh,
                                     carry_h, carry_c, dz, tape.sizes or [])
@@ -374,7 +371,7 @@ class _GRU:
         hs = tape.new(zx, hidden)
         # V s + b_hh, of which the n part is kept for backward
         zhs = tape.new(zx, 3 * hidden, keep=save) if weight_hh is not None else None
-        extension = _extension(zx)
+        extension = compiled.extension_for(zx)
         if extension is not None:
             extension.gru_forward(self.act, self.sigma, gates, weight_hh, bias_hh, mh, state0[0].contiguous(), hs, zhs,
                                   tape.sizes or [])
@@ -405,7 +402,7 @@ class _GRU:
         hs, gates, *zhs = buffers
         dzx, carry = tape.new(gates, gates.shape[-1]), _carry(d_finals[0])
         dzh = tape.new(gates, 3 * hs.shape[-1]) if weight_hh is not None else None
-        extension = _extension(gates)
+        extension = compiled.extension_for(gates)
         if extension is not None:
             extension.gru_backward(self.act, self.sigma, gates, zhs[0] if zhs else None, hs, state0[0].contiguous(),
                                    d_out.contiguous(), weight_hh, mh, carry, dzx, dzh, tape.sizes or [])

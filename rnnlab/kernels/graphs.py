@@ -1,35 +1,45 @@
 """CUDA graphs for the Python time loops of `fused`.
 
 On a GPU each step of the loop is a handful of small kernels, each costing more to launch from
-Python than to run: `fused` measured 4-7x torch.nn.LSTM's time at T = 100 and 40-70x at B = 1,
+Python than to run: `fused` measured 4.6-5.4x torch.nn.LSTM's time at T = 100 and 44-55x at B = 1,
 T = 1000 on an H200. A CUDA graph records the launches of one whole loop once and replays them
-with one call.
+with one call (1.15-1.29x and 8.6x there; docs/BENCHMARKS.md).
 
 `replay(key, fn, *tensors)` returns fn(*tensors), a tuple of tensors (or None). `key` names what
-fixes the loop's control flow besides the tensors' shapes, dtypes and devices (added here). The
-first time a configuration is seen, fn runs eagerly; the second time, it is warmed up on a side
-stream and captured; from then on the inputs are copied into the graph's static tensors, the graph
-replayed, and its outputs cloned out of the graph's memory pool (the next replay reuses that
-pool). Waiting for a second sighting spares the capture (about three eager runs) for shapes that
-never come back, such as the `lengths` of one padded batch. At most `CACHE_SIZE` graphs are kept,
-the least recently used dropped first. A configuration whose capture fails runs eagerly from then
-on. fn must not synchronise with the CPU (no .item(), no data-dependent shapes), and must depend
-on nothing but its tensors and the key.
+fixes the loop's control flow besides what is added here: the tensors' shapes, strides, dtypes and
+devices, inference mode, and the float32 matmul precision. The first time a configuration is
+seen, fn runs eagerly; the second time it is warmed up on a side stream and captured; from then on
+the inputs are copied into the graph's static tensors, the graph replayed, and its outputs cloned
+out of the graph's memory pool (the next replay reuses that pool). Waiting for a second sighting
+spares the capture (about three eager runs) for shapes that never come back, such as the
+`lengths` of one padded batch.
 
-RNNLAB_NO_CUDA_GRAPHS=1 turns graphs off (every call eager).
+Memory: a graph keeps its static inputs and its private pool (every buffer and temporary of one
+loop) for as long as it is cached, of the order of the eager loop's own peak. So loops whose inputs exceed
+`MAX_INPUT_BYTES` run eagerly (their kernels are large enough for launches to matter less), at
+most `CACHE_SIZE` graphs are kept (least recently used out first), and `clear()` frees them all.
+More configurations in rotation than the cache holds are captured again and again, each capture
+costing about three eager runs: RNNLAB_NO_CUDA_GRAPHS=1 turns graphs off (every call eager).
+
+A configuration whose capture fails runs eagerly from then on. fn must not synchronise with the
+CPU (no .item(), no data-dependent shapes), and must depend on nothing but its tensors and key.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import threading
 from typing import Callable
 
 import torch
 
-CACHE_SIZE = 8
+CACHE_SIZE = 16
+MAX_INPUT_BYTES = 256 * 2 ** 20
 _graphs: collections.OrderedDict = collections.OrderedDict()  # key -> (graph, inputs, outputs) or None
 _seen: collections.OrderedDict = collections.OrderedDict()  # keys seen once, not captured yet
+_lock = threading.Lock()  # the forward's thread and autograd's device threads share the caches
+_MISSING = object()
 
 
 def enabled(like: torch.Tensor) -> bool:
@@ -37,16 +47,35 @@ def enabled(like: torch.Tensor) -> bool:
         not torch.cuda.is_current_stream_capturing()
 
 
+def clear() -> None:
+    """Drop every cached graph (and with it their memory pools)."""
+    with _lock:
+        _graphs.clear()
+        _seen.clear()
+
+
 def replay(key, fn: Callable, *tensors):
-    key = (key,) + tuple(None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device) for t in tensors)
-    if key not in _graphs:
-        if key not in _seen:
-            _remember(_seen, key, True)
-            return fn(*tensors)
-        del _seen[key]
-        _remember(_graphs, key, _capture(fn, tensors))
-    _graphs.move_to_end(key)
-    entry = _graphs[key]
+    if sum(t.numel() * t.element_size() for t in tensors if t is not None) > MAX_INPUT_BYTES:
+        return fn(*tensors)
+    key = (key, torch.is_inference_mode_enabled(), torch.get_float32_matmul_precision(),
+           torch.backends.cuda.matmul.allow_tf32) + \
+        tuple(None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device) for t in tensors)
+    first = False
+    with _lock:
+        entry = _graphs.get(key, _MISSING)
+        if entry is not _MISSING:
+            _graphs.move_to_end(key)
+        elif key in _seen:
+            del _seen[key]
+        else:
+            first = True
+            _remember(_seen, key, None, 8 * CACHE_SIZE)
+    if first:
+        return fn(*tensors)
+    if entry is _MISSING:
+        entry = _capture(fn, tensors)
+        with _lock:
+            _remember(_graphs, key, entry, CACHE_SIZE)
     if entry is None:  # its capture failed
         return fn(*tensors)
     graph, inputs, outputs = entry
@@ -57,9 +86,9 @@ def replay(key, fn: Callable, *tensors):
     return tuple(None if o is None else o.clone() for o in outputs)
 
 
-def _remember(cache: collections.OrderedDict, key, value) -> None:
+def _remember(cache: collections.OrderedDict, key, value, size: int) -> None:
     cache[key] = value
-    while len(cache) > CACHE_SIZE:
+    while len(cache) > size:
         cache.popitem(last=False)
 
 

@@ -29,7 +29,9 @@ zero state and the running product of f, then across chunks the state entering e
 s = local + product * entering (about 2 sqrt(T) serial steps, O(T) work). On an accelerator,
 `doubling`: log2(T) levels, each combining every step with the one 2^k before it (O(T log T) work,
 log T serial steps). All only ever multiply by f: no logarithms or divisions by products of f,
-which would under- or overflow (and fail for f <= 0) over long T.
+which would under- or overflow (and fail for f <= 0) over long T. Products of f can still overflow
+where a gate activation lets |f| exceed 1 (relu, identity, elu), where the step-by-step recurrence
+may not: such cells take `chunked`, whose products span at most one chunk.
 Past a sequence's end f = 1 and b = 0, so its state stays at the last valid value; outputs there
 are zero.
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
                      State, VanillaCell)
@@ -91,6 +94,7 @@ class _LinearScan(torch.autograd.Function):
         return s
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, ds):
         f, s, s0 = ctx.saved_tensors
         ds = ds.contiguous()
@@ -104,15 +108,11 @@ class _LinearScan(torch.autograd.Function):
         return g * s_prev, g, f[:, 0] * g[:, 0], None
 
 
-def _extension(like):
-    return compiled.extension() if like.device.type == "cpu" else None
-
-
 def default_solver(like: torch.Tensor):
     """On CPU the compiled loop where it is built (on one core a serial pass is the fastest scan),
     else `chunked` (O(T) work); on an accelerator `doubling` (log T serial steps)."""
     if like.device.type == "cpu":
-        return compiled_loop if compiled.extension() is not None else chunked
+        return compiled_loop if compiled.serves(like.device, like.dtype) else chunked
     return doubling
 
 
@@ -168,7 +168,7 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
         xs = xs * mx[:, None, :]
     batch, steps = xs.shape[:2]
     z = cell.preactivations(cell.project_input(xs, y_prev), None)  # (B, T, K*H), one GEMM
-    if type(cell) in _KIND and _extension(z) is not None and BACKWARD.keys() >= {cell.activation, cell.gate_activation}:
+    if type(cell) in _KIND and compiled.extension_for(z) is not None and BACKWARD.keys() >= {cell.activation, cell.gate_activation}:
         return _compiled(cell, z, state, lengths)
     act, sigma = cell.act, cell.sigma
     valid = valid_steps(lengths, steps)
@@ -199,16 +199,20 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
     if keep is not None:  # frozen past the end: f = 1, b = 0
         b = b * keep
         f = None if f is None else torch.where(keep, f, torch.ones_like(f))
+    # products of f over up to T/2 steps (doubling) overflow where |f| > 1 can occur; chunked's span
+    # sqrt(T) steps at most
+    solver = None if cell.gate_activation in _BOUNDED else chunked
     if kind is LSTMCell:
-        c = linear_scan(f, b, state[1])
+        c = linear_scan(f, b, state[1], solver)
         h = sigma(gates["o"]) * act(c)
         return masked(h), (at_last(h), c[:, -1])
-    s = linear_scan(f, b, state)
+    s = linear_scan(f, b, state, solver)
     return masked(s), s[:, -1]
 
 
 # The recurrent kinds; vanilla and OutputFeedbackCell have no recurrence here: s = a(z) in one op.
 _KIND = {ResidualCell: "residual", InputGatedCell: "input", ForgetGatedCell: "forget", GRUCell: "gru", LSTMCell: "lstm"}
+_BOUNDED = ("sigmoid", "hard_sigmoid", "tanh", "hard_tanh", "softsign")  # gate activations with |f| <= 1
 _READS_PREVIOUS = ("forget", "gru")  # kinds whose backward step reads s^{t-1}: only they keep the outputs
 
 
@@ -243,6 +247,7 @@ class _CellScan(torch.autograd.Function):
         return (out, *finals)
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, d_out, *d_finals):
         gates, out, s0, cs, tcs, c0 = ctx.saved_tensors
         # the loop of each sequence starts at its last step, where the final state's gradient enters
