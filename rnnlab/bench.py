@@ -88,6 +88,7 @@ class BenchConfig:
     # keeps the default grid near 10 minutes when slow paths meet T = 1000.
     max_call_s: float = 5.0
     seed: int = 0
+    device: str = "cpu"  # or "cuda": tensors and modules there, each call timed to its completion
 
     def __post_init__(self):
         _check_names("--cells", self.cells, tuple(LADDER))
@@ -101,6 +102,10 @@ class BenchConfig:
                 raise ValueError(f"bench: {name} must be an int >= {low}; got {value!r}")
         if not self.max_call_s > 0:
             raise ValueError(f"bench: --max-call must be a positive number of seconds; got {self.max_call_s!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"bench: --device must be cpu or cuda; got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("bench: --device cuda needs a CUDA device; torch sees none here")
 
 
 def _check_names(flag: str, names, allowed) -> None:
@@ -146,24 +151,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(threads: int) -> dict:
-    """What a reader needs to judge the numbers: CPU, cores, torch, threads."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "threads": threads, "device": "cpu"}
+def machine(threads: int, device: str = "cpu") -> dict:
+    """What a reader needs to judge the numbers: CPU, cores, torch, threads, and the GPU if used."""
+    found = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+             "python": platform.python_version(), "threads": threads, "device": device}
+    if device == "cuda":
+        found["gpu"] = torch.cuda.get_device_name()
+    return found
 
 
-def matmul_peak(sizes: tuple[int, ...] = (512, 1024), reps: int = 10) -> float:
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(sizes: tuple[int, ...] = (512, 1024), reps: int = 10, device: str = "cpu") -> float:
     """Best FLOP/s of square (n x n) @ (n x n) fp32 matmuls at the current thread count: the
     ceiling that an RNN's matrix products could reach on this machine. Several sizes and the best
     repetition, because on a shared machine one size at one moment can land on a slow spell."""
+    if device == "cuda":
+        sizes = (4096, 8192)  # a GPU needs large products to reach its peak
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        out = torch.empty(n, n)
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        out = torch.empty(n, n, device=device)
         torch.mm(a, b, out=out)  # warm-up: first call pays for allocation and dispatch set-up
         for _ in range(reps):
+            _synchronize(device)
             start = time.perf_counter()
             torch.mm(a, b, out=out)
+            _synchronize(device)
             best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
     return best
 
@@ -193,11 +210,11 @@ def _lstm_flops(size: Size, gates: int) -> int:
 
 def _peer(name: str, size: Size, xs: torch.Tensor) -> Candidate:
     if name == "LSTMCell loop":
-        cell = torch.nn.LSTMCell(size.I, size.H)
+        cell = torch.nn.LSTMCell(size.I, size.H).to(xs.device)
 
         def forward(grad: bool):
-            h = torch.zeros(size.B, size.H)
-            c = torch.zeros(size.B, size.H)
+            h = xs.new_zeros(size.B, size.H)
+            c = xs.new_zeros(size.B, size.H)
             outs = []
             for x_t in xs.unbind(1):  # the loop a user writes by hand
                 h, c = cell(x_t, (h, c))
@@ -207,7 +224,7 @@ def _peer(name: str, size: Size, xs: torch.Tensor) -> Candidate:
         return Candidate(name, "peer", flops=_lstm_flops(size, 4), forward=forward, params=list(cell.parameters()))
     layer_type, gates = {"torch.nn.LSTM": (torch.nn.LSTM, 4), "torch.nn.GRU": (torch.nn.GRU, 3),
                          "torch.nn.RNN": (torch.nn.RNN, 1)}[name]
-    layer = layer_type(size.I, size.H, batch_first=True)
+    layer = layer_type(size.I, size.H, batch_first=True).to(xs.device)
     return Candidate(name, "peer", flops=_lstm_flops(size, gates), forward=lambda grad: layer(xs)[0],
                      params=list(layer.parameters()))
 
@@ -222,13 +239,14 @@ def _variants(cell: str, wanted: tuple[str, ...]) -> list[str]:
 def _rnnlab(cell_name: str, variant: str, impl: str, size: Size, xs: torch.Tensor, y_prev: torch.Tensor) -> Candidate:
     feedback = size.I if variant == "feedback" else 0
     options = {"reads_state": False} if variant == "linear" else {}
-    cell = LADDER[cell_name](size.I, size.H, feedback, **options)
+    cell = LADDER[cell_name](size.I, size.H, feedback, **options).to(xs.device)
     label = cell_name if variant == "plain" else f"{cell_name} {'fb' if variant == 'feedback' else 'lin'}"
     candidate = Candidate(f"{label} [{impl}]", "rnnlab", cell_name, variant, impl,
                           flops=cell.flops_per_step(size.B) * size.T, params=list(cell.parameters()))
     # Ask the dispatcher first; the warm-up call (which catches the runner's ValueError) decides
     # for whatever the dispatcher cannot tell without running.
-    context = dict(feedback=bool(feedback), lengths=False, masks=(None, None), training=cell.training)
+    context = dict(feedback=bool(feedback), lengths=False, masks=(None, None), training=cell.training,
+                   device=xs.device.type)
     resolved = kernels.choose(cell, impl, **context) if impl == "auto" else impl
     candidate.resolved = resolved
     reason = kernels.available(cell, resolved, **context)
@@ -256,17 +274,22 @@ def candidates(config: BenchConfig, size: Size, xs: torch.Tensor, y_prev: torch.
 
 # --- timing -------------------------------------------------------------------------------------
 
-def _call(candidate: Candidate, backward: bool) -> float:
-    """Seconds of one forward (no_grad) or one forward+backward of the sum of the outputs."""
+def _call(candidate: Candidate, backward: bool, device: str = "cpu") -> float:
+    """Seconds of one forward (no_grad) or one forward+backward of the sum of the outputs (on a
+    GPU, until its work is done)."""
     if backward:
         for p in candidate.params:
             p.grad = None  # no accumulation into last repetition's gradients
+        _synchronize(device)
         start = time.perf_counter()
         candidate.forward(True).sum().backward()
+        _synchronize(device)
         return time.perf_counter() - start
     with torch.no_grad():
+        _synchronize(device)
         start = time.perf_counter()
         candidate.forward(False)
+        _synchronize(device)
         return time.perf_counter() - start
 
 
@@ -280,9 +303,9 @@ def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
             results[c.name] = {"status": "n/a", "reason": c.reason}
             continue
         try:
-            first = _call(c, backward)
+            first = _call(c, backward, config.device)
             for _ in range(config.warmup - 1):
-                _call(c, backward)
+                _call(c, backward, config.device)
         except (ValueError, NotImplementedError) as error:  # the runner says it cannot serve this
             results[c.name] = {"status": "n/a", "reason": str(error)}
             continue
@@ -299,7 +322,7 @@ def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
     for rep in range(config.reps):
         shift = rep % len(live) if live else 0
         for c in live[shift:] + live[:shift]:  # rotate who goes first: no one always runs cold
-            times[c.name].append(_call(c, backward))
+            times[c.name].append(_call(c, backward, config.device))
         if progress:
             progress(f"  rep {rep + 1}/{config.reps}")
     for c in live:
@@ -318,31 +341,32 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        peak = matmul_peak()
+        peak = matmul_peak(device=config.device)
         rows = []
         for size in config.sizes:
             generator = torch.Generator().manual_seed(config.seed)
-            xs = torch.randn(size.B, size.T, size.I, generator=generator)  # (B, T, I)
-            y_prev = torch.randn(size.B, size.T, size.I, generator=generator)  # (B, T, O), O = I: teacher forced
+            xs = torch.randn(size.B, size.T, size.I, generator=generator).to(config.device)  # (B, T, I)
+            # (B, T, O), O = I: teacher forced
+            y_prev = torch.randn(size.B, size.T, size.I, generator=generator).to(config.device)
             group = candidates(config, size, xs, y_prev)
             for pass_name in config.passes:
                 if progress:
                     progress(f"{size} {pass_name}: {sum(c.reason is None for c in group)} candidates")
                 results = time_group(group, pass_name == "forward+backward", config, progress)
                 rows += _rows(size, pass_name, group, results)
-        peak_after = matmul_peak()
+        peak_after = matmul_peak(device=config.device)
         # The better of the two measurements: a peak caught in a slow spell would flatter everyone.
         for row in rows:
             if row["status"] == "ok":
                 row["peak_fraction"] = row["flops"] / row["median_s"] / max(peak, peak_after)
     finally:
         torch.set_num_threads(previous_threads)
-    return {"machine": dict(machine(config.threads), compiled_loops=loops),
+    return {"machine": dict(machine(config.threads, config.device), compiled_loops=loops),
             "peak_flops": peak, "peak_flops_after": peak_after,
             "settings": {"sizes": [str(s) for s in config.sizes], "cells": list(config.cells),
                          "impls": list(config.impls), "variants": list(config.variants),
                          "passes": list(config.passes), "reps": config.reps, "warmup": config.warmup,
-                         "max_call_s": config.max_call_s, "seed": config.seed},
+                         "max_call_s": config.max_call_s, "seed": config.seed, "device": config.device},
             "rows": rows}
 
 
@@ -375,9 +399,11 @@ def format_table(report: dict) -> str:
     """The report as plain text: a header with the machine, then one table per (size, pass)."""
     m = report["machine"]
     loops = {True: "built", False: "unavailable (Python loops)"}.get(m.get("compiled_loops"), "?")
+    gpu = f"  gpu: {m['gpu']}" if m.get("gpu") else ""
     lines = [f"rnnlab bench  cpu: {m['cpu']}  cores: {m['cores']}  torch {m['torch']}  threads: {m['threads']}  "
-             f"C++ loops: {loops}",
-             f"matmul peak (fp32, {m['threads']} thread(s)): {report['peak_flops'] / 1e9:.1f} GFLOP/s before the run, "
+             f"C++ loops: {loops}{gpu}",
+             f"matmul peak (fp32, {'the GPU' if gpu else str(m['threads']) + ' thread(s)'}): "
+             f"{report['peak_flops'] / 1e9:.1f} GFLOP/s before the run, "
              f"{report['peak_flops_after'] / 1e9:.1f} after; peak fractions use the larger",
              f"reps: {report['settings']['reps']} interleaved after {report['settings']['warmup']} warm-up; "
              f"times are medians [min-max]; x LSTM = median / torch.nn.LSTM's; "

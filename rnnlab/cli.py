@@ -182,7 +182,7 @@ def cmd_bench(args) -> int:
             variants=bench.parse_names("--variants", args.variants, bench.VARIANTS),
             passes=bench.parse_names("--passes", args.passes, bench.PASSES),
             threads=args.threads, reps=args.reps if args.reps is not None else (3 if args.quick else 5),
-            max_call_s=args.max_call)
+            max_call_s=args.max_call, device=args.device)
     except ValueError as error:
         print(f"rnnlab {error}", file=sys.stderr)  # the message starts "bench: --flag ..."
         return 2
@@ -381,6 +381,7 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--reps", type=int, default=None, help="timed repetitions per candidate (default 5; 3 with --quick)")
     bench.add_argument("--max-call", type=float, default=5.0,
                        help="skip a candidate whose warm-up call takes longer than this many seconds (default 5)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     bench.add_argument("--quick", action="store_true", help="a small grid that finishes in under a minute")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     bench.set_defaults(func=cmd_bench)

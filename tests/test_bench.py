@@ -125,7 +125,8 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     (["--threads", "0"], "--threads"),
     (["--reps", "0"], "--reps"),
     (["--max-call", "0"], "--max-call"),
-])
+    (["--device", "tpu"], "--device"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device")]))
 def test_bad_flags_give_clear_errors(argv, flag, capsys):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
