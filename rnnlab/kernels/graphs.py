@@ -15,11 +15,13 @@ spares the capture (about three eager runs) for shapes that never come back, suc
 `lengths` of one padded batch.
 
 Memory: a graph keeps its static inputs and its private pool (every buffer and temporary of one
-loop) for as long as it is cached, of the order of the eager loop's own peak. So loops whose inputs exceed
-`MAX_INPUT_BYTES` run eagerly (their kernels are large enough for launches to matter less), at
-most `CACHE_SIZE` graphs are kept (least recently used out first), and `clear()` frees them all.
-More configurations in rotation than the cache holds are captured again and again, each capture
-costing about three eager runs: RNNLAB_NO_CUDA_GRAPHS=1 turns graphs off (every call eager).
+loop) for as long as it is cached, of the order of the eager loop's own peak. So loops whose
+inputs exceed `MAX_INPUT_BYTES` run eagerly (their kernels are large enough for launches to matter
+less); the cache keeps at most `CACHE_SIZE` graphs and `CACHE_BYTES` of their inputs and outputs
+(least recently used out first); `clear()` frees them all. More configurations in rotation than
+the cache holds would be captured again and again, each capture costing about three eager runs:
+a configuration captured `MAX_CAPTURES` times runs eagerly from then on. RNNLAB_NO_CUDA_GRAPHS=1
+turns graphs off (every call eager).
 
 A configuration whose capture fails runs eagerly from then on. fn must not synchronise with the
 CPU (no .item(), no data-dependent shapes), and must depend on nothing but its tensors and key.
@@ -34,10 +36,13 @@ from typing import Callable
 
 import torch
 
-CACHE_SIZE = 16
+CACHE_SIZE = 64
+CACHE_BYTES = 4 * 2 ** 30
 MAX_INPUT_BYTES = 256 * 2 ** 20
+MAX_CAPTURES = 3
 _graphs: collections.OrderedDict = collections.OrderedDict()  # key -> (graph, inputs, outputs) or None
 _seen: collections.OrderedDict = collections.OrderedDict()  # keys seen once, not captured yet
+_captures: collections.Counter = collections.Counter()  # key -> how often it was captured
 _lock = threading.Lock()  # the forward's thread and autograd's device threads share the caches
 _MISSING = object()
 
@@ -52,6 +57,7 @@ def clear() -> None:
     with _lock:
         _graphs.clear()
         _seen.clear()
+        _captures.clear()
 
 
 def replay(key, fn: Callable, *tensors):
@@ -73,10 +79,17 @@ def replay(key, fn: Callable, *tensors):
     if first:
         return fn(*tensors)
     if entry is _MISSING:
-        entry = _capture(fn, tensors)
+        with _lock:
+            if len(_captures) > 16 * CACHE_SIZE:  # forget old counts now and then
+                _captures.clear()
+            _captures[key] += 1
+            thrashing = _captures[key] > MAX_CAPTURES
+        entry = None if thrashing else _capture(fn, tensors)
         with _lock:
             _remember(_graphs, key, entry, CACHE_SIZE)
-    if entry is None:  # its capture failed
+            while sum(map(_bytes, _graphs.values())) > CACHE_BYTES and len(_graphs) > 1:
+                _graphs.popitem(last=False)
+    if entry is None:  # its capture failed, or it was captured too often
         return fn(*tensors)
     graph, inputs, outputs = entry
     for static, t in zip(inputs, tensors):
@@ -84,6 +97,14 @@ def replay(key, fn: Callable, *tensors):
             static.copy_(t)
     graph.replay()
     return tuple(None if o is None else o.clone() for o in outputs)
+
+
+def _bytes(entry) -> int:
+    """What a cached graph holds at least: its static inputs and outputs."""
+    if entry is None:
+        return 0
+    _, inputs, outputs = entry
+    return sum(t.numel() * t.element_size() for t in (*inputs, *outputs) if t is not None)
 
 
 def _remember(cache: collections.OrderedDict, key, value, size: int) -> None:
