@@ -17,8 +17,9 @@ spares the capture (about three eager runs) for shapes that never come back, suc
 Memory: a graph keeps its static inputs and its private pool (every buffer and temporary of one
 loop) for as long as it is cached, of the order of the eager loop's own peak. So loops whose
 inputs exceed `MAX_INPUT_BYTES` run eagerly (their kernels are large enough for launches to matter
-less); the cache keeps at most `CACHE_SIZE` graphs and `CACHE_BYTES` of their inputs and outputs
-(least recently used out first); `clear()` frees them all. More configurations in rotation than
+less); the cache keeps at most `CACHE_SIZE` graphs, whose inputs and outputs take at most
+`CACHE_BYTES` (by default a sixteenth of the device's memory; least recently used out first);
+`clear()` frees them all. More configurations in rotation than
 the cache holds would be captured again and again, each capture costing about three eager runs:
 a configuration captured `MAX_CAPTURES` times runs eagerly from then on. RNNLAB_NO_CUDA_GRAPHS=1
 turns graphs off (every call eager).
@@ -37,7 +38,7 @@ from typing import Callable
 import torch
 
 CACHE_SIZE = 64
-CACHE_BYTES = 4 * 2 ** 30
+CACHE_BYTES: int | None = None  # None: a sixteenth of the device's memory
 MAX_INPUT_BYTES = 256 * 2 ** 20
 MAX_CAPTURES = 3
 _graphs: collections.OrderedDict = collections.OrderedDict()  # key -> (graph, inputs, outputs) or None
@@ -87,7 +88,8 @@ def replay(key, fn: Callable, *tensors):
         entry = None if thrashing else _capture(fn, tensors)
         with _lock:
             _remember(_graphs, key, entry, CACHE_SIZE)
-            while sum(map(_bytes, _graphs.values())) > CACHE_BYTES and len(_graphs) > 1:
+            budget = _budget(tensors)
+            while sum(map(_bytes, _graphs.values())) > budget and len(_graphs) > 1:
                 _graphs.popitem(last=False)
     if entry is None:  # its capture failed, or it was captured too often
         return fn(*tensors)
@@ -97,6 +99,13 @@ def replay(key, fn: Callable, *tensors):
             static.copy_(t)
     graph.replay()
     return tuple(None if o is None else o.clone() for o in outputs)
+
+
+def _budget(tensors) -> float:
+    if CACHE_BYTES is not None:
+        return CACHE_BYTES
+    device = next(t.device for t in tensors if t is not None)
+    return torch.cuda.get_device_properties(device).total_memory / 16 if device.type == "cuda" else float("inf")
 
 
 def _bytes(entry) -> int:
