@@ -31,7 +31,7 @@ s = local + product * entering (about 2 sqrt(T) serial steps, O(T) work). On an 
 log T serial steps). All only ever multiply by f: no logarithms or divisions by products of f,
 which would under- or overflow (and fail for f <= 0) over long T. Products of f can still overflow
 where a gate activation lets |f| exceed 1 (relu, identity, elu), where the step-by-step recurrence
-may not: such cells take `chunked`, whose products span at most one chunk.
+may not: where `doubling` would serve, such cells take `chunked`, whose products span one chunk.
 Past a sequence's end f = 1 and b = 0, so its state stays at the last valid value; outputs there
 are zero.
 
@@ -168,8 +168,9 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
         xs = xs * mx[:, None, :]
     batch, steps = xs.shape[:2]
     z = cell.preactivations(cell.project_input(xs, y_prev), None)  # (B, T, K*H), one GEMM
-    if type(cell) in _KIND and compiled.extension_for(z) is not None and BACKWARD.keys() >= {cell.activation, cell.gate_activation}:
-        return _compiled(cell, z, state, lengths)
+    differentiable_from_outputs = BACKWARD.keys() >= {cell.activation, cell.gate_activation}
+    if type(cell) in _KIND and compiled.extension_for(z) is not None and differentiable_from_outputs:
+        return _cell_scan(cell, z, state, lengths)
     act, sigma = cell.act, cell.sigma
     valid = valid_steps(lengths, steps)
     keep = None if valid is None else valid[:, :, None]  # (B, T, 1)
@@ -199,9 +200,10 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
     if keep is not None:  # frozen past the end: f = 1, b = 0
         b = b * keep
         f = None if f is None else torch.where(keep, f, torch.ones_like(f))
-    # products of f over up to T/2 steps (doubling) overflow where |f| > 1 can occur; chunked's span
-    # sqrt(T) steps at most
-    solver = None if cell.gate_activation in _BOUNDED else chunked
+    solver = default_solver(z)
+    if solver is doubling and cell.gate_activation not in _BOUNDED:
+        # its products of f span up to T/2 steps and overflow where |f| > 1; chunked's one chunk
+        solver = chunked
     if kind is LSTMCell:
         c = linear_scan(f, b, state[1], solver)
         h = sigma(gates["o"]) * act(c)
@@ -216,7 +218,7 @@ _BOUNDED = ("sigmoid", "hard_sigmoid", "tanh", "hard_tanh", "softsign")  # gate 
 _READS_PREVIOUS = ("forget", "gru")  # kinds whose backward step reads s^{t-1}: only they keep the outputs
 
 
-def _compiled(cell: Cell, z: torch.Tensor, state: State, lengths: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+def _cell_scan(cell: Cell, z: torch.Tensor, state: State, lengths: torch.Tensor | None) -> tuple[torch.Tensor, State]:
     """Gates and recurrence in one pass over z per direction: the compiled loop (`cell_scan_*` in
     loops.cpp), the activations fused with the recurrence."""
     sizes = [] if lengths is None else lengths.tolist()
