@@ -156,7 +156,7 @@ def cmd_train(args) -> int:
     print(f"weights: {file}")
     for line in task.report(task.model, run_dir):
         print(line)
-    for i in range(getattr(args, "samples", 0)):  # tasks that generate text (sample_text) have the flags
+    for i in range(getattr(args, "samples", 0)):  # only a TextGenerator's parser has the sampling flags
         text = task.sample_text(task.model, args.prompt, args.sample_length, temperature=0.8, seed=i)
         print(f"\n--- sample {i + 1} (temperature 0.8) ---\n{args.prompt}{text}")
     return 0
@@ -323,7 +323,12 @@ def _open_trained(run_dir: str, weights: str, device: str):
 
 def cmd_sample(args) -> int:
     """Generate text from a trained run, the model's own outputs fed back after the prompt."""
+    from .tasks import TextGenerator, commands_for
+
     task, _ = _open_trained(args.run_dir, args.weights, args.device)
+    if not isinstance(task, TextGenerator):
+        raise ValueError(f"rnnlab sample: a {task.name!r} run does not generate text; what serves it: "
+                         f"{commands_for(type(task))}")
     unknown = task.unknown_in(args.prompt)
     if unknown:
         print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
@@ -347,7 +352,7 @@ def cmd_eval(args) -> int:
 
 def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     """The command's parser; `train`'s flags are those of `task_name` (default: the default task)."""
-    from .tasks import DEFAULT_TASK, TASKS
+    from .tasks import DEFAULT_TASK, TASKS, TextGenerator
     from .training import TrainConfig
 
     task_name = task_name or DEFAULT_TASK
@@ -362,7 +367,7 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                        f"with --resume: the run's task)")
     train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<task>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (same result as never stopping)")
-    if hasattr(task, "sample_text"):
+    if issubclass(task, TextGenerator):
         train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
         train.add_argument("--sample-length", type=int, default=500, help="tokens per sample (default: 500)")
         train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")

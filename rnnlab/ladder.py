@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from .checkpoints import RunDir
-from .tasks import TASKS, run_config
+from .tasks import TASKS, Baselined, run_config
 from .training import TrainConfig, Trainer, seed_everything
 
 __all__ = ["LADDER_CELLS", "LadderRow", "parameter_count", "hidden_for_budget", "run_ladder", "plot_ladder"]
@@ -81,8 +81,8 @@ def run_ladder(task_name: str, config_overrides: dict, train_overrides: dict, ou
 
     config_overrides: task config fields (T, hidden, ...); `hidden` is the reference cell's H.
     train_overrides: TrainConfig fields over the task's train_defaults (steps, max_minutes, ...)."""
-    if task_name not in TASKS or not hasattr(TASKS[task_name], "baseline"):
-        ladder_tasks = sorted(name for name, cls in TASKS.items() if hasattr(cls, "baseline"))
+    if task_name not in TASKS or not issubclass(TASKS[task_name], Baselined):
+        ladder_tasks = sorted(name for name, cls in TASKS.items() if issubclass(cls, Baselined))
         raise ValueError(f"ladder: TASK must be one of {ladder_tasks}; got {task_name!r}")
     unknown = [c for c in (*cells, reference) if c not in LADDER_CELLS]
     if unknown or not cells:

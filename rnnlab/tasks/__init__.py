@@ -1,9 +1,9 @@
-"""Applications, one file each: data + model + metric + defaults. A task plugs into the Trainer
-with `model`, `batches(seed)`, `loss` and `evaluate(model)`, and into the CLI with `Config` (its
-flags), `train_defaults`, `artifacts()` / `from_artifacts()` (what its run directory keeps), and
-`describe()` / `report(result, run_dir)` (the text printed when training starts and ends: what is
-trained, and the metrics reached next to the task's baseline). A task that generates text also
-has `sample_text`, which gives `rnnlab train` its sampling flags.
+"""Applications, one file each: data + model + metric + defaults. Each is a `Task` (tasks/base.py,
+the contract as code): it plugs into the Trainer with `model`, `batches(seed)`, `loss` and
+`evaluate(model)`, and into the CLI with `Config` (its flags), `train_defaults`, `artifacts()` /
+`from_artifacts()` (what its run directory keeps), and `describe()` / `report(model, run_dir)`.
+Optional capabilities are inherited, not probed: a `TextGenerator` serves `rnnlab sample` (and
+gives `rnnlab train` its sampling flags).
 
 This module also rebuilds a finished or interrupted run from its directory (`open_run`).
 """
@@ -15,13 +15,14 @@ from pathlib import Path
 from ..checkpoints import CheckpointError, RunDir, check_weights
 from ..config import from_dict, to_dict
 from ..training import TrainConfig, resolve_device
+from .base import Baselined, Captioner, Task, TextGenerator, Translator, capabilities, commands_for
 from .digits import DigitsConfig, DigitsTask
 from .forecast import ForecastConfig, ForecastTask
 from .language import LanguageConfig, LanguageTask
 from .memory import AddingConfig, AddingTask, CopyConfig, CopyTask
 from .sentiment import SentimentConfig, SentimentTask
 
-__all__ = ["TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "describe_task",
+__all__ = ["Task", "TextGenerator", "Translator", "Captioner", "Baselined", "capabilities", "commands_for", "TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "describe_task",
            "LanguageTask", "LanguageConfig", "SentimentTask", "SentimentConfig", "DigitsTask", "DigitsConfig",
            "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig", "CopyTask", "CopyConfig"]
 
@@ -30,8 +31,8 @@ DEFAULT_TASK = LanguageTask.name
 
 
 def describe_task(cls) -> str:
-    """A task's one-line description: its `description`, else the first line of its docstring."""
-    return getattr(cls, "description", None) or (cls.__doc__ or cls.name).strip().splitlines()[0]
+    """A task's one-line description."""
+    return cls.description
 
 
 def run_config(task) -> dict:

@@ -26,6 +26,7 @@ from ..data.images import FASHION_MNIST, load_digits, load_fashion_mnist
 from ..models import SequenceToVector
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
+from .base import Task
 from .classification import (classification_loss, confusion_matrix, majority_baseline, plot_confusion,
                              predict, scores)
 
@@ -108,7 +109,7 @@ def build_model(config: DigitsConfig, columns: int) -> SequenceToVector:
     return SequenceToVector(core, readout, pool="last")
 
 
-class DigitsTask:
+class DigitsTask(Task):
     """Classify images read row by row: data splits, model, batches, loss, metrics, confusion matrix."""
 
     description = "sequence to vector: 8x8 digits or Fashion-MNIST read row by row, accuracy vs linear"
@@ -126,13 +127,6 @@ class DigitsTask:
         self.config = config
         self.data = load_splits(config)
         self.model = build_model(config, self.data["train"][0].shape[2])
-
-    def artifacts(self) -> dict[str, object]:
-        return {}
-
-    @classmethod
-    def from_artifacts(cls, config: DigitsConfig, artifacts: dict[str, object]) -> "DigitsTask":
-        return cls(config)
 
     def batches(self, seed: int) -> ExampleBatches:
         images, labels = self.data["train"]

@@ -46,6 +46,7 @@ from ..models import RecurrentModel
 from ..preprocessing import RawFeedback
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
+from .base import Task
 
 __all__ = ["Series", "SERIES", "ForecastConfig", "ForecastTask", "Normaliser", "naive_forecast",
            "seasonal_naive_forecast", "errors", "forecast"]
@@ -212,7 +213,7 @@ def window_loss(model, batch: Batch, state, teacher_forcing: float):
     return loss, state, batch.targets[:, 1:].numel()
 
 
-class ForecastTask:
+class ForecastTask(Task):
     """The forecasting task: series, split, normalisation, model, windows, forecasts and metrics."""
 
     name = "forecast"
@@ -222,7 +223,7 @@ class ForecastTask:
     train_defaults = TrainConfig(steps=800, max_minutes=10.0, lr=3e-3, eval_every=50, checkpoint_every=200,
                                  log_every=10, clip_norm=1.0, threads=1)
     unit = "value"
-    artifact_files = ()
+    artifact_files = ()  # everything is rebuilt from the config and the bundled series
 
     def __init__(self, config: ForecastConfig):
         self.config = config
@@ -250,13 +251,6 @@ class ForecastTask:
             return t.new_zeros(len(t), 0)
         angle = 2 * math.pi * t / self.series.calendar
         return torch.stack([angle.sin(), angle.cos()], dim=-1)
-
-    def artifacts(self) -> dict[str, object]:
-        return {}  # everything is rebuilt from the config and the bundled series
-
-    @classmethod
-    def from_artifacts(cls, config: ForecastConfig, artifacts: dict[str, object]) -> "ForecastTask":
-        return cls(config)
 
     def batches(self, seed: int) -> SeededBatches:
         W, B = self.window, self.config.batch_size

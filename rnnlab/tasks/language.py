@@ -33,6 +33,7 @@ from ..models import RecurrentModel
 from ..preprocessing import EmbeddingFeedback, choose_token
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
+from .base import Task, TextGenerator
 
 __all__ = ["LanguageConfig", "LanguageTask", "build_model", "next_token_logits", "next_token_loss", "stream_loss", "sample"]
 
@@ -168,7 +169,7 @@ def sample(model: RecurrentModel, prompt_ids: torch.Tensor, length: int, tempera
     return torch.tensor(chosen, dtype=torch.long)
 
 
-class LanguageTask:
+class LanguageTask(Task, TextGenerator):
     """The language-model task: text, vocabulary, model, batches, loss and metrics.
 
     vocabulary: the run's saved vocabulary when rebuilding a run (None: built from the training

@@ -34,6 +34,7 @@ from ..init import Init
 from ..models import RecurrentModel, SequenceToVector
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
+from .base import Baselined, Task
 
 __all__ = ["AddingConfig", "AddingTask", "CopyConfig", "CopyTask", "copy_baseline"]
 
@@ -81,18 +82,11 @@ class MemoryModelConfig:
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
 
-class MemoryTask:
+class MemoryTask(Task, Baselined):
     """What both memory tasks share: no artifacts (the data is a function of the config and the
     seed) and fresh seeded batches from the task's generator `make_batch(batch, T, generator)`."""
 
-    artifact_files = ()
-
-    def artifacts(self) -> dict[str, object]:
-        return {}
-
-    @classmethod
-    def from_artifacts(cls, config, artifacts: dict[str, object]):
-        return cls(config)
+    abstract = True  # AddingTask and CopyTask complete it
 
     def batches(self, seed: int) -> SeededBatches:
         B, T, make = self.config.batch_size, self.config.T, self.make_batch

@@ -24,6 +24,7 @@ from ..data.sentiment import LABELS, Vocabulary, encode_batch, load_rotten_tomat
 from ..models import SequenceToVector
 from ..runners import IMPLEMENTATION_NAMES, Bidirectional, Recurrent, Stacked
 from ..training import TrainConfig
+from .base import Task
 from .classification import classification_loss, majority_baseline, predict, scores
 
 __all__ = ["SentimentConfig", "SentimentTask", "TokenDropout", "build_model"]
@@ -104,7 +105,7 @@ def build_model(config: SentimentConfig, vocab_size: int) -> SequenceToVector:
     return SequenceToVector(core, readout, input_map, pool=config.pool)
 
 
-class SentimentTask:
+class SentimentTask(Task):
     """The sentiment task: snippets split by movie, vocabulary, model, batches, loss and metrics.
 
     vocabulary: the run's saved vocabulary when rebuilding a run (None: built from the training split)."""
