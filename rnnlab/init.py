@@ -34,7 +34,7 @@ SCHEMES = ("uniform", "xavier_uniform", "xavier_normal", "orthogonal", "kaiming_
 
 
 def _init_block(block: torch.Tensor, scheme: str, hidden_size: int) -> None:
-    """Initialise one gate's (H, fan_in) block in place."""
+    """Initialise a (rows, fan_in) weight in place."""
     if scheme == "uniform":  # torch.nn's RNN default: U(-1/sqrt(H), 1/sqrt(H))
         bound = 1.0 / math.sqrt(hidden_size)
         nn.init.uniform_(block, -bound, bound)
@@ -54,8 +54,10 @@ def _init_block(block: torch.Tensor, scheme: str, hidden_size: int) -> None:
 
 @dataclass(frozen=True)
 class Init:
-    """How a cell's weights start. Applied per gate block, so `orthogonal` makes each gate's
-    recurrent matrix orthogonal, as Keras does for the whole recurrent kernel.
+    """How a cell's weights start. Each scheme is applied to a whole stacked weight, as Keras does:
+    Glorot's bound for an LSTM's input kernel is sqrt(6 / (I + 4H)) (fan-out = every gate's
+    units), and `orthogonal` makes the whole (K*H, H) recurrent kernel's columns orthonormal
+    (Keras's (H, K*H) kernel has orthonormal rows: the same matrix transposed).
 
     Defaults are torch.nn's (every weight and bias U(-1/sqrt(H), 1/sqrt(H))); `Init.keras()` is
     Keras's (Glorot-uniform kernels, orthogonal recurrent kernels, zero biases, forget bias 1).
@@ -81,12 +83,12 @@ class Init:
         return cls("xavier_uniform", "orthogonal", "zeros", unit_forget_bias=True)
 
     def apply(self, weight: torch.Tensor | None, scheme: str, hidden_size: int, blocks: int) -> None:
-        """Initialise a stacked (blocks*H, fan_in) weight or (blocks*H,) bias gate by gate."""
+        """Initialise a stacked (blocks*H, fan_in) weight or (blocks*H,) bias, all gates at once
+        (`blocks` is kept for callers; the fan-out of Glorot's bound counts every gate)."""
         if weight is None:
             return
         with torch.no_grad():
-            for block in weight.chunk(blocks, dim=0):
-                _init_block(block if block.dim() > 1 else block.unsqueeze(1), scheme, hidden_size)
+            _init_block(weight if weight.dim() > 1 else weight.unsqueeze(1), scheme, hidden_size)
 
 
 # --- constraints: projections applied after each optimiser step -------------------------------
@@ -161,7 +163,8 @@ Regularizer = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Regularizers:
-    """Regulariser per weight group; `activity` penalises a runner's outputs (per element mean)."""
+    """Regulariser per weight group; `activity` penalises a runner's outputs (B, T, H) as Keras
+    does: the regulariser's value on the whole output (L1L2 sums over elements) divided by B."""
 
     kernel: Regularizer | None = None
     recurrent: Regularizer | None = None

@@ -78,9 +78,12 @@ class SoftmaxFeedback(nn.Module):
     def __init__(self, num_classes: int):
         super().__init__()
         self.size = num_classes
+        # no weights, yet one-hot targets must take the model's dtype: an empty buffer follows
+        # model.double() / .to(dtype) like a parameter would
+        self.register_buffer("dtype_probe", torch.empty(0), persistent=False)
 
     def from_target(self, targets: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(targets.long(), self.size).to(torch.get_default_dtype())
+        return F.one_hot(targets.long(), self.size).to(self.dtype_probe.dtype)
 
     def from_output(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=-1)

@@ -131,7 +131,7 @@ class Recurrent(Runner):
         masks = self.cell.sample_masks(xs.shape[0], xs)
         ys, state = kernels.run(self.cell, xs, state, y_prev, lengths, masks, self.implementation)
         activity = self.cell.regularizers.activity
-        self._activity = activity(ys) if activity is not None and self.training else None
+        self._activity = activity(ys) / ys.shape[0] if activity is not None and self.training else None
         return ys, state
 
     def penalty(self):

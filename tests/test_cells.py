@@ -215,9 +215,8 @@ def test_default_init_is_torch_uniform():
 
 def test_keras_init():
     cell = R.LSTMCell(I, H, init=R.Init.keras())
-    for k in range(4):
-        blk = cell.weight_hh[k * H:(k + 1) * H]
-        torch.testing.assert_close(blk @ blk.T, torch.eye(H), atol=1e-5, rtol=0)
+    # Keras's orthogonal (H, 4H) recurrent kernel has orthonormal rows: torch's (4H, H) orthonormal columns
+    torch.testing.assert_close(cell.weight_hh.T @ cell.weight_hh, torch.eye(H), atol=1e-5, rtol=0)
     f = slice(H, 2 * H)
     assert torch.all(cell.bias_ih[f] == 1) and torch.all(cell.bias_hh[f] == 0)
     assert torch.all(cell.bias_ih[:H] == 0)
@@ -302,7 +301,8 @@ def test_regularisers_sum_into_one_loss():
                                                                activity=R.L1L2(l2=1.0)))
     runner = R.Recurrent(cell)
     ys, _ = runner(torch.randn(B, 3, I))
-    expected = 0.1 * cell.weight_ih.abs().sum() + 0.2 * cell.weight_hh.pow(2).sum() + ys.pow(2).sum()
+    # the activity term as Keras: the sum over the output divided by the batch size
+    expected = 0.1 * cell.weight_ih.abs().sum() + 0.2 * cell.weight_hh.pow(2).sum() + ys.pow(2).sum() / B
     torch.testing.assert_close(R.regularization_loss(runner), expected)
     assert R.regularization_loss(R.Recurrent(R.LSTMCell(I, H))).item() == 0
 
@@ -333,3 +333,14 @@ def test_cell_errors_name_argument_expected_and_actual():
         R.VanillaCell(I, H, dropout=1.0)
     with pytest.raises(ValueError, match="reads_state must be False"):
         R.OutputFeedbackCell(I, H, reads_state=True)
+
+
+def test_keras_glorot_bound_counts_every_gate():
+    # Keras: limit = sqrt(6 / (fan_in + fan_out)) over the whole (I, 4H) kernel: 0.0533 at I=64, H=512
+    torch.manual_seed(0)
+    cell = R.LSTMCell(64, 512, init=R.Init.keras())
+    bound = (6 / (64 + 4 * 512)) ** 0.5
+    assert abs(bound - 0.0533) < 1e-4
+    w = cell.weight_ih
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    torch.testing.assert_close(w.var().item(), bound ** 2 / 3, rtol=0.05, atol=0)  # U(-b, b) has variance b^2/3

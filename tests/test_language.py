@@ -34,6 +34,17 @@ def test_eval_reports_nats_and_bits_per_char(tiny_run, capsys):
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
     assert "nats/char" in out and "bits/char" in out and "best.safetensors" in out
+    assert "baselines: unigram" in out and "uniform" in out
+
+
+def test_unigram_baseline_is_the_cross_entropy_of_smoothed_frequencies():
+    import math
+
+    from rnnlab.tasks.language import unigram_loss
+
+    train, val = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2])
+    p = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64) / 7  # counts + 1 over 3 tokens
+    assert math.isclose(unigram_loss(train, val, 3), -p.log().mean().item(), rel_tol=1e-12)
 
 
 def test_sample_continues_the_prompt_and_reads_unknown_characters_as_unk(tiny_run, capsys):

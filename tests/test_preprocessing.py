@@ -34,3 +34,13 @@ def test_feedback_maps():
     emb = R.EmbeddingFeedback(3, 2)
     torch.testing.assert_close(emb.from_output(torch.tensor([[0.0, 9.0, 0.0]])), emb.embedding.weight[1:2])
     assert R.RawFeedback(1).from_target(torch.randn(2, 5)).shape == (2, 5, 1)
+
+
+def test_softmax_feedback_keeps_the_models_dtype_under_teacher_forcing():
+    C = 4
+    model = R.RecurrentModel(R.Recurrent(R.GRUCell(3, 5, C)), torch.nn.Linear(5, C),
+                             feedback_map=R.SoftmaxFeedback(C)).double()
+    xs, targets = torch.randn(2, 6, 3, dtype=torch.float64), torch.randint(0, C, (2, 6))
+    ys, _ = model(xs, targets=targets)
+    assert ys.dtype == torch.float64
+    assert model.feedback_map.from_target(targets).dtype == torch.float64

@@ -35,7 +35,8 @@ from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 from .base import Task, TextGenerator
 
-__all__ = ["LanguageConfig", "LanguageTask", "build_model", "next_token_logits", "next_token_loss", "stream_loss", "sample"]
+__all__ = ["LanguageConfig", "LanguageTask", "build_model", "next_token_logits", "next_token_loss", "stream_loss",
+           "unigram_loss", "sample"]
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,14 @@ def stream_loss(model: RecurrentModel, ids: torch.Tensor, rows: int = 50, seq_le
 
 
 @torch.no_grad()
+def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int) -> float:
+    """Cross-entropy (nats per token) of the held-out tokens under the training text's token
+    frequencies, add-one smoothed so a token unseen in training costs a finite amount."""
+    counts = torch.bincount(train_ids.long(), minlength=vocab_size).double() + 1
+    log_p = (counts / counts.sum()).log()
+    return -log_p[val_ids.long()].mean().item()
+
+
 def sample(model: RecurrentModel, prompt_ids: torch.Tensor, length: int, temperature: float = 1.0,
            top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Continue the prompt (N,) ids with `length` ids, each the model's own choice fed back:
@@ -226,10 +235,13 @@ class LanguageTask(Task, TextGenerator):
                 f"vocabulary, {len(self.train_ids):,} training {self.unit}s")
 
     def report(self, model, run_dir) -> list[str]:
-        """Validation loss of `model` on all of the held-out text."""
+        """Validation loss of `model` on all of the held-out text, beside the unigram and uniform baselines."""
         m, unit = self.evaluate(model, full=True), self.unit
+        unigram, uniform = unigram_loss(self.train_ids, self.val_ids, len(self.vocabulary)), math.log(len(self.vocabulary))
         return [f"validation: {m['loss']:.4f} nats/{unit}   {m['bits']:.4f} bits/{unit}   perplexity "
-                f"{m['perplexity']:.2f}   (all {len(self.val_ids):,} held-out {unit}s)"]
+                f"{m['perplexity']:.2f}   (all {len(self.val_ids):,} held-out {unit}s)",
+                f"baselines: unigram {unigram:.4f} nats/{unit} (token frequencies of the training text), "
+                f"uniform {uniform:.4f} nats/{unit} (ln of the vocabulary size)"]
 
     def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
                     seed: int = 0) -> str:
