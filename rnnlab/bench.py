@@ -40,10 +40,11 @@ import torch
 from . import kernels
 from .kernels import compiled
 from .cells import LADDER
+from .config import ConfigError, knob, validate
 from .runners import IMPLEMENTATION_NAMES, Recurrent
 
 __all__ = ["Size", "BenchConfig", "DEFAULT_SIZES", "QUICK_SIZES", "VARIANTS", "PASSES", "PEERS",
-           "parse_sizes", "parse_names", "run_bench", "format_table", "machine", "matmul_peak"]
+           "QUICK", "parse_sizes", "run_bench", "format_table", "machine", "matmul_peak"]
 
 
 @dataclass(frozen=True)
@@ -74,46 +75,32 @@ LINEAR_CELLS = ("residual", "input", "forget", "lstm", "gru")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to time. Every field is checked on construction, naming the command's flag."""
+    """What to time; each field declares its type, range and help once (rnnlab.config)."""
 
-    sizes: tuple[Size, ...] = DEFAULT_SIZES
-    cells: tuple[str, ...] = tuple(LADDER)
-    impls: tuple[str, ...] = IMPLEMENTATION_NAMES
-    variants: tuple[str, ...] = VARIANTS
-    passes: tuple[str, ...] = PASSES
-    threads: int = 1
-    reps: int = 5
-    warmup: int = 1
+    sizes: tuple[Size, ...] = knob(DEFAULT_SIZES, "comma-separated BxHxIxT, e.g. 32x128x128x100,1x128x128x1000; "
+                                   "the default: the four sizes of docs/BENCHMARKS.md",
+                                   parse=lambda text: parse_sizes(text), metavar="BxHxIxT,...")
+    cells: tuple[str, ...] = knob(tuple(LADDER), "ladder cells, comma-separated, or 'all'", tuple(LADDER))
+    impls: tuple[str, ...] = knob(IMPLEMENTATION_NAMES, "rnnlab implementations, comma-separated, or 'all' (the "
+                                  "torch.nn peers always run: they are the baseline)", IMPLEMENTATION_NAMES)
+    variants: tuple[str, ...] = knob(VARIANTS, "plain, feedback (teacher forced), linear (reads_state=False)", VARIANTS)
+    passes: tuple[str, ...] = knob(PASSES, "forward, forward+backward", PASSES)
+    threads: int = knob(1, "torch threads", low=1)
+    reps: int = knob(5, "timed repetitions per candidate (--quick: 3)", low=1)
+    warmup: int = knob(1, "untimed calls per candidate before the repetitions", low=1)
     # A candidate whose first warm-up call takes longer is skipped (and reported so): this is what
     # keeps the default grid near 10 minutes when slow paths meet T = 1000.
-    max_call_s: float = 5.0
-    seed: int = 0
-    device: str = "cpu"  # or "cuda": tensors and modules there, each call timed to its completion
+    max_call_s: float = knob(5.0, "skip a candidate whose warm-up call takes longer than this many seconds", above=0)
+    seed: int = knob(0, "seed of the inputs and weights", low=0)
+    device: str = knob("cpu", "where to run: each call on cuda is timed to its completion", ("cpu", "cuda"))
 
     def __post_init__(self):
-        _check_names("--cells", self.cells, tuple(LADDER))
-        _check_names("--impls", self.impls, IMPLEMENTATION_NAMES)
-        _check_names("--variants", self.variants, VARIANTS)
-        _check_names("--passes", self.passes, PASSES)
-        if not self.sizes or not all(isinstance(s, Size) for s in self.sizes):
-            raise ValueError(f"bench: --sizes must name at least one size BxHxIxT; got {self.sizes!r}")
-        for name, value, low in (("--threads", self.threads, 1), ("--reps", self.reps, 1), ("--warmup", self.warmup, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"bench: {name} must be an int >= {low}; got {value!r}")
-        if not self.max_call_s > 0:
-            raise ValueError(f"bench: --max-call must be a positive number of seconds; got {self.max_call_s!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"bench: --device must be cpu or cuda; got {self.device!r}")
+        validate(self)
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("bench: --device cuda needs a CUDA device; torch sees none here")
+            raise ConfigError("BenchConfig", "device", "cpu here: torch sees no CUDA device", self.device)
 
 
-def _check_names(flag: str, names, allowed) -> None:
-    if not names:
-        raise ValueError(f"bench: {flag} must name at least one of {', '.join(allowed)}; got none")
-    unknown = [n for n in names if n not in allowed]
-    if unknown:
-        raise ValueError(f"bench: {flag} must be names from {', '.join(allowed)}; got {', '.join(map(repr, unknown))}")
+QUICK = dict(sizes=QUICK_SIZES, reps=3)  # `rnnlab bench --quick`: a small grid, under a minute
 
 
 def parse_sizes(text: str) -> tuple[Size, ...]:
@@ -122,19 +109,10 @@ def parse_sizes(text: str) -> tuple[Size, ...]:
     for part in text.split(","):
         fields = part.strip().lower().split("x")
         if len(fields) != 4 or not all(f.isdigit() and int(f) > 0 for f in fields):
-            raise ValueError(f"bench: --sizes must be comma-separated BxHxIxT of positive integers, e.g. "
+            raise ValueError(f"sizes must be comma-separated BxHxIxT of positive integers, e.g. "
                              f"32x128x128x100,1x128x128x1000; got {text!r}")
         sizes.append(Size(*map(int, fields)))
     return tuple(sizes)
-
-
-def parse_names(flag: str, text: str, allowed) -> tuple[str, ...]:
-    """'lstm,gru' -> ('lstm', 'gru'), checked against the allowed names ('all' for every one)."""
-    if text.strip() == "all":
-        return tuple(allowed)
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    _check_names(flag, names, tuple(allowed))
-    return names
 
 
 # --- the machine --------------------------------------------------------------------------------

@@ -16,43 +16,84 @@ from . import __version__
 # --- flags generated from config dataclasses ---------------------------------------------------
 
 
-def _parse_optional(kind):
-    """argparse type for `kind | None`: the word 'none' gives None."""
+class FlagError(ValueError):
+    """A flag's value is wrong: printed as one line `rnnlab COMMAND: error: --flag must be ...`."""
+
+    def __init__(self, command: str, message: str):
+        self.command = command
+        super().__init__(message)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where to read the flags, no usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def flag_name(field: str) -> str:
+    """The CLI's one translation of a config field's name: `max_minutes` -> `--max-minutes`."""
+    return "--" + field.replace("_", "-")
+
+
+def _parse_value(kind, meta: dict, optional: bool):
+    """argparse type for a field: the knob's own parser, comma lists for tuples ('all' for every
+    choice), 'none' for None where the field allows it."""
+    item = (typing.get_args(kind) or (str,))[0] if typing.get_origin(kind) is tuple else None
 
     def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
+        if optional and text.lower() == "none":
+            return None
+        try:
+            if meta.get("parse"):
+                return meta["parse"](text)
+            if item is not None:
+                if meta.get("choices") and text.strip() == "all":
+                    return tuple(meta["choices"])
+                return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+            return kind(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error) if meta.get("parse") else f"invalid value {text!r}") from None
 
-    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    parse.__name__ = getattr(item or kind, "__name__", "value")  # argparse names the type in its error messages
     return parse
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, defaults, title: str) -> None:
-    """One flag per field of the config dataclass `cls` (`max_minutes` -> `--max-minutes`). The flags
-    default to SUPPRESS, so the namespace holds only what the user gave; `defaults` (an instance)
-    supplies the values shown in --help."""
-    from .config import field_types
+    """One flag per field of the config dataclass `cls`. The flags default to SUPPRESS, so the
+    namespace holds only what the user gave; `defaults` (an instance) supplies the values shown in --help."""
+    from .config import field_types, unwrap_optional
 
     group = parser.add_argument_group(title)
     for name, kind in field_types(cls).items():
         meta = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{meta.get('help', '')} (default: {getattr(defaults, name)})"
-        options = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
-        args = typing.get_args(kind)
-        optional = (typing.get_origin(kind) in (typing.Union, types.UnionType)) and type(None) in args
-        base = next(a for a in args if a is not type(None)) if optional else kind
+        default = getattr(defaults, name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        options = dict(dest=name, default=argparse.SUPPRESS, help=f"{meta.get('help', '')} (default: {shown})")
+        base, optional = unwrap_optional(kind)
         if base is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            group.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, **options)
             continue
-        if meta.get("choices"):
+        scalar_choices = meta.get("choices") and typing.get_origin(base) is not tuple
+        if scalar_choices:
             options["choices"] = meta["choices"]
-        group.add_argument(flag, type=_parse_optional(base) if optional else base,
-                           metavar=name.upper() if not meta.get("choices") else None, **options)
+        metavar = meta.get("metavar") or (None if scalar_choices else name.upper())
+        group.add_argument(flag_name(name), type=_parse_value(base, meta, optional), metavar=metavar, **options)
 
 
 def _given(args: argparse.Namespace, cls) -> dict:
     """The fields of `cls` the user set on the command line."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def config_from_flags(cls, args: argparse.Namespace, command: str, base=None):
+    """`base` (default: cls()) with the fields the user set; a field's error names its flag."""
+    from .config import ConfigError
+
+    try:
+        return dataclasses.replace(base if base is not None else cls(), **_given(args, cls))
+    except ConfigError as error:
+        raise FlagError(command, error.for_flag(flag_name(error.field))) from None
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -170,22 +211,9 @@ def cmd_bench(args) -> int:
     import json
 
     from . import bench
-    from .cells import LADDER
-    from .runners import IMPLEMENTATION_NAMES
 
-    try:
-        sizes = bench.parse_sizes(args.sizes) if args.sizes else (bench.QUICK_SIZES if args.quick else bench.DEFAULT_SIZES)
-        config = bench.BenchConfig(
-            sizes=sizes,
-            cells=bench.parse_names("--cells", args.cells, tuple(LADDER)),
-            impls=bench.parse_names("--impls", args.impls, IMPLEMENTATION_NAMES),
-            variants=bench.parse_names("--variants", args.variants, bench.VARIANTS),
-            passes=bench.parse_names("--passes", args.passes, bench.PASSES),
-            threads=args.threads, reps=args.reps if args.reps is not None else (3 if args.quick else 5),
-            max_call_s=args.max_call, device=args.device)
-    except ValueError as error:
-        print(f"rnnlab {error}", file=sys.stderr)  # the message starts "bench: --flag ..."
-        return 2
+    base = dataclasses.replace(bench.BenchConfig(), **bench.QUICK) if args.quick else None
+    config = config_from_flags(bench.BenchConfig, args, "bench", base)
     report = bench.run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(bench.format_table(report))
     if args.json:
@@ -198,26 +226,19 @@ def cmd_bench(args) -> int:
 def cmd_complexity(args) -> int:
     """Measure the lecture's complexity table; print it, write JSON and log-log plots."""
     import json
-    from dataclasses import replace
     from datetime import datetime
-    from pathlib import Path
 
     from . import complexity
 
-    config = complexity.ComplexityConfig(**(complexity.QUICK if args.quick else {}))
-    overrides = {"cell": args.cell, "hidden": args.hidden, "input": args.input, "batch": args.batch,
-                 "window": args.window, "repeats": args.repeats, "device": args.device}
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    if args.T is not None:
-        config = replace(config, steps=complexity.sweep_from_text(args.T))
-    config.check()
+    base = complexity.ComplexityConfig(**complexity.QUICK) if args.quick else None
+    config = config_from_flags(complexity.ComplexityConfig, args, "complexity", base)
     out = Path(args.out) if args.out else Path("runs") / f"complexity-{datetime.now():%Y%m%d-%H%M%S}"
     print(f"rnnlab complexity: {config.cell}, H={config.hidden}, I={config.input}, B={config.batch}, "
           f"k={config.window}, device {config.device}")
     result = complexity.measure(config, progress=lambda line: print("  measuring", line, flush=True))
     print()
     print(complexity.format_table(result))
-    print(f"\nExponents: log-log least-squares slopes over T = {config.steps[0]}..{config.steps[-1]}; "
+    print(f"\nExponents: log-log least-squares slopes over T = {config.T[0]}..{config.T[-1]}; "
           f"O(1) and O(log T) -> 0, O(sqrt T) -> 0.5, O(T) -> 1. Serial steps count ops on the longest chain "
           f"({result.ops_per_step} per {config.cell} step). {complexity.FLOPS_CONVENTION}")
     data = result.to_dict()
@@ -237,30 +258,27 @@ def cmd_gradients(args) -> int:
     import json
     from dataclasses import asdict
     from datetime import datetime
-    from pathlib import Path
 
     from . import gradient_flow as gf
 
-    config = gf.GradientFlowConfig(cells=tuple(c for c in args.cells.split(",") if c), steps=args.T,
-                                   train_steps=args.steps, hidden=args.hidden, batch=args.batch,
-                                   lr=args.lr, seed=args.seed, init=args.init)
-    config.check()
+    config = config_from_flags(gf.GradientFlowConfig, args, "gradients")
     out = Path(args.out) if args.out else Path("runs") / f"gradients-{datetime.now():%Y%m%d-%H%M%S}"
     results = gf.measure_gradient_flow(config, progress=lambda line: print("  ", line, flush=True))
-    shown = gf.selected_steps(config.steps)
-    print(f"\n||dLoss/ds^t|| on the adding problem (T={config.steps}, H={config.hidden}, init {config.init}; loss at t=T; "
+    shown = gf.selected_steps(config.T)
+    print(f"\n||dLoss/ds^t|| on the adding problem (T={config.T}, H={config.hidden}, depth {config.depth}, "
+          f"init {config.init}; loss at t=T; "
           f"baseline MSE {gf.ADDING_BASELINE_MSE:.3f})\n")
     print("| cell | moment | MSE | " + " | ".join(f"t={t}" for t in shown) + " | t=1 / t=T |")
     print("| --- | --- | ---: | " + " | ".join("---:" for _ in shown) + " | ---: |")
     for flow in results:
         for moment, norms, loss in (("init", flow.init, flow.loss_init),
-                                    (f"after {config.train_steps}", flow.trained, flow.loss_trained)):
+                                    (f"after {config.steps}", flow.trained, flow.loss_trained)):
             ratio = norms[0] / norms[-1] if norms[-1] else float("nan")
             print(f"| {flow.cell} | {moment} | {loss:.3f} | " + " | ".join(f"{norms[t - 1]:.1e}" for t in shown)
                   + f" | {ratio:.1e} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "gradients.json").write_text(json.dumps({"config": asdict(config), "cells": [asdict(f) for f in results]}))
-    path = gf.plot_gradient_flow(results, out / "gradients.png", config.steps)
+    path = gf.plot_gradient_flow(results, out / "gradients.png", config.T)
     print(f"\nwrote {out / 'gradients.json'} and {path}")
     return 0
 
@@ -284,11 +302,9 @@ def cmd_ladder(args) -> int:
 
     from . import ladder
 
-    config = {k: v for k, v in (("T", args.T), ("hidden", args.hidden), ("batch_size", args.batch_size)) if v is not None}
-    train = {k: v for k, v in (("steps", args.steps), ("max_minutes", args.max_minutes), ("lr", args.lr),
-                               ("seed", args.seed), ("eval_every", args.eval_every), ("threads", args.threads))
-             if v is not None}
-    cells = tuple(c for c in args.cells.split(",") if c)
+    settings = config_from_flags(ladder.LadderConfig, args, "ladder")
+    config, train = settings.overrides(settings.TASK_FIELDS), settings.overrides(settings.TRAIN_FIELDS)
+    cells = settings.cells
     out = Path(args.out) if args.out else Path("runs") / f"ladder-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
     rows = ladder.run_ladder(args.task, config, train, out, cells,
                              progress=lambda line: print("  training", line, flush=True))
@@ -356,9 +372,9 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     from .training import TrainConfig
 
     task_name = task_name or DEFAULT_TASK
-    parser = argparse.ArgumentParser(prog="rnnlab", description="Recurrent neural networks, from the lecture to fast kernels.")
+    parser = Parser(prog="rnnlab", description="Recurrent neural networks, from the lecture to fast kernels.")
     parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     task = TASKS[task_name]
     train = sub.add_parser("train", help=f"train a task (default: {DEFAULT_TASK}, a character model of Shakespeare)",
@@ -374,44 +390,21 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     add_config_flags(train, task.Config, task.Config(), f"task {task_name!r}")
     add_config_flags(train, TrainConfig, task.train_defaults, "training")
     train.set_defaults(func=cmd_train)
+    from . import bench as bench_module, complexity as complexity_module, gradient_flow, ladder as ladder_module
+
     bench = sub.add_parser("bench", help="time every implementation side by side with torch.nn (ratios to torch.nn.LSTM)")
-    bench.add_argument("--sizes", help="comma-separated BxHxIxT, e.g. 32x128x128x100,1x128x128x1000 "
-                                       "(default: the four sizes of docs/BENCHMARKS.md)")
-    bench.add_argument("--cells", default="all", help="ladder cells, comma-separated, or 'all'")
-    bench.add_argument("--impls", default="all", help="rnnlab implementations, comma-separated, or 'all' "
-                                                      "(the torch.nn peers always run: they are the baseline)")
-    bench.add_argument("--variants", default="all", help="plain, feedback (teacher forced), linear (reads_state=False)")
-    bench.add_argument("--passes", default="all", help="forward, forward+backward")
-    bench.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    bench.add_argument("--reps", type=int, default=None, help="timed repetitions per candidate (default 5; 3 with --quick)")
-    bench.add_argument("--max-call", type=float, default=5.0,
-                       help="skip a candidate whose warm-up call takes longer than this many seconds (default 5)")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_config_flags(bench, bench_module.BenchConfig, bench_module.BenchConfig(), "what to time")
     bench.add_argument("--quick", action="store_true", help="a small grid that finishes in under a minute")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     bench.set_defaults(func=cmd_bench)
     comp = sub.add_parser("complexity", help="measure memory, FLOPs and serial steps against sequence length T")
-    comp.add_argument("--cell", help="ladder cell (default lstm)")
-    comp.add_argument("--hidden", type=int, help="H (default 64; --quick 32)")
-    comp.add_argument("--input", type=int, help="I (default 32; --quick 16)")
-    comp.add_argument("--batch", type=int, help="B (default 8; --quick 4)")
-    comp.add_argument("--T", help="sweep of T: FIRST..LAST doubling, or a comma list (default 16..4096; --quick 16..256)")
-    comp.add_argument("--window", type=int, help="truncated BPTT's window k (default 16; --quick 8)")
-    comp.add_argument("--repeats", type=int, help="timed runs per point, the fastest kept (default 3)")
-    comp.add_argument("--device", choices=("cpu", "cuda"), help="default cpu")
+    add_config_flags(comp, complexity_module.ComplexityConfig, complexity_module.ComplexityConfig(), "what to measure")
     comp.add_argument("--quick", action="store_true", help="a small sweep, under a minute")
     comp.add_argument("--json", help="also write the results here")
     comp.add_argument("--out", help="directory for JSON and plots (default runs/complexity-<time>)")
     comp.set_defaults(func=cmd_complexity)
     grad = sub.add_parser("gradients", help="gradient flow: ||dLoss/ds^t|| for each ladder cell on the adding problem")
-    grad.add_argument("--cells", default="vanilla,residual,input,forget,lstm,gru")
-    grad.add_argument("--T", type=int, default=100, help="sequence length")
-    grad.add_argument("--steps", type=int, default=300, help="training steps (plain Adam)")
-    grad.add_argument("--hidden", type=int, default=32)
-    grad.add_argument("--batch", type=int, default=32)
-    grad.add_argument("--lr", type=float, default=1e-2)
-    grad.add_argument("--seed", type=int, default=0)
-    grad.add_argument("--init", default="keras", help="keras (default: orthogonal recurrent, forget bias 1) or torch")
+    add_config_flags(grad, gradient_flow.GradientFlowConfig, gradient_flow.GradientFlowConfig(), "what to measure")
     grad.add_argument("--out", help="directory for JSON and the plot (default runs/gradients-<time>)")
     grad.set_defaults(func=cmd_gradients)
 
@@ -421,17 +414,7 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                          description="Train vanilla, residual, input, forget, lstm and gru with equal parameter "
                                      "budgets on one task; print one table and save one plot of learning curves.")
     lad.add_argument("task", metavar="TASK", help="adding or copy")
-    lad.add_argument("--T", type=int, help="sequence length (adding) or delay (copy) (default: the task's)")
-    lad.add_argument("--hidden", type=int, help="the LSTM's hidden size, which sets the budget (default: the task's)")
-    lad.add_argument("--batch-size", type=int, help="sequences per batch (default: the task's)")
-    lad.add_argument("--cells", default=",".join(("vanilla", "residual", "input", "forget", "lstm", "gru")),
-                     help="cells to train, comma-separated (default: all six)")
-    lad.add_argument("--steps", type=int, help="training steps per cell (default: the task's)")
-    lad.add_argument("--max-minutes", type=float, help="wall-clock budget per cell (default: the task's)")
-    lad.add_argument("--lr", type=float, help="peak learning rate (default: the task's)")
-    lad.add_argument("--eval-every", type=int, help="evaluate every this many steps (default: the task's)")
-    lad.add_argument("--seed", type=int, help="seed (default 0)")
-    lad.add_argument("--threads", type=int, help="torch CPU threads (default: the task's, 1)")
+    add_config_flags(lad, ladder_module.LadderConfig, ladder_module.LadderConfig(), "what to train")
     lad.add_argument("--out", help="directory of the runs and the plot (default runs/ladder-TASK-<time>); "
                                    "cells already there are resumed")
     lad.set_defaults(func=cmd_ladder)
@@ -482,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(_task_named(argv)).parse_args(argv)
     try:
         return args.func(args)
+    except FlagError as error:  # a flag's value: name the flag
+        print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
+        return 2
     except ValueError as error:  # wrong input: a message, not a traceback
         print(f"rnnlab: error: {error}", file=sys.stderr)
         return 2

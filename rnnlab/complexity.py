@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import kernels
 from .cells import LADDER, Cell, OutputFeedbackCell
+from .config import ConfigError, knob, validate
 from .runners import Recurrent, shift_right
 
 __all__ = [
@@ -81,43 +82,33 @@ SCAN_COMBINE_OPS = 2
 
 @dataclass(frozen=True)
 class ComplexityConfig:
-    """What `measure` sweeps. `steps` is the sweep of T; `window` is truncated BPTT's k."""
+    """What `measure` sweeps: the sweep of sequence lengths T, and truncated BPTT's window k."""
 
-    cell: str = "lstm"
-    hidden: int = 64
-    input: int = 32
-    batch: int = 8
-    steps: tuple[int, ...] = tuple(2 ** p for p in range(4, 13))  # 16 .. 4096
-    window: int = 16
-    repeats: int = 3
-    device: str = "cpu"
-    threads: int = 1  # torch CPU threads: these matrices are small and the cores shared; more adds noise
-    regimes: tuple[str, ...] = tuple(REGIMES)
-    seed: int = 0
+    cell: str = knob("lstm", "ladder cell", tuple(n for n in LADDER if n != "feedback"))
+    hidden: int = knob(64, "H (--quick: 32)", low=1)
+    input: int = knob(32, "I (--quick: 16)", low=1)
+    batch: int = knob(8, "B (--quick: 4)", low=1)
+    T: tuple[int, ...] = knob(tuple(2 ** p for p in range(4, 13)), "sweep of T: FIRST..LAST doubling, or a comma "
+                              "list (default 16..4096; --quick 16..256)", low=1,
+                              parse=lambda text: sweep_from_text(text), metavar="FIRST..LAST")
+    window: int = knob(16, "truncated BPTT's window k (--quick: 8)", low=1)
+    repeats: int = knob(3, "timed runs per point, the fastest kept (--quick: 2)", low=1)
+    device: str = knob("cpu", "where to measure (cuda: peak memory from torch.cuda.max_memory_allocated)",
+                       ("cpu", "cuda"))
+    threads: int = knob(1, "torch CPU threads: these matrices are small and the cores shared; more adds noise", low=1)
+    regimes: tuple[str, ...] = knob(tuple(REGIMES), "regimes to measure, comma-separated", tuple(REGIMES))
+    seed: int = knob(0, "seed of the inputs and weights", low=0)
 
-    def check(self) -> None:
-        if self.cell not in LADDER or self.cell == "feedback":
-            names = sorted(n for n in LADDER if n != "feedback")
-            raise ValueError(f"complexity: --cell must be one of {names}; got {self.cell!r}")
-        for name, value in (("--hidden", self.hidden), ("--input", self.input), ("--batch", self.batch),
-                            ("--window", self.window), ("--repeats", self.repeats),
-                            ("--threads", self.threads)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"complexity: {name} must be an int >= 1; got {value!r}")
-        steps = list(self.steps)
-        if len(steps) < 2 or any(not isinstance(t, int) or t < 1 for t in steps) or steps != sorted(set(steps)):
-            raise ValueError(f"complexity: --T must be at least two increasing ints >= 1 (e.g. 16..4096 or "
-                             f"16,64,256); got {self.steps!r}")
-        unknown = [r for r in self.regimes if r not in REGIMES]
-        if unknown or not self.regimes:
-            raise ValueError(f"complexity: regimes must be among {list(REGIMES)}; got {list(self.regimes)!r}")
+    def __post_init__(self):
+        validate(self)
+        if len(self.T) < 2 or list(self.T) != sorted(set(self.T)):
+            raise ConfigError("ComplexityConfig", "T", "at least two increasing ints >= 1 (e.g. 16..4096 or 16,64,256)",
+                              self.T)
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("complexity: --device cuda needs a CUDA GPU; none is available")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"complexity: --device must be 'cpu' or 'cuda'; got {self.device!r}")
+            raise ConfigError("ComplexityConfig", "device", "cpu here: torch sees no CUDA device", self.device)
 
 
-QUICK = dict(hidden=32, input=16, batch=4, steps=(16, 32, 64, 128, 256), window=8, repeats=2)
+QUICK = dict(hidden=32, input=16, batch=4, T=(16, 32, 64, 128, 256), window=8, repeats=2)
 
 
 def sweep_from_text(text: str) -> tuple[int, ...]:
@@ -134,7 +125,7 @@ def sweep_from_text(text: str) -> tuple[int, ...]:
             return tuple(steps)
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"complexity: --T must be FIRST..LAST (doubling) or a comma list of ints; got {text!r}") from None
+        raise ValueError(f"T must be FIRST..LAST (doubling) or a comma list of ints; got {text!r}") from None
 
 
 @dataclass
@@ -559,7 +550,6 @@ def measure(config: ComplexityConfig, progress: Callable[[str], None] | None = N
     """Run every regime of `config` over its sweep of T; fit each quantity's exponent.
 
     `progress`, if given, is called with a short line before each regime (the CLI prints it)."""
-    config.check()
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -588,10 +578,10 @@ def _measure(config: ComplexityConfig, progress) -> ComplexityResult:
             result.unavailable = scan_missing
             continue
         if progress:
-            progress(f"{regime}: T = {', '.join(map(str, config.steps))}")
+            progress(f"{regime}: T = {', '.join(map(str, config.T))}")
         ops = chains["scan" if regime == "scan" else "feedback" if regime.startswith("teacher_forced") else "cell"]
-        result.points = [_measure_point(regime, setup, config, t, ops) for t in config.steps]
-        result.exponents = {q: fit_exponent(config.steps, [getattr(p, q) for p in result.points]) for q in QUANTITIES}
+        result.points = [_measure_point(regime, setup, config, t, ops) for t in config.T]
+        result.exponents = {q: fit_exponent(config.T, [getattr(p, q) for p in result.points]) for q in QUANTITIES}
     return ComplexityResult(config, config.device, chains["cell"], results)
 
 

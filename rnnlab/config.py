@@ -1,23 +1,55 @@
-"""Typed configuration: frozen dataclasses, their JSON form, and the knobs the CLI turns into flags.
+"""Typed configuration: frozen dataclasses whose fields declare their type, range and help once.
 
-A config class declares each field with `knob(default, help, choices)`; `cli.py` generates one
-flag per field (`hidden_size` -> `--hidden-size`), and a run directory stores the config as JSON
-(`to_dict`), from which `from_dict` rebuilds it with a clear error for unknown fields.
+A config class declares each field with `knob(default, help, choices, low=, high=, ...)` and calls
+`validate(self)` in `__post_init__` (after which it checks only what relates two fields). The one
+validator reads the annotations and the knobs, so every config fails the same way, naming the
+field: "BenchConfig: threads must be an int >= 1; got 0" (a ConfigError, a ValueError; a value of
+the wrong type is a ConfigTypeError, a TypeError). `cli.py` generates one flag per field
+(`hidden_size` -> `--hidden-size`) and is the only place that turns field names into flag names;
+a run directory stores the config as JSON (`to_dict`), from which `from_dict` rebuilds it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import field
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["knob", "to_dict", "from_dict", "differences", "field_types"]
+__all__ = ["knob", "validate", "ConfigError", "ConfigTypeError", "to_dict", "from_dict", "differences",
+           "field_types", "unwrap_optional"]
 
 
-def knob(default: Any, help: str, choices: tuple | None = None):
-    """A config field with the help text (and allowed values) its CLI flag shows."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+class ConfigError(ValueError):
+    """A config field's value is out of its declared range or choices. `owner` is the config class's
+    name and `field` the field's, so the CLI can name the flag instead."""
+
+    def __init__(self, owner: str, field: str, expected: str, value: Any):
+        self.owner, self.field, self.expected, self.value = owner, field, expected, value
+        super().__init__(f"{owner}: {field} must be {expected}; got {value!r}")
+
+    def for_flag(self, flag: str) -> str:
+        return f"{flag} must be {self.expected}; got {self.value!r}"
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config field's value has the wrong type (a string where a number belongs, ...)."""
+
+
+def knob(default: Any, help: str, choices: tuple | None = None, *, low: float | None = None,
+         high: float | None = None, above: float | None = None, below: float | None = None,
+         parse: Callable[[str], Any] | None = None, metavar: str | None = None):
+    """A config field: its default, the help text its CLI flag shows, and what values it takes.
+
+    choices: the allowed values (of each element, for a tuple field); low/high: inclusive bounds;
+    above/below: exclusive bounds; parse: text -> value for the CLI where the type's own
+    constructor does not serve (e.g. '16..4096' for a sweep)."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "above": above, "below": below,
+            "parse": parse, "metavar": metavar}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError(f"knob: default must be immutable (use a tuple); got {type(default).__name__}")
+    return field(default=default, metadata=meta)
 
 
 def field_types(cls) -> dict[str, Any]:
@@ -26,20 +58,100 @@ def field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def unwrap_optional(kind) -> tuple[Any, bool]:
+    """(X, True) for `X | None`, (kind, False) otherwise."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    return kind, False
+
+
+_ARTICLE = {int: "an int", float: "a number", str: "a string", bool: "True or False"}
+
+
+def _range_text(meta: dict) -> str:
+    low, high, above, below = (meta.get(k) for k in ("low", "high", "above", "below"))
+    if (low is not None or above is not None) and (high is not None or below is not None):
+        left = f"[{low}" if low is not None else f"({above}"
+        right = f"{high}]" if high is not None else f"{below})"
+        return f" in {left}, {right}"
+    return "".join(text for text in (f" >= {low}" if low is not None else "", f" > {above}" if above is not None else "",
+                                     f" <= {high}" if high is not None else "", f" < {below}" if below is not None else ""))
+
+
+def _is_type(value, kind) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind) if isinstance(kind, type) else True
+
+
+def _in_range(value, meta: dict) -> bool:
+    low, high, above, below = (meta.get(k) for k in ("low", "high", "above", "below"))
+    return ((low is None or value >= low) and (high is None or value <= high)
+            and (above is None or value > above) and (below is None or value < below))
+
+
+def _expected(kind, optional: bool, meta: dict) -> str:
+    if meta.get("choices") is not None:
+        text = f"one of {tuple(meta['choices'])}"
+    else:
+        text = _ARTICLE.get(kind, f"a {getattr(kind, '__name__', kind)}") + _range_text(meta)
+    return f"None or {text}" if optional else text
+
+
+def validate(config) -> None:
+    """Check every field of a config dataclass against its annotation and its knob; raise a
+    ConfigTypeError (wrong type) or ConfigError (out of range or choices) naming the field."""
+    owner = type(config).__name__
+    for f, kind in zip(dataclasses.fields(config), field_types(type(config)).values()):
+        value, meta = getattr(config, f.name), f.metadata
+        base, optional = unwrap_optional(kind)
+        if value is None:
+            if not optional:
+                raise ConfigTypeError(owner, f.name, _expected(base, False, meta), value)
+            continue
+        if typing.get_origin(base) is tuple:  # tuple[X, ...]: a non-empty tuple of X, each in choices
+            (item, *_) = typing.get_args(base) or (object,)
+            expected = "a non-empty tuple of " + (f"names from {tuple(meta['choices'])}" if meta.get("choices")
+                                                  else _expected(item, False, meta))
+            if not isinstance(value, tuple) or not value:
+                raise ConfigTypeError(owner, f.name, expected, value)
+            for element in value:
+                if not _is_type(element, item):
+                    raise ConfigTypeError(owner, f.name, expected, value)
+                if (meta.get("choices") is not None and element not in meta["choices"]) or (
+                        meta.get("choices") is None and not _in_range(element, meta)):
+                    raise ConfigError(owner, f.name, expected, value)
+            continue
+        if not _is_type(value, base):
+            raise ConfigTypeError(owner, f.name, _expected(base, optional, meta), value)
+        if meta.get("choices") is not None and value not in meta["choices"]:
+            raise ConfigError(owner, f.name, _expected(base, optional, meta), value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, meta):
+            raise ConfigError(owner, f.name, _expected(base, optional, meta), value)
+
+
 def to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
 def from_dict(cls, data: dict[str, Any], where: str):
     """cls(**data), naming unknown fields; missing fields take their defaults (configs written by
-    an older version stay readable)."""
+    an older version stay readable). JSON has no tuples: lists become tuples for tuple fields."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: must be a JSON object of {cls.__name__} fields; got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown {cls.__name__} field(s) {unknown}; expected some of {sorted(names)}")
-    return cls(**data)
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return cls(**data)
+    except ConfigError as error:  # a hand-edited file: name the file, not a flag
+        raise (TypeError if isinstance(error, TypeError) else ValueError)(f"{where}: {error}") from None
 
 
 def differences(a, b) -> dict[str, tuple[Any, Any]]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .cells import LADDER
+from .config import knob, validate
 from .init import Init
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
 from .runners import Recurrent
@@ -30,31 +31,24 @@ INITS = {"torch": Init.torch, "keras": Init.keras}
 
 @dataclass(frozen=True)
 class GradientFlowConfig:
-    cells: tuple[str, ...] = LADDER_CELLS
-    steps: int = 100  # T, the adding problem's length
-    train_steps: int = 300
-    hidden: int = 32
-    batch: int = 32
-    lr: float = 1e-2
-    seed: int = 0
-    # 'keras' (orthogonal recurrent kernels, zero biases, forget bias 1) or 'torch' (uniform): keras's
-    # is the default because with it a gated cell learns the task within the short training here.
-    init: str = "keras"
-    threads: int = 1  # torch CPU threads: small matrices on shared cores train faster on one
+    """One gradient-flow measurement; each field declares its type, range and help once."""
 
-    def check(self) -> None:
-        unknown = [c for c in self.cells if c not in LADDER_CELLS]
-        if unknown or not self.cells:
-            raise ValueError(f"gradients: --cells must be a comma list of {','.join(LADDER_CELLS)}; got {','.join(self.cells)!r}")
-        if not isinstance(self.steps, int) or self.steps < 2:
-            raise ValueError(f"gradients: --T must be an int >= 2; got {self.steps!r}")
-        for name, value, low in (("--steps", self.train_steps, 0), ("--hidden", self.hidden, 1), ("--batch", self.batch, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"gradients: {name} must be an int >= {low}; got {value!r}")
-        if self.init not in INITS:
-            raise ValueError(f"gradients: --init must be one of {sorted(INITS)}; got {self.init!r}")
-        if not self.lr > 0:
-            raise ValueError(f"gradients: --lr must be > 0; got {self.lr!r}")
+    cells: tuple[str, ...] = knob(LADDER_CELLS, "ladder cells, comma-separated", LADDER_CELLS)
+    T: int = knob(100, "sequence length of the adding problem", low=2)
+    steps: int = knob(300, "training steps (plain Adam)", low=0)
+    hidden: int = knob(32, "state size H", low=1)
+    depth: int = knob(1, "deep transition: h as an MLP of this many layers (the lecture's claim: a longer path "
+                         "between steps)", low=1)
+    batch: int = knob(32, "sequences per training batch", low=1)
+    lr: float = knob(1e-2, "Adam's learning rate", above=0)
+    seed: int = knob(0, "seed of the weights and the data", low=0)
+    # keras's is the default because with it a gated cell learns the task within the short training here.
+    init: str = knob("keras", "keras (orthogonal recurrent kernels, zero biases, forget bias 1) or torch (uniform)",
+                     tuple(INITS))
+    threads: int = knob(1, "torch CPU threads: small matrices on shared cores train faster on one", low=1)
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
@@ -112,8 +106,8 @@ def train_adding(runner: Recurrent, readout: nn.Module, config: GradientFlowConf
     params = list(runner.parameters()) + list(readout.parameters())
     optimiser = torch.optim.Adam(params, lr=config.lr)
     losses = []
-    for _ in range(config.train_steps):
-        xs, targets = adding_batch(config.batch, config.steps, generator)
+    for _ in range(config.steps):
+        xs, targets = adding_batch(config.batch, config.T, generator)
         ys, _ = runner(xs)
         loss = nn.functional.mse_loss(readout(ys[:, -1]), targets)
         optimiser.zero_grad()
@@ -126,7 +120,6 @@ def train_adding(runner: Recurrent, readout: nn.Module, config: GradientFlowConf
 
 def measure_gradient_flow(config: GradientFlowConfig, progress=None) -> list[CellFlow]:
     """For each cell of `config.cells`, its norms at initialisation and after training."""
-    config.check()
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -138,12 +131,13 @@ def measure_gradient_flow(config: GradientFlowConfig, progress=None) -> list[Cel
 def _cell_flow(name: str, config: GradientFlowConfig, progress) -> CellFlow:
     """One cell: norms on a fixed evaluation batch at initialisation, train, norms again."""
     if progress:
-        progress(f"{name}: training {config.train_steps} steps on the adding problem, T={config.steps}")
+        progress(f"{name}: training {config.steps} steps on the adding problem, T={config.T}, depth {config.depth}")
     torch.manual_seed(config.seed)
-    runner = Recurrent(LADDER[name](2, config.hidden, init=INITS[config.init]()), implementation="reference")
+    runner = Recurrent(LADDER[name](2, config.hidden, init=INITS[config.init](), depth=config.depth),
+                       implementation="reference")
     readout = nn.Linear(config.hidden, 1)
     # The same evaluation batch for every cell and both moments, drawn apart from training data.
-    xs, targets = adding_batch(256, config.steps, torch.Generator().manual_seed(config.seed + 10_000))
+    xs, targets = adding_batch(256, config.T, torch.Generator().manual_seed(config.seed + 10_000))
     init, loss_init = state_gradient_norms(runner, readout, xs, targets)
     losses = train_adding(runner, readout, config, torch.Generator().manual_seed(config.seed))
     trained, loss_trained = state_gradient_norms(runner, readout, xs, targets)

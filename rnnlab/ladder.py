@@ -18,15 +18,42 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from .checkpoints import RunDir
+from .config import knob, validate
 from .tasks import TASKS, Baselined, run_config
 from .training import TrainConfig, Trainer, seed_everything
 
-__all__ = ["LADDER_CELLS", "LadderRow", "parameter_count", "hidden_for_budget", "run_ladder", "plot_ladder"]
+__all__ = ["LADDER_CELLS", "LadderConfig", "LadderRow", "parameter_count", "hidden_for_budget", "run_ladder", "plot_ladder"]
 
 LADDER_CELLS = ("vanilla", "residual", "input", "forget", "lstm", "gru")
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    """What `rnnlab ladder TASK` trains: task and training fields (None: the task's own default)."""
+
+    T: int | None = knob(None, "sequence length (adding) or delay (copy) (none: the task's)", low=1)
+    hidden: int | None = knob(None, "the LSTM's hidden size, which sets the budget (none: the task's)", low=1)
+    batch_size: int | None = knob(None, "sequences per batch (none: the task's)", low=1)
+    cells: tuple[str, ...] = knob(LADDER_CELLS, "cells to train, comma-separated", LADDER_CELLS)
+    steps: int | None = knob(None, "training steps per cell (none: the task's)", low=1)
+    max_minutes: float | None = knob(None, "wall-clock budget per cell (none: the task's)", above=0)
+    lr: float | None = knob(None, "peak learning rate (none: the task's)", above=0)
+    eval_every: int | None = knob(None, "evaluate every this many steps (none: the task's)", low=1)
+    seed: int | None = knob(None, "seed (none: 0)", low=0)
+    threads: int | None = knob(None, "torch CPU threads (none: the task's, 1)", low=1)
+
+    TASK_FIELDS: ClassVar[tuple[str, ...]] = ("T", "hidden", "batch_size")
+    TRAIN_FIELDS: ClassVar[tuple[str, ...]] = ("steps", "max_minutes", "lr", "eval_every", "seed", "threads")
+
+    def __post_init__(self):
+        validate(self)
+
+    def overrides(self, names: tuple[str, ...]) -> dict:
+        """The fields of `names` that are set (not None)."""
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 def parameter_count(model) -> int:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .checkpoints import CheckpointError, RunDir, check_weights
-from .config import knob, to_dict
+from .config import ConfigError, knob, to_dict, validate
 from .data.batches import Batch
 from .init import apply_constraints, regularization_loss
 
@@ -58,74 +58,42 @@ Evaluate = Callable[[nn.Module], dict[str, float]]
 class TrainConfig:
     """How to train (what to train is the task's config)."""
 
-    steps: int = knob(1000, "training steps (batches) in all; a resumed run continues to this total")
-    max_minutes: float | None = knob(None, "wall-clock budget of this invocation in minutes (none: no limit)")
-    seed: int = knob(0, "seed of every random choice: the same seed gives the same run")
+    steps: int = knob(1000, "training steps (batches) in all; a resumed run continues to this total", low=1)
+    max_minutes: float | None = knob(None, "wall-clock budget of this invocation in minutes (none: no limit)", above=0)
+    seed: int = knob(0, "seed of every random choice: the same seed gives the same run", low=0)
     device: str = knob("cpu", "torch device (cpu, cuda, cuda:1, ...; auto: cuda if available)")
     threads: int | None = knob(None, "CPU threads for torch while training (none: torch's default); 1 is "
-                                     "much faster on a machine whose cores are busy with other work")
+                                     "much faster on a machine whose cores are busy with other work", low=1)
     optimizer: str = knob("adam", "optimiser", OPTIMIZERS)
-    lr: float = knob(2e-3, "peak learning rate")
-    weight_decay: float = knob(0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)")
-    momentum: float = knob(0.9, "momentum of sgd")
+    lr: float = knob(2e-3, "peak learning rate", above=0)
+    weight_decay: float = knob(0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)", low=0)
+    momentum: float = knob(0.9, "momentum of sgd", low=0, below=1)
     lr_schedule: str = knob("cosine", "learning-rate schedule after warm-up", LR_SCHEDULES)
-    warmup_steps: int = knob(0, "steps of linear warm-up from 0 to lr")
-    min_lr_ratio: float = knob(0.1, "cosine: the final learning rate as a fraction of lr")
-    lr_step_every: int = knob(1000, "step schedule: multiply the learning rate by lr_gamma every this many steps")
-    lr_gamma: float = knob(0.5, "step schedule: the factor")
-    clip_norm: float | None = knob(5.0, "clip the gradient's global norm to this (none: no clipping)")
+    warmup_steps: int = knob(0, "steps of linear warm-up from 0 to lr", low=0)
+    min_lr_ratio: float = knob(0.1, "cosine: the final learning rate as a fraction of lr", low=0, high=1)
+    lr_step_every: int = knob(1000, "step schedule: multiply the learning rate by lr_gamma every this many steps",
+                              low=1)
+    lr_gamma: float = knob(0.5, "step schedule: the factor", above=0, high=1)
+    clip_norm: float | None = knob(5.0, "clip the gradient's global norm to this (none: no clipping)", above=0)
     truncate_every: int | None = knob(None, "truncated BPTT: cut each batch into windows of k steps, one "
-                                            "update each, the state carried detached (none: whole batch)")
+                                            "update each, the state carried detached (none: whole batch)", low=1)
     teacher_forcing: float = knob(1.0, "probability of feeding back the target rather than the model's own "
-                                       "output, at the start (models with output feedback)")
+                                       "output, at the start (models with output feedback)", low=0, high=1)
     teacher_forcing_end: float | None = knob(None, "scheduled sampling: the probability at the last step "
-                                                   "(none: constant teacher_forcing)")
+                                                   "(none: constant teacher_forcing)", low=0, high=1)
     teacher_forcing_schedule: str = knob("linear", "scheduled sampling: the shape of the decay",
                                          TEACHER_FORCING_SCHEDULES)
-    eval_every: int = knob(250, "evaluate every this many steps (and at the end)")
+    eval_every: int = knob(250, "evaluate every this many steps (and at the end)", low=1)
     patience: int | None = knob(None, "early stopping: stop after this many evaluations without a new best "
-                                      "(none: never)")
-    checkpoint_every: int = knob(500, "write a checkpoint every this many steps (and at the end)")
-    log_every: int = knob(10, "write the mean training loss to metrics.jsonl every this many steps")
+                                      "(none: never)", low=1)
+    checkpoint_every: int = knob(500, "write a checkpoint every this many steps (and at the end)", low=1)
+    log_every: int = knob(10, "write the mean training loss to metrics.jsonl every this many steps", low=1)
 
     def __post_init__(self):
-        def fail(name, expected):
-            raise ValueError(f"TrainConfig: {name} must be {expected}; got {getattr(self, name)!r}")
-
-        for name in ("steps", "lr_step_every", "eval_every", "checkpoint_every", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "an int >= 1")
-        for name in ("seed", "warmup_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                fail(name, "an int >= 0")
-        for name in ("truncate_every", "patience", "threads"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                fail(name, "None or an int >= 1")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            fail("max_minutes", "None or > 0")
-        if self.optimizer not in OPTIMIZERS:
-            fail("optimizer", f"one of {OPTIMIZERS}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            fail("lr_schedule", f"one of {LR_SCHEDULES}")
-        if self.teacher_forcing_schedule not in TEACHER_FORCING_SCHEDULES:
-            fail("teacher_forcing_schedule", f"one of {TEACHER_FORCING_SCHEDULES}")
-        if not self.lr > 0:
-            fail("lr", "> 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            fail("min_lr_ratio", "in [0, 1]")
-        if not 0 < self.lr_gamma <= 1:
-            fail("lr_gamma", "in (0, 1]")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            fail("weight_decay" if self.weight_decay < 0 else "momentum", ">= 0" if self.weight_decay < 0 else "in [0, 1)")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            fail("clip_norm", "None or > 0")
-        if not 0 <= self.teacher_forcing <= 1:
-            fail("teacher_forcing", "in [0, 1]")
-        if self.teacher_forcing_end is not None and not 0 <= self.teacher_forcing_end <= 1:
-            fail("teacher_forcing_end", "None or in [0, 1]")
+        validate(self)
         if self.teacher_forcing_schedule == "exponential" and self.teacher_forcing_end == 0 and self.teacher_forcing > 0:
-            fail("teacher_forcing_end", "> 0 for an exponential schedule (it never reaches 0)")
+            raise ConfigError("TrainConfig", "teacher_forcing_end", "> 0 for an exponential schedule (it never reaches 0)",
+                              self.teacher_forcing_end)
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of step `step` (0-based): linear warm-up, then the schedule."""

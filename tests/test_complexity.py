@@ -32,7 +32,7 @@ SWEEP = (16, 32, 64, 128)
 def sweep():
     # B=8 so that the per-step memory outweighs the constant part (gradients of the weights) already
     # at small T; the profiler's cost is per op, not per byte.
-    config = ComplexityConfig(hidden=16, input=8, batch=8, steps=SWEEP, window=4, repeats=1,
+    config = ComplexityConfig(hidden=16, input=8, batch=8, T=SWEEP, window=4, repeats=1,
                               regimes=("inference", "bptt", "checkpointed", "teacher_forced", "truncated"))
     return {r.name: r for r in measure(config).regimes}
 
@@ -143,17 +143,28 @@ def test_saved_tensor_tracker_counts_and_releases():
 def test_sweep_from_text():
     assert sweep_from_text("16..128") == (16, 32, 64, 128)
     assert sweep_from_text("8,24,100") == (8, 24, 100)
-    with pytest.raises(ValueError, match="complexity: --T"):
+    with pytest.raises(ValueError, match="T must be FIRST..LAST"):
         sweep_from_text("16..x")
 
 
-def test_config_errors_name_the_flag():
-    with pytest.raises(ValueError, match="complexity: --T"):
-        ComplexityConfig(steps=(64,)).check()
-    with pytest.raises(ValueError, match="complexity: --cell"):
-        ComplexityConfig(cell="transformer").check()
-    with pytest.raises(ValueError, match="complexity: --hidden"):
-        ComplexityConfig(hidden=0).check()
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="ComplexityConfig: T must be at least two increasing"):
+        ComplexityConfig(T=(64,))
+    with pytest.raises(ValueError, match="ComplexityConfig: cell must be one of"):
+        ComplexityConfig(cell="transformer")
+    with pytest.raises(ValueError, match="ComplexityConfig: hidden must be an int >= 1; got 0"):
+        ComplexityConfig(hidden=0)
+
+
+@pytest.mark.parametrize("argv, flag", [(["complexity", "--T", "64"], "--T"), (["complexity", "--hidden", "0"], "--hidden"),
+                                        (["complexity", "--T", "16..x"], "--T"), (["gradients", "--cells", "feedback"], "--cells"),
+                                        (["gradients", "--lr", "-1"], "--lr"), (["ladder", "adding", "--steps", "0"], "--steps")])
+def test_cli_flag_errors_are_one_line_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"rnnlab {argv[0]}: error:") and flag in err[0]
 
 
 # --- synthetic data ----------------------------------------------------------------------------
@@ -208,10 +219,15 @@ def test_state_gradient_norms_match_restarting_the_runner():
 
 
 def test_measure_gradient_flow_runs_and_checks():
-    flows = measure_gradient_flow(GradientFlowConfig(cells=("residual",), steps=6, train_steps=2, hidden=4, batch=4))
+    flows = measure_gradient_flow(GradientFlowConfig(cells=("residual",), T=6, steps=2, hidden=4, batch=4))
     assert len(flows[0].init) == len(flows[0].trained) == 6 and len(flows[0].losses) == 2
-    with pytest.raises(ValueError, match="gradients: --cells"):
-        GradientFlowConfig(cells=("feedback",)).check()
+    with pytest.raises(ValueError, match="GradientFlowConfig: cells must be a non-empty tuple of names from"):
+        GradientFlowConfig(cells=("feedback",))
+
+
+def test_gradient_flow_of_a_deep_transition():
+    flows = measure_gradient_flow(GradientFlowConfig(cells=("vanilla",), T=6, steps=0, hidden=4, batch=4, depth=3))
+    assert len(flows[0].init) == 6 and all(n > 0 for n in flows[0].init)
 
 
 # --- the commands ------------------------------------------------------------------------------

@@ -294,8 +294,10 @@ def test_ctrl_c_saves_a_checkpoint_and_stops_cleanly(tmp_path):
 def test_config_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"TrainConfig: optimizer must be one of .*; got 'rmsprop'"):
         TrainConfig(optimizer="rmsprop")
-    with pytest.raises(ValueError, match=r"TrainConfig: teacher_forcing must be in \[0, 1\]; got 2"):
+    with pytest.raises(ValueError, match=r"TrainConfig: teacher_forcing must be a number in \[0, 1\]; got 2"):
         TrainConfig(teacher_forcing=2)
+    with pytest.raises(TypeError, match=r"TrainConfig: lr must be a number > 0; got '3e-3'"):
+        TrainConfig(lr="3e-3")
     with pytest.raises(ValueError, match=r"LanguageConfig: cell must be a cell that reads its state"):
         LanguageConfig(cell="feedback")
 
