@@ -59,13 +59,16 @@ def _parse_value(kind, meta: dict, optional: bool):
     return parse
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, defaults, title: str) -> None:
-    """One flag per field of the config dataclass `cls`. The flags default to SUPPRESS, so the
-    namespace holds only what the user gave; `defaults` (an instance) supplies the values shown in --help."""
+def add_config_flags(parser: argparse.ArgumentParser, cls, defaults, title: str, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of the config dataclass `cls` (but those in `skip`). The flags default to
+    SUPPRESS, so the namespace holds only what the user gave; `defaults` (an instance) supplies the
+    values shown in --help."""
     from .config import field_types, unwrap_optional
 
     group = parser.add_argument_group(title)
     for name, kind in field_types(cls).items():
+        if name in skip:
+            continue
         meta = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
         default = getattr(defaults, name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
@@ -369,6 +372,7 @@ def cmd_eval(args) -> int:
 def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     """The command's parser; `train`'s flags are those of `task_name` (default: the default task)."""
     from .tasks import DEFAULT_TASK, TASKS, TextGenerator
+    from .tasks.cell_options import CellOptions
     from .training import TrainConfig
 
     task_name = task_name or DEFAULT_TASK
@@ -387,7 +391,10 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
         train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
         train.add_argument("--sample-length", type=int, default=500, help="tokens per sample (default: 500)")
         train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")
-    add_config_flags(train, task.Config, task.Config(), f"task {task_name!r}")
+    cell_fields = tuple(f.name for f in dataclasses.fields(CellOptions)) if issubclass(task.Config, CellOptions) else ()
+    add_config_flags(train, task.Config, task.Config(), f"task {task_name!r}", skip=cell_fields)
+    if cell_fields:
+        add_config_flags(train, CellOptions, task.Config(), "the cell's options (the lecture's 'official' additions)")
     add_config_flags(train, TrainConfig, task.train_defaults, "training")
     train.set_defaults(func=cmd_train)
     from . import bench as bench_module, complexity as complexity_module, gradient_flow, ladder as ladder_module
@@ -461,12 +468,17 @@ def _task_named(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_task_named(argv)).parse_args(argv)
     try:
         return args.func(args)
     except FlagError as error:  # a flag's value: name the flag
         print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:  # a config built from flags (a config file's errors name the file instead)
+        print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
         return 2
     except ValueError as error:  # wrong input: a message, not a traceback
         print(f"rnnlab: error: {error}", file=sys.stderr)

@@ -100,5 +100,5 @@ def test_errors_are_clear(tmp_path, capsys):
         DigitsConfig(root="/tmp")
     with pytest.raises(ValueError, match="dataset must be one of"):
         DigitsConfig(dataset="mnist")
-    with pytest.raises(ValueError, match="dropout must be in"):
+    with pytest.raises(ValueError, match="dropout must be a number in"):
         DigitsConfig(dropout=1.5)

@@ -88,7 +88,7 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
 def test_clear_errors():
     with pytest.raises(ValueError, match="ForecastConfig: series must be one of"):
         ForecastConfig(series="rainfall")
-    with pytest.raises(ValueError, match="ForecastConfig: test_fraction must be in"):
+    with pytest.raises(ValueError, match="ForecastConfig: test_fraction must be a number in"):
         ForecastConfig(test_fraction=0.7)
     with pytest.raises(ValueError, match="ForecastTask: window must be shorter than the training part"):
         ForecastTask(dataclasses.replace(ForecastConfig(**TINY), window=400))

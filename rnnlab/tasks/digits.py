@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob
+from ..config import ConfigError, knob, validate
 from ..data.batches import ExampleBatches
 from ..data.images import FASHION_MNIST, load_digits, load_fashion_mnist
 from ..models import SequenceToVector
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 from .base import Task
+from .cell_options import CellOptions
 from .classification import (classification_loss, confusion_matrix, majority_baseline, plot_confusion,
                              predict, scores)
 
@@ -39,36 +40,23 @@ CLASS_NAMES = {"digits": [str(d) for d in range(10)],
 
 
 @dataclass(frozen=True)
-class DigitsConfig:
+class DigitsConfig(CellOptions):
     """Which images, and how big the classifier is."""
 
     dataset: str = knob("digits", "8x8 handwritten digits (bundled) or 28x28 Fashion-MNIST (Debian's "
                                   "dataset-fashion-mnist)", DATASETS)
     root: str | None = knob(None, f"folder of the Fashion-MNIST IDX files (none: {FASHION_MNIST})")
     cell: str = knob("lstm", "cell of the ladder", tuple(c for c in LADDER if c != "feedback"))
-    hidden: int = knob(128, "state size H of each layer")
-    layers: int = knob(1, "stacked layers")
-    dropout: float = knob(0.3, "dropout between layers and before the readout")
-    batch_size: int = knob(64, "images per batch")
+    hidden: int = knob(128, "state size H of each layer", low=1)
+    layers: int = knob(1, "stacked layers", low=1)
+    dropout: float = knob(0.3, "dropout between layers and before the readout", low=0, below=1)
+    batch_size: int = knob(64, "images per batch", low=1)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
     def __post_init__(self):
-        def fail(name, expected):
-            raise ValueError(f"DigitsConfig: {name} must be {expected}; got {getattr(self, name)!r}")
-
-        if self.dataset not in DATASETS:
-            fail("dataset", f"one of {DATASETS}")
+        validate(self)
         if self.root is not None and self.dataset != "fashion":
-            fail("root", "None unless dataset='fashion' (the digits are bundled)")
-        if self.cell not in LADDER or self.cell == "feedback":
-            fail("cell", f"a cell that reads its input, one of {tuple(c for c in LADDER if c != 'feedback')}")
-        for name in ("hidden", "layers", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "an int >= 1")
-        if not 0 <= self.dropout < 1:
-            fail("dropout", "in [0, 1)")
-        if self.implementation not in IMPLEMENTATION_NAMES:
-            fail("implementation", f"one of {IMPLEMENTATION_NAMES}")
+            raise ConfigError("DigitsConfig", "root", "None unless dataset='fashion' (the digits are bundled)", self.root)
 
 
 def load_splits(config: DigitsConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -104,7 +92,7 @@ def linear_baseline(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.
 def build_model(config: DigitsConfig, columns: int) -> SequenceToVector:
     """Stacked cells reading rows of `columns` pixels -> the last step's output -> linear readout to 10 logits."""
     core = Stacked.of(LADDER[config.cell], columns, config.hidden, config.layers, implementation=config.implementation,
-                      dropout=config.dropout)
+                      dropout=config.dropout, options=config.cell_options(config.cell))
     readout = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.hidden, 10))
     return SequenceToVector(core, readout, pool="last")
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob
+from ..config import knob, validate
 from ..data.batches import Batch
 from ..data.seeded import SeededBatches
 from ..data.series import load_co2, load_sunspots
@@ -47,6 +47,7 @@ from ..preprocessing import RawFeedback
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 from .base import Task
+from .cell_options import CellOptions
 
 __all__ = ["Series", "SERIES", "ForecastConfig", "ForecastTask", "Normaliser", "naive_forecast",
            "seasonal_naive_forecast", "errors", "forecast"]
@@ -75,41 +76,25 @@ TRANSFORMS = ("auto", "difference", "level")
 
 
 @dataclass(frozen=True)
-class ForecastConfig:
+class ForecastConfig(CellOptions):
     """Which series, how it is split and normalised, and the model."""
 
     series: str = knob("co2", "the series: weekly Mauna Loa CO2 or yearly sunspots", tuple(SERIES))
     transform: str = knob("auto", "what the model predicts: differences (trend removed) or levels; "
                                   "auto: differences for co2, levels for sunspots", TRANSFORMS)
-    test_fraction: float = knob(0.1, "the held-out tail, forecast free running (fraction of the series)")
-    val_fraction: float = knob(0.1, "the validation part before the tail (fraction of the series)")
+    test_fraction: float = knob(0.1, "the held-out tail, forecast free running (fraction of the series)", above=0,
+                                below=0.5)
+    val_fraction: float = knob(0.1, "the validation part before the tail (fraction of the series)", above=0, below=0.5)
     cell: str = knob("lstm", "cell of the ladder", tuple(LADDER))
-    hidden: int = knob(16, "state size H of each layer")
-    layers: int = knob(1, "stacked layers")
-    window: int | None = knob(None, "training window in steps (none: 104 weeks for co2, 40 years for sunspots)")
-    batch_size: int = knob(32, "windows per batch, at random places in the training part")
+    hidden: int = knob(16, "state size H of each layer", low=1)
+    layers: int = knob(1, "stacked layers", low=1)
+    window: int | None = knob(None, "training window in steps (none: 104 weeks for co2, 40 years for sunspots)",
+                              low=2)
+    batch_size: int = knob(32, "windows per batch, at random places in the training part", low=1)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
     def __post_init__(self):
-        def fail(name, expected):
-            raise ValueError(f"ForecastConfig: {name} must be {expected}; got {getattr(self, name)!r}")
-
-        if self.series not in SERIES:
-            fail("series", f"one of {tuple(SERIES)}")
-        if self.transform not in TRANSFORMS:
-            fail("transform", f"one of {TRANSFORMS}")
-        if self.cell not in LADDER:
-            fail("cell", f"one of {tuple(LADDER)}")
-        for name in ("hidden", "layers", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "an int >= 1")
-        if self.window is not None and (not isinstance(self.window, int) or self.window < 2):
-            fail("window", "None or an int >= 2")
-        for name in ("test_fraction", "val_fraction"):
-            if not 0 < getattr(self, name) < 0.5:
-                fail(name, "in (0, 0.5)")
-        if self.implementation not in IMPLEMENTATION_NAMES:
-            fail("implementation", f"one of {IMPLEMENTATION_NAMES}")
+        validate(self)
 
 
 # --- baselines and errors -----------------------------------------------------------------------
@@ -182,7 +167,7 @@ def build_model(config: ForecastConfig, input_size: int) -> RecurrentModel:
     Keras's initialisation (orthogonal recurrent weights, forget bias 1): the state then keeps
     what it read for longer from the start, which the season needs."""
     core = Stacked.of(LADDER[config.cell], input_size, config.hidden, config.layers, feedback_size=1,
-                      implementation=config.implementation, init=Init.keras())
+                      implementation=config.implementation, options=config.cell_options(config.cell, Init.keras()))
     return RecurrentModel(core, nn.Linear(config.hidden, 1), feedback_map=RawFeedback(1))
 
 

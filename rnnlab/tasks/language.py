@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob
+from ..config import ConfigError, knob, validate
 from ..data.batches import Batch, TokenStream
 from ..data.text import LEVELS, Vocabulary, read_text, split_blocks, tokenize
 from ..models import RecurrentModel
@@ -34,65 +34,51 @@ from ..preprocessing import EmbeddingFeedback, choose_token
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 from .base import Task, TextGenerator
+from .cell_options import CellOptions
 
 __all__ = ["LanguageConfig", "LanguageTask", "build_model", "next_token_logits", "next_token_loss", "stream_loss",
            "unigram_loss", "sample"]
 
 
 @dataclass(frozen=True)
-class LanguageConfig:
+class LanguageConfig(CellOptions):
     """What the language model learns and how big it is."""
 
     text: str | None = knob(None, "UTF-8 text file to learn (none: the bundled Shakespeare)")
     level: str = knob("char", "tokens: characters or words (and punctuation)", LEVELS)
-    max_vocab: int | None = knob(10000, "vocabulary cap, <unk> included, most frequent kept (none: no cap)")
-    val_fraction: float = knob(0.1, "fraction of the text held out for validation (the tail of each of 10 blocks)")
+    max_vocab: int | None = knob(10000, "vocabulary cap, <unk> included, most frequent kept (none: no cap)", low=2)
+    val_fraction: float = knob(0.1, "fraction of the text held out for validation (the tail of each of 10 blocks)",
+                               above=0, below=1)
     cell: str = knob("lstm", "cell of the ladder", tuple(LADDER))
-    hidden: int = knob(512, "state size H of each layer")
-    layers: int = knob(1, "stacked layers")
-    embedding: int = knob(64, "size of the token embedding (the input, or the fed-back output with --feedback)")
+    hidden: int = knob(512, "state size H of each layer", low=1)
+    layers: int = knob(1, "stacked layers", low=1)
+    embedding: int = knob(64, "size of the token embedding (the input, or the fed-back output with --feedback)", low=1)
     feedback: bool = knob(False, "feed the model's own output y^{t-1} back through W instead of an input x")
-    dropout: float = knob(0.0, "dropout between stacked layers and before the readout")
-    batch_size: int = knob(32, "rows of the text read in parallel")
-    seq_len: int = knob(100, "steps per batch: the truncation length k of BPTT")
+    dropout: float = knob(0.0, "dropout between stacked layers and before the readout", low=0, below=1)
+    batch_size: int = knob(32, "rows of the text read in parallel", low=1)
+    seq_len: int = knob(100, "steps per batch: the truncation length k of BPTT", low=1)
     stateful: bool = knob(True, "carry the state across batches (off: random windows from a zero state)")
-    eval_tokens: int | None = knob(100_000, "validation tokens per evaluation during training (none: all)")
+    eval_tokens: int | None = knob(100_000, "validation tokens per evaluation during training (none: all)", low=2)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
     def __post_init__(self):
-        def fail(name, expected):
-            raise ValueError(f"LanguageConfig: {name} must be {expected}; got {getattr(self, name)!r}")
-
-        if self.level not in LEVELS:
-            fail("level", f"one of {LEVELS}")
-        if self.cell not in LADDER:
-            fail("cell", f"one of {tuple(LADDER)}")
+        validate(self)
         if self.cell == "feedback" and not self.feedback:
-            fail("cell", "a cell that reads its state unless feedback=True (the 'feedback' cell reads only y^{t-1})")
-        for name in ("hidden", "layers", "embedding", "batch_size", "seq_len"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "an int >= 1")
-        for name in ("max_vocab", "eval_tokens"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 2):
-                fail(name, "None or an int >= 2")
-        if not 0 < self.val_fraction < 1:
-            fail("val_fraction", "in (0, 1)")
-        if not 0 <= self.dropout < 1:
-            fail("dropout", "in [0, 1)")
-        if self.implementation not in IMPLEMENTATION_NAMES:
-            fail("implementation", f"one of {IMPLEMENTATION_NAMES}")
+            raise ConfigError("LanguageConfig", "cell", "a cell that reads its state unless feedback=True (the "
+                              "'feedback' cell reads only y^{t-1})", self.cell)
 
 
 def build_model(config: LanguageConfig, vocab_size: int) -> RecurrentModel:
     """Embedding -> stacked cells of the ladder -> linear readout to vocab_size logits."""
     cell, H, E = LADDER[config.cell], config.hidden, config.embedding
+    options = config.cell_options(config.cell)
     readout = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(H, vocab_size))
     if config.feedback:
         core = Stacked.of(cell, 0, H, config.layers, feedback_size=E, implementation=config.implementation,
-                          dropout=config.dropout)
+                          dropout=config.dropout, options=options)
         return RecurrentModel(core, readout, feedback_map=EmbeddingFeedback(vocab_size, E, choose="sample"))
-    core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=config.dropout)
+    core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=config.dropout,
+                      options=options)
     return RecurrentModel(core, readout, input_map=nn.Embedding(vocab_size, E))
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob
+from ..config import knob, validate
 from ..data.batches import Batch
 from ..data.seeded import SeededBatches
 from ..data.synthetic import ADDING_BASELINE_MSE, adding_batch, copy_memory_batch
@@ -35,6 +35,7 @@ from ..models import RecurrentModel, SequenceToVector
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 from .base import Baselined, Task
+from .cell_options import CellOptions
 
 __all__ = ["AddingConfig", "AddingTask", "CopyConfig", "CopyTask", "copy_baseline"]
 
@@ -50,35 +51,20 @@ def copy_baseline(T: int, symbols: int = COPY_SYMBOLS, length: int = COPY_LENGTH
     return length * math.log(symbols) / (T + 2 * length)
 
 
-def _check(owner: str, config, minimum_T: int) -> None:
-    def fail(name, expected):
-        raise ValueError(f"{owner}: {name} must be {expected}; got {getattr(config, name)!r}")
-
-    if not isinstance(config.T, int) or config.T < minimum_T:
-        fail("T", f"an int >= {minimum_T}")
-    if config.cell not in CELLS:
-        fail("cell", f"one of {CELLS}")
-    for name in ("hidden", "layers", "batch_size", "eval_size"):
-        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
-            fail(name, "an int >= 1")
-    if config.implementation not in IMPLEMENTATION_NAMES:
-        fail("implementation", f"one of {IMPLEMENTATION_NAMES}")
-
-
 def _core(config, input_size: int) -> Stacked:
     return Stacked.of(LADDER[config.cell], input_size, config.hidden, config.layers,
-                      implementation=config.implementation, init=Init.keras())
+                      implementation=config.implementation, options=config.cell_options(config.cell, Init.keras()))
 
 
 @dataclass(frozen=True)
-class MemoryModelConfig:
+class MemoryModelConfig(CellOptions):
     """The model and batches both memory tasks share; each task adds its T."""
 
     cell: str = knob("lstm", "cell of the ladder", CELLS)
-    hidden: int = knob(64, "state size H of each layer")
-    layers: int = knob(1, "stacked layers")
-    batch_size: int = knob(64, "sequences per batch, new ones every batch")
-    eval_size: int = knob(1000, "held-out sequences of the evaluation (always the same ones)")
+    hidden: int = knob(64, "state size H of each layer", low=1)
+    layers: int = knob(1, "stacked layers", low=1)
+    batch_size: int = knob(64, "sequences per batch, new ones every batch", low=1)
+    eval_size: int = knob(1000, "held-out sequences of the evaluation (always the same ones)", low=1)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
 
@@ -97,10 +83,10 @@ class MemoryTask(Task, Baselined):
 class AddingConfig(MemoryModelConfig):
     """The adding problem's length and the model."""
 
-    T: int = knob(200, "sequence length: steps between the first marked value and the answer, up to T")
+    T: int = knob(200, "sequence length: steps between the first marked value and the answer, up to T", low=2)
 
     def __post_init__(self):
-        _check("AddingConfig", self, 2)
+        validate(self)
 
 
 class AddingTask(MemoryTask):
@@ -150,10 +136,10 @@ class AddingTask(MemoryTask):
 class CopyConfig(MemoryModelConfig):
     """The copy task's delay and the model."""
 
-    T: int = knob(50, "delay: steps between the last symbol shown and the marker to reproduce them")
+    T: int = knob(50, "delay: steps between the last symbol shown and the marker to reproduce them", low=1)
 
     def __post_init__(self):
-        _check("CopyConfig", self, 1)
+        validate(self)
 
 
 class CopyTask(MemoryTask):

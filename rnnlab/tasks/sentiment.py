@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob
+from ..config import ConfigError, knob, validate
 from ..data.batches import ExampleBatches
 from ..data.sentiment import LABELS, Vocabulary, encode_batch, load_rotten_tomatoes, split_by_movie
 from ..models import SequenceToVector
 from ..runners import IMPLEMENTATION_NAMES, Bidirectional, Recurrent, Stacked
 from ..training import TrainConfig
 from .base import Task
+from .cell_options import CellOptions
 from .classification import classification_loss, majority_baseline, predict, scores
 
 __all__ = ["SentimentConfig", "SentimentTask", "TokenDropout", "build_model"]
@@ -33,43 +34,28 @@ POOLS = ("last", "mean", "max")
 
 
 @dataclass(frozen=True)
-class SentimentConfig:
+class SentimentConfig(CellOptions):
     """What the sentiment classifier reads and how big it is."""
 
     level: str = knob("word", "tokens: words (and punctuation) or characters", Vocabulary.LEVELS)
-    min_count: int = knob(2, "tokens seen fewer times in the training split are read as <unk>")
+    min_count: int = knob(2, "tokens seen fewer times in the training split are read as <unk>", low=1)
     cell: str = knob("lstm", "cell of the ladder", tuple(c for c in LADDER if c != "feedback"))
-    hidden: int = knob(256, "state size H of each layer (of each direction)")
-    layers: int = knob(1, "stacked layers")
-    embedding: int = knob(128, "size of the token embedding")
+    hidden: int = knob(256, "state size H of each layer (of each direction)", low=1)
+    layers: int = knob(1, "stacked layers", low=1)
+    embedding: int = knob(128, "size of the token embedding", low=1)
     bidirectional: bool = knob(False, "also read each snippet backwards")
     pool: str = knob("max", "summary of the outputs: the output at the last valid step (the lecture's single "
                             "output), or the mean or max over the valid steps", POOLS)
-    dropout: float = knob(0.25, "dropout on the embeddings, between layers and before the readout")
-    word_dropout: float = knob(0.15, "probability that a training token is read as <unk>")
-    batch_size: int = knob(64, "snippets per batch (sorted by length in pools, so batches pad little)")
+    dropout: float = knob(0.25, "dropout on the embeddings, between layers and before the readout", low=0, below=1)
+    word_dropout: float = knob(0.15, "probability that a training token is read as <unk>", low=0, below=1)
+    batch_size: int = knob(64, "snippets per batch (sorted by length in pools, so batches pad little)", low=1)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
     def __post_init__(self):
-        def fail(name, expected):
-            raise ValueError(f"SentimentConfig: {name} must be {expected}; got {getattr(self, name)!r}")
-
-        if self.level not in Vocabulary.LEVELS:
-            fail("level", f"one of {Vocabulary.LEVELS}")
-        if self.cell not in LADDER or self.cell == "feedback":
-            fail("cell", f"a cell that reads its input, one of {tuple(c for c in LADDER if c != 'feedback')}")
-        for name in ("min_count", "hidden", "layers", "embedding", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "an int >= 1")
-        if self.pool not in POOLS:
-            fail("pool", f"one of {POOLS}")
+        validate(self)
         if self.bidirectional and self.pool == "last":
-            fail("pool", "'mean' or 'max' with bidirectional (at the last step the backward half has read one token)")
-        for name in ("dropout", "word_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                fail(name, "in [0, 1)")
-        if self.implementation not in IMPLEMENTATION_NAMES:
-            fail("implementation", f"one of {IMPLEMENTATION_NAMES}")
+            raise ConfigError("SentimentConfig", "pool", "'mean' or 'max' with bidirectional (at the last step the "
+                              "backward half has read one token)", self.pool)
 
 
 class TokenDropout(nn.Module):
@@ -93,14 +79,15 @@ class TokenDropout(nn.Module):
 def build_model(config: SentimentConfig, vocab_size: int) -> SequenceToVector:
     """Token dropout + embedding -> (bidirectional) stacked cells -> pool -> linear readout to 2 logits."""
     cell, E, H, p = LADDER[config.cell], config.embedding, config.hidden, config.dropout
+    options = config.cell_options(config.cell)
     input_map = nn.Sequential(TokenDropout(config.word_dropout, unk=1), nn.Embedding(vocab_size, E, padding_idx=0),
                               nn.Dropout(p))
     if config.bidirectional:
         sizes = [E] + [2 * H] * (config.layers - 1)
-        core = Stacked(*(Bidirectional(Recurrent(cell(i, H), config.implementation),
-                                       Recurrent(cell(i, H), config.implementation)) for i in sizes), dropout=p)
+        core = Stacked(*(Bidirectional(Recurrent(cell(i, H, **options), config.implementation),
+                                       Recurrent(cell(i, H, **options), config.implementation)) for i in sizes), dropout=p)
     else:
-        core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=p)
+        core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=p, options=options)
     readout = nn.Sequential(nn.Dropout(p), nn.Linear(core.output_size, len(LABELS)))
     return SequenceToVector(core, readout, input_map, pool=config.pool)
 
