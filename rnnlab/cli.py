@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import sys
 import time
-import types
 import typing
 from pathlib import Path
 
