@@ -71,7 +71,32 @@ def check_sequence(where: str, xs, input_size: int, lengths, y_prev, feedback_si
 
 
 class Runner(nn.Module, ABC):
-    """Base of the runners: one checked `forward` (the calling convention), then `unroll`."""
+    """The runner contract: sizes, state, one checked `forward` (the calling convention), then `unroll`.
+
+    A runner declares `input_size` (I), `output_size` (what its ys hold per step) and
+    `feedback_size` (O of the y_prev it reads; 0 without feedback), makes and checks its state
+    (`initial_state`, `check_state`), and runs the sequence (`unroll`) or, where it can, one step
+    (`sample_masks` then `step`: the model's free-running loop)."""
+
+    input_size: int
+    output_size: int
+    feedback_size: int
+
+    @abstractmethod
+    def initial_state(self, batch: int, device=None, dtype=None):
+        """The zero state for `batch` sequences."""
+
+    @abstractmethod
+    def check_state(self, state, batch: int, where: str):
+        """The state, checked against this runner (ValueError naming `where` otherwise)."""
+
+    @abstractmethod
+    def sample_masks(self, batch: int, like: torch.Tensor):
+        """The dropout masks of one sequence (one per sequence: variational), for `step`."""
+
+    @abstractmethod
+    def step(self, x_t, state, y_prev_t=None, masks=None):
+        """One time step: (output (B, output_size), new state)."""
 
     def forward(self, xs, state=None, y_prev=None, lengths=None):
         where = type(self).__name__
@@ -152,10 +177,15 @@ class Stacked(Runner):
     entry per layer.
     """
 
-    def __init__(self, *runners: nn.Module, dropout: float = 0.0, residual: bool = False):
+    def __init__(self, *runners: Runner, dropout: float = 0.0, residual: bool = False):
         super().__init__()
         if not runners:
             raise ValueError("Stacked: needs at least one runner; got none")
+        for i, runner in enumerate(runners):
+            if not isinstance(runner, Runner):
+                hint = " (wrap a cell in Recurrent(cell))" if isinstance(runner, Cell) else ""
+                raise ValueError(f"Stacked: runners must be rnnlab Runners{hint}; got {type(runner).__name__} at "
+                                 f"position {i}")
         for below, above in zip(runners, runners[1:]):
             if below.output_size != above.input_size:
                 raise ValueError(f"Stacked: a layer with input_size {above.input_size} cannot read a layer with "

@@ -230,3 +230,13 @@ def test_no_grad_inference_keeps_no_graph():
     with torch.no_grad():
         ys, state = runner(torch.randn(2, 50, I))
     assert ys.grad_fn is None and state[0].grad_fn is None
+
+
+def test_runner_contract_is_declared_and_stacked_takes_runners_only():
+    from rnnlab.runners import Runner
+
+    assert {"initial_state", "check_state", "sample_masks", "step", "unroll"} <= Runner.__abstractmethods__
+    with pytest.raises(ValueError, match=r"Stacked: runners must be rnnlab Runners \(wrap a cell in Recurrent"):
+        R.Stacked(R.LSTMCell(3, 4))
+    with pytest.raises(ValueError, match="Stacked: runners must be rnnlab Runners; got LSTM at position 1"):
+        R.Stacked(R.Recurrent(R.LSTMCell(3, 4)), torch.nn.LSTM(4, 4))
