@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .checkpoints import CheckpointError, RunDir, check_weights
+from .checks import check_field_types
 from .config import knob, to_dict
 from .data.batches import Batch
 from .init import apply_constraints, regularization_loss
@@ -89,6 +90,8 @@ class TrainConfig:
     log_every: int = knob(10, "write the mean training loss to metrics.jsonl every this many steps")
 
     def __post_init__(self):
+        check_field_types(self)  # TypeError for lr="3e-3" before any comparison with it
+
         def fail(name, expected):
             raise ValueError(f"TrainConfig: {name} must be {expected}; got {getattr(self, name)!r}")
 
