@@ -52,9 +52,8 @@ if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
     # ATen's 256-bit Vectorized<T>, whose exp and tanh are SLEEF's as in torch's own CPU kernels
     # (without this the activations are ATen's scalar fallback: correct, and about 3x slower)
     FLAGS += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-# Longer than a build can take: measured 30-270 s on a busy 2-core machine (4.5 min at a load of 15). A
-# build running longer is
-# stopped; a lock held longer is not waited for.
+# Longer than a build can take: measured 30-270 s on a busy 2-core machine (270 s at a load average
+# of 15). A build running longer is stopped; a lock held longer is not waited for.
 BUILD_SECONDS = 1200.0
 LIBRARY_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"  # what torch's builder writes
 _LOCK = ".rnnlab-build.lock"

@@ -58,7 +58,7 @@ Act parse(const std::string& name) {
       {"elu", Act::elu}};
   for (const auto& [key, act] : names)
     if (name == key) return act;
-  TORCH_CHECK(false, "rnnlab loops: unknown activation ", name);
+  TORCH_CHECK_VALUE(false, "rnnlab loops: unknown activation ", name);
   return Act::identity;  // not reached
 }
 
@@ -187,7 +187,7 @@ Kind parse_kind(const std::string& name) {
                                                        {"forget", Kind::forget}};
   for (const auto& [key, kind] : names)
     if (name == key) return kind;
-  TORCH_CHECK(false, "rnnlab loops: unknown gated kind ", name);
+  TORCH_CHECK_VALUE(false, "rnnlab loops: unknown gated kind ", name);
   return Kind::vanilla;  // not reached
 }
 
@@ -407,61 +407,67 @@ constexpr int64_t ANY = -1;  // a dimension of any size >= 1 (a ring of steps)
 
 struct Expect {
   const char* where;
+  const char* like;  // the tensor that fixed the dtype
   at::ScalarType dtype;
 
   void operator()(const Tensor& t, const char* name, std::vector<int64_t> shape, bool contiguous = true) const {
-    TORCH_CHECK(t.defined(), where, ": ", name, " is missing");
-    TORCH_CHECK(t.device().is_cpu(), where, ": ", name, " must be on the CPU; got ", t.device());
-    TORCH_CHECK(t.scalar_type() == dtype, where, ": ", name, " must be ", dtype, " like gates; got ", t.scalar_type());
-    bool fits = t.dim() == static_cast<int64_t>(shape.size());
-    for (size_t d = 0; fits && d < shape.size(); ++d)
-      fits = shape[d] == ANY ? t.size(d) >= 1 : t.size(d) == shape[d];
-    TORCH_CHECK(fits, where, ": ", name, " must be ", at::IntArrayRef(shape), " (-1: any size >= 1); got ", t.sizes());
-    TORCH_CHECK(!contiguous || t.is_contiguous(), where, ": ", name, " must be contiguous");
+    TORCH_CHECK_VALUE(t.defined(), where, ": ", name, " is missing");
+    TORCH_CHECK_VALUE(t.device().is_cpu(), where, ": ", name, " must be on the CPU; got ", t.device());
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, where, ": ", name, " must be ", dtype, " like ", like, "; got ",
+                     t.scalar_type());
+    bool fits = t.dim() == static_cast<int64_t>(shape.size()), ring = false;
+    for (size_t d = 0; d < shape.size(); ++d) {
+      ring = ring || shape[d] == ANY;
+      fits = fits && (shape[d] == ANY ? t.size(d) >= 1 : t.size(d) == shape[d]);
+    }
+    TORCH_CHECK_VALUE(fits, where, ": ", name, " must be ", at::IntArrayRef(shape), ring ? " (-1: any size >= 1)" : "",
+                      "; got ", t.sizes());
+    TORCH_CHECK_VALUE(!contiguous || t.is_contiguous(), where, ": ", name, " must be contiguous");
   }
   void operator()(const optional<Tensor>& t, const char* name, std::vector<int64_t> shape, bool contiguous = true) const {
     if (t) (*this)(*t, name, std::move(shape), contiguous);
   }
   // present exactly when `needed` (where a tensor present changes what the loop reads)
   void required(const optional<Tensor>& t, const char* name, bool needed) const {
-    TORCH_CHECK(static_cast<bool>(t) == needed, where, ": ", name, needed ? " is required here" : " must be None here");
+    TORCH_CHECK_VALUE(static_cast<bool>(t) == needed, where, ": ", name, needed ? " is required here" : " must be None here");
   }
   // present where `needed` (elsewhere it is not read)
   void needs(const optional<Tensor>& t, const char* name, bool needed) const {
-    TORCH_CHECK(t || !needed, where, ": ", name, " is required here");
+    TORCH_CHECK_VALUE(t || !needed, where, ": ", name, " is required here");
   }
 };
 
-// The gates (3-D, contiguous, float or double on the CPU) fix the dtype every other tensor must have;
-// `state` (B, H) fixes H. Returns the checker.
-Expect expect_gates(const char* where, const Tensor& gates, const Tensor& state, int64_t batch_dim) {
-  TORCH_CHECK(gates.defined() && gates.dim() == 3, where, ": gates must be 3-D; got ",
-              gates.defined() ? gates.sizes() : at::IntArrayRef{});
-  TORCH_CHECK(gates.device().is_cpu(), where, ": gates must be on the CPU; got ", gates.device());
-  TORCH_CHECK(gates.scalar_type() == at::kFloat || gates.scalar_type() == at::kDouble, where,
-              ": gates must be float32 or float64; got ", gates.scalar_type());
-  TORCH_CHECK(gates.is_contiguous(), where, ": gates must be contiguous");
-  TORCH_CHECK(state.defined() && state.dim() == 2 && state.size(0) == gates.size(batch_dim) && state.size(1) >= 1,
-              where, ": the initial state must be (B, H) with B = ", gates.size(batch_dim), " and H >= 1; got ",
-              state.defined() ? state.sizes() : at::IntArrayRef{});
-  return Expect{where, gates.scalar_type()};
+// The leading tensor `name` (3-D, contiguous, float or double on the CPU) fixes the dtype every other
+// tensor must have; `state` (B, H) fixes H, with B its dimension `batch_dim`. Returns the checker.
+Expect expect_gates(const char* where, const Tensor& gates, const Tensor& state, int64_t batch_dim,
+                    const char* name = "gates") {
+  TORCH_CHECK_VALUE(gates.defined() && gates.dim() == 3, where, ": ", name, " must be 3-D; got ",
+                    gates.defined() ? gates.sizes() : at::IntArrayRef{});
+  TORCH_CHECK_VALUE(gates.device().is_cpu(), where, ": ", name, " must be on the CPU; got ", gates.device());
+  TORCH_CHECK_TYPE(gates.scalar_type() == at::kFloat || gates.scalar_type() == at::kDouble, where, ": ", name,
+                   " must be float32 or float64; got ", gates.scalar_type());
+  TORCH_CHECK_VALUE(gates.is_contiguous(), where, ": ", name, " must be contiguous");
+  TORCH_CHECK_VALUE(state.defined() && state.dim() == 2 && state.size(0) == gates.size(batch_dim) && state.size(1) >= 1,
+                    where, ": the initial state must be (B, H) with B = ", gates.size(batch_dim), " and H >= 1; got ",
+                    state.defined() ? state.sizes() : at::IntArrayRef{});
+  return Expect{where, name, gates.scalar_type()};
 }
 
 // sizes: empty, or the rows still running at each of the T steps, non-increasing within [0, B].
 void check_sizes(const char* where, const std::vector<int64_t>& sizes, int64_t steps, int64_t batch) {
   if (sizes.empty()) return;
-  TORCH_CHECK(static_cast<int64_t>(sizes.size()) == steps, where, ": sizes must hold one row count per step (",
+  TORCH_CHECK_VALUE(static_cast<int64_t>(sizes.size()) == steps, where, ": sizes must hold one row count per step (",
               steps, "); got ", sizes.size());
   for (size_t t = 0; t < sizes.size(); ++t)
-    TORCH_CHECK(sizes[t] >= 0 && sizes[t] <= batch && (t == 0 || sizes[t] <= sizes[t - 1]), where,
+    TORCH_CHECK_VALUE(sizes[t] >= 0 && sizes[t] <= batch && (t == 0 || sizes[t] <= sizes[t - 1]), where,
                 ": sizes must be non-increasing row counts in [0, ", batch, "]; got ", sizes[t], " at step ", t);
 }
 
 // lengths: empty, or one per sequence within [0, T].
 void check_lengths(const char* where, const std::vector<int64_t>& lengths, int64_t steps, int64_t batch) {
-  TORCH_CHECK(lengths.empty() || static_cast<int64_t>(lengths.size()) == batch, where,
+  TORCH_CHECK_VALUE(lengths.empty() || static_cast<int64_t>(lengths.size()) == batch, where,
               ": lengths must hold one length per sequence (", batch, "); got ", lengths.size());
-  for (int64_t n : lengths) TORCH_CHECK(n >= 0 && n <= steps, where, ": lengths must lie in [0, ", steps, "]; got ", n);
+  for (int64_t n : lengths) TORCH_CHECK_VALUE(n >= 0 && n <= steps, where, ": lengths must lie in [0, ", steps, "]; got ", n);
 }
 
 int64_t scan_gate_count(ScanKind scan, Kind kind) {
@@ -685,7 +691,7 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
 
 // s_t = f_t s_{t-1} + b_t along dim 1 of (B, T, H), from s0 (B, H): one pass, B*H recurrences side by side.
 Tensor linear_scan_forward(const Tensor& f, const Tensor& b, const Tensor& s0) {
-  const Expect expect = expect_gates("linear_scan_forward", b, s0, 0);
+  const Expect expect = expect_gates("linear_scan_forward", b, s0, 0, "b");
   const int64_t batch = b.size(0), steps = b.size(1), H = b.size(2);
   expect(b, "b", {batch, steps, H});
   expect(f, "f", {batch, steps, H});
@@ -701,7 +707,7 @@ Tensor linear_scan_forward(const Tensor& f, const Tensor& b, const Tensor& s0) {
 // The backward of linear_scan_forward, a reverse recurrence: g_t = ds_t + f_{t+1} g_{t+1};
 // db_t = g_t, df_t = g_t s_{t-1}, ds0 = f_0 g_0. Returns (df, db, ds0).
 std::vector<Tensor> linear_scan_backward(const Tensor& f, const Tensor& s, const Tensor& s0, const Tensor& ds) {
-  const Expect expect = expect_gates("linear_scan_backward", s, s0, 0);
+  const Expect expect = expect_gates("linear_scan_backward", s, s0, 0, "s");
   const int64_t batch = s.size(0), steps = s.size(1), H = s.size(2);
   expect(s, "s", {batch, steps, H});
   expect(f, "f", {batch, steps, H});
