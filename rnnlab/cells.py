@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_flag, check_number, check_tensor_like
 from .init import Constraints, Init, Regularizers
 
 __all__ = [
@@ -56,6 +57,8 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def _activation(name: str, argument: str, owner: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if not isinstance(name, str):
+        raise TypeError(f"{owner}: {argument} must be a name, one of {sorted(ACTIVATIONS)}; got {type(name).__name__} {name!r}")
     if name not in ACTIVATIONS:
         raise ValueError(f"{owner}: {argument} must be one of {sorted(ACTIVATIONS)}; got {name!r}")
     return ACTIVATIONS[name]
@@ -129,11 +132,19 @@ class Cell(nn.Module):
         name = type(self).__name__
         for arg, value, low in (("input_size", input_size, 0), ("hidden_size", hidden_size, 1),
                                 ("feedback_size", feedback_size, 0), ("depth", depth, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            check_number(name, arg, value, integer=True)
+            if value < low:
                 raise ValueError(f"{name}: {arg} must be an int >= {low}; got {value!r}")
         for arg, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout), ("zoneout", zoneout)):
+            check_number(name, arg, value)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name}: {arg} must be in [0, 1); got {value!r}")
+        check_flag(name, "reads_state", reads_state)
+        check_flag(name, "bias", bias)
+        for arg, value, kind in (("init", init, Init), ("constraints", constraints, Constraints),
+                                 ("regularizers", regularizers, Regularizers)):
+            if not isinstance(value, kind):
+                raise TypeError(f"{name}: {arg} must be an rnnlab {kind.__name__}; got {type(value).__name__}")
         if recurrent_dropout and not reads_state:
             raise ValueError(f"{name}: recurrent_dropout needs reads_state=True; nothing reads the state")
         self.input_size, self.hidden_size, self.feedback_size = input_size, hidden_size, feedback_size
@@ -249,6 +260,7 @@ class Cell(nn.Module):
         for part in parts:
             if not isinstance(part, torch.Tensor) or tuple(part.shape) != (batch, self.hidden_size):
                 raise ValueError(f"{where}: state must be ({batch}, {self.hidden_size}); got {_describe(part)}")
+            check_tensor_like(where, "state", part, self.weight_ih)
 
     # --- the update ---------------------------------------------------------------------------
 
@@ -317,6 +329,7 @@ class Cell(nn.Module):
             raise ValueError(f"{name}: x must be (B, {self.input_size}); got {_describe(x)}")
         if not x.is_floating_point():
             raise ValueError(f"{name}: x must be a floating-point tensor; got dtype {x.dtype}")
+        check_tensor_like(name, "x", x, self.weight_ih)
         batch = x.shape[0]
         if state is None:
             state = self.initial_state(batch, device=x.device, dtype=x.dtype)
@@ -334,6 +347,7 @@ class Cell(nn.Module):
                              f"(feedback_size=0); build it with feedback_size=O")
         if not isinstance(y_prev, torch.Tensor) or tuple(y_prev.shape) != shape:
             raise ValueError(f"{where}: y_prev must be {shape}; got {_describe(y_prev)}")
+        check_tensor_like(where, "y_prev", y_prev, self.weight_ih)
 
     def extra_repr(self) -> str:
         parts = [f"{self.input_size}, {self.hidden_size}"]
@@ -474,7 +488,8 @@ class GRUCell(Cell):
         return ("r", "z", "n") if reads_state else ("z", "n")
 
     def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
-        if options.get("depth", 1) > 1:
+        depth = options.get("depth", 1)
+        if isinstance(depth, int) and not isinstance(depth, bool) and depth > 1:
             raise ValueError("GRUCell: depth must be 1; the reset gate needs the state's projection apart")
         super().__init__(input_size, hidden_size, feedback_size, **options)
 

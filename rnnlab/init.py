@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .checks import check_flag, check_number
+
 __all__ = [
     "Init",
     "MaxNorm",
@@ -71,8 +73,11 @@ class Init:
     def __post_init__(self):
         for name in ("kernel", "recurrent", "bias"):
             value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"Init: {name} must be a scheme name, one of {SCHEMES}; got {type(value).__name__} {value!r}")
             if value not in SCHEMES:
                 raise ValueError(f"Init: {name} must be one of {SCHEMES}; got {value!r}")
+        check_flag("Init", "unit_forget_bias", self.unit_forget_bias)
 
     @classmethod
     def torch(cls) -> "Init":
@@ -99,6 +104,11 @@ class MaxNorm:
     """Rescale each unit's incoming weights (a row of a torch (out, in) weight) to norm <= max_value."""
 
     max_value: float = 3.0
+
+    def __post_init__(self):
+        check_number("MaxNorm", "max_value", self.max_value)
+        if not self.max_value > 0:
+            raise ValueError(f"MaxNorm: max_value must be > 0; got {self.max_value!r}")
 
     def __call__(self, w: torch.Tensor) -> None:
         if w.dim() < 2:
@@ -138,6 +148,9 @@ class Constraints:
     recurrent: Constraint | None = None
     bias: Constraint | None = None
 
+    def __post_init__(self):
+        _check_callables(self, ("kernel", "recurrent", "bias"), "MaxNorm(3.0)")
+
 
 # --- regularisers: loss terms the trainer adds ------------------------------------------------
 
@@ -148,6 +161,12 @@ class L1L2:
 
     l1: float = 0.0
     l2: float = 0.0
+
+    def __post_init__(self):
+        for name in ("l1", "l2"):
+            check_number("L1L2", name, getattr(self, name))
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"L1L2: {name} must be >= 0; got {getattr(self, name)!r}")
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         loss = w.new_zeros(())
@@ -170,6 +189,18 @@ class Regularizers:
     recurrent: Regularizer | None = None
     bias: Regularizer | None = None
     activity: Regularizer | None = None
+
+    def __post_init__(self):
+        _check_callables(self, ("kernel", "recurrent", "bias", "activity"), "L1L2(l2=1e-4)")
+
+
+def _check_callables(groups, names: tuple[str, ...], example: str) -> None:
+    """TypeError unless each group's entry is None or a function of the weight (e.g. not a bare number)."""
+    for name in names:
+        value = getattr(groups, name)
+        if value is not None and not callable(value):
+            raise TypeError(f"{type(groups).__name__}: {name} must be None or callable on a weight, e.g. {example}; "
+                            f"got {type(value).__name__} {value!r}")
 
 
 def regularization_loss(module: nn.Module) -> torch.Tensor:

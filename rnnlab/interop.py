@@ -7,6 +7,8 @@ stacks: `to_torch(Stacked)` -> torch.nn.LSTM/GRU/RNN (batch_first=True) and back
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from .cells import GRUCell, LSTMCell, VanillaCell, torch_mode
@@ -85,11 +87,19 @@ def to_torch(runner) -> nn.Module:
 
 def from_torch(module: nn.Module, implementation: str = "auto") -> Stacked:
     """torch.nn.LSTM / GRU / RNN (unidirectional, no projections) -> Stacked with the same weights.
-    torch's batch_first setting does not carry over: rnnlab is batch first."""
+
+    rnnlab is batch first, (B, T, I). A module with torch's default batch_first=False was fed (T, B, I):
+    the same tensor given to the converted runner gives right-shaped, wrong outputs, so converting one
+    warns (UserWarning). Transpose such inputs (xs.transpose(0, 1)); to say that the inputs are batch
+    first already, set `module.batch_first = True` before converting (the weights are the same)."""
     if not isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
         raise ValueError(f"from_torch: module must be torch.nn.LSTM, GRU or RNN; got {type(module).__name__}")
     if module.bidirectional or getattr(module, "proj_size", 0):
         raise ValueError("from_torch: bidirectional and projected (proj_size) modules are not supported")
+    if not module.batch_first:
+        warnings.warn("from_torch: the module reads (T, B, I) (batch_first=False) but the rnnlab runner reads "
+                      "(B, T, I); transpose inputs with xs.transpose(0, 1), or set module.batch_first = True "
+                      "before converting if they are batch first already", UserWarning, stacklevel=2)
     if isinstance(module, nn.LSTM):
         make = lambda i: LSTMCell(i, module.hidden_size, bias=module.bias)
     elif isinstance(module, nn.GRU):

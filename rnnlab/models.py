@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .cells import _describe
-from .kernels import valid_steps, where_state
+from .checks import check_number
+from .kernels import valid_steps, where_state, without_padding
 from .runners import check_sequence, shift_right
 
 __all__ = ["RecurrentModel", "SequenceToVector", "VectorToSequence", "EncoderDecoder", "last_valid"]
@@ -57,6 +58,7 @@ class RecurrentModel(nn.Module):
         self.core, self.readout, self.input_map, self.feedback_map = core, readout, input_map, feedback_map
 
     def forward(self, xs, targets=None, teacher_forcing: float = 1.0, lengths=None, state=None):
+        check_number("RecurrentModel", "teacher_forcing", teacher_forcing)
         if not 0.0 <= teacher_forcing <= 1.0:
             raise ValueError(f"RecurrentModel: teacher_forcing must be in [0, 1]; got {teacher_forcing}")
         if self.input_map is not None:
@@ -77,19 +79,22 @@ class RecurrentModel(nn.Module):
 
     def _closed_loop(self, xs, state, lengths, fed_targets, teacher_forcing):
         """One step at a time, feeding back own outputs (or, by coin, the targets)."""
-        lengths = check_sequence("RecurrentModel", xs, self.core.input_size, lengths, None, 0)
+        lengths = check_sequence("RecurrentModel", xs, self.core.input_size, lengths, None, 0, self.core.weight())
         batch, steps = xs.shape[:2]
         state = (self.core.initial_state(batch, xs.device, xs.dtype) if state is None
                  else self.core.check_state(state, batch, "RecurrentModel"))
         masks = self.core.sample_masks(batch, xs)
         valid = valid_steps(lengths, steps)
+        xs = without_padding(xs, valid)  # the padding is never read: NaN there must not reach a gradient
         y_fed = xs.new_zeros(batch, self.core.feedback_size)  # y^{-1} = 0
         ys = []
         for t, x_t in enumerate(xs.unbind(1)):
-            out, new = self.core.step(x_t, state, y_fed, masks)
             if valid is not None:
                 keep = valid[:, t, None]
-                new, out = where_state(keep, new, state), out * keep
+                y_fed = torch.where(keep, y_fed, y_fed.new_zeros(()))  # a padded target fed back by coin
+            out, new = self.core.step(x_t, state, y_fed, masks)
+            if valid is not None:
+                new, out = where_state(keep, new, state), torch.where(keep, out, out.new_zeros(()))
             state = new
             y = self.readout(out)
             ys.append(y)
@@ -140,8 +145,9 @@ class SequenceToVector(nn.Module):
             summary = last_valid(outputs, lengths)
         else:
             valid = valid_steps(None if lengths is None else torch.as_tensor(lengths, device=xs.device), xs.shape[1])
-            if self.pool == "mean":
-                summary = outputs.mean(1) if valid is None else outputs.sum(1) / valid.sum(1, keepdim=True)
+            if self.pool == "mean":  # the sum over valid steps only: whatever lies past them never counts
+                summary = outputs.mean(1) if valid is None else \
+                    without_padding(outputs, valid).sum(1) / valid.sum(1, keepdim=True)
             else:
                 masked = outputs if valid is None else outputs.masked_fill(~valid[..., None], float("-inf"))
                 summary = masked.amax(1)
@@ -162,6 +168,7 @@ class VectorToSequence(nn.Module):
         size = self.model.core.input_size
         if not isinstance(v, torch.Tensor) or v.dim() != 2 or v.shape[1] != size:
             raise ValueError(f"VectorToSequence: v must be (B, {size}); got {_describe(v)}")
+        check_number("VectorToSequence", "steps", steps, integer=True)
         if steps < 1:
             raise ValueError(f"VectorToSequence: steps must be >= 1; got {steps}")
         xs = v.new_zeros(v.shape[0], steps, size)

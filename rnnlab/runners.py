@@ -22,6 +22,7 @@ from torch import nn
 
 from . import kernels
 from .cells import Cell, State, _describe
+from .checks import check_flag, check_number, check_tensor_like
 
 __all__ = ["Runner", "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded", "check_sequence"]
 
@@ -44,12 +45,16 @@ def reverse_padded(xs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tens
     return xs.gather(1, index[:, :, None].expand_as(xs))
 
 
-def check_sequence(where: str, xs, input_size: int, lengths, y_prev, feedback_size: int):
-    """Entry checks shared by every runner; returns lengths as a long tensor on xs's device (or None)."""
+def check_sequence(where: str, xs, input_size: int, lengths, y_prev, feedback_size: int,
+                   weight: torch.Tensor | None = None):
+    """Entry checks shared by every runner; returns lengths as a long tensor on xs's device (or None).
+    weight: one of the runner's parameters, whose dtype and device xs and y_prev must have."""
     if not isinstance(xs, torch.Tensor) or xs.dim() != 3 or xs.shape[2] != input_size:
         raise ValueError(f"{where}: xs must be (B, T, {input_size}); got {_describe(xs)}")
     if not xs.is_floating_point():
         raise ValueError(f"{where}: xs must be a floating-point tensor; got dtype {xs.dtype}")
+    if weight is not None:
+        check_tensor_like(where, "xs", xs, weight)
     batch, steps = xs.shape[:2]
     if batch == 0 or steps == 0:
         raise ValueError(f"{where}: xs must hold at least one sequence of at least one step; got {tuple(xs.shape)}")
@@ -58,6 +63,8 @@ def check_sequence(where: str, xs, input_size: int, lengths, y_prev, feedback_si
             raise ValueError(f"{where}: y_prev given but the cells have no output feedback (feedback_size=0)")
         if not isinstance(y_prev, torch.Tensor) or tuple(y_prev.shape) != (batch, steps, feedback_size):
             raise ValueError(f"{where}: y_prev must be ({batch}, {steps}, {feedback_size}); got {_describe(y_prev)}")
+        if weight is not None:
+            check_tensor_like(where, "y_prev", y_prev, weight)
     if lengths is None:
         return None
     lengths = torch.as_tensor(lengths)
@@ -100,7 +107,7 @@ class Runner(nn.Module, ABC):
 
     def forward(self, xs, state=None, y_prev=None, lengths=None):
         where = type(self).__name__
-        lengths = check_sequence(where, xs, self.input_size, lengths, y_prev, self.feedback_size)
+        lengths = check_sequence(where, xs, self.input_size, lengths, y_prev, self.feedback_size, self.weight())
         if self.feedback_size and y_prev is None:
             raise ValueError(f"{where}: the cells feed back their output (feedback_size={self.feedback_size}), so "
                              f"y_prev (B, T, {self.feedback_size}) is required; to run free, feeding back the "
@@ -108,6 +115,10 @@ class Runner(nn.Module, ABC):
         batch = xs.shape[0]
         state = self.initial_state(batch, xs.device, xs.dtype) if state is None else self.check_state(state, batch, where)
         return self.unroll(xs, state, y_prev, lengths)
+
+    def weight(self) -> torch.Tensor:
+        """A parameter of the runner: the dtype and device its inputs and state must have."""
+        return next(self.parameters())
 
     @abstractmethod
     def unroll(self, xs, state, y_prev, lengths):
@@ -184,8 +195,10 @@ class Stacked(Runner):
         for i, runner in enumerate(runners):
             if not isinstance(runner, Runner):
                 hint = " (wrap a cell in Recurrent(cell))" if isinstance(runner, Cell) else ""
-                raise ValueError(f"Stacked: runners must be rnnlab Runners{hint}; got {type(runner).__name__} at "
-                                 f"position {i}")
+                raise TypeError(f"Stacked: every layer must be a runner (Recurrent, Bidirectional, Stacked){hint}; "
+                                f"layer {i} is {type(runner).__name__}")
+        check_number("Stacked", "dropout", dropout)
+        check_flag("Stacked", "residual", residual)
         for below, above in zip(runners, runners[1:]):
             if below.output_size != above.input_size:
                 raise ValueError(f"Stacked: a layer with input_size {above.input_size} cannot read a layer with "
@@ -209,6 +222,9 @@ class Stacked(Runner):
         `dropout` is between layers; the cells' own options come as keywords or as the dict `options`
         (where a cell option shares a name with one of these, e.g. the cell's input `dropout`)."""
         cell_options = {**(options or {}), **cell_options}
+        check_number("Stacked.of", "num_layers", num_layers, integer=True)
+        if num_layers < 1:
+            raise ValueError(f"Stacked.of: num_layers must be an int >= 1; got {num_layers}")
         if feedback_layers not in ("first", "all"):
             raise ValueError(f"Stacked.of: feedback_layers must be 'first' or 'all'; got {feedback_layers!r}")
         layers = []
@@ -274,6 +290,9 @@ class Bidirectional(Runner):
 
     def __init__(self, forward_runner: nn.Module, backward_runner: nn.Module, merge: str = "concat"):
         super().__init__()
+        for name, runner in (("forward_runner", forward_runner), ("backward_runner", backward_runner)):
+            if not isinstance(runner, Runner):
+                raise TypeError(f"Bidirectional: {name} must be a runner (Recurrent, Stacked); got {type(runner).__name__}")
         if merge not in MERGES:
             raise ValueError(f"Bidirectional: merge must be one of {MERGES}; got {merge!r}")
         if forward_runner.input_size != backward_runner.input_size:

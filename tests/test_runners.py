@@ -236,7 +236,7 @@ def test_runner_contract_is_declared_and_stacked_takes_runners_only():
     from rnnlab.runners import Runner
 
     assert {"initial_state", "check_state", "sample_masks", "step", "unroll"} <= Runner.__abstractmethods__
-    with pytest.raises(ValueError, match=r"Stacked: runners must be rnnlab Runners \(wrap a cell in Recurrent"):
+    with pytest.raises(TypeError, match=r"Stacked: every layer must be a runner .* \(wrap a cell in Recurrent"):
         R.Stacked(R.LSTMCell(3, 4))
-    with pytest.raises(ValueError, match="Stacked: runners must be rnnlab Runners; got LSTM at position 1"):
+    with pytest.raises(TypeError, match="Stacked: every layer must be a runner .*; layer 1 is LSTM"):
         R.Stacked(R.Recurrent(R.LSTMCell(3, 4)), torch.nn.LSTM(4, 4))

@@ -14,6 +14,10 @@ The configuration is the cell plus the context of the call: whether y_prev is gi
 whether there are `lengths`, the dropout `masks` (mx, mh) sampled for this sequence, and whether
 the cell is `training`, and the `device` type of the tensors ('cpu' when not given).
 `available` says why an implementation cannot serve it (None if it can).
+
+Every implementation keeps the same promise for padded batches (`lengths`): outputs past a
+sequence's end are zero, its final state is the one at its last valid step, and the padding is never
+read, so NaN or inf there reach neither results nor gradients (tests/test_bad_inputs.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ..cells import LSTMCell
 from . import compiled
 from .fused import fused, unavailable as _fused_unavailable
 from .native import native, unavailable as _native_unavailable
-from .reference import reference, valid_steps, where_state
+from .reference import reference, valid_steps, where_state, without_padding
 from .scan import scan, unavailable as _scan_unavailable
 
 IMPLEMENTATIONS = {"reference": reference, "native": native, "scan": scan, "fused": fused}
@@ -84,5 +88,5 @@ def run(cell, xs, state, y_prev, lengths, masks, implementation: str = "auto"):
     return IMPLEMENTATIONS[name](cell, xs, state, y_prev, lengths, masks)
 
 
-__all__ = ["run", "choose", "available", "reference", "native", "scan", "fused", "valid_steps", "where_state",
+__all__ = ["run", "choose", "available", "reference", "native", "scan", "fused", "valid_steps", "where_state", "without_padding",
            "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_ORDER", "order"]

@@ -1,11 +1,25 @@
 """The optional C++ loops (`loops.cpp`: the time loops of `fused` for every ladder cell, and the linear
-recurrence of `scan`), compiled at first use with torch.utils.cpp_extension and cached outside the
-package (~/.cache/rnnlab, or $RNNLAB_CACHE), in a folder named by torch's version and a hash of the
-source, so that a changed source is rebuilt and never loads a stale build. The first use compiles
-for about 40 to 90 s (one translation unit, most of it torch's headers); later uses load the cached
-build in well under a second. Where no compiler (or ninja, or the Python headers) is found,
-`extension()` is None and the Python loops serve; RNNLAB_NO_EXTENSION=1 turns it off. It only removes
-per-step Python overhead: results are the Python loops'.
+recurrence of `scan`), compiled once and cached outside the package (~/.cache/rnnlab, or $RNNLAB_CACHE).
+It only removes per-step Python overhead: results are the Python loops'. Where it cannot be built
+(no compiler, ninja or Python headers) `extension()` is None and the Python loops serve;
+RNNLAB_NO_EXTENSION=1 turns it off.
+
+The cache, one build per key and nothing else:
+- the key is everything the binary depends on: the source, the flags, torch's version, Python's ABI,
+  the compiler (its path and version) and the CPU's instruction set (the build uses -march=native,
+  so a cache shared between machines, e.g. a home directory on a network disk, must never hand one
+  CPU's binary to another). The build lives in a folder named by a hash of the key, with a copy of
+  the source, so that nothing in it names the environment that built it;
+- a built library is loaded directly (importlib) only after its SHA-256 matches the one recorded
+  when it was built: a changed or swapped file is rebuilt, never run. Loading never invokes ninja,
+  so two environments (two venvs, two ninja binaries) share one build instead of rebuilding;
+- a build runs in a child process under `BUILD_SECONDS` with an exclusive lock (flock: the kernel
+  releases it when its holder dies, so kill -9 or a closed terminal leave no lock that holds). Any
+  lock file torch's builder left behind is stale once the lock is ours, and is removed. A process
+  that finds another building waits at most until that build is `BUILD_SECONDS` old, then falls
+  back to the Python loops: nothing waits without a bound.
+What it does (building, waiting, falling back) is said in one line each as a `BuildNote` warning:
+the core never prints, and the CLI shows warnings on stderr.
 
 Flags: -O3 -march=native, -fopenmp-simd for the `omp simd` loops, and ATen's AVX2 vector functions
 where the CPU has them. No -ffast-math: it lets the compiler assume that no NaN or inf occurs, and
@@ -14,31 +28,110 @@ measured no faster here (LSTM, B = 1 and 32).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import importlib.util
+import json
 import os
+import platform
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import torch
 
+NAME = "rnnlab_loops"
 SOURCE = Path(__file__).with_name("loops.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
 if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
     # ATen's 256-bit Vectorized<T>, whose exp and tanh are SLEEF's as in torch's own CPU kernels
     # (without this the activations are ATen's scalar fallback: correct, and about 3x slower)
     FLAGS += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+# Longer than a build can take: measured 30-270 s on a busy 2-core machine (270 s at a load average
+# of 15). A build running longer is stopped; a lock held longer is not waited for.
+BUILD_SECONDS = 1200.0
+LIBRARY_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"  # what torch's builder writes
+_LOCK = ".rnnlab-build.lock"
 
 
-def build_directory() -> Path:
-    cache = Path(os.environ.get("RNNLAB_CACHE", Path.home() / ".cache" / "rnnlab"))
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:12]
-    return cache / f"torch-{torch.__version__}" / digest
+class BuildNote(UserWarning):
+    """One line on what the compiled loops are doing: building, waiting for a build, falling back."""
+
+
+def _note(message: str) -> None:
+    warnings.warn(f"rnnlab: {message}", BuildNote, stacklevel=3)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RNNLAB_CACHE", Path.home() / ".cache" / "rnnlab"))
+
+
+@functools.cache
+def compiler() -> str:
+    """The C++ compiler torch's builder runs ($CXX, else c++): its resolved path and version line;
+    'none' where there is none."""
+    path = shutil.which(os.environ.get("CXX", "c++"))
+    if path is None:
+        return "none"
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+    lines = version.splitlines()
+    return f"{os.path.realpath(path)}: {lines[0] if lines else '?'}"
+
+
+@functools.cache
+def instruction_set() -> str:
+    """What -march=native compiles for: the machine and its CPU's feature flags."""
+    features = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":")[0].strip() in ("flags", "Features"):
+                features = " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    if not features:  # no /proc (macOS, Windows): what Python and torch can tell
+        features = f"{platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
+    return f"{platform.machine()}: {features}"
+
+
+def build_key(source: Path = SOURCE, flags: list[str] = FLAGS) -> dict[str, object]:
+    """Everything the built library depends on."""
+    return {"source": hashlib.sha256(source.read_bytes()).hexdigest(), "flags": list(flags),
+            "torch": torch.__version__, "python": sys.implementation.cache_tag, "platform": sys.platform,
+            "compiler": compiler(), "cpu": instruction_set()}
+
+
+def build_directory(name: str = NAME, source: Path = SOURCE, flags: list[str] = FLAGS) -> Path:
+    """The one folder of the build for this key."""
+    digest = hashlib.sha256(json.dumps(build_key(source, flags), sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / f"{name}-{digest}"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verified(directory: Path, name: str = NAME, key: dict | None = None) -> Path | None:
+    """The library in `directory` if its SHA-256 and key are the ones recorded when it was built; else None."""
+    library, manifest = directory / f"{name}{LIBRARY_SUFFIX}", directory / f"{name}.manifest.json"
+    try:
+        record = json.loads(manifest.read_text())
+        if record["sha256"] == _digest(library) and (key is None or record["key"] == key):
+            return library
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def built() -> bool:
-    """Whether a build is cached, so that `extension()` loads it instead of compiling."""
-    return (build_directory() / "rnnlab_loops.so").exists()
+    """Whether a verified build is cached for this machine, so that `extension()` loads it instead of compiling."""
+    return verified(build_directory(), key=build_key()) is not None
 
 
 def _find_ninja() -> None:
@@ -52,19 +145,161 @@ def _find_ninja() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def _import(name: str, library: Path):
+    spec = importlib.util.spec_from_file_location(name, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path, timeout: float):
+    """Hold the build lock of `directory` for the block; yields False (not held) when another live
+    process has held it for `timeout` seconds since its build started."""
+    path = directory / _LOCK
+    with open(path, "a+") as handle:
+        held = _acquire(handle, path, directory, timeout)
+        if held:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
+            handle.flush()
+        try:
+            yield held is not False
+        finally:
+            if held:
+                handle.truncate(0)
+                _unlock(handle)
+
+
+def _acquire(handle, path: Path, directory: Path, timeout: float) -> bool | None:
+    """True once the lock is ours; False after waiting `timeout` from the holder's start; None where
+    the file system or platform has no locks (then the build runs unlocked, as torch's would)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    first = None
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        except OSError:
+            return None
+        holder = _holder(path)
+        who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        if first is None:
+            first = time.time()
+            _note(f"waiting for {who}, which is building the C++ loops in {directory} "
+                  f"(at most {timeout:.0f} s from its start)")
+        started = holder.get("started", first)
+        if time.time() - min(started if isinstance(started, (int, float)) else first, first) > timeout:
+            _note(f"{who} has held the build lock {path} for more than {timeout:.0f} s; using the Python loops")
+            return False
+        time.sleep(0.2)
+
+
+def _unlock(handle) -> None:
+    import fcntl
+
+    fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _holder(path: Path) -> dict:
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(path.read_text() or "{}")
+        if isinstance(record, dict):
+            return record
+    return {}
+
+
+_BUILD = """
+import json, sys
+from torch.utils.cpp_extension import load
+a = json.loads(sys.argv[1])
+load(a["name"], [a["source"]], build_directory=a["directory"], extra_cflags=a["flags"], verbose=False)
+"""
+
+
+def _compile(directory: Path, name: str, source: Path, flags: list[str], timeout: float) -> str | None:
+    """Build in a child process (bounded by `timeout`); None on success, else why it failed (one line)."""
+    _find_ninja()
+    arguments = json.dumps({"name": name, "source": str(source), "directory": str(directory), "flags": flags})
+    try:
+        done = subprocess.run([sys.executable, "-c", _BUILD, arguments], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"the build took longer than {timeout:.0f} s and was stopped"
+    except OSError as error:
+        return str(error)
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        return lines[-1].strip() if lines else f"exit status {done.returncode}"
+    return None
+
+
+def load_or_build(directory: Path, name: str = NAME, source: Path = SOURCE, flags: list[str] = FLAGS,
+                  timeout: float = BUILD_SECONDS):
+    """The module built from `source` in `directory`: loaded when verified, else built first. None
+    (with a note) when it cannot be built or loaded here."""
+    key = build_key(source, flags)
+    library = verified(directory, name, key)
+    if library is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with _exclusive(directory, timeout) as held:
+            if not held:
+                return None
+            library = verified(directory, name, key)  # another process may have built it while we waited
+            if library is None:
+                reason = _build(directory, name, source, flags, key, timeout)
+                if reason is not None:
+                    _note(f"cannot build the C++ loops ({reason}); using the Python loops")
+                    return None
+                library = verified(directory, name, key)
+    try:
+        return _import(name, library)
+    except Exception as error:  # noqa: BLE001 - whatever a foreign binary does on import, use Python's loops
+        _note(f"cannot load the C++ loops {library} ({type(error).__name__}: {error}); using the Python loops")
+        return None
+
+
+def _build(directory: Path, name: str, source: Path, flags: list[str], key: dict, timeout: float) -> str | None:
+    """Clear `directory` (we hold its lock), build from a copy of the source, record the library's hash."""
+    leftovers = sorted(p.name for p in directory.iterdir() if p.name != _LOCK)
+    if (directory / "lock").exists():
+        _note(f"removing a stale build lock {directory / 'lock'} left by a stopped build")
+    elif f"{name}{LIBRARY_SUFFIX}" in leftovers:
+        _note(f"the cached C++ loops in {directory} do not match the hash recorded when they were built; rebuilding")
+    for entry in leftovers:
+        path = directory / entry
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    copy = directory / source.name
+    shutil.copyfile(source, copy)
+    _note(f"building the C++ loops for this CPU, compiler and torch in {directory} (once; 1-3 minutes, "
+          f"at most {timeout:.0f} s); RNNLAB_NO_EXTENSION=1 uses the Python loops instead")
+    reason = _compile(directory, name, copy, flags, timeout)
+    if reason is not None:
+        return reason
+    library = directory / f"{name}{LIBRARY_SUFFIX}"
+    if not library.exists():
+        return f"no {library.name} after the build"
+    manifest = directory / f"{name}.manifest.json"
+    manifest.with_suffix(".tmp").write_text(json.dumps({"sha256": _digest(library), "key": key}, indent=1))
+    os.replace(manifest.with_suffix(".tmp"), manifest)
+    return None
+
+
 @functools.cache
 def extension():
-    """The compiled module, or None when it cannot be built here."""
+    """The compiled module, or None when it cannot be built or loaded here."""
     if os.environ.get("RNNLAB_NO_EXTENSION"):
         return None
-    build = build_directory()
     try:
-        from torch.utils.cpp_extension import load
-
-        _find_ninja()
-        build.mkdir(parents=True, exist_ok=True)
-        return load("rnnlab_loops", [str(SOURCE)], build_directory=str(build), extra_cflags=FLAGS, verbose=False)
-    except Exception:  # any failure to build (no compiler, headers, ninja) means: use the Python loops
+        return load_or_build(build_directory())
+    except OSError as error:  # an unwritable cache, a full disk: the Python loops serve
+        _note(f"cannot use the C++ loop cache {cache_root()} ({error}); using the Python loops")
         return None
 
 

@@ -14,6 +14,7 @@ outputs, see `activations.py`):
 `lengths`: the batch is sorted by length (descending) so that at step t the sequences still running
 are the first n_t rows; each step works on those rows only, so a finished sequence's state stays
 at its last valid value and its outputs stay zero, as in `reference`, at no extra cost per step.
+The padding of xs and y_prev is replaced by zeros first: the one input GEMM and dU read every step.
 
 The loops of steps 2 and 3 run in C++ (`loops.cpp`, see `compiled.py`) on CPU where the extension
 is built, for every cell, and in Python otherwise: the same
@@ -36,6 +37,7 @@ from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, O
                      State, VanillaCell)
 from . import compiled, graphs
 from .activations import BACKWARD, FORWARD
+from .reference import valid_steps, without_padding
 
 _GATED = {VanillaCell: "vanilla", OutputFeedbackCell: "vanilla", ResidualCell: "residual",
           InputGatedCell: "input", ForgetGatedCell: "forget"}
@@ -60,6 +62,8 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H), final state."""
     mx, mh = masks
     batch, steps = xs.shape[:2]
+    valid = valid_steps(lengths, steps)  # the input GEMM and dW read every step: padding must be zeros
+    xs, y_prev = without_padding(xs, valid), without_padding(y_prev, valid)
     parts = state if isinstance(state, tuple) else (state,)
     sizes = last = unsort = None
     if lengths is not None and not bool((lengths == steps).all()):

@@ -58,7 +58,7 @@ Act parse(const std::string& name) {
       {"elu", Act::elu}};
   for (const auto& [key, act] : names)
     if (name == key) return act;
-  TORCH_CHECK(false, "rnnlab loops: unknown activation ", name);
+  TORCH_CHECK_VALUE(false, "rnnlab loops: unknown activation ", name);
   return Act::identity;  // not reached
 }
 
@@ -187,7 +187,7 @@ Kind parse_kind(const std::string& name) {
                                                        {"forget", Kind::forget}};
   for (const auto& [key, kind] : names)
     if (name == key) return kind;
-  TORCH_CHECK(false, "rnnlab loops: unknown gated kind ", name);
+  TORCH_CHECK_VALUE(false, "rnnlab loops: unknown gated kind ", name);
   return Kind::vanilla;  // not reached
 }
 
@@ -398,19 +398,80 @@ int64_t steps_of(const std::vector<int64_t>& lengths, int64_t n, int64_t steps) 
   return lengths.empty() ? steps : lengths[n];
 }
 
-// What both scan entry points rely on: contiguous (B, T, K*H) gates, (B, H) states, lengths in
-// [0, T] for each sequence, and the LSTM's c tensors.
-void check_scan(ScanKind scan, const Tensor& gates, const Tensor& s0, const optional<Tensor>& c0,
-                const optional<Tensor>& cs, const optional<Tensor>& tcs, const std::vector<int64_t>& lengths) {
-  const int64_t batch = gates.size(0), steps = gates.size(1), H = s0.size(1);
-  TORCH_CHECK(gates.dim() == 3 && gates.is_contiguous() && s0.is_contiguous() && s0.size(0) == batch &&
-                  H > 0 && gates.size(2) % H == 0,
-              "rnnlab scan: expected contiguous gates (B, T, K*H) and state (B, H)");
-  TORCH_CHECK(lengths.empty() || static_cast<int64_t>(lengths.size()) == batch,
-              "rnnlab scan: expected one length per sequence");
-  for (int64_t n : lengths) TORCH_CHECK(n >= 0 && n <= steps, "rnnlab scan: a length outside [0, T]");
-  TORCH_CHECK(scan != ScanKind::lstm || (c0 && cs && tcs && c0->is_contiguous()),
-              "rnnlab scan: the LSTM needs c0, cs and tcs");
+// --- entry checks ------------------------------------------------------------------------------
+// Every entry point checks what its loops index through raw pointers before touching any memory:
+// each tensor defined, on the CPU, of the gates' dtype, of its exact shape and, where read through
+// a pointer, contiguous; the per-step row counts and lengths in range. A wrong call raises.
+
+constexpr int64_t ANY = -1;  // a dimension of any size >= 1 (a ring of steps)
+
+struct Expect {
+  const char* where;
+  const char* like;  // the tensor that fixed the dtype
+  at::ScalarType dtype;
+
+  void operator()(const Tensor& t, const char* name, std::vector<int64_t> shape, bool contiguous = true) const {
+    TORCH_CHECK_VALUE(t.defined(), where, ": ", name, " is missing");
+    TORCH_CHECK_VALUE(t.device().is_cpu(), where, ": ", name, " must be on the CPU; got ", t.device());
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, where, ": ", name, " must be ", dtype, " like ", like, "; got ",
+                     t.scalar_type());
+    bool fits = t.dim() == static_cast<int64_t>(shape.size()), ring = false;
+    for (size_t d = 0; d < shape.size(); ++d) {
+      ring = ring || shape[d] == ANY;
+      fits = fits && (shape[d] == ANY ? t.size(d) >= 1 : t.size(d) == shape[d]);
+    }
+    TORCH_CHECK_VALUE(fits, where, ": ", name, " must be ", at::IntArrayRef(shape), ring ? " (-1: any size >= 1)" : "",
+                      "; got ", t.sizes());
+    TORCH_CHECK_VALUE(!contiguous || t.is_contiguous(), where, ": ", name, " must be contiguous");
+  }
+  void operator()(const optional<Tensor>& t, const char* name, std::vector<int64_t> shape, bool contiguous = true) const {
+    if (t) (*this)(*t, name, std::move(shape), contiguous);
+  }
+  // present exactly when `needed` (where a tensor present changes what the loop reads)
+  void required(const optional<Tensor>& t, const char* name, bool needed) const {
+    TORCH_CHECK_VALUE(static_cast<bool>(t) == needed, where, ": ", name, needed ? " is required here" : " must be None here");
+  }
+  // present where `needed` (elsewhere it is not read)
+  void needs(const optional<Tensor>& t, const char* name, bool needed) const {
+    TORCH_CHECK_VALUE(t || !needed, where, ": ", name, " is required here");
+  }
+};
+
+// The leading tensor `name` (3-D, contiguous, float or double on the CPU) fixes the dtype every other
+// tensor must have; `state` (B, H) fixes H, with B its dimension `batch_dim`. Returns the checker.
+Expect expect_gates(const char* where, const Tensor& gates, const Tensor& state, int64_t batch_dim,
+                    const char* name = "gates") {
+  TORCH_CHECK_VALUE(gates.defined() && gates.dim() == 3, where, ": ", name, " must be 3-D; got ",
+                    gates.defined() ? gates.sizes() : at::IntArrayRef{});
+  TORCH_CHECK_VALUE(gates.device().is_cpu(), where, ": ", name, " must be on the CPU; got ", gates.device());
+  TORCH_CHECK_TYPE(gates.scalar_type() == at::kFloat || gates.scalar_type() == at::kDouble, where, ": ", name,
+                   " must be float32 or float64; got ", gates.scalar_type());
+  TORCH_CHECK_VALUE(gates.is_contiguous(), where, ": ", name, " must be contiguous");
+  TORCH_CHECK_VALUE(state.defined() && state.dim() == 2 && state.size(0) == gates.size(batch_dim) && state.size(1) >= 1,
+                    where, ": the initial state must be (B, H) with B = ", gates.size(batch_dim), " and H >= 1; got ",
+                    state.defined() ? state.sizes() : at::IntArrayRef{});
+  return Expect{where, name, gates.scalar_type()};
+}
+
+// sizes: empty, or the rows still running at each of the T steps, non-increasing within [0, B].
+void check_sizes(const char* where, const std::vector<int64_t>& sizes, int64_t steps, int64_t batch) {
+  if (sizes.empty()) return;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(sizes.size()) == steps, where, ": sizes must hold one row count per step (",
+              steps, "); got ", sizes.size());
+  for (size_t t = 0; t < sizes.size(); ++t)
+    TORCH_CHECK_VALUE(sizes[t] >= 0 && sizes[t] <= batch && (t == 0 || sizes[t] <= sizes[t - 1]), where,
+                ": sizes must be non-increasing row counts in [0, ", batch, "]; got ", sizes[t], " at step ", t);
+}
+
+// lengths: empty, or one per sequence within [0, T].
+void check_lengths(const char* where, const std::vector<int64_t>& lengths, int64_t steps, int64_t batch) {
+  TORCH_CHECK_VALUE(lengths.empty() || static_cast<int64_t>(lengths.size()) == batch, where,
+              ": lengths must hold one length per sequence (", batch, "); got ", lengths.size());
+  for (int64_t n : lengths) TORCH_CHECK_VALUE(n >= 0 && n <= steps, where, ": lengths must lie in [0, ", steps, "]; got ", n);
+}
+
+int64_t scan_gate_count(ScanKind scan, Kind kind) {
+  return scan == ScanKind::lstm ? 4 : scan == ScanKind::gru ? 2 : kind == Kind::forget ? 3 : kind == Kind::input ? 2 : 1;
 }
 }  // namespace
 
@@ -420,7 +481,17 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
                   const optional<Tensor>& weight_hh, const optional<Tensor>& mask,
                   const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, std::vector<int64_t> sizes) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
+  const Expect expect = expect_gates("lstm_forward", gates, h0, 1);
   const int64_t steps = gates.size(0), batch = gates.size(1), H = h0.size(1);
+  expect(gates, "gates", {steps, batch, 4 * H});
+  expect(h0, "h0", {batch, H}, false);
+  expect(c0, "c0", {batch, H});
+  expect(hs, "hs", {steps, batch, H});
+  expect(cs, "cs", {ANY, batch, H});
+  expect(tcs, "tcs", {ANY, batch, H});
+  expect(weight_hh, "weight_hh", {4 * H, H}, false);
+  expect(mask, "mask", {batch, H}, false);
+  check_sizes("lstm_forward", sizes, steps, batch);
   const int64_t ring_c = cs.size(0), ring_t = tcs.size(0);
   optional<Tensor> vt;
   if (weight_hh) vt = weight_hh->t();
@@ -449,7 +520,19 @@ void lstm_backward(const std::string& act_name, const std::string& sigma_name, c
                    const optional<Tensor>& weight_hh, const optional<Tensor>& mask, Tensor carry_h,
                    Tensor carry_c, Tensor dz, std::vector<int64_t> sizes) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
+  const Expect expect = expect_gates("lstm_backward", gates, c0, 1);
   const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(1);
+  expect(gates, "gates", {steps, batch, 4 * H});
+  expect(c0, "c0", {batch, H});
+  expect(cs, "cs", {steps, batch, H});
+  expect(tcs, "tcs", {steps, batch, H});
+  expect(d_out, "d_out", {steps, batch, H});
+  expect(carry_h, "carry_h", {batch, H});
+  expect(carry_c, "carry_c", {batch, H});
+  expect(dz, "dz", {steps, batch, 4 * H});
+  expect(weight_hh, "weight_hh", {4 * H, H}, false);
+  expect(mask, "mask", {batch, H}, false);
+  check_sizes("lstm_backward", sizes, steps, batch);
   const int64_t step = batch * H;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     const scalar_t *g = gates.data_ptr<scalar_t>(), *c = cs.data_ptr<scalar_t>(), *tc = tcs.data_ptr<scalar_t>();
@@ -479,7 +562,14 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
                    Tensor states, std::vector<int64_t> sizes) {
   const Kind kind = parse_kind(kind_name);
   const Act act = parse(act_name), sigma = parse(sigma_name);
+  const Expect expect = expect_gates("gated_forward", gates, s0, 1);
   const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = gate_count(kind);
+  expect(gates, "gates", {steps, batch, K * H});
+  expect(s0, "s0", {batch, H});
+  expect(states, "states", {steps, batch, H});
+  expect(weight_hh, "weight_hh", {K * H, H}, false);
+  expect(mask, "mask", {batch, H}, false);
+  check_sizes("gated_forward", sizes, steps, batch);
   optional<Tensor> vt;
   if (weight_hh) vt = weight_hh->t();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gated_forward", [&] {
@@ -503,7 +593,17 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
                     std::vector<int64_t> sizes) {
   const Kind kind = parse_kind(kind_name);
   const Act act = parse(act_name), sigma = parse(sigma_name);
+  const Expect expect = expect_gates("gated_backward", gates, s0, 1);
   const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = gate_count(kind);
+  expect(gates, "gates", {steps, batch, K * H});
+  expect(s0, "s0", {batch, H});
+  expect(states, "states", {steps, batch, H});
+  expect(d_out, "d_out", {steps, batch, H});
+  expect(carry, "carry", {batch, H});
+  expect(dz, "dz", {steps, batch, K * H});
+  expect(weight_hh, "weight_hh", {K * H, H}, false);
+  expect(mask, "mask", {batch, H}, false);
+  check_sizes("gated_backward", sizes, steps, batch);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gated_backward", [&] {
     const scalar_t *g = gates.data_ptr<scalar_t>(), *s = states.data_ptr<scalar_t>();
     const scalar_t* dout = d_out.data_ptr<scalar_t>();
@@ -523,7 +623,17 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
                  const optional<Tensor>& weight_hh, const optional<Tensor>& bias_hh, const optional<Tensor>& mask,
                  const Tensor& s0, Tensor hs, const optional<Tensor>& zhs, std::vector<int64_t> sizes) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
+  const Expect expect = expect_gates("gru_forward", gates, s0, 1);
   const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = weight_hh ? 3 : 2;
+  expect(gates, "gates", {steps, batch, K * H});
+  expect(s0, "s0", {batch, H});
+  expect(hs, "hs", {steps, batch, H});
+  expect.required(zhs, "zhs (with weight_hh)", static_cast<bool>(weight_hh));
+  expect(zhs, "zhs", {ANY, batch, 3 * H});
+  expect(weight_hh, "weight_hh", {3 * H, H}, false);
+  expect(bias_hh, "bias_hh", {3 * H}, false);
+  expect(mask, "mask", {batch, H}, false);
+  check_sizes("gru_forward", sizes, steps, batch);
   optional<Tensor> vt;
   if (weight_hh) vt = weight_hh->t();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
@@ -549,7 +659,21 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
                   const optional<Tensor>& weight_hh, const optional<Tensor>& mask, Tensor carry, Tensor dzx,
                   const optional<Tensor>& dzh, std::vector<int64_t> sizes) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
+  const Expect expect = expect_gates("gru_backward", gates, s0, 1);
   const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = weight_hh ? 3 : 2;
+  expect(gates, "gates", {steps, batch, K * H});
+  expect(s0, "s0", {batch, H});
+  expect(hs, "hs", {steps, batch, H});
+  expect(d_out, "d_out", {steps, batch, H});
+  expect(carry, "carry", {batch, H});
+  expect(dzx, "dzx", {steps, batch, K * H});
+  expect.required(zhs, "zhs (with weight_hh)", static_cast<bool>(weight_hh));
+  expect.required(dzh, "dzh (with weight_hh)", static_cast<bool>(weight_hh));
+  expect(zhs, "zhs", {steps, batch, 3 * H});
+  expect(dzh, "dzh", {steps, batch, 3 * H});
+  expect(weight_hh, "weight_hh", {3 * H, H}, false);
+  expect(mask, "mask", {batch, H}, false);
+  check_sizes("gru_backward", sizes, steps, batch);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
     const scalar_t *g = gates.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>();
     const scalar_t* dout = d_out.data_ptr<scalar_t>();
@@ -567,7 +691,11 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
 
 // s_t = f_t s_{t-1} + b_t along dim 1 of (B, T, H), from s0 (B, H): one pass, B*H recurrences side by side.
 Tensor linear_scan_forward(const Tensor& f, const Tensor& b, const Tensor& s0) {
+  const Expect expect = expect_gates("linear_scan_forward", b, s0, 0, "b");
   const int64_t batch = b.size(0), steps = b.size(1), H = b.size(2);
+  expect(b, "b", {batch, steps, H});
+  expect(f, "f", {batch, steps, H});
+  expect(s0, "s0", {batch, H});
   Tensor s = at::empty_like(b);
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "linear_scan_forward", [&] {
     scan_forward<scalar_t>(f.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), s0.data_ptr<scalar_t>(),
@@ -579,7 +707,12 @@ Tensor linear_scan_forward(const Tensor& f, const Tensor& b, const Tensor& s0) {
 // The backward of linear_scan_forward, a reverse recurrence: g_t = ds_t + f_{t+1} g_{t+1};
 // db_t = g_t, df_t = g_t s_{t-1}, ds0 = f_0 g_0. Returns (df, db, ds0).
 std::vector<Tensor> linear_scan_backward(const Tensor& f, const Tensor& s, const Tensor& s0, const Tensor& ds) {
+  const Expect expect = expect_gates("linear_scan_backward", s, s0, 0, "s");
   const int64_t batch = s.size(0), steps = s.size(1), H = s.size(2);
+  expect(s, "s", {batch, steps, H});
+  expect(f, "f", {batch, steps, H});
+  expect(ds, "ds", {batch, steps, H});
+  expect(s0, "s0", {batch, H});
   Tensor df = at::empty_like(s), db = at::empty_like(s), ds0 = at::empty_like(s0);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "linear_scan_backward", [&] {
     scan_backward<scalar_t>(f.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), s0.data_ptr<scalar_t>(),
@@ -599,11 +732,20 @@ void cell_scan_forward(const std::string& kind_name, const std::string& act_name
   const ScanKind scan = scan_kind(kind_name);
   const Kind kind = scan == ScanKind::gated ? parse_kind(kind_name) : Kind::vanilla;
   const Act act = parse(act_name), sigma = parse(sigma_name);
-  check_scan(scan, gates, s0, c0, cs, tcs, lengths);
-  TORCH_CHECK(z.sizes() == gates.sizes() && z.is_contiguous() && out.is_contiguous() && out.size(0) == gates.size(0) &&
-                  out.size(1) == gates.size(1) && out.size(2) == s0.size(1),
-              "rnnlab scan: expected contiguous z like gates and out (B, T, H)");
+  const Expect expect = expect_gates("cell_scan_forward", gates, s0, 0);
   const int64_t batch = gates.size(0), steps = gates.size(1), H = s0.size(1), KH = gates.size(2);
+  const bool lstm = scan == ScanKind::lstm;
+  expect(gates, "gates", {batch, steps, scan_gate_count(scan, kind) * H});
+  expect(z, "z", {batch, steps, KH});
+  expect(s0, "s0", {batch, H});
+  expect(out, "out", {batch, steps, H});
+  expect.needs(c0, "c0 (the LSTM's)", lstm);
+  expect.needs(cs, "cs (the LSTM's)", lstm);
+  expect.needs(tcs, "tcs (the LSTM's)", lstm);
+  expect(c0, "c0", {batch, H});
+  expect(cs, "cs", {batch, steps, H});
+  expect(tcs, "tcs", {batch, steps, H});
+  check_lengths("cell_scan_forward", lengths, steps, batch);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "cell_scan_forward", [&] {
     const scalar_t* zx = z.data_ptr<scalar_t>();
     scalar_t *g = gates.data_ptr<scalar_t>(), *s = out.data_ptr<scalar_t>();
@@ -642,13 +784,27 @@ void cell_scan_backward(const std::string& kind_name, const std::string& act_nam
   const ScanKind scan = scan_kind(kind_name);
   const Kind kind = scan == ScanKind::gated ? parse_kind(kind_name) : Kind::vanilla;
   const Act act = parse(act_name), sigma = parse(sigma_name);
-  check_scan(scan, gates, s0, c0, cs, tcs, lengths);
-  TORCH_CHECK(dz.sizes() == gates.sizes() && dz.is_contiguous() && d_out.is_contiguous() && d_out.dim() == 3 &&
-                  d_out.size(0) == gates.size(0) && d_out.size(1) == gates.size(1) && d_out.size(2) == s0.size(1) &&
-                  carry.sizes() == s0.sizes() && carry.is_contiguous() && (!out || out->sizes() == d_out.sizes()) &&
-                  (scan != ScanKind::lstm || (carry_c && carry_c->sizes() == s0.sizes() && carry_c->is_contiguous())),
-              "rnnlab scan: expected contiguous dz like gates, d_out (B, T, H) and carries (B, H)");
+  const Expect expect = expect_gates("cell_scan_backward", gates, s0, 0);
   const int64_t batch = gates.size(0), steps = gates.size(1), H = s0.size(1), KH = gates.size(2);
+  const bool lstm = scan == ScanKind::lstm;
+  expect(gates, "gates", {batch, steps, scan_gate_count(scan, kind) * H});
+  expect(s0, "s0", {batch, H});
+  expect(d_out, "d_out", {batch, steps, H});
+  expect(dz, "dz", {batch, steps, KH});
+  expect(carry, "carry", {batch, H});
+  // the steps that read s^{t-1} (forget-gated, GRU) read it from the forward's outputs
+  expect.needs(out, "out (the forward's outputs, for the forget-gated cell and the GRU)",
+               scan == ScanKind::gru || kind == Kind::forget);
+  expect(out, "out", {batch, steps, H});
+  expect.needs(c0, "c0 (the LSTM's)", lstm);
+  expect.needs(cs, "cs (the LSTM's)", lstm);
+  expect.needs(tcs, "tcs (the LSTM's)", lstm);
+  expect.needs(carry_c, "carry_c (the LSTM's)", lstm);
+  expect(c0, "c0", {batch, H});
+  expect(cs, "cs", {batch, steps, H});
+  expect(tcs, "tcs", {batch, steps, H});
+  expect(carry_c, "carry_c", {batch, H});
+  check_lengths("cell_scan_backward", lengths, steps, batch);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "cell_scan_backward", [&] {
     const scalar_t *g = gates.data_ptr<scalar_t>(), *s = out ? out->data_ptr<scalar_t>() : nullptr;
     const scalar_t* dy = d_out.data_ptr<scalar_t>();

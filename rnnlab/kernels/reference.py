@@ -21,13 +21,24 @@ def valid_steps(lengths: torch.Tensor | None, steps: int) -> torch.Tensor | None
     return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def without_padding(seq: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor | None:
+    """seq (B, T, ...) with every step past its sequence's end set to zero: what an implementation
+    reads instead of the padding, so that NaN or inf there (a NaN times a zero mask is still NaN)
+    reach neither outputs, states nor gradients. valid: `valid_steps`' mask, None when all are full."""
+    if seq is None or valid is None:
+        return seq
+    return torch.where(valid.view(*valid.shape, *(1,) * (seq.dim() - 2)), seq, seq.new_zeros(()))
+
+
 def reference(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None,
               lengths: torch.Tensor | None, masks) -> tuple[torch.Tensor, State]:
     """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H), final state.
 
-    Past a sequence's end its output is zero and its state stays at the last valid step."""
+    Past a sequence's end its output is zero and its state stays at the last valid step; what the
+    padding holds is never read (the cell sees zeros there)."""
     steps = xs.shape[1]
     valid = valid_steps(lengths, steps)
+    xs, y_prev = without_padding(xs, valid), without_padding(y_prev, valid)
     feedback = y_prev.unbind(1) if y_prev is not None else (None,) * steps
     outs = []
     # unbind, not xs[:, t]: indexing a tensor that needs grad in the loop makes backward O(T^2).
@@ -36,7 +47,7 @@ def reference(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor |
         if valid is not None:
             keep = valid[:, t, None]
             new = where_state(keep, new, state)
-            out = out * keep
+            out = torch.where(keep, out, out.new_zeros(()))
         state = new
         outs.append(out)
     return torch.stack(outs, dim=1), state

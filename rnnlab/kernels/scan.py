@@ -33,7 +33,7 @@ which would under- or overflow (and fail for f <= 0) over long T. Products of f 
 where a gate activation lets |f| exceed 1 (relu, identity, elu), where the step-by-step recurrence
 may not: where `doubling` would serve, such cells take `chunked`, whose products span one chunk.
 Past a sequence's end f = 1 and b = 0, so its state stays at the last valid value; outputs there
-are zero.
+are zero, and the padding of xs and y_prev is never read (zeros go in its place).
 
 Serves any ladder cell built with reads_state=False (any depth), except ResidualCell with
 residual='before' (the state sits inside the activation) and zoneout.
@@ -50,7 +50,7 @@ from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, O
                      State, VanillaCell)
 from . import compiled
 from .activations import BACKWARD
-from .reference import valid_steps
+from .reference import valid_steps, without_padding
 
 _CELLS = (VanillaCell, OutputFeedbackCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell)
 
@@ -164,15 +164,16 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
          lengths: torch.Tensor | None, masks) -> tuple[torch.Tensor, State]:
     """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H), final state."""
     mx = masks[0]
+    batch, steps = xs.shape[:2]
+    valid = valid_steps(lengths, steps)
+    xs, y_prev = without_padding(xs, valid), without_padding(y_prev, valid)
     if mx is not None:
         xs = xs * mx[:, None, :]
-    batch, steps = xs.shape[:2]
     z = cell.preactivations(cell.project_input(xs, y_prev), None)  # (B, T, K*H), one GEMM
     differentiable_from_outputs = BACKWARD.keys() >= {cell.activation, cell.gate_activation}
     if type(cell) in _KIND and compiled.extension_for(z) is not None and differentiable_from_outputs:
         return _cell_scan(cell, z, state, lengths)
     act, sigma = cell.act, cell.sigma
-    valid = valid_steps(lengths, steps)
     keep = None if valid is None else valid[:, :, None]  # (B, T, 1)
     rows = torch.arange(batch, device=xs.device)
 
@@ -180,7 +181,7 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
         return seq[:, -1] if keep is None else seq[rows, lengths - 1]
 
     def masked(seq):
-        return seq if keep is None else seq * keep
+        return seq if keep is None else torch.where(keep, seq, seq.new_zeros(()))
 
     kind = type(cell)
     if kind in (VanillaCell, OutputFeedbackCell):
@@ -198,7 +199,7 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
         if "f" in gates:
             f = sigma(gates["f"])
     if keep is not None:  # frozen past the end: f = 1, b = 0
-        b = b * keep
+        b = torch.where(keep, b, b.new_zeros(()))
         f = None if f is None else torch.where(keep, f, torch.ones_like(f))
     solver = default_solver(z)
     if solver is doubling and cell.gate_activation not in _BOUNDED:

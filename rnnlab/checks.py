@@ -1,0 +1,59 @@
+"""Entry checks shared by the core: one-line errors naming the argument, what was expected and what came.
+
+A value of the wrong kind (a string where a number belongs, a number where a flag belongs) is a
+TypeError; a value of the right kind out of range, or a tensor of the wrong shape, dtype or device,
+a ValueError. Python would otherwise compare "0.2" with 0.0 and fail with a message that names
+nothing, or take the string "False" for true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import typing
+
+import torch
+
+__all__ = ["check_number", "check_flag", "check_tensor_like"]
+
+
+def _shown(value) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_number(where: str, name: str, value, *, integer: bool = False, optional: bool = False) -> None:
+    """TypeError unless `value` is a real number (an int where `integer`; None where `optional`).
+    bool is not a number here, nor is a string that looks like one."""
+    if value is None and optional:
+        return
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = "an int" if integer else "a number"
+        raise TypeError(f"{where}: {name} must be {expected}{' or None' if optional else ''}; got {_shown(value)}")
+
+
+def check_flag(where: str, name: str, value) -> None:
+    """TypeError unless `value` is True or False (the string 'False' would read as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be True or False; got {_shown(value)}")
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The lower precision torch.autocast computes in on this device type, where it is on."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError, AttributeError):  # a device type autocast does not know
+        pass
+    return None
+
+
+def check_tensor_like(where: str, name: str, tensor: torch.Tensor, weight: torch.Tensor) -> None:
+    """ValueError unless `tensor` has the dtype and device of the weights it meets (under
+    torch.autocast, the autocast dtype is accepted too: autocast's own outputs carry it)."""
+    if tensor.device != weight.device:
+        raise ValueError(f"{where}: {name} must be on {weight.device} like the weights; got {tensor.device} "
+                         f"(move it with .to({str(weight.device)!r}))")
+    if tensor.dtype != weight.dtype and tensor.dtype != _autocast_dtype(tensor.device.type):
+        raise ValueError(f"{where}: {name} must be {weight.dtype} like the weights; got {tensor.dtype} "
+                         f"(convert it with .to({weight.dtype}), or the module with .to({tensor.dtype}))")
