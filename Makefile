@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 # The main job, shortened to a few minutes: the default character model of Shakespeare (the full
 # default, `rnnlab train`, runs up to 10 minutes; docs/RESULTS.md), then a sample of its writing.
 run: $(STAMP)
-	$(BIN)/rnnlab train --steps 500 --max-minutes 3
+	$(BIN)/rnnlab train --steps 500 --max-minutes 5 --threads 1
 
 test: $(STAMP)
 	@# build the optional C++ loops first (about a minute, once; cached), so the suite tests them

@@ -184,6 +184,9 @@ class RunDir:
         if not self.is_run():
             raise RunDirError(f"--resume {self.path}: not an rnnlab run directory (no {MARKER} or config.json with "
                               f"{self.manifest_file.name})")
+        if not self.has_checkpoint():
+            raise RunDirError(f"--resume {self.path}: the run stopped before its first checkpoint; start it again "
+                              f"with --out {self.path}")
 
     @contextmanager
     def locked(self, holder: str = "rnnlab"):

@@ -383,7 +383,7 @@ def cmd_ladder(args) -> int:
 # --- sample and eval -------------------------------------------------------------------------
 
 
-def _open_trained(args, capability=None, command: str = ""):
+def _open_trained(args, capability=None, refusal: str = ""):
     """(task, weights file) of the run in args.run_dir; with `capability`, a run whose task lacks it
     is refused before its weights are loaded."""
     import torch
@@ -396,7 +396,7 @@ def _open_trained(args, capability=None, command: str = ""):
         torch.set_num_threads(args.threads)
     task, _ = open_run(args.run_dir)
     if capability is not None and not isinstance(task, capability):
-        raise ValueError(f"rnnlab {command}: a {task.name!r} run cannot do this; what serves it: "
+        raise ValueError(f"{refusal.format(task=task.name)}; what serves it: "
                          f"{commands_for(type(task))}")
     file = load_weights(task, args.run_dir, args.weights, args.device)
     return task, file
@@ -410,7 +410,7 @@ def cmd_sample(args) -> int:
     _check_at_least(args, 1, "top_k")
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0 (0: greedy); got {args.temperature}")
-    task, _ = _open_trained(args, TextGenerator, "sample")
+    task, _ = _open_trained(args, TextGenerator, "rnnlab sample: a {task!r} run does not generate text")
     unknown = task.unknown_in(args.prompt)
     if unknown:
         print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
