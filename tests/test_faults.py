@@ -110,9 +110,13 @@ def test_a_run_killed_before_its_first_checkpoint_can_start_again_in_its_folder(
 # --- one process per run directory -------------------------------------------------------------
 
 
-HOLD_LOCK = ("import sys, time; from rnnlab.checkpoints import RunDir\n"
-             "with RunDir(sys.argv[1]).locked('holder for a test'):\n"
-             "    print('locked', flush=True); time.sleep(60)\n")
+# Another process holding a run's lock as rnnlab does (flock, then "pid what" in the file); plain
+# Python, so that the test does not wait for a second import of torch.
+HOLD_LOCK = ("import fcntl, os, pathlib, sys, time\n"
+             "folder = pathlib.Path(sys.argv[1]); folder.mkdir(parents=True, exist_ok=True)\n"
+             "handle = open(folder / '.rnnlab.lock', 'a+'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+             "handle.truncate(0); handle.write(f'{os.getpid()} holder for a test\\n'); handle.flush()\n"
+             "print('locked', flush=True); time.sleep(60)\n")
 
 
 def hold_lock(path):
