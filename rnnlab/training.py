@@ -276,6 +276,9 @@ class Trainer:
         """Load the run directory's checkpoint into this trainer; returns its step."""
         if self.run is None:
             raise ValueError("Trainer.resume: run_dir must be given to resume; got None")
+        if not self.run.path.is_dir():
+            raise CheckpointError(f"Trainer.resume: run_dir must be a run directory; got {str(self.run.path)!r}, "
+                                  f"which does not exist")
         with self._run_locked():
             return self._resume()
 

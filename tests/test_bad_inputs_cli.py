@@ -129,6 +129,14 @@ def test_eval_with_a_hand_edited_unknown_field(trained, tmp_path, capsys):
     one_line_error(capsys, ["eval", str(run)], "config.json", "learning_rate")
 
 
+def test_eval_with_a_hand_edited_value_out_of_range(trained, tmp_path, capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["task_config"]["hidden"] = -5
+    (run / "config.json").write_text(json.dumps(config))
+    one_line_error(capsys, ["eval", str(run)], "config.json", "hidden", "-5")
+
+
 def test_eval_without_best_or_checkpoint(trained, tmp_path, capsys):
     run = shutil.copytree(trained, tmp_path / "run")
     (run / "best.safetensors").unlink()

@@ -140,8 +140,12 @@ def open_run(run_dir: str | Path):
     cls = TASKS[name]
     _check_types(cls.Config, saved.get("task_config", {}), f"{run.config_file}: task_config")
     _check_types(TrainConfig, saved.get("train", {}), f"{run.config_file}: train")
-    config = from_dict(cls.Config, saved.get("task_config", {}), str(run.config_file))
-    train_config = from_dict(TrainConfig, saved.get("train", {}), str(run.config_file))
+    try:
+        config = from_dict(cls.Config, saved.get("task_config", {}), str(run.config_file))
+        train_config = from_dict(TrainConfig, saved.get("train", {}), str(run.config_file))
+    except (TypeError, ValueError) as error:  # a value out of range (the configs check their fields)
+        message = str(error)
+        raise CheckpointError(message if str(run.config_file) in message else f"{run.config_file}: {message}") from None
     artifacts = {file: run.read_json(file) for file in cls.artifact_files}
     return cls.from_artifacts(config, artifacts), train_config
 
