@@ -597,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
             where = f": {error.filename}" if error.filename else ""
             print(f"rnnlab: error: {error.strerror or error}{where}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C outside training (training saves a checkpoint and returns 130 itself)
+            print("\nrnnlab: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

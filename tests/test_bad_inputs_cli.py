@@ -238,6 +238,15 @@ def test_a_bug_of_ours_keeps_its_traceback(trained, monkeypatch):
         main(["eval", str(trained)])
 
 
+def test_ctrl_c_outside_training_is_a_line_not_a_traceback(trained, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rnnlab.tasks.open_run", interrupted)
+    assert main(["eval", str(trained)]) == 130
+    assert capsys.readouterr().err.strip() == "rnnlab: interrupted"
+
+
 def test_a_full_disk_in_any_command_is_one_line(trained, tmp_path, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "metrics.jsonl")
