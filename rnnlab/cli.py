@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import threading
 import time
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
@@ -127,25 +129,83 @@ class Progress:
         self.bar.close()
 
 
+@contextmanager
+def _working(what: str):
+    """A long phase without a progress bar of its own: say what it is before it starts, show on a
+    terminal that it is alive (seconds so far), and say how long it took."""
+    tty, started, stop = sys.stderr.isatty(), time.monotonic(), threading.Event()
+
+    def tick():
+        while not stop.wait(1.0):
+            print(f"\r{what}... {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
+
+    print(f"{what}...", end="" if tty else "\n", file=sys.stderr, flush=True)
+    ticker = threading.Thread(target=tick, daemon=True)
+    if tty:
+        ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if tty:
+            ticker.join()
+        print(f"{chr(13) if tty else ''}{what}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+
+
+def _check_device(name: str) -> None:
+    """ValueError naming --device when it names a device this machine lacks (torch would fail deep inside)."""
+    import torch
+
+    from .training import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device must be a device this machine has; got {name!r}, but CUDA is not available "
+                             f"here (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device must be a device this machine has; got {name!r}, but there are "
+                             f"{torch.cuda.device_count()} CUDA devices")
+
+
+def _check_at_least(args, minimum: int, *names: str) -> None:
+    """ValueError naming the flag whose int value is below `minimum` (None passes)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}; got {value}")
+
+
 def _train_setup(args):
     """(task, train_config, run_dir, resumed) from the flags: a new run, or the run to resume with
     the flags it may change."""
+    from .checkpoints import RunDir
     from .config import differences, from_dict
-    from .tasks import DEFAULT_TASK, TASKS, open_run
+    from .errors import RunDirError
+    from .tasks import DEFAULT_TASK, TASKS, changed_data, open_run
     from .training import RESUMABLE_FIELDS, seed_everything
 
     task_name = args.task or DEFAULT_TASK
     cls = TASKS[task_name]
     task_flags, train_flags = _given(args, cls.Config), _given(args, type(cls.train_defaults))
+    _check_at_least(args, 0, "samples", "sample_length")
+    if "device" in train_flags:
+        _check_device(train_flags["device"])
     if args.resume is None:
         train_config = dataclasses.replace(cls.train_defaults, **train_flags)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.out or f"runs/{task_name}-{stamp}")
+        RunDir(run_dir).check_new()  # before the data is read: refuse a folder that is not ours at once
         seed_everything(train_config.seed)  # before the model is built: the initial weights follow the seed
         task = cls(cls.Config(**task_flags))
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        return task, train_config, Path(args.out or f"runs/{task_name}-{stamp}"), False
+        return task, train_config, run_dir, False
     if args.out is not None:
         raise ValueError("rnnlab train: --out and --resume exclude each other; a resumed run stays in its directory")
+    RunDir(args.resume).check_resumable()
     task, stored = open_run(args.resume)
+    if changes := changed_data(args.resume):
+        raise RunDirError(f"rnnlab train --resume {args.resume}: {'; '.join(changes)}; a resumed run must read the "
+                          f"data it was trained on (restore it, or start a new run)")
     if args.task is not None and task.name != args.task:
         raise ValueError(f"rnnlab train: the run in {args.resume} is a {task.name!r} run; got task {args.task!r}")
     changed = differences(task.config, from_dict(type(task.config), {**dataclasses.asdict(task.config), **task_flags},
@@ -162,13 +222,21 @@ def _train_setup(args):
 
 def cmd_train(args) -> int:
     """Train a task (default: the character language model on the bundled Shakespeare)."""
+    from .checkpoints import RunDir
+
+    task, train_config, run_dir, resumed = _train_setup(args)
+    _check_device(train_config.device)
+    with RunDir(run_dir).locked("rnnlab train"):  # for the whole run: a second process gets an error naming this one
+        return _train_locked(args, task, train_config, run_dir, resumed)
+
+
+def _train_locked(args, task, train_config, run_dir: Path, resumed: bool) -> int:
+    from .checkpoints import RunDir
     from .tasks import run_config, write_artifacts
     from .training import Trainer
 
-    task, train_config, run_dir, resumed = _train_setup(args)
-    if not resumed and (run_dir / "checkpoint.json").exists():
-        raise ValueError(f"rnnlab train: --out {run_dir} already holds a run; continue it with --resume {run_dir} "
-                         f"or choose another --out")
+    if not resumed:
+        RunDir(run_dir).start_new()
     trainer = Trainer(task.model, task.batches(train_config.seed), task.loss, train_config,
                       evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
     if resumed:
@@ -197,7 +265,9 @@ def cmd_train(args) -> int:
 
     file = load_weights(task, run_dir, "best", train_config.device)
     print(f"weights: {file}")
-    for line in task.report(task.model, run_dir):
+    with _working("final evaluation of the best weights on all held-out data"):
+        lines = task.report(task.model, run_dir)
+    for line in lines:
         print(line)
     for i in range(getattr(args, "samples", 0)):  # only a TextGenerator's parser has the sampling flags
         text = task.sample_text(task.model, args.prompt, args.sample_length, temperature=0.8, seed=i)
@@ -331,22 +401,34 @@ def cmd_ladder(args) -> int:
 # --- sample and eval -------------------------------------------------------------------------
 
 
-def _open_trained(run_dir: str, weights: str, device: str):
-    from .tasks import load_weights, open_run
+def _open_trained(args, capability=None, refusal: str = ""):
+    """(task, weights file) of the run in args.run_dir; with `capability`, a run whose task lacks it
+    is refused before its weights are loaded."""
+    import torch
 
-    task, _ = open_run(run_dir)
-    file = load_weights(task, run_dir, weights, device)
+    from .tasks import commands_for, load_weights, open_run
+
+    _check_at_least(args, 1, "threads")
+    _check_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    task, _ = open_run(args.run_dir)
+    if capability is not None and not isinstance(task, capability):
+        raise ValueError(f"{refusal.format(task=task.name)}; what serves it: "
+                         f"{commands_for(type(task))}")
+    file = load_weights(task, args.run_dir, args.weights, args.device)
     return task, file
 
 
 def cmd_sample(args) -> int:
     """Generate text from a trained run, the model's own outputs fed back after the prompt."""
-    from .tasks import TextGenerator, commands_for
+    from .tasks import TextGenerator
 
-    task, _ = _open_trained(args.run_dir, args.weights, args.device)
-    if not isinstance(task, TextGenerator):
-        raise ValueError(f"rnnlab sample: a {task.name!r} run does not generate text; what serves it: "
-                         f"{commands_for(type(task))}")
+    _check_at_least(args, 0, "length")
+    _check_at_least(args, 1, "top_k")
+    if not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0 (0: greedy); got {args.temperature}")
+    task, _ = _open_trained(args, TextGenerator, "rnnlab sample: a {task!r} run does not generate text")
     unknown = task.unknown_in(args.prompt)
     if unknown:
         print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
@@ -358,9 +440,15 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     """The task's metrics of a trained run (its best weights by default), next to its baselines."""
-    task, file = _open_trained(args.run_dir, args.weights, args.device)
+    from .tasks import changed_data
+
+    task, file = _open_trained(args)
     print(f"weights: {file}")
-    for line in task.report(task.model, args.run_dir):
+    for change in changed_data(args.run_dir):
+        print(f"rnnlab: warning: {change}; the metrics below are on the data as it is now", file=sys.stderr)
+    with _working("evaluating on all held-out data"):
+        lines = task.report(task.model, args.run_dir)
+    for line in lines:
         print(line)
     return 0
 
@@ -442,6 +530,9 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
         command.add_argument("--weights", choices=("best", "last"), default="best",
                              help="the best evaluation's weights or the last checkpoint's (default: best)")
         command.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        command.add_argument("--threads", type=int, default=None,
+                             help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     return parser
 
 
@@ -466,22 +557,45 @@ def _task_named(argv: list[str]) -> str | None:
     return None
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"rnnlab: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command. A user's mistake or a fault of the machine (rnnlab's error types, ValueError
+    for bad input, OSError) prints one line and exits with 2; anything else is a bug of ours and keeps
+    its traceback. `--debug`, anywhere on the line, shows the traceback of every error."""
+    import warnings
+
     from .config import ConfigError
+    from .errors import RnnlabError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser(_task_named(argv)).parse_args(argv)
-    try:
+    if debug:
         return args.func(args)
-    except FlagError as error:  # a flag's value: name the flag
-        print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
-        return 2
-    except ConfigError as error:  # a config built from flags (a config file's errors name the file instead)
-        print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # wrong input: a message, not a traceback
-        print(f"rnnlab: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings
+        try:
+            return args.func(args)
+        except FlagError as error:  # a flag's value: name the flag
+            print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
+            return 2
+        except ConfigError as error:  # a config built from flags (a config file's errors name the file instead)
+            print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
+            return 2
+        except (RnnlabError, ValueError) as error:  # wrong input or a run that cannot serve: a message
+            print(f"rnnlab: error: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:  # the machine: a missing or unwritable file, a full disk
+            where = f": {error.filename}" if error.filename else ""
+            print(f"rnnlab: error: {error.strerror or error}{where}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # Ctrl-C outside training (training saves a checkpoint and returns 130 itself)
+            print("\nrnnlab: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

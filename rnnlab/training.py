@@ -244,6 +244,13 @@ class Trainer:
         """Load the run directory's checkpoint into this trainer; returns its step."""
         if self.run is None:
             raise ValueError("Trainer.resume: run_dir must be given to resume; got None")
+        if not self.run.path.is_dir():
+            raise CheckpointError(f"Trainer.resume: run_dir must be a run directory; got {str(self.run.path)!r}, "
+                                  f"which does not exist")
+        with self._run_locked():
+            return self._resume()
+
+    def _resume(self) -> int:
         step, weights, state = self.run.load(self.device)
         check_weights(self.run.weights_file(step), weights, self.model)
         self.model.load_state_dict(weights)
@@ -294,23 +301,31 @@ class Trainer:
     def _start_run_dir(self) -> None:
         if self.run is None or self.resumed:
             return
-        if self.run.has_checkpoint():
-            raise ValueError(f"Trainer: run_dir {self.run.path} already holds a run ({self.run.manifest_file.name}); "
-                             f"resume it or choose another directory")
+        self.run.start_new()  # refuses a folder holding a run or files that are not a run's
         self.run.write_json(self.run.config_file.name, {**self.run_config, "train": to_dict(self.config)})
         self.run.metrics_file.unlink(missing_ok=True)
 
     def fit(self) -> TrainResult:
         """Train until the step budget, the time budget, early stopping or Ctrl-C."""
         c = self.config
-        self._start_run_dir()
-        threads_before = torch.get_num_threads()
-        if c.threads is not None:
-            torch.set_num_threads(c.threads)
-        try:
-            return self._fit()
-        finally:
-            torch.set_num_threads(threads_before)
+        with self._run_locked():
+            self._start_run_dir()
+            threads_before = torch.get_num_threads()
+            if c.threads is not None:
+                torch.set_num_threads(c.threads)
+            try:
+                return self._fit()
+            finally:
+                torch.set_num_threads(threads_before)
+
+    @contextmanager
+    def _run_locked(self):
+        """The run directory's exclusive lock while training (another process: an error naming its pid)."""
+        if self.run is None:
+            yield
+            return
+        with self.run.locked("training"):
+            yield
 
     def _fit(self) -> TrainResult:
         c = self.config

@@ -98,7 +98,8 @@ def test_run_directory_holds_config_checkpoint_metrics_and_plot(tmp_path):
     names = {p.name for p in run.iterdir()}
     assert {"config.json", "checkpoint.json", "model-0000020.safetensors", "trainer-0000020.pt",
             "best.safetensors", "metrics.jsonl", "loss.png"} <= names
-    assert not any(n.startswith(".") or n.startswith("model-0000014") for n in names)  # old and temp files gone
+    assert ".rnnlab.lock" in names and "rnnlab-run.json" in names  # the run's lock file and marker
+    assert not any(n.startswith(".") and n != ".rnnlab.lock" or n.startswith("model-0000014") for n in names)  # old and temp files gone
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "language" and config["train"]["steps"] == 20 and config["task_config"]["hidden"] == 16
     records = RunDir(run).read_metrics()

@@ -28,7 +28,8 @@ class Task(abc.ABC):
     Class attributes: `name` (the word after `rnnlab train`), `description` (one line for
     `rnnlab tasks`), `Config` (a frozen dataclass of knobs: the task's CLI flags), `train_defaults`
     (a TrainConfig sized for the default run), `unit` (what one loss term is: "char", "image"...),
-    `artifact_files` (the JSON files a run directory keeps besides the weights, e.g. a vocabulary).
+    `artifact_files` (the JSON files a run directory keeps besides the weights, e.g. a vocabulary),
+    `data_files` (config fields naming the user's data files, e.g. "text": their hashes are recorded).
     Instances hold `config` and `model`."""
 
     name: ClassVar[str]
@@ -37,6 +38,8 @@ class Task(abc.ABC):
     train_defaults: ClassVar[TrainConfig]
     unit: ClassVar[str]
     artifact_files: ClassVar[tuple[str, ...]] = ()
+    # Config fields naming the user's data files or folders: a run records their content hash.
+    data_files: ClassVar[tuple[str, ...]] = ()
 
     config: Any
     model: nn.Module

@@ -18,6 +18,7 @@ rows, every batch is the next `seq_len` characters of each row, and the state ca
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -179,17 +180,27 @@ class LanguageTask(Task, TextGenerator):
 
     def __init__(self, config: LanguageConfig, vocabulary: Vocabulary | None = None):
         self.config = config
-        tokens = tokenize(read_text(config.text), config.level)
-        train, val = split_blocks(tokens, config.val_fraction)
-        self.vocabulary = vocabulary or Vocabulary.build(train, config.level, config.max_vocab)
+        self._split: tuple[list, list] | None = None
+        self.vocabulary = vocabulary or Vocabulary.build(self._tokens()[0], config.level, config.max_vocab)
         if self.vocabulary.level != config.level:
             raise ValueError(f"LanguageTask: vocabulary level must be {config.level!r}; got {self.vocabulary.level!r}")
-        self.train_ids, self.val_ids = self.vocabulary.encode(train), self.vocabulary.encode(val)
         self.model = build_model(config, len(self.vocabulary))
+
+    def _tokens(self) -> tuple[list, list]:
+        """(training, validation) tokens, the text read at first need: a run rebuilt with its
+        vocabulary samples without reading the text at all."""
+        if self._split is None:
+            tokens = tokenize(read_text(self.config.text), self.config.level)
+            self._split = split_blocks(tokens, self.config.val_fraction)
+        return self._split
+
+    train_ids = functools.cached_property(lambda self: self.vocabulary.encode(self._tokens()[0]))
+    val_ids = functools.cached_property(lambda self: self.vocabulary.encode(self._tokens()[1]))
 
     unit = property(lambda self: self.config.level)
 
     artifact_files = ("vocabulary.json",)
+    data_files = ("text",)
 
     def artifacts(self) -> dict[str, object]:
         """JSON files the run directory keeps, so the run can be rebuilt without guessing."""

@@ -1,0 +1,257 @@
+"""The command line's bad inputs: each is exit status 2 and one line on stderr, `rnnlab: error: ...`
+(`rnnlab COMMAND: error: --flag ...` for a flag's value),
+naming the flag or file at fault; no traceback (that is for bugs of ours, or `--debug`)."""
+
+import errno
+import re
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlab import checkpoints
+from rnnlab.cli import main
+from rnnlab.errors import RunDirError
+
+TINY = ["--T", "10", "--hidden", "4", "--batch-size", "8", "--eval-size", "16", "--eval-every", "2",
+        "--checkpoint-every", "2", "--log-every", "2", "--threads", "1", "--steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny adding run, shared: the tests that change it copy it first."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "adding", *TINY, "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def one_line_error(capsys, argv, *names):
+    """Run argv; assert exit 2 and a single stderr line naming each of `names`; return the line."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and re.match(r"rnnlab( [a-z]+)?: error: ", lines[0]), err  # 'rnnlab train: ' names a flag
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+# --- sample ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag, value, names", [
+    ("--top-k", "0", ("--top-k", "got 0")),
+    ("--top-k", "-5", ("--top-k", "got -5")),
+    ("--temperature", "-0.5", ("--temperature", "got -0.5")),
+    ("--length", "-1", ("--length", "got -1")),
+    ("--threads", "0", ("--threads", "got 0")),
+])
+def test_sample_flags_out_of_range(trained, capsys, flag, value, names):
+    one_line_error(capsys, ["sample", str(trained), flag, value], *names)
+
+
+def test_sample_on_a_task_that_cannot_generate_names_what_serves_it(trained, capsys):
+    line = one_line_error(capsys, ["sample", str(trained)], "'adding' run does not generate text", "rnnlab eval")
+    assert "rnnlab sample" in line
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_device_cuda_without_cuda(trained, capsys, no_cuda, command):
+    one_line_error(capsys, [command, str(trained), "--device", "cuda"], "--device", "'cuda'", "CUDA is not available")
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_device_that_is_no_device(trained, capsys, command):
+    one_line_error(capsys, [command, str(trained), "--device", "gpu7"], "device", "'gpu7'")
+
+
+def test_eval_threads_zero(trained, capsys):
+    one_line_error(capsys, ["eval", str(trained), "--threads", "0"], "--threads", "got 0")
+
+
+def test_eval_threads_is_applied(trained, capsys):
+    before = torch.get_num_threads()
+    try:
+        assert main(["eval", str(trained), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert "MSE" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_run_dir_that_does_not_exist(tmp_path, capsys, command):
+    one_line_error(capsys, [command, str(tmp_path / "nowhere")], str(tmp_path / "nowhere"), "does not exist")
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_run_dir_that_is_a_file(tmp_path, capsys, command):
+    (tmp_path / "afile").write_text("x")
+    one_line_error(capsys, [command, str(tmp_path / "afile")], str(tmp_path / "afile"), "is a file")
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    one_line_error(capsys, ["eval", str(tmp_path)], "config.json is missing", str(tmp_path))
+
+
+def test_eval_with_config_json_not_json(trained, tmp_path, capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    (run / "config.json").write_text("{not json")
+    one_line_error(capsys, ["eval", str(run)], "config.json is corrupt")
+
+
+def test_eval_with_config_json_naming_an_unknown_task(trained, tmp_path, capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "task": "chess"}))
+    one_line_error(capsys, ["eval", str(run)], "config.json", "task must be one of", "'chess'")
+
+
+def test_eval_with_a_hand_edited_wrongly_typed_value(trained, tmp_path, capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["task_config"]["eval_size"] = "16"
+    (run / "config.json").write_text(json.dumps(config))
+    one_line_error(capsys, ["eval", str(run)], "config.json", "eval_size must be int", "'16'")
+
+
+def test_eval_with_a_hand_edited_unknown_field(trained, tmp_path, capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["learning_rate"] = 0.1
+    (run / "config.json").write_text(json.dumps(config))
+    one_line_error(capsys, ["eval", str(run)], "config.json", "learning_rate")
+
+
+def test_eval_with_a_hand_edited_value_out_of_range(trained, tmp_path, capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["task_config"]["hidden"] = -5
+    (run / "config.json").write_text(json.dumps(config))
+    one_line_error(capsys, ["eval", str(run)], "config.json", "hidden", "-5")
+
+
+def test_eval_without_best_or_checkpoint(trained, tmp_path, capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    (run / "best.safetensors").unlink()
+    (run / "checkpoint.json").unlink()
+    one_line_error(capsys, ["eval", str(run)], "checkpoint.json is missing")
+
+
+# --- train ----------------------------------------------------------------------------------------------
+
+
+def test_train_device_cuda_without_cuda(tmp_path, capsys, no_cuda):
+    one_line_error(capsys, ["train", "adding", *TINY, "--device", "cuda", "--out", str(tmp_path / "r")],
+                   "--device", "CUDA is not available")
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_out_is_an_existing_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")
+    one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path / "afile")], str(tmp_path / "afile"),
+                   "is a file")
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_train_out_below_a_file_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")
+    one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path / "afile" / "run")],
+                   "cannot write", str(tmp_path / "afile" / "run"))
+
+
+def test_train_out_in_an_unwritable_folder(tmp_path, capsys, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):  # root ignores chmod: refuse as a read-only folder would
+        if str(self).startswith(str(tmp_path / "ro")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path / "ro" / "run")],
+                   "cannot write", "permission denied", str(tmp_path / "ro" / "run"))
+
+
+def test_train_out_is_a_folder_of_other_files(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path)], "--out", "notes.txt",
+                   "not an rnnlab run directory")
+
+
+def test_train_resume_a_folder_that_does_not_exist(tmp_path, capsys):
+    one_line_error(capsys, ["train", "--resume", str(tmp_path / "nowhere")], "--resume", "no such run directory")
+
+
+def test_train_resume_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    one_line_error(capsys, ["train", "--resume", str(tmp_path)], "--resume", "not an rnnlab run directory")
+
+
+def test_train_resume_and_out_together(trained, tmp_path, capsys):
+    one_line_error(capsys, ["train", "--resume", str(trained), "--out", str(tmp_path / "x")], "--out", "--resume")
+
+
+def test_train_resume_changing_the_model(trained, tmp_path, capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    one_line_error(capsys, ["train", "--resume", str(run), "--hidden", "8"], "--hidden 8", "the run has 4")
+
+
+@pytest.mark.parametrize("flag", ["--samples", "--sample-length"])
+def test_train_sampling_flags_below_zero(tmp_path, capsys, flag):
+    text = tmp_path / "t.txt"
+    text.write_text("abc " * 200)
+    one_line_error(capsys, ["train", "--text", str(text), flag, "-1", "--out", str(tmp_path / "r")], flag, "got -1")
+
+
+def test_train_text_that_does_not_exist(tmp_path, capsys):
+    one_line_error(capsys, ["train", "--text", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r")],
+                   "missing.txt")
+
+
+def test_train_config_value_out_of_range(tmp_path, capsys):
+    one_line_error(capsys, ["train", "adding", *TINY, "--lr", "-1", "--out", str(tmp_path / "r")], "lr", "-1")
+
+
+# --- the rule: our errors one line, bugs a traceback, --debug shows it ----------------------------------
+
+
+def test_debug_shows_the_traceback_of_a_users_mistake(tmp_path):
+    with pytest.raises(RunDirError, match="no such run directory"):
+        main(["--debug", "train", "--resume", str(tmp_path / "nowhere")])
+    with pytest.raises(RunDirError):
+        main(["train", "--resume", str(tmp_path / "nowhere"), "--debug"])  # anywhere on the line
+
+
+def test_a_bug_of_ours_keeps_its_traceback(trained, monkeypatch):
+    def bug(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("rnnlab.tasks.open_run", bug)
+    with pytest.raises(KeyError):
+        main(["eval", str(trained)])
+
+
+def test_ctrl_c_outside_training_is_a_line_not_a_traceback(trained, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rnnlab.tasks.open_run", interrupted)
+    assert main(["eval", str(trained)]) == 130
+    assert capsys.readouterr().err.strip() == "rnnlab: interrupted"
+
+
+def test_a_full_disk_in_any_command_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "metrics.jsonl")
+
+    monkeypatch.setattr(checkpoints, "open", full, raising=False)
+    one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path / "r")], "no space left on the device")

@@ -1,0 +1,390 @@
+"""Faults: what a killed, doubled, starved or tampered-with run does. Nothing is lost, nothing
+waits without a bound, nothing wrong is loaded in silence (docs/RELIABILITY.md lists the promises)."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors
+
+from rnnlab import checkpoints
+from rnnlab.checkpoints import CheckpointError, RunDir, weights_digest
+from rnnlab.cli import main
+from rnnlab.errors import RunDirError, RunLockedError, WriteError
+from rnnlab.tasks import changed_data, load_weights, open_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ADDING = ["--T", "10", "--hidden", "4", "--batch-size", "8", "--eval-size", "16", "--eval-every", "2",
+               "--checkpoint-every", "2", "--log-every", "2", "--threads", "1"]
+TINY_LANGUAGE = ["--hidden", "8", "--embedding", "4", "--batch-size", "4", "--seq-len", "16", "--eval-every", "2",
+                 "--checkpoint-every", "2", "--log-every", "2", "--threads", "1", "--samples", "0",
+                 "--eval-tokens", "200"]
+
+
+def train_adding(run, steps=4, *extra):
+    return main(["train", "adding", *TINY_ADDING, "--steps", str(steps), "--out", str(run), *extra])
+
+
+def write_text(path: Path) -> Path:
+    path.write_text("To be, or not to be, that is the question.\nWhether 'tis nobler in the mind to suffer.\n" * 40)
+    return path
+
+
+def train_language(run, text, steps=4):
+    return main(["train", "--text", str(text), *TINY_LANGUAGE, "--steps", str(steps), "--out", str(run)])
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def child_env():
+    return {**os.environ, "RNNLAB_NO_EXTENSION": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def adding_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_adding(run) == 0
+    capsys.readouterr()
+    return run
+
+
+# --- --out never overwrites what is not a run ------------------------------------------------
+
+
+def test_out_naming_a_folder_of_user_files_is_refused_and_left_untouched(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"mine": true}')
+    (folder / "model-0000001.safetensors").write_bytes(b"precious")
+    assert train_adding(folder) == 2
+    line = error_line(capsys)
+    assert "--out" in line and str(folder) in line and "config.json" in line and "not an rnnlab run" in line
+    assert (folder / "config.json").read_text() == '{"mine": true}'
+    assert (folder / "model-0000001.safetensors").read_bytes() == b"precious"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model-0000001.safetensors"]
+
+
+def test_check_new_raises_run_dir_error_naming_the_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(RunDirError, match=r"--out .* not an rnnlab run directory \(it holds notes\.txt\)"):
+        RunDir(tmp_path).check_new()
+
+
+def test_out_naming_an_existing_run_is_refused_unless_resume(adding_run, capsys):
+    assert train_adding(adding_run) == 2
+    line = error_line(capsys)
+    assert "already holds a run" in line and f"--resume {adding_run}" in line
+    assert main(["train", "--resume", str(adding_run), "--steps", "6"]) == 0
+    assert RunDir(adding_run).load()[0] == 6
+
+
+def test_out_naming_an_empty_folder_trains_and_marks_it(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert train_adding(tmp_path / "empty") == 0
+    run = RunDir(tmp_path / "empty")
+    assert run.marker_file.is_file() and run.is_run() and run.has_checkpoint()
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_start_again_in_its_folder(tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    run.start_new()  # what a run does first; then it was killed
+    (run.path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    assert main(["train", "--resume", str(run.path)]) == 2
+    assert "before its first checkpoint" in error_line(capsys)
+    assert train_adding(run.path) == 0
+    assert run.load()[0] == 4
+
+
+# --- one process per run directory -------------------------------------------------------------
+
+
+# Another process holding a run's lock as rnnlab does (flock, then "pid what" in the file); plain
+# Python, so that the test does not wait for a second import of torch.
+HOLD_LOCK = ("import fcntl, os, pathlib, sys, time\n"
+             "folder = pathlib.Path(sys.argv[1]); folder.mkdir(parents=True, exist_ok=True)\n"
+             "handle = open(folder / '.rnnlab.lock', 'a+'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+             "handle.truncate(0); handle.write(f'{os.getpid()} holder for a test\\n'); handle.flush()\n"
+             "print('locked', flush=True); time.sleep(60)\n")
+
+
+def hold_lock(path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True,
+                              env=child_env())
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_process_gets_an_error_naming_the_holders_pid_at_once(tmp_path):
+    holder = hold_lock(tmp_path / "run")
+    try:
+        started = time.monotonic()
+        with pytest.raises(RunLockedError, match=rf"in use by process {holder.pid} \(holder for a test\)") as error:
+            with RunDir(tmp_path / "run").locked():
+                pass
+        assert error.value.pid == holder.pid and time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_training_into_a_locked_run_directory_is_one_line_naming_the_pid(tmp_path, capsys):
+    holder = hold_lock(tmp_path / "run")
+    try:
+        assert train_adding(tmp_path / "run") == 2
+        line = error_line(capsys)
+        assert f"process {holder.pid}" in line and str(tmp_path / "run") in line
+        assert not (tmp_path / "run" / "config.json").exists()  # nothing of the second run was written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_of_a_killed_process_is_not_a_hang(tmp_path):
+    holder = hold_lock(tmp_path / "run")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert str(holder.pid) in (tmp_path / "run" / ".rnnlab.lock").read_text()  # the stale file stays...
+    started = time.monotonic()
+    with RunDir(tmp_path / "run").locked("me"):  # ...but the kernel dropped the lock
+        assert (tmp_path / "run" / ".rnnlab.lock").read_text().split()[0] == str(os.getpid())
+    assert time.monotonic() - started < 5
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.locked():
+        with run.locked():
+            pass
+        assert os.path.realpath(run.path) in checkpoints._HELD
+    assert os.path.realpath(run.path) not in checkpoints._HELD
+
+
+def test_kill_9_mid_training_then_resume_finishes_the_run(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-c", "import sys; from rnnlab.cli import main; sys.exit(main(sys.argv[1:]))",
+               "train", "adding", *TINY_ADDING, "--steps", "100000", "--out", str(run)]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.json").is_file():
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.2)
+    finally:
+        child.kill()
+        child.wait()
+    step = RunDir(run).load()[0]
+    result = subprocess.run(command[:3] + ["train", "--resume", str(run), "--steps", str(step + 2)],
+                            capture_output=True, text=True, env=child_env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert RunDir(run).load()[0] == step + 2
+    assert not list(run.glob(".*.tmp-*"))
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+
+def full_disk_for(monkeypatch, fragment: str):
+    """Writes whose path contains `fragment` fail with ENOSPC after creating their temporary file."""
+    real_open = open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and fragment in str(file):
+            handle.close()
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return handle
+
+    monkeypatch.setattr(checkpoints, "open", fake_open, raising=False)
+
+
+def test_a_full_disk_while_saving_raises_write_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run = RunDir(tmp_path)
+    run.save(5, {"w": torch.ones(3)}, {"step": 5})
+    full_disk_for(monkeypatch, "trainer-0000010")
+    with pytest.raises(WriteError, match=r"cannot write .*trainer-0000010\.pt: no space left on the device") as error:
+        run.save(10, {"w": torch.zeros(3)}, {"step": 10})
+    assert error.value.errno == errno.ENOSPC and isinstance(error.value, OSError)
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".*.tmp-*"))  # the failed write removed its temporary file
+    step, weights, _ = run.load()
+    assert step == 5 and torch.equal(weights["w"], torch.ones(3))
+
+
+def test_a_full_disk_during_cli_training_is_one_line_and_resume_continues(tmp_path, monkeypatch, capsys):
+    full_disk_for(monkeypatch, "trainer-0000004")
+    assert train_adding(tmp_path / "run", steps=6) == 2
+    line = error_line(capsys)
+    assert line.startswith("rnnlab: error: cannot write") and "trainer-0000004.pt" in line and "no space left" in line
+    monkeypatch.undo()
+    assert RunDir(tmp_path / "run").load()[0] == 2  # the previous checkpoint, whole
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    assert RunDir(tmp_path / "run").load()[0] == 6
+    assert not list((tmp_path / "run").glob("model-0000004*"))  # the orphan of the failed save is gone
+
+
+def test_temporaries_and_orphans_of_a_killed_run_are_removed_on_the_next_start(adding_run, capsys):
+    leftovers = [adding_run / ".model-0000006.safetensors.tmp-99999", adding_run / ".checkpoint.json.tmp-4242",
+                 adding_run / "model-0000006.safetensors"]
+    for file in leftovers:
+        file.write_bytes(b"half written")
+    assert main(["train", "--resume", str(adding_run), "--steps", "6"]) == 0
+    assert not any(f.exists() and f.read_bytes() == b"half written" for f in leftovers)
+    assert not list(adding_run.glob(".*.tmp-*"))
+
+
+def test_a_permission_error_is_a_write_error_naming_the_file(tmp_path, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(checkpoints, "open", denied, raising=False)
+    with pytest.raises(WriteError, match=r"cannot write .*config\.json: permission denied"):
+        RunDir(tmp_path).write_json("config.json", {})
+
+
+# --- checksums ---------------------------------------------------------------------------------
+
+
+def flip_byte(file: Path, offset_from_end: int = 10):
+    data = bytearray(file.read_bytes())
+    data[-offset_from_end] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+def test_every_weights_file_a_run_writes_carries_a_checksum_of_its_tensors(adding_run):
+    files = [adding_run / "best.safetensors", *adding_run.glob("model-*.safetensors")]
+    assert len(files) == 2
+    for file in files:
+        data = file.read_bytes()
+        recorded = checkpoints._metadata(data)[checkpoints.CHECKSUM_KEY]
+        assert recorded == weights_digest(RunDir(adding_run).load_weights(file))
+
+
+def test_a_flipped_byte_in_best_is_a_checkpoint_error_naming_the_file(adding_run):
+    flip_byte(adding_run / "best.safetensors")
+    task, _ = open_run(adding_run)
+    with pytest.raises(CheckpointError, match=r"best\.safetensors is corrupt: the sha256 of its tensors"):
+        load_weights(task, adding_run, "best")
+
+
+def test_a_damaged_header_of_best_is_a_checkpoint_error_naming_the_file(adding_run):
+    file = adding_run / "best.safetensors"
+    data = bytearray(file.read_bytes())
+    data[12] ^= 0xFF  # inside the JSON header
+    file.write_bytes(bytes(data))
+    task, _ = open_run(adding_run)
+    with pytest.raises(CheckpointError, match=r"best\.safetensors is corrupt"):
+        load_weights(task, adding_run, "best")
+
+
+def test_eval_and_sample_of_a_corrupt_best_are_one_line(adding_run, capsys):
+    flip_byte(adding_run / "best.safetensors")
+    assert main(["eval", str(adding_run)]) == 2
+    line = error_line(capsys)
+    assert "best.safetensors is corrupt" in line and str(adding_run) in line
+
+
+def test_a_flipped_byte_in_the_last_checkpoint_refuses_resume(adding_run, capsys):
+    flip_byte(adding_run / "model-0000004.safetensors")
+    assert main(["train", "--resume", str(adding_run), "--steps", "6"]) == 2
+    assert "model-0000004.safetensors is corrupt" in error_line(capsys)
+
+
+def test_weights_written_before_checksums_load_with_a_warning(adding_run):
+    run = RunDir(adding_run)
+    weights = run.load_weights(run.best_file)
+    run.best_file.write_bytes(save_safetensors(weights))  # the old format: no metadata
+    task, _ = open_run(adding_run)
+    with pytest.warns(UserWarning, match=r"best\.safetensors carries no checksum"):
+        load_weights(task, adding_run, "best")
+    assert all(torch.equal(task.model.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_a_run_directory_made_before_the_marker_still_resumes_and_evaluates(adding_run, capsys):
+    (adding_run / "rnnlab-run.json").unlink()
+    (adding_run / ".rnnlab.lock").unlink()
+    assert RunDir(adding_run).is_run()  # config.json + checkpoint.json
+    assert main(["eval", str(adding_run)]) == 0
+    assert main(["train", "--resume", str(adding_run), "--steps", "6"]) == 0
+
+
+# --- the data a run was trained on ---------------------------------------------------------------
+
+
+@pytest.fixture
+def language_run(tmp_path, capsys):
+    text = write_text(tmp_path / "play.txt")
+    assert train_language(tmp_path / "lm", text) == 0
+    capsys.readouterr()
+    return tmp_path / "lm", text
+
+
+def test_a_run_records_the_content_hash_and_absolute_path_of_its_text(language_run):
+    run, text = language_run
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["text"]["path"] == str(text.resolve()) == config["task_config"]["text"]
+    assert len(config["data"]["text"]["sha256"]) == 64 and changed_data(run) == []
+
+
+def test_resume_refuses_changed_text_naming_the_file(language_run, capsys):
+    run, text = language_run
+    text.write_text(text.read_text() + "A new line.\n")
+    assert main(["train", "--resume", str(run), "--steps", "6"]) == 2
+    line = error_line(capsys)
+    assert f"--text {text.resolve()} has changed" in line and "resume" in line
+    assert RunDir(run).load()[0] == 4
+
+
+def test_resume_refuses_missing_text_naming_the_file(language_run, capsys):
+    run, text = language_run
+    text.unlink()
+    assert main(["train", "--resume", str(run), "--steps", "6"]) == 2
+    assert f"--text {text.resolve()} is missing" in error_line(capsys)
+
+
+def test_eval_on_changed_text_warns_naming_the_file_and_still_reports(language_run, capsys):
+    run, text = language_run
+    text.write_text(text.read_text().replace("question", "answer"))
+    assert main(["eval", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert f"rnnlab: warning: --text {text.resolve()} has changed" in captured.err
+    assert "validation:" in captured.out
+
+
+def test_sample_from_another_directory_does_not_need_the_text(language_run, monkeypatch, capsys):
+    run, text = language_run
+    text.unlink()
+    monkeypatch.chdir(run.parent.parent)
+    assert main(["sample", str(run), "--length", "12", "--prompt", "To be"]) == 0
+    assert capsys.readouterr().out.startswith("To be")
+
+
+# --- a hand-edited config.json --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("section, field, value, expected", [
+    ("task_config", "hidden", "64", "hidden must be int; got '64'"),
+    ("task_config", "cell", 3, "cell must be str; got 3"),
+    ("train", "lr", "3e-3", "lr must be float; got '3e-3'"),
+    ("train", "threads", True, "threads must be int or null; got True"),
+])
+def test_a_wrongly_typed_value_in_config_json_names_file_and_field(adding_run, capsys, section, field, value, expected):
+    config = json.loads((adding_run / "config.json").read_text())
+    config[section][field] = value
+    (adding_run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=rf"config\.json: {section}: {expected}"):
+        open_run(adding_run)
+    assert main(["eval", str(adding_run)]) == 2
+    line = error_line(capsys)
+    assert "config.json" in line and f"{field} must be" in line
