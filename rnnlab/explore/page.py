@@ -141,7 +141,7 @@ def page_data(task, run_dir: str | Path, weights_file: Path, tokens: list[str], 
                  "layers": len(trace.layers), "hidden": cell.hidden_size},
         "level": task.config.level,
         "vocabulary": task.vocabulary.tokens,
-        "start": "\n" if "\n" in task.vocabulary.index else "",
+        "start": "\n",  # the live model reads a new line first, as LanguageTask.sample_text does
         "passage": {"source": source, "tokens": tokens, "ids": ids.tolist(), "top_ids": top_ids, "top_probs": top_probs,
                     "loss": _passage_loss(trace.logits, ids)},
         "features": sorted(features),
