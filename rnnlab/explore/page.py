@@ -13,7 +13,6 @@ import copy
 import html
 import inspect
 import json
-import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -26,12 +25,14 @@ import torch.nn.functional as F
 from ..checkpoints import RunDir
 from ..data.text import tokenize
 from ..tasks import LanguageTask, load_weights, open_run
-from .trace import (Trace, correlated_units, feature_values, quantities_of, saturation, shown_gates,
+from .examples import Example, held_out_examples
+from .trace import (Trace, correlated_units, feature_values, quantities_of, saturation, shown_gates, trace_core,
                     trace_language)
 
-__all__ = ["DEFAULT_PASSAGE", "MARKER", "ExplorePage", "page_data", "build_page", "read_page_data", "dequantised"]
+__all__ = ["DEFAULT_PASSAGE", "MARKER", "ExplorePage", "page_data", "examples_page_data", "build_page", "read_page_data", "dequantised"]
 
 DEFAULT_PASSAGE = 2000  # tokens of held-out text the page shows by default
+EXAMPLES = 6  # held-out examples shown for the other tasks
 STATIC_PASSAGE = 500  # when the page holds the trace instead of the model (word-level runs)
 MARKER = "<!-- rnnlab explore page -->"  # written first in every page: `rnnlab explore` overwrites only these
 _DATA = re.compile(r'<script type="application/json" id="rnnlab-data">(.*?)</script>', re.S)
@@ -45,8 +46,8 @@ class ExplorePage:
     data: dict
     passage_tokens: int
     live_model: bool
-    loss_float16: float  # nats per token on the passage, with the page's (float16) weights
-    loss_float32: float  # ... and with the run's own weights
+    loss_float16: float | None  # nats per token on the passage, with the page's (float16) weights
+    loss_float32: float | None  # ... and with the run's own weights (None: not a language run)
 
 
 def _tensor(t: torch.Tensor) -> dict:
@@ -90,13 +91,13 @@ def _model_weights(model) -> dict:
 def _live_model_supported(task, model) -> tuple[bool, str]:
     """Whether the page can run the model itself, and why not."""
     if task.config.level != "char":
-        return False, "the in-page model serves character-level runs (a word vocabulary's readout is too big to embed)"
+        return False, "The page runs character-level language models itself (a word vocabulary's readout is too big to embed)"
     for runner in model.core.layers:
         cell = runner.cell
         if cell.activation != "tanh" or cell.gate_activation != "sigmoid" or cell.depth != 1 or cell.zoneout:
-            return False, "the in-page model implements tanh/sigmoid cells of depth 1 without zoneout"
+            return False, "The page's own cells are tanh/sigmoid cells of depth 1 without zoneout; not this run's"
     if model.core.residual:
-        return False, "the in-page model implements stacks without residual connections"
+        return False, "The page's own model has no residual connections between layers; this run's has"
     return True, ""
 
 
@@ -106,10 +107,10 @@ def _top(logits: np.ndarray, k: int = 5) -> tuple[list[list[int]], list[list[flo
     return ids.tolist(), np.round(values.numpy(), 4).tolist()
 
 
-def _passage_loss(logits: np.ndarray, ids: torch.Tensor) -> float:
-    """Mean nats per token of predicting ids[1:] (nan for a passage of one token)."""
+def _passage_loss(logits: np.ndarray, ids: torch.Tensor) -> float | None:
+    """Mean nats per token of predicting ids[1:] (None for a passage of one token)."""
     if len(ids) < 2:
-        return math.nan
+        return None
     return F.cross_entropy(torch.from_numpy(logits[:-1]).double(), ids[1:]).item()
 
 
@@ -155,6 +156,41 @@ def page_data(task, run_dir: str | Path, weights_file: Path, tokens: list[str], 
     return data, trace, trace_own
 
 
+def examples_page_data(task, run_dir: str | Path, weights_file: Path, examples: list[Example]) -> dict:
+    """The page's data for a task other than language: the traces of a few held-out examples, one
+    after the other, embedded as uint8 (the page does not run these models itself)."""
+    model = task.model.eval()
+    traces = [trace_core(model.core, example.xs)[0] for example in examples]
+    layers = [{part: {name: np.concatenate([t[i][part][name] for t in traces]) for name in traces[0][i][part]}
+               for part in ("quantities", "gates")} for i in range(len(traces[0]))]
+    cell = model.core.layers[0].cell
+    starts = np.cumsum([0] + [len(e.tokens) for e in examples])[:-1].tolist()
+    tokens = [token for e in examples for token in e.tokens]
+    return {
+        "format": 1,
+        "run": {"name": Path(run_dir).resolve().name, "weights": weights_file.name,
+                "config": RunDir(run_dir).read_json("config.json"), "describe": task.describe()},
+        "cell": {"name": task.config.cell, "class": type(cell).__name__, "doc": inspect.getdoc(type(cell)) or "",
+                 "gates": list(shown_gates(cell)), "quantities": list(quantities_of(cell)),
+                 "layers": len(layers), "hidden": cell.hidden_size},
+        "level": "step",
+        "vocabulary": [],
+        "start": "",
+        "passage": {"source": f"{len(examples)} held-out examples, {len(tokens):,} steps", "tokens": tokens, "ids": None,
+                    "top_ids": None, "top_probs": None, "loss": None,
+                    "separator": " " if task.name in ("sentiment", "adding") else "",
+                    "examples": [{"start": start, "length": len(e.tokens), "caption": e.caption, "outcome": e.outcome,
+                                  "line_per_step": e.line_per_step} for start, e in zip(starts, examples)]},
+        "features": [],
+        "stats": [{"correlations": {name: [] for name in layer["quantities"]},
+                   "saturation": {g: saturation(v) for g, v in layer["gates"].items()}} for layer in layers],
+        "model": None,
+        "no_model_reason": f"The page runs character-level language models itself; not this {task.name} run",
+        "trace": [{"quantities": {k: _quantised(v) for k, v in layer["quantities"].items()},
+                   "gates": {k: _quantised(v) for k, v in layer["gates"].items()}} for layer in layers],
+    }
+
+
 def _passage(task, text_file: str | None, prompt: str | None, length: int | None, live: bool) -> tuple[list[str], str]:
     """The tokens the page shows and where they come from."""
     level = task.config.level
@@ -187,9 +223,15 @@ def build_page(run_dir: str | Path, text_file: str | None = None, prompt: str | 
     """The explore page of the run in run_dir over a passage: --text's file, --prompt's string, or
     by default the first 2,000 tokens of the run's held-out text."""
     task, _ = open_run(run_dir)
-    if not isinstance(task, LanguageTask):
-        raise ValueError(f"rnnlab explore: the page serves language runs; the run in {run_dir} is a {task.name!r} run")
     file = load_weights(task, run_dir, weights, "cpu")
+    if not isinstance(task, LanguageTask):
+        if text_file is not None or prompt is not None:
+            raise ValueError(f"rnnlab explore: --text and --prompt serve language runs; a {task.name!r} run shows "
+                             f"held-out examples (--length: how many)")
+        task.model.float().cpu()
+        examples = held_out_examples(task, length or EXAMPLES)
+        data = examples_page_data(task, run_dir, file, examples)
+        return ExplorePage(render(data), data, len(data["passage"]["tokens"]), False, None, None)
     live, _ = _live_model_supported(task, task.model)
     tokens, source = _passage(task, text_file, prompt, length, live)
     data, trace, trace_own = page_data(task, run_dir, file, tokens, source)

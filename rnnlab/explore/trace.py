@@ -12,7 +12,7 @@ import torch
 from ..cells import Cell, GRUCell, LSTMCell
 from ..models import RecurrentModel
 
-__all__ = ["Trace", "trace_language", "shown_gates", "quantities_of", "FEATURES", "feature_values",
+__all__ = ["Trace", "trace_core", "trace_language", "shown_gates", "quantities_of", "FEATURES", "feature_values",
            "correlated_units", "saturation"]
 
 
@@ -51,19 +51,16 @@ def _gate_values(cell: Cell, zx: torch.Tensor, zh: torch.Tensor | None) -> dict[
 
 
 @torch.no_grad()
-def trace_language(model: RecurrentModel, ids: torch.Tensor) -> Trace:
-    """Run a language model (rnnlab.tasks.language.build_model's) over ids (T,) from the zero state,
-    step by step through its cells, in eval mode."""
-    was_training = model.training
-    model.eval()
-    ids = ids.to(next(model.parameters()).device)[None]  # (1, T)
-    if model.feedback_map is None:
-        xs, ys = model.input_map(ids), None  # the token enters as x ...
-    else:
-        xs, ys = ids.new_zeros(1, ids.shape[1], 0, dtype=torch.float32), model.feedback_map.from_target(ids)  # ... or as y^{t-1}
+def trace_core(core, xs: torch.Tensor, ys: torch.Tensor | None = None) -> tuple[list[dict], torch.Tensor]:
+    """Run a stack of cells (a `Stacked` of `Recurrent` runners, eval mode) over one sequence xs
+    (1, T, I), with y_prev ys (1, T, O) for the layers that take it, from the zero state. Returns
+    the layers' quantities and gates, and the top layer's outputs (1, T, H)."""
     layers = []
-    for runner in model.core.layers:
-        cell = runner.cell
+    for runner in core.layers:
+        cell = getattr(runner, "cell", None)
+        if not isinstance(cell, Cell):
+            raise ValueError(f"trace_core: every layer must be a Recurrent runner of a ladder cell; got "
+                             f"{type(runner).__name__}")
         state = cell.initial_state(1, device=xs.device, dtype=torch.float32)
         names = quantities_of(cell)
         kept = {name: [] for name in names}
@@ -82,7 +79,22 @@ def trace_language(model: RecurrentModel, ids: torch.Tensor) -> Trace:
         layers.append({"quantities": {k: torch.stack(v).cpu().numpy() for k, v in kept.items()},
                        "gates": {k: torch.stack(v).cpu().numpy() for k, v in gates.items()}})
         xs = torch.stack(outputs)[None]  # (1, T, H): the next layer's input (no dropout in eval)
-    logits = model.readout(xs)[0]
+    return layers, xs
+
+
+@torch.no_grad()
+def trace_language(model: RecurrentModel, ids: torch.Tensor) -> Trace:
+    """Run a language model (rnnlab.tasks.language.build_model's) over ids (T,) from the zero state,
+    step by step through its cells, in eval mode."""
+    was_training = model.training
+    model.eval()
+    ids = ids.to(next(model.parameters()).device)[None]  # (1, T)
+    if model.feedback_map is None:
+        xs, ys = model.input_map(ids), None  # the token enters as x ...
+    else:
+        xs, ys = ids.new_zeros(1, ids.shape[1], 0, dtype=torch.float32), model.feedback_map.from_target(ids)  # ... or as y^{t-1}
+    layers, outputs = trace_core(model.core, xs, ys)
+    logits = model.readout(outputs)[0]
     model.train(was_training)
     return Trace(layers, logits.cpu().numpy())
 
