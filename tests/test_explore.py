@@ -274,3 +274,43 @@ def test_picking_a_unit_recolours_the_text_and_the_page_generates(browser, text_
     assert len(page.input_value("#live-input")) == len(generated) + 20
     assert_offline_and_clean(page)
     page.close()
+
+
+# --- tasks other than language: held-out examples, views computed in Python ----------------------
+
+
+@pytest.fixture(scope="module")
+def copy_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "copy"
+    assert cli.main(["train", "copy", "--cell", "gru", "--hidden", "8", "--T", "6", "--steps", "2", "--eval-every", "2",
+                     "--checkpoint-every", "2", "--threads", "1", "--out", str(out)]) == 0
+    assert cli.main(["explore", str(out), "--length", "3"]) == 0
+    return out
+
+
+def test_other_tasks_embed_the_traces_of_held_out_examples(copy_run, capsys):
+    data = read_page_data((copy_run / "explore.html").read_text(encoding="utf-8"))
+    assert data["model"] is None and data["cell"]["gates"] == ["r", "z"] and len(data["passage"]["examples"]) == 3
+    task, _ = open_run(copy_run)
+    load_weights(task, copy_run)
+    inputs = task.eval_inputs[:3]
+    outputs, _ = task.model.eval().core(task.model.input_map(inputs))  # (3, T, 8): the runner's own states
+    layer = data["trace"][0]["quantities"]["s"]
+    stored = np.frombuffer(base64.b64decode(layer["data"]), dtype=np.uint8).reshape(layer["shape"])
+    decoded = layer["low"] + stored * (layer["high"] - layer["low"]) / 255
+    np.testing.assert_allclose(decoded, outputs.detach().reshape(-1, 8).numpy(), atol=(layer["high"] - layer["low"]) / 500)
+    assert cli.main(["explore", str(copy_run), "--prompt", "hi"]) == 2
+    assert "--text and --prompt serve language runs" in capsys.readouterr().err
+
+
+def test_the_static_page_of_another_task_works_offline(browser, copy_run):
+    page = open_page(browser, copy_run / "explore.html")
+    colours = "() => Array.from(document.querySelectorAll('#text .ch')).map((s) => s.style.backgroundColor)"
+    before = page.evaluate(colours)
+    page.fill("#unit", str((page.evaluate("window.explore.view.unit") + 3) % 8))
+    page.press("#unit", "Enter")
+    assert page.evaluate(colours) != before
+    assert page.locator(".example-head").count() == 3 and "copies" in page.inner_text("#text")
+    assert page.locator("#live-input").count() == 0
+    assert_offline_and_clean(page)
+    page.close()
