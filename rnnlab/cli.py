@@ -476,10 +476,11 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
 
     explore = sub.add_parser("explore", help="write one offline HTML page: the state and gates of a trained model "
                                               "over held-out text (a language model also runs live in the page)",
-                             description="Run a trained language model over a passage and write one self-contained "
+                             description="Run a trained model over held-out data and write one self-contained "
                                          "HTML page (no network): per-unit activations over the text, state heatmap, "
                                          "gate traces and saturation, top-5 next characters, brushing, the cell's "
-                                         "equations, and the model running live in the page.")
+                                         "equations and the run's config; a character-level language model also runs "
+                                         "live in the page (type, generate). Other tasks: a few held-out examples.")
     explore.add_argument("run_dir", metavar="RUN_DIR")
     explore.add_argument("--text", metavar="FILE", help="passage from this UTF-8 file (default: the run's held-out text)")
     explore.add_argument("--prompt", help="the passage itself, as a string")
