@@ -314,3 +314,22 @@ def test_the_static_page_of_another_task_works_offline(browser, copy_run):
     assert page.locator("#live-input").count() == 0
     assert_offline_and_clean(page)
     page.close()
+
+
+def test_forecast_examples_are_read_with_the_true_values_fed_back(tmp_path):
+    from rnnlab.explore import held_out_examples, trace_core
+
+    out = tmp_path / "forecast"
+    assert cli.main(["train", "forecast", "--hidden", "6", "--steps", "1", "--eval-every", "1", "--checkpoint-every", "1",
+                     "--threads", "1", "--out", str(out)]) == 0
+    task, _ = open_run(out)
+    load_weights(task, out)
+    examples = held_out_examples(task, 2)
+    assert len(examples) == 2 and examples[0].ys.shape == (1, len(examples[0].tokens), 1)
+    start = task.n_train - task.normaliser.offset
+    assert float(examples[0].ys[0, 0, 0]) == float(task.z[start - 1])  # y^{t-1} of the first step: the value before it
+    layers, outputs = trace_core(task.model.core, examples[1].xs, examples[1].ys)
+    expected, _ = task.model.eval().core(examples[1].xs, None, examples[1].ys)
+    np.testing.assert_allclose(outputs.numpy(), expected.detach().numpy(), atol=1e-6)
+    assert cli.main(["explore", str(out), "--length", "2"]) == 0
+    assert len(read_page_data((out / "explore.html").read_text())["passage"]["examples"]) == 2

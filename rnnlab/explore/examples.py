@@ -8,24 +8,26 @@ from dataclasses import dataclass
 
 import torch
 
-from ..tasks import AddingTask, CopyTask, DigitsTask, SentimentTask
+from ..tasks import AddingTask, CopyTask, DigitsTask, ForecastTask, SentimentTask
 
 __all__ = ["Example", "held_out_examples", "SERVED"]
 
-SERVED = ("sentiment", "digits", "adding", "copy")
+SERVED = ("sentiment", "digits", "forecast", "adding", "copy")
 SHADES = " \u2591\u2592\u2593\u2588"  # a row of pixels as text: blank, light, medium, dark, full
 
 
 @dataclass
 class Example:
-    """One held-out sequence: its caption, one label per step, the cells' input xs (1, T, I), the
-    model's answer, and whether to break the line after each step (an image's rows)."""
+    """One held-out sequence: its caption, one label per step, the cells' input xs (1, T, I) and
+    fed-back y_prev ys (1, T, O) if any, the model's answer, and whether to break the line after
+    each step (an image's rows)."""
 
     caption: str
     tokens: list[str]
     xs: torch.Tensor
     outcome: str
     line_per_step: bool = False
+    ys: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -78,5 +80,23 @@ def held_out_examples(task, count: int = 6) -> list[Example]:
             examples.append(Example(f"held-out sequence {i + 1}: copy the first symbols after the marker |",
                                     shown, model.input_map(inputs[i:i + 1]),
                                     f"the model copies {answer}; {right} of {int(copied.sum())} right"))
+        return examples
+    if isinstance(task, ForecastTask):
+        # windows of the validation part, read with the true previous value fed back (teacher forcing,
+        # as in training): the prediction at step t is of the value at t
+        offset, length = task.normaliser.offset, min(task.window, 60)
+        start = task.n_train - offset  # the first z of the validation part
+        examples = []
+        for i in range(count):
+            a, b = start + i * length, start + (i + 1) * length
+            if b > len(task.z):
+                break
+            z = task.z[a:b]
+            xs, ys = task.inputs[None, a:b], torch.cat([task.z[a - 1:a], z[:-1]])[None, :, None]
+            outputs, _ = model.core(xs, None, ys)
+            error = float((model.readout(outputs)[0, :, 0] - z).pow(2).mean().sqrt())
+            examples.append(Example(f"validation window {i + 1}: {task.series.step_name}s {a + offset} to {b + offset - 1} of "
+                                    f"{task.config.series} ({task.series.unit}), the true previous value fed back", [f"{v:.1f}" for v in task.values[a + offset:b + offset].tolist()],
+                                    xs, f"one-step-ahead RMSE {error:.3f} (normalised units)", ys=ys))
         return examples
     raise ValueError(f"rnnlab explore: the page serves language, {', '.join(SERVED)} runs; the run is a {task.name!r} run")

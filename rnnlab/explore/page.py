@@ -160,7 +160,7 @@ def examples_page_data(task, run_dir: str | Path, weights_file: Path, examples: 
     """The page's data for a task other than language: the traces of a few held-out examples, one
     after the other, embedded as uint8 (the page does not run these models itself)."""
     model = task.model.eval()
-    traces = [trace_core(model.core, example.xs)[0] for example in examples]
+    traces = [trace_core(model.core, example.xs, example.ys)[0] for example in examples]
     layers = [{part: {name: np.concatenate([t[i][part][name] for t in traces]) for name in traces[0][i][part]}
                for part in ("quantities", "gates")} for i in range(len(traces[0]))]
     cell = model.core.layers[0].cell
@@ -178,7 +178,7 @@ def examples_page_data(task, run_dir: str | Path, weights_file: Path, examples: 
         "start": "",
         "passage": {"source": f"{len(examples)} held-out examples, {len(tokens):,} steps", "tokens": tokens, "ids": None,
                     "top_ids": None, "top_probs": None, "loss": None,
-                    "separator": " " if task.name in ("sentiment", "adding") else "",
+                    "separator": " " if task.name in ("sentiment", "adding", "forecast") else "",
                     "examples": [{"start": start, "length": len(e.tokens), "caption": e.caption, "outcome": e.outcome,
                                   "line_per_step": e.line_per_step} for start, e in zip(starts, examples)]},
         "features": [],
