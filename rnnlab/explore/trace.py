@@ -59,8 +59,8 @@ def trace_core(core, xs: torch.Tensor, ys: torch.Tensor | None = None) -> tuple[
     for runner in core.layers:
         cell = getattr(runner, "cell", None)
         if not isinstance(cell, Cell):
-            raise ValueError(f"trace_core: every layer must be a Recurrent runner of a ladder cell; got "
-                             f"{type(runner).__name__}")
+            raise ValueError(f"rnnlab explore: every layer must read the sequence one way (a Recurrent runner of a "
+                             f"ladder cell); got a {type(runner).__name__} layer")
         state = cell.initial_state(1, device=xs.device, dtype=torch.float32)
         names = quantities_of(cell)
         kept = {name: [] for name in names}
