@@ -229,6 +229,9 @@ def test_the_page_runs_the_model_as_pytorch_does(browser, text_file, tmp_path_fa
         names = ("s_bar", "s") if len(parts) == 2 else ("s",)
         for part_name, part in zip(names, parts):
             np.testing.assert_allclose(layer[part_name], part[0].numpy(), atol=2e-5, rtol=1e-5)
+    with torch.no_grad():  # the run's own float32 weights: what float16 storage costs, at float16's tolerance
+        own, _ = next_token_logits(task.model.eval(), ids[None])
+    np.testing.assert_allclose(live["probs"], torch.softmax(own[0, -1].double(), -1).numpy(), atol=5e-3)
     # and the passage the page computed on load, against the Python trace
     data = read_page_data(page_file.read_text(encoding="utf-8"))
     trace = trace_language(model, torch.tensor(data["passage"]["ids"]))
