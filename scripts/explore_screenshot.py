@@ -50,6 +50,10 @@ def main() -> None:
         page.evaluate("document.getElementById('text').scrollTop = 0")
         page.screenshot(path=args.out)
         browser.close()
+    from PIL import Image  # 256 colours: a third of the bytes, the same picture (the repository stays small)
+
+    Image.open(args.out).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                                 dither=Image.Dither.NONE).save(args.out, optimize=True)
     if problems:
         raise SystemExit(f"the page reported: {problems}")
     print(f"wrote {args.out}")
