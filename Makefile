@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	@# the headless Chromium of the browser tests (tests/test_explore.py): apt-get as root, else
+	@# unpacked into .cache/browser; bounded, and it never fails the set-up (those tests then skip)
+	bash scripts/install_browser.sh
 	touch $(STAMP)
 
 # The main job, shortened to a few minutes: the default character model of Shakespeare (the full

@@ -453,6 +453,31 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# --- explore -----------------------------------------------------------------------------------
+
+
+def cmd_explore(args) -> int:
+    """Write one offline HTML page that shows what the run's model holds in its state and gates."""
+    from .explore import build_page
+    from .explore.page import MARKER
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "explore.html"
+    if out.exists() and not out.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
+        raise ValueError(f"rnnlab explore: --out {out} exists and is not an explore page; choose another --out")
+    page = build_page(args.run_dir, text_file=args.text, prompt=args.prompt, length=args.length, weights=args.weights)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page.html, encoding="utf-8")
+    size = out.stat().st_size / 1e6
+    if page.loss_float16 is None:
+        how = "the views computed here; the model is not in the page"
+    else:
+        how = (("the model runs in the page (float16 weights: " if page.live_model else "the model is not in the page (")
+               + f"{page.loss_float16:.4f} nats/token on the passage, {page.loss_float32:.4f} with the run's float32 weights)")
+    print(f"wrote {out} ({size:.1f} MB): {page.passage_tokens:,} steps; {how}")
+    print(f"open it in a browser: {out.resolve().as_uri()}")
+    return 0
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -525,6 +550,23 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="the task's metrics of a trained run next to its baselines (language: nats and bits per token)")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.set_defaults(func=cmd_eval)
+
+    explore = sub.add_parser("explore", help="write one offline HTML page: the state and gates of a trained model "
+                                              "over held-out text (a language model also runs live in the page)",
+                             description="Run a trained model over held-out data and write one self-contained "
+                                         "HTML page (no network): per-unit activations over the text, state heatmap, "
+                                         "gate traces and saturation, top-5 next characters, brushing, the cell's "
+                                         "equations and the run's config; a character-level language model also runs "
+                                         "live in the page (type, generate). Other tasks: a few held-out examples.")
+    explore.add_argument("run_dir", metavar="RUN_DIR")
+    explore.add_argument("--text", metavar="FILE", help="passage from this UTF-8 file (default: the run's held-out text)")
+    explore.add_argument("--prompt", help="the passage itself, as a string")
+    explore.add_argument("--length", type=int, default=None, help="tokens of the passage at most (default: 2000); "
+                                                                  "for other tasks, how many held-out examples (default: 6)")
+    explore.add_argument("--out", metavar="HTML", help="the page to write (default: RUN_DIR/explore.html)")
+    explore.add_argument("--weights", choices=("best", "last"), default="best",
+                         help="the best evaluation's weights or the last checkpoint's (default: best)")
+    explore.set_defaults(func=cmd_explore)
 
     for command in (sample, evaluate):
         command.add_argument("--weights", choices=("best", "last"), default="best",
