@@ -16,6 +16,8 @@ from .cells import (
     InputGatedCell,
     LSTMCell,
     OutputFeedbackCell,
+    PeepholeLSTMCell,
+    LayerNormLSTMCell,
     ResidualCell,
     VanillaCell,
     torch_mode,
@@ -30,7 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cell", "VanillaCell", "ResidualCell", "InputGatedCell", "ForgetGatedCell", "LSTMCell", "GRUCell",
-    "OutputFeedbackCell", "LADDER", "torch_mode",
+    "OutputFeedbackCell", "PeepholeLSTMCell", "LayerNormLSTMCell", "LADDER", "torch_mode",
     "Init", "MaxNorm", "NonNeg", "UnitNorm", "L1L2", "Constraints", "Regularizers", "apply_constraints",
     "regularization_loss",
     "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded",

@@ -37,6 +37,8 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "OutputFeedbackCell",
+    "PeepholeLSTMCell",
+    "LayerNormLSTMCell",
     "ACTIVATIONS",
     "State",
 ]
@@ -505,6 +507,75 @@ class GRUCell(Cell):
         return (1 - u) * n + u * s
 
 
+class PeepholeLSTMCell(LSTMCell):
+    """The LSTM with peephole connections (Gers, Schraudolph and Schmidhuber, 2002): the gates see
+    the cell state s itself, not only s_bar; i and f read the old s, o the new one:
+        z_k = U_k x^t + V_k s_bar^{t-1} + W_k y^{t-1} + b_k
+        i = sigma(z_i + p_i * s^{t-1}),  f = sigma(z_f + p_f * s^{t-1}),  r = a(z_r)
+        s^t = f * s^{t-1} + i * r
+        o = sigma(z_o + p_o * s^t),      s_bar^t = o * a(s^t)
+    The peephole weights are diagonal: `weight_peephole` (3, H), rows p_i, p_f, p_o, each U(-1/sqrt(H),
+    1/sqrt(H)) at the start. Shapes: x (B, I), state (s_bar, s) each (B, H), y_prev (B, O)."""
+
+    def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
+        super().__init__(input_size, hidden_size, feedback_size, **options)
+        self.weight_peephole = nn.Parameter(torch.empty(3, hidden_size, dtype=self.weight_ih.dtype))
+        bound = 1.0 / hidden_size ** 0.5
+        nn.init.uniform_(self.weight_peephole, -bound, bound)
+
+    def update(self, z, state):
+        _, s = state
+        zi, zf, zr, zo = z.chunk(4, dim=-1)
+        p_i, p_f, p_o = self.weight_peephole
+        s_new = self.sigma(zf + p_f * s) * s + self.sigma(zi + p_i * s) * self.act(zr)
+        s_bar = self.sigma(zo + p_o * s_new) * self.act(s_new)
+        return s_bar, s_new
+
+    def flops_per_step(self, batch: int = 1) -> int:
+        return super().flops_per_step(batch) + batch * 2 * 3 * self.hidden_size  # the three diagonal products
+
+
+class LayerNormLSTMCell(LSTMCell):
+    """The LSTM with layer normalisation (Ba, Kiros and Hinton, 2016): the input and recurrent
+    pre-activations are normalised apart over their 4H units, and the cell state before its squashing:
+        z = LN_x(U x^t + W y^{t-1}) + LN_h(V s_bar^{t-1}) + b_ih + b_hh
+        i, f, o = sigma(z_i), sigma(z_f), sigma(z_o),   r = a(z_r)
+        s^t     = f * s^{t-1} + i * r
+        s_bar^t = o * a(LN_s(s^t))
+    Each LN(v) = gamma * (v - mean(v)) / sqrt(var(v) + 1e-5) + beta has its own gain and shift
+    (`norm_ih`, `norm_hh` over 4H, `norm_cell` over H: torch.nn.LayerNorm, gain 1 and shift 0 at the
+    start); the biases come after the normalisation, where they are not cancelled by it.
+    Shapes: x (B, I), state (s_bar, s) each (B, H), y_prev (B, O)."""
+
+    def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
+        if options.get("depth", 1) > 1:
+            raise ValueError("LayerNormLSTMCell: depth must be 1; the normalisations act on the gates' pre-activations")
+        super().__init__(input_size, hidden_size, feedback_size, **options)
+        K, H, dtype = len(self.gates), hidden_size, self.weight_ih.dtype
+        self.norm_ih = nn.LayerNorm(K * H, dtype=dtype)
+        self.norm_hh = nn.LayerNorm(K * H, dtype=dtype) if self.reads_state else None
+        self.norm_cell = nn.LayerNorm(H, dtype=dtype)
+
+    def project_input(self, x, y_prev=None):
+        z = F.linear(x, self.weight_ih)
+        if y_prev is not None and self.weight_yh is not None:
+            z = z + F.linear(y_prev, self.weight_yh)
+        z = self.norm_ih(z)
+        return z if self.bias_ih is None else z + self.bias_ih
+
+    def project_state(self, s_read):
+        if self.weight_hh is None:
+            return None
+        z = self.norm_hh(F.linear(s_read, self.weight_hh))
+        return z if self.bias_hh is None else z + self.bias_hh
+
+    def update(self, z, state):
+        _, s = state
+        zi, zf, zr, zo = z.chunk(4, dim=-1)
+        s = self.sigma(zf) * s + self.sigma(zi) * self.act(zr)
+        return self.sigma(zo) * self.act(self.norm_cell(s)), s
+
+
 LADDER: dict[str, type[Cell]] = {
     "vanilla": VanillaCell,
     "residual": ResidualCell,
@@ -513,6 +584,8 @@ LADDER: dict[str, type[Cell]] = {
     "lstm": LSTMCell,
     "gru": GRUCell,
     "feedback": OutputFeedbackCell,
+    "peephole-lstm": PeepholeLSTMCell,
+    "layernorm-lstm": LayerNormLSTMCell,
 }
 
 

@@ -344,3 +344,67 @@ def test_keras_glorot_bound_counts_every_gate():
     w = cell.weight_ih
     assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
     torch.testing.assert_close(w.var().item(), bound ** 2 / 3, rtol=0.05, atol=0)  # U(-b, b) has variance b^2/3
+
+
+# --- the cells users ask torch for ------------------------------------------------------------------
+
+def test_peephole_lstm_equations():
+    cell = R.PeepholeLSTMCell(I, H, O)
+    x, y = torch.randn(B, I), torch.randn(B, O)
+    h, c = torch.randn(B, H), torch.randn(B, H)
+    p_i, p_f, p_o = cell.weight_peephole
+    i = σ(z(cell, 0, x, h, y) + p_i * c)
+    f = σ(z(cell, 1, x, h, y) + p_f * c)
+    c_new = f * c + i * tanh(z(cell, 2, x, h, y))
+    o = σ(z(cell, 3, x, h, y) + p_o * c_new)  # the output gate reads the new cell state
+    out, (h_new, c_got) = cell(x, (h, c), y)
+    torch.testing.assert_close(c_got, c_new)
+    torch.testing.assert_close(h_new, o * tanh(c_new))
+    torch.testing.assert_close(out, h_new)
+
+
+def test_peephole_lstm_with_zero_peepholes_is_the_lstm():
+    plain, peep = R.LSTMCell(I, H, O), R.PeepholeLSTMCell(I, H, O)
+    peep.load_state_dict({**plain.state_dict(), "weight_peephole": torch.zeros(3, H)})
+    x, y, st = torch.randn(B, I), torch.randn(B, O), (torch.randn(B, H), torch.randn(B, H))
+    torch.testing.assert_close(peep(x, st, y)[1], plain(x, st, y)[1])
+
+
+def layer_norm(v, norm):
+    return (v - v.mean(-1, keepdim=True)) / (v.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt() * norm.weight + norm.bias
+
+
+def test_layernorm_lstm_equations():
+    cell = R.LayerNormLSTMCell(I, H, O)
+    with torch.no_grad():  # gains and shifts away from 1 and 0, so that they are tested too
+        for norm in (cell.norm_ih, cell.norm_hh, cell.norm_cell):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x, y = torch.randn(B, I), torch.randn(B, O)
+    h, c = torch.randn(B, H), torch.randn(B, H)
+    zx = layer_norm(lin(x, cell.weight_ih) + lin(y, cell.weight_yh), cell.norm_ih) + cell.bias_ih
+    zh = layer_norm(lin(h, cell.weight_hh), cell.norm_hh) + cell.bias_hh
+    zi, zf, zr, zo = (zx + zh).chunk(4, dim=-1)
+    c_new = σ(zf) * c + σ(zi) * tanh(zr)
+    h_new = σ(zo) * tanh(layer_norm(c_new, cell.norm_cell))
+    out, (h_got, c_got) = cell(x, (h, c), y)
+    torch.testing.assert_close(c_got, c_new)
+    torch.testing.assert_close(h_got, h_new)
+
+
+def test_layernorm_lstm_refuses_a_deep_transition():
+    with pytest.raises(ValueError, match="LayerNormLSTMCell: depth must be 1"):
+        R.LayerNormLSTMCell(I, H, depth=2)
+
+
+@pytest.mark.parametrize("cls", [R.PeepholeLSTMCell, R.LayerNormLSTMCell])
+def test_new_lstms_take_every_option_and_run_through_auto(cls):
+    cell = cls(I, H, O, activation="softsign", gate_activation="hard_sigmoid", dropout=0.1, recurrent_dropout=0.1,
+               zoneout=0.1, init=R.Init.keras(), constraints=R.Constraints(kernel=R.MaxNorm(2)),
+               regularizers=R.Regularizers(kernel=R.L1L2(l2=1e-3)))
+    ys, (h, c) = R.Recurrent(cell)(torch.randn(B, 6, I), y_prev=torch.randn(B, 6, O), lengths=torch.tensor([6, 5, 4, 3, 2]))
+    assert ys.shape == (B, 6, H) and bool((ys[4, 2:] == 0).all())
+    assert R.regularization_loss(cell).item() > 0
+    R.apply_constraints(cell)
+    assert bool((cell.weight_ih.norm(dim=1) <= 2 + 1e-6).all())
+    assert R.torch_mode(cell)[0] is None  # torch.nn has neither

@@ -22,12 +22,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cells import (
+    ForgetGatedCell,
+    GRUCell,
+    InputGatedCell,
+    LSTMCell,
+    OutputFeedbackCell,
+    ResidualCell,
+    VanillaCell,
+)
 from ..checkpoints import RunDir
 from ..data.text import tokenize
 from ..tasks import LanguageTask, load_weights, open_run
 from .examples import Example, held_out_examples
-from .trace import (Trace, correlated_units, feature_values, quantities_of, saturation, shown_gates, trace_core,
-                    trace_language)
+from .trace import (
+    Trace,
+    correlated_units,
+    feature_values,
+    quantities_of,
+    saturation,
+    shown_gates,
+    trace_core,
+    trace_language,
+)
 
 __all__ = ["DEFAULT_PASSAGE", "MARKER", "ExplorePage", "page_data", "examples_page_data", "build_page", "read_page_data", "dequantised"]
 
@@ -88,12 +105,18 @@ def _model_weights(model) -> dict:
             "readout_weight": _tensor(linear.weight), "readout_bias": _tensor(linear.bias)}
 
 
+# the cells template.html implements a step of (a new cell runs in the page only once it is written there, and tested)
+PAGE_CELLS = (VanillaCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell, OutputFeedbackCell)
+
+
 def _live_model_supported(task, model) -> tuple[bool, str]:
     """Whether the page can run the model itself, and why not."""
     if task.config.level != "char":
         return False, "The page runs character-level language models itself (a word vocabulary's readout is too big to embed)"
     for runner in model.core.layers:
         cell = runner.cell
+        if type(cell) not in PAGE_CELLS:
+            return False, f"The page's own cells are the ladder's first seven; not {type(cell).__name__}"
         if cell.activation != "tanh" or cell.gate_activation != "sigmoid" or cell.depth != 1 or cell.zoneout:
             return False, "The page's own cells are tanh/sigmoid cells of depth 1 without zoneout; not this run's"
     if model.core.residual:
