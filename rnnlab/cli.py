@@ -118,21 +118,40 @@ def _train_setup(args):
 
 
 def cmd_train(args) -> int:
-    """Train a task (default: the character language model on the bundled Shakespeare)."""
-    from .tasks import run_config, write_artifacts
-    from .training import Trainer
+    """Train a task (default: the character language model on the bundled Shakespeare); under
+    torchrun, data-parallel over its processes (rnnlab/distributed.py)."""
+    from . import distributed
 
     task, train_config, run_dir, resumed = _train_setup(args)
     if not resumed and (run_dir / "checkpoint.json").exists():
         raise ValueError(f"rnnlab train: --out {run_dir} already holds a run; continue it with --resume {run_dir} "
                          f"or choose another --out")
-    trainer = Trainer(task.model, task.batches(train_config.seed), task.loss, train_config,
-                      evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
+    group = distributed.join(train_config.device) if distributed.launched() else None
+    try:
+        return _train(args, task, train_config, run_dir, resumed, group)
+    finally:
+        distributed.leave(group)
+
+
+def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int:
+    """Train, and on the reporting process (the only one, or rank 0 of torchrun's) show and report."""
+    from .distributed import DistributedTrainer
+    from .tasks import run_config, write_artifacts
+    from .training import Trainer
+
+    reporter = group is None or group.rank == 0
+    parts = (task.model, task.batches(train_config.seed), task.loss, train_config)
+    options = dict(evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
+    trainer = Trainer(*parts, **options) if group is None else DistributedTrainer(group, *parts, **options)
     if resumed:
         trainer.resume()
-    else:
+    elif reporter:
         write_artifacts(task, run_dir)
-    print(f"{'resuming' if resumed else 'training'} {task.name}: {task.describe()}; run directory {run_dir}")
+    if not reporter:
+        trainer.fit()
+        return 0
+    processes = "" if group is None else f" on {group.world_size} processes ({group.backend})"
+    print(f"{'resuming' if resumed else 'training'} {task.name}{processes}: {task.describe()}; run directory {run_dir}")
     progress = Progress(train_config.steps, trainer.step, task.unit)
     trainer.on_event = progress
     try:
@@ -480,11 +499,17 @@ def _task_named(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_task_named(argv)).parse_args(argv)
+    from .distributed import PeerFailure, SharedError, is_reporter
+
     try:
         return args.func(args)
     except ValueError as error:  # wrong input: a message, not a traceback
-        print(f"rnnlab: error: {error}", file=sys.stderr)
+        if is_reporter() or not isinstance(error, SharedError):  # torchrun: rank 0 reports what all ranks raise
+            print(f"rnnlab: error: {error}", file=sys.stderr)
         return 2
+    except PeerFailure as error:  # torchrun: another process died or stopped answering
+        print(f"rnnlab: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
