@@ -148,8 +148,7 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
     elif reporter:
         write_artifacts(task, run_dir)
     if not reporter:
-        trainer.fit()
-        return 0
+        return 130 if trainer.fit().stopped == "interrupted" else 0
     processes = "" if group is None else f" on {group.world_size} processes ({group.backend})"
     print(f"{'resuming' if resumed else 'training'} {task.name}{processes}: {task.describe()}; run directory {run_dir}")
     progress = Progress(train_config.steps, trainer.step, task.unit)

@@ -295,8 +295,9 @@ class Trainer:
         """Load a checkpoint's weights and trainer state (read from `source`) into this trainer."""
         written_by = state.get("world_size", 1)
         if written_by != self.world_size:
-            raise CheckpointError(f"{source} was written by {written_by} process(es), each carrying its own rows' "
-                                  f"state, so it resumes with {written_by} only; got {self.world_size}: resume with "
+            processes = f"{written_by} process{'es' if written_by != 1 else ''}"
+            raise CheckpointError(f"{source} was written by {processes}, each carrying its own rows' state, so it "
+                                  f"resumes with {written_by} only; got {self.world_size}: resume with "
                                   + (f"torchrun --nproc-per-node {written_by} -m rnnlab train --resume ..."
                                      if written_by > 1 else "rnnlab train --resume ... (without torchrun)"))
         self.model.load_state_dict(weights)

@@ -183,4 +183,4 @@ def test_torchrun_trains_and_only_a_run_of_as_many_processes_resumes(tmp_path, t
                            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert alone.returncode == 2
     assert alone.stderr.strip().count("\n") == 0 and "rnnlab: error:" in alone.stderr
-    assert "written by 2 process(es)" in alone.stderr and "torchrun --nproc-per-node 2" in alone.stderr
+    assert "written by 2 processes" in alone.stderr and "torchrun --nproc-per-node 2" in alone.stderr
