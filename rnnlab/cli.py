@@ -135,14 +135,14 @@ def cmd_train(args) -> int:
 
 def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int:
     """Train, and on the reporting process (the only one, or rank 0 of torchrun's) show and report."""
-    from .distributed import DistributedTrainer
+    from . import distributed
     from .tasks import run_config, write_artifacts
     from .training import Trainer
 
     reporter = group is None or group.rank == 0
     parts = (task.model, task.batches(train_config.seed), task.loss, train_config)
     options = dict(evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
-    trainer = Trainer(*parts, **options) if group is None else DistributedTrainer(group, *parts, **options)
+    trainer = Trainer(*parts, **options) if group is None else distributed.DistributedTrainer(group, *parts, **options)
     if resumed:
         trainer.resume()
     elif reporter:
@@ -162,7 +162,8 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
           f"({result.cpu_s / 60:.1f} min of process CPU time), {result.tokens / max(result.elapsed_s, 1e-9):,.0f} "
           f"{task.unit}s/s overall")
     if result.stopped == "interrupted":
-        print(f"interrupted: checkpoint saved; continue with: rnnlab train --resume {run_dir}")
+        again = "rnnlab train" if group is None else f"torchrun {distributed.launch_flags(group)} -m rnnlab train"
+        print(f"interrupted: checkpoint saved; continue with: {again} --resume {run_dir}")
         return 130
     if train_config.threads is not None:  # the report's evaluations too, not only fit (which restores the default)
         import torch

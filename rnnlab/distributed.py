@@ -41,7 +41,7 @@ from .checkpoints import CheckpointError, check_weights
 from .data.batches import Batch
 from .training import Trainer, resolve_device, seed_everything
 
-__all__ = ["Group", "launched", "join", "leave", "is_reporter", "rank_seed", "ShardedBatches", "DistributedTrainer",
+__all__ = ["Group", "launched", "join", "leave", "is_reporter", "launch_flags", "rank_seed", "ShardedBatches", "DistributedTrainer",
            "PeerFailure", "SharedError", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -139,6 +139,14 @@ def is_reporter() -> bool:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def launch_flags(group: Group) -> str:
+    """torchrun's flags for a group of this size, for messages: --nproc-per-node N on one machine."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", group.world_size))
+    if per_node == group.world_size:
+        return f"--nproc-per-node {per_node}"
+    return f"--nnodes {group.world_size // per_node} --nproc-per-node {per_node} ..."
 
 
 def rank_seed(seed: int, rank: int) -> int:

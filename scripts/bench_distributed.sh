@@ -1,9 +1,10 @@
 #!/bin/bash
-# Usage: bash scripts/bench_distributed.sh   (prints one line per run: chars/s at each logged step, rank 0 CPU and wall seconds)
-# Throughput of the default language model: 1 process vs 2 (torchrun), one thread each, back to back.
+# Throughput of the default language model: 1 process vs 2 (torchrun), one thread each, back to back
+# (docs/BENCHMARKS.md). Usage: bash scripts/bench_distributed.sh; one line per run: chars/s at each
+# logged step, rank 0's process CPU seconds and wall seconds of training.
 
-mkdir -p ${OUT:-/tmp/rnnlab-bench-ddp} && cd ${OUT:-/tmp/rnnlab-bench-ddp}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin}
+mkdir -p ${OUT:-/tmp/rnnlab-bench-ddp} && cd ${OUT:-/tmp/rnnlab-bench-ddp}
 FLAGS="--threads 1 --steps 16 --log-every 4 --eval-every 100000 --checkpoint-every 100000 --samples 0"
 run() {  # $1 label, rest: command; kill once the last train record is written (skip the final report)
   label=$1; shift; out=run-$label-$RANDOM; load=$(cut -d' ' -f1 /proc/loadavg)
