@@ -163,13 +163,42 @@ def _first_line(error: BaseException) -> str:
 # --- the data ---------------------------------------------------------------------------------
 
 
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors in a field: a tensor, or tuples, lists and dicts of them (a task's richer batch)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _cut(value, start: int, stop: int, rows: int):
+    """value with rows [start, stop) of every tensor whose first dimension is the batch's rows."""
+    if isinstance(value, torch.Tensor):
+        return value[start:stop] if value.dim() > 0 and value.shape[0] == rows else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cut(v, start, stop, rows) for v in value)
+    if isinstance(value, dict):
+        return {k: _cut(v, start, stop, rows) for k, v in value.items()}
+    return value
+
+
+def batch_rows(batch: Batch) -> int:
+    """The rows of a batch: the first dimension of its (first) input tensor."""
+    found = _tensors(batch.inputs)
+    if not found or found[0].dim() == 0:
+        raise ValueError(f"distributed: a batch's inputs must hold a tensor of rows first (B, ...); got "
+                         f"{type(batch.inputs).__name__}")
+    return found[0].shape[0]
+
+
 def _rows(batch: Batch, start: int, stop: int) -> Batch:
-    """Rows [start, stop) of a batch: every tensor field whose first dimension is the batch's."""
-    rows = batch.inputs.shape[0]
-    cut = {f.name: getattr(batch, f.name)[start:stop] for f in dataclasses.fields(batch)
-           if isinstance(getattr(batch, f.name), torch.Tensor) and getattr(batch, f.name).dim() > 0
-           and getattr(batch, f.name).shape[0] == rows}
-    return dataclasses.replace(batch, **cut)
+    """Rows [start, stop) of a batch: of every tensor in its fields whose first dimension is the batch's."""
+    rows = batch_rows(batch)
+    return dataclasses.replace(batch, **{f.name: _cut(getattr(batch, f.name), start, stop, rows)
+                                         for f in dataclasses.fields(batch)})
 
 
 class ShardedBatches:
@@ -192,7 +221,7 @@ class ShardedBatches:
 
     def __next__(self) -> Batch:
         batch = next(self.batches)
-        start, stop = self.share(batch.inputs.shape[0])
+        start, stop = self.share(batch_rows(batch))
         self.borrowed = start == stop
         return _rows(batch, 0, 1) if self.borrowed else _rows(batch, start, stop)
 
@@ -326,7 +355,7 @@ class DistributedTrainer(Trainer):
     def resume(self) -> int:
         """Rank 0 reads the checkpoint and sends it; each rank takes the weights, the shared
         state and its own carried state and generators."""
-        if self.group.rank == 0 and self.run is None:
+        if not self.checkpointing:  # alike on every rank
             raise ValueError("DistributedTrainer.resume: run_dir must be given to resume; got None")
         payload = None
         if self.group.rank == 0:
@@ -340,9 +369,12 @@ class DistributedTrainer(Trainer):
         if isinstance(payload, str):
             raise SharedError(payload)
         step, weights, state, source = payload
-        if state.get("world_size", 1) == self.world_size:
-            state = {**state, **state["ranks"][self.group.rank]}
         try:
+            if state.get("world_size", 1) == self.world_size:
+                state = {**state, **state["ranks"][self.group.rank]}
             return self._restore(step, {k: v.to(self.device) for k, v in weights.items()}, state, source)
+        except (KeyError, IndexError, TypeError) as error:
+            raise SharedError(f"{source} is not a checkpoint of {self.world_size} processes: it lacks rank "
+                              f"{self.group.rank}'s state ({error!r})") from None
         except CheckpointError as error:
             raise SharedError(str(error)) from None

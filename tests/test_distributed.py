@@ -121,6 +121,10 @@ def test_shards_split_the_global_batch_and_borrow_a_weightless_row_when_empty():
     assert [len(b.targets) for b in last] == [1, 1] and not any(s.borrowed for s in shards)
     one = distributed.ShardedBatches(iter([Batch(inputs[:1], targets[:1])]), 0, 2)
     assert len(next(one).targets) == 1 and one.borrowed
+    # a richer batch (a source and a target sequence, say): every tensor of rows is cut alike
+    pair = Batch((inputs, {"lengths": targets + 1}), targets)
+    cut = next(distributed.ShardedBatches(iter([pair]), 1, 2))
+    assert torch.equal(cut.inputs[0], inputs[2:]) and torch.equal(cut.inputs[1]["lengths"], targets[2:] + 1)
 
 
 def test_rank_seeds_differ_and_rank_zero_keeps_the_run_seed():
