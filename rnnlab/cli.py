@@ -149,7 +149,8 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
         write_artifacts(task, run_dir)
     if not reporter:
         return 130 if trainer.fit().stopped == "interrupted" else 0
-    processes = "" if group is None else f" on {group.world_size} processes ({group.backend})"
+    processes = "" if group is None else \
+        f" on {group.world_size} process{'es' if group.world_size != 1 else ''} ({group.backend})"
     print(f"{'resuming' if resumed else 'training'} {task.name}{processes}: {task.describe()}; run directory {run_dir}")
     progress = Progress(train_config.steps, trainer.step, task.unit)
     trainer.on_event = progress

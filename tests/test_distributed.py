@@ -148,22 +148,29 @@ def cli(*args) -> list[str]:
     return [sys.executable, "-m", "rnnlab", "train", "language", *args]
 
 
-def test_a_killed_rank_stops_the_other_with_an_error_not_a_hang(tmp_path, text_file):
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_dead_or_stuck_rank_stops_the_other_with_an_error_not_a_hang(tmp_path, text_file, how):
+    """killed: the peer's connection closes at once; stopped (SIGSTOP): the timeout ends the wait."""
     processes = start(cli("--text", text_file, "--hidden", "16", "--batch-size", "4", "--seq-len", "8",
                           "--steps", "1000000", "--eval-every", "1000000", "--log-every", "1", "--threads", "1",
-                          "--out", str(tmp_path / "run")), 2, tmp_path, RNNLAB_DIST_TIMEOUT="30")
+                          "--out", str(tmp_path / "run")), 2, tmp_path, RNNLAB_DIST_TIMEOUT="20")
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 90
     while not metrics.exists() and time.monotonic() < deadline and processes[0].poll() is None:
         time.sleep(0.2)
     assert metrics.exists(), "training never started"
-    processes[1].send_signal(signal.SIGKILL)
+    processes[1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
     started = time.monotonic()
-    code, _, err = finish(processes[:1], timeout=60)[0]
-    finish(processes[1:])
-    assert code == 1 and time.monotonic() - started < 45
+    try:
+        code, _, err = finish(processes[:1], timeout=80)[0]
+    finally:
+        processes[1].kill()
+        finish(processes[1:])
+    assert code == 1 and time.monotonic() - started < 60
     lines = err.strip().splitlines()
     assert lines[-1].startswith("rnnlab: error: rank 0 of 2: another process of the group died"), err[-2000:]
+    if how == "stopped":
+        assert "Timed out" in lines[-1]
     assert "Traceback" not in err
 
 
