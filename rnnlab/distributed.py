@@ -41,8 +41,8 @@ from .checkpoints import CheckpointError, check_weights
 from .data.batches import Batch
 from .training import Trainer, resolve_device, seed_everything
 
-__all__ = ["Group", "launched", "join", "leave", "is_reporter", "launch_flags", "rank_seed", "ShardedBatches", "DistributedTrainer",
-           "PeerFailure", "SharedError", "DEFAULT_TIMEOUT_S"]
+__all__ = ["Group", "launched", "join", "leave", "is_reporter", "launch_flags", "rank_seed", "timeout_s", "batch_rows",
+           "ShardedBatches", "DistributedTrainer", "PeerFailure", "SharedError", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 600.0
 # The environment torchrun gives each process (and a hand-made launch must give too).
@@ -92,6 +92,7 @@ def _environment() -> dict[str, int]:
 
 
 def timeout_s() -> float:
+    """Seconds any collective may wait for the other processes (RNNLAB_DIST_TIMEOUT)."""
     text = os.environ.get("RNNLAB_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
     try:
         value = float(text)
