@@ -221,29 +221,47 @@ def _train_setup(args):
 
 
 def cmd_train(args) -> int:
-    """Train a task (default: the character language model on the bundled Shakespeare)."""
+    """Train a task (default: the character language model on the bundled Shakespeare); under
+    torchrun, data-parallel over its processes (rnnlab/distributed.py)."""
+    from . import distributed
     from .checkpoints import RunDir
 
     task, train_config, run_dir, resumed = _train_setup(args)
     _check_device(train_config.device)
-    with RunDir(run_dir).locked("rnnlab train"):  # for the whole run: a second process gets an error naming this one
-        return _train_locked(args, task, train_config, run_dir, resumed)
+    if not resumed:
+        RunDir(run_dir).check_new()  # every rank alike, before any joins the group
+    group = distributed.join(train_config.device) if distributed.launched() else None
+    try:
+        if group is not None and group.rank != 0:  # only rank 0 writes the run directory, so only it locks it
+            return _train(args, task, train_config, run_dir, resumed, group)
+        with RunDir(run_dir).locked("rnnlab train"):  # for the whole run: a second process gets an error naming this one
+            return _train(args, task, train_config, run_dir, resumed, group)
+    finally:
+        distributed.leave(group)
 
 
-def _train_locked(args, task, train_config, run_dir: Path, resumed: bool) -> int:
+def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int:
+    """Train, and on the reporting process (the only one, or rank 0 of torchrun's) show and report."""
+    from . import distributed
     from .checkpoints import RunDir
     from .tasks import run_config, write_artifacts
     from .training import Trainer
 
-    if not resumed:
+    reporter = group is None or group.rank == 0
+    if reporter and not resumed:
         RunDir(run_dir).start_new()
-    trainer = Trainer(task.model, task.batches(train_config.seed), task.loss, train_config,
-                      evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
+    parts = (task.model, task.batches(train_config.seed), task.loss, train_config)
+    options = dict(evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
+    trainer = Trainer(*parts, **options) if group is None else distributed.DistributedTrainer(group, *parts, **options)
     if resumed:
         trainer.resume()
-    else:
+    elif reporter:
         write_artifacts(task, run_dir)
-    print(f"{'resuming' if resumed else 'training'} {task.name}: {task.describe()}; run directory {run_dir}")
+    if not reporter:
+        return 130 if trainer.fit().stopped == "interrupted" else 0
+    processes = "" if group is None else \
+        f" on {group.world_size} process{'es' if group.world_size != 1 else ''} ({group.backend})"
+    print(f"{'resuming' if resumed else 'training'} {task.name}{processes}: {task.describe()}; run directory {run_dir}")
     progress = Progress(train_config.steps, trainer.step, task.unit)
     trainer.on_event = progress
     try:
@@ -255,7 +273,8 @@ def _train_locked(args, task, train_config, run_dir: Path, resumed: bool) -> int
           f"({result.cpu_s / 60:.1f} min of process CPU time), {result.tokens / max(result.elapsed_s, 1e-9):,.0f} "
           f"{task.unit}s/s overall")
     if result.stopped == "interrupted":
-        print(f"interrupted: checkpoint saved; continue with: rnnlab train --resume {run_dir}")
+        again = "rnnlab train" if group is None else f"torchrun {distributed.launch_flags(group)} -m rnnlab train"
+        print(f"interrupted: checkpoint saved; continue with: {again} --resume {run_dir}")
         return 130
     if train_config.threads is not None:  # the report's evaluations too, not only fit (which restores the default)
         import torch
@@ -618,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(_task_named(argv)).parse_args(argv)
     if debug:
         return args.func(args)
+    from .distributed import PeerFailure, SharedError, is_reporter
+
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings
         try:
@@ -629,8 +650,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
             return 2
         except (RnnlabError, ValueError) as error:  # wrong input or a run that cannot serve: a message
-            print(f"rnnlab: error: {error}", file=sys.stderr)
+            if is_reporter() or not isinstance(error, SharedError):  # torchrun: rank 0 reports what all ranks raise
+                print(f"rnnlab: error: {error}", file=sys.stderr)
             return 2
+        except PeerFailure as error:  # torchrun: another process died or stopped answering
+            print(f"rnnlab: error: {error}", file=sys.stderr)
+            return 1
         except OSError as error:  # the machine: a missing or unwritable file, a full disk
             where = f": {error.filename}" if error.filename else ""
             print(f"rnnlab: error: {error.strerror or error}{where}", file=sys.stderr)

@@ -214,19 +214,30 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
+    # The hooks below (world_size, _rank_state, _restore, _seed_stream, _stop_reason, _saves_checkpoints)
+    # are what rnnlab.distributed.DistributedTrainer overrides: the Trainer itself is one process.
+    world_size = 1
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What belongs to this process alone: the carried state and the random generators."""
+        return {
+            "carried": _to(self.carried, "cpu"),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_python": list(random.getstate()[1]),
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the weights that the rest of the run depends on."""
         return {
+            "world_size": self.world_size,
             "step": self.step,
             "tokens": self.tokens,
             "elapsed_s": self.elapsed()[0],
             "cpu_s": self.elapsed()[1],
             "optimizer": self.optimizer.state_dict(),
             "batches": self.batches.state_dict(),
-            "carried": _to(self.carried, "cpu"),
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "rng_python": list(random.getstate()[1]),
+            **self._rank_state(),
             "best_eval_loss": self.best_eval_loss,
             "evals_since_best": self.evals_since_best,
             "last_eval": self.last_eval,
@@ -253,6 +264,17 @@ class Trainer:
     def _resume(self) -> int:
         step, weights, state = self.run.load(self.device)
         check_weights(self.run.weights_file(step), weights, self.model)
+        return self._restore(step, weights, state, self.run.trainer_file(step))
+
+    def _restore(self, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any], source) -> int:
+        """Load a checkpoint's weights and trainer state (read from `source`) into this trainer."""
+        written_by = state.get("world_size", 1)
+        if written_by != self.world_size:
+            processes = f"{written_by} process{'es' if written_by != 1 else ''}"
+            raise CheckpointError(f"{source} was written by {processes}, each carrying its own rows' state, so it "
+                                  f"resumes with {written_by} only; got {self.world_size}: resume with "
+                                  + (f"torchrun --nproc-per-node {written_by} -m rnnlab train --resume ..."
+                                     if written_by > 1 else "rnnlab train --resume ... (without torchrun)"))
         self.model.load_state_dict(weights)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -267,9 +289,10 @@ class Trainer:
             self.best_eval_loss, self.evals_since_best = state["best_eval_loss"], state["evals_since_best"]
             self.last_eval, self.last_eval_step = state["last_eval"], state["last_eval_step"]
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
-            raise CheckpointError(f"{self.run.trainer_file(step)} does not match this trainer (optimiser, data or format "
+            raise CheckpointError(f"{source} does not match this trainer (optimiser, data or format "
                                   f"differ): {error}") from None
-        self.run.truncate_metrics(step)
+        if self.run is not None:
+            self.run.truncate_metrics(step)
         self.resumed = True
         return step
 
@@ -330,7 +353,7 @@ class Trainer:
     def _fit(self) -> TrainResult:
         c = self.config
         if not self.resumed:
-            seed_everything(c.seed)  # the training stream starts from the seed, whatever init consumed
+            self._seed_stream()
         self._stop_requested = False
         started = time.monotonic()
         self._session_start = (started, time.process_time())
@@ -339,11 +362,9 @@ class Trainer:
         stopped = "steps"
         with self._ctrl_c_stops():
             while self.step < c.steps:
-                if self._stop_requested:
-                    stopped = "interrupted"
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    stopped = "time"
+                reason = self._stop_reason(deadline)
+                if reason is not None:
+                    stopped = reason
                     break
                 batch_started = time.monotonic()
                 loss, count = self._train_batch(next(self.batches))
@@ -355,11 +376,11 @@ class Trainer:
                     if self._evaluate_and_check():
                         stopped = "early_stopping"
                         break
-                if self.run is not None and self.step % c.checkpoint_every == 0:
+                if self._saves_checkpoints() and self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
             if self.evaluate_fn is not None and self.last_eval_step != self.step and stopped != "interrupted":
                 self._evaluate_and_check()
-            checkpoint = self.save_checkpoint() if self.run is not None else None
+            checkpoint = self.save_checkpoint() if self._saves_checkpoints() else None
         self.elapsed_before, self.cpu_before = self.elapsed()
         self._session_start = None
         if self.run is not None:
@@ -368,6 +389,20 @@ class Trainer:
             plot_losses(self.run.read_metrics(), self.run.path / "loss.png", self.run_config.get("unit", "token"))
         return TrainResult(self.step, stopped, self.elapsed_before, self.cpu_before, self.tokens, self.last_eval,
                            self.best_eval_loss, checkpoint)
+
+    def _seed_stream(self) -> None:
+        seed_everything(self.config.seed)  # the training stream starts from the seed, whatever init consumed
+
+    def _stop_reason(self, deadline: float | None) -> str | None:
+        """Why to stop before the next step: 'interrupted', 'time', or None to go on."""
+        if self._stop_requested:
+            return "interrupted"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "time"
+        return None
+
+    def _saves_checkpoints(self) -> bool:
+        return self.run is not None
 
     def elapsed(self) -> tuple[float, float]:
         """(wall, process CPU) seconds of training so far, over all sessions of the run. CPU time

@@ -1,0 +1,7 @@
+"""`python -m rnnlab ...` is the `rnnlab` command; torchrun starts it so: `torchrun ... -m rnnlab train`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
