@@ -8,9 +8,7 @@ nothing, or take the string "False" for true.
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
-import typing
 
 import torch
 
