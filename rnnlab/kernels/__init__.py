@@ -26,6 +26,7 @@ from .fused import fused, unavailable as _fused_unavailable
 from .native import native, unavailable as _native_unavailable
 from .reference import reference, valid_steps, where_state
 from .scan import scan, unavailable as _scan_unavailable
+from .traceable import traceable, unavailable as _traceable_unavailable
 
 IMPLEMENTATIONS = {"reference": reference, "native": native, "scan": scan, "fused": fused}
 _UNAVAILABLE = {"reference": lambda cell, **context: None, "native": _native_unavailable,
@@ -77,12 +78,33 @@ def choose(cell, implementation: str, **context) -> str:
     return implementation
 
 
+def exporting() -> bool:
+    """Whether a tracer (torch.jit.trace, the TorchScript ONNX exporter) is recording this call."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def _export_choice(cell, implementation: str, **context) -> str:
+    """While tracing: torch's kernels where they serve (the ONNX exporter writes them as ONNX
+    LSTM/GRU/RNN ops) for `auto` and `native`; every other implementation, whose Python loop a tracer
+    would unroll to a fixed length and whose C++ loops it would record as constants, runs the
+    scripted loop of traceable.py (one ONNX Loop)."""
+    if implementation in ("auto", "native") and not context["lengths"] and _native_unavailable(cell, **context) is None:
+        return "native"
+    reason = _traceable_unavailable(cell, **context)
+    if reason is not None:
+        raise ValueError(f"Recurrent: cannot export or trace {type(cell).__name__}: {reason}")
+    return "traceable"
+
+
 def run(cell, xs, state, y_prev, lengths, masks, implementation: str = "auto"):
     masks = tuple(masks) if masks is not None else (None, None)
+    if exporting():
+        name = _export_choice(cell, implementation, masks=masks, lengths=lengths is not None)
+        return (traceable if name == "traceable" else native)(cell, xs, state, y_prev, lengths, masks)
     name = choose(cell, implementation, feedback=y_prev is not None, lengths=lengths is not None,
                   masks=masks, training=cell.training, device=xs.device.type)
     return IMPLEMENTATIONS[name](cell, xs, state, y_prev, lengths, masks)
 
 
-__all__ = ["run", "choose", "available", "reference", "native", "scan", "fused", "valid_steps", "where_state",
+__all__ = ["run", "choose", "exporting", "traceable", "available", "reference", "native", "scan", "fused", "valid_steps", "where_state",
            "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_ORDER", "order"]
