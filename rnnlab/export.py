@@ -252,6 +252,10 @@ def verify(graph: _Graph, model_bytes_or_path, lengths=CHECK_LENGTHS, batches=CH
     max(1, |output|). ValueError when it exceeds float32's tolerance."""
     sess, worst = session(model_bytes_or_path), 0.0
     names = graph.input_names()
+    unread = [name for name in names if name not in {i.name for i in sess.get_inputs()}]
+    if unread:  # what a tracer does to a loop it cannot see into: its outputs become constants
+        raise ValueError(f"export: the exported graph does not read {', '.join(unread)}; it would give the same "
+                         f"outputs whatever they are")
     shapes = [(b, None) for b in batches] if isinstance(graph, StepGraph) else [(b, t) for b in batches for t in lengths]
     for i, (batch, steps) in enumerate(shapes):
         tensors = graph.examples(batch, steps, seed=1 + i)
