@@ -103,7 +103,21 @@ def run(cell, xs, state, y_prev, lengths, masks, implementation: str = "auto"):
         return (traceable if name == "traceable" else native)(cell, xs, state, y_prev, lengths, masks)
     name = choose(cell, implementation, feedback=y_prev is not None, lengths=lengths is not None,
                   masks=masks, training=cell.training, device=xs.device.type)
+    if name == "fused" and torch.is_autocast_enabled(xs.device.type):
+        return _without_autocast(fused, cell, xs, state, y_prev, lengths, masks)
     return IMPLEMENTATIONS[name](cell, xs, state, y_prev, lengths, masks)
+
+
+def _without_autocast(implementation, cell, xs, state, y_prev, lengths, masks):
+    """Under torch.autocast: `fused`'s hand-written loops (C++, Python, CUDA graphs) compute in the
+    parameters' dtype, in place into buffers of one dtype, which autocast's casts would break. They
+    run with autocast off on inputs cast to that dtype (float32: the recurrence accumulates in it),
+    and return it; gradients flow back through the casts to the lower-precision inputs."""
+    dtype = cell.weight_ih.dtype
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    state = tuple(map(cast, state)) if isinstance(state, tuple) else cast(state)
+    with torch.autocast(xs.device.type, enabled=False):
+        return implementation(cell, cast(xs), state, cast(y_prev), lengths, tuple(map(cast, masks)))
 
 
 __all__ = ["run", "choose", "exporting", "traceable", "available", "reference", "native", "scan", "fused", "valid_steps", "where_state",
