@@ -79,8 +79,10 @@ def choose(cell, implementation: str, **context) -> str:
 
 
 def exporting() -> bool:
-    """Whether a tracer (torch.jit.trace, the TorchScript ONNX exporter) is recording this call."""
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    """Whether a tracer is recording this call: torch.jit.trace, or the TorchScript-based ONNX exporter
+    (torch.onnx.export(dynamo=False), which traces; 0.1 us a call, against 9 us for
+    torch.onnx.is_in_onnx_export, which would add up in step-by-step loops)."""
+    return torch.jit.is_tracing()
 
 
 def _export_choice(cell, implementation: str, **context) -> str:
