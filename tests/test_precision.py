@@ -21,7 +21,8 @@ CASES = [(name, feedback, reads) for name in LADDER for feedback in (0, 3) for r
 
 def close(low: torch.Tensor, full: torch.Tensor, tolerance: float = 0.03) -> bool:
     """Within bf16's tolerance: 8 bits of mantissa, a few roundings deep, relative to the scale."""
-    return float((low.float() - full).abs().max()) <= tolerance * max(1.0, float(full.abs().max()))
+    low, full = low.detach().float(), full.detach()
+    return float((low - full).abs().max()) <= tolerance * max(1.0, float(full.abs().max()))
 
 
 def check_autocast(name, feedback, reads, device, dtype):
