@@ -345,20 +345,19 @@ def cmd_sample(args) -> int:
 
 
 def _sample_onnxruntime(task, args) -> str:
-    """Sample on the run's exported step graph (RUN_DIR/model-step.onnx), exporting it first when it
-    is missing or older than the weights."""
+    """Sample on the step graph of the loaded weights, exported (and checked) into a temporary folder:
+    always the weights --weights names, never a stale file."""
+    import tempfile
+
     from . import export
-    from .checkpoints import RunDir
 
     try:
         graph = export.StepGraph(task.model.eval())
-        path = export.step_path(Path(args.run_dir) / "model.onnx")
-        newest = max((f.stat().st_mtime for f in RunDir(args.run_dir).path.glob("*.safetensors")), default=0.0)
-        if not path.is_file() or path.stat().st_mtime < newest:
-            print(f"exporting the step graph to {path}", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "step.onnx"
             export.export_model(graph, path)
             export.verify(graph, path)
-        stepper = export.OnnxStep(path, graph)
+            stepper = export.OnnxStep(path, graph)  # the session holds the model; the file may go
     except export.MissingExtra as error:
         raise ValueError(f"rnnlab sample --engine onnxruntime: {error}") from None
     return export.sample_text(task, stepper, args.prompt, args.length, args.temperature, args.top_k, args.seed)
@@ -501,7 +500,7 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     sample.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     sample.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
-                        help="run the model in PyTorch or its exported step graph in onnxruntime (default: torch)")
+                        help="run the model in PyTorch, or export its step graph and run that in onnxruntime (default: torch)")
     sample.set_defaults(func=cmd_sample)
 
     evaluate = sub.add_parser("eval", help="the task's metrics of a trained run next to its baselines (language: nats and bits per token)")
