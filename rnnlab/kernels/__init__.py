@@ -14,6 +14,10 @@ The configuration is the cell plus the context of the call: whether y_prev is gi
 whether there are `lengths`, the dropout `masks` (mx, mh) sampled for this sequence, and whether
 the cell is `training`, and the `device` type of the tensors ('cpu' when not given).
 `available` says why an implementation cannot serve it (None if it can).
+
+Two contexts change the dispatch: while a tracer records (torch.jit.trace, the ONNX exporter) every
+implementation runs as `native` where torch's kernel serves, else as `traceable` (a scripted loop:
+one ONNX Loop, the length dynamic); under torch.autocast `fused` runs in float32 with autocast off.
 """
 
 from __future__ import annotations
