@@ -15,9 +15,10 @@ whether there are `lengths`, the dropout `masks` (mx, mh) sampled for this seque
 the cell is `training`, and the `device` type of the tensors ('cpu' when not given).
 `available` says why an implementation cannot serve it (None if it can).
 
-Two contexts change the dispatch: while a tracer records (torch.jit.trace, the ONNX exporter) every
-implementation runs as `native` where torch's kernel serves, else as `traceable` (a scripted loop:
-one ONNX Loop, the length dynamic); under torch.autocast `fused` runs in float32 with autocast off.
+Two contexts change the dispatch: while a tracer records (torch.jit.trace, the ONNX exporter) `auto`
+and `native` run torch's kernel where it serves (an ONNX LSTM/GRU/RNN op), everything else the
+`traceable` loop (TorchScript: one ONNX Loop, the length dynamic); under torch.autocast `fused` runs
+in float32 with autocast off.
 """
 
 from __future__ import annotations
