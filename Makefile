@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,export]'
 	@# the headless Chromium of the browser tests (tests/test_explore.py): apt-get as root, else
 	@# unpacked into .cache/browser; bounded, and it never fails the set-up (those tests then skip)
 	bash scripts/install_browser.sh

@@ -452,8 +452,64 @@ def cmd_sample(args) -> int:
     if unknown:
         print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
               file=sys.stderr)
-    text = task.sample_text(task.model, args.prompt, args.length, args.temperature, args.top_k, args.seed)
+    if args.engine == "onnxruntime":
+        text = _sample_onnxruntime(task, args)
+    else:
+        text = task.sample_text(task.model, args.prompt, args.length, args.temperature, args.top_k, args.seed)
     print(args.prompt + text)
+    return 0
+
+
+# --- export (ONNX) and sampling on the exported step ----------------------------------------------
+
+
+def _sample_onnxruntime(task, args) -> str:
+    """Sample on the step graph of the loaded weights, exported (and checked) into a temporary folder:
+    always the weights --weights names, never a stale file."""
+    import tempfile
+
+    from . import export
+
+    try:
+        graph = export.StepGraph(task.model.eval())
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "step.onnx"
+            export.export_model(graph, path)
+            export.verify(graph, path)
+            stepper = export.OnnxStep(path, graph)  # the session holds the model; the file may go
+    except export.MissingExtra as error:
+        raise ValueError(f"rnnlab sample --engine onnxruntime: {error}") from None
+    return export.sample_text(task, stepper, args.prompt, args.length, args.temperature, args.top_k, args.seed)
+
+
+def cmd_export(args) -> int:
+    """Export a trained run as ONNX (sequence and step graphs), verified in onnxruntime."""
+    from . import export
+
+    task, file = _open_trained(args)  # on the CPU: the exported graph is device-neutral
+    out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
+    if out.suffix != ".onnx":
+        raise ValueError(f"rnnlab export: --out must name a .onnx file; got {str(out)!r}")
+    if not out.parent.is_dir():
+        raise ValueError(f"rnnlab export: --out's folder {str(out.parent)!r} does not exist")
+    model = task.model.eval()
+    print(f"weights: {file}")
+    try:
+        graphs = [(export.SequenceGraph(model), out)]
+        try:
+            graphs.append((export.StepGraph(model), export.step_path(out)))
+        except ValueError as error:  # a model without a one-step form still exports its sequence graph
+            print(f"no step graph: {error}", file=sys.stderr)
+        for graph, path in graphs:
+            export.export_model(graph, path)
+            worst = export.verify(graph, path)
+            checked = ("batch sizes " + ", ".join(map(str, export.CHECK_BATCHES)) +
+                       ("" if isinstance(graph, export.StepGraph) else
+                        ", lengths " + ", ".join(map(str, export.CHECK_LENGTHS))))
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; inputs {', '.join(graph.input_names())}); "
+                  f"onnxruntime matches PyTorch within {worst:.1e} ({checked})")
+    except export.MissingExtra as error:
+        raise ValueError(f"rnnlab export: {error}") from None
     return 0
 
 
@@ -564,6 +620,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0: greedy (default: 0.8)")
     sample.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    sample.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
+                        help="run the model in PyTorch, or export its step graph and run that in onnxruntime (default: torch)")
     sample.set_defaults(func=cmd_sample)
 
     evaluate = sub.add_parser("eval", help="the task's metrics of a trained run next to its baselines (language: nats and bits per token)")
@@ -586,6 +644,17 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     explore.add_argument("--weights", choices=("best", "last"), default="best",
                          help="the best evaluation's weights or the last checkpoint's (default: best)")
     explore.set_defaults(func=cmd_explore)
+
+    exp = sub.add_parser("export", help="export a trained run as ONNX (sequence and one-step graphs), checked in onnxruntime",
+                         description="Write RUN_DIR's model as an ONNX graph with dynamic batch and length (--out) and "
+                                     "its one-step graph beside it (NAME-step.onnx), the state as explicit inputs and "
+                                     "outputs; each is compared with PyTorch in onnxruntime. Needs pip install 'rnnlab[export]'.")
+    exp.add_argument("run_dir", metavar="RUN_DIR")
+    exp.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
+    exp.add_argument("--out", metavar="PATH", help="the sequence graph's file (default: RUN_DIR/model.onnx)")
+    exp.add_argument("--weights", choices=("best", "last"), default="best",
+                     help="the best evaluation's weights or the last checkpoint's (default: best)")
+    exp.set_defaults(func=cmd_export, device="cpu", threads=None)
 
     for command in (sample, evaluate):
         command.add_argument("--weights", choices=("best", "last"), default="best",

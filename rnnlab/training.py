@@ -47,6 +47,7 @@ __all__ = ["TrainConfig", "Trainer", "TrainResult", "seed_everything", "resolve_
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
 TEACHER_FORCING_SCHEDULES = ("linear", "exponential", "inverse_sigmoid")
+PRECISIONS = ("32", "bf16")
 # Fields a resumed run may change: they set budgets and bookkeeping, not the trajectory.
 RESUMABLE_FIELDS = ("steps", "max_minutes", "device", "threads", "eval_every", "checkpoint_every", "log_every", "patience")
 
@@ -88,6 +89,8 @@ class TrainConfig:
                                       "(none: never)", low=1)
     checkpoint_every: int = knob(500, "write a checkpoint every this many steps (and at the end)", low=1)
     log_every: int = knob(10, "write the mean training loss to metrics.jsonl every this many steps", low=1)
+    precision: str = knob("32", "arithmetic of the forward passes: 32 (float32) or bf16 (torch.autocast to bfloat16; "
+                                "weights, gradients and optimiser stay float32)", PRECISIONS)
 
     def __post_init__(self):
         validate(self)
@@ -298,6 +301,10 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
 
+    def autocast(self):
+        """The context of forward passes in the configured precision (backward follows autocast's casts)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+
     def request_stop(self) -> None:
         """Stop after the current step, with a checkpoint (what Ctrl-C does)."""
         self._stop_requested = True
@@ -425,7 +432,8 @@ class Trainer:
         total, count = 0.0, 0
         for window in windows:
             state = self.carried if window.continues else None
-            loss, state, n = self.loss_fn(self.model, window, state, teacher_forcing)
+            with self.autocast():
+                loss, state, n = self.loss_fn(self.model, window, state, teacher_forcing)
             self.optimizer.zero_grad(set_to_none=True)
             (loss + regularization_loss(self.model)).backward()
             if self.config.clip_norm is not None:
@@ -462,7 +470,8 @@ class Trainer:
         self.model.eval()
         try:
             with torch.no_grad():
-                metrics = self.evaluate_fn(self.model)
+                with self.autocast():
+                    metrics = self.evaluate_fn(self.model)
         finally:
             self.model.train()
         if "loss" not in metrics:

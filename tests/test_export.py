@@ -1,0 +1,182 @@
+"""ONNX export (rnnlab/export.py, kernels/traceable.py): every ladder cell and implementation, with and
+without output feedback, exported with dynamic batch and length and compared with PyTorch in
+onnxruntime at three lengths and two batch sizes; the step graph; `rnnlab export` and
+`rnnlab sample --engine onnxruntime`."""
+
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from play_text import write_play
+
+import rnnlab as R
+from rnnlab import export, kernels
+from rnnlab.cells import LADDER
+from rnnlab.cli import main
+
+onnx = pytest.importorskip("onnx", reason="the export extra: pip install 'rnnlab[export]'")
+pytest.importorskip("onnxruntime", reason="the export extra: pip install 'rnnlab[export]'")
+
+FEEDBACK = 3
+
+
+def model_of(name: str, feedback: bool, implementation: str, layers: int = 1, **options) -> R.RecurrentModel:
+    torch.manual_seed(0)
+    cell = LADDER[name](4, 6, FEEDBACK if feedback else 0, **options)
+    core = R.Stacked(R.Recurrent(cell, implementation),
+                     *([R.Recurrent(LADDER[name](6, 5, **options), implementation)] if layers == 2 else []))
+    if layers == 1:
+        return R.RecurrentModel(core, nn.Linear(6, 2), feedback_map=R.RawFeedback(FEEDBACK) if feedback else None).eval()
+    return R.RecurrentModel(core, nn.Linear(5, 2), feedback_map=R.RawFeedback(FEEDBACK) if feedback else None).eval()
+
+
+def implementations(cell) -> list[str]:
+    """The implementations that can run this cell in eval mode (explicit ones raise elsewhere)."""
+    names = ["auto", "reference", "fused", "native", "scan"]
+    return [n for n in names if n == "auto" or kernels.available(cell, n, feedback=cell.feedback_size > 0,
+                                                                  lengths=False, masks=(None, None),
+                                                                  training=False, device="cpu") is None]
+
+
+def time_loop_ops(data: bytes) -> set[str]:
+    return {n.op_type for n in onnx.load_from_string(data).graph.node} & {"Loop", "Scan", "LSTM", "GRU", "RNN"}
+
+
+NOT_TRACEABLE = ("peephole-lstm", "layernorm-lstm")  # no TorchScript step yet: export refuses them in one line
+CASES = [(name, feedback, {}) for name in LADDER for feedback in (False, True)
+         if (name != "feedback" or feedback) and name not in NOT_TRACEABLE]
+CASES += [("gru", False, {"reads_state": False}), ("forget", True, {"reads_state": False}),
+          ("residual", False, {"residual": "before", "activation": "relu"}), ("vanilla", False, {"depth": 2}),
+          ("lstm", False, {"zoneout": 0.2}), ("input", False, {"activation": "gelu", "gate_activation": "hard_sigmoid"})]
+
+
+@pytest.mark.parametrize("name,feedback,options", CASES, ids=[f"{n}-{'fb' if f else 'plain'}-{'-'.join(map(str, o.values()))}"
+                                                             for n, f, o in CASES])
+def test_every_cell_and_implementation_exports_and_matches_pytorch_in_onnxruntime(name, feedback, options):
+    cell = model_of(name, feedback, "reference", **options).core.layers[0].cell
+    for implementation in implementations(cell):
+        graph = export.SequenceGraph(model_of(name, feedback, implementation, **options))
+        data = export.export_model(graph)
+        # PyTorch runs the implementation itself (fused: the C++ or Python loop), onnxruntime the export
+        worst = export.verify(graph, data, lengths=(1, 6, 25), batches=(1, 3))
+        assert worst < 1e-4, (implementation, worst)
+        ops = time_loop_ops(data)
+        assert ops, f"{implementation}: no time loop in the graph: unrolled to the traced length"
+        model_inputs = {i.name for i in onnx.load_from_string(data).graph.input}
+        assert "inputs" in model_inputs and ("feedback" in model_inputs) == feedback
+
+
+def test_without_the_export_dispatch_fused_is_traced_into_constants(monkeypatch):
+    # the issue's bug, kept as a check that `verify` catches it: the C++ loop's outputs become constants
+    graph = export.SequenceGraph(model_of("gru", False, "fused", layers=2))
+    assert len(onnx.load_from_string(export.export_model(graph)).graph.input) == 3  # inputs and both states
+    monkeypatch.setattr(kernels, "exporting", lambda: False)
+    with pytest.raises(ValueError, match="does not read state_0"):
+        export.verify(graph, export.export_model(graph))
+
+
+def test_exported_graph_has_dynamic_batch_and_time_axes():
+    data = export.export_model(export.SequenceGraph(model_of("lstm", False, "auto", layers=2)))
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load_from_string(data).graph.input]
+    assert dims[0] == ["batch", "time", 4] and dims[1] == ["batch", 6]
+
+
+def test_step_graph_takes_and_returns_the_state_and_matches_the_sequence_one_step_at_a_time():
+    model = model_of("forget", True, "fused", layers=2)
+    step = export.StepGraph(model)
+    data = export.export_model(step)
+    assert export.verify(step, data) < 1e-4
+    names = [i.name for i in onnx.load_from_string(data).graph.input]
+    assert names == ["inputs", "feedback", "state_0", "state_1"]
+    # running the step graph T times gives the sequence model's outputs and final state
+    sess = export.session(data)
+    xs, fed = torch.randn(2, 9, 4), torch.randn(2, 9, FEEDBACK)
+    with torch.no_grad():
+        expected, *final = export.SequenceGraph(model)(xs, fed, *step.examples(2, None)[2:])
+    state = [s.numpy() for s in step.examples(2, None)[2:]]
+    outs = []
+    for t in range(9):
+        y, *state = sess.run(None, {"inputs": xs[:, t].numpy(), "feedback": fed[:, t].numpy(),
+                                    "state_0": state[0], "state_1": state[1]})
+        outs.append(torch.from_numpy(y))
+    assert torch.allclose(torch.stack(outs, 1), expected, atol=1e-5)
+    assert all(torch.allclose(torch.from_numpy(a), b, atol=1e-5) for a, b in zip(state, final))
+
+
+def test_sequence_to_vector_with_lengths_exports():
+    torch.manual_seed(0)
+    core = R.Stacked(R.Recurrent(R.GRUCell(5, 7)))
+    for pool in ("last", "mean", "max"):
+        model = R.SequenceToVector(core, nn.Linear(7, 2), input_map=nn.Embedding(11, 5), pool=pool).eval()
+        graph = export.SequenceGraph(model)
+        assert graph.input_names() == ["inputs", "lengths", "state_0"]
+        assert export.verify(graph, export.export_model(graph)) < 1e-4
+    with pytest.raises(ValueError, match="pool='mean' has no one-step form"):
+        export.StepGraph(model.__class__(core, nn.Linear(7, 2), pool="mean"))
+
+
+def test_bad_models_give_one_line_errors():
+    with pytest.raises(ValueError, match="model must be a RecurrentModel or a SequenceToVector; got Recurrent"):
+        export.SequenceGraph(R.Recurrent(R.GRUCell(2, 3)))
+    graph = export.SequenceGraph(model_of("gru", False, "auto"))
+    with pytest.raises(ValueError, match="eval mode"):
+        graph.train()
+
+
+def test_a_user_trace_uses_the_traceable_loop_and_keeps_the_length_dynamic():
+    class Outputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.runner = R.Recurrent(R.ForgetGatedCell(3, 4), "fused").eval()
+
+        def forward(self, xs):
+            return self.runner(xs)[0]
+
+    model = Outputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, torch.randn(2, 5, 3))
+    xs = torch.randn(3, 11, 3)
+    assert torch.allclose(traced(xs), model(xs), atol=1e-6)
+
+
+def test_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as when it is not installed
+    with pytest.raises(export.MissingExtra, match=r"onnxruntime is not installed; .*pip install 'rnnlab\[export\]'"):
+        export.require("onnxruntime")
+
+
+TINY = ["--hidden", "12", "--embedding", "6", "--batch-size", "4", "--seq-len", "12", "--eval-tokens", "200",
+        "--eval-every", "8", "--log-every", "4", "--threads", "1", "--steps", "8", "--samples", "0"]
+
+
+@pytest.mark.parametrize("cell,feedback", [("gru", False), ("lstm", False), ("forget", True)])
+def test_cli_export_and_greedy_sampling_on_onnxruntime_equals_pytorch(tmp_path, capsys, cell, feedback):
+    run = tmp_path / "run"
+    text = write_play(tmp_path / "play.txt")
+    flags = ["--cell", cell] + (["--feedback"] if feedback else [])
+    assert main(["train", "--text", str(text), *TINY, *flags, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "lm.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "lm.onnx" in out and "lm-step.onnx" in out and "onnxruntime matches PyTorch" in out
+    sample = ["sample", str(run), "--prompt", "ROMEO:", "--length", "60", "--temperature", "0"]
+    assert main(sample) == 0
+    torch_text = capsys.readouterr().out
+    assert main(sample + ["--engine", "onnxruntime"]) == 0
+    assert capsys.readouterr().out == torch_text
+
+
+def test_cli_export_rejects_bad_paths(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing")]) == 2
+    assert "rnnlab: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", NOT_TRACEABLE)
+def test_a_cell_without_a_traceable_step_is_refused_in_one_line(name):
+    with pytest.raises(ValueError, match=r"cannot export or trace .*the traceable loop has no step for"):
+        export.export_model(export.SequenceGraph(model_of(name, False, "auto")))
