@@ -234,9 +234,10 @@ def _compile(directory: Path, name: str, source: Path, flags: list[str], timeout
         return f"the build took longer than {timeout:.0f} s and was stopped"
     except OSError as error:
         return str(error)
-    if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        return lines[-1].strip() if lines else f"exit status {done.returncode}"
+    if done.returncode != 0:  # the compiler's first error says more than ninja's last line
+        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        errors = [line for line in lines if "error" in line.lower() or "not found" in line.lower()]
+        return (errors or lines or [f"exit status {done.returncode}"])[0][:300]
     return None
 
 
