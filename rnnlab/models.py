@@ -79,7 +79,8 @@ class RecurrentModel(nn.Module):
 
     def _closed_loop(self, xs, state, lengths, fed_targets, teacher_forcing):
         """One step at a time, feeding back own outputs (or, by coin, the targets)."""
-        lengths = check_sequence("RecurrentModel", xs, self.core.input_size, lengths, None, 0, self.core.weight())
+        lengths = check_sequence("RecurrentModel", xs, self.core.input_size, lengths, None, 0,
+                                 self.core.example_weight())
         batch, steps = xs.shape[:2]
         state = (self.core.initial_state(batch, xs.device, xs.dtype) if state is None
                  else self.core.check_state(state, batch, "RecurrentModel"))

@@ -107,7 +107,8 @@ class Runner(nn.Module, ABC):
 
     def forward(self, xs, state=None, y_prev=None, lengths=None):
         where = type(self).__name__
-        lengths = check_sequence(where, xs, self.input_size, lengths, y_prev, self.feedback_size, self.weight())
+        lengths = check_sequence(where, xs, self.input_size, lengths, y_prev, self.feedback_size,
+                                 self.example_weight())
         if self.feedback_size and y_prev is None:
             raise ValueError(f"{where}: the cells feed back their output (feedback_size={self.feedback_size}), so "
                              f"y_prev (B, T, {self.feedback_size}) is required; to run free, feeding back the "
@@ -116,8 +117,8 @@ class Runner(nn.Module, ABC):
         state = self.initial_state(batch, xs.device, xs.dtype) if state is None else self.check_state(state, batch, where)
         return self.unroll(xs, state, y_prev, lengths)
 
-    def weight(self) -> torch.Tensor:
-        """A parameter of the runner: the dtype and device its inputs and state must have."""
+    def example_weight(self) -> torch.Tensor:
+        """One parameter of the runner: its dtype and device are the ones inputs and state must have."""
         return next(self.parameters())
 
     @abstractmethod

@@ -14,10 +14,11 @@ The cache, one build per key and nothing else:
   when it was built: a changed or swapped file is rebuilt, never run. Loading never invokes ninja,
   so two environments (two venvs, two ninja binaries) share one build instead of rebuilding;
 - a build runs in a child process under `BUILD_SECONDS` with an exclusive lock (flock: the kernel
-  releases it when its holder dies, so kill -9 or a closed terminal leave no lock that holds). Any
-  lock file torch's builder left behind is stale once the lock is ours, and is removed. A process
-  that finds another building waits at most until that build is `BUILD_SECONDS` old, then falls
-  back to the Python loops: nothing waits without a bound.
+  releases it when its holders die, so kill -9 or a closed terminal leave no lock that holds; the
+  child inherits it, so a child orphaned by kill -9 of its parent finishes and records its build
+  under the lock). Any lock file torch's builder left behind is stale once the lock is ours, and is
+  removed. A process that finds another building waits at most until that build is `BUILD_SECONDS`
+  old, then falls back to the Python loops: nothing waits without a bound.
 What it does (building, waiting, falling back) is said in one line each as a `BuildNote` warning:
 the core never prints, and the CLI shows warnings on stderr.
 
@@ -154,8 +155,10 @@ def _import(name: str, library: Path):
 
 @contextlib.contextmanager
 def _exclusive(directory: Path, timeout: float):
-    """Hold the build lock of `directory` for the block; yields False (not held) when another live
-    process has held it for `timeout` seconds since its build started."""
+    """Hold the build lock of `directory` for the block. Yields the lock's file descriptor (the build
+    child inherits it, so that a build orphaned by kill -9 of its parent keeps the lock until it is
+    done), None where there are no locks, False (not held) when another live process has held it for
+    `timeout` seconds since its build started."""
     path = directory / _LOCK
     with open(path, "a+") as handle:
         held = _acquire(handle, path, directory, timeout)
@@ -165,7 +168,7 @@ def _exclusive(directory: Path, timeout: float):
             handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
             handle.flush()
         try:
-            yield held is not False
+            yield handle.fileno() if held else held
         finally:
             if held:
                 handle.truncate(0)
@@ -190,6 +193,8 @@ def _acquire(handle, path: Path, directory: Path, timeout: float) -> bool | None
             return None
         holder = _holder(path)
         who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+            who = f"the build child of process {holder.get('pid')} (stopped)"  # it inherited the lock
         if first is None:
             first = time.time()
             _note(f"waiting for {who}, which is building the C++ loops in {directory} "
@@ -199,6 +204,18 @@ def _acquire(handle, path: Path, directory: Path, timeout: float) -> bool | None
             _note(f"{who} has held the build lock {path} for more than {timeout:.0f} s; using the Python loops")
             return False
         time.sleep(0.2)
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: assume it runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        pass
+    return True
 
 
 def _unlock(handle) -> None:
@@ -215,28 +232,40 @@ def _holder(path: Path) -> dict:
     return {}
 
 
+# The child: build, then record the library's hash itself, so that a build orphaned by kill -9 of
+# its parent (it holds the inherited lock until it exits) leaves a verified library, not a stale one.
 _BUILD = """
-import json, sys
+import hashlib, json, os, sys
 from torch.utils.cpp_extension import load
 a = json.loads(sys.argv[1])
 load(a["name"], [a["source"]], build_directory=a["directory"], extra_cflags=a["flags"], verbose=False)
+with open(a["library"], "rb") as library:
+    record = json.dumps({"sha256": hashlib.sha256(library.read()).hexdigest(), "key": a["key"]}, indent=1)
+with open(a["manifest"] + ".tmp", "w") as manifest:
+    manifest.write(record)
+os.replace(a["manifest"] + ".tmp", a["manifest"])
 """
 
 
-def _compile(directory: Path, name: str, source: Path, flags: list[str], timeout: float) -> str | None:
-    """Build in a child process (bounded by `timeout`); None on success, else why it failed (one line)."""
+def _compile(directory: Path, name: str, source: Path, flags: list[str], timeout: float, key: dict | None = None,
+             lock: int | None = None) -> str | None:
+    """Build in a child process (bounded by `timeout`; it inherits the `lock` descriptor); None on
+    success, else why it failed (one line)."""
     _find_ninja()
-    arguments = json.dumps({"name": name, "source": str(source), "directory": str(directory), "flags": flags})
+    arguments = json.dumps({"name": name, "source": str(source), "directory": str(directory), "flags": flags,
+                            "key": key, "library": str(directory / f"{name}{LIBRARY_SUFFIX}"),
+                            "manifest": str(directory / f"{name}.manifest.json")})
     try:
         done = subprocess.run([sys.executable, "-c", _BUILD, arguments], capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, pass_fds=() if lock is None else (lock,))
     except subprocess.TimeoutExpired:
         return f"the build took longer than {timeout:.0f} s and was stopped"
     except OSError as error:
         return str(error)
-    if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        return lines[-1].strip() if lines else f"exit status {done.returncode}"
+    if done.returncode != 0:  # the compiler's first error says more than ninja's last line
+        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        errors = [line for line in lines if "error" in line.lower() or "not found" in line.lower()]
+        return (errors or lines or [f"exit status {done.returncode}"])[0][:300]
     return None
 
 
@@ -248,12 +277,12 @@ def load_or_build(directory: Path, name: str = NAME, source: Path = SOURCE, flag
     library = verified(directory, name, key)
     if library is None:
         directory.mkdir(parents=True, exist_ok=True)
-        with _exclusive(directory, timeout) as held:
-            if not held:
+        with _exclusive(directory, timeout) as lock:
+            if lock is False:
                 return None
             library = verified(directory, name, key)  # another process may have built it while we waited
             if library is None:
-                reason = _build(directory, name, source, flags, key, timeout)
+                reason = _build(directory, name, source, flags, key, timeout, lock)
                 if reason is not None:
                     _note(f"cannot build the C++ loops ({reason}); using the Python loops")
                     return None
@@ -265,7 +294,8 @@ def load_or_build(directory: Path, name: str = NAME, source: Path = SOURCE, flag
         return None
 
 
-def _build(directory: Path, name: str, source: Path, flags: list[str], key: dict, timeout: float) -> str | None:
+def _build(directory: Path, name: str, source: Path, flags: list[str], key: dict, timeout: float,
+           lock: int | None = None) -> str | None:
     """Clear `directory` (we hold its lock), build from a copy of the source, record the library's hash."""
     leftovers = sorted(p.name for p in directory.iterdir() if p.name != _LOCK)
     if (directory / "lock").exists():
@@ -279,7 +309,7 @@ def _build(directory: Path, name: str, source: Path, flags: list[str], key: dict
     shutil.copyfile(source, copy)
     _note(f"building the C++ loops for this CPU, compiler and torch in {directory} (once; 1-3 minutes, "
           f"at most {timeout:.0f} s); RNNLAB_NO_EXTENSION=1 uses the Python loops instead")
-    reason = _compile(directory, name, copy, flags, timeout)
+    reason = _compile(directory, name, copy, flags, timeout, key=key, lock=lock)
     if reason is not None:
         return reason
     library = directory / f"{name}{LIBRARY_SUFFIX}"
