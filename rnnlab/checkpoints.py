@@ -244,7 +244,10 @@ class RunDir:
 
     def clean(self) -> list[Path]:
         """Remove what a killed or failed run left behind: temporary files, and checkpoint files
-        the manifest does not name (never loaded). Only under the lock. Returns what was removed."""
+        the manifest does not name (never loaded). Only under the lock, and only in a run directory
+        (never in a folder of the user's). Returns what was removed."""
+        if not self.is_run():
+            return []
         removed = list(self.path.glob(TEMPORARY_PATTERN))
         named: set[str] | None = set()
         if self.manifest_file.is_file():

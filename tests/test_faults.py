@@ -76,6 +76,21 @@ def test_out_naming_a_folder_of_user_files_is_refused_and_left_untouched(tmp_pat
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model-0000001.safetensors"]
 
 
+def test_the_trainer_api_refuses_a_folder_of_user_files_and_deletes_nothing(tmp_path):
+    from rnnlab.tasks import AddingConfig, AddingTask
+    from rnnlab.training import TrainConfig, Trainer
+
+    leftovers = ["model-0000001.safetensors", "trainer-0000001.pt", ".notes.txt.tmp-1"]
+    for name in leftovers:
+        (tmp_path / name).write_bytes(b"the user's")
+    task = AddingTask(AddingConfig(T=5, hidden=4, batch_size=4, eval_size=8))
+    trainer = Trainer(task.model, task.batches(0), task.loss, TrainConfig(steps=2), run_dir=tmp_path)
+    with pytest.raises(RunDirError, match="not an rnnlab run directory"):
+        trainer.fit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(leftovers)
+    assert RunDir(tmp_path).clean() == []  # cleaning never touches a folder that is not a run
+
+
 def test_check_new_raises_run_dir_error_naming_the_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(RunDirError, match=r"--out .* not an rnnlab run directory \(it holds notes\.txt\)"):
