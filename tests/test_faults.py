@@ -403,3 +403,13 @@ def test_a_wrongly_typed_value_in_config_json_names_file_and_field(adding_run, c
     assert main(["eval", str(adding_run)]) == 2
     line = error_line(capsys)
     assert "config.json" in line and f"{field} must be" in line
+
+
+def test_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path, monkeypatch):
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(checkpoints.fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock files; training unlocked"):
+        with RunDir(tmp_path / "run").locked():
+            assert (tmp_path / "run" / ".rnnlab.lock").read_text().split()[0] == str(os.getpid())
