@@ -413,3 +413,16 @@ def test_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path, mo
     with pytest.warns(UserWarning, match="cannot lock files; training unlocked"):
         with RunDir(tmp_path / "run").locked():
             assert (tmp_path / "run" / ".rnnlab.lock").read_text().split()[0] == str(os.getpid())
+
+
+def test_the_full_validation_reports_its_progress(language_run):
+    from rnnlab import progress
+
+    run, _ = language_run
+    task, _ = open_run(run)
+    seen = []
+    with progress.reporting(lambda done, total: seen.append((done, total))):
+        task.report(task.model, run)
+    assert seen and seen[-1][0] == seen[-1][1] == seen[0][1]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    progress.advance(1, 2)  # nobody listening: nothing happens
