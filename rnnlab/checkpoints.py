@@ -210,12 +210,16 @@ class RunDir:
                 try:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as error:
-                    if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                        warnings.warn(f"{self.path}: this file system cannot lock files; training unlocked "
+                                      f"(do not start a second run in this folder)", stacklevel=3)
+                    elif error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                         raise _write_error(self.lock_file, error) from error
-                    pid, what = self._holder()
-                    raise RunLockedError(f"run directory {self.path} is in use by process {pid or '(unknown pid)'}"
-                                         f"{f' ({what})' if what else ''}; wait for it to finish or choose "
-                                         f"another --out", pid) from None
+                    else:
+                        pid, what = self._holder()
+                        raise RunLockedError(f"run directory {self.path} is in use by process "
+                                             f"{pid or '(unknown pid)'}{f' ({what})' if what else ''}; wait for it "
+                                             f"to finish or choose another --out", pid) from None
             with _writing(self.lock_file):
                 handle.seek(0)
                 handle.truncate()
@@ -244,7 +248,10 @@ class RunDir:
 
     def clean(self) -> list[Path]:
         """Remove what a killed or failed run left behind: temporary files, and checkpoint files
-        the manifest does not name (never loaded). Only under the lock. Returns what was removed."""
+        the manifest does not name (never loaded). Only under the lock, and only in a run directory
+        (never in a folder of the user's). Returns what was removed."""
+        if not self.is_run():
+            return []
         removed = list(self.path.glob(TEMPORARY_PATTERN))
         named: set[str] | None = set()
         if self.manifest_file.is_file():

@@ -132,24 +132,33 @@ class Progress:
 @contextmanager
 def _working(what: str):
     """A long phase without a progress bar of its own: say what it is before it starts, show on a
-    terminal that it is alive (seconds so far), and say how long it took."""
+    terminal that it is alive (seconds so far, and how far it got where the loop reports it through
+    rnnlab.progress), and say how long it took."""
+    from . import progress
+
     tty, started, stop = sys.stderr.isatty(), time.monotonic(), threading.Event()
+    done = [0, 0]
 
     def tick():
         while not stop.wait(1.0):
-            print(f"\r{what}... {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
+            seconds = time.monotonic() - started
+            share = f" {100 * done[0] / done[1]:.0f}%" if done[1] else ""
+            left = (f", about {seconds * (done[1] - done[0]) / done[0]:.0f} s left" if done[0] and done[1] else "")
+            print(f"\r{what}...{share} {seconds:.0f} s{left}   ", end="", file=sys.stderr, flush=True)
 
     print(f"{what}...", end="" if tty else "\n", file=sys.stderr, flush=True)
     ticker = threading.Thread(target=tick, daemon=True)
     if tty:
         ticker.start()
     try:
-        yield
+        with progress.reporting(lambda d, t: done.__setitem__(slice(None), [d, t])):
+            yield
     finally:
         stop.set()
         if tty:
             ticker.join()
-        print(f"{chr(13) if tty else ''}{what}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        clear = "\x1b[K" if tty else ""  # the rest of the progress line
+        print(f"{chr(13) if tty else ''}{what}: {time.monotonic() - started:.0f} s{clear}", file=sys.stderr, flush=True)
 
 
 def _check_device(name: str) -> None:

@@ -338,6 +338,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train until the step budget, the time budget, early stopping or Ctrl-C."""
         c = self.config
+        if self.run is not None and not self.resumed:
+            self.run.check_new()  # before the lock file goes into a folder that is not a run
         with self._run_locked():
             self._start_run_dir()
             threads_before = torch.get_num_threads()

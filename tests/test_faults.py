@@ -76,6 +76,21 @@ def test_out_naming_a_folder_of_user_files_is_refused_and_left_untouched(tmp_pat
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model-0000001.safetensors"]
 
 
+def test_the_trainer_api_refuses_a_folder_of_user_files_and_deletes_nothing(tmp_path):
+    from rnnlab.tasks import AddingConfig, AddingTask
+    from rnnlab.training import TrainConfig, Trainer
+
+    leftovers = ["model-0000001.safetensors", "trainer-0000001.pt", ".notes.txt.tmp-1"]
+    for name in leftovers:
+        (tmp_path / name).write_bytes(b"the user's")
+    task = AddingTask(AddingConfig(T=5, hidden=4, batch_size=4, eval_size=8))
+    trainer = Trainer(task.model, task.batches(0), task.loss, TrainConfig(steps=2), run_dir=tmp_path)
+    with pytest.raises(RunDirError, match="not an rnnlab run directory"):
+        trainer.fit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(leftovers)
+    assert RunDir(tmp_path).clean() == []  # cleaning never touches a folder that is not a run
+
+
 def test_check_new_raises_run_dir_error_naming_the_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(RunDirError, match=r"--out .* not an rnnlab run directory \(it holds notes\.txt\)"):
@@ -388,3 +403,26 @@ def test_a_wrongly_typed_value_in_config_json_names_file_and_field(adding_run, c
     assert main(["eval", str(adding_run)]) == 2
     line = error_line(capsys)
     assert "config.json" in line and f"{field} must be" in line
+
+
+def test_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path, monkeypatch):
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(checkpoints.fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock files; training unlocked"):
+        with RunDir(tmp_path / "run").locked():
+            assert (tmp_path / "run" / ".rnnlab.lock").read_text().split()[0] == str(os.getpid())
+
+
+def test_the_full_validation_reports_its_progress(language_run):
+    from rnnlab import progress
+
+    run, _ = language_run
+    task, _ = open_run(run)
+    seen = []
+    with progress.reporting(lambda done, total: seen.append((done, total))):
+        task.report(task.model, run)
+    assert seen and seen[-1][0] == seen[-1][1] == seen[0][1]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    progress.advance(1, 2)  # nobody listening: nothing happens

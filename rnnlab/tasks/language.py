@@ -31,6 +31,7 @@ from ..config import ConfigError, knob, validate
 from ..data.batches import Batch, TokenStream
 from ..data.text import LEVELS, Vocabulary, read_text, split_blocks, tokenize
 from ..models import RecurrentModel
+from .. import progress
 from ..preprocessing import EmbeddingFeedback, choose_token
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
@@ -124,6 +125,7 @@ def stream_loss(model: RecurrentModel, ids: torch.Tensor, rows: int = 50, seq_le
         logits, state = next_token_logits(model, inputs[:, start:start + seq_len], state if carry_state else None)
         chunk = targets[:, start:start + seq_len]
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk.reshape(-1), reduction="sum").item()
+        progress.advance(rows * min(start + seq_len, width), rows * width)  # tokens read so far
     model.train(was_training)
     return total / (rows * width)
 
