@@ -111,6 +111,16 @@ class Cell(nn.Module):
     """
 
     gates: tuple[str, ...] = ("r",)
+    # What the kernels know this cell as (rnnlab.kernels serve cells by family, never by class): every
+    # concrete cell declares its own, so a subclass that changes the equations is never run by a fast
+    # path written for its parent's.
+    family: str
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "family" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: a Cell subclass must declare its own `family` (a new name unless it "
+                            f"computes exactly what an existing family does); the kernels serve cells by family")
 
     def __init__(
         self,
@@ -388,6 +398,8 @@ class VanillaCell(Cell):
 
     With a = tanh or relu and no feedback this is torch.nn.RNNCell."""
 
+    family = "vanilla"
+
     gates = ("r",)
 
     def update(self, z, s):
@@ -400,6 +412,8 @@ class OutputFeedbackCell(VanillaCell):
     With the targets fed back (teacher forcing) every step is independent of the others, so
     training is parallel over time."""
 
+    family = "feedback"
+
     def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
         if options.pop("reads_state", False):
             raise ValueError("OutputFeedbackCell: reads_state must be False; the state does not recur")
@@ -411,6 +425,8 @@ class ResidualCell(Cell):
 
     residual="before" adds the state inside the activation instead, s^t = a(z_r + s^{t-1})
     (the lecture's question "should we add the state before or after the activation?")."""
+
+    family = "residual"
 
     gates = ("r",)
 
@@ -430,6 +446,8 @@ class InputGatedCell(Cell):
     """The input gate controls write access:
         i^t = sigma(z_i),  r^t = a(z_r),  s^t = s^{t-1} + i^t * r^t."""
 
+    family = "input"
+
     gates = ("i", "r")
 
     def update(self, z, s):
@@ -440,6 +458,8 @@ class InputGatedCell(Cell):
 class ForgetGatedCell(Cell):
     """The forget gate lets the cell forget:
         i^t = sigma(z_i),  f^t = sigma(z_f),  r^t = a(z_r),  s^t = f^t * s^{t-1} + i^t * r^t."""
+
+    family = "forget"
 
     gates = ("i", "f", "r")
 
@@ -455,6 +475,8 @@ class LSTMCell(Cell):
         s_bar^t = o * a(s^t)
     State is (s_bar, s), torch's (h, c); the output is s_bar. Gate order i, f, r, o is torch's
     i, f, g, o, so without feedback this is torch.nn.LSTMCell."""
+
+    family = "lstm"
 
     gates = ("i", "f", "r", "o")
 
@@ -483,6 +505,8 @@ class GRUCell(Cell):
         s^t = (1 - u) * n + u * s^{t-1}
     where zx = U x + W y + b_ih and zh = V s + b_hh. With reads_state=False (minGRU) there is no
     reset gate: u = sigma(zx_z), n = a(zx_n)."""
+
+    family = "gru"
 
     gates = ("r", "z", "n")
 
@@ -517,6 +541,8 @@ class PeepholeLSTMCell(LSTMCell):
     The peephole weights are diagonal: `weight_peephole` (3, H), rows p_i, p_f, p_o, each U(-1/sqrt(H),
     1/sqrt(H)) at the start. Shapes: x (B, I), state (s_bar, s) each (B, H), y_prev (B, O)."""
 
+    family = "peephole-lstm"
+
     def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
         super().__init__(input_size, hidden_size, feedback_size, **options)
         self.weight_peephole = nn.Parameter(torch.empty(3, hidden_size, dtype=self.weight_ih.dtype))
@@ -546,6 +572,8 @@ class LayerNormLSTMCell(LSTMCell):
     (`norm_ih`, `norm_hh` over 4H, `norm_cell` over H: torch.nn.LayerNorm, gain 1 and shift 0 at the
     start); the biases come after the normalisation, where they are not cancelled by it.
     Shapes: x (B, I), state (s_bar, s) each (B, H), y_prev (B, O)."""
+
+    family = "layernorm-lstm"
 
     def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
         if options.get("depth", 1) > 1:
@@ -596,8 +624,8 @@ def torch_mode(cell: Cell, *, feedback: bool = False, dropout: bool = False) -> 
     feedback=True accepts output feedback and dropout=True the cell's dropout settings: torch's
     kernels can still run such a cell (teacher-forced y* as part of the input; a dropout mask
     applied outside), though no torch.nn module holds it."""
-    modes = {LSTMCell: "LSTM", GRUCell: "GRU", VanillaCell: "RNN"}
-    mode = modes.get(type(cell))
+    modes = {"lstm": "LSTM", "gru": "GRU", "vanilla": "RNN"}
+    mode = modes.get(cell.family)
     if mode is None:
         return None, f"{type(cell).__name__} has no torch.nn counterpart"
     if mode == "RNN":

@@ -408,3 +408,27 @@ def test_new_lstms_take_every_option_and_run_through_auto(cls):
     R.apply_constraints(cell)
     assert bool((cell.weight_ih.norm(dim=1) <= 2 + 1e-6).all())
     assert R.torch_mode(cell)[0] is None  # torch.nn has neither
+
+
+# --- the family registry -------------------------------------------------------------------------
+
+def test_every_cell_declares_its_own_family_and_a_subclass_must_too():
+    assert {cls.family for cls in LADDER.values()} == {"vanilla", "residual", "input", "forget", "lstm", "gru",
+                                                       "feedback", "peephole-lstm", "layernorm-lstm"}
+    with pytest.raises(TypeError, match="MyLSTM: a Cell subclass must declare its own `family`"):
+        class MyLSTM(R.LSTMCell):  # noqa: F841  (changes the equations, inherits nothing a kernel could misread)
+            def update(self, z, state):
+                return state
+
+
+def test_the_kernels_serve_cells_by_family_not_by_class():
+    from rnnlab import kernels
+
+    class CustomCell(R.ForgetGatedCell):
+        family = "custom-forget"
+
+    cell = CustomCell(I, H)
+    for implementation in ("fused", "native", "scan"):
+        assert "custom-forget" in kernels.available(cell, implementation, feedback=False, lengths=False,
+                                                    masks=(None, None), training=False) or implementation == "native"
+    assert kernels.choose(cell, "auto", feedback=False, lengths=False, masks=(None, None), training=False) == "reference"

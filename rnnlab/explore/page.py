@@ -22,15 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cells import (
-    ForgetGatedCell,
-    GRUCell,
-    InputGatedCell,
-    LSTMCell,
-    OutputFeedbackCell,
-    ResidualCell,
-    VanillaCell,
-)
 from ..checkpoints import RunDir
 from ..data.text import tokenize
 from ..tasks import LanguageTask, load_weights, open_run
@@ -105,8 +96,8 @@ def _model_weights(model) -> dict:
             "readout_weight": _tensor(linear.weight), "readout_bias": _tensor(linear.bias)}
 
 
-# the cells template.html implements a step of (a new cell runs in the page only once it is written there, and tested)
-PAGE_CELLS = (VanillaCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell, OutputFeedbackCell)
+# the cell families template.html implements a step of (a new one runs in the page once it is written there, and tested)
+PAGE_FAMILIES = ("vanilla", "residual", "input", "forget", "lstm", "gru", "feedback")
 
 
 def _live_model_supported(task, model) -> tuple[bool, str]:
@@ -115,8 +106,8 @@ def _live_model_supported(task, model) -> tuple[bool, str]:
         return False, "The page runs character-level language models itself (a word vocabulary's readout is too big to embed)"
     for runner in model.core.layers:
         cell = runner.cell
-        if type(cell) not in PAGE_CELLS:
-            return False, f"The page's own cells are the ladder's first seven; not {type(cell).__name__}"
+        if cell.family not in PAGE_FAMILIES:
+            return False, f"The page's own cells are the families {', '.join(PAGE_FAMILIES)}; not {cell.family!r}"
         if cell.activation != "tanh" or cell.gate_activation != "sigmoid" or cell.depth != 1 or cell.zoneout:
             return False, "The page's own cells are tanh/sigmoid cells of depth 1 without zoneout; not this run's"
     if model.core.residual:

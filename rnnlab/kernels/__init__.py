@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import torch
 
-from ..cells import LSTMCell
 from . import compiled
 from .fused import fused, unavailable as _fused_unavailable
 from .native import native, unavailable as _native_unavailable
@@ -61,7 +60,7 @@ def order(device: str = "cpu", cell=None) -> tuple[str, ...]:
     """
     dtype = next(cell.parameters()).dtype if cell is not None else torch.float32
     if compiled.serves(device, dtype):
-        return COMPILED_LSTM_ORDER if isinstance(cell, LSTMCell) else COMPILED_ORDER
+        return COMPILED_LSTM_ORDER if cell.family == "lstm" else COMPILED_ORDER
     return AUTO_ORDER
 
 

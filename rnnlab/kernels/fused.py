@@ -31,22 +31,20 @@ from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
-import torch.nn.functional as F
 
-from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
-                     State, VanillaCell)
+from ..cells import Cell, State
 from . import compiled, graphs
 from .activations import BACKWARD, FORWARD
 from .reference import valid_steps, without_padding
 
-_GATED = {VanillaCell: "vanilla", OutputFeedbackCell: "vanilla", ResidualCell: "residual",
-          InputGatedCell: "input", ForgetGatedCell: "forget"}
+# The families each loop serves (rnnlab.cells: Cell.family); the output-feedback cell is a vanilla cell.
+_GATED = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "input": "input", "forget": "forget"}
 
 
 def unavailable(cell: Cell, **context) -> str | None:
     """Why `fused` cannot run this cell; None if it can."""
-    if type(cell) not in _GATED and type(cell) not in (LSTMCell, GRUCell):
-        return f"fused knows the ladder's cells only; got {type(cell).__name__}"
+    if cell.family not in _GATED and cell.family not in ("lstm", "gru"):
+        return f"fused has no loop for the {cell.family!r} family ({type(cell).__name__})"
     if cell.depth > 1:
         return "fused has no deep transition (depth > 1)"
     if cell.zoneout:
@@ -84,12 +82,12 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
         inputs = torch.cat([inputs, y_prev.transpose(0, 1)], dim=-1)  # (T, B, I + O)
         weight = torch.cat([cell.weight_ih, cell.weight_yh], dim=1)  # (K*H, I + O)
     inputs = inputs.contiguous()
-    gru = type(cell) is GRUCell and cell.reads_state
+    gru = cell.family == "gru" and cell.reads_state
     bias, bias_hh = cell.bias_ih, cell.bias_hh
     if bias_hh is not None and not gru:  # b_hh adds to every gate alike: fold it into the one GEMM
         bias, bias_hh = bias + bias_hh, None
 
-    loop = _LSTM(cell) if type(cell) is LSTMCell else _GRU(cell) if type(cell) is GRUCell else _Gated(cell)
+    loop = _LSTM(cell) if cell.family == "lstm" else _GRU(cell) if cell.family == "gru" else _Gated(cell)
     tensors = (inputs, weight, bias, cell.weight_hh, bias_hh, mh) + parts
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     hs, *final = _Loop.apply(loop, sizes, last, save, *tensors)
@@ -223,7 +221,7 @@ class _Gated:
     forget-gated s = f s + i r. z = Zx + V s^{t-1}; the gates are cell.gates, a subset of (i, f, r)."""
 
     def __init__(self, cell):
-        self.kind = _GATED[type(cell)]
+        self.kind = _GATED[cell.family]
         if self.kind == "residual" and cell.residual == "before":
             self.kind = "before"
         self.gates, self.act, self.sigma = cell.gates, cell.activation, cell.gate_activation

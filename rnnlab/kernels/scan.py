@@ -46,22 +46,21 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
-                     State, VanillaCell)
+from ..cells import (Cell, State)
 from . import compiled
 from .activations import BACKWARD
 from .reference import valid_steps, without_padding
 
-_CELLS = (VanillaCell, OutputFeedbackCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell)
+_FAMILIES = ("vanilla", "feedback", "residual", "input", "forget", "lstm", "gru")  # rnnlab.cells: Cell.family
 
 
 def unavailable(cell: Cell, **context) -> str | None:
     """Why `scan` cannot run this cell; None if it can."""
-    if type(cell) not in _CELLS:
-        return f"scan knows the ladder's cells only; got {type(cell).__name__}"
+    if cell.family not in _FAMILIES:
+        return f"scan has no recurrence for the {cell.family!r} family ({type(cell).__name__})"
     if cell.reads_state:
         return "scan needs an update linear in the state; build the cell with reads_state=False"
-    if type(cell) is ResidualCell and cell.residual == "before":
+    if cell.family == "residual" and cell.residual == "before":
         return "scan cannot run residual='before': the state sits inside the activation"
     if cell.zoneout:
         return "scan has no zoneout"
@@ -171,7 +170,7 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
         xs = xs * mx[:, None, :]
     z = cell.preactivations(cell.project_input(xs, y_prev), None)  # (B, T, K*H), one GEMM
     differentiable_from_outputs = BACKWARD.keys() >= {cell.activation, cell.gate_activation}
-    if type(cell) in _KIND and compiled.extension_for(z) is not None and differentiable_from_outputs:
+    if cell.family in _KIND and compiled.extension_for(z) is not None and differentiable_from_outputs:
         return _cell_scan(cell, z, state, lengths)
     act, sigma = cell.act, cell.sigma
     keep = None if valid is None else valid[:, :, None]  # (B, T, 1)
@@ -183,15 +182,15 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
     def masked(seq):
         return seq if keep is None else torch.where(keep, seq, seq.new_zeros(()))
 
-    kind = type(cell)
-    if kind in (VanillaCell, OutputFeedbackCell):
+    kind = cell.family
+    if kind in ("vanilla", "feedback"):
         s = act(z)
         return masked(s), at_last(s)
     gates = dict(zip(cell.gates, z.chunk(len(cell.gates), dim=-1)))
     f = None
-    if kind is ResidualCell:
+    if kind == "residual":
         b = act(gates["r"])
-    elif kind is GRUCell:
+    elif kind == "gru":
         f = sigma(gates["z"])
         b = (1 - f) * act(gates["n"])
     else:
@@ -205,7 +204,7 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
     if solver is doubling and cell.gate_activation not in _BOUNDED:
         # its products of f span up to T/2 steps and overflow where |f| > 1; chunked's one chunk
         solver = chunked
-    if kind is LSTMCell:
+    if kind == "lstm":
         c = linear_scan(f, b, state[1], solver)
         h = sigma(gates["o"]) * act(c)
         return masked(h), (at_last(h), c[:, -1])
@@ -214,7 +213,7 @@ def scan(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None
 
 
 # The recurrent kinds; vanilla and OutputFeedbackCell have no recurrence here: s = a(z) in one op.
-_KIND = {ResidualCell: "residual", InputGatedCell: "input", ForgetGatedCell: "forget", GRUCell: "gru", LSTMCell: "lstm"}
+_KIND = ("residual", "input", "forget", "gru", "lstm")  # the families the compiled scan serves
 _BOUNDED = ("sigmoid", "hard_sigmoid", "tanh", "hard_tanh", "softsign")  # gate activations with |f| <= 1
 _READS_PREVIOUS = ("forget", "gru")  # kinds whose backward step reads s^{t-1}: only they keep the outputs
 
@@ -224,7 +223,7 @@ def _cell_scan(cell: Cell, z: torch.Tensor, state: State, lengths: torch.Tensor 
     loops.cpp), the activations fused with the recurrence."""
     sizes = [] if lengths is None else lengths.tolist()
     parts = state if isinstance(state, tuple) else (state,)
-    out, *finals = _CellScan.apply(_KIND[type(cell)], cell.activation, cell.gate_activation, sizes, z, *parts)
+    out, *finals = _CellScan.apply(cell.family, cell.activation, cell.gate_activation, sizes, z, *parts)
     return out, tuple(finals) if len(finals) > 1 else finals[0]
 
 

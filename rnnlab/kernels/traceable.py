@@ -17,8 +17,7 @@ import functools
 
 import torch
 
-from ..cells import (Cell, ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, ResidualCell,
-                     State, VanillaCell)
+from ..cells import (Cell, State)
 
 # TorchScript expressions of the cells' activations (cells.ACTIVATIONS), `{}` the argument
 _ACTIVATIONS = {
@@ -42,15 +41,16 @@ def _elu(z: Tensor) -> Tensor:
 def _gelu(z: Tensor) -> Tensor:
     return 0.5 * z * (1.0 + torch.erf(z * 0.7071067811865476))
 '''
-_FAMILIES = {VanillaCell: "vanilla", OutputFeedbackCell: "vanilla", ResidualCell: "residual",
-             InputGatedCell: "input", ForgetGatedCell: "forget", LSTMCell: "lstm", GRUCell: "gru"}
+# family (rnnlab.cells: Cell.family) -> the generated step's family; the output-feedback cell is a vanilla cell
+_FAMILIES = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "input": "input", "forget": "forget",
+             "lstm": "lstm", "gru": "gru"}
 
 
 def unavailable(cell: Cell, masks=(None, None), **context) -> str | None:
     """Why the traceable loop cannot run this configuration; None if it can."""
-    if type(cell) not in _FAMILIES:
-        known = ", ".join(sorted({c.__name__ for c in _FAMILIES}))
-        return f"the traceable loop has no step for {type(cell).__name__} yet (it has {known})"
+    if cell.family not in _FAMILIES:
+        return (f"the traceable loop has no step for {type(cell).__name__} yet (the {cell.family!r} family; it has "
+                f"{', '.join(_FAMILIES)})")
     if cell.activation not in _ACTIVATIONS or cell.gate_activation not in _ACTIVATIONS:
         return f"the traceable loop has no activation {cell.activation!r} or {cell.gate_activation!r}"
     if any(m is not None for m in masks):
@@ -63,7 +63,7 @@ def _signature(cell: Cell) -> tuple:
     residual = getattr(cell, "residual", "after")
     transition = () if cell.transition is None else tuple(
         m.bias is not None for m in cell.transition if isinstance(m, torch.nn.Linear))
-    return (_FAMILIES[type(cell)], residual, cell.activation, cell.gate_activation, cell.hidden_size,
+    return (_FAMILIES[cell.family], residual, cell.activation, cell.gate_activation, cell.hidden_size,
             cell.weight_hh is not None, cell.bias_hh is not None, transition, float(cell.zoneout))
 
 
