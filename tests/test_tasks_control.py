@@ -18,6 +18,15 @@ from resume_check import assert_resume_matches
 TINY = dict(hidden=8, episodes=4, epochs=2, minibatches=2, eval_episodes=4, test_episodes=4)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors, one step at a time: on a busy machine torch's thread pool only waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_the_wrapper_hides_exactly_the_velocities():
     hidden, full = make_cartpole(5, hidden_velocities=True), make_cartpole(5, hidden_velocities=False)
     assert hidden.single_observation_space.shape == (2,) and full.single_observation_space.shape == (4,)
@@ -107,7 +116,7 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
         torch.manual_seed(0)
         task = ControlTask(ControlConfig(**{**TINY, "epochs": 1}))  # rollouts of 2 steps: step 3 is mid-rollout
         train = TrainConfig(steps=steps, eval_every=2, checkpoint_every=3, lr=1e-2, lr_schedule="constant",
-                            truncate_every=5, clip_norm=None)
+                            truncate_every=5, clip_norm=None, threads=1)
         return task, Trainer(task.model, task.batches(3), task.loss, train, evaluate=task.evaluate, run_dir=run_dir)
 
     assert_resume_matches(trainer, tmp_path)

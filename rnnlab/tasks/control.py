@@ -241,10 +241,11 @@ class ControlTask(Task):
     description = ("reinforcement learning: CartPole with the velocities hidden, recurrent vs memoryless vs "
                    "full-observation PPO agents, mean return of 100 episodes (gymnasium)")
     Config = ControlConfig
-    # Sized for a shared 2-core CPU (docs/RESULTS.md). A step is one minibatch of whole episodes.
-    # No gradient clipping: the three agents share one optimiser, and a global norm would couple
-    # them (Adam's per-parameter steps keep them independent otherwise).
-    train_defaults = TrainConfig(steps=2400, max_minutes=30.0, lr=1e-3, eval_every=40, checkpoint_every=200,
+    # Sized for one thread (docs/RESULTS.md): about 4 minutes of CPU time; max_minutes leaves room for
+    # a busy machine. A step is one minibatch of whole episodes. No gradient clipping: the three
+    # agents share one optimiser, and a global norm would couple them (Adam's per-parameter steps
+    # keep them independent otherwise).
+    train_defaults = TrainConfig(steps=2400, max_minutes=60.0, lr=1e-3, eval_every=40, checkpoint_every=200,
                                  log_every=10, clip_norm=None, truncate_every=100, threads=1)
     unit = "transition"
 
