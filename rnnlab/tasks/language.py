@@ -28,6 +28,7 @@ from torch import nn
 from ..cells import LADDER
 from ..config import knob
 from ..data.batches import Batch, TokenStream
+from ..data.ngrams import KneserNeyTrigram, Unigram, perplexity
 from ..data.text import LEVELS, Vocabulary, read_text, split_blocks, tokenize
 from ..models import RecurrentModel
 from ..preprocessing import EmbeddingFeedback, choose_token
@@ -35,7 +36,7 @@ from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 from .base import Task, TextGenerator
 
-__all__ = ["LanguageConfig", "LanguageTask", "build_model", "next_token_logits", "next_token_loss", "stream_loss", "sample"]
+__all__ = ["LanguageConfig", "LanguageTask", "build_model", "check_batch_fits", "next_token_logits", "next_token_loss", "stream_loss", "sample"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,29 @@ def sample(model: RecurrentModel, prompt_ids: torch.Tensor, length: int, tempera
     return torch.tensor(chosen, dtype=torch.long)
 
 
+def check_batch_fits(tokens: int, config: LanguageConfig) -> None:
+    """ValueError naming --batch-size and --seq-len, and sizes that would fit, when the training
+    part of the text is too short for the batches (stateful rows need 2 windows each, plus one)."""
+    B, T = config.batch_size, config.seq_len
+    need = B * (2 * T + 1) if config.stateful else T + 1
+    if tokens >= need:
+        return
+    unit = f"{config.level}s"
+    if config.stateful:
+        fits = [f"--batch-size {tokens // (2 * T + 1)} (with --seq-len {T})"] if tokens // (2 * T + 1) >= 1 else []
+        if (tokens // B - 1) // 2 >= 1:
+            fits.append(f"--seq-len {(tokens // B - 1) // 2} (with --batch-size {B})")
+        if not fits and (tokens - 1) // 2 >= 1:
+            fits.append(f"--batch-size 1 --seq-len {(tokens - 1) // 2}")
+        rule = f"batch_size x (2 x seq_len + 1) = {need:,}"
+    else:
+        fits = [f"--seq-len {tokens - 1}"] if tokens >= 2 else []
+        rule = f"seq_len + 1 = {need:,}"
+    advice = f"; with this text use e.g. {' or '.join(fits)}" if fits else "; the text is too short to train on"
+    raise ValueError(f"LanguageTask: the training part of the text holds {tokens:,} {unit}, too few for "
+                     f"--batch-size {B} and --seq-len {T} (they need {rule}){advice}")
+
+
 class LanguageTask(Task, TextGenerator):
     """The language-model task: text, vocabulary, model, batches, loss and metrics.
 
@@ -190,6 +214,7 @@ class LanguageTask(Task, TextGenerator):
         if self.vocabulary.level != config.level:
             raise ValueError(f"LanguageTask: vocabulary level must be {config.level!r}; got {self.vocabulary.level!r}")
         self.train_ids, self.val_ids = self.vocabulary.encode(train), self.vocabulary.encode(val)
+        check_batch_fits(len(self.train_ids), config)
         self.model = build_model(config, len(self.vocabulary))
 
     unit = property(lambda self: self.config.level)
@@ -226,10 +251,18 @@ class LanguageTask(Task, TextGenerator):
                 f"vocabulary, {len(self.train_ids):,} training {self.unit}s")
 
     def report(self, model, run_dir) -> list[str]:
-        """Validation loss of `model` on all of the held-out text."""
+        """Validation loss of `model` on all of the held-out text; at word level beside a unigram
+        and a Kneser-Ney trigram model of the same training words."""
         m, unit = self.evaluate(model, full=True), self.unit
-        return [f"validation: {m['loss']:.4f} nats/{unit}   {m['bits']:.4f} bits/{unit}   perplexity "
-                f"{m['perplexity']:.2f}   (all {len(self.val_ids):,} held-out {unit}s)"]
+        lines = [f"validation: {m['loss']:.4f} nats/{unit}   {m['bits']:.4f} bits/{unit}   perplexity "
+                 f"{m['perplexity']:.2f}   (all {len(self.val_ids):,} held-out {unit}s)"]
+        if self.config.level == "word":  # count-based baselines on the same split and vocabulary
+            V = len(self.vocabulary)
+            unigram = perplexity(Unigram(self.train_ids, V), self.val_ids)
+            trigram = perplexity(KneserNeyTrigram(self.train_ids, V), self.val_ids)
+            lines.append(f"baselines, same held-out words and vocabulary: unigram perplexity {unigram:.2f}, "
+                         f"interpolated Kneser-Ney trigram {trigram:.2f}")
+        return lines
 
     def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
                     seed: int = 0) -> str:
