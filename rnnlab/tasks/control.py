@@ -56,7 +56,7 @@ __all__ = ["ControlConfig", "ControlTask", "ActorCritic", "FeedForward", "Contro
 # agent -> (what it sees, one line); the order of the batch's agent axis
 AGENTS = {"recurrent": (True, "recurrent core, velocities hidden"),
           "memoryless": (True, "feed-forward core, velocities hidden"),
-          "full": (False, "feed-forward core, full observations (the reference)")}
+          "full": (False, "feed-forward core, full observations, the reference")}
 ACTIONS = 2  # push the cart left or right
 CELLS = tuple(c for c in LADDER if c != "feedback")
 # Seeds of the evaluation episodes, apart from the training rollouts' (derived from the run's seed).
@@ -325,14 +325,15 @@ def plot_learning_curves(records: list[dict], path: str | Path, episodes: int) -
     figure, axes = plt.subplots(figsize=(7, 4))
     for name, points in curves.items():
         steps, returns = zip(*points)
-        axes.plot(steps, returns, "o-", markersize=3, label=f"{name} ({AGENTS[name][1]})")
-    axes.axhline(195, color="grey", linestyle="--", linewidth=1)
-    axes.set_xlabel("environment steps played by the agent")
+        axes.plot(steps, returns, "o-", markersize=3, label=f"{name}: {AGENTS[name][1]}")
+    axes.axhline(195, color="grey", linestyle="--", linewidth=1, label="195 (the target)")
+    axes.set_xscale("log")  # the agents play at different rates: a better one's episodes last longer
+    axes.set_xlabel("environment steps played by the agent (log scale)")
     axes.set_ylabel(f"mean return, {episodes} validation episodes")
     axes.set_ylim(0, MAX_RETURN * 1.05)
     axes.set_title("CartPole-v1: memory of a partially observed world")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
