@@ -56,7 +56,7 @@ __all__ = ["ControlConfig", "ControlTask", "ActorCritic", "FeedForward", "Contro
 # agent -> (what it sees, one line); the order of the batch's agent axis
 AGENTS = {"recurrent": (True, "recurrent core, velocities hidden"),
           "memoryless": (True, "feed-forward core, velocities hidden"),
-          "full": (False, "feed-forward core, full observations, the reference")}
+          "full": (False, "feed-forward core, sees everything")}
 ACTIONS = 2  # push the cart left or right
 CELLS = tuple(c for c in LADDER if c != "feedback")
 # Seeds of the evaluation episodes, apart from the training rollouts' (derived from the run's seed).
@@ -322,7 +322,7 @@ def plot_learning_curves(records: list[dict], path: str | Path, episodes: int) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, axes = plt.subplots(figsize=(7, 4.8))
     for name, points in curves.items():
         steps, returns = zip(*points)
         axes.plot(steps, returns, "o-", markersize=3, label=f"{name}: {AGENTS[name][1]}")
@@ -333,7 +333,7 @@ def plot_learning_curves(records: list[dict], path: str | Path, episodes: int) -
     axes.set_ylim(0, MAX_RETURN * 1.05)
     axes.set_title("CartPole-v1: memory of a partially observed world")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: never over a line
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

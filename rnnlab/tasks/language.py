@@ -214,7 +214,6 @@ class LanguageTask(Task, TextGenerator):
         if self.vocabulary.level != config.level:
             raise ValueError(f"LanguageTask: vocabulary level must be {config.level!r}; got {self.vocabulary.level!r}")
         self.train_ids, self.val_ids = self.vocabulary.encode(train), self.vocabulary.encode(val)
-        check_batch_fits(len(self.train_ids), config)
         self.model = build_model(config, len(self.vocabulary))
 
     unit = property(lambda self: self.config.level)
@@ -231,6 +230,7 @@ class LanguageTask(Task, TextGenerator):
 
     def batches(self, seed: int) -> TokenStream:
         c = self.config
+        check_batch_fits(len(self.train_ids), c)
         return TokenStream(self.train_ids, c.batch_size, c.seq_len, seed=seed, stateful=c.stateful)
 
     loss = staticmethod(next_token_loss)
