@@ -247,7 +247,7 @@ class ControlTask(Task):
     # keep them independent otherwise).
     train_defaults = TrainConfig(steps=2400, max_minutes=60.0, lr=1e-3, eval_every=40, checkpoint_every=200,
                                  log_every=10, clip_norm=None, truncate_every=100, threads=1)
-    unit = "transition"
+    unit = "transition"  # one agent step learnt from (counted once per epoch of its rollout)
 
     def __init__(self, config: ControlConfig):
         self.config = config
