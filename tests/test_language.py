@@ -34,17 +34,7 @@ def test_eval_reports_nats_and_bits_per_char(tiny_run, capsys):
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
     assert "nats/char" in out and "bits/char" in out and "best.safetensors" in out
-    assert "baselines: unigram" in out and "uniform" in out
-
-
-def test_unigram_baseline_is_the_cross_entropy_of_smoothed_frequencies():
-    import math
-
-    from rnnlab.tasks.language import unigram_loss
-
-    train, val = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2])
-    p = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64) / 7  # counts + 1 over 3 tokens
-    assert math.isclose(unigram_loss(train, val, 3), -p.log().mean().item(), rel_tol=1e-12)
+    assert "baselines, same held-out chars and vocabulary: uniform" in out and "unigram perplexity" in out
 
 
 def test_sample_continues_the_prompt_and_reads_unknown_characters_as_unk(tiny_run, capsys):
@@ -98,3 +88,25 @@ def test_feedback_model_reads_its_output_not_an_input(tmp_path):
         steps.append(model.readout(out))
     assert torch.allclose(teacher_forced[0], torch.cat(steps), atol=1e-6)
     assert len(sample(model, ids[0, :3], 10)) == 10
+
+
+def test_word_level_report_prints_the_count_baselines(tmp_path, capsys):
+    text = write_play(tmp_path / "play.txt")
+    run = tmp_path / "words"
+    assert main(["train", "--text", str(text), "--level", "word", *TINY, "--steps", "2", "--samples", "0",
+                 "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "unigram perplexity" in out and "interpolated Kneser-Ney trigram" in out
+
+
+def test_a_text_too_short_for_the_batches_names_the_flags_that_fit(tmp_path, capsys):
+    text = tmp_path / "short.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 60)  # 2,580 characters
+    assert main(["train", "--text", str(text), "--steps", "1", "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("rnnlab: error: LanguageTask: the training part of the text holds") and "\n" not in error
+    assert "--batch-size 32 and --seq-len 100" in error
+    suggested = error.split("use e.g. ")[1]
+    batch_size = int(suggested.split("--batch-size ")[1].split()[0])
+    assert main(["train", "--text", str(text), "--batch-size", str(batch_size), "--hidden", "8", "--steps", "1",
+                 "--eval-tokens", "50", "--threads", "1", "--samples", "0", "--out", str(tmp_path / "fits")]) == 0

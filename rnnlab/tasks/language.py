@@ -29,6 +29,7 @@ from torch import nn
 from ..cells import LADDER
 from ..config import ConfigError, knob, validate
 from ..data.batches import Batch, TokenStream
+from ..data.ngrams import KneserNeyTrigram, Unigram, perplexity
 from ..data.text import LEVELS, Vocabulary, read_text, split_blocks, tokenize
 from ..models import RecurrentModel
 from .. import progress
@@ -38,8 +39,8 @@ from ..training import TrainConfig
 from .base import Task, TextGenerator
 from .cell_options import CellOptions
 
-__all__ = ["LanguageConfig", "LanguageTask", "build_model", "next_token_logits", "next_token_loss", "stream_loss",
-           "unigram_loss", "sample"]
+__all__ = ["LanguageConfig", "LanguageTask", "build_model", "check_batch_fits", "next_token_logits", "next_token_loss",
+           "stream_loss", "sample"]
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,6 @@ def stream_loss(model: RecurrentModel, ids: torch.Tensor, rows: int = 50, seq_le
 
 
 @torch.no_grad()
-def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int) -> float:
-    """Cross-entropy (nats per token) of the held-out tokens under the training text's token
-    frequencies, add-one smoothed so a token unseen in training costs a finite amount."""
-    counts = torch.bincount(train_ids.long(), minlength=vocab_size).double() + 1
-    log_p = (counts / counts.sum()).log()
-    return -log_p[val_ids.long()].mean().item()
-
-
 def sample(model: RecurrentModel, prompt_ids: torch.Tensor, length: int, temperature: float = 1.0,
            top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Continue the prompt (N,) ids with `length` ids, each the model's own choice fed back:
@@ -165,6 +158,29 @@ def sample(model: RecurrentModel, prompt_ids: torch.Tensor, length: int, tempera
         logits = model.readout(out)
     model.train(was_training)
     return torch.tensor(chosen, dtype=torch.long)
+
+
+def check_batch_fits(tokens: int, config: LanguageConfig) -> None:
+    """ValueError naming --batch-size and --seq-len, and sizes that would fit, when the training
+    part of the text is too short for the batches (stateful rows need 2 windows each, plus one)."""
+    B, T = config.batch_size, config.seq_len
+    need = B * (2 * T + 1) if config.stateful else T + 1
+    if tokens >= need:
+        return
+    unit = f"{config.level}s"
+    if config.stateful:
+        fits = [f"--batch-size {tokens // (2 * T + 1)} (with --seq-len {T})"] if tokens // (2 * T + 1) >= 1 else []
+        if (tokens // B - 1) // 2 >= 1:
+            fits.append(f"--seq-len {(tokens // B - 1) // 2} (with --batch-size {B})")
+        if not fits and (tokens - 1) // 2 >= 1:
+            fits.append(f"--batch-size 1 --seq-len {(tokens - 1) // 2}")
+        rule = f"batch_size x (2 x seq_len + 1) = {need:,}"
+    else:
+        fits = [f"--seq-len {tokens - 1}"] if tokens >= 2 else []
+        rule = f"seq_len + 1 = {need:,}"
+    advice = f"; with this text use e.g. {' or '.join(fits)}" if fits else "; the text is too short to train on"
+    raise ValueError(f"LanguageTask: the training part of the text holds {tokens:,} {unit}, too few for "
+                     f"--batch-size {B} and --seq-len {T} (they need {rule}){advice}")
 
 
 class LanguageTask(Task, TextGenerator):
@@ -214,6 +230,7 @@ class LanguageTask(Task, TextGenerator):
 
     def batches(self, seed: int) -> TokenStream:
         c = self.config
+        check_batch_fits(len(self.train_ids), c)
         return TokenStream(self.train_ids, c.batch_size, c.seq_len, seed=seed, stateful=c.stateful)
 
     loss = staticmethod(next_token_loss)
@@ -234,13 +251,18 @@ class LanguageTask(Task, TextGenerator):
                 f"vocabulary, {len(self.train_ids):,} training {self.unit}s")
 
     def report(self, model, run_dir) -> list[str]:
-        """Validation loss of `model` on all of the held-out text, beside the unigram and uniform baselines."""
-        m, unit = self.evaluate(model, full=True), self.unit
-        unigram, uniform = unigram_loss(self.train_ids, self.val_ids, len(self.vocabulary)), math.log(len(self.vocabulary))
-        return [f"validation: {m['loss']:.4f} nats/{unit}   {m['bits']:.4f} bits/{unit}   perplexity "
-                f"{m['perplexity']:.2f}   (all {len(self.val_ids):,} held-out {unit}s)",
-                f"baselines: unigram {unigram:.4f} nats/{unit} (token frequencies of the training text), "
-                f"uniform {uniform:.4f} nats/{unit} (ln of the vocabulary size)"]
+        """Validation loss of `model` on all of the held-out text, beside count-based models of the same
+        training tokens and vocabulary: uniform and unigram, and at word level a Kneser-Ney trigram."""
+        m, unit, V = self.evaluate(model, full=True), self.unit, len(self.vocabulary)
+        lines = [f"validation: {m['loss']:.4f} nats/{unit}   {m['bits']:.4f} bits/{unit}   perplexity "
+                 f"{m['perplexity']:.2f}   (all {len(self.val_ids):,} held-out {unit}s)"]
+        unigram = perplexity(Unigram(self.train_ids, V), self.val_ids)
+        baselines = (f"baselines, same held-out {unit}s and vocabulary: uniform {math.log(V):.4f} nats/{unit} "
+                     f"(perplexity {V}), unigram {math.log(unigram):.4f} nats/{unit} (unigram perplexity {unigram:.2f})")
+        if self.config.level == "word":  # the count-based model to beat at word level
+            trigram = perplexity(KneserNeyTrigram(self.train_ids, V), self.val_ids)
+            baselines += f", interpolated Kneser-Ney trigram {math.log(trigram):.4f} nats/{unit} (perplexity {trigram:.2f})"
+        return lines + [baselines]
 
     def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
                     seed: int = 0) -> str:
