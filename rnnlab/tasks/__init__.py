@@ -16,6 +16,7 @@ from ..checkpoints import CheckpointError, RunDir, check_weights
 from ..config import from_dict, to_dict
 from ..training import TrainConfig, resolve_device
 from .base import Baselined, Captioner, Task, TextGenerator, Translator, capabilities, commands_for
+from .caption import CaptionConfig, CaptionTask
 from .digits import DigitsConfig, DigitsTask
 from .forecast import ForecastConfig, ForecastTask
 from .language import LanguageConfig, LanguageTask
@@ -24,9 +25,11 @@ from .sentiment import SentimentConfig, SentimentTask
 
 __all__ = ["Task", "TextGenerator", "Translator", "Captioner", "Baselined", "capabilities", "commands_for", "TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "describe_task",
            "LanguageTask", "LanguageConfig", "SentimentTask", "SentimentConfig", "DigitsTask", "DigitsConfig",
-           "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig", "CopyTask", "CopyConfig"]
+           "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig", "CopyTask", "CopyConfig",
+           "CaptionTask", "CaptionConfig"]
 
-TASKS = {cls.name: cls for cls in (LanguageTask, SentimentTask, DigitsTask, ForecastTask, AddingTask, CopyTask)}
+TASKS = {cls.name: cls for cls in (LanguageTask, SentimentTask, DigitsTask, ForecastTask, AddingTask, CopyTask,
+                                   CaptionTask)}
 DEFAULT_TASK = LanguageTask.name
 
 
