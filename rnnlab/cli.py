@@ -363,6 +363,8 @@ def cmd_caption(args) -> int:
                          f"{commands_for(type(task))}")
     if not args.images:
         out = Path(args.out) if args.out else Path(args.run_dir) / "captions.png"
+        if out.suffix.lower() != ".png" or not out.parent.is_dir():
+            raise ValueError(f"rnnlab caption: --out must be a .png file in an existing folder; got {str(out)!r}")
         print(f"weights: {file}")
         print(f"wrote {task.plot_grid(task.model, out, args.count)}")
         return 0

@@ -149,7 +149,8 @@ def test_train_then_caption_through_the_cli(tmp_path, capsys, monkeypatch):
                                           "pixels high and 1 to 40 wide"),
                           (["notes.png"], "notes.png must be an image"),
                           (["missing.png"], "'missing.png', which does not exist"),
-                          (["--count", "0"], "--count must be >= 1")):
+                          (["--count", "0"], "--count must be >= 1"),
+                          (["--out", "grid.txt"], "--out must be a .png file")):
         assert main(["caption", str(run), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("rnnlab: error: ") and message in err and err.count("\n") == 1
