@@ -562,6 +562,48 @@ def cmd_explore(args) -> int:
     return 0
 
 
+# --- caption ----------------------------------------------------------------------------------
+
+
+def cmd_caption(args) -> int:
+    """Caption the user's images with a trained caption run, or draw a grid of held-out strips with theirs."""
+    from .data.images import read_image
+    from .tasks import Captioner
+
+    if args.count < 1:
+        raise ValueError(f"rnnlab caption: --count must be >= 1; got {args.count}")
+    task, file = _open_trained(args, Captioner, "rnnlab caption: a {task!r} run does not caption images")
+    if not args.images:
+        out = Path(args.out) if args.out else Path(args.run_dir) / "captions.png"
+        if out.suffix.lower() != ".png" or not out.parent.is_dir():
+            raise ValueError(f"rnnlab caption: --out must be a .png file in an existing folder; got {str(out)!r}")
+        print(f"weights: {file}")
+        print(f"wrote {task.plot_grid(task.model, out, args.count)}")
+        return 0
+    for path in args.images:
+        image = read_image(path)
+        try:
+            image = task.check_images(image[None])
+        except ValueError:
+            raise ValueError(f"rnnlab caption: {path} is {image.shape[0]}x{image.shape[1]} pixels (rows x columns); "
+                             f"this run reads strips {task.rows} pixels high and 1 to {task.width} wide (digits "
+                             f"{task.rows}x{task.columns} side by side)") from None
+        print(f"{path}: {task.caption(task.model, image)[0]}")
+    return 0
+
+
+def add_caption_command(sub) -> argparse.ArgumentParser:
+    caption = sub.add_parser("caption", help="caption images with a trained caption run (no image: a grid of "
+                                             "held-out strips with their captions)")
+    caption.add_argument("run_dir", metavar="RUN_DIR")
+    caption.add_argument("images", metavar="IMAGE", nargs="*",
+                         help="picture files (PNG, ...) of digits side by side, 8 pixels high, ink dark or light")
+    caption.add_argument("--out", metavar="PNG", help="where the grid goes (default: RUN_DIR/captions.png)")
+    caption.add_argument("--count", type=int, default=24, help="held-out strips in the grid (default: 24)")
+    caption.set_defaults(func=cmd_caption)
+    return caption
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -665,7 +707,9 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                      help="the best evaluation's weights or the last checkpoint's (default: best)")
     exp.set_defaults(func=cmd_export, device="cpu", threads=None)
 
-    for command in (sample, evaluate):
+    caption = add_caption_command(sub)
+
+    for command in (sample, evaluate, caption):
         command.add_argument("--weights", choices=("best", "last"), default="best",
                              help="the best evaluation's weights or the last checkpoint's (default: best)")
         command.add_argument("--device", default="cpu", help="torch device (default: cpu)")

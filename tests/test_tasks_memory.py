@@ -78,3 +78,20 @@ def test_clear_errors():
         CopyConfig(cell="feedback")
     with pytest.raises(ValueError, match="AddingConfig: hidden must be an int >= 1"):
         AddingConfig(hidden=0)
+
+
+def test_copy_curriculum_grows_the_delay_from_1_to_T_and_resumes_exactly():
+    task = CopyTask(CopyConfig(T=9, curriculum=4, batch_size=2, eval_size=8))
+    batches = task.batches(0)
+    assert [next(batches).inputs.shape[1] - 20 for _ in range(7)] == [1, 3, 5, 7, 9, 9, 9]
+    resumed = task.batches(0)
+    resumed.load_state_dict(task.batches(0).state_dict())
+    first = task.batches(0)
+    next(first)
+    resumed.load_state_dict(first.state_dict())
+    assert all(torch.equal(next(first).inputs, next(resumed).inputs) for _ in range(5))
+    plain, seeded = CopyTask(CopyConfig(T=9, batch_size=2, eval_size=8)).batches(5), SeededBatches(
+        lambda g: copy_memory_batch(2, 9, g), seed=5)
+    assert torch.equal(next(plain).inputs, next(seeded)[0])  # no curriculum: the batches of before
+    with pytest.raises(ValueError, match="CopyConfig: curriculum must be an int >= 0; got -1"):
+        CopyConfig(curriculum=-1)

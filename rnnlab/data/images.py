@@ -50,3 +50,28 @@ def load_fashion_mnist(root: str | Path = FASHION_MNIST):
                                 f"`apt-get install dataset-fashion-mnist` (Debian) or pass its folder")
     a, b, c, d = (read_idx(root / n) for n in names)
     return (a.float() / 255, b.long()), (c.float() / 255, d.long())
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """A picture file (PNG, or any format Pillow reads) as a grey image (rows, columns) in [0, 1],
+    ink bright on dark as the bundled digits are: a picture on a light background is inverted."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"read_image: path must be an image file; got {str(path)!r}, which does not exist")
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+                # transparent pixels are paper: compose the picture onto white before reading its grey
+                picture = picture.convert("RGBA")
+                white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+                picture = Image.alpha_composite(white, picture)
+            full_scale = 65535.0 if picture.mode.startswith("I") else 255.0  # 16-bit greys
+            grey = np.asarray(picture.convert("F"), dtype=np.float32) / full_scale  # (rows, columns)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"read_image: {path} must be an image (PNG, JPEG, ...); could not read it ({error})") from None
+    if grey.size and grey[[0, -1]].mean() > 0.5 and grey[:, [0, -1]].mean() > 0.5:  # a light border: dark ink
+        grey = 1.0 - grey
+    return torch.from_numpy(grey.copy())

@@ -22,6 +22,7 @@ from ..config import field_types, from_dict, to_dict
 from ..errors import RunDirError
 from ..training import TrainConfig, resolve_device
 from .base import Baselined, Captioner, Task, TextGenerator, Translator, capabilities, commands_for
+from .caption import CaptionConfig, CaptionTask
 from .control import ControlConfig, ControlTask
 from .digits import DigitsConfig, DigitsTask
 from .forecast import ForecastConfig, ForecastTask
@@ -32,9 +33,10 @@ from .sentiment import SentimentConfig, SentimentTask
 __all__ = ["Task", "TextGenerator", "Translator", "Captioner", "Baselined", "capabilities", "commands_for", "TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "describe_task", "changed_data", "content_hash",
            "LanguageTask", "LanguageConfig", "SentimentTask", "SentimentConfig", "DigitsTask", "DigitsConfig",
            "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig", "CopyTask", "CopyConfig", "ControlTask",
-           "ControlConfig"]
+           "ControlConfig", "CaptionTask", "CaptionConfig"]
 
-TASKS = {cls.name: cls for cls in (LanguageTask, SentimentTask, DigitsTask, ForecastTask, AddingTask, CopyTask, ControlTask)}
+TASKS = {cls.name: cls for cls in (LanguageTask, SentimentTask, DigitsTask, ForecastTask, AddingTask, CopyTask, ControlTask,
+                                   CaptionTask)}
 DEFAULT_TASK = LanguageTask.name
 
 

@@ -134,12 +134,29 @@ class AddingTask(MemoryTask):
 
 @dataclass(frozen=True)
 class CopyConfig(MemoryModelConfig):
-    """The copy task's delay and the model."""
+    """The copy task's delay, its curriculum and the model."""
 
     T: int = knob(50, "delay: steps between the last symbol shown and the marker to reproduce them", low=1)
+    curriculum: int = knob(0, "curriculum: training steps over which the delay grows linearly from 1 to T "
+                              "(0: T from the first step); evaluation is always at T", low=0)
 
     def __post_init__(self):
         validate(self)
+
+
+class GrowingDelayBatches(SeededBatches):
+    """Copy batches whose delay grows with the batches served: 1 at the first, T from batch
+    `over` + 1 on. The delay is a function of the count, so a resume draws the same batches."""
+
+    def __init__(self, batch_size: int, T: int, over: int, seed: int = 0):
+        super().__init__(lambda generator: Batch(*copy_memory_batch(batch_size, self.delay(), generator)), seed)
+        self.T, self.over = T, over
+
+    def delay(self) -> int:
+        """The delay of the batch being served (self.served counts it already)."""
+        if self.over == 0:
+            return self.T
+        return min(self.T, 1 + (self.T - 1) * (self.served - 1) // self.over)
 
 
 class CopyTask(MemoryTask):
@@ -164,6 +181,9 @@ class CopyTask(MemoryTask):
                                                                 torch.Generator().manual_seed(EVAL_SEED))
 
     baseline = property(lambda self: copy_baseline(self.config.T))
+
+    def batches(self, seed: int) -> SeededBatches:
+        return GrowingDelayBatches(self.config.batch_size, self.config.T, self.config.curriculum, seed)
 
     @staticmethod
     def loss(model, batch: Batch, state, teacher_forcing: float):
