@@ -37,6 +37,30 @@ def test_tiny_grid_times_peers_and_rnnlab_in_both_passes():
     assert report["machine"]["threads"] == 1 and report["machine"]["torch"] == torch.__version__
 
 
+def test_ratios_medians_and_peak_shares_against_a_fake_clock(monkeypatch):
+    """Every call of a candidate 'takes' a known time (its repetitions in a known order), so each
+    reported number has a value to be compared with: a bench that mixed up candidates, took the mean
+    or divided the wrong way would fail here."""
+    durations = {"torch.nn.LSTM": [0.010, 0.002, 0.003], "lstm [reference]": [0.030, 0.006, 0.009],
+                 "torch.nn.GRU": [0.001, 0.001, 0.001]}
+    calls: dict[str, int] = {}
+
+    def fake_call(candidate, backward, device="cpu"):
+        n = calls[candidate.name] = calls.get(candidate.name, -1) + 1  # call 0 is the warm-up
+        series = durations.get(candidate.name, [0.002])
+        return series[0] if n == 0 else series[(n - 1) % len(series)]
+
+    monkeypatch.setattr(bench, "_call", fake_call)
+    monkeypatch.setattr(bench, "matmul_peak", lambda **kwargs: 1e9)
+    report = bench.run_bench(tiny(cells=("lstm",), impls=("reference",), variants=("plain",), passes=("forward",),
+                                  reps=3))
+    lstm, ref, gru = (rows_of(report, name=n)[0] for n in ("torch.nn.LSTM", "lstm [reference]", "torch.nn.GRU"))
+    assert (lstm["median_s"], lstm["min_s"], lstm["max_s"]) == (0.003, 0.002, 0.010)  # the median, not the mean
+    assert ref["median_s"] == 0.009 and ref["ratio"] == pytest.approx(3.0) and ref["ratio_match"] == pytest.approx(3.0)
+    assert gru["ratio"] == pytest.approx(1 / 3)
+    assert ref["peak_fraction"] == pytest.approx(ref["flops"] / 0.009 / 1e9)
+
+
 def test_ratio_of_torch_lstm_to_itself_is_one():
     report = bench.run_bench(tiny(cells=("lstm",), impls=("reference",)))
     for row in rows_of(report, name="torch.nn.LSTM"):
