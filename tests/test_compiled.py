@@ -177,6 +177,7 @@ def test_a_live_build_is_waited_for_with_a_bound(fake_build):
         """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
+        holder.stdout.close()  # nothing more to read: an open pipe would outlive the test (ResourceWarning)
         start = time.monotonic()
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")

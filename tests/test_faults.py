@@ -138,6 +138,7 @@ def hold_lock(path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True,
                               env=child_env())
     assert holder.stdout.readline().strip() == "locked"
+    holder.stdout.close()  # nothing more to read: an open pipe would outlive the test (ResourceWarning)
     return holder
 
 
