@@ -32,15 +32,15 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from . import kernels
-from .kernels import compiled
 from .cells import LADDER
 from .config import ConfigError, knob, validate
+from .kernels import compiled
 from .runners import IMPLEMENTATION_NAMES, Recurrent
 
 __all__ = ["Size", "BenchConfig", "DEFAULT_SIZES", "QUICK_SIZES", "VARIANTS", "PASSES", "PEERS",

@@ -19,7 +19,8 @@ Calling convention, one for all cells:
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import torch
 import torch.nn.functional as F

@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["knob", "validate", "ConfigError", "ConfigTypeError", "to_dict", "from_dict", "differences",
            "field_types", "unwrap_optional"]

@@ -18,8 +18,8 @@ from torch import nn
 
 from .cells import LADDER
 from .config import knob, validate
-from .init import Init
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
+from .init import Init
 from .runners import Recurrent
 
 __all__ = ["GradientFlowConfig", "CellFlow", "LADDER_CELLS", "state_gradient_norms", "train_adding",

@@ -12,8 +12,8 @@ knows about any particular cell beyond its weight groups:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -80,11 +80,11 @@ class Init:
         check_flag("Init", "unit_forget_bias", self.unit_forget_bias)
 
     @classmethod
-    def torch(cls) -> "Init":
+    def torch(cls) -> Init:
         return cls()
 
     @classmethod
-    def keras(cls) -> "Init":
+    def keras(cls) -> Init:
         return cls("xavier_uniform", "orthogonal", "zeros", unit_forget_bias=True)
 
     def apply(self, weight: torch.Tensor | None, scheme: str, hidden_size: int, blocks: int) -> None:

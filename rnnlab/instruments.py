@@ -19,7 +19,7 @@ import gc
 import math
 import os
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

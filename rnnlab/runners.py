@@ -218,7 +218,7 @@ class Stacked(Runner):
     @classmethod
     def of(cls, cell_type: type[Cell], input_size: int, hidden_size: int, num_layers: int = 1, *,
            feedback_size: int = 0, feedback_layers: str = "first", implementation: str = "auto",
-           dropout: float = 0.0, residual: bool = False, options: dict | None = None, **cell_options) -> "Stacked":
+           dropout: float = 0.0, residual: bool = False, options: dict | None = None, **cell_options) -> Stacked:
         """num_layers cells of one type; the output feedback enters the first layer ('first') or all.
         `dropout` is between layers; the cells' own options come as keywords or as the dict `options`
         (where a cell option shares a name with one of these, e.g. the cell's input `dropout`)."""

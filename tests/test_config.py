@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from rnnlab.cli import add_config_flags, config_from_flags, FlagError, Parser
+from rnnlab.cli import FlagError, Parser, add_config_flags, config_from_flags
 from rnnlab.config import ConfigError, ConfigTypeError, from_dict, knob, validate
 
 

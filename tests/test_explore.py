@@ -19,7 +19,7 @@ import torch
 
 from rnnlab import cli
 from rnnlab.data.text import read_text
-from rnnlab.explore import build_page, correlated_units, feature_values, read_page_data, saturation, trace_language
+from rnnlab.explore import correlated_units, feature_values, read_page_data, saturation, trace_language
 from rnnlab.explore.page import dequantised
 from rnnlab.tasks import load_weights, open_run
 from rnnlab.tasks.language import next_token_logits

@@ -3,13 +3,12 @@ without output feedback, exported with dynamic batch and length and compared wit
 onnxruntime at three lengths and two batch sizes; the step graph; `rnnlab export` and
 `rnnlab sample --engine onnxruntime`."""
 
-import io
 import warnings
 
 import pytest
 import torch
-from torch import nn
 from play_text import write_play
+from torch import nn
 
 import rnnlab as R
 from rnnlab import export, kernels

@@ -8,11 +8,20 @@ import sys
 import pytest
 import torch
 
-from rnnlab import (ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, Recurrent, ResidualCell,
-                    VanillaCell)
-from rnnlab import kernels
+from rnnlab import (
+    ForgetGatedCell,
+    GRUCell,
+    InputGatedCell,
+    LSTMCell,
+    OutputFeedbackCell,
+    Recurrent,
+    ResidualCell,
+    VanillaCell,
+    kernels,
+)
 from rnnlab.kernels import compiled
-from rnnlab.kernels.scan import chunked, compiled_loop as compiled_solver, doubling, linear_scan
+from rnnlab.kernels.scan import chunked, doubling, linear_scan
+from rnnlab.kernels.scan import compiled_loop as compiled_solver
 
 B, T, I, H, O = 4, 6, 3, 5, 2
 

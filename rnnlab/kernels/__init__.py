@@ -30,11 +30,15 @@ from __future__ import annotations
 import torch
 
 from . import compiled
-from .fused import fused, unavailable as _fused_unavailable
-from .native import native, unavailable as _native_unavailable
+from .fused import fused
+from .fused import unavailable as _fused_unavailable
+from .native import native
+from .native import unavailable as _native_unavailable
 from .reference import reference, valid_steps, where_state, without_padding
-from .scan import scan, unavailable as _scan_unavailable
-from .traceable import traceable, unavailable as _traceable_unavailable
+from .scan import scan
+from .scan import unavailable as _scan_unavailable
+from .traceable import traceable
+from .traceable import unavailable as _traceable_unavailable
 
 IMPLEMENTATIONS = {"reference": reference, "native": native, "scan": scan, "fused": fused}
 _UNAVAILABLE = {"reference": lambda cell, **context: None, "native": _native_unavailable,
