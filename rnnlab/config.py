@@ -64,7 +64,8 @@ def unwrap_optional(kind) -> tuple[Any, bool]:
     args = typing.get_args(kind)
     if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+        # the union of a list built at run time: `X | Y` has no spelling for it short of reduce(operator.or_, ...)
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True  # noqa: UP007
     return kind, False
 
 

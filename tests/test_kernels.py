@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import EXTENSION  # the cached build of the C++ loops, or None (tests never compile)
 
 from rnnlab import (
     ForgetGatedCell,
@@ -24,8 +25,6 @@ from rnnlab.kernels.scan import chunked, doubling, linear_scan
 from rnnlab.kernels.scan import compiled_loop as compiled_solver
 
 B, T, I, H, O = 4, 6, 3, 5, 2
-
-from conftest import EXTENSION  # the cached build of the C++ loops, or None (tests never compile)
 
 LENGTHS = torch.tensor([6, 2, 4, 1])
 LADDER = [VanillaCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell, OutputFeedbackCell]
@@ -70,7 +69,7 @@ def assert_agree(cell, implementation, feedback, lengths, masks=(None, None), de
         e, g = (e,) if isinstance(e, torch.Tensor) else e, (g,) if isinstance(g, torch.Tensor) else g
         assert len(e) == len(g), what
         for k, (a, b) in enumerate(zip(e, g)):
-            torch.testing.assert_close(b, a, msg=lambda m: f"{implementation} {what}[{k}]: {m}")
+            torch.testing.assert_close(b, a, msg=lambda m, what=what, k=k: f"{implementation} {what}[{k}]: {m}")
 
 
 def cells(**options):
@@ -386,7 +385,7 @@ def test_cuda_graph_replays_agree_with_reference(cls, lengths):
         masks = cell.sample_masks(B, torch.zeros((), dtype=torch.float64, device="cuda"))
         on_device = None if lengths is None else lengths[torch.randperm(B)].cuda()
         xs, state, y_prev = inputs(cell, True, device="cuda")
-        scale = lambda t: (t.detach() * (1 + call)).requires_grad_()  # noqa: E731
+        scale = lambda t, call=call: (t.detach() * (1 + call)).requires_grad_()  # noqa: E731
         xs, y_prev, state = scale(xs), scale(y_prev), tuple(map(scale, state)) if isinstance(state, tuple) else scale(state)
         expected = forward_backward(cell, "reference", xs, state, y_prev, on_device, masks)
         got = forward_backward(cell, "fused", xs, state, y_prev, on_device, masks)

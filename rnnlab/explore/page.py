@@ -222,7 +222,7 @@ def _passage(task, text_file: str | None, prompt: str | None, length: int | None
         try:
             content = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
-            raise ValueError(f"rnnlab explore: --text must be a UTF-8 text file; {text_file!r} is not ({error.reason})")
+            raise ValueError(f"rnnlab explore: --text must be a UTF-8 text file; {text_file!r} is not ({error.reason})") from error
         tokens, source = list(tokenize(content, level))[:limit], f"{path.name}"
     else:
         tokens = [task.vocabulary.tokens[int(i)] for i in task.val_ids[:limit]]
