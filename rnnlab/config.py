@@ -78,8 +78,10 @@ def _range_text(meta: dict) -> str:
         left = f"[{low}" if low is not None else f"({above}"
         right = f"{high}]" if high is not None else f"{below})"
         return f" in {left}, {right}"
-    return "".join(text for text in (f" >= {low}" if low is not None else "", f" > {above}" if above is not None else "",
-                                     f" <= {high}" if high is not None else "", f" < {below}" if below is not None else ""))
+    return "".join(text for text in (f" >= {low}" if low is not None else "",
+                                     f" > {above}" if above is not None else "",
+                                     f" <= {high}" if high is not None else "",
+                                     f" < {below}" if below is not None else ""))
 
 
 def _is_type(value, kind) -> bool:

@@ -74,7 +74,8 @@ class Init:
         for name in ("kernel", "recurrent", "bias"):
             value = getattr(self, name)
             if not isinstance(value, str):
-                raise TypeError(f"Init: {name} must be a scheme name, one of {SCHEMES}; got {type(value).__name__} {value!r}")
+                raise TypeError(f"Init: {name} must be a scheme name, one of {SCHEMES}; "
+                                f"got {type(value).__name__} {value!r}")
             if value not in SCHEMES:
                 raise ValueError(f"Init: {name} must be one of {SCHEMES}; got {value!r}")
         check_flag("Init", "unit_forget_bias", self.unit_forget_bias)

@@ -26,7 +26,8 @@ from .config import knob, validate
 from .tasks import TASKS, Baselined, run_config
 from .training import TrainConfig, Trainer, seed_everything
 
-__all__ = ["LADDER_CELLS", "LadderConfig", "LadderRow", "parameter_count", "hidden_for_budget", "run_ladder", "plot_ladder"]
+__all__ = ["LADDER_CELLS", "LadderConfig", "LadderRow", "parameter_count", "hidden_for_budget", "run_ladder",
+           "plot_ladder"]
 
 LADDER_CELLS = ("vanilla", "residual", "input", "forget", "lstm", "gru")
 

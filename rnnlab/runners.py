@@ -114,7 +114,10 @@ class Runner(nn.Module, ABC):
                              f"y_prev (B, T, {self.feedback_size}) is required; to run free, feeding back the "
                              f"readout's own outputs, use rnnlab.RecurrentModel")
         batch = xs.shape[0]
-        state = self.initial_state(batch, xs.device, xs.dtype) if state is None else self.check_state(state, batch, where)
+        if state is None:
+            state = self.initial_state(batch, xs.device, xs.dtype)
+        else:
+            state = self.check_state(state, batch, where)
         return self.unroll(xs, state, y_prev, lengths)
 
     def example_weight(self) -> torch.Tensor:
@@ -293,7 +296,8 @@ class Bidirectional(Runner):
         super().__init__()
         for name, runner in (("forward_runner", forward_runner), ("backward_runner", backward_runner)):
             if not isinstance(runner, Runner):
-                raise TypeError(f"Bidirectional: {name} must be a runner (Recurrent, Stacked); got {type(runner).__name__}")
+                raise TypeError(f"Bidirectional: {name} must be a runner (Recurrent, Stacked); "
+                                f"got {type(runner).__name__}")
         if merge not in MERGES:
             raise ValueError(f"Bidirectional: merge must be one of {MERGES}; got {merge!r}")
         if forward_runner.input_size != backward_runner.input_size:

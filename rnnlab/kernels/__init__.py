@@ -86,7 +86,8 @@ def choose(cell, implementation: str, **context) -> str:
         return next(name for name in candidates if available(cell, name, **context) is None)
     reason = available(cell, implementation, **context)
     if reason is not None:
-        raise ValueError(f"Recurrent: implementation={implementation!r} cannot run {type(cell).__name__} here: {reason}")
+        raise ValueError(f"Recurrent: implementation={implementation!r} cannot run {type(cell).__name__} here: "
+                         f"{reason}")
     return implementation
 
 
@@ -134,6 +135,6 @@ def _without_autocast(implementation, cell, xs, state, y_prev, lengths, masks):
         return implementation(cell, cast(xs), state, cast(y_prev), lengths, tuple(map(cast, masks)))
 
 
-__all__ = ["run", "choose", "exporting", "traceable", "available", "reference", "native", "scan", "fused", "valid_steps",
-           "where_state", "without_padding",
+__all__ = ["run", "choose", "exporting", "traceable", "available", "reference", "native", "scan", "fused",
+           "valid_steps", "where_state", "without_padding",
            "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_ORDER", "order"]
