@@ -14,15 +14,25 @@ from .cells import (
     ForgetGatedCell,
     GRUCell,
     InputGatedCell,
+    LayerNormLSTMCell,
     LSTMCell,
     OutputFeedbackCell,
     PeepholeLSTMCell,
-    LayerNormLSTMCell,
     ResidualCell,
     VanillaCell,
     torch_mode,
 )
-from .init import L1L2, Constraints, Init, MaxNorm, NonNeg, Regularizers, UnitNorm, apply_constraints, regularization_loss
+from .init import (
+    L1L2,
+    Constraints,
+    Init,
+    MaxNorm,
+    NonNeg,
+    Regularizers,
+    UnitNorm,
+    apply_constraints,
+    regularization_loss,
+)
 from .interop import from_torch, from_torch_cell, to_torch, to_torch_cell
 from .models import EncoderDecoder, RecurrentModel, SequenceToVector, VectorToSequence, last_valid
 from .preprocessing import MLP, EmbeddingFeedback, RawFeedback, SoftmaxFeedback, choose_token

@@ -32,15 +32,15 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from . import kernels
-from .kernels import compiled
 from .cells import LADDER
 from .config import ConfigError, knob, validate
+from .kernels import compiled
 from .runners import IMPLEMENTATION_NAMES, Recurrent
 
 __all__ = ["Size", "BenchConfig", "DEFAULT_SIZES", "QUICK_SIZES", "VARIANTS", "PASSES", "PEERS",
@@ -393,7 +393,8 @@ def format_table(report: dict) -> str:
     width = max(len(r["name"]) for r in report["rows"])
     for (size, pass_name), rows in groups.items():
         lines += ["", f"== {size}  {pass_name}",
-                  f"{'candidate':<{width}}  {'median ms':>10}  {'min-max ms':>17}  {'x LSTM':>7}  {'x match':>7}  {'peak':>6}"]
+                  f"{'candidate':<{width}}  {'median ms':>10}  {'min-max ms':>17}  {'x LSTM':>7}  "
+                  f"{'x match':>7}  {'peak':>6}"]
         missing: dict[str, list[str]] = {}  # "status: reason" -> candidates, so n/a costs one line per reason
         for r in rows:
             if r["status"] != "ok":

@@ -19,7 +19,7 @@ Calling convention, one for all cells:
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ __all__ = [
     "State",
 ]
 
-State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+State = torch.Tensor | tuple[torch.Tensor, ...]
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
@@ -60,7 +60,8 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def _activation(name: str, argument: str, owner: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if not isinstance(name, str):
-        raise TypeError(f"{owner}: {argument} must be a name, one of {sorted(ACTIVATIONS)}; got {type(name).__name__} {name!r}")
+        raise TypeError(f"{owner}: {argument} must be a name, one of {sorted(ACTIVATIONS)}; "
+                        f"got {type(name).__name__} {name!r}")
     if name not in ACTIVATIONS:
         raise ValueError(f"{owner}: {argument} must be one of {sorted(ACTIVATIONS)}; got {name!r}")
     return ACTIVATIONS[name]
@@ -430,7 +431,8 @@ class ResidualCell(Cell):
 
     gates = ("r",)
 
-    def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, *, residual: str = "after", **options):
+    def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, *, residual: str = "after",
+                 **options):
         if residual not in ("after", "before"):
             raise ValueError(f"ResidualCell: residual must be 'after' or 'before'; got {residual!r}")
         self.residual = residual

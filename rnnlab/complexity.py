@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -55,10 +55,13 @@ REGIMES: dict[str, tuple[str, tuple[str, float], tuple[str, float], tuple[str, f
     "inference": ("Inference (streaming, no_grad)", ("O(1)", 0.0), ("O(T)", 1.0), ("O(T)", 1.0), "lecture"),
     "bptt": ("Training, BPTT", ("O(T)", 1.0), ("O(T)", 1.0), ("O(T)", 1.0), "lecture"),
     "teacher_forced": ("Training, h(x, y*), all steps at once", ("O(1)", 0.0), ("O(T)", 1.0), ("O(1)", 0.0), "lecture"),
-    "teacher_forced_streamed": ("Training, h(x, y*), one step at a time", ("O(1)", 0.0), ("O(T)", 1.0), ("O(T)", 1.0), "beyond"),
+    "teacher_forced_streamed": ("Training, h(x, y*), one step at a time", ("O(1)", 0.0), ("O(T)", 1.0), ("O(T)", 1.0),
+                                "beyond"),
     "truncated": ("Training, truncated BPTT (window k)", ("O(k)", 0.0), ("O(T)", 1.0), ("O(T)", 1.0), "beyond"),
-    "checkpointed": ("Training, BPTT, checkpoint every sqrt(T)", ("O(sqrt T)", 0.5), ("O(T)", 1.0), ("O(T)", 1.0), "beyond"),
-    "scan": ("Training, parallel scan (state read linearly)", ("O(T)", 1.0), ("O(T)", 1.0), ("O(log T)", 0.0), "beyond"),
+    "checkpointed": ("Training, BPTT, checkpoint every sqrt(T)", ("O(sqrt T)", 0.5), ("O(T)", 1.0), ("O(T)", 1.0),
+                     "beyond"),
+    "scan": ("Training, parallel scan (state read linearly)", ("O(T)", 1.0), ("O(T)", 1.0), ("O(log T)", 0.0),
+             "beyond"),
 }
 
 # The measured quantities, their JSON keys and plot labels.
@@ -197,9 +200,9 @@ def serial_steps(regime: str, steps: int, ops: int) -> int:
 FLOPS_CONVENTION = (
     "FLOPs count the matrix products only (2 per multiply-add), as flops_per_step does. Rough rule: "
     "forward = flops_per_step x T, training = 3 x forward (a product's backward is two products of its "
-    "size), checkpointed = 4 x forward. Exact prediction: forward F*T, plus the weight gradients F*T, plus the input gradients of "
-    "the products whose input needs a gradient (the state's V s at every step whose incoming state "
-    "needs one; x and y* need none), plus one more forward F*T when checkpointing recomputes."
+    "size), checkpointed = 4 x forward. Exact prediction: forward F*T, plus the weight gradients F*T, "
+    "plus the input gradients of the products whose input needs a gradient (the state's V s at every step whose "
+    "incoming state needs one; x and y* need none), plus one more forward F*T when checkpointing recomputes."
 )
 
 

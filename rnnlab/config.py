@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["knob", "validate", "ConfigError", "ConfigTypeError", "to_dict", "from_dict", "differences",
            "field_types", "unwrap_optional"]
@@ -63,7 +64,8 @@ def unwrap_optional(kind) -> tuple[Any, bool]:
     args = typing.get_args(kind)
     if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+        # the union of a list built at run time: `X | Y` has no spelling for it short of reduce(operator.or_, ...)
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True  # noqa: UP007
     return kind, False
 
 
@@ -76,8 +78,10 @@ def _range_text(meta: dict) -> str:
         left = f"[{low}" if low is not None else f"({above}"
         right = f"{high}]" if high is not None else f"{below})"
         return f" in {left}, {right}"
-    return "".join(text for text in (f" >= {low}" if low is not None else "", f" > {above}" if above is not None else "",
-                                     f" <= {high}" if high is not None else "", f" < {below}" if below is not None else ""))
+    return "".join(text for text in (f" >= {low}" if low is not None else "",
+                                     f" > {above}" if above is not None else "",
+                                     f" <= {high}" if high is not None else "",
+                                     f" < {below}" if below is not None else ""))
 
 
 def _is_type(value, kind) -> bool:

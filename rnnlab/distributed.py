@@ -86,8 +86,9 @@ def _environment() -> dict[str, int]:
         except ValueError:
             raise ValueError(f"distributed: {name} must be an int; got {os.environ[name]!r}") from None
     if values["WORLD_SIZE"] < 1 or not 0 <= values["RANK"] < values["WORLD_SIZE"] or values["LOCAL_RANK"] < 0:
-        raise ValueError(f"distributed: RANK must be in [0, WORLD_SIZE) and LOCAL_RANK >= 0; got RANK={values['RANK']}, "
-                         f"WORLD_SIZE={values['WORLD_SIZE']}, LOCAL_RANK={values['LOCAL_RANK']}")
+        raise ValueError(f"distributed: RANK must be in [0, WORLD_SIZE) and LOCAL_RANK >= 0; "
+                         f"got RANK={values['RANK']}, WORLD_SIZE={values['WORLD_SIZE']}, "
+                         f"LOCAL_RANK={values['LOCAL_RANK']}")
     return values
 
 
@@ -125,7 +126,8 @@ def join(device: str) -> Group:
             dist.init_process_group(backend, timeout=timeout)
         except (RuntimeError, TimeoutError) as error:  # the rendezvous: peers missing, port taken, ...
             raise PeerFailure(f"distributed: rank {env['RANK']} could not join the group at "
-                              f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: {_first_line(error)}") from None
+                              f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: "
+                              f"{_first_line(error)}") from None
     control = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else dist.group.WORLD
     return Group(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], backend, control)
 
@@ -332,7 +334,8 @@ class DistributedTrainer(Trainer):
         text = str(error)
         if isinstance(error, dist.DistError) or any(word in text for word in ("Gloo", "gloo", "NCCL", "Connection")):
             return PeerFailure(f"rank {self.group.rank} of {self.world_size}: another process of the group died or "
-                               f"stopped answering within {timeout_s():g} s (RNNLAB_DIST_TIMEOUT): {_first_line(error)}")
+                               f"stopped answering within {timeout_s():g} s (RNNLAB_DIST_TIMEOUT): "
+                               f"{_first_line(error)}")
         return error
 
     # --- checkpoints ---

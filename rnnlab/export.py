@@ -124,7 +124,8 @@ class _Graph(nn.Module):
         elif isinstance(model, SequenceToVector):
             self.input_spec, self.feedback_spec = _input_spec(model.input_map, model.core.input_size), None
         else:
-            raise ValueError(f"export: model must be a RecurrentModel or a SequenceToVector; got {type(model).__name__}")
+            raise ValueError(f"export: model must be a RecurrentModel or a SequenceToVector; "
+                             f"got {type(model).__name__}")
         if self.input_spec is None and self.feedback_spec is None:
             raise ValueError("export: the model reads neither inputs nor fed-back outputs; there is nothing to export")
         self.model = model
@@ -256,7 +257,10 @@ def verify(graph: _Graph, model_bytes_or_path, lengths=CHECK_LENGTHS, batches=CH
     if unread:  # what a tracer does to a loop it cannot see into: its outputs become constants
         raise ValueError(f"export: the exported graph does not read {', '.join(unread)}; it would give the same "
                          f"outputs whatever they are")
-    shapes = [(b, None) for b in batches] if isinstance(graph, StepGraph) else [(b, t) for b in batches for t in lengths]
+    if isinstance(graph, StepGraph):
+        shapes = [(b, None) for b in batches]
+    else:
+        shapes = [(b, t) for b in batches for t in lengths]
     for i, (batch, steps) in enumerate(shapes):
         tensors = graph.examples(batch, steps, seed=1 + i)
         with torch.no_grad():

@@ -18,8 +18,8 @@ from torch import nn
 
 from .cells import LADDER
 from .config import knob, validate
-from .init import Init
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
+from .init import Init
 from .runners import Recurrent
 
 __all__ = ["GradientFlowConfig", "CellFlow", "LADDER_CELLS", "state_gradient_norms", "train_adding",
@@ -167,7 +167,8 @@ def plot_gradient_flow(results: list[CellFlow], path: Path, steps: int) -> Path:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("||dLoss / ds^t||")
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"Gradient flow on the adding problem, T={steps} (baseline MSE {ADDING_BASELINE_MSE:.3f})", fontsize=10)
+    fig.suptitle(f"Gradient flow on the adding problem, T={steps} (baseline MSE {ADDING_BASELINE_MSE:.3f})",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

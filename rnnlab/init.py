@@ -12,8 +12,8 @@ knows about any particular cell beyond its weight groups:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -74,17 +74,18 @@ class Init:
         for name in ("kernel", "recurrent", "bias"):
             value = getattr(self, name)
             if not isinstance(value, str):
-                raise TypeError(f"Init: {name} must be a scheme name, one of {SCHEMES}; got {type(value).__name__} {value!r}")
+                raise TypeError(f"Init: {name} must be a scheme name, one of {SCHEMES}; "
+                                f"got {type(value).__name__} {value!r}")
             if value not in SCHEMES:
                 raise ValueError(f"Init: {name} must be one of {SCHEMES}; got {value!r}")
         check_flag("Init", "unit_forget_bias", self.unit_forget_bias)
 
     @classmethod
-    def torch(cls) -> "Init":
+    def torch(cls) -> Init:
         return cls()
 
     @classmethod
-    def keras(cls) -> "Init":
+    def keras(cls) -> Init:
         return cls("xavier_uniform", "orthogonal", "zeros", unit_forget_bias=True)
 
     def apply(self, weight: torch.Tensor | None, scheme: str, hidden_size: int, blocks: int) -> None:

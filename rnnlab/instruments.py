@@ -19,7 +19,7 @@ import gc
 import math
 import os
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -37,7 +37,8 @@ def fit_exponent(steps, values) -> float:
     exponent 0 exactly. Other values <= 0 are raised to the smallest positive one, as log needs."""
     steps, values = list(steps), [float(v) for v in values]
     if len(steps) < 2 or len(steps) != len(values):
-        raise ValueError(f"fit_exponent: needs at least two (T, value) pairs; got {len(steps)} T and {len(values)} values")
+        raise ValueError(f"fit_exponent: needs at least two (T, value) pairs; "
+                         f"got {len(steps)} T and {len(values)} values")
     if len(set(steps)) < 2:
         raise ValueError(f"fit_exponent: needs at least two distinct T; got {steps}")
     if len(set(values)) == 1:

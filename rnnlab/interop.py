@@ -49,7 +49,8 @@ def from_torch_cell(module: nn.Module):
     elif isinstance(module, nn.RNNCell):
         cell = VanillaCell(module.input_size, module.hidden_size, activation=module.nonlinearity, bias=bias)
     else:
-        raise ValueError(f"from_torch_cell: module must be torch.nn.LSTMCell, GRUCell or RNNCell; got {type(module).__name__}")
+        raise ValueError(f"from_torch_cell: module must be torch.nn.LSTMCell, GRUCell or RNNCell; "
+                         f"got {type(module).__name__}")
     cell.load_state_dict(module.state_dict(), strict=True)
     return cell.to(module.weight_ih)
 
@@ -59,7 +60,8 @@ def _layers(runner) -> list:
         return [runner]
     if isinstance(runner, Stacked) and all(isinstance(r, Recurrent) for r in runner.layers):
         return list(runner.layers)
-    raise ValueError(f"to_torch: runner must be a Recurrent or a Stacked of Recurrent layers; got {type(runner).__name__}")
+    raise ValueError(f"to_torch: runner must be a Recurrent or a Stacked of Recurrent layers; "
+                     f"got {type(runner).__name__}")
 
 
 def to_torch(runner) -> nn.Module:

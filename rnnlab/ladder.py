@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from .checkpoints import RunDir
 from .config import knob, validate
 from .tasks import TASKS, Baselined, run_config
 from .training import TrainConfig, Trainer, seed_everything
 
-__all__ = ["LADDER_CELLS", "LadderConfig", "LadderRow", "parameter_count", "hidden_for_budget", "run_ladder", "plot_ladder"]
+__all__ = ["LADDER_CELLS", "LadderConfig", "LadderRow", "parameter_count", "hidden_for_budget", "run_ladder",
+           "plot_ladder"]
 
 LADDER_CELLS = ("vanilla", "residual", "input", "forget", "lstm", "gru")
 

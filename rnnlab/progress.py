@@ -5,8 +5,8 @@ shows progress (the CLI) listens with `reporting(callback)`. Nobody listening: n
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 __all__ = ["advance", "reporting"]
 

@@ -114,7 +114,10 @@ class Runner(nn.Module, ABC):
                              f"y_prev (B, T, {self.feedback_size}) is required; to run free, feeding back the "
                              f"readout's own outputs, use rnnlab.RecurrentModel")
         batch = xs.shape[0]
-        state = self.initial_state(batch, xs.device, xs.dtype) if state is None else self.check_state(state, batch, where)
+        if state is None:
+            state = self.initial_state(batch, xs.device, xs.dtype)
+        else:
+            state = self.check_state(state, batch, where)
         return self.unroll(xs, state, y_prev, lengths)
 
     def example_weight(self) -> torch.Tensor:
@@ -218,7 +221,7 @@ class Stacked(Runner):
     @classmethod
     def of(cls, cell_type: type[Cell], input_size: int, hidden_size: int, num_layers: int = 1, *,
            feedback_size: int = 0, feedback_layers: str = "first", implementation: str = "auto",
-           dropout: float = 0.0, residual: bool = False, options: dict | None = None, **cell_options) -> "Stacked":
+           dropout: float = 0.0, residual: bool = False, options: dict | None = None, **cell_options) -> Stacked:
         """num_layers cells of one type; the output feedback enters the first layer ('first') or all.
         `dropout` is between layers; the cells' own options come as keywords or as the dict `options`
         (where a cell option shares a name with one of these, e.g. the cell's input `dropout`)."""
@@ -293,7 +296,8 @@ class Bidirectional(Runner):
         super().__init__()
         for name, runner in (("forward_runner", forward_runner), ("backward_runner", backward_runner)):
             if not isinstance(runner, Runner):
-                raise TypeError(f"Bidirectional: {name} must be a runner (Recurrent, Stacked); got {type(runner).__name__}")
+                raise TypeError(f"Bidirectional: {name} must be a runner (Recurrent, Stacked); "
+                                f"got {type(runner).__name__}")
         if merge not in MERGES:
             raise ValueError(f"Bidirectional: merge must be one of {MERGES}; got {merge!r}")
         if forward_runner.input_size != backward_runner.input_size:

@@ -29,10 +29,11 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +50,8 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 TEACHER_FORCING_SCHEDULES = ("linear", "exponential", "inverse_sigmoid")
 PRECISIONS = ("32", "bf16")
 # Fields a resumed run may change: they set budgets and bookkeeping, not the trajectory.
-RESUMABLE_FIELDS = ("steps", "max_minutes", "device", "threads", "eval_every", "checkpoint_every", "log_every", "patience")
+RESUMABLE_FIELDS = ("steps", "max_minutes", "device", "threads", "eval_every", "checkpoint_every", "log_every",
+                    "patience")
 
 LossFn = Callable[[nn.Module, Batch, Any, float], tuple[torch.Tensor, Any, int]]
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -94,9 +96,10 @@ class TrainConfig:
 
     def __post_init__(self):
         validate(self)
-        if self.teacher_forcing_schedule == "exponential" and self.teacher_forcing_end == 0 and self.teacher_forcing > 0:
-            raise ConfigError("TrainConfig", "teacher_forcing_end", "> 0 for an exponential schedule (it never reaches 0)",
-                              self.teacher_forcing_end)
+        if (self.teacher_forcing_schedule == "exponential" and self.teacher_forcing_end == 0
+                and self.teacher_forcing > 0):
+            raise ConfigError("TrainConfig", "teacher_forcing_end",
+                              "> 0 for an exponential schedule (it never reaches 0)", self.teacher_forcing_end)
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of step `step` (0-based): linear warm-up, then the schedule."""
@@ -426,7 +429,10 @@ class Trainer:
         """One step: one update per window of the batch. Returns (mean loss, predictions)."""
         batch = batch.to(self.device)
         k = self.config.truncate_every
-        windows = [batch] if k is None or batch.steps <= k else [batch.window(t, t + k) for t in range(0, batch.steps, k)]
+        if k is None or batch.steps <= k:
+            windows = [batch]
+        else:
+            windows = [batch.window(t, t + k) for t in range(0, batch.steps, k)]
         lr, teacher_forcing = self.config.learning_rate(self.step), self.config.teacher_forcing_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -485,7 +491,8 @@ class Trainer:
         metrics = self.evaluate()
         self.last_eval, self.last_eval_step = metrics, self.step
         wall, cpu = self.elapsed()
-        self._record({"kind": "eval", "step": self.step, **metrics, "elapsed_s": round(wall, 2), "cpu_s": round(cpu, 2)})
+        self._record({"kind": "eval", "step": self.step, **metrics, "elapsed_s": round(wall, 2),
+                      "cpu_s": round(cpu, 2)})
         if self.best_eval_loss is None or metrics["loss"] < self.best_eval_loss:
             self.best_eval_loss, self.evals_since_best = metrics["loss"], 0
             if self.run is not None:

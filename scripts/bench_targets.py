@@ -36,7 +36,8 @@ def main(path: str) -> None:
         group = times.get((size, "forward+backward"), {})
         name = names.get((size, "forward+backward", "lstm", "feedback", "fused"))
         if name in group:
-            line("fused LSTM + feedback vs torch.nn.LSTM", size, "forward+backward", group[name] / group["torch.nn.LSTM"], bound)
+            line("fused LSTM + feedback vs torch.nn.LSTM", size, "forward+backward",
+                 group[name] / group["torch.nn.LSTM"], bound)
     for size, pass_name in groups:  # every other fused ladder cell at most the fused LSTM
         if size[0] == 1 or pass_name != "forward+backward":
             continue

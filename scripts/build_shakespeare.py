@@ -80,7 +80,8 @@ def build(plays: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "rnnlab" / "data" / "shakespeare.txt.xz"))
+    parser.add_argument("--out",
+                        default=str(Path(__file__).resolve().parents[1] / "rnnlab" / "data" / "shakespeare.txt.xz"))
     args = parser.parse_args()
     text = build(plays_folder())
     data = lzma.compress(text.encode("ascii"), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=9)

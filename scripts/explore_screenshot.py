@@ -24,7 +24,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1500)
     parser.add_argument("--height", type=int, default=1250)
     args = parser.parse_args()
-    executable = os.environ.get("RNNLAB_CHROMIUM") or shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    executable = (os.environ.get("RNNLAB_CHROMIUM") or shutil.which("chromium-headless-shell")
+                  or shutil.which("chromium"))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": args.width, "height": args.height}, device_scale_factor=1)

@@ -57,7 +57,7 @@ for B, H, I, T in ((64, 256, 256, 100), (32, 512, 512, 100), (1, 128, 128, 1000)
     xs = torch.randn(B, T, I, device="cuda")
     y = torch.randn(B, T, I, device="cuda")
     base = torch.nn.LSTM(I, H, batch_first=True).cuda()
-    cands = {"torch.nn.LSTM": lambda: base(xs)[0]}
+    cands = {"torch.nn.LSTM": lambda base=base, xs=xs: base(xs)[0]}
     for name, cell, impl, fed in (("lstm auto", R.LSTMCell(I, H), "auto", None),
                                   ("lstm fused", R.LSTMCell(I, H), "fused", None),
                                   ("lstm+fb fused", R.LSTMCell(I, H, I), "fused", y),
@@ -66,7 +66,7 @@ for B, H, I, T in ((64, 256, 256, 100), (32, 512, 512, 100), (1, 128, 128, 1000)
                                   ("minLSTM scan", R.LSTMCell(I, H, reads_state=False), "scan", None),
                                   ("lstm reference", R.LSTMCell(I, H), "reference", None)):
         runner = R.Recurrent(cell.cuda(), implementation=impl)
-        cands[name] = (lambda r, f: lambda: r(xs, y_prev=f)[0])(runner, fed)
+        cands[name] = lambda r=runner, f=fed, xs=xs: r(xs, y_prev=f)[0]
     cands["lstm fused eager"] = cands["lstm fused"]  # the same runner, CUDA graphs off (kernels/graphs.py)
     cands["forget fused eager"] = cands["forget fused"]
     row = {}
@@ -97,6 +97,7 @@ for B, H in ((1, 128), (32, 256)):
                                     ("scan chunked", "scan", scan_module.chunked)):
             runner = R.Recurrent(cls(H, H, reads_state=False).cuda(), implementation=impl)
             scan_module.default_solver = (lambda s: lambda like: s)(solver)
-            row[label] = timeit(lambda: runner(xs)[0].sum().backward(), reps=5 if impl == "reference" else 20)
+            row[label] = timeit(lambda runner=runner, xs=xs: runner(xs)[0].sum().backward(),
+                                reps=5 if impl == "reference" else 20)
         ref = row["reference"]
         print(f"  {cls.__name__:16s} " + "  ".join(f"{k} {v * 1e3:7.2f} ms ({ref / v:5.1f}x)" for k, v in row.items()))

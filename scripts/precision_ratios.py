@@ -61,7 +61,7 @@ def main():
                 runner(xs[:, :2])
             except ValueError:
                 continue
-            full, r = ratio(lambda: runner(xs)[0].float().square().mean())
+            full, r = ratio(lambda runner=runner: runner(xs)[0].float().square().mean())
             print(f"| {name}, {implementation}, B={B} T={T} I={I} H={H} | {1000 * full:.1f} | {r:.2f} |")
     model = build_model(LanguageConfig(), 65)
     ids = torch.randint(0, 65, (32, 101))

@@ -20,7 +20,7 @@ from rnnlab.models import SequenceToVector
 from rnnlab.runners import Stacked
 from rnnlab.tasks import LanguageConfig, LanguageTask
 from rnnlab.tasks.classification import classification_loss
-from rnnlab.training import Trainer, TrainConfig, seed_everything
+from rnnlab.training import TrainConfig, Trainer, seed_everything
 
 
 def make_trainer(group, model, batches, loss, config, **options):

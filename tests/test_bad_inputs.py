@@ -6,16 +6,15 @@ import warnings
 
 import pytest
 import torch
+from conftest import EXTENSION
 from torch import nn
 
 import rnnlab as R
 from rnnlab import kernels
-from rnnlab.kernels import compiled
-from rnnlab.init import L1L2, Constraints, Init, MaxNorm, Regularizers
 from rnnlab.config import ConfigTypeError
+from rnnlab.init import L1L2, Constraints, Init, MaxNorm, Regularizers
+from rnnlab.kernels import compiled
 from rnnlab.training import TrainConfig
-
-from conftest import EXTENSION
 
 B, T, I, H, O = 4, 6, 3, 5, 2
 LENGTHS = torch.tensor([6, 2, 4, 1])
@@ -75,9 +74,11 @@ BAD_CALLS = {
     "cell x float64": (ValueError, "LSTMCell: x must be torch.float32 like the weights; got torch.float64",
                        lambda: lstm()(torch.zeros(2, I, dtype=torch.float64))),
     "cell state float16": (ValueError, "LSTMCell: state must be torch.float32 like the weights; got torch.float16",
-                           lambda: lstm()(torch.zeros(2, I), (torch.zeros(2, H), torch.zeros(2, H, dtype=torch.float16)))),
+                           lambda: lstm()(torch.zeros(2, I),
+                                          (torch.zeros(2, H), torch.zeros(2, H, dtype=torch.float16)))),
     "cell y_prev float64": (ValueError, "GRUCell: y_prev must be torch.float32 like the weights; got torch.float64",
-                            lambda: R.GRUCell(I, H, O)(torch.zeros(2, I), None, torch.zeros(2, O, dtype=torch.float64))),
+                            lambda: R.GRUCell(I, H, O)(torch.zeros(2, I), None,
+                                                       torch.zeros(2, O, dtype=torch.float64))),
     "cell x float32 for float64 weights": (ValueError, "VanillaCell: x must be torch.float64 like the weights",
                                            lambda: R.VanillaCell(I, H).double()(torch.zeros(2, I))),
     # runners
@@ -120,7 +121,8 @@ BAD_CALLS = {
                                   lambda: R.RecurrentModel(R.Recurrent(lstm()), nn.Linear(H, 2))(
                                       torch.zeros(2, T, I, dtype=torch.float64))),
     "RecurrentModel free-running xs float64": (ValueError, "RecurrentModel: xs must be torch.float32",
-                                               lambda: R.RecurrentModel(R.Recurrent(R.GRUCell(I, H, 1)), nn.Linear(H, 1),
+                                               lambda: R.RecurrentModel(R.Recurrent(R.GRUCell(I, H, 1)),
+                                                                        nn.Linear(H, 1),
                                                                         feedback_map=R.RawFeedback(1))(
                                                    torch.zeros(2, T, I, dtype=torch.float64))),
     "RecurrentModel teacher_forcing as a string": (TypeError, "RecurrentModel: teacher_forcing must be a number",
@@ -144,7 +146,8 @@ BAD_CALLS = {
                                           lambda: TrainConfig(clip_norm="5")),
     "TrainConfig seed as a bool": (ConfigTypeError, "TrainConfig: seed must be an int >= 0; got True",
                                    lambda: TrainConfig(seed=True)),
-    "TrainConfig optimizer None": (ConfigTypeError, "TrainConfig: optimizer must be one of ('adam', 'adamw', 'sgd'); got None",
+    "TrainConfig optimizer None": (ConfigTypeError,
+                                   "TrainConfig: optimizer must be one of ('adam', 'adamw', 'sgd'); got None",
                                    lambda: TrainConfig(optimizer=None)),
     "TrainConfig max_minutes as a string": (ConfigTypeError, "TrainConfig: max_minutes must be None or a number > 0",
                                             lambda: TrainConfig(max_minutes="3")),
@@ -228,7 +231,8 @@ def run_with_padding(cell, name, feedback, fill):
         if isinstance(zero, tuple) else torch.randn(zero.shape, generator=g, dtype=torch.float64).requires_grad_()
     ys, final = kernels.run(cell, xs, state, y_prev, LENGTHS, (None, None), name)
     finals = final if isinstance(final, tuple) else (final,)
-    loss = (ys * torch.linspace(-1, 1, ys.numel(), dtype=ys.dtype).view_as(ys)).sum() + sum((f * f).sum() for f in finals)
+    weights = torch.linspace(-1, 1, ys.numel(), dtype=ys.dtype).view_as(ys)
+    loss = (ys * weights).sum() + sum((f * f).sum() for f in finals)
     leaves = list(cell.parameters()) + [xs] + list(state if isinstance(state, tuple) else (state,))
     leaves += [y_prev] if feedback else []
     grads = [torch.zeros_like(leaf) if d is None else d

@@ -3,8 +3,8 @@
 naming the flag or file at fault; no traceback (that is for bugs of ours, or `--debug`)."""
 
 import errno
-import re
 import json
+import re
 import shutil
 from pathlib import Path
 

@@ -82,7 +82,8 @@ def test_forward_plus_backward_counts_three_forwards_of_flops():
 def test_unavailable_implementation_is_reported_with_its_reason(monkeypatch):
     real = kernels.available
     monkeypatch.setattr(kernels, "available",
-                        lambda cell, impl, **c: "no fused path for this test" if impl == "fused" else real(cell, impl, **c))
+                        lambda cell, impl, **c: ("no fused path for this test" if impl == "fused"
+                                                 else real(cell, impl, **c)))
     report = bench.run_bench(tiny(cells=("lstm",), impls=("reference", "fused")))
     row = rows_of(report, name="lstm [fused]")[0]
     assert row["status"] == "n/a" and row["reason"] == "no fused path for this test"

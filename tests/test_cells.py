@@ -185,7 +185,10 @@ def test_gradcheck(name, feedback):
     x = torch.randn(2, I, dtype=torch.float64, requires_grad=True)
     y = torch.randn(2, feedback, dtype=torch.float64, requires_grad=True) if feedback else None
     s0 = cell.initial_state(2, dtype=torch.float64)
-    s0 = tuple(torch.randn_like(p).requires_grad_() for p in s0) if isinstance(s0, tuple) else torch.randn_like(s0).requires_grad_()
+    if isinstance(s0, tuple):
+        s0 = tuple(torch.randn_like(p).requires_grad_() for p in s0)
+    else:
+        s0 = torch.randn_like(s0).requires_grad_()
     params = list(cell.parameters())
     # inputs, fed-back outputs and state
     def g(*args):
@@ -198,8 +201,9 @@ def test_gradcheck(name, feedback):
     assert torch.autograd.gradcheck(g, [x] + ([y] if y is not None else []) + state_inputs)
     # parameters: check d(loss)/d(param) against finite differences
     def h(*ps):
+        state = s0 if not isinstance(s0, tuple) else tuple(t.detach() for t in s0)
         out = torch.func.functional_call(cell, {n: p for (n, _), p in zip(cell.named_parameters(), ps)},
-                                         (x.detach(), s0 if not isinstance(s0, tuple) else tuple(t.detach() for t in s0), None if y is None else y.detach()))
+                                         (x.detach(), state, None if y is None else y.detach()))
         return out[1]
     assert torch.autograd.gradcheck(h, [p.detach().clone().requires_grad_() for p in params])
 
@@ -371,7 +375,8 @@ def test_peephole_lstm_with_zero_peepholes_is_the_lstm():
 
 
 def layer_norm(v, norm):
-    return (v - v.mean(-1, keepdim=True)) / (v.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt() * norm.weight + norm.bias
+    std = (v.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    return (v - v.mean(-1, keepdim=True)) / std * norm.weight + norm.bias
 
 
 def test_layernorm_lstm_equations():
@@ -402,7 +407,8 @@ def test_new_lstms_take_every_option_and_run_through_auto(cls):
     cell = cls(I, H, O, activation="softsign", gate_activation="hard_sigmoid", dropout=0.1, recurrent_dropout=0.1,
                zoneout=0.1, init=R.Init.keras(), constraints=R.Constraints(kernel=R.MaxNorm(2)),
                regularizers=R.Regularizers(kernel=R.L1L2(l2=1e-3)))
-    ys, (h, c) = R.Recurrent(cell)(torch.randn(B, 6, I), y_prev=torch.randn(B, 6, O), lengths=torch.tensor([6, 5, 4, 3, 2]))
+    ys, (h, c) = R.Recurrent(cell)(torch.randn(B, 6, I), y_prev=torch.randn(B, 6, O),
+                                   lengths=torch.tensor([6, 5, 4, 3, 2]))
     assert ys.shape == (B, 6, H) and bool((ys[4, 2:] == 0).all())
     assert R.regularization_loss(cell).item() > 0
     R.apply_constraints(cell)
@@ -431,4 +437,5 @@ def test_the_kernels_serve_cells_by_family_not_by_class():
     for implementation in ("fused", "native", "scan"):
         assert "custom-forget" in kernels.available(cell, implementation, feedback=False, lengths=False,
                                                     masks=(None, None), training=False) or implementation == "native"
-    assert kernels.choose(cell, "auto", feedback=False, lengths=False, masks=(None, None), training=False) == "reference"
+    assert kernels.choose(cell, "auto", feedback=False, lengths=False, masks=(None, None),
+                          training=False) == "reference"

@@ -5,7 +5,6 @@ the binary depends on; and the C++ entry points refuse wrong calls before touchi
 Only one test compiles anything (a ten-line module, not the loops); the others replace the compiler."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXTENSION
 
 from rnnlab.kernels import compiled
-
-from conftest import EXTENSION
 
 PROBE = textwrap.dedent("""\
     // the smallest module torch's builder can build and Python import

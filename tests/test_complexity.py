@@ -156,9 +156,12 @@ def test_config_errors_name_the_field():
         ComplexityConfig(hidden=0)
 
 
-@pytest.mark.parametrize("argv, flag", [(["complexity", "--T", "64"], "--T"), (["complexity", "--hidden", "0"], "--hidden"),
-                                        (["complexity", "--T", "16..x"], "--T"), (["gradients", "--cells", "feedback"], "--cells"),
-                                        (["gradients", "--lr", "-1"], "--lr"), (["ladder", "adding", "--steps", "0"], "--steps")])
+@pytest.mark.parametrize("argv, flag", [(["complexity", "--T", "64"], "--T"),
+                                        (["complexity", "--hidden", "0"], "--hidden"),
+                                        (["complexity", "--T", "16..x"], "--T"),
+                                        (["gradients", "--cells", "feedback"], "--cells"),
+                                        (["gradients", "--lr", "-1"], "--lr"),
+                                        (["ladder", "adding", "--steps", "0"], "--steps")])
 def test_cli_flag_errors_are_one_line_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         raise SystemExit(main(argv))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from rnnlab.cli import add_config_flags, config_from_flags, FlagError, Parser
+from rnnlab.cli import FlagError, Parser, add_config_flags, config_from_flags
 from rnnlab.config import ConfigError, ConfigTypeError, from_dict, knob, validate
 
 
@@ -47,7 +47,8 @@ def test_the_validator_names_the_field_the_expectation_and_the_value(field, valu
 def test_good_values_pass_and_ints_serve_as_floats():
     Example(count=3, rate=0.25, cap=None, mode="b", names=("y", "z"), flag=True)
     Example(rate=0.5)
-    assert isinstance(ConfigTypeError("E", "f", "x", 1), TypeError) and isinstance(ConfigError("E", "f", "x", 1), ValueError)
+    assert isinstance(ConfigTypeError("E", "f", "x", 1), TypeError)
+    assert isinstance(ConfigError("E", "f", "x", 1), ValueError)
 
 
 def test_from_dict_reads_json_lists_as_tuples_and_names_the_file():

@@ -74,7 +74,7 @@ def test_stateful_stream_continues_each_row_and_resumes_exactly():
     assert torch.equal(first.targets, first.inputs + 1)
     assert torch.equal(second.inputs[:, 0], first.targets[:, -1])  # row r goes on where it stopped
     for _ in range(30):  # past the end of an epoch: a new start, from a zero state
-        batch = next(stream)
+        next(stream)
     saved = stream.state_dict()
     expected = [next(stream) for _ in range(30)]
     again = TokenStream(ids, batch_size=4, seq_len=10, seed=3)

@@ -19,7 +19,7 @@ import torch
 
 from rnnlab import cli
 from rnnlab.data.text import read_text
-from rnnlab.explore import build_page, correlated_units, feature_values, read_page_data, saturation, trace_language
+from rnnlab.explore import correlated_units, feature_values, read_page_data, saturation, trace_language
 from rnnlab.explore.page import dequantised
 from rnnlab.tasks import load_weights, open_run
 from rnnlab.tasks.language import next_token_logits
@@ -49,7 +49,8 @@ def trained(name: str, text_file: Path, tmp_path_factory) -> Path:
     if name not in _runs:
         out = tmp_path_factory.mktemp("runs") / name
         cell = name.split("-")[0]
-        assert cli.main(["train", "--text", str(text_file), "--cell", cell, *TINY, *CELLS[name], "--out", str(out)]) == 0
+        argv = ["train", "--text", str(text_file), "--cell", cell, *TINY, *CELLS[name], "--out", str(out)]
+        assert cli.main(argv) == 0
         _runs[name] = out
     return _runs[name]
 
@@ -170,7 +171,8 @@ def chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[test]')")
     executable = chromium()
     if executable is None:
         pytest.skip("no headless Chromium (apt-get install chromium-headless-shell; `make .venv/.installed` tries)")
@@ -179,7 +181,8 @@ def browser():
         if executable.startswith(str(ROOT / ".cache")):  # unpacked by the set-up step: its libraries are beside it
             cache = ROOT / ".cache/browser"
             libraries = [cache / "usr/lib/x86_64-linux-gnu", cache / "lib/x86_64-linux-gnu", cache / "usr/lib/chromium"]
-            env = {**os.environ, "LD_LIBRARY_PATH": ":".join(map(str, libraries + [os.environ.get("LD_LIBRARY_PATH", "")]))}
+            library_path = ":".join(map(str, libraries + [os.environ.get("LD_LIBRARY_PATH", "")]))
+            env = {**os.environ, "LD_LIBRARY_PATH": library_path}
         browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"], timeout=60_000, env=env)
         yield browser
         browser.close()
@@ -214,7 +217,8 @@ def test_the_page_runs_the_model_as_pytorch_does(browser, text_file, tmp_path_fa
         state: window.explore.live.state.map((layer) => Object.fromEntries(
             Object.entries(layer).map(([k, v]) => [k, Array.from(v)]))),
         probs: Array.from(window.explore.live.probs), text: window.explore.live.text,
-        passage: Object.fromEntries(Object.entries(window.explore.trace()[0].quantities).map(([k, v]) => [k, Array.from(v)]))})""")
+        passage: Object.fromEntries(Object.entries(window.explore.trace()[0].quantities).map(
+            ([k, v]) => [k, Array.from(v)]))})""")
     assert live["text"] == TYPED
     task, _ = open_run(page_file.parent)
     load_weights(task, page_file.parent)
@@ -245,7 +249,8 @@ def test_the_page_runs_the_model_as_pytorch_does(browser, text_file, tmp_path_fa
 def test_picking_a_unit_recolours_the_text_and_the_page_generates(browser, text_file, tmp_path_factory):
     page_file = page_of("lstm", text_file, tmp_path_factory)
     page = open_page(browser, page_file)
-    colours = "() => Array.from(document.querySelectorAll('#text .ch')).slice(0, 80).map((s) => s.style.backgroundColor)"
+    colours = ("() => Array.from(document.querySelectorAll('#text .ch')).slice(0, 80)"
+               ".map((s) => s.style.backgroundColor)")
     before, unit = page.evaluate(colours), page.evaluate("window.explore.view.unit")
     other = page.locator(f"#correlations .unit-pick:not([data-unit='{unit}'])").first
     picked = int(other.get_attribute("data-unit"))
@@ -301,7 +306,8 @@ def test_other_tasks_embed_the_traces_of_held_out_examples(copy_run, capsys):
     layer = data["trace"][0]["quantities"]["s"]
     stored = np.frombuffer(base64.b64decode(layer["data"]), dtype=np.uint8).reshape(layer["shape"])
     decoded = layer["low"] + stored * (layer["high"] - layer["low"]) / 255
-    np.testing.assert_allclose(decoded, outputs.detach().reshape(-1, 8).numpy(), atol=(layer["high"] - layer["low"]) / 500)
+    np.testing.assert_allclose(decoded, outputs.detach().reshape(-1, 8).numpy(),
+                               atol=(layer["high"] - layer["low"]) / 500)
     assert cli.main(["explore", str(copy_run), "--prompt", "hi"]) == 2
     assert "--text and --prompt serve language runs" in capsys.readouterr().err
 
@@ -323,8 +329,8 @@ def test_forecast_examples_are_read_with_the_true_values_fed_back(tmp_path):
     from rnnlab.explore import held_out_examples, trace_core
 
     out = tmp_path / "forecast"
-    assert cli.main(["train", "forecast", "--hidden", "6", "--steps", "1", "--eval-every", "1", "--checkpoint-every", "1",
-                     "--threads", "1", "--out", str(out)]) == 0
+    assert cli.main(["train", "forecast", "--hidden", "6", "--steps", "1", "--eval-every", "1",
+                     "--checkpoint-every", "1", "--threads", "1", "--out", str(out)]) == 0
     task, _ = open_run(out)
     load_weights(task, out)
     examples = held_out_examples(task, 2)

@@ -3,13 +3,12 @@ without output feedback, exported with dynamic batch and length and compared wit
 onnxruntime at three lengths and two batch sizes; the step graph; `rnnlab export` and
 `rnnlab sample --engine onnxruntime`."""
 
-import io
 import warnings
 
 import pytest
 import torch
-from torch import nn
 from play_text import write_play
+from torch import nn
 
 import rnnlab as R
 from rnnlab import export, kernels
@@ -27,9 +26,10 @@ def model_of(name: str, feedback: bool, implementation: str, layers: int = 1, **
     cell = LADDER[name](4, 6, FEEDBACK if feedback else 0, **options)
     core = R.Stacked(R.Recurrent(cell, implementation),
                      *([R.Recurrent(LADDER[name](6, 5, **options), implementation)] if layers == 2 else []))
+    feedback_map = R.RawFeedback(FEEDBACK) if feedback else None
     if layers == 1:
-        return R.RecurrentModel(core, nn.Linear(6, 2), feedback_map=R.RawFeedback(FEEDBACK) if feedback else None).eval()
-    return R.RecurrentModel(core, nn.Linear(5, 2), feedback_map=R.RawFeedback(FEEDBACK) if feedback else None).eval()
+        return R.RecurrentModel(core, nn.Linear(6, 2), feedback_map=feedback_map).eval()
+    return R.RecurrentModel(core, nn.Linear(5, 2), feedback_map=feedback_map).eval()
 
 
 def implementations(cell) -> list[str]:
@@ -49,11 +49,12 @@ CASES = [(name, feedback, {}) for name in LADDER for feedback in (False, True)
          if (name != "feedback" or feedback) and name not in NOT_TRACEABLE]
 CASES += [("gru", False, {"reads_state": False}), ("forget", True, {"reads_state": False}),
           ("residual", False, {"residual": "before", "activation": "relu"}), ("vanilla", False, {"depth": 2}),
-          ("lstm", False, {"zoneout": 0.2}), ("input", False, {"activation": "gelu", "gate_activation": "hard_sigmoid"})]
+          ("lstm", False, {"zoneout": 0.2}),
+          ("input", False, {"activation": "gelu", "gate_activation": "hard_sigmoid"})]
 
 
-@pytest.mark.parametrize("name,feedback,options", CASES, ids=[f"{n}-{'fb' if f else 'plain'}-{'-'.join(map(str, o.values()))}"
-                                                             for n, f, o in CASES])
+@pytest.mark.parametrize("name,feedback,options", CASES,
+                         ids=[f"{n}-{'fb' if f else 'plain'}-{'-'.join(map(str, o.values()))}" for n, f, o in CASES])
 def test_every_cell_and_implementation_exports_and_matches_pytorch_in_onnxruntime(name, feedback, options):
     cell = model_of(name, feedback, "reference", **options).core.layers[0].cell
     for implementation in implementations(cell):
@@ -79,7 +80,8 @@ def test_without_the_export_dispatch_fused_is_traced_into_constants(monkeypatch)
 
 def test_exported_graph_has_dynamic_batch_and_time_axes():
     data = export.export_model(export.SequenceGraph(model_of("lstm", False, "auto", layers=2)))
-    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load_from_string(data).graph.input]
+    inputs = onnx.load_from_string(data).graph.input
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs]
     assert dims[0] == ["batch", "time", 4] and dims[1] == ["batch", 6]
 
 

@@ -7,16 +7,24 @@ import sys
 
 import pytest
 import torch
+from conftest import EXTENSION  # the cached build of the C++ loops, or None (tests never compile)
 
-from rnnlab import (ForgetGatedCell, GRUCell, InputGatedCell, LSTMCell, OutputFeedbackCell, Recurrent, ResidualCell,
-                    VanillaCell)
-from rnnlab import kernels
+from rnnlab import (
+    ForgetGatedCell,
+    GRUCell,
+    InputGatedCell,
+    LSTMCell,
+    OutputFeedbackCell,
+    Recurrent,
+    ResidualCell,
+    VanillaCell,
+    kernels,
+)
 from rnnlab.kernels import compiled
-from rnnlab.kernels.scan import chunked, compiled_loop as compiled_solver, doubling, linear_scan
+from rnnlab.kernels.scan import chunked, doubling, linear_scan
+from rnnlab.kernels.scan import compiled_loop as compiled_solver
 
 B, T, I, H, O = 4, 6, 3, 5, 2
-
-from conftest import EXTENSION  # the cached build of the C++ loops, or None (tests never compile)
 
 LENGTHS = torch.tensor([6, 2, 4, 1])
 LADDER = [VanillaCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell, OutputFeedbackCell]
@@ -61,7 +69,7 @@ def assert_agree(cell, implementation, feedback, lengths, masks=(None, None), de
         e, g = (e,) if isinstance(e, torch.Tensor) else e, (g,) if isinstance(g, torch.Tensor) else g
         assert len(e) == len(g), what
         for k, (a, b) in enumerate(zip(e, g)):
-            torch.testing.assert_close(b, a, msg=lambda m: f"{implementation} {what}[{k}]: {m}")
+            torch.testing.assert_close(b, a, msg=lambda m, what=what, k=k: f"{implementation} {what}[{k}]: {m}")
 
 
 def cells(**options):
@@ -165,7 +173,8 @@ def test_float_tanh_of_the_compiled_loops():
     half, one = torch.tensor([0.5, 1.0]).view(torch.int32).tolist()
     every = torch.arange(half, one, dtype=torch.int32).view(torch.float32)
     x = torch.cat([every, -every, torch.linspace(-12, 12, 200_001), torch.logspace(-30, 1, 10_001),
-                   -torch.logspace(-30, 1, 10_001), torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])])
+                   -torch.logspace(-30, 1, 10_001),
+                   torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])])
     z = x.view(1, -1, 1)  # (B, T, H) = (1, N, 1) as a VanillaCell's scan: out = tanh(z)
     out = torch.empty_like(z)
     EXTENSION.cell_scan_forward("vanilla", "tanh", "sigmoid", z, torch.empty_like(z), torch.zeros(1, 1), None, out,
@@ -231,7 +240,8 @@ def test_native_applies_input_dropout_mask():
 
 def test_auto_picks_the_fastest_valid():
     def auto(cell, **context):
-        context = dict(dict(feedback=bool(cell.feedback_size), lengths=False, masks=(None, None), training=False), **context)
+        context = dict(dict(feedback=bool(cell.feedback_size), lengths=False, masks=(None, None), training=False),
+                       **context)
         return kernels.choose(cell, "auto", **context)
     assert auto(make(LSTMCell, False)) == "native"
     assert auto(make(LSTMCell, True)) == "native"  # teacher forcing: [x, y*] through torch's kernel
@@ -379,8 +389,9 @@ def test_cuda_graph_replays_agree_with_reference(cls, lengths):
         masks = cell.sample_masks(B, torch.zeros((), dtype=torch.float64, device="cuda"))
         on_device = None if lengths is None else lengths[torch.randperm(B)].cuda()
         xs, state, y_prev = inputs(cell, True, device="cuda")
-        scale = lambda t: (t.detach() * (1 + call)).requires_grad_()  # noqa: E731
-        xs, y_prev, state = scale(xs), scale(y_prev), tuple(map(scale, state)) if isinstance(state, tuple) else scale(state)
+        scale = lambda t, call=call: (t.detach() * (1 + call)).requires_grad_()  # noqa: E731
+        xs, y_prev = scale(xs), scale(y_prev)
+        state = tuple(map(scale, state)) if isinstance(state, tuple) else scale(state)
         expected = forward_backward(cell, "reference", xs, state, y_prev, on_device, masks)
         got = forward_backward(cell, "fused", xs, state, y_prev, on_device, masks)
         for e, g in zip(expected, got):

@@ -53,11 +53,13 @@ def check_autocast(name, feedback, reads, device, dtype):
         scale = 2.0 if name == "layernorm-lstm" else 1.0
         assert close(low, full, 0.03 * scale), (implementation, float((low.float() - full).abs().max()))
         for g, p in zip(grads, [xs] + list(cell.parameters())):
-            assert close(p.grad, g, 0.05 * scale), (implementation, float((p.grad - g).abs().max()), float(g.abs().max()))
+            assert close(p.grad, g, 0.05 * scale), (implementation, float((p.grad - g).abs().max()),
+                                                    float(g.abs().max()))
     assert tried >= 2
 
 
-@pytest.mark.parametrize("name,feedback,reads", CASES, ids=[f"{n}-fb{f}-{'reads' if r else 'linear'}" for n, f, r in CASES])
+@pytest.mark.parametrize("name,feedback,reads", CASES,
+                         ids=[f"{n}-fb{f}-{'reads' if r else 'linear'}" for n, f, r in CASES])
 def test_every_implementation_under_bf16_autocast_agrees_with_float32(name, feedback, reads):
     check_autocast(name, feedback, reads, "cpu", torch.bfloat16)
 

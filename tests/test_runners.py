@@ -199,8 +199,8 @@ def test_bidirectional(merge):
         fwd, _ = bi.forward_runner(xs[i:i + 1, :n])
         bwd, b_state = bi.backward_runner(xs[i:i + 1, :n].flip(1))
         bwd = bwd.flip(1)
-        merged = {"concat": lambda: torch.cat([fwd, bwd], -1), "sum": lambda: fwd + bwd,
-                  "mean": lambda: (fwd + bwd) / 2, "mul": lambda: fwd * bwd}[merge]()
+        merged = {"concat": lambda f, b: torch.cat([f, b], -1), "sum": lambda f, b: f + b,
+                  "mean": lambda f, b: (f + b) / 2, "mul": lambda f, b: f * b}[merge](fwd, bwd)
         torch.testing.assert_close(ys[i:i + 1, :n], merged)
         torch.testing.assert_close(bs[i:i + 1], b_state)
 

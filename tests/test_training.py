@@ -99,7 +99,8 @@ def test_run_directory_holds_config_checkpoint_metrics_and_plot(tmp_path):
     assert {"config.json", "checkpoint.json", "model-0000020.safetensors", "trainer-0000020.pt",
             "best.safetensors", "metrics.jsonl", "loss.png"} <= names
     assert ".rnnlab.lock" in names and "rnnlab-run.json" in names  # the run's lock file and marker
-    assert not any(n.startswith(".") and n != ".rnnlab.lock" or n.startswith("model-0000014") for n in names)  # old and temp files gone
+    # old and temp files gone
+    assert not any(n.startswith(".") and n != ".rnnlab.lock" or n.startswith("model-0000014") for n in names)
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "language" and config["train"]["steps"] == 20 and config["task_config"]["hidden"] == 16
     records = RunDir(run).read_metrics()
@@ -260,7 +261,8 @@ def test_constraints_hold_after_every_step_and_regularisers_enter_the_loss():
 
     penalised = Regression(regularizers=Regularizers(recurrent=L1L2(l2=10.0)))
     before = penalised.core.layers[0].cell.weight_hh.norm().item()
-    Trainer(penalised, Stream(), zero_loss, quick(steps=5, optimizer="sgd", lr=0.01, momentum=0.0, clip_norm=None)).fit()
+    config = quick(steps=5, optimizer="sgd", lr=0.01, momentum=0.0, clip_norm=None)
+    Trainer(penalised, Stream(), zero_loss, config).fit()
     assert penalised.core.layers[0].cell.weight_hh.norm().item() < 0.5 * before
 
 

@@ -32,7 +32,7 @@ class Batch:
     def steps(self) -> int:
         return self.inputs.shape[1]
 
-    def window(self, start: int, stop: int) -> "Batch":
+    def window(self, start: int, stop: int) -> Batch:
         """Time steps [start, stop) of a batch with sequence targets (for truncated BPTT)."""
         if self.lengths is not None:
             raise ValueError("Batch.window: padded batches (lengths given) cannot be cut into windows; "
@@ -43,7 +43,7 @@ class Batch:
         return Batch(self.inputs[:, start:stop], self.targets[:, start:stop], None,
                      self.continues or start > 0)
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         lengths = None if self.lengths is None else self.lengths.to(device)
         return Batch(self.inputs.to(device), self.targets.to(device), lengths, self.continues)
 

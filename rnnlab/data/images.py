@@ -29,7 +29,8 @@ def read_idx(path: str | Path) -> torch.Tensor:
     if path.suffix == ".gz":
         data = gzip.decompress(data)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ValueError(f"read_idx: {path} is not an IDX file (magic must be 00 00 <type> <ndim>; got {data[:4].hex()})")
+        raise ValueError(f"read_idx: {path} is not an IDX file "
+                         f"(magic must be 00 00 <type> <ndim>; got {data[:4].hex()})")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[data[2]])

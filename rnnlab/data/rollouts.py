@@ -189,7 +189,8 @@ class Rollouts:
         if self.current is None or self.served >= self.epochs * self.minibatches:
             self._play_rollout()
         epoch, group = divmod(self.served, self.minibatches)
-        order = torch.randperm(self.episodes, generator=torch.Generator().manual_seed(self._seed(self.rollout, 0, epoch)))
+        generator = torch.Generator().manual_seed(self._seed(self.rollout, 0, epoch))
+        order = torch.randperm(self.episodes, generator=generator)
         rows = order.tensor_split(self.minibatches)[group]
         self.served += 1
         targets = self.current["targets"][rows]

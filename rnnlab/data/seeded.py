@@ -8,7 +8,7 @@ uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

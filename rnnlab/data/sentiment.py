@@ -83,7 +83,7 @@ class Vocabulary:
         return {"level": self.level, "tokens": self.tokens}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Vocabulary":
+    def from_dict(cls, data: dict) -> Vocabulary:
         """The vocabulary `to_dict` saved, ids unchanged."""
         tokens = data.get("tokens") if isinstance(data, dict) else None
         if not isinstance(tokens, list) or tokens[:2] != [PAD, UNK]:

@@ -102,7 +102,7 @@ class Vocabulary:
         self.index = {token: i for i, token in enumerate(self.tokens)}
 
     @classmethod
-    def build(cls, tokens, level: str, max_size: int | None = None) -> "Vocabulary":
+    def build(cls, tokens, level: str, max_size: int | None = None) -> Vocabulary:
         """From training tokens; max_size (including <unk>) keeps only the most frequent."""
         if max_size is not None and max_size < 2:
             raise ValueError(f"Vocabulary.build: max_size must be >= 2 (<unk> and one token); got {max_size}")
@@ -146,7 +146,7 @@ class Vocabulary:
         return {"level": self.level, "tokens": self.tokens}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Vocabulary":
+    def from_dict(cls, data: dict) -> Vocabulary:
         if not isinstance(data, dict) or "tokens" not in data or "level" not in data:
             raise ValueError("Vocabulary.from_dict: data must be {'level': ..., 'tokens': [...]}; "
                              f"got keys {sorted(data) if isinstance(data, dict) else type(data).__name__}")

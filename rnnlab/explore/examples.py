@@ -47,7 +47,8 @@ def held_out_examples(task, count: int = 6) -> list[Example]:
             guess = int(p.argmax())
             examples.append(Example(f"validation snippet {i + 1} ({LABELS[int(labels[i])]})",
                                     [task.vocabulary.tokens[int(t)] for t in row[0]], model.input_map(row),
-                                    f"the model says {LABELS[guess]} ({100 * p[guess]:.0f}%); truly {LABELS[int(labels[i])]}"))
+                                    f"the model says {LABELS[guess]} ({100 * p[guess]:.0f}%); "
+                                    f"truly {LABELS[int(labels[i])]}"))
         return examples
     if isinstance(task, DigitsTask):
         images, labels = task.data["val"]
@@ -95,8 +96,11 @@ def held_out_examples(task, count: int = 6) -> list[Example]:
             xs, ys = task.inputs[None, a:b], torch.cat([task.z[a - 1:a], z[:-1]])[None, :, None]
             outputs, _ = model.core(xs, None, ys)
             error = float((model.readout(outputs)[0, :, 0] - z).pow(2).mean().sqrt())
-            examples.append(Example(f"validation window {i + 1}: {task.series.step_name}s {a + offset} to {b + offset - 1} of "
-                                    f"{task.config.series} ({task.series.unit}), the true previous value fed back", [f"{v:.1f}" for v in task.values[a + offset:b + offset].tolist()],
+            examples.append(Example(f"validation window {i + 1}: {task.series.step_name}s {a + offset} "
+                                    f"to {b + offset - 1} of {task.config.series} ({task.series.unit}), "
+                                    f"the true previous value fed back",
+                                    [f"{v:.1f}" for v in task.values[a + offset:b + offset].tolist()],
                                     xs, f"one-step-ahead RMSE {error:.3f} (normalised units)", ys=ys))
         return examples
-    raise ValueError(f"rnnlab explore: the page serves language, {', '.join(SERVED)} runs; the run is a {task.name!r} run")
+    raise ValueError(f"rnnlab explore: the page serves language, {', '.join(SERVED)} runs; "
+                     f"the run is a {task.name!r} run")

@@ -37,7 +37,8 @@ from .trace import (
     trace_language,
 )
 
-__all__ = ["DEFAULT_PASSAGE", "MARKER", "ExplorePage", "page_data", "examples_page_data", "build_page", "read_page_data", "dequantised"]
+__all__ = ["DEFAULT_PASSAGE", "MARKER", "ExplorePage", "page_data", "examples_page_data", "build_page",
+           "read_page_data", "dequantised"]
 
 DEFAULT_PASSAGE = 2000  # tokens of held-out text the page shows by default
 EXAMPLES = 6  # held-out examples shown for the other tasks
@@ -103,7 +104,8 @@ PAGE_FAMILIES = ("vanilla", "residual", "input", "forget", "lstm", "gru", "feedb
 def _live_model_supported(task, model) -> tuple[bool, str]:
     """Whether the page can run the model itself, and why not."""
     if task.config.level != "char":
-        return False, "The page runs character-level language models itself (a word vocabulary's readout is too big to embed)"
+        return False, ("The page runs character-level language models itself "
+                       "(a word vocabulary's readout is too big to embed)")
     for runner in model.core.layers:
         cell = runner.cell
         if cell.family not in PAGE_FAMILIES:
@@ -128,7 +130,8 @@ def _passage_loss(logits: np.ndarray, ids: torch.Tensor) -> float | None:
     return F.cross_entropy(torch.from_numpy(logits[:-1]).double(), ids[1:]).item()
 
 
-def page_data(task, run_dir: str | Path, weights_file: Path, tokens: list[str], source: str) -> tuple[dict, Trace, Trace]:
+def page_data(task, run_dir: str | Path, weights_file: Path, tokens: list[str],
+              source: str) -> tuple[dict, Trace, Trace]:
     """Everything the page embeds, and the traces of the page's and the run's own model."""
     if not isinstance(task, LanguageTask):
         raise ValueError(f"rnnlab explore: the page serves language runs; the run in {run_dir} is a {task.name!r} run")
@@ -190,8 +193,8 @@ def examples_page_data(task, run_dir: str | Path, weights_file: Path, examples: 
         "level": "step",
         "vocabulary": [],
         "start": "",
-        "passage": {"source": f"{len(examples)} held-out examples, {len(tokens):,} steps", "tokens": tokens, "ids": None,
-                    "top_ids": None, "top_probs": None, "loss": None,
+        "passage": {"source": f"{len(examples)} held-out examples, {len(tokens):,} steps", "tokens": tokens,
+                    "ids": None, "top_ids": None, "top_probs": None, "loss": None,
                     "separator": " " if task.name in ("sentiment", "adding", "forecast") else "",
                     "examples": [{"start": start, "length": len(e.tokens), "caption": e.caption, "outcome": e.outcome,
                                   "line_per_step": e.line_per_step} for start, e in zip(starts, examples)]},
@@ -218,11 +221,13 @@ def _passage(task, text_file: str | None, prompt: str | None, length: int | None
     elif text_file is not None:
         path = Path(text_file)
         if not path.is_file():
-            raise ValueError(f"rnnlab explore: --text must be a UTF-8 text file; got {text_file!r}, which does not exist")
+            raise ValueError(f"rnnlab explore: --text must be a UTF-8 text file; "
+                             f"got {text_file!r}, which does not exist")
         try:
             content = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
-            raise ValueError(f"rnnlab explore: --text must be a UTF-8 text file; {text_file!r} is not ({error.reason})")
+            raise ValueError(f"rnnlab explore: --text must be a UTF-8 text file; "
+                             f"{text_file!r} is not ({error.reason})") from error
         tokens, source = list(tokenize(content, level))[:limit], f"{path.name}"
     else:
         tokens = [task.vocabulary.tokens[int(i)] for i in task.val_ids[:limit]]

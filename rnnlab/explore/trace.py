@@ -92,7 +92,8 @@ def trace_language(model: RecurrentModel, ids: torch.Tensor) -> Trace:
     if model.feedback_map is None:
         xs, ys = model.input_map(ids), None  # the token enters as x ...
     else:
-        xs, ys = ids.new_zeros(1, ids.shape[1], 0, dtype=torch.float32), model.feedback_map.from_target(ids)  # ... or as y^{t-1}
+        # ... or as y^{t-1}
+        xs, ys = ids.new_zeros(1, ids.shape[1], 0, dtype=torch.float32), model.feedback_map.from_target(ids)
     layers, outputs = trace_core(model.core, xs, ys)
     logits = model.readout(outputs)[0]
     model.train(was_training)

@@ -30,11 +30,15 @@ from __future__ import annotations
 import torch
 
 from . import compiled
-from .fused import fused, unavailable as _fused_unavailable
-from .native import native, unavailable as _native_unavailable
+from .fused import fused
+from .fused import unavailable as _fused_unavailable
+from .native import native
+from .native import unavailable as _native_unavailable
 from .reference import reference, valid_steps, where_state, without_padding
-from .scan import scan, unavailable as _scan_unavailable
-from .traceable import traceable, unavailable as _traceable_unavailable
+from .scan import scan
+from .scan import unavailable as _scan_unavailable
+from .traceable import traceable
+from .traceable import unavailable as _traceable_unavailable
 
 IMPLEMENTATIONS = {"reference": reference, "native": native, "scan": scan, "fused": fused}
 _UNAVAILABLE = {"reference": lambda cell, **context: None, "native": _native_unavailable,
@@ -82,7 +86,8 @@ def choose(cell, implementation: str, **context) -> str:
         return next(name for name in candidates if available(cell, name, **context) is None)
     reason = available(cell, implementation, **context)
     if reason is not None:
-        raise ValueError(f"Recurrent: implementation={implementation!r} cannot run {type(cell).__name__} here: {reason}")
+        raise ValueError(f"Recurrent: implementation={implementation!r} cannot run {type(cell).__name__} here: "
+                         f"{reason}")
     return implementation
 
 
@@ -130,6 +135,6 @@ def _without_autocast(implementation, cell, xs, state, y_prev, lengths, masks):
         return implementation(cell, cast(xs), state, cast(y_prev), lengths, tuple(map(cast, masks)))
 
 
-__all__ = ["run", "choose", "exporting", "traceable", "available", "reference", "native", "scan", "fused", "valid_steps",
-           "where_state", "without_padding",
+__all__ = ["run", "choose", "exporting", "traceable", "available", "reference", "native", "scan", "fused",
+           "valid_steps", "where_state", "without_padding",
            "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_ORDER", "order"]

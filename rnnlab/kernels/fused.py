@@ -51,7 +51,8 @@ def unavailable(cell: Cell, **context) -> str | None:
         return "fused has no zoneout"
     for arg in ("activation", "gate_activation"):
         if getattr(cell, arg) not in BACKWARD:
-            return f"fused differentiates activations from their outputs, which {arg}={getattr(cell, arg)!r} does not allow"
+            return (f"fused differentiates activations from their outputs, "
+                    f"which {arg}={getattr(cell, arg)!r} does not allow")
     return None
 
 
@@ -105,7 +106,8 @@ class _Loop(torch.autograd.Function):
         steps, batch = inputs.shape[:2]
         flat = inputs.reshape(steps * batch, -1)  # (T*B, I + O)
         # Zx for all steps in one GEMM; the loop then turns it into the gate values in place
-        zx = (torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())).view(steps, batch, -1)
+        zx = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
+        zx = zx.view(steps, batch, -1)
         ctx.loop, ctx.sizes, ctx.last = loop, sizes, last
         tape = _Tape(steps, sizes, last)
         if graphs.enabled(zx):  # one CUDA graph for the whole loop (graphs.py)
@@ -238,7 +240,8 @@ class _Gated:
         r, i, f = per_gate["r"], per_gate.get("i"), per_gate.get("f")
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         vt = weight_hh.t() if weight_hh is not None else None
-        gs, new, prev, masks = tape.steps_of(gates), tape.steps_of(states), tape.previous(state0[0], states), tape.same(mh)
+        gs, new = tape.steps_of(gates), tape.steps_of(states)
+        prev, masks = tape.previous(state0[0], states), tape.same(mh)
         for t in range(tape.steps):
             g, s_prev = gs[t], prev[t]
             if vt is not None:
@@ -311,7 +314,8 @@ class _LSTM:
         vt = weight_hh.t() if weight_hh is not None else None
         extension = compiled.extension_for(zx)
         if extension is not None:
-            extension.lstm_forward(self.act, self.sigma, gates, weight_hh, mh, state0[0], state0[1].contiguous(), hs, cs, tcs, tape.sizes or [])
+            extension.lstm_forward(self.act, self.sigma, gates, weight_hh, mh, state0[0], state0[1].contiguous(),
+                                   hs, cs, tcs, tape.sizes or [])
             return hs, cs, gates, tcs
         gi, gf, gr, go = (tape.steps_of(g) for g in _gates(gates, 4))
         g_if = tape.steps_of(gates[..., :2 * hidden])
@@ -334,8 +338,8 @@ class _LSTM:
         carry_h, carry_c = _carry(d_finals[0]), _carry(d_finals[1])
         extension = compiled.extension_for(gates)
         if extension is not None:
-            extension.lstm_backward(self.act, self.sigma, gates, cs, tcs, state0[1].contiguous(), d_out.contiguous(), weight_hh, mh,
-                                    carry_h, carry_c, dz, tape.sizes or [])
+            extension.lstm_backward(self.act, self.sigma, gates, cs, tcs, state0[1].contiguous(), d_out.contiguous(),
+                                    weight_hh, mh, carry_h, carry_c, dz, tape.sizes or [])
         else:
             self.backward_loop(tape, d_out, weight_hh, mh, state0, buffers, dz, carry_h, carry_c)
         d_weight = _weight_grad(dz, state0[0], hs, mh) if weight_hh is not None and needs[7] else None
@@ -425,7 +429,7 @@ class _GRU:
         carries, d_outs, h_prev = tape.same(carry), tape.steps_of(d_out), tape.previous(state0[0], hs)
         if weight_hh is not None:
             H = hs.shape[-1]
-            gr, zh_n, dr = tape.steps_of(gates[..., :H]), tape.steps_of(zhs[0][..., 2 * H:]), tape.steps_of(dzx[..., :H])
+            gr, zh_n, dr = (tape.steps_of(b) for b in (gates[..., :H], zhs[0][..., 2 * H:], dzx[..., :H]))
             dzx_ru, dzh_ru, dzh_n = (tape.steps_of(b) for b in (dzx[..., :2 * H], dzh[..., :2 * H], dzh[..., 2 * H:]))
             dzhs, masks = tape.steps_of(dzh), tape.same(mh)
         for t in reversed(range(tape.steps)):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

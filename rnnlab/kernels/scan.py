@@ -46,7 +46,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..cells import (Cell, State)
+from ..cells import Cell, State
 from . import compiled
 from .activations import BACKWARD
 from .reference import valid_steps, without_padding

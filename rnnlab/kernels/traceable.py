@@ -17,7 +17,7 @@ import functools
 
 import torch
 
-from ..cells import (Cell, State)
+from ..cells import Cell, State
 
 # TorchScript expressions of the cells' activations (cells.ACTIVATIONS), `{}` the argument
 _ACTIVATIONS = {
