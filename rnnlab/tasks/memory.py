@@ -9,7 +9,9 @@ store information put to the test. Data is generated on the fly from the seed
 - copy (Arjovsky et al. 2016): 10 symbols of 8, T - 1 blanks, a marker, then the 10 symbols are to
   be reproduced. Sequence to sequence (T + 20 steps), cross-entropy per step. Blanks until the
   marker, then uniform guesses score 10 ln 8 / (T + 20): a model beats it only by remembering the
-  symbols over T steps.
+  symbols over T steps. `curriculum=N` trains on delays growing from 1 to T over the first N
+  steps: the LSTM learns to store the symbols at short delays, then to hold them longer
+  (docs/RESULTS.md, "copy, solved?").
 
 Both use Keras's initialisation (orthogonal recurrent weights, forget bias 1): with torch's
 uniform one the gated cells start forgetting half of the state per step and learn far slower
