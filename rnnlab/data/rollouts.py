@@ -18,9 +18,9 @@ A policy is any module with `initial_state(batch)` and `step(observation (B, I),
                               (the value target), and 1 while the episode runs / 0 after its end
 
 Row b of a batch holds episode b of every agent (padded to the longest), so the batch is cut in
-time like any sequence batch (truncated BPTT). Rewards are scaled by (1 - gamma), so that values
-lie in [0, 1] whatever the horizon; an episode cut by the time limit is bootstrapped with the
-value of its last observation, one that ended by failing is not.
+time like any sequence batch (truncated BPTT). Rewards are multiplied by `reward_scale` (the
+control task's 1 - gamma keeps the values in [0, 1] whatever the horizon); an episode cut by the
+time limit is bootstrapped with the value after its last step, one that ended by failing is not.
 """
 
 from __future__ import annotations
