@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import EXTENSION
 from torch import nn
 
 import rnnlab as R
@@ -15,6 +14,8 @@ from rnnlab.config import ConfigTypeError
 from rnnlab.init import L1L2, Constraints, Init, MaxNorm, Regularizers
 from rnnlab.kernels import compiled
 from rnnlab.training import TrainConfig
+
+from conftest import EXTENSION
 
 B, T, I, H, O = 4, 6, 3, 5, 2
 LENGTHS = torch.tensor([6, 2, 4, 1])

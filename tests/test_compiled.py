@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXTENSION
 
 from rnnlab.kernels import compiled
+
+from conftest import EXTENSION
 
 PROBE = textwrap.dedent("""\
     // the smallest module torch's builder can build and Python import

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from play_text import write_play
 
 from rnnlab.data import UNK, Batch, TokenStream, Vocabulary, detokenize, read_text, split_blocks, tokenize
+
+from play_text import write_play
 
 
 def test_bundled_corpus_loads_as_plain_speeches():

@@ -7,13 +7,14 @@ import warnings
 
 import pytest
 import torch
-from play_text import write_play
 from torch import nn
 
 import rnnlab as R
 from rnnlab import export, kernels
 from rnnlab.cells import LADDER
 from rnnlab.cli import main
+
+from play_text import write_play
 
 onnx = pytest.importorskip("onnx", reason="the export extra: pip install 'rnnlab[export]'")
 pytest.importorskip("onnxruntime", reason="the export extra: pip install 'rnnlab[export]'")

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from conftest import EXTENSION  # the cached build of the C++ loops, or None (tests never compile)
 
 from rnnlab import (
     ForgetGatedCell,
@@ -23,6 +22,8 @@ from rnnlab import (
 from rnnlab.kernels import compiled
 from rnnlab.kernels.scan import chunked, doubling, linear_scan
 from rnnlab.kernels.scan import compiled_loop as compiled_solver
+
+from conftest import EXTENSION  # the cached build of the C++ loops, or None (tests never compile)
 
 B, T, I, H, O = 4, 6, 3, 5, 2
 

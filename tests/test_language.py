@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
-from play_text import write_play
 
 from rnnlab.cli import main
 from rnnlab.tasks import LanguageConfig, LanguageTask
 from rnnlab.tasks.language import next_token_logits, sample
+
+from play_text import write_play
 
 TINY = ["--hidden", "16", "--embedding", "8", "--batch-size", "4", "--seq-len", "12", "--eval-tokens", "200",
         "--eval-every", "5", "--log-every", "5", "--threads", "1"]

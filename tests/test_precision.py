@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
-from play_text import write_play
 
 import rnnlab as R
 from rnnlab import kernels
 from rnnlab.cells import LADDER
 from rnnlab.tasks import LanguageConfig, LanguageTask
 from rnnlab.training import TrainConfig, Trainer
+
+from play_text import write_play
 
 IMPLEMENTATIONS = ("auto", "reference", "fused", "native", "scan")
 CASES = [(name, feedback, reads) for name in LADDER for feedback in (0, 3) for reads in (True, False)

@@ -22,15 +22,17 @@ def test_every_supervised_task_takes_the_cell_options(name):
     cells = cells_of(cls(config).model)
     assert cells
     for cell in cells:
-        assert (cell.depth, cell.zoneout, cell.recurrent_dropout, cell.dropout, cell.activation) == (2, 0.1, 0.2, 0.1, "relu")
+        options = (cell.depth, cell.zoneout, cell.recurrent_dropout, cell.dropout, cell.activation)
+        assert options == (2, 0.1, 0.2, 0.1, "relu")
         assert cell.constraints.kernel == R.MaxNorm(3.0) and cell.regularizers.kernel == R.L1L2(l2=1e-4)
         assert cell.regularizers.activity == R.L1L2(l2=1e-3)
 
 
 def test_no_state_read_and_residual_before_from_the_command_line(tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "adding", "--T", "5", "--hidden", "4", "--steps", "1", "--eval-size", "4", "--batch-size", "4",
-                 "--cell", "residual", "--residual", "before", "--no-state-read", "--out", str(run)]) == 0
+    assert main(["train", "adding", "--T", "5", "--hidden", "4", "--steps", "1", "--eval-size", "4",
+                 "--batch-size", "4", "--cell", "residual", "--residual", "before", "--no-state-read",
+                 "--out", str(run)]) == 0
     task, _ = open_run(run)
     (cell,) = cells_of(task.model)
     assert cell.residual == "before" and cell.reads_state is False

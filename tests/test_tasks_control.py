@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from rnnlab.cli import main
-from rnnlab.data.cartpole import MissingDependencyError, STATE_NAMES, VISIBLE, make_cartpole, require_gymnasium
+from rnnlab.data.cartpole import STATE_NAMES, VISIBLE, MissingDependencyError, make_cartpole, require_gymnasium
 from rnnlab.data.rollouts import discounted_advantages, play
 from rnnlab.tasks import TASKS
 from rnnlab.tasks.control import AGENTS, ControlConfig, ControlTask
-from rnnlab.training import Trainer, TrainConfig
+from rnnlab.training import TrainConfig, Trainer
+
 from resume_check import assert_resume_matches
 
 TINY = dict(hidden=8, episodes=4, epochs=2, minibatches=2, eval_episodes=4, test_episodes=4)
@@ -127,9 +128,9 @@ def test_clear_errors(capsys):
         ControlConfig(episodes=2, minibatches=4)
     with pytest.raises(ValueError, match="ControlConfig: cell must be one of"):
         ControlConfig(cell="feedback")
-    with pytest.raises(ValueError, match="ControlConfig: clip must be in"):
+    with pytest.raises(ValueError, match=r"ControlConfig: clip must be a number in \(0, 1\)"):
         ControlConfig(clip=1.5)
     with pytest.raises(ValueError, match="make_cartpole: num_envs must be an int >= 1; got 0"):
         make_cartpole(0, True)
     assert main(["train", "control", "--episodes", "0", "--steps", "1"]) == 2
-    assert capsys.readouterr().err.strip() == "rnnlab: error: ControlConfig: episodes must be an int >= 1; got 0"
+    assert capsys.readouterr().err.strip() == "rnnlab train: error: --episodes must be an int >= 1; got 0"

@@ -20,7 +20,8 @@ TINY = ["--hidden", "8", "--batch-size", "32", "--eval-every", "2", "--log-every
 
 def write_idx(path, array: np.ndarray) -> None:
     codes = {np.uint8: 0x08}
-    header = bytes([0, 0, codes[array.dtype.type], array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, codes[array.dtype.type], array.ndim]) + dims
     path.write_bytes(gzip.compress(header + array.tobytes(), compresslevel=1))
 
 

@@ -7,9 +7,17 @@ import pytest
 import torch
 
 from rnnlab.cli import main
-from rnnlab.tasks.forecast import (ForecastConfig, ForecastTask, Normaliser, errors, forecast, naive_forecast,
-                                   seasonal_naive_forecast)
-from rnnlab.training import Trainer, TrainConfig
+from rnnlab.tasks.forecast import (
+    ForecastConfig,
+    ForecastTask,
+    Normaliser,
+    errors,
+    forecast,
+    naive_forecast,
+    seasonal_naive_forecast,
+)
+from rnnlab.training import TrainConfig, Trainer
+
 from resume_check import assert_resume_matches
 
 TINY = dict(series="sunspots", hidden=4, window=12, batch_size=4)

@@ -10,7 +10,8 @@ from rnnlab.cli import main
 from rnnlab.data.seeded import SeededBatches
 from rnnlab.data.synthetic import copy_memory_batch
 from rnnlab.tasks.memory import AddingConfig, AddingTask, CopyConfig, CopyTask, copy_baseline
-from rnnlab.training import Trainer, TrainConfig
+from rnnlab.training import TrainConfig, Trainer
+
 from resume_check import assert_resume_matches
 
 

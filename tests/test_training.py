@@ -8,7 +8,6 @@ import signal
 
 import pytest
 import torch
-from play_text import write_play
 from torch import nn
 
 from rnnlab import L1L2, Constraints, LSTMCell, MaxNorm, Regularizers, Stacked
@@ -16,6 +15,8 @@ from rnnlab.checkpoints import CheckpointError, RunDir
 from rnnlab.data import Batch
 from rnnlab.tasks import LanguageConfig, LanguageTask, run_config
 from rnnlab.training import TrainConfig, Trainer, seed_everything
+
+from play_text import write_play
 
 
 def tiny_task(text_file, seed=0, **options):

@@ -52,7 +52,8 @@ class Task(abc.ABC):
         if missing:
             raise TypeError(f"{cls.__name__}: a Task must define {', '.join(missing)}")
         if not isinstance(cls.train_defaults, TrainConfig):
-            raise TypeError(f"{cls.__name__}: train_defaults must be a TrainConfig; got {type(cls.train_defaults).__name__}")
+            raise TypeError(f"{cls.__name__}: train_defaults must be a TrainConfig; "
+                            f"got {type(cls.train_defaults).__name__}")
 
     # --- the run directory ---
     def artifacts(self) -> dict[str, object]:
@@ -60,7 +61,7 @@ class Task(abc.ABC):
         return {}
 
     @classmethod
-    def from_artifacts(cls, config, artifacts: dict[str, object]) -> "Task":
+    def from_artifacts(cls, config, artifacts: dict[str, object]) -> Task:
         """The task rebuilt from its config and the artifacts of its run directory."""
         return cls(config)
 

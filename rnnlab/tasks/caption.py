@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob
+from ..config import knob, validate
 from ..data.batches import Batch
 from ..data.seeded import SeededBatches
 from ..data.strips import Strips, caption_vocabulary, caption_words, make_strips
@@ -51,33 +51,20 @@ MAJORITY_SAMPLE = 20_000  # training strips counted to find the most frequent ca
 class CaptionConfig:
     """The strips and the encoder-decoder."""
 
-    max_digits: int = knob(5, "digits per strip: 1 to this many, uniformly")
+    max_digits: int = knob(5, "digits per strip: 1 to this many, uniformly", low=1)
     encoder: str = knob("conv", "image encoder: a small conv net or an MLP of the pixels", ENCODERS)
-    vector: int = knob(256, "size of the image's vector v, the decoder's single input")
+    vector: int = knob(256, "size of the image's vector v, the decoder's single input", low=1)
     cell: str = knob("lstm", "decoder cell of the ladder", CELLS)
-    hidden: int = knob(256, "decoder state size H")
-    layers: int = knob(1, "decoder layers")
-    embed: int = knob(32, "size of the fed-back word's embedding")
-    dropout: float = knob(0.2, "dropout in the encoder, before its last layer")
-    batch_size: int = knob(64, "strips per batch, new ones every batch")
-    eval_size: int = knob(1000, "held-out strips of the validation and of the test (fixed)")
+    hidden: int = knob(256, "decoder state size H", low=1)
+    layers: int = knob(1, "decoder layers", low=1)
+    embed: int = knob(32, "size of the fed-back word's embedding", low=1)
+    dropout: float = knob(0.2, "dropout in the encoder, before its last layer", low=0, below=1)
+    batch_size: int = knob(64, "strips per batch, new ones every batch", low=1)
+    eval_size: int = knob(1000, "held-out strips of the validation and of the test (fixed)", low=1)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
     def __post_init__(self):
-        def fail(name, expected):
-            raise ValueError(f"CaptionConfig: {name} must be {expected}; got {getattr(self, name)!r}")
-
-        for name in ("max_digits", "vector", "hidden", "layers", "embed", "batch_size", "eval_size"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
-                fail(name, "an int >= 1")
-        if self.encoder not in ENCODERS:
-            fail("encoder", f"one of {ENCODERS}")
-        if self.cell not in CELLS:
-            fail("cell", f"one of {CELLS}")
-        if not 0 <= self.dropout < 1:
-            fail("dropout", "in [0, 1)")
-        if self.implementation not in IMPLEMENTATION_NAMES:
-            fail("implementation", f"one of {IMPLEMENTATION_NAMES}")
+        validate(self)
 
 
 def conv_encoder(rows: int, width: int, vector: int, dropout: float) -> nn.Module:
@@ -177,7 +164,8 @@ class CaptionTask(Task, Captioner):
     """Caption strips of handwritten digits: data, model, batches, loss, metrics, baselines, the grid."""
 
     name = "caption"
-    description = "vector to sequence: strips of 1-5 handwritten 8x8 digits captioned in words, exact match vs baselines"
+    description = ("vector to sequence: strips of 1-5 handwritten 8x8 digits captioned in words, exact match vs "
+                   "baselines")
     Config = CaptionConfig
     # Sized on a shared 2-core CPU (docs/RESULTS.md): 2,000 steps are 2.4 minutes of one core's
     # CPU time. The 30-minute wall-clock guard is generous on purpose: on this project's loaded

@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob
+from ..config import ConfigError, knob, validate
 from ..data.batches import Batch
 from ..data.cartpole import MAX_RETURN, STATE_NAMES, VISIBLE, make_cartpole
 from ..data.rollouts import Rollouts, play
@@ -71,41 +70,25 @@ class ControlConfig:
     """The agents and PPO's settings."""
 
     cell: str = knob("lstm", "cell of the recurrent agent", CELLS)
-    hidden: int = knob(64, "state size H of the recurrent core, and width of the feed-forward cores")
-    layers: int = knob(1, "stacked layers of the recurrent core")
-    episodes: int = knob(16, "episodes each agent plays per rollout (games stepped together)")
-    epochs: int = knob(4, "times each rollout is learnt from")
-    minibatches: int = knob(2, "minibatches (groups of whole episodes) per epoch; one training step each")
-    gamma: float = knob(0.99, "discount")
-    gae_lambda: float = knob(0.95, "lambda of generalised advantage estimation")
-    clip: float = knob(0.2, "PPO's clipping of the probability ratio")
-    value_coef: float = knob(0.5, "weight of the value loss")
-    entropy_coef: float = knob(0.01, "weight of the entropy bonus")
-    eval_episodes: int = knob(32, "seeded validation episodes per agent at every evaluation")
-    test_episodes: int = knob(100, "seeded test episodes per agent in the report")
+    hidden: int = knob(64, "state size H of the recurrent core, and width of the feed-forward cores", low=1)
+    layers: int = knob(1, "stacked layers of the recurrent core", low=1)
+    episodes: int = knob(16, "episodes each agent plays per rollout (games stepped together)", low=1)
+    epochs: int = knob(4, "times each rollout is learnt from", low=1)
+    minibatches: int = knob(2, "minibatches (groups of whole episodes) per epoch; one training step each", low=1)
+    gamma: float = knob(0.99, "discount", above=0, high=1)
+    gae_lambda: float = knob(0.95, "lambda of generalised advantage estimation", above=0, high=1)
+    clip: float = knob(0.2, "PPO's clipping of the probability ratio", above=0, below=1)
+    value_coef: float = knob(0.5, "weight of the value loss", low=0)
+    entropy_coef: float = knob(0.01, "weight of the entropy bonus", low=0)
+    eval_episodes: int = knob(32, "seeded validation episodes per agent at every evaluation", low=1)
+    test_episodes: int = knob(100, "seeded test episodes per agent in the report", low=1)
     implementation: str = knob("auto", "runner implementation of the recurrent core", IMPLEMENTATION_NAMES)
 
     def __post_init__(self):
-        def fail(name, expected):
-            raise ValueError(f"ControlConfig: {name} must be {expected}; got {getattr(self, name)!r}")
-
-        if self.cell not in CELLS:
-            fail("cell", f"one of {CELLS}")
-        for name in ("hidden", "layers", "episodes", "epochs", "minibatches", "eval_episodes", "test_episodes"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "an int >= 1")
+        validate(self)
         if self.minibatches > self.episodes:
-            fail("minibatches", f"at most episodes ({self.episodes}): a minibatch holds whole episodes")
-        for name in ("gamma", "gae_lambda"):
-            if not 0 < getattr(self, name) <= 1:
-                fail(name, "in (0, 1]")
-        if not 0 < self.clip < 1:
-            fail("clip", "in (0, 1)")
-        for name in ("value_coef", "entropy_coef"):
-            if not getattr(self, name) >= 0:
-                fail(name, ">= 0")
-        if self.implementation not in IMPLEMENTATION_NAMES:
-            fail("implementation", f"one of {IMPLEMENTATION_NAMES}")
+            raise ConfigError("ControlConfig", "minibatches", f"at most episodes ({self.episodes}): a minibatch holds "
+                              "whole episodes", self.minibatches)
 
 
 # --- the agents ---------------------------------------------------------------------------------

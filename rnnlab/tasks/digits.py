@@ -28,8 +28,7 @@ from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 from .base import Task
 from .cell_options import CellOptions
-from .classification import (classification_loss, confusion_matrix, majority_baseline, plot_confusion,
-                             predict, scores)
+from .classification import classification_loss, confusion_matrix, majority_baseline, plot_confusion, predict, scores
 
 __all__ = ["DigitsConfig", "DigitsTask", "build_model", "linear_baseline"]
 
@@ -56,7 +55,8 @@ class DigitsConfig(CellOptions):
     def __post_init__(self):
         validate(self)
         if self.root is not None and self.dataset != "fashion":
-            raise ConfigError("DigitsConfig", "root", "None unless dataset='fashion' (the digits are bundled)", self.root)
+            raise ConfigError("DigitsConfig", "root", "None unless dataset='fashion' (the digits are bundled)",
+                              self.root)
 
 
 def load_splits(config: DigitsConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -28,9 +28,9 @@ weights), the rest training. The metric is MAE and RMSE on the tail, next to the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +139,7 @@ class Normaliser:
     std: float
 
     @classmethod
-    def fit(cls, train: torch.Tensor, transform: str) -> "Normaliser":
+    def fit(cls, train: torch.Tensor, transform: str) -> Normaliser:
         values = train.diff() if transform == "difference" else train
         return cls(transform, float(values.mean()), float(values.std()) or 1.0)
 

@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import progress
 from ..cells import LADDER
 from ..config import ConfigError, knob, validate
 from ..data.batches import Batch, TokenStream
 from ..data.ngrams import KneserNeyTrigram, Unigram, perplexity
 from ..data.text import LEVELS, Vocabulary, read_text, split_blocks, tokenize
 from ..models import RecurrentModel
-from .. import progress
 from ..preprocessing import EmbeddingFeedback, choose_token
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
@@ -85,7 +85,8 @@ def build_model(config: LanguageConfig, vocab_size: int) -> RecurrentModel:
     return RecurrentModel(core, readout, input_map=nn.Embedding(vocab_size, E))
 
 
-def next_token_logits(model: RecurrentModel, inputs: torch.Tensor, state=None, targets=None, teacher_forcing: float = 1.0):
+def next_token_logits(model: RecurrentModel, inputs: torch.Tensor, state=None, targets=None,
+                      teacher_forcing: float = 1.0):
     """(B, T) token ids -> logits (B, T, V) of the next tokens, and the final state.
 
     With feedback the token c_t enters as y^{t-1}: under full teacher forcing all steps at once,
@@ -225,7 +226,7 @@ class LanguageTask(Task, TextGenerator):
         return {"vocabulary.json": self.vocabulary.to_dict()}
 
     @classmethod
-    def from_artifacts(cls, config: LanguageConfig, artifacts: dict[str, object]) -> "LanguageTask":
+    def from_artifacts(cls, config: LanguageConfig, artifacts: dict[str, object]) -> LanguageTask:
         return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"]))
 
     def batches(self, seed: int) -> TokenStream:
@@ -258,10 +259,12 @@ class LanguageTask(Task, TextGenerator):
                  f"{m['perplexity']:.2f}   (all {len(self.val_ids):,} held-out {unit}s)"]
         unigram = perplexity(Unigram(self.train_ids, V), self.val_ids)
         baselines = (f"baselines, same held-out {unit}s and vocabulary: uniform {math.log(V):.4f} nats/{unit} "
-                     f"(perplexity {V}), unigram {math.log(unigram):.4f} nats/{unit} (unigram perplexity {unigram:.2f})")
+                     f"(perplexity {V}), unigram {math.log(unigram):.4f} nats/{unit} "
+                     f"(unigram perplexity {unigram:.2f})")
         if self.config.level == "word":  # the count-based model to beat at word level
             trigram = perplexity(KneserNeyTrigram(self.train_ids, V), self.val_ids)
-            baselines += f", interpolated Kneser-Ney trigram {math.log(trigram):.4f} nats/{unit} (perplexity {trigram:.2f})"
+            baselines += (f", interpolated Kneser-Ney trigram {math.log(trigram):.4f} nats/{unit} "
+                          f"(perplexity {trigram:.2f})")
         return lines + [baselines]
 
     def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,

@@ -7,7 +7,8 @@ where T is the snippet's own last word: batches are padded, and `lengths` make t
 each sequence at its end. pool 'last' is the lecture's single output, f(s^T); the default 'max'
 takes each unit's largest output over the valid steps, which scored higher here (docs/RESULTS.md).
 With --bidirectional a second runner reads each snippet backwards; pool it with mean or max (at
-the last step the backward half has read one word only). The data is split by movie (80/10/10% of the snippets), so no film is in two splits.
+the last step the backward half has read one word only). The data is split by movie (80/10/10% of
+the snippets), so no film is in two splits.
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def build_model(config: SentimentConfig, vocab_size: int) -> SequenceToVector:
                               nn.Dropout(p))
     if config.bidirectional:
         sizes = [E] + [2 * H] * (config.layers - 1)
-        core = Stacked(*(Bidirectional(Recurrent(cell(i, H, **options), config.implementation),
-                                       Recurrent(cell(i, H, **options), config.implementation)) for i in sizes), dropout=p)
+        def direction(i):
+            return Recurrent(cell(i, H, **options), config.implementation)
+
+        core = Stacked(*(Bidirectional(direction(i), direction(i)) for i in sizes), dropout=p)
     else:
         core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=p, options=options)
     readout = nn.Sequential(nn.Dropout(p), nn.Linear(core.output_size, len(LABELS)))
@@ -126,7 +129,7 @@ class SentimentTask(Task):
         return {"vocabulary.json": self.vocabulary.to_dict()}
 
     @classmethod
-    def from_artifacts(cls, config: SentimentConfig, artifacts: dict[str, object]) -> "SentimentTask":
+    def from_artifacts(cls, config: SentimentConfig, artifacts: dict[str, object]) -> SentimentTask:
         return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"]))
 
     def batches(self, seed: int) -> ExampleBatches:
