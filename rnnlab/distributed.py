@@ -27,6 +27,7 @@ died or hangs stops with an error instead of waiting for ever.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -134,6 +135,10 @@ def join(device: str) -> Group:
 
 def leave(group: Group | None) -> None:
     if group is not None and dist.is_initialized():
+        # The trainer (DDP's reducer and its gloo work among it) sits in reference cycles: collect it
+        # while the group and the interpreter are alive. Left to the interpreter's exit, its C++ threads
+        # met a finalising interpreter and the process aborted (SIGABRT) now and then.
+        gc.collect()
         dist.destroy_process_group()
 
 
