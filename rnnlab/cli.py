@@ -347,6 +347,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# --- translate (the translate task's own command) -------------------------------------------
+
+
+def cmd_translate(args) -> int:
+    """Translate sentences with a trained translate run: the one given, or each line of stdin."""
+    from .tasks import Translator, commands_for
+
+    if args.beam < 1:
+        raise ValueError(f"rnnlab translate: --beam must be >= 1; got {args.beam}")
+    task, _ = _open_trained(args.run_dir, args.weights, args.device)
+    if not isinstance(task, Translator):
+        raise ValueError(f"rnnlab translate: a {task.name!r} run does not translate; what serves it: "
+                         f"{commands_for(type(task))}")
+    sentences = [args.sentence] if args.sentence is not None else [line.rstrip("\n") for line in sys.stdin]
+    sentences = [s for s in sentences if s.strip()]
+    if not sentences:
+        raise ValueError("rnnlab translate: sentence must be given, or lines on stdin; got nothing to translate")
+    for translation in task.translate(task.model, sentences, beam=args.beam):
+        print(translation)
+    return 0
+
+
+def add_translate_parser(sub) -> argparse.ArgumentParser:
+    translate = sub.add_parser("translate", help="translate sentences with a trained translate run (beam search)")
+    translate.add_argument("run_dir", metavar="RUN_DIR")
+    translate.add_argument("sentence", nargs="?", help="the sentence (default: each line of stdin)")
+    translate.add_argument("--beam", type=int, default=5, help="beam width; 1: greedy (default: 5)")
+    translate.set_defaults(func=cmd_translate)
+    return translate
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -449,7 +480,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.set_defaults(func=cmd_eval)
 
-    for command in (sample, evaluate):
+    translate = add_translate_parser(sub)
+    for command in (sample, evaluate, translate):
         command.add_argument("--weights", choices=("best", "last"), default="best",
                              help="the best evaluation's weights or the last checkpoint's (default: best)")
         command.add_argument("--device", default="cpu", help="torch device (default: cpu)")

@@ -21,12 +21,15 @@ from .forecast import ForecastConfig, ForecastTask
 from .language import LanguageConfig, LanguageTask
 from .memory import AddingConfig, AddingTask, CopyConfig, CopyTask
 from .sentiment import SentimentConfig, SentimentTask
+from .translate import TranslateConfig, TranslateTask
 
 __all__ = ["Task", "TextGenerator", "Translator", "Captioner", "Baselined", "capabilities", "commands_for", "TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "describe_task",
            "LanguageTask", "LanguageConfig", "SentimentTask", "SentimentConfig", "DigitsTask", "DigitsConfig",
-           "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig", "CopyTask", "CopyConfig"]
+           "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig", "CopyTask", "CopyConfig",
+           "TranslateTask", "TranslateConfig"]
 
-TASKS = {cls.name: cls for cls in (LanguageTask, SentimentTask, DigitsTask, ForecastTask, AddingTask, CopyTask)}
+TASKS = {cls.name: cls for cls in (LanguageTask, SentimentTask, DigitsTask, ForecastTask, AddingTask, CopyTask,
+                                   TranslateTask)}
 DEFAULT_TASK = LanguageTask.name
 
 
