@@ -230,7 +230,7 @@ class TranslateTask(Task, Translator):
             for row, i in enumerate(chosen.tolist()):
                 ids[row, :len(encoded[i])] = encoded[i]
             state = model.start(ids.to(device), lengths[chosen].to(device))
-            max_steps = 2 * steps + 10  # translations here are at most ~1.5 times their source
+            max_steps = 3 * steps // 2 + 5  # the training translations: at most 1.5 times their source, plus a few
             if beam == 1:
                 tokens = greedy_search(model.step, state, len(chosen), self.eos, max_steps)
             else:
