@@ -253,6 +253,17 @@ class EncoderDecoder(nn.Module):
             previous = torch.where(coin, targets[:, t], step_logits.argmax(-1))
         return torch.stack(logits, dim=1)
 
+    @torch.no_grad()
+    def attention_weights(self, source, targets, source_lengths=None) -> torch.Tensor:
+        """(B, T_target, S) weights over the source positions at each target step, the targets fed
+        back (e.g. the model's own translation, to see where it looked)."""
+        if self.attention is None:
+            raise ValueError("EncoderDecoder.attention_weights: the model has no attention (attention=None)")
+        memory, summary, state = self._encode(source, source_lengths)
+        xs = summary[:, None].expand(-1, targets.shape[1], -1)
+        outputs, _ = self.decoder.core(xs, state, shift_right(self.decoder.feedback_map.from_target(targets)))
+        return self.attention(outputs, memory, source_lengths)[1]
+
     def _start(self, memory, summary, state, source_lengths):
         batch = summary.shape[0]
         state = (self.decoder.core.initial_state(batch, summary.device, summary.dtype) if state is None

@@ -63,6 +63,10 @@ def test_beam_width_one_equals_greedy_and_steps_match_teacher_forcing(attention)
         stepped.append(logits)
         previous = targets[:, t]
     torch.testing.assert_close(torch.stack(stepped, 1), forced, atol=1e-5, rtol=1e-5)
+    if attention != "none":  # the weights the readout used, one row per target step
+        weights = model.attention_weights(source, targets, lengths)
+        assert weights.shape == (4, 6, 5) and (weights[3, :, 1:] == 0).all()
+        torch.testing.assert_close(weights.sum(-1), torch.ones(4, 6))
     # padding does not change a sequence's translation
     alone = greedy_search(model.step, model.start(source[1:2, :2], lengths[1:2]), 1, EOS, 12)
     assert alone == greedy[1:2]

@@ -86,6 +86,7 @@ def test_train_translate_eval_and_other_commands_through_the_cli(tmp_path, capsy
     out = capsys.readouterr().out
     assert "Reina-Valera" in out and "copy the source" in out and "retrieval" in out and "beam 2" in out
     assert (run / "vocabulary.json").is_file() and (run / "translations.txt").is_file()
+    assert (run / "attention.png").is_file()  # the default attention is dot
     assert main(["translate", str(run), "In the beginning God created the heaven and the earth."]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
     assert main(["sample", str(run)]) == 2

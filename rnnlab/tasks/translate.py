@@ -281,4 +281,36 @@ class TranslateTask(Task, Translator):
             path.write_text("".join(f"{p.key}\n  en  {p.source}\n  ref {r}\n  out {h}\n"
                                     for p, r, h in zip(test, references, best)), encoding="utf-8")
             lines.append(f"test translations: {path}")
+            if self.config.attention != "none":
+                lines.append(f"attention weights: {self.plot_attention(model, test[:3], Path(run_dir) / 'attention.png')}")
         return lines
+
+    @torch.no_grad()
+    def plot_attention(self, model, pairs: list[Pair], path) -> str:
+        """A PNG of where the decoder looked: for each pair, its greedy translation's words (rows)
+        against the source words (columns), shaded by the attention weight."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        figure, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 5.5), squeeze=False)
+        for axis, pair in zip(axes[0], pairs):
+            words = tokenize(pair.source)
+            ids = self.source_vocabulary.encode(words)[None].to(device)
+            out = greedy_search(model.step, model.start(ids), 1, self.eos, 3 * len(words) // 2 + 10)[0]
+            weights = model.attention_weights(ids, torch.tensor([out + [self.eos]], device=device))[0].cpu()
+            axis.imshow(weights.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto")
+            axis.set_xticks(range(len(words)), [w if w in self.source_vocabulary.index else f"{w}?" for w in words],
+                            rotation=90, fontsize=8)
+            axis.set_yticks(range(len(out) + 1), [self.target_vocabulary.tokens[t] for t in out] + [EOS], fontsize=8)
+            axis.set_title(pair.key, fontsize=9)
+        figure.suptitle(f"{self.config.attention} attention: each written word (row) over the source words")
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        model.train(was_training)
+        return str(path)
