@@ -360,6 +360,8 @@ def cmd_translate(args) -> int:
     if not isinstance(task, Translator):
         raise ValueError(f"rnnlab translate: a {task.name!r} run does not translate; what serves it: "
                          f"{commands_for(type(task))}")
+    if args.sentence is None and sys.stdin.isatty():
+        print("rnnlab translate: reading sentences from the terminal, one a line; end with Ctrl-D", file=sys.stderr)
     sentences = [args.sentence] if args.sentence is not None else [line.rstrip("\n") for line in sys.stdin]
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
