@@ -200,8 +200,6 @@ class EncoderDecoder(nn.Module):
                              f"{encoder.output_size}; its input_size is {decoder.core.input_size}")
         if decoder.input_map is not None:
             raise ValueError("EncoderDecoder: the decoder's input is the encoder summary; give it no input_map")
-        if not decoder.core.feedback_size:
-            raise ValueError("EncoderDecoder: the decoder must feed back its output; its core has feedback_size=0")
         if attention is not None and (attention.query_size, attention.key_size) != (decoder.core.output_size,
                                                                                       encoder.output_size):
             raise ValueError(f"EncoderDecoder: attention must take queries of size {decoder.core.output_size} and "
@@ -240,9 +238,10 @@ class EncoderDecoder(nn.Module):
             ys, _ = self.decoder(xs, targets=targets, teacher_forcing=teacher_forcing, lengths=target_lengths,
                                  state=state)
             return ys
-        if teacher_forcing == 1.0:
-            fed = self.decoder.feedback_map.from_target(targets)
-            outputs, _ = self.decoder.core(xs, state, shift_right(fed), target_lengths)
+        if teacher_forcing == 1.0 or not self.decoder.core.feedback_size:
+            fed = (shift_right(self.decoder.feedback_map.from_target(targets)) if self.decoder.core.feedback_size
+                   else None)
+            outputs, _ = self.decoder.core(xs, state, fed, target_lengths)
             return self.decoder.readout(self._attend(outputs, memory, source_lengths))
         # scheduled sampling: step by step, each fed-back token the target's with probability teacher_forcing
         decode_state, logits, previous = self._start(memory, summary, state, source_lengths), [], None
@@ -281,7 +280,9 @@ class EncoderDecoder(nn.Module):
         """One decoder step: (logits (B, C), the next state). previous: the token ids (B,) fed back
         (as targets are under teacher forcing), None at the first step (y^{-1} = 0)."""
         core_state, summary, memory, lengths = state
-        if previous is None:
+        if not self.decoder.core.feedback_size:
+            fed = None  # a decoder without output feedback reads the summary only
+        elif previous is None:
             fed = summary.new_zeros(summary.shape[0], self.decoder.core.feedback_size)
         else:
             fed = self.decoder.feedback_map.from_target(previous.to(summary.device)[:, None])[:, 0]
