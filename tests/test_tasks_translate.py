@@ -75,6 +75,7 @@ def test_a_few_steps_lower_the_loss_and_translate_returns_text():
     assert task.evaluate(task.model)["loss"] < before
     out = task.translate(task.model, ["forty-two", "one thousand and one"], beam=3)
     assert len(out) == 2 and all(isinstance(s, str) for s in out)
+    assert all("<unk>" not in s for s in task.translate(task.model, ["zzz qqq"] * 3, beam=2))  # never written
     with pytest.raises(TypeError, match="sentences must be a list of str"):
         task.translate(task.model, "forty-two")
 

@@ -231,16 +231,26 @@ class TranslateTask(Task, Translator):
             for row, i in enumerate(chosen.tolist()):
                 ids[row, :len(encoded[i])] = encoded[i]
             state = model.start(ids.to(device), lengths[chosen].to(device))
+            step = model.step if self.allow_unknown else self._never_unknown(model.step)
             max_steps = 3 * steps // 2 + 10  # the training translations: at most 1.5 times their source, plus 8
             if beam == 1:
-                tokens = greedy_search(model.step, state, len(chosen), self.eos, max_steps)
+                tokens = greedy_search(step, state, len(chosen), self.eos, max_steps)
             else:
-                tokens = beam_search(model.step, state, len(chosen), self.eos, max_steps, beam,
+                tokens = beam_search(step, state, len(chosen), self.eos, max_steps, beam,
                                      self.config.length_penalty)
             for i, row in zip(chosen.tolist(), tokens):
                 out[i] = detokenize([self.target_vocabulary.tokens[t] for t in row])
         model.train(was_training)
         return out
+
+    allow_unknown = False  # decoding never writes <unk>: it matches no reference word
+
+    @staticmethod
+    def _never_unknown(step):
+        def without_unknown(previous, state):
+            logits, state = step(previous, state)
+            return logits.index_fill(1, torch.tensor([0], device=logits.device), float("-inf")), state
+        return without_unknown
 
     def translate(self, model, sentences: list[str], beam: int = 5) -> list[str]:
         """One translation per sentence (lowercased), by beam search of width `beam`."""
