@@ -39,13 +39,8 @@ def write_module(folder, testament, books):
                                                        for o, c, b in zip(offsets, compressed, blocks)))
     index = b""
     for entry in entries:
-        if len(entry) == 2:  # the header entries and empty verses: block 0
-            block, data = entry
-            offset = 0 if not data else 0
-            index += struct.pack("<IIH", block, offset, len(data))
-        else:
-            block, data, offset = entry
-            index += struct.pack("<IIH", block, offset, len(data))
+        block, data, offset = entry if len(entry) == 3 else (*entry, 0)  # header and empty verses: offset 0
+        index += struct.pack("<IIH", block, offset, len(data))
     (folder / f"{testament}.bzv").write_bytes(index)
 
 
