@@ -602,6 +602,34 @@ def add_caption_command(sub) -> argparse.ArgumentParser:
     caption.add_argument("--count", type=int, default=24, help="held-out strips in the grid (default: 24)")
     caption.set_defaults(func=cmd_caption)
     return caption
+# --- translate (the translate task's own command) -------------------------------------------
+
+
+def cmd_translate(args) -> int:
+    """Translate sentences with a trained translate run: the one given, or each line of stdin."""
+    from .tasks import Translator
+
+    if args.beam < 1:
+        raise ValueError(f"rnnlab translate: --beam must be >= 1; got {args.beam}")
+    task, _ = _open_trained(args, Translator, "rnnlab translate: a {task!r} run does not translate")
+    if args.sentence is None and sys.stdin.isatty():
+        print("rnnlab translate: reading sentences from the terminal, one a line; end with Ctrl-D", file=sys.stderr)
+    sentences = [args.sentence] if args.sentence is not None else [line.rstrip("\n") for line in sys.stdin]
+    sentences = [s for s in sentences if s.strip()]
+    if not sentences:
+        raise ValueError("rnnlab translate: sentence must be given, or lines on stdin; got nothing to translate")
+    for translation in task.translate(task.model, sentences, beam=args.beam):
+        print(translation)
+    return 0
+
+
+def add_translate_parser(sub) -> argparse.ArgumentParser:
+    translate = sub.add_parser("translate", help="translate sentences with a trained translate run (beam search)")
+    translate.add_argument("run_dir", metavar="RUN_DIR")
+    translate.add_argument("sentence", nargs="?", help="the sentence (default: each line of stdin)")
+    translate.add_argument("--beam", type=int, default=5, help="beam width; 1: greedy (default: 5)")
+    translate.set_defaults(func=cmd_translate)
+    return translate
 
 
 # --- the parser ------------------------------------------------------------------------------
@@ -709,7 +737,9 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
 
     caption = add_caption_command(sub)
 
-    for command in (sample, evaluate, caption):
+    translate = add_translate_parser(sub)
+
+    for command in (sample, evaluate, caption, translate):
         command.add_argument("--weights", choices=("best", "last"), default="best",
                              help="the best evaluation's weights or the last checkpoint's (default: best)")
         command.add_argument("--device", default="cpu", help="torch device (default: cpu)")

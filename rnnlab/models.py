@@ -183,39 +183,134 @@ class EncoderDecoder(nn.Module):
     decoder's initial state when their structures match (`pass_state`). The decoder is a
     `RecurrentModel` with feedback, trained with teacher forcing and decoding free.
 
+    With `attention` (rnnlab.attention.Attention, queries of the decoder's output size, keys of the
+    encoder's), each decoder output s^t also looks at all the encoder's outputs: the readout reads
+    tanh(W_c [s^t; context^t]) instead of s^t (Luong et al.'s attentional state), so under teacher
+    forcing the decoder still runs all steps at once.
+
     Args:
         encoder: a runner over the (preprocessed) source.
         decoder: RecurrentModel whose core reads inputs of the encoder's output size.
         source_map: preprocessing of the source (e.g. nn.Embedding).
         pass_state: start the decoder from the encoder's final state (same cell and sizes).
+        attention: None (the lecture's one-vector encoder) or an `Attention` over the encoder outputs.
+
+    Step by step (greedy and beam search, rnnlab.decoding): `state = model.start(source, lengths)`,
+    then `logits, state = model.step(previous, state)`, previous the tokens (B,) chosen at the step
+    before (None at the first step); the state is a tuple of tensors, batch first.
     """
 
     def __init__(self, encoder: nn.Module, decoder: RecurrentModel, source_map: nn.Module | None = None,
-                 pass_state: bool = True):
+                 pass_state: bool = True, attention: nn.Module | None = None):
         super().__init__()
         if decoder.core.input_size != encoder.output_size:
             raise ValueError(f"EncoderDecoder: the decoder must read the encoder's summary of size "
                              f"{encoder.output_size}; its input_size is {decoder.core.input_size}")
         if decoder.input_map is not None:
             raise ValueError("EncoderDecoder: the decoder's input is the encoder summary; give it no input_map")
+        if attention is not None and (attention.query_size, attention.key_size) != (decoder.core.output_size,
+                                                                                      encoder.output_size):
+            raise ValueError(f"EncoderDecoder: attention must take queries of size {decoder.core.output_size} and "
+                             f"keys of size {encoder.output_size}; got {attention.query_size} and {attention.key_size}")
         self.encoder, self.decoder, self.source_map, self.pass_state = encoder, decoder, source_map, pass_state
+        self.attention = attention
+        if attention is not None:
+            size = decoder.core.output_size
+            self.combine = nn.Linear(size + encoder.output_size, size)
 
-    def encode(self, source, source_lengths=None):
+    def _encode(self, source, source_lengths):
+        """(outputs (B, S, H), summary (B, H), the decoder's initial state or None)."""
         xs = source if self.source_map is None else self.source_map(source)
         outputs, state = self.encoder(xs, lengths=source_lengths)
-        return last_valid(outputs, source_lengths), (state if self.pass_state else None)
+        return outputs, last_valid(outputs, source_lengths), (state if self.pass_state else None)
+
+    def encode(self, source, source_lengths=None):
+        """(summary (B, H), the decoder's initial state or None)."""
+        _, summary, state = self._encode(source, source_lengths)
+        return summary, state
+
+    def _attend(self, outputs, memory, memory_lengths):
+        """Decoder outputs (B, T, H) -> attentional states (B, T, H) (identity without attention)."""
+        if self.attention is None:
+            return outputs
+        context, _ = self.attention(outputs, memory, memory_lengths)
+        return torch.tanh(self.combine(torch.cat([outputs, context], dim=-1)))
 
     def forward(self, source, targets, source_lengths=None, target_lengths=None, teacher_forcing: float = 1.0):
         """Logits (B, T_target, C) for the target positions (teacher forcing by default)."""
-        summary, state = self.encode(source, source_lengths)
+        if not 0.0 <= teacher_forcing <= 1.0:
+            raise ValueError(f"EncoderDecoder: teacher_forcing must be in [0, 1]; got {teacher_forcing}")
+        memory, summary, state = self._encode(source, source_lengths)
         xs = summary[:, None].expand(-1, targets.shape[1], -1)
-        ys, _ = self.decoder(xs, targets=targets, teacher_forcing=teacher_forcing, lengths=target_lengths, state=state)
-        return ys
+        if self.attention is None:
+            ys, _ = self.decoder(xs, targets=targets, teacher_forcing=teacher_forcing, lengths=target_lengths,
+                                 state=state)
+            return ys
+        if teacher_forcing == 1.0 or not self.decoder.core.feedback_size:
+            fed = (shift_right(self.decoder.feedback_map.from_target(targets)) if self.decoder.core.feedback_size
+                   else None)
+            outputs, _ = self.decoder.core(xs, state, fed, target_lengths)
+            return self.decoder.readout(self._attend(outputs, memory, source_lengths))
+        # scheduled sampling: step by step, each fed-back token the target's with probability teacher_forcing
+        decode_state, logits, previous = self._start(memory, summary, state, source_lengths), [], None
+        for t in range(targets.shape[1]):
+            step_logits, decode_state = self.step(previous, decode_state)
+            logits.append(step_logits)
+            coin = torch.rand(targets.shape[0], device=targets.device) < teacher_forcing
+            previous = torch.where(coin, targets[:, t], step_logits.argmax(-1))
+        return torch.stack(logits, dim=1)
+
+    @torch.no_grad()
+    def attention_weights(self, source, targets, source_lengths=None) -> torch.Tensor:
+        """(B, T_target, S) weights over the source positions at each target step, the targets fed
+        back (e.g. the model's own translation, to see where it looked)."""
+        if self.attention is None:
+            raise ValueError("EncoderDecoder.attention_weights: the model has no attention (attention=None)")
+        memory, summary, state = self._encode(source, source_lengths)
+        xs = summary[:, None].expand(-1, targets.shape[1], -1)
+        outputs, _ = self.decoder.core(xs, state, shift_right(self.decoder.feedback_map.from_target(targets)))
+        return self.attention(outputs, memory, source_lengths)[1]
+
+    def _start(self, memory, summary, state, source_lengths):
+        batch = summary.shape[0]
+        state = (self.decoder.core.initial_state(batch, summary.device, summary.dtype) if state is None
+                 else self.decoder.core.check_state(state, batch, "EncoderDecoder"))
+        lengths = (torch.full((batch,), memory.shape[1], device=memory.device) if source_lengths is None
+                   else torch.as_tensor(source_lengths, device=memory.device))
+        return state, summary, (memory if self.attention is not None else None), lengths
+
+    def start(self, source, source_lengths=None):
+        """The decoding state before the first target step: (decoder state, summary, encoder outputs
+        (None without attention), source lengths), every tensor batch first."""
+        return self._start(*self._encode(source, source_lengths), source_lengths)
+
+    def step(self, previous, state):
+        """One decoder step: (logits (B, C), the next state). previous: the token ids (B,) fed back
+        (as targets are under teacher forcing), None at the first step (y^{-1} = 0)."""
+        core_state, summary, memory, lengths = state
+        if not self.decoder.core.feedback_size:
+            fed = None  # a decoder without output feedback reads the summary only
+        elif previous is None:
+            fed = summary.new_zeros(summary.shape[0], self.decoder.core.feedback_size)
+        else:
+            fed = self.decoder.feedback_map.from_target(previous.to(summary.device)[:, None])[:, 0]
+        masks = self.decoder.core.sample_masks(summary.shape[0], summary[:, None])
+        out, core_state = self.decoder.core.step(summary, core_state, fed, masks)
+        if memory is not None:
+            out = self._attend(out[:, None], memory, lengths)[:, 0]
+        return self.decoder.readout(out), (core_state, summary, memory, lengths)
 
     @torch.no_grad()
     def translate(self, source, steps: int, source_lengths=None):
-        """Free-running decode of `steps` steps: (B, steps, C) outputs."""
-        summary, state = self.encode(source, source_lengths)
-        ys, _ = self.decoder.generate(summary.shape[0], steps, state=state,
-                                      xs=summary[:, None].expand(-1, steps, -1))
-        return ys
+        """Free-running decode of `steps` steps: (B, steps, C) outputs (tokens chosen greedily)."""
+        if self.attention is None:  # whatever the feedback map feeds back (tokens, probabilities, values)
+            summary, state = self.encode(source, source_lengths)
+            ys, _ = self.decoder.generate(summary.shape[0], steps, state=state,
+                                          xs=summary[:, None].expand(-1, steps, -1))
+            return ys
+        state, previous, ys = self.start(source, source_lengths), None, []
+        for _ in range(steps):
+            logits, state = self.step(previous, state)
+            ys.append(logits)
+            previous = logits.argmax(-1)
+        return torch.stack(ys, dim=1)
