@@ -31,6 +31,7 @@ test: $(STAMP)
 	@# build the optional C++ loops first (about a minute, once; cached), so the suite tests them
 	@# against the Python loops; where no compiler is found this prints so and the suite tests the fallback
 	$(BIN)/python -c "from rnnlab.kernels import compiled; print('compiled loops:', 'built' if compiled.extension() else 'unavailable, Python loops')"
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

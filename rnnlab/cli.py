@@ -13,7 +13,6 @@ from pathlib import Path
 
 from . import __version__
 
-
 # --- flags generated from config dataclasses ---------------------------------------------------
 
 
@@ -123,7 +122,8 @@ class Progress:
             metrics = {k: v for k, v in event.items() if k not in ("kind", "step", "elapsed_s", "cpu_s")}
             self.bar.write(f"step {event['step']:>6}  validation {event['loss']:.4f} nats/{self.unit}  "
                            f"{event['bits']:.4f} bits/{self.unit}" if "bits" in event else
-                           f"step {event['step']:>6}  validation " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                           f"step {event['step']:>6}  validation "
+                           + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def close(self) -> None:
         self.bar.close()
@@ -243,7 +243,8 @@ def cmd_train(args) -> int:
     try:
         if group is not None and group.rank != 0:  # only rank 0 writes the run directory, so only it locks it
             return _train(args, task, train_config, run_dir, resumed, group)
-        with RunDir(run_dir).locked("rnnlab train"):  # for the whole run: a second process gets an error naming this one
+        # for the whole run: a second process gets an error naming this one
+        with RunDir(run_dir).locked("rnnlab train"):
             return _train(args, task, train_config, run_dir, resumed, group)
     finally:
         distributed.leave(group)
@@ -555,8 +556,10 @@ def cmd_explore(args) -> int:
     if page.loss_float16 is None:
         how = "the views computed here; the model is not in the page"
     else:
-        how = (("the model runs in the page (float16 weights: " if page.live_model else "the model is not in the page (")
-               + f"{page.loss_float16:.4f} nats/token on the passage, {page.loss_float32:.4f} with the run's float32 weights)")
+        live = page.live_model
+        opening = "the model runs in the page (float16 weights: " if live else "the model is not in the page ("
+        how = (opening + f"{page.loss_float16:.4f} nats/token on the passage, {page.loss_float32:.4f} with the run's "
+                         f"float32 weights)")
     print(f"wrote {out} ({size:.1f} MB): {page.passage_tokens:,} steps; {how}")
     print(f"open it in a browser: {out.resolve().as_uri()}")
     return 0
@@ -652,7 +655,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("task", nargs="?", choices=sorted(TASKS), help=f"what to train (default: {DEFAULT_TASK}; "
                        f"with --resume: the run's task)")
     train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<task>-<time>)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (same result as never stopping)")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR (same result as never stopping)")
     if issubclass(task, TextGenerator):
         train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
         train.add_argument("--sample-length", type=int, default=500, help="tokens per sample (default: 500)")
@@ -663,9 +667,13 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
         add_config_flags(train, CellOptions, task.Config(), "the cell's options (the lecture's 'official' additions)")
     add_config_flags(train, TrainConfig, task.train_defaults, "training")
     train.set_defaults(func=cmd_train)
-    from . import bench as bench_module, complexity as complexity_module, gradient_flow, ladder as ladder_module
+    from . import bench as bench_module
+    from . import complexity as complexity_module
+    from . import gradient_flow
+    from . import ladder as ladder_module
 
-    bench = sub.add_parser("bench", help="time every implementation side by side with torch.nn (ratios to torch.nn.LSTM)")
+    bench = sub.add_parser("bench",
+                           help="time every implementation side by side with torch.nn (ratios to torch.nn.LSTM)")
     add_config_flags(bench, bench_module.BenchConfig, bench_module.BenchConfig(), "what to time")
     bench.add_argument("--quick", action="store_true", help="a small grid that finishes in under a minute")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON")
@@ -700,10 +708,12 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     sample.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     sample.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
-                        help="run the model in PyTorch, or export its step graph and run that in onnxruntime (default: torch)")
+                        help="run the model in PyTorch, or export its step graph and run that in onnxruntime "
+                             "(default: torch)")
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = sub.add_parser("eval", help="the task's metrics of a trained run next to its baselines (language: nats and bits per token)")
+    evaluate = sub.add_parser("eval", help="the task's metrics of a trained run next to its baselines (language: nats "
+                                           "and bits per token)")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -715,19 +725,23 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                                          "equations and the run's config; a character-level language model also runs "
                                          "live in the page (type, generate). Other tasks: a few held-out examples.")
     explore.add_argument("run_dir", metavar="RUN_DIR")
-    explore.add_argument("--text", metavar="FILE", help="passage from this UTF-8 file (default: the run's held-out text)")
+    explore.add_argument("--text", metavar="FILE",
+                         help="passage from this UTF-8 file (default: the run's held-out text)")
     explore.add_argument("--prompt", help="the passage itself, as a string")
-    explore.add_argument("--length", type=int, default=None, help="tokens of the passage at most (default: 2000); "
-                                                                  "for other tasks, how many held-out examples (default: 6)")
+    explore.add_argument("--length", type=int, default=None,
+                         help="tokens of the passage at most (default: 2000); for other tasks, how many held-out "
+                              "examples (default: 6)")
     explore.add_argument("--out", metavar="HTML", help="the page to write (default: RUN_DIR/explore.html)")
     explore.add_argument("--weights", choices=("best", "last"), default="best",
                          help="the best evaluation's weights or the last checkpoint's (default: best)")
     explore.set_defaults(func=cmd_explore)
 
-    exp = sub.add_parser("export", help="export a trained run as ONNX (sequence and one-step graphs), checked in onnxruntime",
+    exp = sub.add_parser("export",
+                         help="export a trained run as ONNX (sequence and one-step graphs), checked in onnxruntime",
                          description="Write RUN_DIR's model as an ONNX graph with dynamic batch and length (--out) and "
                                      "its one-step graph beside it (NAME-step.onnx), the state as explicit inputs and "
-                                     "outputs; each is compared with PyTorch in onnxruntime. Needs pip install 'rnnlab[export]'.")
+                                     "outputs; each is compared with PyTorch in onnxruntime. Needs "
+                                     "pip install 'rnnlab[export]'.")
     exp.add_argument("run_dir", metavar="RUN_DIR")
     exp.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
     exp.add_argument("--out", metavar="PATH", help="the sequence graph's file (default: RUN_DIR/model.onnx)")

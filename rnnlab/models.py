@@ -162,7 +162,8 @@ class VectorToSequence(nn.Module):
     def __init__(self, model: RecurrentModel):
         super().__init__()
         if not model.core.feedback_size:
-            raise ValueError("VectorToSequence: the model must feed back its output; after step 0 nothing else drives it")
+            raise ValueError("VectorToSequence: the model must feed back its output; after step 0 nothing else "
+                             "drives it")
         self.model = model
 
     def forward(self, v: torch.Tensor, steps: int, targets=None, teacher_forcing: float = 1.0, state=None):

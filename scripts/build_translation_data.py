@@ -17,7 +17,6 @@ dropped, so no pair is misaligned.
 """
 
 import argparse
-import io
 import lzma
 import random
 import re

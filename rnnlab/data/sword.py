@@ -28,7 +28,8 @@ TESTAMENTS = ("ot", "nt")
 BLOCK_ENTRY = struct.Struct("<III")  # offset, compressed size, uncompressed size
 VERSE_ENTRY = struct.Struct("<IIH")  # block, offset in the uncompressed block, size
 
-BOOK_START = re.compile(r'<div\b(?=[^>]*\btype="book")(?=[^>]*\bsID=)[^>]*\bosisID="([^"]+)"[^>]*>')  # the opening tag, not the closing eID one
+# the opening tag, not the closing eID one
+BOOK_START = re.compile(r'<div\b(?=[^>]*\btype="book")(?=[^>]*\bsID=)[^>]*\bosisID="([^"]+)"[^>]*>')
 CHAPTER_START = re.compile(r'<chapter\b[^>]*\bsID="([^"]+)"[^>]*>')
 # Markup whose content is not the verse's wording: translators' notes and cross references.
 DROPPED = re.compile(r"<(note|reference)\b[^>]*?(?<!/)>.*?</\1>", re.DOTALL)

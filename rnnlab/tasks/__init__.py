@@ -31,13 +31,15 @@ from .memory import AddingConfig, AddingTask, CopyConfig, CopyTask
 from .sentiment import SentimentConfig, SentimentTask
 from .translate import TranslateConfig, TranslateTask
 
-__all__ = ["Task", "TextGenerator", "Translator", "Captioner", "Baselined", "capabilities", "commands_for", "TASKS", "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "describe_task", "changed_data", "content_hash",
+__all__ = ["Task", "TextGenerator", "Translator", "Captioner", "Baselined", "capabilities", "commands_for", "TASKS",
+           "DEFAULT_TASK", "run_config", "write_artifacts", "open_run", "load_weights", "describe_task", "changed_data",
+           "content_hash",
            "LanguageTask", "LanguageConfig", "SentimentTask", "SentimentConfig", "DigitsTask", "DigitsConfig",
            "ForecastTask", "ForecastConfig", "AddingTask", "AddingConfig", "CopyTask", "CopyConfig", "ControlTask",
            "ControlConfig", "CaptionTask", "CaptionConfig", "TranslateTask", "TranslateConfig"]
 
-TASKS = {cls.name: cls for cls in (LanguageTask, SentimentTask, DigitsTask, ForecastTask, AddingTask, CopyTask, ControlTask,
-                                   CaptionTask, TranslateTask)}
+TASKS = {cls.name: cls for cls in (LanguageTask, SentimentTask, DigitsTask, ForecastTask, AddingTask, CopyTask,
+                                   ControlTask, CaptionTask, TranslateTask)}
 DEFAULT_TASK = LanguageTask.name
 
 

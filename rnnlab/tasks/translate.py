@@ -28,8 +28,17 @@ from ..cells import LADDER
 from ..config import knob, validate
 from ..data.batches import Batch, ExampleBatches
 from ..data.text import Vocabulary
-from ..data.translation import (DATASETS, EOS, Pair, build_vocabulary, detokenize, encode_pairs, load_pairs,
-                                split_pairs, tokenize)
+from ..data.translation import (
+    DATASETS,
+    EOS,
+    Pair,
+    build_vocabulary,
+    detokenize,
+    encode_pairs,
+    load_pairs,
+    split_pairs,
+    tokenize,
+)
 from ..decoding import beam_search, greedy_search
 from ..models import EncoderDecoder, RecurrentModel
 from ..preprocessing import EmbeddingFeedback
@@ -132,7 +141,8 @@ class TranslateTask(Task, Translator):
     vocabularies: the run's saved (source, target) vocabularies when rebuilding a run (None: built
     from the training split)."""
 
-    description = "sequence to sequence: English -> Spanish Bible verses (or number words), BLEU/chrF vs copy and retrieval"
+    description = ("sequence to sequence: English -> Spanish Bible verses (or number words), BLEU/chrF vs copy and "
+                   "retrieval")
     name = "translate"
     Config = TranslateConfig
     # Sized on a 2-core CPU with one thread (docs/RESULTS.md): 1,000 steps of 64 verse pairs (6 epochs
@@ -163,7 +173,7 @@ class TranslateTask(Task, Translator):
                                     "target": self.target_vocabulary.to_dict()}}
 
     @classmethod
-    def from_artifacts(cls, config: TranslateConfig, artifacts: dict[str, object]) -> "TranslateTask":
+    def from_artifacts(cls, config: TranslateConfig, artifacts: dict[str, object]) -> TranslateTask:
         saved = artifacts["vocabulary.json"]
         if not isinstance(saved, dict) or set(saved) != {"source", "target"}:
             raise ValueError("TranslateTask: vocabulary.json must hold {'source': ..., 'target': ...}")
@@ -264,8 +274,8 @@ class TranslateTask(Task, Translator):
         rows["retrieval"] = retrieval_baseline(self.splits["train"], sources)
         found = {name: corpus_scores(hyps, references) for name, hyps in rows.items()}
         val = self.scores(model, "val")
-        lines = [f"test ({len(test):,} pairs, {'held-out books' if self.config.dataset == 'bible' else 'unseen numbers'}; "
-                 f"lowercased): BLEU / chrF / exact match %"]
+        held_out = "held-out books" if self.config.dataset == "bible" else "unseen numbers"
+        lines = [f"test ({len(test):,} pairs, {held_out}; lowercased): BLEU / chrF / exact match %"]
         lines += [f"  {name:<16} {s['bleu']:6.2f} {s['chrf']:6.2f} {s['exact']:6.2f}" for name, s in found.items()]
         lines.append(f"validation loss {val['loss']:.4f} nats/word, next-word accuracy {100 * val['accuracy']:.1f}%")
         if run_dir is not None:
@@ -277,7 +287,8 @@ class TranslateTask(Task, Translator):
                                     for p, r, h in zip(test, references, best)), encoding="utf-8")
             lines.append(f"test translations: {path}")
             if self.config.attention != "none":
-                lines.append(f"attention weights: {self.plot_attention(model, test[:3], Path(run_dir) / 'attention.png')}")
+                picture = self.plot_attention(model, test[:3], Path(run_dir) / "attention.png")
+                lines.append(f"attention weights: {picture}")
         return lines
 
     @torch.no_grad()
