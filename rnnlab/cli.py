@@ -467,7 +467,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                                      "budgets on one task; print one table and save one plot of learning curves.")
     lad.add_argument("task", metavar="TASK", help="adding or copy")
     lad.add_argument("--T", type=int, help="sequence length (adding) or delay (copy) (default: the task's)")
-    lad.add_argument("--hidden", type=int, help="the LSTM's hidden size, which sets the budget (default: the task's)")
+    lad.add_argument("--hidden", type=int, help="the LSTM's hidden size, which sets the budget (default: the task's; "
+                                                "copy: 64, the plain task's)")
     lad.add_argument("--batch-size", type=int, help="sequences per batch (default: the task's)")
     lad.add_argument("--cells", default=",".join(("vanilla", "residual", "input", "forget", "lstm", "gru")),
                      help="cells to train, comma-separated (default: all six)")
