@@ -8,7 +8,7 @@ from rnnlab.tasks.memory import AddingConfig, AddingTask, CopyConfig, CopyTask
 
 
 @pytest.mark.parametrize("cls, config", [(AddingTask, AddingConfig(T=4, eval_size=2)),
-                                         (CopyTask, CopyConfig(T=4, eval_size=2))])
+                                         (CopyTask, CopyConfig(T=4, eval_size=2, hidden=64))])
 def test_equal_budgets_within_five_percent(cls, config):
     budget = parameter_count(cls(config).model)  # the LSTM at H = 64
     sizes = {}
@@ -42,3 +42,12 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="hidden_for_budget: budget must be an int >= 1"):
         hidden_for_budget(AddingTask, AddingConfig(), "gru", 0)
     assert main(["ladder", "forecast", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_ladder_keeps_the_plain_copy_task(tmp_path):
+    """The copy defaults carry one LSTM's long curriculum run; the ladder compares cells on the plain task."""
+    rows = run_ladder("copy", {"T": 3, "batch_size": 4}, {"steps": 1, "eval_every": 1}, tmp_path, ("lstm",))
+    assert rows[0].hidden == 64
+    import json
+    saved = json.loads((tmp_path / "lstm" / "config.json").read_text())
+    assert saved["task_config"]["curriculum"] == 0 and saved["train"]["lr"] == 1e-2

@@ -91,7 +91,7 @@ def test_copy_curriculum_grows_the_delay_from_1_to_T_and_resumes_exactly():
     next(first)
     resumed.load_state_dict(first.state_dict())
     assert all(torch.equal(next(first).inputs, next(resumed).inputs) for _ in range(5))
-    plain, seeded = CopyTask(CopyConfig(T=9, batch_size=2, eval_size=8)).batches(5), SeededBatches(
+    plain, seeded = CopyTask(CopyConfig(T=9, curriculum=0, batch_size=2, eval_size=8)).batches(5), SeededBatches(
         lambda g: copy_memory_batch(2, 9, g), seed=5)
     assert torch.equal(next(plain).inputs, next(seeded)[0])  # no curriculum: the batches of before
     with pytest.raises(ValueError, match="CopyConfig: curriculum must be an int >= 0; got -1"):
