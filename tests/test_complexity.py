@@ -1,29 +1,24 @@
-"""Tests of rnnlab.complexity, rnnlab.gradient_flow and rnnlab.data.synthetic.
+"""Tests of rnnlab.complexity and rnnlab.data.synthetic (the instruments: test_instruments.py; gradient flow:
+test_gradient_flow.py).
 
 The measured exponents come from one small sweep shared by the tests (module fixture): memory and
 FLOP counts are exact on any machine, so only wall time (never asserted) is noisy."""
 
 import json
-import math
 
 import pytest
 import torch
 
-from rnnlab import LSTMCell, OutputFeedbackCell, VanillaCell
+from rnnlab import VanillaCell
 from rnnlab.cli import main
 from rnnlab.complexity import (
     ComplexityConfig,
-    SavedTensorTracker,
     expected_flops,
-    fit_exponent,
     measure,
-    ops_per_step,
     serial_steps,
     sweep_from_text,
 )
 from rnnlab.data.synthetic import adding_batch, copy_memory_batch
-from rnnlab.gradient_flow import GradientFlowConfig, measure_gradient_flow, state_gradient_norms
-from rnnlab.runners import Recurrent
 
 SWEEP = (16, 32, 64, 128)
 
@@ -38,25 +33,6 @@ def sweep():
 
 
 # --- the slope fitter --------------------------------------------------------------------------
-
-def test_fit_exponent_recovers_power_laws():
-    ts = [16, 32, 64, 128, 256]
-    for p in (0.0, 0.5, 1.0, 1.7):
-        assert fit_exponent(ts, [3.0 * t ** p for t in ts]) == pytest.approx(p, abs=1e-12)
-    assert fit_exponent(ts, [5 * math.log2(t) for t in ts]) < 0.5  # log grows slower than any power
-
-
-def test_fit_exponent_constants_and_zeros_are_flat():
-    assert fit_exponent([16, 32, 64], [0, 0, 0]) == 0.0
-    assert fit_exponent([16, 32, 64], [7, 7, 7]) == 0.0
-
-
-def test_fit_exponent_rejects_too_few_points():
-    with pytest.raises(ValueError, match="at least two"):
-        fit_exponent([16], [1.0])
-    with pytest.raises(ValueError, match="distinct T"):
-        fit_exponent([16, 16], [1.0, 2.0])
-
 
 # --- the lecture's table, measured -------------------------------------------------------------
 
@@ -110,12 +86,6 @@ def test_expected_flops_by_hand():
 
 # --- serial steps ------------------------------------------------------------------------------
 
-def test_ops_per_step_counts_the_chain():
-    assert ops_per_step(VanillaCell(3, 5)) == 3  # products, their sum, tanh
-    assert ops_per_step(LSTMCell(3, 5)) == 7  # ... gates, f*s, +, tanh(s), o*tanh(s)
-    assert ops_per_step(OutputFeedbackCell(3, 5, 2)) == 3
-
-
 def test_serial_steps_by_regime():
     assert serial_steps("inference", 100, 3) == 300
     assert serial_steps("bptt", 100, 3) == 600
@@ -129,16 +99,6 @@ def test_serial_steps_by_regime():
 
 
 # --- the accounting ----------------------------------------------------------------------------
-
-def test_saved_tensor_tracker_counts_and_releases():
-    x = torch.randn(1000, requires_grad=True)
-    with SavedTensorTracker(external=[x]) as saved:
-        y = x.exp()  # saves its result: 4000 bytes; x itself is external
-        z = y.view(10, 100).sum()  # sum saves nothing
-        assert saved.current == 4000
-        z.backward()
-    assert saved.peak == 4000 and saved.current == 0
-
 
 def test_sweep_from_text():
     assert sweep_from_text("16..128") == (16, 32, 64, 128)
@@ -196,43 +156,6 @@ def test_copy_memory_batch():
 
 # --- gradient flow -----------------------------------------------------------------------------
 
-def test_state_gradient_norms_vanish_back_in_time_for_vanilla():
-    torch.manual_seed(0)
-    runner, readout = Recurrent(VanillaCell(2, 8), "reference"), torch.nn.Linear(8, 1)
-    xs, targets = adding_batch(16, 40, torch.Generator().manual_seed(0))
-    norms, loss = state_gradient_norms(runner, readout, xs, targets)
-    assert len(norms) == 40 and loss > 0
-    assert norms[0] < 1e-3 * norms[-1]
-
-
-def test_state_gradient_norms_match_restarting_the_runner():
-    # Oracle for dLoss/ds^t: restart the ordinary runner from s^t as its initial state (a leaf) over
-    # the remaining steps and ask autograd for the gradient of that leaf.
-    torch.manual_seed(0)
-    runner, readout = Recurrent(LSTMCell(2, 4), "reference"), torch.nn.Linear(4, 1)
-    xs, targets = adding_batch(3, 7, torch.Generator().manual_seed(0))
-    norms, _ = state_gradient_norms(runner, readout, xs, targets)
-    with torch.no_grad():
-        _, state = runner(xs[:, :3])  # s^3
-    state = tuple(s.clone().requires_grad_() for s in state)
-    ys, _ = runner(xs[:, 3:], state)
-    loss = torch.nn.functional.mse_loss(readout(ys[:, -1]), targets)
-    grads = torch.autograd.grad(loss, state)
-    assert norms[2] == pytest.approx(math.sqrt(sum(float(g.square().sum()) for g in grads)), rel=1e-5)
-
-
-def test_measure_gradient_flow_runs_and_checks():
-    flows = measure_gradient_flow(GradientFlowConfig(cells=("residual",), T=6, steps=2, hidden=4, batch=4))
-    assert len(flows[0].init) == len(flows[0].trained) == 6 and len(flows[0].losses) == 2
-    with pytest.raises(ValueError, match="GradientFlowConfig: cells must be a non-empty tuple of names from"):
-        GradientFlowConfig(cells=("feedback",))
-
-
-def test_gradient_flow_of_a_deep_transition():
-    flows = measure_gradient_flow(GradientFlowConfig(cells=("vanilla",), T=6, steps=0, hidden=4, batch=4, depth=3))
-    assert len(flows[0].init) == 6 and all(n > 0 for n in flows[0].init)
-
-
 # --- the commands ------------------------------------------------------------------------------
 
 def test_cli_complexity_writes_json_and_plots(tmp_path, capsys):
@@ -245,9 +168,3 @@ def test_cli_complexity_writes_json_and_plots(tmp_path, capsys):
     assert {r["name"] for r in data["regimes"]} >= {"inference", "bptt", "teacher_forced", "checkpointed"}
     assert len(list((tmp_path / "run").glob("*.png"))) == 5
 
-
-def test_cli_gradients(tmp_path, capsys):
-    assert main(["gradients", "--cells", "vanilla,gru", "--T", "6", "--steps", "1", "--hidden", "4",
-                 "--out", str(tmp_path)]) == 0
-    assert "| gru | init |" in capsys.readouterr().out
-    assert (tmp_path / "gradients.png").exists()
