@@ -217,6 +217,7 @@ def _train_setup(args):
                           f"data it was trained on (restore it, or start a new run)")
     if args.task is not None and task.name != args.task:
         raise ValueError(f"rnnlab train: the run in {args.resume} is a {task.name!r} run; got task {args.task!r}")
+    task_flags = _given(args, type(task.config))  # the run's own task's flags (the parser was built for it)
     changed = differences(task.config, from_dict(type(task.config), {**dataclasses.asdict(task.config), **task_flags},
                                                  "rnnlab train"))
     changed.update({k: v for k, v in differences(stored, dataclasses.replace(stored, **train_flags)).items()
@@ -235,10 +236,8 @@ def cmd_train(args) -> int:
     from . import distributed
     from .checkpoints import RunDir
 
-    task, train_config, run_dir, resumed = _train_setup(args)
-    _check_device(train_config.device)
-    if not resumed:
-        RunDir(run_dir).check_new()  # every rank alike, before any joins the group
+    task, train_config, run_dir, resumed = _train_setup(args)  # every rank alike, before any joins the group
+    _check_device(train_config.device)  # a resumed run's own device too
     group = distributed.join(train_config.device) if distributed.launched() else None
     try:
         if group is not None and group.rank != 0:  # only rank 0 writes the run directory, so only it locks it
@@ -772,8 +771,9 @@ def _task_named(argv: list[str]) -> str | None:
 
     if not argv or argv[0] != "train":
         return None
-    if len(argv) > 1 and argv[1] in TASKS:
-        return argv[1]
+    for before, word in zip(argv, argv[1:]):  # TASK anywhere, but not as a flag's value (--out adding)
+        if word in TASKS and (before == "train" or not before.startswith("-") or before == "--debug"):
+            return word
     for flag, value in zip(argv, argv[1:]):
         if flag == "--resume":
             try:

@@ -255,3 +255,15 @@ def test_a_full_disk_in_any_command_is_one_line(trained, tmp_path, capsys, monke
 
     monkeypatch.setattr(checkpoints, "open", full, raising=False)
     one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path / "r")], "no space left on the device")
+
+
+def test_resume_refuses_a_change_of_a_flag_only_the_runs_task_has(trained, capsys):
+    # the parser takes the run's task's flags from its config.json: --T is the adding task's, not the language model's
+    line = one_line_error(capsys, ["train", "--resume", str(trained), "--T", "300"], "--T 300", "the run has 10")
+    assert "a resumed run keeps its configuration" in line
+
+
+def test_the_task_may_come_after_flags(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "adding", *TINY]) == 0
+    assert '"task": "adding"' in (run / "config.json").read_text()

@@ -241,6 +241,8 @@ def build_page(run_dir: str | Path, text_file: str | None = None, prompt: str | 
                length: int | None = None, weights: str = "best") -> ExplorePage:
     """The explore page of the run in run_dir over a passage: --text's file, --prompt's string, or
     by default the first 2,000 tokens of the run's held-out text."""
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        raise ValueError(f"rnnlab explore: --length must be an int >= 1; got {length!r}")
     task, _ = open_run(run_dir)
     file = load_weights(task, run_dir, weights, "cpu")
     if not isinstance(task, LanguageTask):

@@ -25,9 +25,16 @@ class Trace:
     logits: np.ndarray
 
 
+# The families whose gates are sigma(z_k) of the cell's own projections, which is how the page
+# computes them; a peephole LSTM's gates also read s, so the page shows none rather than wrong ones.
+GATES_FROM_Z = ("vanilla", "feedback", "residual", "input", "forget", "lstm", "gru", "layernorm-lstm")
+
+
 def shown_gates(cell: Cell) -> tuple[str, ...]:
     """The gates the page plots: every sigmoid gate (the LSTM's i, f, o; the GRU's r, z), not the
     candidate (r in the ladder's names, n in the GRU's)."""
+    if cell.family not in GATES_FROM_Z:
+        return ()
     if isinstance(cell, GRUCell):
         return tuple(g for g in cell.gates if g != "n")
     return tuple(g for g in cell.gates if g != "r")
@@ -40,6 +47,8 @@ def quantities_of(cell: Cell) -> tuple[str, ...]:
 
 def _gate_values(cell: Cell, zx: torch.Tensor, zh: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The shown gates' activations for one step, from the cell's own projections."""
+    if cell.family not in GATES_FROM_Z:
+        return {}
     if isinstance(cell, GRUCell):
         if zh is None:  # minGRU: u = sigma(zx_z)
             return {"z": cell.sigma(zx.chunk(2, dim=-1)[0])}

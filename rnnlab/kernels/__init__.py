@@ -64,7 +64,7 @@ def order(device: str = "cpu", cell=None) -> tuple[str, ...]:
     """
     dtype = next(cell.parameters()).dtype if cell is not None else torch.float32
     if compiled.serves(device, dtype):
-        return COMPILED_LSTM_ORDER if cell.family == "lstm" else COMPILED_ORDER
+        return COMPILED_LSTM_ORDER if cell is not None and cell.family == "lstm" else COMPILED_ORDER
     return AUTO_ORDER
 
 

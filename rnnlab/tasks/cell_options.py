@@ -1,5 +1,6 @@
-"""The cell's own options, the lecture's "differences to the official implementation", as knobs every
-task config inherits, so each is a flag of `rnnlab train` for every task:
+"""The cell's own options, the lecture's "differences to the official implementation", as knobs the
+configs of the tasks built of ladder cells inherit (language, sentiment, digits, forecast, adding,
+copy), so each is a flag of `rnnlab train` for them:
 
     --activation, --gate-activation    a and sigma
     --depth                            deep transition: h as an MLP
