@@ -138,8 +138,8 @@ def open_run(run_dir: str | Path):
     data is read again; its vocabulary and the like come from the run)."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
-        raise RunDirError(f"open_run: run_dir must be a run directory; got {str(run_dir)!r}, which "
-                          f"{'is a file' if run.path.exists() else 'does not exist'}")
+        raise RunDirError(f"RUN_DIR must be a run directory (the --out of rnnlab train); got {str(run_dir)!r}, "
+                          f"which {'is a file' if run.path.exists() else 'does not exist'}")
     saved = run.read_json(run.config_file.name)
     name = saved.get("task") if isinstance(saved, dict) else None
     if name not in TASKS:
