@@ -24,13 +24,13 @@ $(STAMP): pyproject.toml Makefile
 # C++ loops are built first (once, cached; `make test` does the same), so the build, which can take
 # minutes on a loaded machine, does not eat the training's 5-minute cap.
 run: $(STAMP)
-	@$(BIN)/python -c "from rnnlab.kernels import compiled; print('C++ loops: building once (about a minute; cached)...', flush=True) if not compiled.built() else None; print('C++ loops:', 'ready' if compiled.extension() else 'unavailable, Python loops')"
+	@$(BIN)/python -c "from rnnlab.kernels import compiled; print('C++ loops: building once (about a minute; cached)...', flush=True) if not all(map(compiled.built, compiled.MODULES)) else None; print('C++ loops:', 'ready' if compiled.build_all() else 'unavailable, Python loops')"
 	$(BIN)/rnnlab train --steps 500 --max-minutes 5 --threads 1
 
 test: $(STAMP)
 	@# build the optional C++ loops first (about a minute, once; cached), so the suite tests them
 	@# against the Python loops; where no compiler is found this prints so and the suite tests the fallback
-	$(BIN)/python -c "from rnnlab.kernels import compiled; print('compiled loops:', 'built' if compiled.extension() else 'unavailable, Python loops')"
+	$(BIN)/python -c "from rnnlab.kernels import compiled; print('compiled loops:', 'built' if compiled.build_all() else 'unavailable, Python loops')"
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -48,6 +48,9 @@ import torch
 
 NAME = "rnnlab_loops"
 SOURCE = Path(__file__).with_name("loops.cpp")
+# Every C++ module, by name: each is built, cached and verified alone (one concept per file; a change
+# to one rebuilds only that one). `extension(name)` loads one; NAME is the time loops of `fused`/`scan`.
+MODULES: dict[str, Path] = {NAME: SOURCE}
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
 if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
     # ATen's 256-bit Vectorized<T>, whose exp and tanh are SLEEF's as in torch's own CPU kernels
@@ -130,9 +133,16 @@ def verified(directory: Path, name: str = NAME, key: dict | None = None) -> Path
     return None
 
 
-def built() -> bool:
-    """Whether a verified build is cached for this machine, so that `extension()` loads it instead of compiling."""
-    return verified(build_directory(), key=build_key()) is not None
+def built(name: str = NAME) -> bool:
+    """Whether a verified build of module `name` is cached for this machine, so that `extension(name)`
+    loads it instead of compiling."""
+    source = MODULES[name]
+    return verified(build_directory(name, source), name, key=build_key(source)) is not None
+
+
+def build_all() -> bool:
+    """Build (or load) every module; whether all of them are usable (`make` runs this before timing)."""
+    return all([extension(name) is not None for name in MODULES])
 
 
 def _find_ninja() -> None:
@@ -322,12 +332,13 @@ def _build(directory: Path, name: str, source: Path, flags: list[str], key: dict
 
 
 @functools.cache
-def extension():
-    """The compiled module, or None when it cannot be built or loaded here."""
+def extension(name: str = NAME):
+    """The compiled module `name` (a key of MODULES), or None when it cannot be built or loaded here."""
     if os.environ.get("RNNLAB_NO_EXTENSION"):
         return None
+    source = MODULES[name]
     try:
-        return load_or_build(build_directory())
+        return load_or_build(build_directory(name, source), name, source)
     except OSError as error:  # an unwritable cache, a full disk: the Python loops serve
         _note(f"cannot use the C++ loop cache {cache_root()} ({error}); using the Python loops")
         return None
@@ -336,11 +347,11 @@ def extension():
 DTYPES = (torch.float32, torch.float64)  # what loops.cpp is compiled for (AT_DISPATCH_FLOATING_TYPES)
 
 
-def serves(device: torch.device | str, dtype: torch.dtype) -> bool:
-    """Whether the compiled loops can run tensors of this device and dtype (built, CPU, float or double)."""
-    return torch.device(device).type == "cpu" and dtype in DTYPES and extension() is not None
+def serves(device: torch.device | str, dtype: torch.dtype, name: str = NAME) -> bool:
+    """Whether the compiled module can run tensors of this device and dtype (built, CPU, float or double)."""
+    return torch.device(device).type == "cpu" and dtype in DTYPES and extension(name) is not None
 
 
-def extension_for(like: torch.Tensor):
-    """The compiled module for tensors like `like`, or None where it cannot run them."""
-    return extension() if serves(like.device, like.dtype) else None
+def extension_for(like: torch.Tensor, name: str = NAME):
+    """The compiled module `name` for tensors like `like`, or None where it cannot run them."""
+    return extension(name) if serves(like.device, like.dtype, name) else None
