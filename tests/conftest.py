@@ -5,9 +5,10 @@ import pytest
 
 from rnnlab.kernels import compiled
 
-EXTENSION = compiled.extension() if compiled.built() else None
+EXTENSIONS = {name: compiled.extension(name) if compiled.built(name) else None for name in compiled.MODULES}
+EXTENSION = EXTENSIONS[compiled.NAME]  # the time loops, which most tests switch on and off
 
 
 @pytest.fixture(autouse=True)
 def cached_extension_only(monkeypatch):
-    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION)
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSIONS[name])

@@ -248,7 +248,8 @@ def test_nan_and_inf_padding_never_reach_results(cls, implementation, monkeypatc
     name, loops = implementation.split()[0], implementation.split(" ", 1)[1:]
     if loops == ["(C++ loops)"] and EXTENSION is None:
         pytest.skip("the C++ loops are not built (tests never compile them)")
-    monkeypatch.setattr(compiled, "extension", lambda: None if loops == ["(Python loops)"] else EXTENSION)
+    extension = None if loops == ["(Python loops)"] else EXTENSION
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: extension)
     for variant in served(cls, implementation):
         cell = make_cell(cls, **variant)
         clean = run_with_padding(cell, name, variant["feedback"], 0.0)

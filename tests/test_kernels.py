@@ -121,7 +121,7 @@ def test_fused_loops(cls, compiled_loop, feedback, masked, options, monkeypatch)
         pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
     if cls is OutputFeedbackCell and (masked or options.get("reads_state") is False):
         pytest.skip("OutputFeedbackCell reads no state: no recurrent dropout, reads_state is always False")
-    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSION if compiled_loop else None)
     cell = make(cls, feedback, recurrent_dropout=0.3 if masked else 0.0, **options).train()
     masks = (None, cell.sample_masks(B, torch.zeros((), dtype=torch.float64))[1]) if masked else (None, None)
     assert_agree(cell, "fused", feedback, LENGTHS, masks)
@@ -143,14 +143,14 @@ def test_without_compiler_fused_falls_back(monkeypatch, tmp_path):
             assert not compiled.built() and compiled.extension() is None
     finally:
         compiled.extension.cache_clear()
-    monkeypatch.setattr(compiled, "extension", lambda: None)
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: None)
     assert_agree(make(LSTMCell, False), "fused", False, LENGTHS)
 
 
 @pytest.mark.parametrize("cls", [ResidualCell, ForgetGatedCell, LSTMCell, GRUCell])
 def test_scan_without_compiled_loop(cls, monkeypatch):
     """The chunked solver inside `scan`, as where no compiler is found (lengths, initial state)."""
-    monkeypatch.setattr(compiled, "extension", lambda: None)
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: None)
     assert_agree(make(cls, True, reads_state=False), "scan", True, LENGTHS)
 
 
@@ -319,7 +319,7 @@ def test_linear_scan_gradients(needs_extension, solver, monkeypatch):
     """The hand-written backward of the recurrence, against autograd's numerical gradient."""
     if needs_extension and EXTENSION is None:
         pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
-    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if needs_extension else None)
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSION if needs_extension else None)
     g = torch.Generator().manual_seed(4)
     f = torch.rand(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
@@ -332,7 +332,7 @@ def test_linear_scan_is_stable_over_long_sequences(needs_extension, solver, monk
     """Gates near 0 (products underflow), exactly 0, and negative: agrees with the plain loop."""
     if needs_extension and EXTENSION is None:
         pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
-    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if needs_extension else None)
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSION if needs_extension else None)
     g = torch.Generator().manual_seed(3)
     steps = 3000
     f = torch.rand(2, steps, 3, generator=g, dtype=torch.float64) * 2 - 0.5  # in [-0.5, 1.5)
@@ -437,7 +437,7 @@ def test_hand_written_backwards_refuse_a_second_derivative(implementation, cls, 
     cumulative sum, it must equal reference's)."""
     if compiled_loop and EXTENSION is None:
         pytest.skip("the C++ loops are not built (no compiler, or not cached yet: run rnnlab once)")
-    monkeypatch.setattr(compiled, "extension", lambda: EXTENSION if compiled_loop else None)
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSION if compiled_loop else None)
     cell = make(cls, False, **({} if implementation == "fused" else dict(reads_state=False)))
     xs, state, _ = inputs(cell, False)
 
@@ -470,7 +470,7 @@ def test_float32_gradients_agree_with_reference(cls, implementation, options):
 def test_scan_keeps_doubling_to_bounded_gates(monkeypatch):
     """Products of f over long spans overflow where |f| > 1 can occur: those cells take chunked."""
     scan_module = sys.modules["rnnlab.kernels.scan"]
-    monkeypatch.setattr(compiled, "extension", lambda: None)
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: None)
     monkeypatch.setattr(scan_module, "default_solver", lambda like: scan_module.doubling)
     calls = []
     monkeypatch.setattr(scan_module, "doubling", lambda *a: calls.append(1) or scan_module.chunked(*a))
