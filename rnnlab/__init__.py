@@ -20,7 +20,6 @@ from .cells import (
     PeepholeLSTMCell,
     ResidualCell,
     VanillaCell,
-    torch_mode,
 )
 from .init import (
     L1L2,
@@ -34,6 +33,7 @@ from .init import (
     regularization_loss,
 )
 from .interop import from_torch, from_torch_cell, to_torch, to_torch_cell
+from .kernels.native import torch_mode
 from .models import EncoderDecoder, RecurrentModel, SequenceToVector, VectorToSequence, last_valid
 from .preprocessing import MLP, EmbeddingFeedback, RawFeedback, SoftmaxFeedback, choose_token
 from .runners import Bidirectional, Recurrent, Stacked, reverse_padded, shift_right

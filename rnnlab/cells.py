@@ -15,10 +15,15 @@ Calling convention, one for all cells:
     out, state = cell(x, state, y_prev=None)          x (B, I), y_prev (B, O), out (B, H)
 
 `cell.forward` checks its arguments; runners call `cell.step`, which does not, once per time step.
+A cell's equations are one hook, `combine(zx, zh, state)`: the new state from the input part
+zx = U x + W y_prev + b_ih (B, K*H) and the recurrent part zh = V s_read + b_hh (B, K*H, or None
+when the cell does not read its state); most cells start with z = `preactivations(zx, zh)`, the
+sum through the deep transition, and the GRU reads the two parts apart.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -87,8 +92,8 @@ def _dropout_mask(p: float, shape: tuple[int, ...], like: torch.Tensor) -> torch
     return torch.empty(shape, device=like.device, dtype=like.dtype).bernoulli_(1.0 - p) / (1.0 - p)
 
 
-class Cell(nn.Module):
-    """Base of the ladder. Subclasses name their gates and write their equations in `update`.
+class Cell(nn.Module, ABC):
+    """Base of the ladder. Subclasses name their gates and write their equations in `combine`.
 
     Args:
         input_size: I, size of x^t (0 for a cell driven by feedback alone).
@@ -122,6 +127,9 @@ class Cell(nn.Module):
         if "family" not in cls.__dict__:
             raise TypeError(f"{cls.__name__}: a Cell subclass must declare its own `family` (a new name unless it "
                             f"computes exactly what an existing family does); the kernels serve cells by family")
+        if "update" in cls.__dict__:  # the hook before combine(zx, zh, state): it would never be called
+            raise TypeError(f"{cls.__name__}: write the equations in combine(zx, zh, state) (z = "
+                            f"self.preactivations(zx, zh)); update(z, state) is no longer a Cell hook")
 
     def __init__(
         self,
@@ -296,13 +304,10 @@ class Cell(nn.Module):
         z = zx if zh is None else zx + zh
         return z if self.transition is None else self.transition(z)
 
+    @abstractmethod
     def combine(self, zx: torch.Tensor, zh: torch.Tensor | None, state: State) -> State:
-        """New state from the input part zx and recurrent part zh (GRU needs them apart)."""
-        return self.update(self.preactivations(zx, zh), state)
-
-    def update(self, z: torch.Tensor, state: State) -> State:
-        """The cell's equations: new state from the K*H pre-activations z (gate order `gates`)."""
-        raise TypeError(f"{type(self).__name__} must define update() or combine(); see the ladder cells")
+        """The cell's equations: the new state from the input part zx (B, K*H) and the recurrent
+        part zh (B, K*H, None when the state is not read), gates in the order of `gates`."""
 
     def sample_masks(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One dropout mask per sequence for x and for the state read (None when off or in eval)."""
@@ -397,35 +402,43 @@ def _describe(value) -> str:
 class VanillaCell(Cell):
     """Eq. (1) of the lecture:  s^t = a(U x^t + V s^{t-1} + W y^{t-1} + b).
 
-    With a = tanh or relu and no feedback this is torch.nn.RNNCell."""
+    z = zx + zh (B, H), one block (K = 1); state s (B, H). With a = tanh or relu and no feedback
+    this is torch.nn.RNNCell."""
 
     family = "vanilla"
 
     gates = ("r",)
 
-    def update(self, z, s):
-        return self.act(z)
+    def combine(self, zx, zh, s):
+        return self.act(self.preactivations(zx, zh))
 
 
-class OutputFeedbackCell(VanillaCell):
+class OutputFeedbackCell(Cell):
     """The lecture's special case: only the output recurs, s^t = h(x^t, y^{t-1}) = a(U x + W y + b).
 
-    With the targets fed back (teacher forcing) every step is independent of the others, so
-    training is parallel over time."""
+    z = zx = U x + W y_prev + b_ih (B, H): there is no V and no zh, the state is never read;
+    state s (B, H). With the targets fed back (teacher forcing) every step is independent of the
+    others, so training is parallel over time."""
 
     family = "feedback"
+
+    gates = ("r",)
 
     def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
         if options.pop("reads_state", False):
             raise ValueError("OutputFeedbackCell: reads_state must be False; the state does not recur")
         super().__init__(input_size, hidden_size, feedback_size, reads_state=False, **options)
 
+    def combine(self, zx, zh, s):
+        return self.act(self.preactivations(zx, zh))
+
 
 class ResidualCell(Cell):
     """The residual (skip) connection: r^t = a(z_r), s^t = s^{t-1} + r^t.
 
     residual="before" adds the state inside the activation instead, s^t = a(z_r + s^{t-1})
-    (the lecture's question "should we add the state before or after the activation?")."""
+    (the lecture's question "should we add the state before or after the activation?").
+    z_r = zx + zh (B, H); state s (B, H)."""
 
     family = "residual"
 
@@ -438,7 +451,8 @@ class ResidualCell(Cell):
         self.residual = residual
         super().__init__(input_size, hidden_size, feedback_size, **options)
 
-    def update(self, z, s):
+    def combine(self, zx, zh, s):
+        z = self.preactivations(zx, zh)
         if self.residual == "before":
             return self.act(z + s)
         return s + self.act(z)
@@ -446,27 +460,29 @@ class ResidualCell(Cell):
 
 class InputGatedCell(Cell):
     """The input gate controls write access:
-        i^t = sigma(z_i),  r^t = a(z_r),  s^t = s^{t-1} + i^t * r^t."""
+        i^t = sigma(z_i),  r^t = a(z_r),  s^t = s^{t-1} + i^t * r^t.
+    z = zx + zh = [z_i | z_r] (B, 2H); state s (B, H)."""
 
     family = "input"
 
     gates = ("i", "r")
 
-    def update(self, z, s):
-        zi, zr = z.chunk(2, dim=-1)
+    def combine(self, zx, zh, s):
+        zi, zr = self.preactivations(zx, zh).chunk(2, dim=-1)
         return s + self.sigma(zi) * self.act(zr)
 
 
 class ForgetGatedCell(Cell):
     """The forget gate lets the cell forget:
-        i^t = sigma(z_i),  f^t = sigma(z_f),  r^t = a(z_r),  s^t = f^t * s^{t-1} + i^t * r^t."""
+        i^t = sigma(z_i),  f^t = sigma(z_f),  r^t = a(z_r),  s^t = f^t * s^{t-1} + i^t * r^t.
+    z = zx + zh = [z_i | z_f | z_r] (B, 3H); state s (B, H)."""
 
     family = "forget"
 
     gates = ("i", "f", "r")
 
-    def update(self, z, s):
-        zi, zf, zr = z.chunk(3, dim=-1)
+    def combine(self, zx, zh, s):
+        zi, zf, zr = self.preactivations(zx, zh).chunk(3, dim=-1)
         return self.sigma(zf) * s + self.sigma(zi) * self.act(zr)
 
 
@@ -475,8 +491,9 @@ class LSTMCell(Cell):
         i, f, o = sigma(z_i), sigma(z_f), sigma(z_o),   r = a(z_r)
         s^t     = f * s^{t-1} + i * r
         s_bar^t = o * a(s^t)
-    State is (s_bar, s), torch's (h, c); the output is s_bar. Gate order i, f, r, o is torch's
-    i, f, g, o, so without feedback this is torch.nn.LSTMCell."""
+    z = zx + zh = [z_i | z_f | z_r | z_o] (B, 4H), with zh = V s_bar^{t-1} + b_hh. State is (s_bar, s),
+    each (B, H), torch's (h, c); the output is s_bar. Gate order i, f, r, o is torch's i, f, g, o,
+    so without feedback this is torch.nn.LSTMCell."""
 
     family = "lstm"
 
@@ -492,9 +509,9 @@ class LSTMCell(Cell):
     def output(self, state):
         return state[0]
 
-    def update(self, z, state):
+    def combine(self, zx, zh, state):
         _, s = state
-        zi, zf, zr, zo = z.chunk(4, dim=-1)
+        zi, zf, zr, zo = self.preactivations(zx, zh).chunk(4, dim=-1)
         s = self.sigma(zf) * s + self.sigma(zi) * self.act(zr)
         s_bar = self.sigma(zo) * self.act(s)
         return s_bar, s
@@ -505,8 +522,9 @@ class GRUCell(Cell):
         r = sigma(zx_r + zh_r),  u = sigma(zx_z + zh_z)
         n = a(zx_n + r * zh_n)
         s^t = (1 - u) * n + u * s^{t-1}
-    where zx = U x + W y + b_ih and zh = V s + b_hh. With reads_state=False (minGRU) there is no
-    reset gate: u = sigma(zx_z), n = a(zx_n)."""
+    where zx = U x + W y + b_ih and zh = V s + b_hh, each [r | z | n] (B, 3H), read apart (the
+    reset gate scales zh_n alone), so the GRU has no deep transition. With reads_state=False
+    (minGRU) there is no reset gate: zx = [z | n] (B, 2H), u = sigma(zx_z), n = a(zx_n). State s (B, H)."""
 
     family = "gru"
 
@@ -541,7 +559,8 @@ class PeepholeLSTMCell(LSTMCell):
         s^t = f * s^{t-1} + i * r
         o = sigma(z_o + p_o * s^t),      s_bar^t = o * a(s^t)
     The peephole weights are diagonal: `weight_peephole` (3, H), rows p_i, p_f, p_o, each U(-1/sqrt(H),
-    1/sqrt(H)) at the start. Shapes: x (B, I), state (s_bar, s) each (B, H), y_prev (B, O)."""
+    1/sqrt(H)) at the start. z = zx + zh (B, 4H) as the LSTM's. Shapes: x (B, I), state (s_bar, s)
+    each (B, H), y_prev (B, O)."""
 
     family = "peephole-lstm"
 
@@ -551,9 +570,9 @@ class PeepholeLSTMCell(LSTMCell):
         bound = 1.0 / hidden_size ** 0.5
         nn.init.uniform_(self.weight_peephole, -bound, bound)
 
-    def update(self, z, state):
+    def combine(self, zx, zh, state):
         _, s = state
-        zi, zf, zr, zo = z.chunk(4, dim=-1)
+        zi, zf, zr, zo = self.preactivations(zx, zh).chunk(4, dim=-1)
         p_i, p_f, p_o = self.weight_peephole
         s_new = self.sigma(zf + p_f * s) * s + self.sigma(zi + p_i * s) * self.act(zr)
         s_bar = self.sigma(zo + p_o * s_new) * self.act(s_new)
@@ -572,7 +591,8 @@ class LayerNormLSTMCell(LSTMCell):
         s_bar^t = o * a(LN_s(s^t))
     Each LN(v) = gamma * (v - mean(v)) / sqrt(var(v) + 1e-5) + beta has its own gain and shift
     (`norm_ih`, `norm_hh` over 4H, `norm_cell` over H: torch.nn.LayerNorm, gain 1 and shift 0 at the
-    start); the biases come after the normalisation, where they are not cancelled by it.
+    start); the biases come after the normalisation, where they are not cancelled by it: here
+    zx = LN_x(U x + W y) + b_ih and zh = LN_h(V s_bar) + b_hh, each (B, 4H).
     Shapes: x (B, I), state (s_bar, s) each (B, H), y_prev (B, O)."""
 
     family = "layernorm-lstm"
@@ -599,9 +619,9 @@ class LayerNormLSTMCell(LSTMCell):
         z = self.norm_hh(F.linear(s_read, self.weight_hh))
         return z if self.bias_hh is None else z + self.bias_hh
 
-    def update(self, z, state):
+    def combine(self, zx, zh, state):
         _, s = state
-        zi, zf, zr, zo = z.chunk(4, dim=-1)
+        zi, zf, zr, zo = self.preactivations(zx, zh).chunk(4, dim=-1)
         s = self.sigma(zf) * s + self.sigma(zi) * self.act(zr)
         return self.sigma(zo) * self.act(self.norm_cell(s)), s
 
@@ -618,31 +638,3 @@ LADDER: dict[str, type[Cell]] = {
     "layernorm-lstm": LayerNormLSTMCell,
 }
 
-
-def torch_mode(cell: Cell, *, feedback: bool = False, dropout: bool = False) -> tuple[str | None, str]:
-    """torch's name for the cell ('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU') and '' when torch.nn computes
-    exactly this cell; (None, reason) when it does not.
-
-    feedback=True accepts output feedback and dropout=True the cell's dropout settings: torch's
-    kernels can still run such a cell (teacher-forced y* as part of the input; a dropout mask
-    applied outside), though no torch.nn module holds it."""
-    modes = {"lstm": "LSTM", "gru": "GRU", "vanilla": "RNN"}
-    mode = modes.get(cell.family)
-    if mode is None:
-        return None, f"{type(cell).__name__} has no torch.nn counterpart"
-    if mode == "RNN":
-        if cell.activation not in ("tanh", "relu"):
-            return None, f"torch.nn.RNN has tanh or relu only; the cell uses activation={cell.activation!r}"
-        mode = "RNN_" + cell.activation.upper()
-    elif cell.activation != "tanh" or cell.gate_activation != "sigmoid":
-        return None, "torch.nn's LSTM and GRU use tanh and sigmoid only"
-    for reason, bad in (("output feedback", cell.feedback_size and not feedback),
-                        ("reads_state=False", not cell.reads_state),
-                        ("a deep transition (depth > 1)", cell.depth > 1),
-                        ("recurrent dropout", cell.recurrent_dropout and not dropout),
-                        ("input dropout", cell.dropout and not dropout),
-                        ("zoneout", cell.zoneout),
-                        ("an input of size 0", cell.input_size == 0)):
-        if bad:
-            return None, f"torch.nn has no {reason}"
-    return mode, ""

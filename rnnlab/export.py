@@ -332,7 +332,7 @@ def step_path(path: str | Path) -> Path:
 def sample_text(task, stepper: OnnxStep, prompt: str, length: int, temperature: float = 1.0,
                 top_k: int | None = None, seed: int = 0) -> str:
     """The language task's `sample_text` on the exported step graph (the same prompt handling)."""
-    from .data.text import tokenize
+    from .data.vocabulary import tokenize
 
     vocabulary, level = getattr(task, "vocabulary", None), getattr(getattr(task, "config", None), "level", None)
     if vocabulary is None or level is None:

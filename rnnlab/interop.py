@@ -11,7 +11,8 @@ import warnings
 
 from torch import nn
 
-from .cells import GRUCell, LSTMCell, VanillaCell, torch_mode
+from .cells import GRUCell, LSTMCell, VanillaCell
+from .kernels.native import torch_mode
 from .runners import Recurrent, Stacked
 
 __all__ = ["to_torch_cell", "from_torch_cell", "to_torch", "from_torch"]

@@ -423,8 +423,22 @@ def test_every_cell_declares_its_own_family_and_a_subclass_must_too():
                                                        "feedback", "peephole-lstm", "layernorm-lstm"}
     with pytest.raises(TypeError, match="MyLSTM: a Cell subclass must declare its own `family`"):
         class MyLSTM(R.LSTMCell):  # noqa: F841  (changes the equations, inherits nothing a kernel could misread)
-            def update(self, z, state):
+            def combine(self, zx, zh, state):
                 return state
+
+
+def test_every_cell_writes_its_equations_in_the_one_hook():
+    assert all("combine" in cls.__dict__ for cls in LADDER.values())
+    assert not any(issubclass(cls, other) for cls in (R.OutputFeedbackCell,) for other in LADDER.values()
+                   if other is not cls)
+    with pytest.raises(TypeError, match="abstract"):
+        R.Cell(I, H)
+    with pytest.raises(TypeError, match=r"OldCell: write the equations in combine\(zx, zh, state\)"):
+        class OldCell(R.Cell):  # noqa: F841  (the hook before combine: it would be silently ignored)
+            family = "old"
+
+            def update(self, z, state):
+                return z
 
 
 def test_the_kernels_serve_cells_by_family_not_by_class():

@@ -1,9 +1,9 @@
-"""Data: the bundled corpus, tokens, vocabulary and <unk>, the block split, stateful batches."""
+"""Data: the bundled corpus, the block split, stateful batches (tokens and vocabularies: test_vocabulary.py)."""
 
 import pytest
 import torch
 
-from rnnlab.data import UNK, Batch, TokenStream, Vocabulary, detokenize, read_text, split_blocks, tokenize
+from rnnlab.data import Batch, TokenStream, read_text, split_blocks
 
 from play_text import write_play
 
@@ -22,38 +22,6 @@ def test_read_text_reads_a_file_and_names_a_missing_one(tmp_path):
     assert read_text(str(path)) == path.read_text()
     with pytest.raises(ValueError, match="nope.txt"):
         read_text(str(tmp_path / "nope.txt"))
-
-
-def test_vocabulary_orders_by_frequency_with_unk_first_and_caps_its_size():
-    vocab = Vocabulary.build("abbccc", "char")
-    assert vocab.tokens == [UNK, "c", "b", "a"]
-    assert Vocabulary.build("abbccc", "char", max_size=3).tokens == [UNK, "c", "b"]
-    assert vocab.encode("cab").tolist() == [1, 3, 2]
-    assert vocab.encode("cxz").tolist() == [1, 0, 0]  # unknown characters read as <unk>
-    assert vocab.unknown("cxzx") == ["x", "z"]
-    assert vocab.decode([1, 0, 3]) == "c\ufffda"
-
-
-def test_char_encoding_fast_path_matches_the_plain_lookup(tmp_path):
-    text = write_play(tmp_path / "play.txt").read_text() + "é€"
-    vocab = Vocabulary.build(text[:5000], "char")
-    assert vocab.encode(text).tolist() == [vocab.index.get(c, 0) for c in text]
-
-
-def test_vocabulary_round_trips_through_its_dict_form():
-    vocab = Vocabulary.build(tokenize("to be or not to be", "word"), "word")
-    again = Vocabulary.from_dict(vocab.to_dict())
-    assert again.tokens == vocab.tokens and again.level == "word"
-    with pytest.raises(ValueError, match="tokens"):
-        Vocabulary.from_dict({"level": "word"})
-
-
-def test_words_keep_apostrophes_and_split_punctuation():
-    tokens = tokenize("ROMEO:\nO, bewitch'd thou art!", "word")
-    assert tokens == ["ROMEO", ":", "\n", "O", ",", "bewitch'd", "thou", "art", "!"]
-    assert detokenize(tokens, "word") == "ROMEO:\nO, bewitch'd thou art!"
-    vocab = Vocabulary.build(tokens, "word", max_size=4)
-    assert vocab.decode(vocab.encode(["thou", "zounds"])).split(" ")[1] == UNK
 
 
 def test_split_blocks_takes_the_tail_of_every_block():

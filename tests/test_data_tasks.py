@@ -21,13 +21,15 @@ def test_rotten_tomatoes_loads_and_splits_by_movie():
 
 
 def test_vocabulary_and_batches():
-    vocab = sentiment.Vocabulary(["A fine film.", "a dull film"], min_count=2)
+    vocab = sentiment.build_vocabulary([sentiment.Snippet(t, 1, "m") for t in ("A fine film.", "a dull film")],
+                                       "word", min_count=2)
     assert vocab.tokens == ["<pad>", "<unk>", "a", "film"]
-    assert vocab.encode("A film nobody saw") == [2, 3, 1, 1]
+    assert vocab.encode(sentiment.tokens("A film nobody saw", "word")).tolist() == [2, 3, 1, 1]
     ids, lengths, labels = sentiment.encode_batch(vocab, [sentiment.Snippet("a film", 1, "m"),
                                                           sentiment.Snippet("film", 0, "m")])
     assert ids.tolist() == [[2, 3], [3, 0]] and lengths.tolist() == [2, 1] and labels.tolist() == [1, 0]
-    assert sentiment.tokenize("It isn't bad, it's great!") == ["it", "isn't", "bad", ",", "it's", "great", "!"]
+    assert sentiment.tokens("It isn't bad, it's great!", "word") == ["it", "isn't", "bad", ",", "it's", "great", "!"]
+    assert list(sentiment.tokens("Bad!!", "char")) == ["B", "a", "d", "!", "!"]
 
 
 def test_series():

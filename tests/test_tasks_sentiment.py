@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from rnnlab.cli import main
 from rnnlab.data.batches import ExampleBatches
-from rnnlab.data.sentiment import Vocabulary
+from rnnlab.data.vocabulary import PAD, UNK, Vocabulary
 from rnnlab.tasks import SentimentConfig, SentimentTask
 from rnnlab.tasks.classification import confusion_matrix, majority_baseline, predict, scores
 from rnnlab.tasks.sentiment import TokenDropout
@@ -111,6 +111,6 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="word_dropout must be a number in"):
         SentimentConfig(word_dropout=1.0)
     with pytest.raises(ValueError, match="level must be one of"):
-        Vocabulary(["a"], level="byte")
+        Vocabulary([PAD, UNK, "a"], level="byte")
     with pytest.raises(ValueError, match="vocabulary level must be 'word'"):
-        SentimentTask(SentimentConfig(), Vocabulary(["a b"], level="char"))
+        SentimentTask(SentimentConfig(), Vocabulary([PAD, UNK, "a"], level="char"))

@@ -10,12 +10,12 @@ from rnnlab.data.translation import (
     EOS,
     Pair,
     build_vocabulary,
-    detokenize,
     encode_pairs,
     load_pairs,
+    sentence_tokens,
     split_pairs,
-    tokenize,
 )
+from rnnlab.data.vocabulary import detokenize
 from rnnlab.tasks import TASKS, TranslateConfig, TranslateTask
 from rnnlab.tasks.translate import corpus_scores, retrieval_baseline
 from rnnlab.training import TrainConfig, Trainer
@@ -41,10 +41,10 @@ def test_splits_never_share_a_book_or_a_number():
 
 
 def test_tokens_vocabulary_and_encoding():
-    assert tokenize("¿No soy yo tu asna? Jews’ feast, quatre-vingt") == \
+    assert sentence_tokens("¿No soy yo tu asna? Jews’ feast, quatre-vingt") == \
         ["¿", "no", "soy", "yo", "tu", "asna", "?", "jews", "’", "feast", ",", "quatre", "-", "vingt"]
     text = "¿No soy yo? quatre-vingt mille, et onze."
-    assert detokenize(tokenize(text)) == "¿no soy yo? quatre-vingt mille, et onze."
+    assert detokenize(sentence_tokens(text), "word") == "¿no soy yo? quatre-vingt mille, et onze."
     vocabulary = build_vocabulary(["a b b", "b c"], min_count=2, max_size=None, end=True)
     assert vocabulary.tokens == ["<unk>", EOS, "b"]
     source, lengths, targets = encode_pairs([Pair("1", "b c", "b"), Pair("2", "b", "b b c")], vocabulary, vocabulary)

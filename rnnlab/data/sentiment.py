@@ -6,21 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import lzma
-import re
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 
 import torch
 
-PAD, UNK = "<pad>", "<unk>"
+from .vocabulary import PAD, UNK, Vocabulary, tokenize
+
 LABELS = ("rotten", "fresh")
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased words, with clitics ('s, n't) kept on their word and punctuation apart."""
-    return _TOKEN.findall(text.lower())
 
 
 @dataclass(frozen=True)
@@ -53,53 +47,25 @@ def split_by_movie(snippets: list[Snippet], fractions=(0.8, 0.1, 0.1), seed: int
     return parts
 
 
-class Vocabulary:
-    """Token <-> id, built from training text; ids 0 and 1 are <pad> and <unk>.
+def tokens(text: str, level: str) -> list[str] | str:
+    """A snippet's tokens: lower-cased words (clitics such as 's and n't kept on their word,
+    punctuation apart), or the characters as written (case kept: capitals and "!!" say something
+    about a review)."""
+    return tokenize(text, level, lowercase=level == "word")
 
-    level 'word' reads `tokenize`'s words, 'char' the characters as written (case kept: capitals
-    and "!!" say something about a review)."""
 
-    LEVELS = ("word", "char")
-
-    def __init__(self, texts, min_count: int = 1, max_size: int | None = None, level: str = "word"):
-        if level not in self.LEVELS:
-            raise ValueError(f"Vocabulary: level must be one of {self.LEVELS}; got {level!r}")
-        self.level = level
-        counts = Counter(tok for text in texts for tok in self.split(text))
-        kept = [t for t, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count]
-        self.tokens = [PAD, UNK] + kept[:max_size]
-        self.index = {t: i for i, t in enumerate(self.tokens)}
-
-    def __len__(self):
-        return len(self.tokens)
-
-    def split(self, text: str) -> list[str]:
-        return tokenize(text) if self.level == "word" else list(text)
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index.get(t, 1) for t in self.split(text)] or [1]
-
-    def to_dict(self) -> dict:
-        return {"level": self.level, "tokens": self.tokens}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Vocabulary:
-        """The vocabulary `to_dict` saved, ids unchanged."""
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list) or tokens[:2] != [PAD, UNK]:
-            raise ValueError(f"Vocabulary.from_dict: data must hold 'tokens' starting with {PAD!r}, {UNK!r}; "
-                             f"got {str(data)[:80]}")
-        vocab = cls([], level=data.get("level", "word"))
-        vocab.tokens = tokens
-        vocab.index = {t: i for i, t in enumerate(tokens)}
-        return vocab
+def build_vocabulary(snippets: list[Snippet], level: str, min_count: int) -> Vocabulary:
+    """<pad> (id 0), <unk> (id 1), then the tokens of the snippets seen at least min_count times."""
+    return Vocabulary.build((t for s in snippets for t in tokens(s.text, level)), level, min_count=min_count,
+                            specials=(PAD, UNK))
 
 
 def encode_batch(vocab: Vocabulary, snippets: list[Snippet]):
-    """Padded ids (N, T_max), lengths (N,), labels (N,)."""
-    ids = [vocab.encode(s.text) for s in snippets]
+    """Padded ids (N, T_max) (<pad> after each snippet's end), lengths (N,), labels (N,); an empty
+    snippet reads as one <unk>."""
+    ids = [vocab.encode(tokens(s.text, vocab.level)).tolist() or [vocab.unk] for s in snippets]
     lengths = torch.tensor([len(x) for x in ids])
-    padded = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+    padded = torch.full((len(ids), int(lengths.max())), vocab.index[PAD], dtype=torch.long)
     for i, x in enumerate(ids):
         padded[i, :len(x)] = torch.tensor(x)
     return padded, lengths, torch.tensor([s.label for s in snippets])

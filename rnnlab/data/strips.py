@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .text import UNK, Vocabulary
+from .vocabulary import UNK, Vocabulary
 
 __all__ = ["DIGIT_WORDS", "END", "Strips", "caption_vocabulary", "make_strips", "caption_words"]
 

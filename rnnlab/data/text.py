@@ -1,30 +1,15 @@
-"""Text for language models: the bundled corpus or a user's file, tokens, a vocabulary, and a
-train / validation split by contiguous blocks.
-
-A token is a character (`level="char"`) or a word or punctuation mark (`level="word"`). Index 0
-of every vocabulary is `<unk>`: what the vocabulary has not seen (a character only in the
-validation text, a rare word beyond the size cap, an odd character in a prompt) maps to it.
-"""
+"""Text for language models: the bundled corpus or a user's file, and a train / validation split
+by contiguous blocks (tokens and vocabularies are `vocabulary.py`'s)."""
 
 from __future__ import annotations
 
 import lzma
-import re
-from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import torch
-
-__all__ = ["BUNDLED", "LEVELS", "UNK", "Vocabulary", "read_text", "tokenize", "detokenize", "split_blocks"]
+__all__ = ["BUNDLED", "read_text", "split_blocks"]
 
 BUNDLED = "shakespeare.txt.xz"
-LEVELS = ("char", "word")
-UNK = "<unk>"
-# Words keep inner apostrophes ("'tis" is split, "bewitch'd" is one word); every other
-# non-space character is a token of its own, and so is the newline, which carries the layout.
-WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*|\n|[^\sA-Za-z0-9]")
 
 
 def read_text(path: str | None = None) -> str:
@@ -43,27 +28,6 @@ def read_text(path: str | None = None) -> str:
     if not text:
         raise ValueError(f"read_text: {path} must not be empty")
     return text
-
-
-def tokenize(text: str, level: str) -> list[str] | str:
-    """Characters (the string itself, which indexes like a list) or words and punctuation."""
-    if level == "char":
-        return text
-    if level == "word":
-        return WORD.findall(text)
-    raise ValueError(f"tokenize: level must be one of {LEVELS}; got {level!r}")
-
-
-def detokenize(tokens: list[str], level: str) -> str:
-    """Inverse of `tokenize` up to spacing: words are joined by single spaces, punctuation is
-    attached to the word before it, and a newline starts the next line without a space."""
-    if level == "char":
-        return "".join(tokens)
-    out: list[str] = []
-    for token in tokens:
-        glue = not out or out[-1] == "\n" or token == "\n" or not (token[0].isalnum() or token == UNK)
-        out.append(token if glue else " " + token)
-    return "".join(out)
 
 
 def split_blocks(tokens, val_fraction: float, blocks: int = 10):
@@ -87,67 +51,3 @@ def split_blocks(tokens, val_fraction: float, blocks: int = 10):
         val.append(tokens[cut:stop])
     join = "".join if isinstance(tokens, str) else lambda parts: [t for part in parts for t in part]
     return join(train), join(val)
-
-
-class Vocabulary:
-    """Tokens <-> ids. Index 0 is `<unk>`; the rest are ordered by falling frequency (ties by
-    token), so a vocabulary built from the same text is always the same."""
-
-    def __init__(self, tokens: list[str], level: str):
-        if level not in LEVELS:
-            raise ValueError(f"Vocabulary: level must be one of {LEVELS}; got {level!r}")
-        if not tokens or tokens[0] != UNK or len(set(tokens)) != len(tokens):
-            raise ValueError(f"Vocabulary: tokens must be distinct and start with {UNK!r}; got {tokens[:5]!r}...")
-        self.tokens, self.level = list(tokens), level
-        self.index = {token: i for i, token in enumerate(self.tokens)}
-
-    @classmethod
-    def build(cls, tokens, level: str, max_size: int | None = None) -> Vocabulary:
-        """From training tokens; max_size (including <unk>) keeps only the most frequent."""
-        if max_size is not None and max_size < 2:
-            raise ValueError(f"Vocabulary.build: max_size must be >= 2 (<unk> and one token); got {max_size}")
-        counts = Counter(tokens)
-        counts.pop(UNK, None)
-        ordered = sorted(counts, key=lambda token: (-counts[token], token))
-        if max_size is not None:
-            ordered = ordered[: max_size - 1]
-        return cls([UNK] + ordered, level)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, tokens) -> torch.Tensor:
-        """(N,) long ids; unknown tokens become 0 (<unk>)."""
-        if self.level == "char" and isinstance(tokens, str):
-            return self._encode_chars(tokens)
-        return torch.tensor([self.index.get(t, 0) for t in tokens], dtype=torch.long)
-
-    def _encode_chars(self, text: str) -> torch.Tensor:
-        # A lookup table over code points: a Python loop over millions of characters takes seconds.
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        known = np.array([ord(t) for t in self.tokens[1:]], dtype=np.uint32)
-        order = np.argsort(known)
-        position = np.searchsorted(known[order], codes).clip(max=max(len(known) - 1, 0))
-        found = known[order][position] == codes if len(known) else np.zeros(len(codes), dtype=bool)
-        ids = np.where(found, order[position] + 1, 0)
-        return torch.from_numpy(ids.astype(np.int64))
-
-    def decode(self, ids) -> str:
-        tokens = [self.tokens[int(i)] for i in ids]
-        if self.level == "char":
-            tokens = ["\ufffd" if t == UNK else t for t in tokens]
-        return detokenize(tokens, self.level)
-
-    def unknown(self, tokens) -> list[str]:
-        """The distinct tokens that would map to <unk>, in order of appearance."""
-        return list(dict.fromkeys(t for t in tokens if t not in self.index))
-
-    def to_dict(self) -> dict:
-        return {"level": self.level, "tokens": self.tokens}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Vocabulary:
-        if not isinstance(data, dict) or "tokens" not in data or "level" not in data:
-            raise ValueError("Vocabulary.from_dict: data must be {'level': ..., 'tokens': [...]}; "
-                             f"got keys {sorted(data) if isinstance(data, dict) else type(data).__name__}")
-        return cls(data["tokens"], data["level"])

@@ -14,15 +14,14 @@ Text is lowercased (the metrics then compare lowercased text too).
 from __future__ import annotations
 
 import lzma
-import re
 from dataclasses import dataclass
 from importlib import resources
 
 import torch
 
-from .text import UNK, Vocabulary
+from .vocabulary import UNK, Vocabulary, tokenize
 
-__all__ = ["DATASETS", "EOS", "Pair", "load_pairs", "split_pairs", "tokenize", "detokenize", "build_vocabulary",
+__all__ = ["DATASETS", "EOS", "Pair", "load_pairs", "split_pairs", "sentence_tokens", "build_vocabulary",
            "encode_pairs"]
 
 DATASETS = {"bible": ("kjv_rv1909.tsv.xz", "English (King James)", "Spanish (Reina-Valera 1909)"),
@@ -31,9 +30,6 @@ EOS = "<eos>"
 TEST_BOOKS = ("Josh", "Eccl", "Lam", "Dan", "Mark", "Eph", "Jas", "1John")
 VALIDATION_BOOKS = ("Judg", "2Kgs", "Song", "Phil", "1Pet", "Rev")
 NUMBER_SPLIT = {"test": 1000, "val": 500, "seed": 0}
-TOKEN = re.compile(r"\w+(?:['\u2019]\w+)*|[^\w\s]")
-NO_SPACE_BEFORE = set(".,;:?!)]-\u2019'") | {"\u00bb"}
-NO_SPACE_AFTER = set("\u00bf\u00a1([-") | {"\u00ab"}
 
 
 @dataclass(frozen=True)
@@ -72,41 +68,24 @@ def split_pairs(pairs: list[Pair], dataset: str) -> dict[str, list[Pair]]:
     return {name: [pairs[i] for i in sorted(chosen)] for name, chosen in parts.items()}
 
 
-def tokenize(text: str) -> list[str]:
-    """Lowercased words (inner apostrophes kept) and punctuation marks, each a token."""
-    return TOKEN.findall(text.lower())
-
-
-def detokenize(tokens: list[str]) -> str:
-    """Tokens -> text: single spaces, none before closing punctuation or after opening marks."""
-    out = ""
-    for token in tokens:
-        glue = not out or token in NO_SPACE_BEFORE or out[-1] in NO_SPACE_AFTER
-        out += token if glue else " " + token
-    return out
+def sentence_tokens(text: str) -> list[str]:
+    """A sentence's tokens: `tokenize`'s words, lowercased, made of any Unicode letters."""
+    return tokenize(text, "word", lowercase=True, letters="unicode")
 
 
 def build_vocabulary(sentences: list[str], min_count: int, max_size: int | None, end: bool) -> Vocabulary:
     """Tokens seen at least min_count times, most frequent first (at most max_size in all);
     index 0 is <unk>, and with end=True index 1 is the end-of-sequence token."""
-    counts: dict[str, int] = {}
-    for sentence in sentences:
-        for token in tokenize(sentence):
-            counts[token] = counts.get(token, 0) + 1
-    ordered = sorted((t for t, c in counts.items() if c >= min_count and t not in (UNK, EOS)),
-                     key=lambda t: (-counts[t], t))
-    special = [UNK, EOS] if end else [UNK]
-    if max_size is not None:
-        ordered = ordered[: max(0, max_size - len(special))]
-    return Vocabulary(special + ordered, "word")
+    return Vocabulary.build((t for sentence in sentences for t in sentence_tokens(sentence)), "word", max_size,
+                            min_count, specials=(UNK, EOS) if end else (UNK,))
 
 
 def encode_pairs(pairs: list[Pair], source_vocabulary: Vocabulary, target_vocabulary: Vocabulary):
     """(source ids (N, S) padded with 0, source lengths (N,), target ids (N, T) ending with <eos>
     and padded with -1). The -1 marks what the loss ignores."""
     eos = target_vocabulary.index[EOS]
-    sources = [source_vocabulary.encode(tokenize(p.source)) for p in pairs]
-    targets = [torch.cat([target_vocabulary.encode(tokenize(p.target)), torch.tensor([eos])]) for p in pairs]
+    sources = [source_vocabulary.encode(sentence_tokens(p.source)) for p in pairs]
+    targets = [torch.cat([target_vocabulary.encode(sentence_tokens(p.target)), torch.tensor([eos])]) for p in pairs]
     lengths = torch.tensor([max(1, len(s)) for s in sources])
     source_ids = torch.zeros(len(pairs), int(lengths.max()), dtype=torch.long)
     target_ids = torch.full((len(pairs), max(len(t) for t in targets)), -1, dtype=torch.long)

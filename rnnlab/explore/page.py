@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import RunDir
-from ..data.text import tokenize
+from ..data.vocabulary import tokenize
 from ..tasks import LanguageTask, load_weights, open_run
 from .examples import Example, held_out_examples
 from .trace import (

@@ -20,9 +20,38 @@ import torch
 from torch import _VF
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..cells import Cell, State, torch_mode
+from ..cells import Cell, State
 
 _KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+
+
+def torch_mode(cell: Cell, *, feedback: bool = False, dropout: bool = False) -> tuple[str | None, str]:
+    """torch's name for the cell ('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU') and '' when torch.nn computes
+    exactly this cell; (None, reason) when it does not.
+
+    feedback=True accepts output feedback and dropout=True the cell's dropout settings: torch's
+    kernels can still run such a cell (teacher-forced y* as part of the input; a dropout mask
+    applied outside), though no torch.nn module holds it."""
+    modes = {"lstm": "LSTM", "gru": "GRU", "vanilla": "RNN"}
+    mode = modes.get(cell.family)
+    if mode is None:
+        return None, f"{type(cell).__name__} has no torch.nn counterpart"
+    if mode == "RNN":
+        if cell.activation not in ("tanh", "relu"):
+            return None, f"torch.nn.RNN has tanh or relu only; the cell uses activation={cell.activation!r}"
+        mode = "RNN_" + cell.activation.upper()
+    elif cell.activation != "tanh" or cell.gate_activation != "sigmoid":
+        return None, "torch.nn's LSTM and GRU use tanh and sigmoid only"
+    for reason, bad in (("output feedback", cell.feedback_size and not feedback),
+                        ("reads_state=False", not cell.reads_state),
+                        ("a deep transition (depth > 1)", cell.depth > 1),
+                        ("recurrent dropout", cell.recurrent_dropout and not dropout),
+                        ("input dropout", cell.dropout and not dropout),
+                        ("zoneout", cell.zoneout),
+                        ("an input of size 0", cell.input_size == 0)):
+        if bad:
+            return None, f"torch.nn has no {reason}"
+    return mode, ""
 
 
 def _mode(cell: Cell) -> tuple[str | None, str]:

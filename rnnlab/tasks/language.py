@@ -31,7 +31,8 @@ from ..cells import LADDER
 from ..config import ConfigError, knob, validate
 from ..data.batches import Batch, TokenStream
 from ..data.ngrams import KneserNeyTrigram, Unigram, perplexity
-from ..data.text import LEVELS, Vocabulary, read_text, split_blocks, tokenize
+from ..data.text import read_text, split_blocks
+from ..data.vocabulary import LEVELS, Vocabulary, tokenize
 from ..models import RecurrentModel
 from ..preprocessing import EmbeddingFeedback, choose_token
 from ..runners import IMPLEMENTATION_NAMES, Stacked

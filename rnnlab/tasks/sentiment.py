@@ -21,7 +21,8 @@ from torch import nn
 from ..cells import LADDER
 from ..config import ConfigError, knob, validate
 from ..data.batches import ExampleBatches
-from ..data.sentiment import LABELS, Vocabulary, encode_batch, load_rotten_tomatoes, split_by_movie
+from ..data.sentiment import LABELS, build_vocabulary, encode_batch, load_rotten_tomatoes, split_by_movie
+from ..data.vocabulary import LEVELS, Vocabulary
 from ..models import SequenceToVector
 from ..runners import IMPLEMENTATION_NAMES, Bidirectional, Recurrent, Stacked
 from ..training import TrainConfig
@@ -38,7 +39,7 @@ POOLS = ("last", "mean", "max")
 class SentimentConfig(CellOptions):
     """What the sentiment classifier reads and how big it is."""
 
-    level: str = knob("word", "tokens: words (and punctuation) or characters", Vocabulary.LEVELS)
+    level: str = knob("word", "tokens: words (and punctuation) or characters", LEVELS)
     min_count: int = knob(2, "tokens seen fewer times in the training split are read as <unk>", low=1)
     cell: str = knob("lstm", "cell of the ladder", tuple(c for c in LADDER if c != "feedback"))
     hidden: int = knob(256, "state size H of each layer (of each direction)", low=1)
@@ -117,8 +118,7 @@ class SentimentTask(Task):
     def __init__(self, config: SentimentConfig, vocabulary: Vocabulary | None = None):
         self.config = config
         self.train, self.val, self.test = split_by_movie(load_rotten_tomatoes())
-        self.vocabulary = vocabulary or Vocabulary([s.text for s in self.train], min_count=config.min_count,
-                                                   level=config.level)
+        self.vocabulary = vocabulary or build_vocabulary(self.train, config.level, config.min_count)
         if self.vocabulary.level != config.level:
             raise ValueError(f"SentimentTask: vocabulary level must be {config.level!r}; got {self.vocabulary.level!r}")
         self.data = {name: encode_batch(self.vocabulary, part)

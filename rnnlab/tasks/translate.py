@@ -27,18 +27,17 @@ from ..attention import ATTENTION_KINDS, Attention
 from ..cells import LADDER
 from ..config import knob, validate
 from ..data.batches import Batch, ExampleBatches
-from ..data.text import Vocabulary
 from ..data.translation import (
     DATASETS,
     EOS,
     Pair,
     build_vocabulary,
-    detokenize,
     encode_pairs,
     load_pairs,
+    sentence_tokens,
     split_pairs,
-    tokenize,
 )
+from ..data.vocabulary import Vocabulary, detokenize
 from ..decoding import beam_search, greedy_search
 from ..models import EncoderDecoder, RecurrentModel
 from ..preprocessing import EmbeddingFeedback
@@ -106,7 +105,8 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, flo
     rate, each in percent."""
     import sacrebleu
 
-    exact = sum(tokenize(h) == tokenize(r) for h, r in zip(hypotheses, references)) / max(1, len(references))
+    exact = sum(sentence_tokens(h) == sentence_tokens(r) for h, r in zip(hypotheses, references))
+    exact /= max(1, len(references))
     return {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
             "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score, "exact": 100 * exact}
 
@@ -115,8 +115,8 @@ def retrieval_baseline(train: list[Pair], sources: list[str]) -> list[str]:
     """For each source, the (lowercased) translation of the training pair whose source shares the
     most distinct words with it, relative to both lengths (Dice: 2 |A & B| / (|A| + |B|))."""
     words: dict[str, int] = {}
-    train_sets = [set(tokenize(p.source)) for p in train]
-    query_sets = [set(tokenize(s)) for s in sources]
+    train_sets = [set(sentence_tokens(p.source)) for p in train]
+    query_sets = [set(sentence_tokens(s)) for s in sources]
     for group in (train_sets, query_sets):
         for tokens in group:
             for token in tokens:
@@ -132,7 +132,7 @@ def retrieval_baseline(train: list[Pair], sources: list[str]) -> list[str]:
     sizes_train = torch.tensor([len(s) for s in train_sets], dtype=torch.float)[:, None]
     sizes_query = torch.tensor([len(s) for s in query_sets], dtype=torch.float)[None, :]
     best = (2 * shared / (sizes_train + sizes_query).clamp(min=1)).argmax(0)
-    return [detokenize(tokenize(train[i].target)) for i in best.tolist()]
+    return [detokenize(sentence_tokens(train[i].target), "word") for i in best.tolist()]
 
 
 class TranslateTask(Task, Translator):
@@ -217,7 +217,7 @@ class TranslateTask(Task, Translator):
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        encoded = [self.source_vocabulary.encode(tokenize(s)) for s in sentences]
+        encoded = [self.source_vocabulary.encode(sentence_tokens(s)) for s in sentences]
         lengths = torch.tensor([max(1, len(e)) for e in encoded])
         out: list[str] = [""] * len(sentences)
         for chosen in torch.argsort(lengths, stable=True).split(batch_size):
@@ -234,7 +234,7 @@ class TranslateTask(Task, Translator):
                 tokens = beam_search(step, state, len(chosen), self.eos, max_steps, beam,
                                      self.config.length_penalty)
             for i, row in zip(chosen.tolist(), tokens):
-                out[i] = detokenize([self.target_vocabulary.tokens[t] for t in row])
+                out[i] = detokenize([self.target_vocabulary.tokens[t] for t in row], "word")
         model.train(was_training)
         return out
 
@@ -266,11 +266,11 @@ class TranslateTask(Task, Translator):
         source and retrieval; writes translations.txt (test source, reference, translation)."""
         test = self.splits["test"]
         sources = [p.source for p in test]
-        references = [detokenize(tokenize(p.target)) for p in test]
+        references = [detokenize(sentence_tokens(p.target), "word") for p in test]
         rows = {f"beam {self.config.beam}": self.decode(model, sources)}
         if self.config.beam != 1:
             rows["greedy"] = self.decode(model, sources, beam=1)
-        rows["copy the source"] = [detokenize(tokenize(s)) for s in sources]
+        rows["copy the source"] = [detokenize(sentence_tokens(s), "word") for s in sources]
         rows["retrieval"] = retrieval_baseline(self.splits["train"], sources)
         found = {name: corpus_scores(hyps, references) for name, hyps in rows.items()}
         val = self.scores(model, "val")
@@ -305,7 +305,7 @@ class TranslateTask(Task, Translator):
         device = next(model.parameters()).device
         figure, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 5.5), squeeze=False)
         for axis, pair in zip(axes[0], pairs):
-            words = tokenize(pair.source)
+            words = sentence_tokens(pair.source)
             ids = self.source_vocabulary.encode(words)[None].to(device)
             out = greedy_search(model.step, model.start(ids), 1, self.eos, 3 * len(words) // 2 + 10)[0]
             weights = model.attention_weights(ids, torch.tensor([out + [self.eos]], device=device))[0].cpu()
