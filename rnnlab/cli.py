@@ -11,7 +11,7 @@ import typing
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
+from . import __version__, tables
 
 # --- flags generated from config dataclasses ---------------------------------------------------
 
@@ -337,7 +337,7 @@ def cmd_complexity(args) -> int:
           f"k={config.window}, device {config.device}")
     result = complexity.measure(config, progress=lambda line: print("  measuring", line, flush=True))
     print()
-    print(complexity.format_table(result))
+    print(tables.markdown(result.table()))
     print(f"\nExponents: log-log least-squares slopes over T = {config.T[0]}..{config.T[-1]}; "
           f"O(1) and O(log T) -> 0, O(sqrt T) -> 0.5, O(T) -> 1. Serial steps count ops on the longest chain "
           f"({result.ops_per_step} per {config.cell} step). {complexity.FLOPS_CONVENTION}")
@@ -356,29 +356,20 @@ def cmd_complexity(args) -> int:
 def cmd_gradients(args) -> int:
     """Norms of dLoss/ds^t for each ladder cell on the adding problem, at init and after training."""
     import json
-    from dataclasses import asdict
     from datetime import datetime
 
     from . import gradient_flow as gf
 
     config = config_from_flags(gf.GradientFlowConfig, args, "gradients")
     out = Path(args.out) if args.out else Path("runs") / f"gradients-{datetime.now():%Y%m%d-%H%M%S}"
-    results = gf.measure_gradient_flow(config, progress=lambda line: print("  ", line, flush=True))
-    shown = gf.selected_steps(config.T)
+    result = gf.measure_gradient_flow(config, progress=lambda line: print("  ", line, flush=True))
     print(f"\n||dLoss/ds^t|| on the adding problem (T={config.T}, H={config.hidden}, depth {config.depth}, "
           f"init {config.init}; loss at t=T; "
           f"baseline MSE {gf.ADDING_BASELINE_MSE:.3f})\n")
-    print("| cell | moment | MSE | " + " | ".join(f"t={t}" for t in shown) + " | t=1 / t=T |")
-    print("| --- | --- | ---: | " + " | ".join("---:" for _ in shown) + " | ---: |")
-    for flow in results:
-        for moment, norms, loss in (("init", flow.init, flow.loss_init),
-                                    (f"after {config.steps}", flow.trained, flow.loss_trained)):
-            ratio = norms[0] / norms[-1] if norms[-1] else float("nan")
-            print(f"| {flow.cell} | {moment} | {loss:.3f} | " + " | ".join(f"{norms[t - 1]:.1e}" for t in shown)
-                  + f" | {ratio:.1e} |")
+    print(tables.markdown(result.table()))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gradients.json").write_text(json.dumps({"config": asdict(config), "cells": [asdict(f) for f in results]}))
-    path = gf.plot_gradient_flow(results, out / "gradients.png", config.T)
+    (out / "gradients.json").write_text(json.dumps(result.to_dict()))
+    path = gf.plot_gradient_flow(result.cells, out / "gradients.png", config.T)
     print(f"\nwrote {out / 'gradients.json'} and {path}")
     return 0
 
@@ -406,19 +397,12 @@ def cmd_ladder(args) -> int:
     config, train = settings.overrides(settings.TASK_FIELDS), settings.overrides(settings.TRAIN_FIELDS)
     cells = settings.cells
     out = Path(args.out) if args.out else Path("runs") / f"ladder-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
-    rows = ladder.run_ladder(args.task, config, train, out, cells,
-                             progress=lambda line: print("  training", line, flush=True))
-    T = config.get("T")
+    result = ladder.run_ladder(args.task, config, train, out, cells,
+                               progress=lambda line: print("  training", line, flush=True))
+    rows, T = result.rows, config.get("T")
     print(f"\nrnnlab ladder {args.task}: equal parameter budgets (the LSTM's at its hidden size); "
           f"loss on held-out sequences; steps: those trained (fewer where the time budget stopped a cell)\n")
-    extra = sorted({k for row in rows for k in row.extra})
-    print("| cell | hidden | params | steps | final loss | best loss | baseline | " + "".join(f"{k} | " for k in extra)
-          + "minutes |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(extra) + "---: |")
-    for row in rows:
-        print(f"| {row.cell} | {row.hidden} | {row.params:,} | {row.steps} | {row.final:.4f} | {row.best:.4f} | "
-              f"{row.baseline:.4f} | " + "".join(f"{row.extra.get(k, float('nan')):.3f} | " for k in extra)
-              + f"{row.minutes:.1f} |")
+    print(tables.markdown(result.table()))
     low, high = min(row.params for row in rows), max(row.params for row in rows)
     title = f"{args.task}{f', T={T}' if T else ''}: equal parameter budgets ({low:,} to {high:,} parameters)"
     path = ladder.plot_ladder(rows, out / "ladder.png", title)

@@ -43,11 +43,12 @@ from .cells import LADDER, Cell, OutputFeedbackCell
 from .config import ConfigError, knob, validate
 from .instruments import SavedTensorTracker, fit_exponent, ops_per_step, peak_allocated
 from .runners import Recurrent, shift_right
+from .tables import Table
 
 __all__ = [
     "REGIMES", "QUANTITIES", "ComplexityConfig", "Point", "RegimeResult", "ComplexityResult",
     "measure", "fit_exponent", "serial_steps", "ops_per_step", "expected_flops", "sweep_from_text",
-    "SavedTensorTracker", "peak_allocated", "format_table", "plot_results",
+    "SavedTensorTracker", "peak_allocated", "plot_results",
 ]
 
 # name -> (row title, stated memory, compute, serial steps as (O-notation, exponent), source)
@@ -161,6 +162,27 @@ class ComplexityResult:
     def to_dict(self) -> dict:
         return {"config": asdict(self.config), "device": self.device, "ops_per_step": self.ops_per_step,
                 "flops_convention": FLOPS_CONVENTION, "regimes": [asdict(r) for r in self.regimes]}
+
+    def table(self) -> Table:
+        """The lecture's table with the measured exponents beside the stated ones."""
+        rows = []
+        for r in self.regimes:
+            mark = "" if REGIMES[r.name][4] == "lecture" else " (beyond the lecture)"
+            if r.unavailable:
+                rows.append((f"{r.title}{mark}", r.unavailable, "", "", "", ""))
+                continue
+            e, s, se = r.exponents, r.stated, r.stated_exponents
+            ratios = [p.flops / p.flops_expected for p in r.points if p.flops_expected]
+            rule = [p.flops / p.flops_rule for p in r.points]
+            ratio = f"{min(ratios):.3f}..{max(ratios):.3f}" if ratios else "n/a"
+            ratio += f" ({min(rule):.2f}..{max(rule):.2f})"
+            rows.append((f"{r.title}{mark}",
+                         f"{s['memory']} -> {se['memory']:g}: **{e['saved_bytes']:.2f}** / **{e['peak_bytes']:.2f}**",
+                         f"{s['compute']} -> {se['compute']:g}: **{e['flops']:.2f}**", ratio,
+                         f"{s['serial_steps']} -> {se['serial_steps']:g}: **{e['serial_steps']:.2f}**",
+                         f"{e['wall_s']:.2f}"))
+        return Table(("regime", "memory: stated -> measured (held for backward / peak)", "compute: stated -> measured",
+                      "FLOPs / predicted (/ rule)", "serial steps: stated -> computed", "wall"), tuple(rows))
 
 
 # --- the quantities (the instruments are in rnnlab.instruments) ------------------------------
@@ -435,30 +457,6 @@ def _measure(config: ComplexityConfig, progress) -> ComplexityResult:
 
 
 # --- presenting -------------------------------------------------------------------------------
-
-def format_table(result: ComplexityResult) -> str:
-    """The lecture's table with the measured exponents beside the stated ones, as markdown."""
-    lines = [
-        "| regime | memory: stated -> measured (held for backward / peak) | compute: stated -> measured "
-        "| FLOPs / predicted (/ rule) | serial steps: stated -> computed | wall |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in result.regimes:
-        mark = "" if REGIMES[r.name][4] == "lecture" else " (beyond the lecture)"
-        if r.unavailable:
-            lines.append(f"| {r.title}{mark} | {r.unavailable} | | | | |")
-            continue
-        e, s, se = r.exponents, r.stated, r.stated_exponents
-        ratios = [p.flops / p.flops_expected for p in r.points if p.flops_expected]
-        rule = [p.flops / p.flops_rule for p in r.points]
-        ratio = f"{min(ratios):.3f}..{max(ratios):.3f}" if ratios else "n/a"
-        ratio += f" ({min(rule):.2f}..{max(rule):.2f})"
-        lines.append(
-            f"| {r.title}{mark} | {s['memory']} -> {se['memory']:g}: **{e['saved_bytes']:.2f}** / "
-            f"**{e['peak_bytes']:.2f}** | {s['compute']} -> {se['compute']:g}: **{e['flops']:.2f}** | {ratio} "
-            f"| {s['serial_steps']} -> {se['serial_steps']:g}: **{e['serial_steps']:.2f}** | {e['wall_s']:.2f} |")
-    return "\n".join(lines)
-
 
 def plot_results(result: ComplexityResult, out_dir: Path) -> list[Path]:
     """One log-log PNG per quantity, a line per regime; returns the files written."""

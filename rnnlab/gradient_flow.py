@@ -10,7 +10,7 @@ training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,8 +21,9 @@ from .config import knob, validate
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
 from .init import Init
 from .runners import Recurrent
+from .tables import Table
 
-__all__ = ["GradientFlowConfig", "CellFlow", "LADDER_CELLS", "state_gradient_norms", "train_adding",
+__all__ = ["GradientFlowConfig", "CellFlow", "GradientFlow", "LADDER_CELLS", "state_gradient_norms", "train_adding",
            "measure_gradient_flow", "selected_steps", "plot_gradient_flow"]
 
 LADDER_CELLS = ("vanilla", "residual", "input", "forget", "lstm", "gru")
@@ -61,6 +62,29 @@ class CellFlow:
     loss_init: float
     loss_trained: float
     losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class GradientFlow:
+    """What `measure_gradient_flow` found: the config and each cell's norms."""
+
+    config: GradientFlowConfig
+    cells: list[CellFlow]
+
+    def to_dict(self) -> dict:
+        return {"config": asdict(self.config), "cells": [asdict(f) for f in self.cells]}
+
+    def table(self) -> Table:
+        """A row per cell and moment: the loss, the norms at the `selected_steps`, and t=1 over t=T."""
+        shown = selected_steps(self.config.T)
+        rows = []
+        for flow in self.cells:
+            for moment, norms, loss in (("init", flow.init, flow.loss_init),
+                                        (f"after {self.config.steps}", flow.trained, flow.loss_trained)):
+                ratio = norms[0] / norms[-1] if norms[-1] else float("nan")
+                rows.append((flow.cell, moment, f"{loss:.3f}", *(f"{norms[t - 1]:.1e}" for t in shown), f"{ratio:.1e}"))
+        return Table(("cell", "moment", "MSE", *(f"t={t}" for t in shown), "t=1 / t=T"), tuple(rows),
+                     (False, False, *(True,) * (len(shown) + 2)))
 
 
 def _flat(state) -> tuple[torch.Tensor, ...]:
@@ -118,12 +142,12 @@ def train_adding(runner: Recurrent, readout: nn.Module, config: GradientFlowConf
     return losses
 
 
-def measure_gradient_flow(config: GradientFlowConfig, progress=None) -> list[CellFlow]:
+def measure_gradient_flow(config: GradientFlowConfig, progress=None) -> GradientFlow:
     """For each cell of `config.cells`, its norms at initialisation and after training."""
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return [_cell_flow(name, config, progress) for name in config.cells]
+        return GradientFlow(config, [_cell_flow(name, config, progress) for name in config.cells])
     finally:
         torch.set_num_threads(threads)
 

@@ -23,10 +23,11 @@ from typing import ClassVar
 
 from .checkpoints import RunDir
 from .config import knob, validate
+from .tables import Table
 from .tasks import TASKS, Baselined, run_config
 from .training import TrainConfig, Trainer, seed_everything
 
-__all__ = ["LADDER_CELLS", "LadderConfig", "LadderRow", "parameter_count", "hidden_for_budget", "run_ladder",
+__all__ = ["LADDER_CELLS", "LadderConfig", "LadderRow", "Ladder", "parameter_count", "hidden_for_budget", "run_ladder",
            "plot_ladder"]
 
 LADDER_CELLS = ("vanilla", "residual", "input", "forget", "lstm", "gru")
@@ -104,6 +105,24 @@ class LadderRow:
     extra: dict[str, float] = field(default_factory=dict)  # the other metrics of the last evaluation
 
 
+@dataclass
+class Ladder:
+    """What `run_ladder` found: the task and a row per cell."""
+
+    task: str
+    rows: list[LadderRow]
+
+    def table(self) -> Table:
+        """A row per cell: size, steps, losses beside the task's baseline, the task's other metrics, minutes."""
+        extra = sorted({k for row in self.rows for k in row.extra})
+        rows = tuple((row.cell, str(row.hidden), f"{row.params:,}", str(row.steps), f"{row.final:.4f}",
+                      f"{row.best:.4f}", f"{row.baseline:.4f}",
+                      *(f"{row.extra.get(k, float('nan')):.3f}" for k in extra), f"{row.minutes:.1f}")
+                     for row in self.rows)
+        return Table(("cell", "hidden", "params", "steps", "final loss", "best loss", "baseline", *extra, "minutes"),
+                     rows, (False, *(True,) * (7 + len(extra))))
+
+
 # The ladder compares the cells on the plain task: where a task's defaults carry one cell's long run
 # (copy: H = 128, a 2,000-step curriculum, lr 5e-3 over 8,000 steps), the ladder keeps the plain
 # settings its recorded comparison used (docs/RESULTS.md, "ladder"); flags still override them.
@@ -112,7 +131,7 @@ PLAIN_TASK = {"copy": ({"hidden": 64, "curriculum": 0}, {"lr": 1e-2})}
 
 def run_ladder(task_name: str, config_overrides: dict, train_overrides: dict, out: str | Path,
                cells: tuple[str, ...] = LADDER_CELLS, reference: str = "lstm",
-               progress: Callable[[str], None] | None = None) -> list[LadderRow]:
+               progress: Callable[[str], None] | None = None) -> Ladder:
     """Train every cell of `cells` on the task with the reference cell's parameter budget.
 
     config_overrides: task config fields (T, hidden, ...); `hidden` is the reference cell's H.
@@ -135,7 +154,7 @@ def run_ladder(task_name: str, config_overrides: dict, train_overrides: dict, ou
             progress(f"{cell}: hidden {hidden}, {params:,} parameters (budget {budget:,}), {train_config.steps} steps")
         rows.append(_train_cell(task_cls, dataclasses.replace(config, cell=cell, hidden=hidden), train_config,
                                 out / cell, params))
-    return rows
+    return Ladder(task_name, rows)
 
 
 def _train_cell(task_cls, config, train_config: TrainConfig, run_dir: Path, params: int) -> LadderRow:

@@ -132,6 +132,22 @@ class Runner(nn.Module, ABC):
 class Recurrent(Runner):
     """Unroll a cell over time: the lecture's figures "RNN model, unrolled T steps".
 
+    `ys, state = Recurrent(cell)(xs, state, y_prev, lengths)` computes what this loop computes (it
+    is `kernels.reference`, the oracle every faster implementation is tested against):
+
+        masks = cell.sample_masks(B, xs)          # one dropout mask per sequence (training only)
+        for t in range(T):
+            zx = cell.project_input(xs[:, t] * mask_x, y_prev[:, t])      # U x + W y* + b_ih  (B, K*H)
+            zh = cell.project_state(cell.read(state) * mask_s)            # V s + b_hh  (B, K*H) or None
+            new = cell.combine(zx, zh, state)                             # the cell's equations (+ zoneout)
+            out = cell.output(new)                                        # (B, H)
+            if t >= lengths: out, new = 0, state                          # past a sequence's end
+            ys[:, t], state = out, new
+        return ys, state                                                  # (B, T, H), s^T
+
+    xs (B, T, I); y_prev (B, T, O), the fed-back y^{t-1} at step t, when the cell has feedback;
+    lengths (B,) or None (all T); state None: the cell's zero state.
+
     Args:
         cell: any `Cell` of the ladder.
         implementation: 'auto' (default: the fastest valid), 'reference' (the step loop: the oracle),

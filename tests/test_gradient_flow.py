@@ -36,13 +36,14 @@ def test_state_gradient_norms_match_restarting_the_runner():
     assert norms[2] == pytest.approx(math.sqrt(sum(float(g.square().sum()) for g in grads)), rel=1e-5)
 
 def test_measure_gradient_flow_runs_and_checks():
-    flows = measure_gradient_flow(GradientFlowConfig(cells=("residual",), T=6, steps=2, hidden=4, batch=4))
+    flows = measure_gradient_flow(GradientFlowConfig(cells=("residual",), T=6, steps=2, hidden=4, batch=4)).cells
     assert len(flows[0].init) == len(flows[0].trained) == 6 and len(flows[0].losses) == 2
     with pytest.raises(ValueError, match="GradientFlowConfig: cells must be a non-empty tuple of names from"):
         GradientFlowConfig(cells=("feedback",))
 
 def test_gradient_flow_of_a_deep_transition():
-    flows = measure_gradient_flow(GradientFlowConfig(cells=("vanilla",), T=6, steps=0, hidden=4, batch=4, depth=3))
+    flows = measure_gradient_flow(GradientFlowConfig(cells=("vanilla",), T=6, steps=0, hidden=4, batch=4,
+                                                     depth=3)).cells
     assert len(flows[0].init) == 6 and all(n > 0 for n in flows[0].init)
 
 def test_cli_gradients(tmp_path, capsys):

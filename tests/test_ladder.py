@@ -30,7 +30,7 @@ def test_tiny_ladder_prints_one_table_and_saves_one_plot(tmp_path, capsys):
     assert "| cell | hidden | params | steps | final loss |" in text and "| vanilla |" in text and "| gru |" in text
     assert (out / "ladder.png").stat().st_size > 1000 and (out / "gru" / "metrics.jsonl").is_file()
     # an existing ladder directory is resumed, not retrained: the curves keep their two evaluations
-    rows = run_ladder("copy", {"T": 3, "hidden": 4, "batch_size": 4}, {"steps": 2, "eval_every": 1}, out, ("gru",))
+    rows = run_ladder("copy", {"T": 3, "hidden": 4, "batch_size": 4}, {"steps": 2, "eval_every": 1}, out, ("gru",)).rows
     assert rows[0].steps == 2 and [step for step, _ in rows[0].curve] == [1, 2]
 
 
@@ -46,7 +46,7 @@ def test_clear_errors(tmp_path):
 
 def test_the_ladder_keeps_the_plain_copy_task(tmp_path):
     """The copy defaults carry one LSTM's long curriculum run; the ladder compares cells on the plain task."""
-    rows = run_ladder("copy", {"T": 3, "batch_size": 4}, {"steps": 1, "eval_every": 1}, tmp_path, ("lstm",))
+    rows = run_ladder("copy", {"T": 3, "batch_size": 4}, {"steps": 1, "eval_every": 1}, tmp_path, ("lstm",)).rows
     assert rows[0].hidden == 64
     import json
     saved = json.loads((tmp_path / "lstm" / "config.json").read_text())
