@@ -1,5 +1,6 @@
-"""The ladder: each cell against the lecture's equations written out by hand, torch.nn equivalence,
-gradcheck, the options the 'official' implementations add, and clear errors."""
+"""The ladder: each cell against the lecture's equations written out by hand, gradcheck, the
+options the 'official' implementations add, and clear errors (torch.nn equivalence and conversion:
+test_interop.py; initialisers, constraints, regularisers: test_init.py)."""
 
 import pytest
 import torch
@@ -130,52 +131,6 @@ def test_reads_state_false_is_linear_in_state(name):
     torch.testing.assert_close(mixed, mem(lerp(cell(x, a, y)[1], cell(x, b, y)[1], 0.3)))
 
 
-# --- torch.nn equivalence ------------------------------------------------------------------------
-
-TORCH_PAIRS = [
-    (lambda: R.LSTMCell(I, H), lambda: torch.nn.LSTMCell(I, H)),
-    (lambda: R.GRUCell(I, H), lambda: torch.nn.GRUCell(I, H)),
-    (lambda: R.VanillaCell(I, H), lambda: torch.nn.RNNCell(I, H)),
-    (lambda: R.VanillaCell(I, H, activation="relu"), lambda: torch.nn.RNNCell(I, H, nonlinearity="relu")),
-]
-
-
-@pytest.mark.parametrize("ours, theirs", TORCH_PAIRS)
-def test_state_dict_loads_both_ways_and_agrees(ours, theirs):
-    a, t = ours(), theirs()
-    t.load_state_dict(a.state_dict(), strict=True)
-    a2 = ours()
-    a2.load_state_dict(t.state_dict(), strict=True)
-    x = torch.randn(B, I, requires_grad=True)
-    out_a, _ = a(x)
-    out_t = t(x)
-    out_t = out_t[0] if isinstance(out_t, tuple) else out_t
-    torch.testing.assert_close(out_a, out_t, atol=1e-5, rtol=1e-5)
-    ga = torch.autograd.grad(out_a.pow(2).sum(), [x, *a.parameters()])
-    gt = torch.autograd.grad(out_t.pow(2).sum(), [x, *t.parameters()])
-    for p, q in zip(ga, gt):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(a2(x)[0], out_a)
-
-
-@pytest.mark.parametrize("ours, theirs", TORCH_PAIRS)
-def test_cell_conversion_helpers(ours, theirs):
-    a = ours()
-    t = R.to_torch_cell(a)
-    assert type(t) is type(theirs())
-    back = R.from_torch_cell(t)
-    assert type(back) is type(a)
-    x = torch.randn(B, I)
-    torch.testing.assert_close(back(x)[0], a(x)[0])
-
-
-def test_non_torch_cells_refuse_conversion():
-    with pytest.raises(ValueError, match="feedback"):
-        R.to_torch_cell(R.LSTMCell(I, H, O))
-    with pytest.raises(ValueError, match="no torch.nn counterpart"):
-        R.to_torch_cell(R.ForgetGatedCell(I, H))
-
-
 # --- gradcheck ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(LADDER))
@@ -209,26 +164,6 @@ def test_gradcheck(name, feedback):
 
 
 # --- the official extras ------------------------------------------------------------------------
-
-def test_default_init_is_torch_uniform():
-    cell = R.LSTMCell(I, 64)
-    bound = 1 / 64 ** 0.5
-    for p in cell.parameters():
-        assert p.abs().max() <= bound
-
-
-def test_keras_init():
-    cell = R.LSTMCell(I, H, init=R.Init.keras())
-    # Keras's orthogonal (H, 4H) recurrent kernel has orthonormal rows: torch's (4H, H) orthonormal columns
-    torch.testing.assert_close(cell.weight_hh.T @ cell.weight_hh, torch.eye(H), atol=1e-5, rtol=0)
-    f = slice(H, 2 * H)
-    assert torch.all(cell.bias_ih[f] == 1) and torch.all(cell.bias_hh[f] == 0)
-    assert torch.all(cell.bias_ih[:H] == 0)
-
-
-def test_init_rejects_unknown_scheme():
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        R.Init(kernel="glorot")
 
 
 def test_gate_activation_choosable(xsy):
@@ -289,28 +224,6 @@ def test_zoneout_expectation_at_eval(xsy):
     assert torch.all(torch.isclose(new, s) | torch.isclose(new, fresh))
 
 
-def test_constraints_applied():
-    cell = R.LSTMCell(I, H, constraints=R.Constraints(kernel=R.MaxNorm(0.5), recurrent=R.NonNeg(), bias=R.UnitNorm()))
-    with torch.no_grad():
-        for p in cell.parameters():
-            p.mul_(10)
-    R.apply_constraints(cell)
-    assert torch.all(cell.weight_ih.norm(dim=1) <= 0.5 + 1e-6)
-    assert torch.all(cell.weight_hh >= 0)
-    torch.testing.assert_close(cell.bias_ih.norm(), torch.tensor(1.0))
-
-
-def test_regularisers_sum_into_one_loss():
-    cell = R.ForgetGatedCell(I, H, regularizers=R.Regularizers(kernel=R.L1L2(l1=0.1), recurrent=R.L1L2(l2=0.2),
-                                                               activity=R.L1L2(l2=1.0)))
-    runner = R.Recurrent(cell)
-    ys, _ = runner(torch.randn(B, 3, I))
-    # the activity term as Keras: the sum over the output divided by the batch size
-    expected = 0.1 * cell.weight_ih.abs().sum() + 0.2 * cell.weight_hh.pow(2).sum() + ys.pow(2).sum() / B
-    torch.testing.assert_close(R.regularization_loss(runner), expected)
-    assert R.regularization_loss(R.Recurrent(R.LSTMCell(I, H))).item() == 0
-
-
 # --- errors ---------------------------------------------------------------------------------------
 
 def test_cell_errors_name_argument_expected_and_actual():
@@ -337,17 +250,6 @@ def test_cell_errors_name_argument_expected_and_actual():
         R.VanillaCell(I, H, dropout=1.0)
     with pytest.raises(ValueError, match="reads_state must be False"):
         R.OutputFeedbackCell(I, H, reads_state=True)
-
-
-def test_keras_glorot_bound_counts_every_gate():
-    # Keras: limit = sqrt(6 / (fan_in + fan_out)) over the whole (I, 4H) kernel: 0.0533 at I=64, H=512
-    torch.manual_seed(0)
-    cell = R.LSTMCell(64, 512, init=R.Init.keras())
-    bound = (6 / (64 + 4 * 512)) ** 0.5
-    assert abs(bound - 0.0533) < 1e-4
-    w = cell.weight_ih
-    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
-    torch.testing.assert_close(w.var().item(), bound ** 2 / 3, rtol=0.05, atol=0)  # U(-b, b) has variance b^2/3
 
 
 # --- the cells users ask torch for ------------------------------------------------------------------

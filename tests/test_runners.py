@@ -1,5 +1,5 @@
-"""Runners: the contract every cell passes, lengths, stacking, bidirectional, torch.nn conversion
-and entry errors."""
+"""Runners: the contract every cell passes, lengths, stacking, bidirectional and entry errors
+(conversion to torch.nn: test_interop.py)."""
 
 import pytest
 import torch
@@ -147,37 +147,6 @@ def test_stacked_dropout_between_layers_only_in_training():
     torch.testing.assert_close(stack(xs)[0], stack(xs)[0])
     stack.train()
     assert not torch.equal(stack(xs)[0], stack(xs)[0])
-
-
-@pytest.mark.parametrize("mode, torch_cls, cell", [("lstm", torch.nn.LSTM, R.LSTMCell),
-                                                    ("gru", torch.nn.GRU, R.GRUCell),
-                                                    ("rnn", torch.nn.RNN, R.VanillaCell)])
-def test_stacked_converts_to_and_from_torch(mode, torch_cls, cell):
-    stack = R.Stacked.of(cell, I, H, 2)
-    theirs = R.to_torch(stack)
-    assert isinstance(theirs, torch_cls) and theirs.batch_first and theirs.num_layers == 2
-    xs = torch.randn(3, 6, I, requires_grad=True)
-    ours_ys, ours_state = stack(xs)
-    their_ys, their_state = theirs(xs)
-    torch.testing.assert_close(ours_ys, their_ys, atol=1e-5, rtol=1e-5)
-    last = ours_state[-1][0] if mode == "lstm" else ours_state[-1]
-    final = their_state[0][-1] if mode == "lstm" else their_state[-1]
-    torch.testing.assert_close(last, final, atol=1e-5, rtol=1e-5)
-    g_ours = torch.autograd.grad(ours_ys.pow(2).sum(), [xs, *stack.parameters()])
-    g_theirs = torch.autograd.grad(their_ys.pow(2).sum(), [xs, *theirs.parameters()])
-    for a, b in zip(g_ours, g_theirs):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    back = R.from_torch(theirs)
-    torch.testing.assert_close(back(xs)[0], ours_ys, atol=1e-6, rtol=1e-6)
-    with pytest.raises(ValueError, match="module must be torch.nn.LSTM, GRU or RNN"):
-        R.from_torch(torch.nn.Linear(2, 2))
-
-
-def test_to_torch_refuses_what_torch_cannot_compute():
-    with pytest.raises(ValueError, match="feedback"):
-        R.to_torch(R.Stacked.of(R.LSTMCell, I, H, 2, feedback_size=O))
-    with pytest.raises(ValueError, match="same kind of cell"):
-        R.to_torch(R.Stacked(R.Recurrent(R.LSTMCell(I, H)), R.Recurrent(R.GRUCell(H, H))))
 
 
 # --- bidirectional -------------------------------------------------------------------------------

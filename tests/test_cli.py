@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab import checkpoints
 from rnnlab.cli import main
-from rnnlab.errors import RunDirError
 
 TINY = ["--T", "10", "--hidden", "4", "--batch-size", "8", "--eval-size", "16", "--eval-every", "2",
         "--checkpoint-every", "2", "--log-every", "2", "--threads", "1", "--steps", "2"]
@@ -219,42 +217,6 @@ def test_train_text_that_does_not_exist(tmp_path, capsys):
 
 def test_train_config_value_out_of_range(tmp_path, capsys):
     one_line_error(capsys, ["train", "adding", *TINY, "--lr", "-1", "--out", str(tmp_path / "r")], "lr", "-1")
-
-
-# --- the rule: our errors one line, bugs a traceback, --debug shows it ----------------------------------
-
-
-def test_debug_shows_the_traceback_of_a_users_mistake(tmp_path):
-    with pytest.raises(RunDirError, match="no such run directory"):
-        main(["--debug", "train", "--resume", str(tmp_path / "nowhere")])
-    with pytest.raises(RunDirError):
-        main(["train", "--resume", str(tmp_path / "nowhere"), "--debug"])  # anywhere on the line
-
-
-def test_a_bug_of_ours_keeps_its_traceback(trained, monkeypatch):
-    def bug(*args, **kwargs):
-        raise KeyError("a bug")
-
-    monkeypatch.setattr("rnnlab.tasks.open_run", bug)
-    with pytest.raises(KeyError):
-        main(["eval", str(trained)])
-
-
-def test_ctrl_c_outside_training_is_a_line_not_a_traceback(trained, monkeypatch, capsys):
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("rnnlab.tasks.open_run", interrupted)
-    assert main(["eval", str(trained)]) == 130
-    assert capsys.readouterr().err.strip() == "rnnlab: interrupted"
-
-
-def test_a_full_disk_in_any_command_is_one_line(trained, tmp_path, capsys, monkeypatch):
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", "metrics.jsonl")
-
-    monkeypatch.setattr(checkpoints, "open", full, raising=False)
-    one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path / "r")], "no space left on the device")
 
 
 def test_resume_refuses_a_change_of_a_flag_only_the_runs_task_has(trained, capsys):

@@ -1,5 +1,6 @@
-"""Faults: what a killed, doubled, starved or tampered-with run does. Nothing is lost, nothing
-waits without a bound, nothing wrong is loaded in silence (docs/RELIABILITY.md lists the promises)."""
+"""The run directory (rnnlab/checkpoints.py) under faults: what a killed, doubled, starved or
+tampered-with run does. Nothing is lost, nothing waits without a bound, nothing wrong is loaded in
+silence (docs/RELIABILITY.md lists the promises)."""
 
 import errno
 import json

@@ -1,0 +1,53 @@
+"""rnnlab's error types (rnnlab/errors.py) and the rule they serve: a user's mistake or a fault of
+the machine is one line (`rnnlab: error: ...`), a bug of ours keeps its traceback, and --debug
+shows the traceback of a mistake too."""
+
+import errno
+
+import pytest
+from test_cli import TINY, one_line_error
+
+from rnnlab import checkpoints
+from rnnlab.cli import main
+from rnnlab.errors import RunDirError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny adding run for the commands that open one."""
+    run = tmp_path_factory.mktemp("errors") / "run"
+    assert main(["train", "adding", *TINY, "--out", str(run)]) == 0
+    return run
+
+
+def test_debug_shows_the_traceback_of_a_users_mistake(tmp_path):
+    with pytest.raises(RunDirError, match="no such run directory"):
+        main(["--debug", "train", "--resume", str(tmp_path / "nowhere")])
+    with pytest.raises(RunDirError):
+        main(["train", "--resume", str(tmp_path / "nowhere"), "--debug"])  # anywhere on the line
+
+
+def test_a_bug_of_ours_keeps_its_traceback(trained, monkeypatch):
+    def bug(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("rnnlab.tasks.open_run", bug)
+    with pytest.raises(KeyError):
+        main(["eval", str(trained)])
+
+
+def test_ctrl_c_outside_training_is_a_line_not_a_traceback(trained, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rnnlab.tasks.open_run", interrupted)
+    assert main(["eval", str(trained)]) == 130
+    assert capsys.readouterr().err.strip() == "rnnlab: interrupted"
+
+
+def test_a_full_disk_in_any_command_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "metrics.jsonl")
+
+    monkeypatch.setattr(checkpoints, "open", full, raising=False)
+    one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path / "r")], "no space left on the device")

@@ -1,0 +1,64 @@
+"""Initialisers, constraints and regularisers (rnnlab/init.py): torch's and Keras's schemes against
+their formulas, constraints applied after a step, the penalties summed into one loss."""
+
+import pytest
+import torch
+
+import rnnlab as R
+
+torch.manual_seed(0)
+I, H, B = 3, 4, 5
+
+
+def test_default_init_is_torch_uniform():
+    cell = R.LSTMCell(I, 64)
+    bound = 1 / 64 ** 0.5
+    for p in cell.parameters():
+        assert p.abs().max() <= bound
+
+
+def test_keras_init():
+    cell = R.LSTMCell(I, H, init=R.Init.keras())
+    # Keras's orthogonal (H, 4H) recurrent kernel has orthonormal rows: torch's (4H, H) orthonormal columns
+    torch.testing.assert_close(cell.weight_hh.T @ cell.weight_hh, torch.eye(H), atol=1e-5, rtol=0)
+    f = slice(H, 2 * H)
+    assert torch.all(cell.bias_ih[f] == 1) and torch.all(cell.bias_hh[f] == 0)
+    assert torch.all(cell.bias_ih[:H] == 0)
+
+
+def test_init_rejects_unknown_scheme():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        R.Init(kernel="glorot")
+
+
+def test_keras_glorot_bound_counts_every_gate():
+    # Keras: limit = sqrt(6 / (fan_in + fan_out)) over the whole (I, 4H) kernel: 0.0533 at I=64, H=512
+    torch.manual_seed(0)
+    cell = R.LSTMCell(64, 512, init=R.Init.keras())
+    bound = (6 / (64 + 4 * 512)) ** 0.5
+    assert abs(bound - 0.0533) < 1e-4
+    w = cell.weight_ih
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    torch.testing.assert_close(w.var().item(), bound ** 2 / 3, rtol=0.05, atol=0)  # U(-b, b) has variance b^2/3
+
+
+def test_constraints_applied():
+    cell = R.LSTMCell(I, H, constraints=R.Constraints(kernel=R.MaxNorm(0.5), recurrent=R.NonNeg(), bias=R.UnitNorm()))
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.mul_(10)
+    R.apply_constraints(cell)
+    assert torch.all(cell.weight_ih.norm(dim=1) <= 0.5 + 1e-6)
+    assert torch.all(cell.weight_hh >= 0)
+    torch.testing.assert_close(cell.bias_ih.norm(), torch.tensor(1.0))
+
+
+def test_regularisers_sum_into_one_loss():
+    cell = R.ForgetGatedCell(I, H, regularizers=R.Regularizers(kernel=R.L1L2(l1=0.1), recurrent=R.L1L2(l2=0.2),
+                                                               activity=R.L1L2(l2=1.0)))
+    runner = R.Recurrent(cell)
+    ys, _ = runner(torch.randn(B, 3, I))
+    # the activity term as Keras: the sum over the output divided by the batch size
+    expected = 0.1 * cell.weight_ih.abs().sum() + 0.2 * cell.weight_hh.pow(2).sum() + ys.pow(2).sum() / B
+    torch.testing.assert_close(R.regularization_loss(runner), expected)
+    assert R.regularization_loss(R.Recurrent(R.LSTMCell(I, H))).item() == 0
