@@ -103,6 +103,8 @@ def test_one_tokenize_for_every_task():
     assert tokenize("Amélie's café, O'Neill!", "word") == ["Am", "é", "lie's", "caf", "é", ",", "O'Neill", "!"]
     assert tokenize("Amélie's café, O'Neill!", "word", lowercase=True, letters="unicode") == \
         ["amélie's", "café", ",", "o'neill", "!"]
+    assert tokenize("O'Neill's o'erlook'd", "word", lowercase=True, apostrophes="one") == \
+        ["o'neill", "'", "s", "o'erlook", "'", "d"]  # the sentiment task's words: one clitic each
     assert tokenize("Ab\nc", "char", lowercase=True) == "ab\nc"
     assert detokenize(["«", "oui", "»", "(", "non", ")", "\n", "fin", "."], "word") == "«oui» (non)\nfin."
 
@@ -118,5 +120,7 @@ def test_bad_vocabularies_and_tokens_are_named():
         Vocabulary.build("ab", "char", max_size=2, specials=(PAD, UNK))
     with pytest.raises(ValueError, match="tokenize: letters must be one of"):
         tokenize("a", "word", letters="latin")
+    with pytest.raises(ValueError, match="tokenize: apostrophes must be one of"):
+        tokenize("a", "word", apostrophes="two")
     with pytest.raises(ValueError, match="tokenize: level must be one of"):
         tokenize("a", "byte")

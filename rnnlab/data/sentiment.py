@@ -48,10 +48,10 @@ def split_by_movie(snippets: list[Snippet], fractions=(0.8, 0.1, 0.1), seed: int
 
 
 def tokens(text: str, level: str) -> list[str] | str:
-    """A snippet's tokens: lower-cased words (clitics such as 's and n't kept on their word,
+    """A snippet's tokens: lower-cased words (one clitic such as 's or n't kept on its word,
     punctuation apart), or the characters as written (case kept: capitals and "!!" say something
     about a review)."""
-    return tokenize(text, level, lowercase=level == "word")
+    return tokenize(text, level, lowercase=level == "word", apostrophes="one")
 
 
 def build_vocabulary(snippets: list[Snippet], level: str, min_count: int) -> Vocabulary:

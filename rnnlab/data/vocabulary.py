@@ -5,7 +5,8 @@ A token is a character (`level="char"`) or a word or punctuation mark (`level="w
 inner apostrophes ("'tis" is split, "bewitch'd" is one word); every other non-space character is
 a token of its own, and so is the newline, which carries the layout. `letters` says what a word is
 made of: ASCII letters and digits (language, sentiment: an accented letter is a token of its own)
-or any Unicode letter (translation, where "créé" is one word).
+or any Unicode letter (translation, where "créé" is one word); `apostrophes` how many it may hold:
+any ("o'erlook'd", Shakespeare's) or one clitic ("isn't", "o'neill" + "'s", the sentiment task's).
 
 Ids are positions in `Vocabulary.tokens`: the special tokens first, in the order the task chose
 (`<unk>`; `<pad>, <unk>`; `<unk>, <eos>`), then the others by falling frequency (ties by token), so
@@ -27,24 +28,30 @@ __all__ = ["LEVELS", "LETTERS", "UNK", "PAD", "Vocabulary", "tokenize", "detoken
 
 LEVELS = ("char", "word")
 LETTERS = ("ascii", "unicode")
+APOSTROPHES = {"any": "*", "one": "?"}
 UNK, PAD = "<unk>", "<pad>"
-_WORDS = {"ascii": re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*|\n|[^\sA-Za-z0-9]"),
-          "unicode": re.compile(r"\w+(?:['\u2019]\w+)*|\n|[^\w\s]")}
+_WORDS = {(letters, apostrophes): re.compile(pattern.replace("REPEAT", repeat))
+          for letters, pattern in (("ascii", r"[A-Za-z0-9]+(?:'[A-Za-z]+)REPEAT|\n|[^\sA-Za-z0-9]"),
+                                   ("unicode", r"\w+(?:['\u2019]\w+)REPEAT|\n|[^\w\s]"))
+          for apostrophes, repeat in APOSTROPHES.items()}
 # Joining words: no space before closing marks, none after opening ones (Spanish and French included).
 _NO_SPACE_BEFORE = set(".,;:?!)]-\u2019'\u00bb\n")
 _NO_SPACE_AFTER = set("\u00bf\u00a1([-\u00ab\n")
 
 
-def tokenize(text: str, level: str, *, lowercase: bool = False, letters: str = "ascii") -> list[str] | str:
+def tokenize(text: str, level: str, *, lowercase: bool = False, letters: str = "ascii",
+             apostrophes: str = "any") -> list[str] | str:
     """Characters (the string itself, which indexes like a list) or words and punctuation marks,
     lowercased first if asked."""
     if level not in LEVELS:
         raise ValueError(f"tokenize: level must be one of {LEVELS}; got {level!r}")
     if letters not in LETTERS:
         raise ValueError(f"tokenize: letters must be one of {LETTERS}; got {letters!r}")
+    if apostrophes not in APOSTROPHES:
+        raise ValueError(f"tokenize: apostrophes must be one of {tuple(APOSTROPHES)}; got {apostrophes!r}")
     if lowercase:
         text = text.lower()
-    return text if level == "char" else _WORDS[letters].findall(text)
+    return text if level == "char" else _WORDS[letters, apostrophes].findall(text)
 
 
 def detokenize(tokens: list[str], level: str) -> str:
