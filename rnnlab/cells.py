@@ -39,6 +39,7 @@ __all__ = [
     "ResidualCell",
     "InputGatedCell",
     "ForgetGatedCell",
+    "LSTMBase",
     "LSTMCell",
     "GRUCell",
     "OutputFeedbackCell",
@@ -122,9 +123,9 @@ class Cell(nn.Module, ABC):
     # path written for its parent's.
     family: str
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, abstract: bool = False, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "family" not in cls.__dict__:
+        if "family" not in cls.__dict__ and not abstract:  # an abstract base shares code, never equations
             raise TypeError(f"{cls.__name__}: a Cell subclass must declare its own `family` (a new name unless it "
                             f"computes exactly what an existing family does); the kernels serve cells by family")
         if "update" in cls.__dict__:  # the hook before combine(zx, zh, state): it would never be called
@@ -486,16 +487,9 @@ class ForgetGatedCell(Cell):
         return self.sigma(zf) * s + self.sigma(zi) * self.act(zr)
 
 
-class LSTMCell(Cell):
-    """The lecture's "LSTM in a slide"; the gates read s_bar^{t-1} (and y^{t-1}):
-        i, f, o = sigma(z_i), sigma(z_f), sigma(z_o),   r = a(z_r)
-        s^t     = f * s^{t-1} + i * r
-        s_bar^t = o * a(s^t)
-    z = zx + zh = [z_i | z_f | z_r | z_o] (B, 4H), with zh = V s_bar^{t-1} + b_hh. State is (s_bar, s),
-    each (B, H), torch's (h, c); the output is s_bar. Gate order i, f, r, o is torch's i, f, g, o,
-    so without feedback this is torch.nn.LSTMCell."""
-
-    family = "lstm"
+class LSTMBase(Cell, abstract=True):
+    """What the LSTMs share, and no equations: the gates i, f, r, o; the state (s_bar, s), each
+    (B, H), zeros at the start; the gates read s_bar and the cell emits it."""
 
     gates = ("i", "f", "r", "o")
 
@@ -508,6 +502,18 @@ class LSTMCell(Cell):
 
     def output(self, state):
         return state[0]
+
+
+class LSTMCell(LSTMBase):
+    """The lecture's "LSTM in a slide"; the gates read s_bar^{t-1} (and y^{t-1}):
+        i, f, o = sigma(z_i), sigma(z_f), sigma(z_o),   r = a(z_r)
+        s^t     = f * s^{t-1} + i * r
+        s_bar^t = o * a(s^t)
+    z = zx + zh = [z_i | z_f | z_r | z_o] (B, 4H), with zh = V s_bar^{t-1} + b_hh. State is (s_bar, s),
+    each (B, H), torch's (h, c); the output is s_bar. Gate order i, f, r, o is torch's i, f, g, o,
+    so without feedback this is torch.nn.LSTMCell."""
+
+    family = "lstm"
 
     def combine(self, zx, zh, state):
         _, s = state
@@ -551,7 +557,7 @@ class GRUCell(Cell):
         return (1 - u) * n + u * s
 
 
-class PeepholeLSTMCell(LSTMCell):
+class PeepholeLSTMCell(LSTMBase):
     """The LSTM with peephole connections (Gers, Schraudolph and Schmidhuber, 2002): the gates see
     the cell state s itself, not only s_bar; i and f read the old s, o the new one:
         z_k = U_k x^t + V_k s_bar^{t-1} + W_k y^{t-1} + b_k
@@ -582,7 +588,7 @@ class PeepholeLSTMCell(LSTMCell):
         return super().flops_per_step(batch) + batch * 2 * 3 * self.hidden_size  # the three diagonal products
 
 
-class LayerNormLSTMCell(LSTMCell):
+class LayerNormLSTMCell(LSTMBase):
     """The LSTM with layer normalisation (Ba, Kiros and Hinton, 2016): the input and recurrent
     pre-activations are normalised apart over their 4H units, and the cell state before its squashing:
         z = LN_x(U x^t + W y^{t-1}) + LN_h(V s_bar^{t-1}) + b_ih + b_hh

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..cells import Cell, GRUCell, LSTMCell
+from ..cells import Cell, GRUCell, LSTMBase
 from ..models import RecurrentModel
 
 __all__ = ["Trace", "trace_core", "trace_language", "shown_gates", "quantities_of", "FEATURES", "feature_values",
@@ -42,7 +42,7 @@ def shown_gates(cell: Cell) -> tuple[str, ...]:
 
 def quantities_of(cell: Cell) -> tuple[str, ...]:
     """What the page can colour the text by: s_bar and s for the LSTM, the state s for the others."""
-    return ("s_bar", "s") if isinstance(cell, LSTMCell) else ("s",)
+    return ("s_bar", "s") if isinstance(cell, LSTMBase) else ("s",)
 
 
 def _gate_values(cell: Cell, zx: torch.Tensor, zh: torch.Tensor | None) -> dict[str, torch.Tensor]:
