@@ -490,13 +490,15 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
 }
 
 // Fills dz (T, B, 4H), d_ln_c (T, B, H: dL/d(LN_c output)) and, with a state read, dzh (T, B, 4H: dL/d(V h'));
-// carries as peephole_backward.
+// carries as peephole_backward. The gains' and shift's gradients are summed over the steps here, each row
+// while it is in cache (in double), into d_gain_h (4H; with a state read), d_gain_c and d_shift_c (H).
 void layernorm_backward(const std::string& act_name, const std::string& sigma_name, const Tensor& gates,
                         const Tensor& cs, const Tensor& tcs, const Tensor& xc, const Tensor& rc,
                         const optional<Tensor>& xh, const optional<Tensor>& rh, const Tensor& c0, const Tensor& d_out,
                         const optional<Tensor>& weight_hh, const optional<Tensor>& mask,
                         const optional<Tensor>& gain_h, const Tensor& gain_c, Tensor carry_h, Tensor carry_c,
-                        Tensor dz, Tensor d_ln_c, const optional<Tensor>& dzh, std::vector<int64_t> sizes) {
+                        Tensor dz, Tensor d_ln_c, const optional<Tensor>& dzh, const optional<Tensor>& d_gain_h,
+                        Tensor d_gain_c, Tensor d_shift_c, std::vector<int64_t> sizes) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("layernorm_backward", gates);
   const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(-1);
@@ -519,6 +521,10 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
   expect(xh, "xh", {steps, batch, 4 * H});
   expect(rh, "rh", {steps, batch});
   expect(dzh, "dzh", {steps, batch, 4 * H});
+  TORCH_CHECK_VALUE(reads == static_cast<bool>(d_gain_h), "layernorm_backward: d_gain_h is needed exactly with weight_hh");
+  expect(d_gain_h, "d_gain_h", {4 * H});
+  expect(d_gain_c, "d_gain_c", {H});
+  expect(d_shift_c, "d_shift_c", {H});
   check_sizes("layernorm_backward", sizes, steps, batch);
   const int64_t step = batch * H;
   dispatch(gates.scalar_type(), [&](auto zero) {
@@ -531,6 +537,7 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
     T* dzhp = reads ? dzh->data_ptr<T>() : nullptr;
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dl = d_ln_c.data_ptr<T>();
     std::vector<T> scratch(4 * H), dcv(H);
+    std::vector<double> sum_gh(reads ? 4 * H : 0), sum_gc(H), sum_bc(H);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = rows_at(sizes, t, batch);
       if (n == 0) continue;
@@ -552,7 +559,11 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
         activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
         activate_backward(act, dlb, tb, H);
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) s[k] = dlb[k] * gc[k];
+        for (int64_t k = 0; k < H; ++k) {
+          s[k] = dlb[k] * gc[k];
+          sum_gc[k] += double(dlb[k]) * double(xcb[k]);
+          sum_bc[k] += double(dlb[k]);
+        }
         normalise_backward(s, xcb, rcp[t * batch + b], dc, H);
 #pragma omp simd
         for (int64_t k = 0; k < H; ++k) {
@@ -565,13 +576,23 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
         activate_backward(sigma, db, gb, 2 * H);
         activate_backward(act, db + 2 * H, gb + 2 * H, H);
         if (reads) {
+          const T* __restrict__ xhb = xhp + (t * batch + b) * 4 * H;
 #pragma omp simd
-          for (int64_t k = 0; k < 4 * H; ++k) s[k] = db[k] * gh[k];
+          for (int64_t k = 0; k < 4 * H; ++k) {
+            s[k] = db[k] * gh[k];
+            sum_gh[k] += double(db[k]) * double(xhb[k]);
+          }
           normalise_backward(s, xhp + (t * batch + b) * 4 * H, rhp[t * batch + b], dzhp + (t * batch + b) * 4 * H,
                              4 * H);
         }
       }
       recurrent_carry(carry_h, reads ? dzh->select(0, t) : dz.select(0, t), weight_hh, mask, n);
+    }
+    T *ogc = d_gain_c.data_ptr<T>(), *obc = d_shift_c.data_ptr<T>();
+    for (int64_t k = 0; k < H; ++k) ogc[k] = T(sum_gc[k]), obc[k] = T(sum_bc[k]);
+    if (reads) {
+      T* ogh = d_gain_h->data_ptr<T>();
+      for (int64_t k = 0; k < 4 * H; ++k) ogh[k] = T(sum_gh[k]);
     }
   });
 }

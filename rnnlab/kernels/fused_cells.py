@@ -84,10 +84,9 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     bias = _sum(cell.bias_ih, cell.bias_hh)  # both add to every step's pre-activations alike
     loop = _LOOPS[cell.family](cell)
     if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h, by autograd
-        zx = F.layer_norm(inputs.matmul(weight.t()), (weight.shape[0],), cell.norm_ih.weight, cell.norm_ih.bias,
-                          cell.norm_ih.eps)
-        zx = _add(zx, _sum(bias, cell.norm_hh.bias if cell.norm_hh is not None else None))
-        inputs, weight, bias = zx.contiguous(), None, None
+        shift = _sum(_sum(cell.norm_ih.bias, bias), cell.norm_hh.bias if cell.norm_hh is not None else None)
+        zx = F.layer_norm(inputs.matmul(weight.t()), (weight.shape[0],), cell.norm_ih.weight, shift, cell.norm_ih.eps)
+        inputs, weight, bias = zx, None, None
     extras = loop.extras(cell)
     tensors = (inputs, weight, bias, cell.weight_hh, mh, *extras, h0, c0)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -100,10 +99,6 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
 
 def _sum(a, b):
     return a if b is None else b if a is None else a + b
-
-
-def _add(z, b):
-    return z if b is None else z + b
 
 
 class _CellLoop(torch.autograd.Function):
@@ -357,18 +352,19 @@ class _LayerNorm:
         d_ln_c = tape.new(gates, H)  # dL/d(LN_c output), for the gain and shift of LN_c after the loop
         dzh = tape.new(gates, 4 * H) if weight_hh is not None else None  # dL/d(V h'), for dV
         extension = _extension(gates)
-        if extension is not None:
+        if extension is not None:  # sums the gains' and shift's gradients as it goes
+            d_gain_h = gates.new_empty(4 * H) if xh is not None else None
+            d_gain_c, d_shift_c = gates.new_empty(H), gates.new_empty(H)
             extension.layernorm_backward(self.act, self.sigma, gates, cs, tcs, xc, rc, xh, rh, c0, d_hs, weight_hh, mh,
-                                         gain_h, gain_c.contiguous(), carry_h, carry_c, dz, d_ln_c, dzh,
-                                         tape.sizes or [])
+                                         gain_h, gain_c.contiguous(), carry_h, carry_c, dz, d_ln_c, dzh, d_gain_h,
+                                         d_gain_c, d_shift_c, tape.sizes or [])
         else:
             self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, gain_h, gain_c, c0, buffers, dz, d_ln_c,
                                dzh)
+            d_gain_h = (dz * xh).sum((0, 1)) if xh is not None else None
+            d_gain_c, d_shift_c = (d_ln_c * xc).sum((0, 1)), d_ln_c.sum((0, 1))
         d_v = _weight_grad(dzh, h0, hs, mh) if weight_hh is not None and need_v else None
-        d_gain_h = (dz * xh).sum((0, 1)) if xh is not None and need_extras[0] else None
-        d_gain_c = (d_ln_c * xc).sum((0, 1)) if need_extras[1] else None
-        d_shift_c = d_ln_c.sum((0, 1)) if need_extras[2] else None
-        return dz, d_v, (d_gain_h, d_gain_c, d_shift_c)
+        return dz, d_v, tuple(g if need else None for g, need in zip((d_gain_h, d_gain_c, d_shift_c), need_extras))
 
     def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, gain_h, gain_c, c0, buffers, dz, d_ln_c,
                       dzh):
