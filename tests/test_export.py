@@ -53,7 +53,8 @@ CASES += [("gru", False, {"reads_state": False}), ("forget", True, {"reads_state
           ("residual", False, {"residual": "before", "activation": "relu"}), ("vanilla", False, {"depth": 2}),
           ("lstm", False, {"zoneout": 0.2}),
           ("input", False, {"activation": "gelu", "gate_activation": "hard_sigmoid"}),
-          ("peephole-lstm", False, {"zoneout": 0.2, "activation": "softsign"}), ("layernorm-lstm", False, {"reads_state": False}),
+          ("peephole-lstm", False, {"zoneout": 0.2, "activation": "softsign"}),
+          ("layernorm-lstm", False, {"reads_state": False}),
           ("projected-lstm", True, {"proj_size": 2, "bias": False})]
 
 

@@ -5,11 +5,12 @@ masks; the C++ loops and the Python ones alike."""
 
 import pytest
 import torch
-from conftest import EXTENSIONS
 
 import rnnlab as R
 from rnnlab import kernels
 from rnnlab.kernels import compiled, fused_cells
+
+from conftest import EXTENSIONS
 
 B, T, I, H, O = 5, 7, 3, 6, 2
 CELLS = {"peephole-lstm": R.PeepholeLSTMCell, "layernorm-lstm": R.LayerNormLSTMCell,

@@ -53,8 +53,6 @@ def test_the_projected_lstm_reaches_every_supervised_task_and_its_readout_reads_
     assert cells and all(isinstance(c, R.ProjectedLSTMCell) and c.proj_size == 3 for c in cells)
     readouts = [m for m in task.model.modules() if isinstance(m, torch.nn.Linear)]
     assert readouts and readouts[-1].in_features in (3, 6)  # P, or 2P for a bidirectional core
-    with pytest.raises(ValueError, match="proj_size must be none unless the cell is projected-lstm"):
-        cls(cls.Config(cell="lstm", proj_size=3, hidden=8))
 
 
 def test_proj_size_from_the_command_line(tmp_path, capsys):

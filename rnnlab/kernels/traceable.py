@@ -97,8 +97,8 @@ def source(cell: Cell, masked: bool) -> str:
     args = ["zx: Tensor", "s0: Tensor"] + (["c0: Tensor"] if lstm else [])
     args += (["weight_hh: Tensor"] if reads else []) + (["bias_hh: Tensor"] if has_bias_hh else [])
     args += {"peephole": ["peep: Tensor"], "projected": ["weight_hr: Tensor"],
-             "layernorm": (["gain_h: Tensor", "shift_h: Tensor"] if reads else []) + ["gain_c: Tensor", "shift_c: Tensor"]
-             }.get(family, [])
+             "layernorm": (["gain_h: Tensor", "shift_h: Tensor"] if reads else [])
+             + ["gain_c: Tensor", "shift_c: Tensor"]}.get(family, [])
     for i, has_bias in enumerate(transition):
         args += [f"tw{i}: Tensor"] + ([f"tb{i}: Tensor"] if has_bias else [])
     args += ["valid: Tensor"] if masked else []
