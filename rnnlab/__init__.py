@@ -18,6 +18,7 @@ from .cells import (
     LSTMCell,
     OutputFeedbackCell,
     PeepholeLSTMCell,
+    ProjectedLSTMCell,
     ResidualCell,
     VanillaCell,
 )
@@ -42,7 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cell", "VanillaCell", "ResidualCell", "InputGatedCell", "ForgetGatedCell", "LSTMCell", "GRUCell",
-    "OutputFeedbackCell", "PeepholeLSTMCell", "LayerNormLSTMCell", "LADDER", "torch_mode",
+    "OutputFeedbackCell", "PeepholeLSTMCell", "LayerNormLSTMCell", "ProjectedLSTMCell", "LADDER", "torch_mode",
     "Init", "MaxNorm", "NonNeg", "UnitNorm", "L1L2", "Constraints", "Regularizers", "apply_constraints",
     "regularization_loss",
     "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded",

@@ -67,7 +67,10 @@ PASSES = ("forward", "forward+backward")
 PEERS = ("torch.nn.LSTM", "torch.nn.GRU", "torch.nn.RNN", "LSTMCell loop")
 BASELINE = "torch.nn.LSTM"
 # The torch.nn layer that computes the same cell, for the second ratio (the issue's auto target).
-MATCHING_PEER = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU", "vanilla": "torch.nn.RNN"}
+MATCHING_PEER = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU", "vanilla": "torch.nn.RNN",
+                 "projected-lstm": "torch.nn.LSTM proj"}
+# torch.nn.LSTM(proj_size=H // 2), the projected LSTM's own peer: timed only when that cell is benched
+PROJECTED_PEER = "torch.nn.LSTM proj"
 # Cells whose update stays a recurrence when the gates stop reading the state (reads_state=False);
 # vanilla would lose its recurrence altogether and the feedback cell never reads its state.
 LINEAR_CELLS = ("residual", "input", "forget", "lstm", "gru")
@@ -200,6 +203,11 @@ def _peer(name: str, size: Size, xs: torch.Tensor) -> Candidate:
             return torch.stack(outs, 1)
 
         return Candidate(name, "peer", flops=_lstm_flops(size, 4), forward=forward, params=list(cell.parameters()))
+    if name == PROJECTED_PEER:  # the ladder's ProjectedLSTMCell default: P = H // 2
+        layer = torch.nn.LSTM(size.I, size.H, batch_first=True, proj_size=max(size.H // 2, 1)).to(xs.device)
+        flops = 2 * 4 * size.H * (size.I + max(size.H // 2, 1)) * size.B * size.T + \
+            2 * max(size.H // 2, 1) * size.H * size.B * size.T
+        return Candidate(name, "peer", flops=flops, forward=lambda grad: layer(xs)[0], params=list(layer.parameters()))
     layer_type, gates = {"torch.nn.LSTM": (torch.nn.LSTM, 4), "torch.nn.GRU": (torch.nn.GRU, 3),
                          "torch.nn.RNN": (torch.nn.RNN, 1)}[name]
     layer = layer_type(size.I, size.H, batch_first=True).to(xs.device)
@@ -242,7 +250,7 @@ def _rnnlab(cell_name: str, variant: str, impl: str, size: Size, xs: torch.Tenso
 def candidates(config: BenchConfig, size: Size, xs: torch.Tensor, y_prev: torch.Tensor) -> list[Candidate]:
     """The peers, then every (cell, variant, implementation) of the configuration, at one size."""
     torch.manual_seed(config.seed)  # the same weights for every run of the same grid
-    found = [_peer(name, size, xs) for name in PEERS]
+    found = [_peer(name, size, xs) for name in PEERS + ((PROJECTED_PEER,) if "projected-lstm" in config.cells else ())]
     for cell in config.cells:
         for variant in _variants(cell, config.variants):
             for impl in config.impls:

@@ -45,6 +45,7 @@ __all__ = [
     "OutputFeedbackCell",
     "PeepholeLSTMCell",
     "LayerNormLSTMCell",
+    "ProjectedLSTMCell",
     "ACTIVATIONS",
     "State",
 ]
@@ -632,6 +633,89 @@ class LayerNormLSTMCell(LSTMBase):
         return self.sigma(zo) * self.act(self.norm_cell(s)), s
 
 
+class ProjectedLSTMCell(LSTMBase):
+    """The LSTM with a projection (Sak, Senior and Beaufays, 2014; torch.nn.LSTM's proj_size): the
+    output s_bar is the cell's P < H units projected down, and the gates read it:
+        z_k = U_k x^t + V_k s_bar^{t-1} + W_k y^{t-1} + b_k          V_k (H, P)
+        i, f, o = sigma(z_i), sigma(z_f), sigma(z_o),   r = a(z_r)
+        s^t     = f * s^{t-1} + i * r
+        s_bar^t = W_hr (o * a(s^t))                                   W_hr (P, H)
+    Weights: `weight_ih` (4H, I), `weight_hh` (4H, P), `weight_hr` (P, H), `weight_yh` (4H, O), torch's
+    names and shapes, so without feedback its state_dict loads into torch.nn.LSTM(I, H, proj_size=P)
+    (suffix _l0) with strict=True (`rnnlab.interop`). State (s_bar (B, P), s (B, H)), torch's (h, c);
+    the output is s_bar (B, P): `output_size` is P. proj_size None: H // 2. The recurrent dropout
+    masks what the gates read, s_bar (B, P)."""
+
+    family = "projected-lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, *, proj_size: int | None = None,
+                 **options):
+        name = type(self).__name__
+        if proj_size is None and isinstance(hidden_size, int):
+            proj_size = max(hidden_size // 2, 1)
+        check_number(name, "proj_size", proj_size, integer=True)
+        if isinstance(hidden_size, int) and not 1 <= proj_size < max(hidden_size, 2):
+            raise ValueError(f"{name}: proj_size must be an int in [1, hidden_size) = [1, {hidden_size}); "
+                             f"got {proj_size!r}")
+        if options.get("depth", 1) > 1:
+            raise ValueError(f"{name}: depth must be 1; the gates read the projection of the state")
+        self.proj_size = proj_size
+        super().__init__(input_size, hidden_size, feedback_size, **options)
+        K, H, P = len(self.gates), hidden_size, proj_size
+        if self.weight_hh is not None:  # V reads s_bar: (4H, P), not (4H, H)
+            self.weight_hh = nn.Parameter(torch.empty(K * H, P, dtype=self.weight_ih.dtype))
+            self.init.apply(self.weight_hh, self.init.recurrent, H, K)
+        self.weight_hr = nn.Parameter(torch.empty(P, H, dtype=self.weight_ih.dtype))
+        self.init.apply(self.weight_hr, self.init.kernel, H, 1)
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        if getattr(self, "weight_hr", None) is not None:  # not yet there when Cell.__init__ calls this
+            self.init.apply(self.weight_hr, self.init.kernel, self.hidden_size, 1)
+
+    output_size = property(lambda self: self.proj_size)
+
+    def initial_state(self, batch, device=None, dtype=None):
+        dtype = dtype or self.weight_ih.dtype
+        return (torch.zeros(batch, self.proj_size, device=device, dtype=dtype),
+                torch.zeros(batch, self.hidden_size, device=device, dtype=dtype))
+
+    def check_state(self, state, batch, where):
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError(f"{where}: state must be a tuple of 2 tensors, (B, {self.proj_size}) and "
+                             f"(B, {self.hidden_size}), for {type(self).__name__}; got {_describe(state)}")
+        for part, size in zip(state, (self.proj_size, self.hidden_size)):
+            if not isinstance(part, torch.Tensor) or tuple(part.shape) != (batch, size):
+                raise ValueError(f"{where}: state must be ({batch}, {self.proj_size}) and ({batch}, "
+                                 f"{self.hidden_size}); got {_describe(state)}")
+            check_tensor_like(where, "state", part, self.weight_ih)
+
+    def sample_masks(self, batch, like):
+        mx, mh = super().sample_masks(batch, like)
+        if mh is not None:
+            mh = _dropout_mask(self.recurrent_dropout, (batch, self.proj_size), like)
+        return mx, mh
+
+    def combine(self, zx, zh, state):
+        _, s = state
+        zi, zf, zr, zo = self.preactivations(zx, zh).chunk(4, dim=-1)
+        s = self.sigma(zf) * s + self.sigma(zi) * self.act(zr)
+        return F.linear(self.sigma(zo) * self.act(s), self.weight_hr), s
+
+    def weight_groups(self):
+        groups = super().weight_groups()
+        groups["recurrent"] = groups["recurrent"] + [self.weight_hr]
+        return groups
+
+    def extra_repr(self):
+        return super().extra_repr() + f", proj_size={self.proj_size}"
+
+    def flops_per_step(self, batch: int = 1) -> int:
+        K, H, P = len(self.gates), self.hidden_size, self.proj_size
+        fan_in = self.input_size + self.feedback_size + (P if self.reads_state else 0)
+        return batch * (2 * K * H * fan_in + 2 * P * H)
+
+
 LADDER: dict[str, type[Cell]] = {
     "vanilla": VanillaCell,
     "residual": ResidualCell,
@@ -642,5 +726,6 @@ LADDER: dict[str, type[Cell]] = {
     "feedback": OutputFeedbackCell,
     "peephole-lstm": PeepholeLSTMCell,
     "layernorm-lstm": LayerNormLSTMCell,
+    "projected-lstm": ProjectedLSTMCell,
 }
 

@@ -166,7 +166,7 @@ class Recurrent(Runner):
         self._activity: torch.Tensor | None = None
 
     input_size = property(lambda self: self.cell.input_size)
-    output_size = property(lambda self: self.cell.hidden_size)
+    output_size = property(lambda self: getattr(self.cell, "output_size", self.cell.hidden_size))  # P when projected
     feedback_size = property(lambda self: self.cell.feedback_size)
 
     def initial_state(self, batch: int, device=None, dtype=None) -> State:
@@ -250,7 +250,7 @@ class Stacked(Runner):
         layers = []
         for i in range(num_layers):
             fb = feedback_size if (i == 0 or feedback_layers == "all") else 0
-            cell = cell_type(input_size if i == 0 else hidden_size, hidden_size, fb, **cell_options)
+            cell = cell_type(input_size if i == 0 else layers[-1].output_size, hidden_size, fb, **cell_options)
             layers.append(Recurrent(cell, implementation))
         return cls(*layers, dropout=dropout, residual=residual)
 

@@ -304,14 +304,61 @@ def test_layernorm_lstm_refuses_a_deep_transition():
         R.LayerNormLSTMCell(I, H, depth=2)
 
 
-@pytest.mark.parametrize("cls", [R.PeepholeLSTMCell, R.LayerNormLSTMCell])
+def test_projected_lstm_equations():
+    P = 3
+    cell = R.ProjectedLSTMCell(I, H, O, proj_size=P)
+    assert tuple(cell.weight_hh.shape) == (4 * H, P) and tuple(cell.weight_hr.shape) == (P, H)
+    x, y = torch.randn(B, I), torch.randn(B, O)
+    h, c = torch.randn(B, P), torch.randn(B, H)
+    c_new = σ(z(cell, 1, x, h, y)) * c + σ(z(cell, 0, x, h, y)) * tanh(z(cell, 2, x, h, y))
+    h_new = lin(σ(z(cell, 3, x, h, y)) * tanh(c_new), cell.weight_hr)  # the gates read the projection
+    out, (h_got, c_got) = cell(x, (h, c), y)
+    torch.testing.assert_close(c_got, c_new)
+    torch.testing.assert_close(h_got, h_new)
+    torch.testing.assert_close(out, h_new)
+    assert R.Recurrent(cell).output_size == P and R.ProjectedLSTMCell(I, 9).proj_size == 4  # default H // 2
+
+
+def test_projected_lstm_loads_into_torch_lstm_with_proj_size_strictly():
+    torch.manual_seed(1)
+    cell = R.ProjectedLSTMCell(I, 6, proj_size=2).double()
+    module = torch.nn.LSTM(I, 6, proj_size=2, batch_first=True).double()
+    module.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()}, strict=True)
+    xs = torch.randn(B, 7, I, dtype=torch.float64)
+    h0, c0 = torch.randn(B, 2, dtype=torch.float64), torch.randn(B, 6, dtype=torch.float64)
+    ys, (h, c) = R.Recurrent(cell, implementation="reference")(xs, (h0, c0))
+    expected, (h_t, c_t) = module(xs, (h0[None], c0[None]))
+    torch.testing.assert_close(ys, expected)
+    torch.testing.assert_close((h, c), (h_t[0], c_t[0]))
+    # stacks both ways through interop, two layers (the second reads P)
+    stack = R.Stacked.of(R.ProjectedLSTMCell, I, 6, 2, proj_size=2).double()
+    torch_stack = R.to_torch(stack)
+    assert torch_stack.proj_size == 2 and torch_stack.num_layers == 2
+    torch.testing.assert_close(stack(xs)[0], torch_stack(xs)[0])
+    torch.testing.assert_close(R.from_torch(torch_stack)(xs)[0], torch_stack(xs)[0])
+
+
+def test_projected_lstm_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"proj_size must be an int in \[1, hidden_size\) = \[1, 4\); got 4"):
+        R.ProjectedLSTMCell(I, H, proj_size=4)
+    with pytest.raises(ValueError, match="ProjectedLSTMCell: depth must be 1"):
+        R.ProjectedLSTMCell(I, H, depth=2)
+    with pytest.raises(ValueError, match=r"state must be \(5, 2\) and \(5, 4\)"):
+        R.ProjectedLSTMCell(I, H, proj_size=2)(torch.randn(B, I), (torch.randn(B, H), torch.randn(B, H)))
+    with pytest.raises(ValueError, match="torch.nn.LSTMCell has no projection"):
+        R.to_torch_cell(R.ProjectedLSTMCell(I, H))
+    with pytest.raises(ValueError, match=r"torch.nn.LSTM\(proj_size\) has no output feedback"):
+        R.to_torch(R.Recurrent(R.ProjectedLSTMCell(I, H, O)))
+
+
+@pytest.mark.parametrize("cls", [R.PeepholeLSTMCell, R.LayerNormLSTMCell, R.ProjectedLSTMCell])
 def test_new_lstms_take_every_option_and_run_through_auto(cls):
     cell = cls(I, H, O, activation="softsign", gate_activation="hard_sigmoid", dropout=0.1, recurrent_dropout=0.1,
                zoneout=0.1, init=R.Init.keras(), constraints=R.Constraints(kernel=R.MaxNorm(2)),
                regularizers=R.Regularizers(kernel=R.L1L2(l2=1e-3)))
     ys, (h, c) = R.Recurrent(cell)(torch.randn(B, 6, I), y_prev=torch.randn(B, 6, O),
                                    lengths=torch.tensor([6, 5, 4, 3, 2]))
-    assert ys.shape == (B, 6, H) and bool((ys[4, 2:] == 0).all())
+    assert ys.shape == (B, 6, R.Recurrent(cell).output_size) and bool((ys[4, 2:] == 0).all())
     assert R.regularization_loss(cell).item() > 0
     R.apply_constraints(cell)
     assert bool((cell.weight_ih.norm(dim=1) <= 2 + 1e-6).all())
@@ -322,7 +369,8 @@ def test_new_lstms_take_every_option_and_run_through_auto(cls):
 
 def test_every_cell_declares_its_own_family_and_a_subclass_must_too():
     assert {cls.family for cls in LADDER.values()} == {"vanilla", "residual", "input", "forget", "lstm", "gru",
-                                                       "feedback", "peephole-lstm", "layernorm-lstm"}
+                                                       "feedback", "peephole-lstm", "layernorm-lstm",
+                                                       "projected-lstm"}
     with pytest.raises(TypeError, match="MyLSTM: a Cell subclass must declare its own `family`"):
         class MyLSTM(R.LSTMCell):  # noqa: F841  (changes the equations, inherits nothing a kernel could misread)
             def combine(self, zx, zh, state):

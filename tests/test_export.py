@@ -26,11 +26,14 @@ def model_of(name: str, feedback: bool, implementation: str, layers: int = 1, **
     torch.manual_seed(0)
     cell = LADDER[name](4, 6, FEEDBACK if feedback else 0, **options)
     core = R.Stacked(R.Recurrent(cell, implementation),
-                     *([R.Recurrent(LADDER[name](6, 5, **options), implementation)] if layers == 2 else []))
+                     *([R.Recurrent(LADDER[name](cell_output(cell), 5, **options), implementation)]
+                       if layers == 2 else []))
     feedback_map = R.RawFeedback(FEEDBACK) if feedback else None
-    if layers == 1:
-        return R.RecurrentModel(core, nn.Linear(6, 2), feedback_map=feedback_map).eval()
-    return R.RecurrentModel(core, nn.Linear(5, 2), feedback_map=feedback_map).eval()
+    return R.RecurrentModel(core, nn.Linear(core.output_size, 2), feedback_map=feedback_map).eval()
+
+
+def cell_output(cell) -> int:
+    return getattr(cell, "output_size", cell.hidden_size)  # P for the projected LSTM
 
 
 def implementations(cell) -> list[str]:
@@ -45,13 +48,14 @@ def time_loop_ops(data: bytes) -> set[str]:
     return {n.op_type for n in onnx.load_from_string(data).graph.node} & {"Loop", "Scan", "LSTM", "GRU", "RNN"}
 
 
-NOT_TRACEABLE = ("peephole-lstm", "layernorm-lstm")  # no TorchScript step yet: export refuses them in one line
-CASES = [(name, feedback, {}) for name in LADDER for feedback in (False, True)
-         if (name != "feedback" or feedback) and name not in NOT_TRACEABLE]
+CASES = [(name, feedback, {}) for name in LADDER for feedback in (False, True) if name != "feedback" or feedback]
 CASES += [("gru", False, {"reads_state": False}), ("forget", True, {"reads_state": False}),
           ("residual", False, {"residual": "before", "activation": "relu"}), ("vanilla", False, {"depth": 2}),
           ("lstm", False, {"zoneout": 0.2}),
-          ("input", False, {"activation": "gelu", "gate_activation": "hard_sigmoid"})]
+          ("input", False, {"activation": "gelu", "gate_activation": "hard_sigmoid"}),
+          ("peephole-lstm", False, {"zoneout": 0.2, "activation": "softsign"}),
+          ("layernorm-lstm", False, {"reads_state": False}),
+          ("projected-lstm", True, {"proj_size": 2, "bias": False})]
 
 
 @pytest.mark.parametrize("name,feedback,options", CASES,
@@ -179,7 +183,22 @@ def test_cli_export_rejects_bad_paths(tmp_path, capsys):
     assert "rnnlab: error:" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", NOT_TRACEABLE)
-def test_a_cell_without_a_traceable_step_is_refused_in_one_line(name):
-    with pytest.raises(ValueError, match=r"cannot export or trace .*the traceable loop has no step for"):
-        export.export_model(export.SequenceGraph(model_of(name, False, "auto")))
+class _CustomLSTM(R.LSTMCell):
+    family = "custom-lstm"  # a family no kernel knows
+
+
+def test_a_cell_without_a_traceable_step_is_refused_in_one_line():
+    model = R.RecurrentModel(R.Stacked(R.Recurrent(_CustomLSTM(4, 6))), nn.Linear(6, 2)).eval()
+    with pytest.raises(ValueError, match=r"cannot export or trace _CustomLSTM: the traceable loop has no step for"):
+        export.export_model(export.SequenceGraph(model))
+
+
+@pytest.mark.parametrize("name", ["peephole-lstm", "layernorm-lstm", "projected-lstm"])
+def test_the_new_lstms_export_with_lengths_and_as_steps(name):
+    torch.manual_seed(0)
+    core = R.Stacked(R.Recurrent(LADDER[name](5, 7)))
+    model = R.SequenceToVector(core, nn.Linear(core.output_size, 2), input_map=nn.Embedding(11, 5), pool="last").eval()
+    graph = export.SequenceGraph(model)
+    assert export.verify(graph, export.export_model(graph)) < 1e-4
+    step = export.StepGraph(model_of(name, True, "auto", layers=2))
+    assert export.verify(step, export.export_model(step)) < 1e-4

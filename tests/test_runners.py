@@ -45,8 +45,9 @@ def test_contract(name, feedback):
     runner = make(name, feedback)
     xs, yp = inputs(4, 6, feedback)
     ys, state = runner(xs, y_prev=yp)
-    # shapes
-    assert ys.shape == (4, 6, H)
+    # shapes (the projected LSTM emits its P = H // 2 units)
+    out = runner.output_size
+    assert ys.shape == (4, 6, out) and out == (H // 2 if name == "projected-lstm" else H)
     ref_ys, ref_state = by_hand(runner, xs, yp)
     torch.testing.assert_close(ys, ref_ys)
     same_state(state, ref_state)
@@ -67,8 +68,8 @@ def test_contract(name, feedback):
         else:
             torch.testing.assert_close(state_l[i:i + 1], one_state)
     # batch of one and sequence of one
-    assert runner(xs[:1], y_prev=None if yp is None else yp[:1])[0].shape == (1, 6, H)
-    assert runner(xs[:, :1], y_prev=None if yp is None else yp[:, :1])[0].shape == (4, 1, H)
+    assert runner(xs[:1], y_prev=None if yp is None else yp[:1])[0].shape == (1, 6, out)
+    assert runner(xs[:, :1], y_prev=None if yp is None else yp[:, :1])[0].shape == (4, 1, out)
     # gradients reach every parameter
     ys.sum().backward()
     assert all(p.grad is not None for p in runner.parameters())

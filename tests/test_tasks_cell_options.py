@@ -43,3 +43,25 @@ def test_keras_init_option_changes_the_weights():
     w_plain, w_keras = (cells_of(t.model)[0].weight_hh for t in (plain, keras))
     torch.testing.assert_close(w_keras.T @ w_keras, torch.eye(16), atol=1e-5, rtol=0)
     assert not torch.allclose(w_plain.T @ w_plain, torch.eye(16), atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["adding", "copy", "digits", "forecast", "sentiment", "language"])
+def test_the_projected_lstm_reaches_every_supervised_task_and_its_readout_reads_p(name):
+    cls = TASKS[name]
+    task = cls(cls.Config(cell="projected-lstm", proj_size=3, hidden=8))
+    cells = cells_of(task.model)
+    assert cells and all(isinstance(c, R.ProjectedLSTMCell) and c.proj_size == 3 for c in cells)
+    readouts = [m for m in task.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert readouts and readouts[-1].in_features in (3, 6)  # P, or 2P for a bidirectional core
+
+
+def test_proj_size_from_the_command_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "adding", "--T", "5", "--hidden", "6", "--steps", "1", "--eval-size", "4",
+                 "--batch-size", "4", "--cell", "projected-lstm", "--proj-size", "2", "--out", str(run)]) == 0
+    task, _ = open_run(run)
+    (cell,) = cells_of(task.model)
+    assert cell.proj_size == 2 and tuple(cell.weight_hr.shape) == (2, 6)
+    assert main(["train", "adding", "--T", "5", "--hidden", "6", "--steps", "1", "--cell", "gru", "--proj-size", "2",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--proj-size must be none unless the cell is projected-lstm" in capsys.readouterr().err

@@ -33,7 +33,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..cells import Cell, State
-from . import compiled, graphs
+from . import compiled, fused_cells, graphs
 from .activations import BACKWARD, FORWARD
 from .reference import valid_steps, without_padding
 
@@ -43,6 +43,8 @@ _GATED = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "
 
 def unavailable(cell: Cell, **context) -> str | None:
     """Why `fused` cannot run this cell; None if it can."""
+    if cell.family in fused_cells.FAMILIES:  # the LSTMs users ask torch for: fused_cells.py
+        return fused_cells.unavailable(cell, **context)
     if cell.family not in _GATED and cell.family not in ("lstm", "gru"):
         return f"fused has no loop for the {cell.family!r} family ({type(cell).__name__})"
     if cell.depth > 1:
@@ -59,6 +61,8 @@ def unavailable(cell: Cell, **context) -> str | None:
 def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None,
           lengths: torch.Tensor | None, masks) -> tuple[torch.Tensor, State]:
     """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H), final state."""
+    if cell.family in fused_cells.FAMILIES:
+        return fused_cells.fused(cell, xs, state, y_prev, lengths, masks)
     mx, mh = masks
     batch, steps = xs.shape[:2]
     valid = valid_steps(lengths, steps)  # the input GEMM and dW read every step: padding must be zeros

@@ -40,10 +40,17 @@ def _elu(z: Tensor) -> Tensor:
 
 def _gelu(z: Tensor) -> Tensor:
     return 0.5 * z * (1.0 + torch.erf(z * 0.7071067811865476))
+
+def _layer_norm(v: Tensor, gain: Tensor, shift: Tensor, eps: float) -> Tensor:
+    mean = v.mean(-1, keepdim=True)
+    centred = v - mean
+    return centred / torch.sqrt((centred * centred).mean(-1, keepdim=True) + eps) * gain + shift
 '''
 # family (rnnlab.cells: Cell.family) -> the generated step's family; the output-feedback cell is a vanilla cell
 _FAMILIES = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "input": "input", "forget": "forget",
-             "lstm": "lstm", "gru": "gru"}
+             "lstm": "lstm", "gru": "gru", "peephole-lstm": "peephole", "layernorm-lstm": "layernorm",
+             "projected-lstm": "projected"}
+_LSTMS = ("lstm", "peephole", "layernorm", "projected")  # state (h, c)
 
 
 def unavailable(cell: Cell, masks=(None, None), **context) -> str | None:
@@ -63,18 +70,35 @@ def _signature(cell: Cell) -> tuple:
     residual = getattr(cell, "residual", "after")
     transition = () if cell.transition is None else tuple(
         m.bias is not None for m in cell.transition if isinstance(m, torch.nn.Linear))
+    eps = (float(cell.norm_hh.eps if cell.norm_hh is not None else 0.0), float(cell.norm_cell.eps)) \
+        if cell.family == "layernorm-lstm" else ()
     return (_FAMILIES[cell.family], residual, cell.activation, cell.gate_activation, cell.hidden_size,
-            cell.weight_hh is not None, cell.bias_hh is not None, transition, float(cell.zoneout))
+            cell.weight_hh is not None, cell.bias_hh is not None, transition, float(cell.zoneout), eps)
+
+
+def _extra_weights(cell: Cell) -> list[torch.Tensor]:
+    """The new LSTMs' own parameters, in the order `source` declares them."""
+    if cell.family == "peephole-lstm":
+        return [cell.weight_peephole]
+    if cell.family == "projected-lstm":
+        return [cell.weight_hr]
+    if cell.family == "layernorm-lstm":
+        reads = [cell.norm_hh.weight, cell.norm_hh.bias] if cell.norm_hh is not None else []
+        return reads + [cell.norm_cell.weight, cell.norm_cell.bias]
+    return []
 
 
 def source(cell: Cell, masked: bool) -> str:
     """The TorchScript source of `loop(zx (T, B, K*H), s0[, c0], V[, b_hh], transition..., [valid (T, B, 1)])`
     -> (outputs (T, B, H), final state parts)."""
-    family, residual, act_name, sigma_name, H, reads, has_bias_hh, transition, zoneout = _signature(cell)
+    family, residual, act_name, sigma_name, H, reads, has_bias_hh, transition, zoneout, eps = _signature(cell)
     act, sigma = _ACTIVATIONS[act_name].format, _ACTIVATIONS[sigma_name].format
-    lstm = family == "lstm"
+    lstm = family in _LSTMS
     args = ["zx: Tensor", "s0: Tensor"] + (["c0: Tensor"] if lstm else [])
     args += (["weight_hh: Tensor"] if reads else []) + (["bias_hh: Tensor"] if has_bias_hh else [])
+    args += {"peephole": ["peep: Tensor"], "projected": ["weight_hr: Tensor"],
+             "layernorm": (["gain_h: Tensor", "shift_h: Tensor"] if reads else [])
+             + ["gain_c: Tensor", "shift_c: Tensor"]}.get(family, [])
     for i, has_bias in enumerate(transition):
         args += [f"tw{i}: Tensor"] + ([f"tb{i}: Tensor"] if has_bias else [])
     args += ["valid: Tensor"] if masked else []
@@ -82,7 +106,10 @@ def source(cell: Cell, masked: bool) -> str:
     body = ["outs: List[Tensor] = []", "s = s0"] + (["c = c0"] if lstm else [])
     body += ["for t in range(zx.size(0)):", "    zx_t = zx[t]"]
     step = []
-    if reads:
+    if reads and family == "layernorm":  # LN_h(V s_bar) + b_hh
+        step.append(f"zh = _layer_norm(torch.matmul(s, weight_hh.t()), gain_h, shift_h, {eps[0]!r})"
+                    + (" + bias_hh" if has_bias_hh else ""))
+    elif reads:
         step.append("zh = torch.matmul(s, weight_hh.t())" + (" + bias_hh" if has_bias_hh else ""))
     if family == "gru":
         if reads:
@@ -105,9 +132,17 @@ def source(cell: Cell, masked: bool) -> str:
             step.append(f"new = s + {sigma(gate(0))} * {act(gate(1))}")
         elif family == "forget":
             step.append(f"new = {sigma(gate(1))} * s + {sigma(gate(0))} * {act(gate(2))}")
-        else:  # lstm: gates i, f, r, o; state (h, c)
-            step += [f"c_new = {sigma(gate(1))} * c + {sigma(gate(0))} * {act(gate(2))}",
-                     f"new = {sigma(gate(3))} * {act('c_new')}"]
+        elif family == "peephole":  # i, f read c; o reads c_new
+            step += [f"c_new = {sigma(gate(1) + ' + peep[1] * c')} * c + {sigma(gate(0) + ' + peep[0] * c')} * "
+                     f"{act(gate(2))}",
+                     f"new = {sigma(gate(3) + ' + peep[2] * c_new')} * {act('c_new')}"]
+        else:  # lstm, layernorm, projected: gates i, f, r, o; state (h, c)
+            step.append(f"c_new = {sigma(gate(1))} * c + {sigma(gate(0))} * {act(gate(2))}")
+            squashed = act(f"_layer_norm(c_new, gain_c, shift_c, {eps[1]!r})") if family == "layernorm" \
+                else act("c_new")
+            step.append(f"new = {sigma(gate(3))} * {squashed}")
+            if family == "projected":
+                step.append("new = torch.matmul(new, weight_hr.t())")
     if zoneout:  # evaluation: the expectation of the kept state
         step.append(f"new = {zoneout!r} * s + {1 - zoneout!r} * new")
         if lstm:
@@ -141,7 +176,7 @@ def traceable(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor |
     """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H), final state, by a scripted loop."""
     zx = cell.project_input(xs, y_prev).transpose(0, 1)  # (T, B, K*H), U x + W y_prev + b_ih for all steps
     parts = list(state) if isinstance(state, tuple) else [state]
-    weights = [w for w in (cell.weight_hh, cell.bias_hh) if w is not None]
+    weights = [w for w in (cell.weight_hh, cell.bias_hh) if w is not None] + _extra_weights(cell)
     if cell.transition is not None:
         for layer in cell.transition:
             if isinstance(layer, torch.nn.Linear):

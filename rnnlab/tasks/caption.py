@@ -101,7 +101,7 @@ def build_model(config: CaptionConfig, rows: int, width: int, words: int) -> Cap
     encode = conv_encoder if config.encoder == "conv" else mlp_encoder
     core = Stacked.of(LADDER[config.cell], config.vector, config.hidden, config.layers, feedback_size=config.embed,
                       implementation=config.implementation)
-    decoder = VectorToSequence(RecurrentModel(core, nn.Linear(config.hidden, words),
+    decoder = VectorToSequence(RecurrentModel(core, nn.Linear(core.output_size, words),
                                               feedback_map=EmbeddingFeedback(words, config.embed)))
     return CaptionModel(encode(rows, width, config.vector, config.dropout), decoder)
 

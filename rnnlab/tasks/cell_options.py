@@ -10,6 +10,7 @@ copy), so each is a flag of `rnnlab train` for them:
     --max-norm                         weight constraint on the kernels
     --l1, --l2, --activity-l2          regularisers
     --no-state-read                    V = 0 (minGRU/minLSTM): linear in s, a parallel scan serves it
+    --proj-size                        the projected LSTM's P < H (--cell projected-lstm only)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..cells import ACTIVATIONS
-from ..config import knob
+from ..config import ConfigError, knob
 from ..init import L1L2, Constraints, Init, MaxNorm, Regularizers
 
 __all__ = ["CellOptions", "INITS"]
@@ -45,6 +46,8 @@ class CellOptions:
     l2: float = knob(0.0, "L2 penalty on the kernels and recurrent kernels", low=0)
     activity_l2: float = knob(0.0, "L2 penalty on each layer's outputs (Keras's: sum over the output / batch)", low=0)
     state_read: bool = knob(True, "the gates and candidate read the state (--no-state-read: V = 0)")
+    proj_size: int | None = knob(None, "projected-lstm: the size P < H of the projected output the gates read "
+                                       "(none: H // 2)", low=1)
 
     def cell_options(self, cell: str, default_init: Init = Init()) -> dict:
         """Keyword arguments for the cell class of `cell` (a LADDER name)."""
@@ -59,6 +62,11 @@ class CellOptions:
                                       activity=L1L2(l2=self.activity_l2) if self.activity_l2 else None))
         if cell == "residual":
             options["residual"] = self.residual
+        if cell == "projected-lstm":
+            options["proj_size"] = self.proj_size
+        elif self.proj_size is not None:
+            raise ConfigError(type(self).__name__, "proj_size", "none unless the cell is projected-lstm "
+                              f"(the cell is {cell!r})", self.proj_size)
         if not self.state_read:  # only when asked: the feedback cell never reads its state and says so
             options["reads_state"] = False
         return options

@@ -93,7 +93,7 @@ def build_model(config: DigitsConfig, columns: int) -> SequenceToVector:
     """Stacked cells reading rows of `columns` pixels -> the last step's output -> linear readout to 10 logits."""
     core = Stacked.of(LADDER[config.cell], columns, config.hidden, config.layers, implementation=config.implementation,
                       dropout=config.dropout, options=config.cell_options(config.cell))
-    readout = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.hidden, 10))
+    readout = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(core.output_size, 10))
     return SequenceToVector(core, readout, pool="last")
 
 

@@ -168,7 +168,7 @@ def build_model(config: ForecastConfig, input_size: int) -> RecurrentModel:
     what it read for longer from the start, which the season needs."""
     core = Stacked.of(LADDER[config.cell], input_size, config.hidden, config.layers, feedback_size=1,
                       implementation=config.implementation, options=config.cell_options(config.cell, Init.keras()))
-    return RecurrentModel(core, nn.Linear(config.hidden, 1), feedback_map=RawFeedback(1))
+    return RecurrentModel(core, nn.Linear(core.output_size, 1), feedback_map=RawFeedback(1))
 
 
 @torch.no_grad()

@@ -76,14 +76,14 @@ def build_model(config: LanguageConfig, vocab_size: int) -> RecurrentModel:
     """Embedding -> stacked cells of the ladder -> linear readout to vocab_size logits."""
     cell, H, E = LADDER[config.cell], config.hidden, config.embedding
     options = config.cell_options(config.cell)
-    readout = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(H, vocab_size))
+    readout = lambda core: nn.Sequential(nn.Dropout(config.dropout), nn.Linear(core.output_size, vocab_size))  # noqa: E731
     if config.feedback:
         core = Stacked.of(cell, 0, H, config.layers, feedback_size=E, implementation=config.implementation,
                           dropout=config.dropout, options=options)
-        return RecurrentModel(core, readout, feedback_map=EmbeddingFeedback(vocab_size, E, choose="sample"))
+        return RecurrentModel(core, readout(core), feedback_map=EmbeddingFeedback(vocab_size, E, choose="sample"))
     core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=config.dropout,
                       options=options)
-    return RecurrentModel(core, readout, input_map=nn.Embedding(vocab_size, E))
+    return RecurrentModel(core, readout(core), input_map=nn.Embedding(vocab_size, E))
 
 
 def next_token_logits(model: RecurrentModel, inputs: torch.Tensor, state=None, targets=None,

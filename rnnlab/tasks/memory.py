@@ -108,7 +108,8 @@ class AddingTask(MemoryTask):
 
     def __init__(self, config: AddingConfig):
         self.config = config
-        self.model = SequenceToVector(_core(config, 2), nn.Linear(config.hidden, 1))
+        core = _core(config, 2)
+        self.model = SequenceToVector(core, nn.Linear(core.output_size, 1))
         self.eval_inputs, self.eval_targets = adding_batch(config.eval_size, config.T,
                                                            torch.Generator().manual_seed(EVAL_SEED))
 
@@ -182,8 +183,9 @@ class CopyTask(MemoryTask):
         classes = COPY_SYMBOLS + 2  # blank, 8 symbols, marker
         # one-hot input: a frozen identity embedding, so the cell reads the symbol and nothing learned
         one_hot = nn.Embedding.from_pretrained(torch.eye(classes), freeze=True)
-        readout = nn.Linear(config.hidden, COPY_SYMBOLS + 1)  # blank or a symbol; never the marker
-        self.model = RecurrentModel(_core(config, classes), readout, input_map=one_hot)
+        core = _core(config, classes)
+        readout = nn.Linear(core.output_size, COPY_SYMBOLS + 1)  # blank or a symbol; never the marker
+        self.model = RecurrentModel(core, readout, input_map=one_hot)
         self.eval_inputs, self.eval_targets = copy_memory_batch(config.eval_size, config.T,
                                                                 torch.Generator().manual_seed(EVAL_SEED))
 

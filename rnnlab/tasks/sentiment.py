@@ -85,11 +85,14 @@ def build_model(config: SentimentConfig, vocab_size: int) -> SequenceToVector:
     input_map = nn.Sequential(TokenDropout(config.word_dropout, unk=1), nn.Embedding(vocab_size, E, padding_idx=0),
                               nn.Dropout(p))
     if config.bidirectional:
-        sizes = [E] + [2 * H] * (config.layers - 1)
         def direction(i):
             return Recurrent(cell(i, H, **options), config.implementation)
 
-        core = Stacked(*(Bidirectional(direction(i), direction(i)) for i in sizes), dropout=p)
+        layers, size = [], E
+        for _ in range(config.layers):  # each reads both directions of the one below (2P when projected)
+            layers.append(Bidirectional(direction(size), direction(size)))
+            size = layers[-1].output_size
+        core = Stacked(*layers, dropout=p)
     else:
         core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=p, options=options)
     readout = nn.Sequential(nn.Dropout(p), nn.Linear(core.output_size, len(LABELS)))

@@ -1,0 +1,473 @@
+"""`fused` for the LSTMs users ask torch for: peephole-lstm, layernorm-lstm and projected-lstm
+(rnnlab.cells: PeepholeLSTMCell, LayerNormLSTMCell, ProjectedLSTMCell). fused.py's dispatcher hands
+these families here; the scheme is fused.py's:
+
+  1. the input part Zx for all B*T rows at once: one GEMM (U x + W y*, biases folded); for the
+     layer-norm LSTM also its input normalisation LN_x, over all steps at once, left to autograd;
+  2. one GEMM per step for V s_bar^{t-1} (the projected LSTM: one more for W_hr), the gate arithmetic
+     in place in preallocated (T, B, ...) buffers;
+  3. a hand-written backward through time, one GEMM per step (two for the projected LSTM), and every
+     weight gradient after the loop as one product or reduction over all steps (dV, dW_hr, the
+     peepholes, the normalisations' gains and shifts).
+
+Per family, besides the LSTM's i, f, o = sigma(.), r = a(.), c = f c' + i r:
+  peephole    i, f read p_i c', p_f c'; o reads p_o c;               h = o a(c)
+  layernorm   z = Zx + g_h * xhat(V h'), Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h;
+              h = o a(g_c * xhat(c) + beta_c)    (xhat: (v - mean) / sqrt(var + eps), per row)
+  projected   h = W_hr (o a(c)), (B, P); the gates read h
+
+`lengths` and the dropout masks as in fused.py (the batch sorted by length, each step on the rows
+still running). The loops of step 2 and 3 run in C++ (`cell_loops.cpp`, module `rnnlab_cell_loops`
+of compiled.py) where it is built, in Python otherwise: the same buffers and equations.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from ..cells import Cell, State
+from . import compiled
+from .activations import BACKWARD, FORWARD
+from .reference import valid_steps, without_padding
+
+MODULE = "rnnlab_cell_loops"
+FAMILIES = ("peephole-lstm", "layernorm-lstm", "projected-lstm")
+
+
+def unavailable(cell: Cell, **context) -> str | None:
+    """Why these loops cannot run this cell (one of FAMILIES); None if they can."""
+    if cell.family not in FAMILIES:
+        return f"fused has no loop for the {cell.family!r} family ({type(cell).__name__})"
+    if cell.depth > 1:
+        return "fused has no deep transition (depth > 1)"
+    if cell.zoneout:
+        return "fused has no zoneout"
+    for arg in ("activation", "gate_activation"):
+        if getattr(cell, arg) not in BACKWARD:
+            return (f"fused differentiates activations from their outputs, "
+                    f"which {arg}={getattr(cell, arg)!r} does not allow")
+    return None
+
+
+def _extension(like):
+    return compiled.extension_for(like, MODULE)
+
+
+def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None,
+          lengths: torch.Tensor | None, masks) -> tuple[torch.Tensor, State]:
+    """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H or P), final state (h, c)."""
+    mx, mh = masks
+    batch, steps = xs.shape[:2]
+    valid = valid_steps(lengths, steps)  # the input GEMM and dU read every step: padding must be zeros
+    xs, y_prev = without_padding(xs, valid), without_padding(y_prev, valid)
+    h0, c0 = state
+    sizes = last = unsort = None
+    if lengths is not None and not bool((lengths == steps).all()):
+        order = torch.argsort(lengths, descending=True, stable=True)
+        unsort = torch.argsort(order)
+        sorted_lengths = lengths[order]
+        sizes = (batch - torch.bincount(sorted_lengths, minlength=steps + 1).cumsum(0))[:steps].tolist()
+        last = sorted_lengths - 1
+        pick = lambda v: None if v is None else v.index_select(0, order)  # noqa: E731
+        xs, y_prev, mx, mh, h0, c0 = map(pick, (xs, y_prev, mx, mh, h0, c0))
+
+    inputs = xs.transpose(0, 1)  # (T, B, I): time-major, each step's rows contiguous
+    if mx is not None:
+        inputs = inputs * mx
+    weight = cell.weight_ih
+    if y_prev is not None and cell.weight_yh is not None:
+        inputs = torch.cat([inputs, y_prev.transpose(0, 1)], dim=-1)  # (T, B, I + O)
+        weight = torch.cat([cell.weight_ih, cell.weight_yh], dim=1)
+    inputs = inputs.contiguous()
+    bias = _sum(cell.bias_ih, cell.bias_hh)  # both add to every step's pre-activations alike
+    loop = _LOOPS[cell.family](cell)
+    if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h, by autograd
+        shift = _sum(_sum(cell.norm_ih.bias, bias), cell.norm_hh.bias if cell.norm_hh is not None else None)
+        zx = F.layer_norm(inputs.matmul(weight.t()), (weight.shape[0],), cell.norm_ih.weight, shift, cell.norm_ih.eps)
+        inputs, weight, bias = zx, None, None
+    extras = loop.extras(cell)
+    tensors = (inputs, weight, bias, cell.weight_hh, mh, *extras, h0, c0)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    hs, h_final, c_final = _CellLoop.apply(loop, sizes, last, save, len(extras), *tensors)
+    ys = hs.transpose(0, 1)  # (B, T, H or P)
+    if unsort is not None:
+        ys, h_final, c_final = (t.index_select(0, unsort) for t in (ys, h_final, c_final))
+    return ys, (h_final, c_final)
+
+
+def _sum(a, b):
+    return a if b is None else b if a is None else a + b
+
+
+class _CellLoop(torch.autograd.Function):
+    """The input GEMM (unless Zx comes given: weight None) and the time loop, with its backward."""
+
+    @staticmethod
+    def forward(ctx, loop, sizes, last, save, n_extra, inputs, weight, bias, weight_hh, mh, *rest):
+        extras, (h0, c0) = rest[:n_extra], rest[n_extra:]
+        steps, batch = inputs.shape[:2]
+        if weight is None:
+            gates = inputs.clone()
+        else:
+            flat = inputs.reshape(steps * batch, -1)
+            gates = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
+            gates = gates.view(steps, batch, -1)
+        tape = _Tape(steps, sizes, last)
+        buffers = loop.forward(tape, gates, weight_hh, mh, extras, h0.contiguous(), c0.contiguous())
+        hs, cs = buffers[0], buffers[1]
+        ctx.loop, ctx.sizes, ctx.last, ctx.n_extra = loop, sizes, last, n_extra
+        if save:
+            ctx.save_for_backward(inputs, weight, weight_hh, mh, h0, c0, *extras, *buffers)
+        return hs, tape.final(hs), tape.final(cs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_hs, d_h, d_c):
+        loop, needs = ctx.loop, ctx.needs_input_grad
+        inputs, weight, weight_hh, mh, h0, c0, *rest = ctx.saved_tensors
+        extras, buffers = rest[:ctx.n_extra], rest[ctx.n_extra:]
+        tape = _Tape(d_hs.shape[0], ctx.sizes, ctx.last)
+        carry_h = d_h.clone(memory_format=torch.contiguous_format)  # becomes dL/dh0
+        carry_c = d_c.clone(memory_format=torch.contiguous_format)
+        dz, d_weight_hh, d_extras = loop.backward(tape, d_hs.contiguous(), carry_h, carry_c, weight_hh, mh, extras,
+                                                  h0.contiguous(), c0.contiguous(), buffers, needs[8], needs[10:])
+        flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, 4H)
+        if weight is None:
+            d_inputs, d_weight, d_bias = (dz if needs[5] else None), None, None
+        else:
+            d_inputs = flat_dz.mm(weight).view_as(inputs) if needs[5] else None
+            d_weight = flat_dz.t().mm(inputs.reshape(flat_dz.shape[0], -1)) if needs[6] else None
+            d_bias = flat_dz.sum(0) if needs[7] else None
+        return (None,) * 5 + (d_inputs, d_weight, d_bias, d_weight_hh, None, *d_extras, carry_h, carry_c)
+
+
+class _Tape:
+    """Per-step views of (T, B, ...) buffers, cut to the n_t rows still running at step t."""
+
+    def __init__(self, steps, sizes, last):
+        self.steps, self.sizes, self.last = steps, sizes, last
+
+    def rows(self, t, view):
+        return view if self.sizes is None else view[:self.sizes[t]]
+
+    def at(self, buffer, t):
+        return self.rows(t, buffer[t])
+
+    def previous(self, first, buffer, t):
+        return self.rows(t, first if t == 0 else buffer[t - 1])
+
+    def final(self, buffer):
+        if self.last is None:
+            return buffer[self.steps - 1].clone()
+        return buffer[self.last, torch.arange(buffer.shape[1], device=buffer.device)]
+
+    def new(self, like, width, steps=None):
+        """A (T, B, width) buffer; zeros when there are finished rows, which must read as zero."""
+        shape = (self.steps if steps is None else steps, like.shape[1], width)
+        return like.new_zeros(shape) if self.sizes is not None else like.new_empty(shape)
+
+    def n(self, t, batch):
+        return batch if self.sizes is None else self.sizes[t]
+
+
+def _read(h, mask, n):
+    return h if mask is None else h * mask[:n]
+
+
+def _previous_all(first, buffer):
+    """(T, B, ...) of the value each step read: first, then the buffer shifted by one step."""
+    return torch.cat([first[None], buffer[:-1]], dim=0)
+
+
+def _weight_grad(dz, first, states, mask):
+    """dV = sum_t dz^t^T read^{t-1}: one (4H, T*B) x (T*B, H or P) product after the loop."""
+    reads = _previous_all(first, states)
+    if mask is not None:
+        reads = reads * mask
+    return dz.reshape(-1, dz.shape[-1]).t().mm(reads.reshape(-1, reads.shape[-1]))
+
+
+class _Peephole:
+    """i = sigma(z_i + p_i c'), f = sigma(z_f + p_f c'), r = a(z_r), c = f c' + i r,
+    o = sigma(z_o + p_o c), h = o a(c). Buffers: hs, cs, gates, tcs (a(c))."""
+
+    family = "peephole"
+
+    def __init__(self, cell):
+        self.act, self.sigma = cell.activation, cell.gate_activation
+
+    @staticmethod
+    def extras(cell):
+        return (cell.weight_peephole,)
+
+    def forward(self, tape, gates, weight_hh, mh, extras, h0, c0):
+        (peep,) = extras
+        H = c0.shape[1]
+        hs, cs, tcs = tape.new(gates, H), tape.new(gates, H), tape.new(gates, H)
+        extension = _extension(gates)
+        if extension is not None:
+            extension.peephole_forward(self.act, self.sigma, gates, weight_hh, mh, peep.contiguous(), h0, c0, hs, cs,
+                                       tcs, tape.sizes or [])
+            return hs, cs, gates, tcs
+        act, sigma = FORWARD[self.act], FORWARD[self.sigma]
+        p_i, p_f, p_o = peep
+        vt = weight_hh.t() if weight_hh is not None else None
+        for t in range(tape.steps):
+            n = tape.n(t, gates.shape[1])
+            g, c_prev = tape.at(gates, t), tape.previous(c0, cs, t)
+            if vt is not None:
+                g.addmm_(_read(tape.previous(h0, hs, t), mh, n), vt)
+            gi, gf, gr, go = g.chunk(4, dim=-1)
+            sigma(gi.addcmul_(p_i, c_prev), gi)
+            sigma(gf.addcmul_(p_f, c_prev), gf)
+            act(gr, gr)
+            c = tape.at(cs, t)
+            torch.mul(gf, c_prev, out=c).addcmul_(gi, gr)
+            sigma(go.addcmul_(p_o, c), go)
+            tc = tape.at(tcs, t)
+            act(c, tc)
+            torch.mul(go, tc, out=tape.at(hs, t))
+        return hs, cs, gates, tcs
+
+    def backward(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, extras, h0, c0, buffers, need_v, need_extras):
+        hs, cs, gates, tcs = buffers
+        (peep,) = extras
+        dz = tape.new(gates, gates.shape[-1])
+        extension = _extension(gates)
+        if extension is not None:
+            extension.peephole_backward(self.act, self.sigma, gates, cs, tcs, c0, d_hs, weight_hh, mh,
+                                        peep.contiguous(), carry_h, carry_c, dz, tape.sizes or [])
+        else:
+            self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, peep, c0, buffers, dz)
+        d_v = _weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
+        d_peep = None
+        if need_extras[0]:
+            c_prev = _previous_all(c0, cs)
+            di, df, _, do = dz.chunk(4, dim=-1)
+            d_peep = torch.stack([(di * c_prev).sum((0, 1)), (df * c_prev).sum((0, 1)), (do * cs).sum((0, 1))])
+        return dz, d_v, (d_peep,)
+
+    def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, peep, c0, buffers, dz):
+        hs, cs, gates, tcs = buffers
+        act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
+        p_i, p_f, p_o = peep
+        for t in reversed(range(tape.steps)):
+            n = tape.n(t, gates.shape[1])
+            gi, gf, gr, go = tape.at(gates, t).chunk(4, dim=-1)
+            di, df, dr, do = tape.at(dz, t).chunk(4, dim=-1)
+            tc, c_prev = tape.at(tcs, t), tape.previous(c0, cs, t)
+            ch, cc = carry_h[:n], carry_c[:n]
+            dh = ch + tape.at(d_hs, t)
+            sigma_back(dh * tc, go, do)
+            dc = act_back(dh.mul_(go), tc, dh).add_(cc).addcmul_(do, p_o)
+            sigma_back(dc * gr, gi, di)
+            sigma_back(dc * c_prev, gf, df)
+            act_back(dc * gi, gr, dr)
+            torch.mul(dc, gf, out=cc).addcmul_(di, p_i).addcmul_(df, p_f)
+            _recurrent(tape.at(dz, t), weight_hh, mh, ch)
+
+
+def _recurrent(dz, weight_hh, mask, out):
+    """out = (dz V) * mask: the gradient reaching the state the gates read (the LSTMs have no direct term)."""
+    if weight_hh is None:
+        return out.zero_()
+    if mask is None:
+        return torch.mm(dz, weight_hh, out=out)
+    return out.copy_(torch.mm(dz, weight_hh).mul_(mask[:out.shape[0]]))
+
+
+def _normalise(v, eps, out):
+    """out = (v - mean) / sqrt(var + eps) over the last dim; returns rstd (rows,)."""
+    var, mean = torch.var_mean(v, dim=-1, unbiased=False, keepdim=True)
+    rstd = (var + eps).rsqrt_()
+    torch.sub(v, mean, out=out).mul_(rstd)
+    return rstd.squeeze(-1)
+
+
+def _normalise_backward(d_xhat, xhat, rstd):
+    """dv from d(xhat) for xhat = (v - mean) * rstd, per row."""
+    mean_d = d_xhat.mean(-1, keepdim=True)
+    mean_dx = (d_xhat * xhat).mean(-1, keepdim=True)
+    return (d_xhat - mean_d - xhat * mean_dx).mul_(rstd[:, None])
+
+
+class _LayerNorm:
+    """z = Zx + g_h * xhat(V h'); i, f, o, r as the LSTM; c = f c' + i r; h = o a(g_c xhat(c) + beta_c).
+    Buffers: hs, cs, gates, tcs (a(LN_c c)), xh (xhat of V h'), rh (its rstd), xc (xhat of c), rc."""
+
+    family = "layernorm"
+
+    def __init__(self, cell):
+        self.act, self.sigma = cell.activation, cell.gate_activation
+        self.eps_h = cell.norm_hh.eps if cell.norm_hh is not None else 0.0
+        self.eps_c = cell.norm_cell.eps
+
+    @staticmethod
+    def extras(cell):
+        return (cell.norm_hh.weight if cell.norm_hh is not None else None, cell.norm_cell.weight, cell.norm_cell.bias)
+
+    def forward(self, tape, gates, weight_hh, mh, extras, h0, c0):
+        gain_h, gain_c, shift_c = extras
+        batch, H = c0.shape
+        hs, cs, tcs, xc = (tape.new(gates, H) for _ in range(4))
+        rc = tape.new(gates, 1)[..., 0]
+        xh = tape.new(gates, 4 * H) if weight_hh is not None else None
+        rh = tape.new(gates, 1)[..., 0] if weight_hh is not None else None
+        buffers = (hs, cs, gates, tcs, xc, rc) + ((xh, rh) if xh is not None else ())
+        extension = _extension(gates)
+        if extension is not None:
+            extension.layernorm_forward(self.act, self.sigma, gates, weight_hh, mh, gain_h, gain_c.contiguous(),
+                                        shift_c.contiguous(), self.eps_h, self.eps_c, h0, c0, hs, cs, tcs, xc, rc,
+                                        xh, rh, tape.sizes or [])
+            return buffers
+        act, sigma = FORWARD[self.act], FORWARD[self.sigma]
+        vt = weight_hh.t() if weight_hh is not None else None
+        for t in range(tape.steps):
+            n = tape.n(t, batch)
+            g, c_prev = tape.at(gates, t), tape.previous(c0, cs, t)
+            if vt is not None:
+                x_h = tape.at(xh, t)
+                torch.mm(_read(tape.previous(h0, hs, t), mh, n), vt, out=x_h)
+                tape.at(rh, t).copy_(_normalise(x_h, self.eps_h, x_h))
+                g.addcmul_(gain_h, x_h)
+            gi, gf, gr, go = g.chunk(4, dim=-1)
+            sigma(g[:, :2 * H], g[:, :2 * H])
+            act(gr, gr)
+            sigma(go, go)
+            c, x_c, tc = tape.at(cs, t), tape.at(xc, t), tape.at(tcs, t)
+            torch.mul(gf, c_prev, out=c).addcmul_(gi, gr)
+            tape.at(rc, t).copy_(_normalise(c, self.eps_c, x_c))
+            act(torch.addcmul(shift_c, gain_c, x_c, out=tc), tc)
+            torch.mul(go, tc, out=tape.at(hs, t))
+        return buffers
+
+    def backward(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, extras, h0, c0, buffers, need_v, need_extras):
+        hs, cs, gates, tcs, xc, rc, *rest = buffers
+        xh, rh = rest if rest else (None, None)
+        gain_h, gain_c, _ = extras
+        H = c0.shape[1]
+        dz = tape.new(gates, 4 * H)
+        d_ln_c = tape.new(gates, H)  # dL/d(LN_c output), for the gain and shift of LN_c after the loop
+        dzh = tape.new(gates, 4 * H) if weight_hh is not None else None  # dL/d(V h'), for dV
+        extension = _extension(gates)
+        if extension is not None:  # sums the gains' and shift's gradients as it goes
+            d_gain_h = gates.new_empty(4 * H) if xh is not None else None
+            d_gain_c, d_shift_c = gates.new_empty(H), gates.new_empty(H)
+            extension.layernorm_backward(self.act, self.sigma, gates, cs, tcs, xc, rc, xh, rh, c0, d_hs, weight_hh, mh,
+                                         gain_h, gain_c.contiguous(), carry_h, carry_c, dz, d_ln_c, dzh, d_gain_h,
+                                         d_gain_c, d_shift_c, tape.sizes or [])
+        else:
+            self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, gain_h, gain_c, c0, buffers, dz, d_ln_c,
+                               dzh)
+            d_gain_h = (dz * xh).sum((0, 1)) if xh is not None else None
+            d_gain_c, d_shift_c = (d_ln_c * xc).sum((0, 1)), d_ln_c.sum((0, 1))
+        d_v = _weight_grad(dzh, h0, hs, mh) if weight_hh is not None and need_v else None
+        return dz, d_v, tuple(g if need else None for g, need in zip((d_gain_h, d_gain_c, d_shift_c), need_extras))
+
+    def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, gain_h, gain_c, c0, buffers, dz, d_ln_c,
+                      dzh):
+        hs, cs, gates, tcs, xc, rc, *rest = buffers
+        xh, rh = rest if rest else (None, None)
+        act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
+        for t in reversed(range(tape.steps)):
+            n = tape.n(t, gates.shape[1])
+            gi, gf, gr, go = tape.at(gates, t).chunk(4, dim=-1)
+            dz_t = tape.at(dz, t)
+            di, df, dr, do = dz_t.chunk(4, dim=-1)
+            tc, c_prev = tape.at(tcs, t), tape.previous(c0, cs, t)
+            ch, cc = carry_h[:n], carry_c[:n]
+            dh = ch + tape.at(d_hs, t)
+            sigma_back(dh * tc, go, do)
+            d_ln = act_back(dh.mul_(go), tc, tape.at(d_ln_c, t))
+            dc = _normalise_backward(d_ln * gain_c, tape.at(xc, t), tape.at(rc, t)).add_(cc)
+            sigma_back(dc * gr, gi, di)
+            sigma_back(dc * c_prev, gf, df)
+            act_back(dc * gi, gr, dr)
+            torch.mul(dc, gf, out=cc)
+            if weight_hh is None:
+                ch.zero_()
+                continue
+            d_zh = tape.at(dzh, t)
+            d_zh.copy_(_normalise_backward(dz_t * gain_h, tape.at(xh, t), tape.at(rh, t)))
+            _recurrent(d_zh, weight_hh, mh, ch)
+
+
+class _Projected:
+    """The LSTM's gates from z = Zx + V h' (V (4H, P)); m = o a(c), h = W_hr m (B, P).
+    Buffers: hs (T, B, P), cs, gates, tcs (a(c)), ms (m)."""
+
+    family = "projected"
+
+    def __init__(self, cell):
+        self.act, self.sigma = cell.activation, cell.gate_activation
+
+    @staticmethod
+    def extras(cell):
+        return (cell.weight_hr,)
+
+    def forward(self, tape, gates, weight_hh, mh, extras, h0, c0):
+        (w_hr,) = extras
+        batch, H = c0.shape
+        P = w_hr.shape[0]
+        hs, cs, tcs, ms = tape.new(gates, P), tape.new(gates, H), tape.new(gates, H), tape.new(gates, H)
+        extension = _extension(gates)
+        if extension is not None:
+            extension.projected_forward(self.act, self.sigma, gates, weight_hh, mh, w_hr, h0, c0, hs, cs, tcs, ms,
+                                        tape.sizes or [])
+            return hs, cs, gates, tcs, ms
+        act, sigma = FORWARD[self.act], FORWARD[self.sigma]
+        vt, rt = (weight_hh.t() if weight_hh is not None else None), w_hr.t()
+        for t in range(tape.steps):
+            n = tape.n(t, batch)
+            g, c_prev = tape.at(gates, t), tape.previous(c0, cs, t)
+            if vt is not None:
+                g.addmm_(_read(tape.previous(h0, hs, t), mh, n), vt)
+            gi, gf, gr, go = g.chunk(4, dim=-1)
+            sigma(g[:, :2 * H], g[:, :2 * H])
+            act(gr, gr)
+            sigma(go, go)
+            c, tc, m = tape.at(cs, t), tape.at(tcs, t), tape.at(ms, t)
+            torch.mul(gf, c_prev, out=c).addcmul_(gi, gr)
+            act(c, tc)
+            torch.mul(go, tc, out=m)
+            torch.mm(m, rt, out=tape.at(hs, t))
+        return hs, cs, gates, tcs, ms
+
+    def backward(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, extras, h0, c0, buffers, need_v, need_extras):
+        hs, cs, gates, tcs, ms = buffers
+        (w_hr,) = extras
+        dz = tape.new(gates, gates.shape[-1])
+        dh_all = tape.new(gates, hs.shape[-1])  # dL/dh^t, for dW_hr after the loop
+        extension = _extension(gates)
+        if extension is not None:
+            extension.projected_backward(self.act, self.sigma, gates, cs, tcs, c0, d_hs, weight_hh, mh, w_hr,
+                                         carry_h, carry_c, dz, dh_all, tape.sizes or [])
+        else:
+            self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, w_hr, c0, buffers, dz, dh_all)
+        d_v = _weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
+        d_hr = dh_all.reshape(-1, dh_all.shape[-1]).t().mm(ms.reshape(-1, ms.shape[-1])) if need_extras[0] else None
+        return dz, d_v, (d_hr,)
+
+    def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, w_hr, c0, buffers, dz, dh_all):
+        hs, cs, gates, tcs, ms = buffers
+        act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
+        for t in reversed(range(tape.steps)):
+            n = tape.n(t, gates.shape[1])
+            gi, gf, gr, go = tape.at(gates, t).chunk(4, dim=-1)
+            di, df, dr, do = tape.at(dz, t).chunk(4, dim=-1)
+            tc, c_prev = tape.at(tcs, t), tape.previous(c0, cs, t)
+            ch, cc = carry_h[:n], carry_c[:n]
+            dh = torch.add(ch, tape.at(d_hs, t), out=tape.at(dh_all, t))
+            dm = dh.mm(w_hr)  # (n, H)
+            sigma_back(dm * tc, go, do)
+            dc = act_back(dm.mul_(go), tc, dm).add_(cc)
+            sigma_back(dc * gr, gi, di)
+            sigma_back(dc * c_prev, gf, df)
+            act_back(dc * gi, gr, dr)
+            torch.mul(dc, gf, out=cc)
+            _recurrent(tape.at(dz, t), weight_hh, mh, ch)
+
+
+_LOOPS = {"peephole-lstm": _Peephole, "layernorm-lstm": _LayerNorm, "projected-lstm": _Projected}
