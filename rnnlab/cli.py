@@ -249,6 +249,45 @@ def cmd_train(args) -> int:
         distributed.leave(group)
 
 
+def _pretrain(task, train_config, run_dir: Path | None) -> dict | None:
+    """Run the task's pretraining (Task.pretraining) if it has one, with a progress bar where
+    `run_dir` is given (the reporting process); returns what it did (steps, loss, minutes), which
+    the run directory keeps as pretraining.json."""
+    trainer = task.pretraining(train_config)
+    if trainer is None:
+        return None
+    from .checkpoints import RunDir
+
+    progress = None
+    if run_dir is not None:
+        RunDir(run_dir).check_new()  # before minutes of pretraining: refuse a folder that is not ours
+        print(f"pretraining {task.name}: {trainer.config.steps} steps")
+        progress = trainer.on_event = Progress(trainer.config.steps, 0, "token")
+    losses: list[float] = []
+    chained = trainer.on_event
+
+    def record(event):
+        if event["kind"] == "train" or (event["kind"] == "step" and not losses):
+            losses[:] = [event["loss"]]  # the last logged mean (the last step's loss before the first log)
+        chained(event)
+
+    trainer.on_event = record
+    try:
+        result = trainer.fit()
+    finally:
+        if progress is not None:
+            progress.close()
+    if result.stopped == "interrupted":
+        raise KeyboardInterrupt
+    done = {"steps": result.step, "stopped": result.stopped, "loss": losses[-1] if losses else None,
+            "elapsed_s": round(result.elapsed_s, 2), "cpu_s": round(result.cpu_s, 2)}
+    if run_dir is not None:
+        loss = "" if done["loss"] is None else f", training loss {done['loss']:.3f} nats/token"
+        print(f"pretrained ({result.stopped}) {result.step} steps{loss} in {result.elapsed_s / 60:.1f} min "
+              f"({result.cpu_s / 60:.1f} min of process CPU time)")
+    return done
+
+
 def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int:
     """Train, and on the reporting process (the only one, or rank 0 of torchrun's) show and report."""
     from . import distributed
@@ -257,8 +296,13 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
     from .training import Trainer
 
     reporter = group is None or group.rank == 0
+    pretrained = None
+    if not resumed:  # every rank alike (the same seed, the same weights); only the reporter shows it
+        pretrained = _pretrain(task, train_config, run_dir if reporter else None)
     if reporter and not resumed:
         RunDir(run_dir).start_new()
+        if pretrained is not None:
+            RunDir(run_dir).write_json("pretraining.json", pretrained)
     parts = (task.model, task.batches(train_config.seed), task.loss, train_config)
     options = dict(evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
     trainer = Trainer(*parts, **options) if group is None else distributed.DistributedTrainer(group, *parts, **options)
