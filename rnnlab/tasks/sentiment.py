@@ -62,6 +62,8 @@ class SentimentConfig(CellOptions):
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
     pretrain_steps: int = knob(0, "steps of language-model pretraining of the embedding and the core on unlabelled "
                                   "text before the labels are learnt (0: none)", low=0)
+    pretrain_outputs: int = knob(2000, "pretraining predicts the this many most frequent training tokens, the rest "
+                                       "as <unk> (a smaller softmax: most of the pretraining's cost)", low=2)
     pretrain_plots: str = knob("not-held-out", "plot summaries the pretraining reads besides the training snippets: "
                                                "the training movies', also those of movies no snippet reviews (in "
                                                "no split), or none; never a validation or test movie's",
@@ -115,20 +117,21 @@ def build_model(config: SentimentConfig, vocab_size: int) -> SequenceToVector:
 
 class LanguageModelHead(nn.Module):
     """The classifier's embedding and core as a language model: the output at each step, projected
-    to the embedding's size, scores every token by its dot product with that token's embedding
-    (tied weights, so the pretraining trains the embedding of every word it predicts)."""
+    to the embedding's size, scores each of the first `outputs` tokens of the vocabulary (the most
+    frequent) by its dot product with that token's embedding (tied weights, so the pretraining also
+    trains the embedding of every word it predicts)."""
 
-    def __init__(self, classifier: SequenceToVector, dropout: float):
+    def __init__(self, classifier: SequenceToVector, dropout: float, outputs: int):
         super().__init__()
-        self.input_map, self.core = classifier.input_map, classifier.core
-        embedding = next(m for m in self.input_map if isinstance(m, nn.Embedding))
-        self.embedding = embedding
-        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.core.output_size, embedding.embedding_dim))
+        self.input_map, self.core, self.outputs = classifier.input_map, classifier.core, outputs
+        self.embedding = next(m for m in self.input_map if isinstance(m, nn.Embedding))
+        self.project = nn.Sequential(nn.Dropout(dropout),
+                                     nn.Linear(self.core.output_size, self.embedding.embedding_dim))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V) of the next token after each of ids (B, T)."""
+        """Logits (B, T, outputs) of the next token after each of ids (B, T)."""
         outputs, _ = self.core(self.input_map(ids), None, lengths=lengths)
-        return self.project(outputs) @ self.embedding.weight.T
+        return self.project(outputs) @ self.embedding.weight[:self.outputs].T
 
 
 def language_model_loss(model: LanguageModelHead, batch: Batch, state, teacher_forcing: float):
@@ -136,6 +139,7 @@ def language_model_loss(model: LanguageModelHead, batch: Batch, state, teacher_f
     predicted."""
     logits = model(batch.inputs, batch.lengths)
     targets = batch.targets[:, :batch.inputs.shape[1]]
+    targets = targets.masked_fill(targets >= model.outputs, 1)  # a rarer token: predict <unk>
     loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
     return loss, None, int((targets != 0).sum())
 
@@ -203,7 +207,8 @@ class SentimentTask(Task):
                              optimizer="adam", lr=train_config.lr, clip_norm=train_config.clip_norm,
                              min_lr_ratio=train_config.min_lr_ratio, log_every=train_config.log_every,
                              precision=train_config.precision)
-        return Trainer(LanguageModelHead(self.model, self.config.dropout), batches, language_model_loss, config)
+        head = LanguageModelHead(self.model, self.config.dropout, min(self.config.pretrain_outputs, len(self.vocabulary)))
+        return Trainer(head, batches, language_model_loss, config)
 
     @classmethod
     def from_artifacts(cls, config: SentimentConfig, artifacts: dict[str, object]) -> SentimentTask:
