@@ -26,10 +26,17 @@ from torch import nn
 
 from ..cells import LADDER
 from ..config import ConfigError, knob, validate
-from ..data.batches import ExampleBatches
-from ..data.batches import Batch
-from ..data.sentiment import (LABELS, PLOT_CHOICES, Vocabulary, encode_batch, load_plot_summaries,
-                              load_rotten_tomatoes, split_by_movie, unlabelled_text)
+from ..data.batches import Batch, ExampleBatches
+from ..data.sentiment import (
+    LABELS,
+    PLOT_CHOICES,
+    Vocabulary,
+    encode_batch,
+    load_plot_summaries,
+    load_rotten_tomatoes,
+    split_by_movie,
+    unlabelled_text,
+)
 from ..models import SequenceToVector
 from ..runners import IMPLEMENTATION_NAMES, Bidirectional, Recurrent, Stacked
 from ..training import TrainConfig, Trainer
@@ -207,7 +214,8 @@ class SentimentTask(Task):
                              optimizer="adam", lr=train_config.lr, clip_norm=train_config.clip_norm,
                              min_lr_ratio=train_config.min_lr_ratio, log_every=train_config.log_every,
                              precision=train_config.precision)
-        head = LanguageModelHead(self.model, self.config.dropout, min(self.config.pretrain_outputs, len(self.vocabulary)))
+        outputs = min(self.config.pretrain_outputs, len(self.vocabulary))
+        head = LanguageModelHead(self.model, self.config.dropout, outputs)
         return Trainer(head, batches, language_model_loss, config)
 
     @classmethod
