@@ -69,7 +69,8 @@ def _check_same_config(run: RunDir, expected: dict) -> None:
 
 
 def run_seed(task_name: str, task_config, train_config: TrainConfig, run_dir: str | Path,
-             on_event: Callable[[dict], None] | None = None) -> SeedRow | None:
+             on_event: Callable[[dict], None] | None = None,
+             progress: Callable[[str], None] | None = None) -> SeedRow | None:
     """Train (or resume, or read) one seed's run in run_dir; its row, or None when interrupted."""
     cls, run = TASKS[task_name], RunDir(run_dir)
     seed = train_config.seed
@@ -96,6 +97,8 @@ def run_seed(task_name: str, task_config, train_config: TrainConfig, run_dir: st
         run.check_new()
         pretrainer = task.pretraining(train_config)
         if pretrainer is not None:
+            if progress:
+                progress(f"seed {seed}: pretraining, {pretrainer.config.steps} steps")
             pretrainer.on_event = on_event or (lambda event: None)
             result = pretrainer.fit()
             if result.stopped == "interrupted":
@@ -152,7 +155,7 @@ def run_seeds(task_name: str, task_config, train_config: TrainConfig, out: str |
                 "resuming" if RunDir(folder).has_checkpoint() else "training"
             progress(f"seed {seed}: {state} in {folder}")
         row = run_seed(task_name, task_config, dataclasses.replace(train_config, seed=seed), folder,
-                       on_event(seed) if on_event else None)
+                       on_event(seed) if on_event else None, progress)
         if row is None:
             break
         rows.append(row)
