@@ -118,6 +118,8 @@ def test_bad_vocabularies_and_tokens_are_named():
         Vocabulary.build("ab", "char", specials=(PAD,))
     with pytest.raises(ValueError, match="Vocabulary.build: max_size must be > 2"):
         Vocabulary.build("ab", "char", max_size=2, specials=(PAD, UNK))
+    with pytest.raises(TypeError, match="Vocabulary.encode: tokens must be a list of words at word level; got a str"):
+        Vocabulary([UNK, "a"], "word").encode("a a")
     with pytest.raises(ValueError, match="tokenize: letters must be one of"):
         tokenize("a", "word", letters="latin")
     with pytest.raises(ValueError, match="tokenize: apostrophes must be one of"):

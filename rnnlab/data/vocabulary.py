@@ -108,9 +108,13 @@ class Vocabulary:
         return len(self.tokens)
 
     def encode(self, tokens) -> torch.Tensor:
-        """(N,) long ids; unknown tokens become `unk`."""
-        if self.level == "char" and isinstance(tokens, str):
-            return self._encode_chars(tokens)
+        """(N,) long ids of a list of tokens (at char level also a string); unknown tokens become `unk`."""
+        if isinstance(tokens, str):
+            if self.level == "char":
+                return self._encode_chars(tokens)
+            # a word-level vocabulary would read the string's characters as words, each <unk>
+            raise TypeError(f"Vocabulary.encode: tokens must be a list of words at word level; got a str "
+                            f"{tokens[:40]!r} (tokenize it first)")
         return torch.tensor([self.index.get(t, self.unk) for t in tokens], dtype=torch.long)
 
     def _encode_chars(self, text: str) -> torch.Tensor:
