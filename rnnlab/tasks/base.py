@@ -79,6 +79,11 @@ class Task(abc.ABC):
     def evaluate(self, model, full: bool = False) -> dict[str, float]:
         """Validation metrics, 'loss' first (lower is better: early stopping and the best weights)."""
 
+    def solved(self, metrics: dict[str, float]) -> bool:
+        """Whether an evaluation's metrics meet the task's own goal, so that training stops there
+        (the Trainer's `solved`; default: never, every step is trained)."""
+        return False
+
     # --- what is printed ---
     @abc.abstractmethod
     def describe(self) -> str:

@@ -44,6 +44,7 @@ __all__ = ["AddingConfig", "AddingTask", "CopyConfig", "CopyTask", "copy_baselin
 # The evaluation set's seed, apart from the training seeds (0, 1, 2, ...): the same held-out
 # sequences for every run, so runs compare.
 EVAL_SEED = 2_147_483_647
+TEST_SEED = EVAL_SEED - 1  # the copy task's final test: sequences that chose nothing (best weights, stop)
 COPY_SYMBOLS, COPY_LENGTH = 8, 10  # Arjovsky et al.'s: copy 10 symbols of 8
 CELLS = tuple(c for c in LADDER if c != "feedback")  # no output feedback here: every cell reads its state
 
@@ -144,6 +145,8 @@ class CopyConfig(MemoryModelConfig):
     hidden: int = knob(128, "state size H of each layer", low=1)
     curriculum: int = knob(2000, "curriculum: training steps over which the delay grows linearly from 1 to T "
                                  "(0: T from the first step); evaluation is always at T", low=0)
+    stop_at: float | None = knob(0.995, "stop training at the first evaluation that copies this fraction of the "
+                                        "held-out symbols right (none: train every step)", above=0, high=1)
 
     def __post_init__(self):
         validate(self)
@@ -189,6 +192,10 @@ class CopyTask(MemoryTask):
 
     baseline = property(lambda self: copy_baseline(self.config.T))
 
+    def solved(self, metrics: dict[str, float]) -> bool:
+        """The copy task's goal: `stop_at` of the held-out symbols copied right."""
+        return self.config.stop_at is not None and metrics.get("accuracy", 0.0) >= self.config.stop_at
+
     def batches(self, seed: int) -> SeededBatches:
         return GrowingDelayBatches(self.config.batch_size, self.config.T, self.config.curriculum, seed)
 
@@ -202,9 +209,12 @@ class CopyTask(MemoryTask):
     @torch.no_grad()
     def evaluate(self, model, full: bool = False) -> dict[str, float]:
         """Cross-entropy per step on the held-out sequences, and the accuracy on the copied symbols."""
+        return self._score(model, self.eval_inputs, self.eval_targets)
+
+    def _score(self, model, inputs, targets) -> dict[str, float]:
         device = next(model.parameters()).device
-        logits, _ = model(self.eval_inputs.to(device))
-        targets = self.eval_targets.to(device)
+        logits, _ = model(inputs.to(device))
+        targets = targets.to(device)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         copied = logits[:, -COPY_LENGTH:].argmax(-1) == targets[:, -COPY_LENGTH:]
         return {"loss": float(loss), "accuracy": float(copied.float().mean()), "baseline": self.baseline}
@@ -212,11 +222,17 @@ class CopyTask(MemoryTask):
     def describe(self) -> str:
         return _describe(self, f"copy task, T={self.config.T} ({self.config.T + 2 * COPY_LENGTH} steps)")
 
+    @torch.no_grad()
     def report(self, model, run_dir) -> list[str]:
         e = self.evaluate(model)
+        # Sequences no decision saw (neither the best weights nor the stop at `stop_at` chose by them).
+        test = self._score(model, *copy_memory_batch(self.config.eval_size, self.config.T,
+                                                     torch.Generator().manual_seed(TEST_SEED)))
         return [f"cross-entropy {e['loss']:.4f} nats/step on {self.config.eval_size} held-out sequences "
-                f"(memoryless baseline {self.baseline:.4f}); copied symbols right: {100 * e['accuracy']:.1f}% "
-                f"(chance {100 / COPY_SYMBOLS:.1f}%)"]
+                f"(memoryless baseline {self.baseline:.4f}); copied symbols right: {100 * e['accuracy']:.2f}% "
+                f"(chance {100 / COPY_SYMBOLS:.1f}%)",
+                f"on {self.config.eval_size} fresh test sequences: cross-entropy {test['loss']:.4f} nats/step, "
+                f"copied symbols right: {100 * test['accuracy']:.2f}%"]
 
 
 def _describe(task, what: str) -> str:
