@@ -271,14 +271,15 @@ class DistributedTrainer(Trainer):
     `state_dict`, `save_checkpoint`, `resume` and `fit` are collective: every rank calls them."""
 
     def __init__(self, group: Group, model: nn.Module, batches, loss_fn, config, *, evaluate=None, run_dir=None,
-                 run_config=None, on_event=None):
+                 run_config=None, on_event=None, solved=None):
         if not isinstance(group, Group):
             raise TypeError(f"DistributedTrainer: group must be a Group (from rnnlab.distributed.join); got "
                             f"{type(group).__name__}")
         self.group, self.world_size = group, group.world_size
         self.shards = ShardedBatches(batches, group.rank, group.world_size)
         super().__init__(model, self.shards, loss_fn, config, evaluate=evaluate,
-                         run_dir=run_dir if group.rank == 0 else None, run_config=run_config, on_event=on_event)
+                         run_dir=run_dir if group.rank == 0 else None, run_config=run_config, on_event=on_event,
+                         solved=solved)
         self.checkpointing = run_dir is not None  # on every rank: saving a checkpoint is collective
         # Broadcasts rank 0's weights at once; averages the gradients in backward.
         self.replicated = DistributedDataParallel(_LossOfModel(self.model, loss_fn))
@@ -323,7 +324,7 @@ class DistributedTrainer(Trainer):
         return STOP_REASONS[int(agreed)]
 
     def _evaluate_and_check(self) -> bool:
-        """Rank 0 evaluates (the others wait); all learn whether early stopping says stop."""
+        """Rank 0 evaluates (the others wait); all learn whether the goal is met or early stopping says stop."""
         stop = super()._evaluate_and_check() if self.group.rank == 0 else False
         self.last_eval_step = self.step
         return bool(self._broadcast(stop))

@@ -158,7 +158,7 @@ def _to(state, device):
 
 @dataclass
 class TrainResult:
-    """How a call to `fit` ended. stopped: 'steps', 'time', 'early_stopping' or 'interrupted'."""
+    """How a call to `fit` ended. stopped: 'steps', 'time', 'early_stopping', 'solved' or 'interrupted'."""
 
     step: int
     stopped: str
@@ -178,6 +178,8 @@ class Trainer:
         config: the TrainConfig.
         evaluate: validation metrics of the model ({"loss": ..., ...}), called in eval mode under
             no_grad every `eval_every` steps and at the end; drives early stopping and best.safetensors.
+        solved: whether an evaluation's metrics meet the task's own goal (e.g. the copy task's
+            accuracy target); training stops there ('solved'). None: never.
         run_dir: where checkpoints, config.json, metrics.jsonl and loss.png go (None: nowhere).
         run_config: JSON-able description of what is trained (task and its config), stored in
             config.json next to the TrainConfig so that the run can be rebuilt.
@@ -187,12 +189,14 @@ class Trainer:
 
     def __init__(self, model: nn.Module, batches, loss_fn: LossFn, config: TrainConfig, *,
                  evaluate: Evaluate | None = None, run_dir: str | Path | None = None,
-                 run_config: dict[str, Any] | None = None, on_event: Callable[[dict], None] | None = None):
+                 run_config: dict[str, Any] | None = None, on_event: Callable[[dict], None] | None = None,
+                 solved: Callable[[dict[str, float]], bool] | None = None):
         if not isinstance(config, TrainConfig):
             raise ValueError(f"Trainer: config must be a TrainConfig; got {type(config).__name__}")
         self.config, self.device = config, resolve_device(config.device)
         self.model = model.to(self.device)
-        self.batches, self.loss_fn, self.evaluate_fn = batches, loss_fn, evaluate
+        self.batches, self.loss_fn, self.evaluate_fn, self.solved_fn = batches, loss_fn, evaluate, solved
+        self.solved = False  # the last evaluation met the task's goal
         self.run = RunDir(run_dir) if run_dir is not None else None
         self.run_config = dict(run_config or {})
         self.on_event = on_event or (lambda event: None)
@@ -372,8 +376,10 @@ class Trainer:
         deadline = None if c.max_minutes is None else started + 60 * c.max_minutes
         interval = {"loss": 0.0, "count": 0, "seconds": 0.0}
         stopped = "steps"
+        if self.resumed and self.last_eval_step == self.step and self._meets_goal(self.last_eval):
+            stopped = "solved"  # a run that stopped solved stays stopped
         with self._ctrl_c_stops():
-            while self.step < c.steps:
+            while self.step < c.steps and stopped != "solved":
                 reason = self._stop_reason(deadline)
                 if reason is not None:
                     stopped = reason
@@ -386,7 +392,7 @@ class Trainer:
                 self._report_step(loss, count, interval)
                 if self.evaluate_fn is not None and self.step % c.eval_every == 0:
                     if self._evaluate_and_check():
-                        stopped = "early_stopping"
+                        stopped = "solved" if self.solved else "early_stopping"
                         break
                 if self._saves_checkpoints() and self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -486,10 +492,15 @@ class Trainer:
             raise ValueError(f"Trainer: evaluate must return a dict with 'loss'; got keys {sorted(metrics)}")
         return {k: float(v) for k, v in metrics.items()}
 
+    def _meets_goal(self, metrics: dict[str, float] | None) -> bool:
+        return self.solved_fn is not None and metrics is not None and bool(self.solved_fn(metrics))
+
     def _evaluate_and_check(self) -> bool:
-        """Evaluate, log, keep the best weights; True when early stopping says stop."""
+        """Evaluate, log, keep the best weights; True when the task's goal is met (self.solved) or
+        early stopping says stop."""
         metrics = self.evaluate()
         self.last_eval, self.last_eval_step = metrics, self.step
+        self.solved = self._meets_goal(metrics)
         wall, cpu = self.elapsed()
         self._record({"kind": "eval", "step": self.step, **metrics, "elapsed_s": round(wall, 2),
                       "cpu_s": round(cpu, 2)})
@@ -497,6 +508,8 @@ class Trainer:
             self.best_eval_loss, self.evals_since_best = metrics["loss"], 0
             if self.run is not None:
                 self.run.save_weights(self.run.best_file, self.model.state_dict())
-            return False
+            return self.solved
         self.evals_since_best += 1
+        if self.solved:
+            return True
         return self.config.patience is not None and self.evals_since_best >= self.config.patience

@@ -96,3 +96,18 @@ def test_copy_curriculum_grows_the_delay_from_1_to_T_and_resumes_exactly():
     assert torch.equal(next(plain).inputs, next(seeded)[0])  # no curriculum: the batches of before
     with pytest.raises(ValueError, match="CopyConfig: curriculum must be an int >= 0; got -1"):
         CopyConfig(curriculum=-1)
+
+
+def test_copy_stops_once_the_held_out_symbols_are_copied(tmp_path, capsys):
+    task = CopyTask(CopyConfig(T=4, eval_size=8, stop_at=0.99))
+    assert task.solved({"loss": 0.1, "accuracy": 0.99}) and not task.solved({"loss": 0.1, "accuracy": 0.98})
+    assert not CopyTask(CopyConfig(T=4, eval_size=8, stop_at=None)).solved({"loss": 0.0, "accuracy": 1.0})
+    with pytest.raises(ValueError, match=r"CopyConfig: stop_at must be None or a number in \(0, 1\]; got 1.5"):
+        CopyConfig(stop_at=1.5)
+    # a goal met at the first evaluation (1/8 of the symbols: chance) stops the run there
+    run = tmp_path / "copy"
+    flags = ["--T", "3", "--hidden", "8", "--batch-size", "4", "--eval-size", "16", "--steps", "50",
+             "--eval-every", "2", "--stop-at", "0.01", "--curriculum", "0", "--out", str(run)]
+    assert main(["train", "copy", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "stopped (solved) at step 2" in out and "16 fresh test sequences" in out

@@ -278,6 +278,25 @@ def test_early_stopping_after_patience_evaluations_without_improvement():
     assert (result.stopped, result.step, result.best_eval_loss) == ("early_stopping", 10, 2.0)
 
 
+def test_the_task_goal_stops_the_run_and_a_resume_stays_stopped(tmp_path):
+    # solved at the 4th evaluation, though its loss is not the best
+    evals = iter([{"loss": 0.5, "accuracy": 0.5}, {"loss": 0.1, "accuracy": 0.9}, {"loss": 0.2, "accuracy": 0.8},
+                  {"loss": 0.3, "accuracy": 0.99}, {"loss": 0.0, "accuracy": 1.0}])
+    evaluate = lambda model: next(evals)
+    solved = lambda metrics: metrics["accuracy"] >= 0.95
+    trainer = Trainer(Regression(), Stream(), spying_loss([]), quick(steps=100, eval_every=2), evaluate=evaluate,
+                      solved=solved, run_dir=tmp_path / "run")
+    result = trainer.fit()
+    assert (result.stopped, result.step, result.last_eval["accuracy"]) == ("solved", 8, 0.99)
+    again = Trainer(Regression(), Stream(), spying_loss([]), quick(steps=100, eval_every=2), evaluate=evaluate,
+                    solved=solved, run_dir=tmp_path / "run")
+    assert again.resume() == 8
+    assert (again.fit().stopped, again.step) == ("solved", 8)
+    unsolved = Trainer(Regression(), Stream(), spying_loss([]), quick(steps=6, eval_every=2),
+                       evaluate=lambda model: {"loss": 1.0, "accuracy": 0.5}, solved=solved).fit()
+    assert (unsolved.stopped, unsolved.step) == ("steps", 6)
+
+
 def test_time_budget_stops_the_run():
     result = Trainer(Regression(), Stream(), spying_loss([]), quick(steps=10**6, max_minutes=0.02)).fit()
     assert result.stopped == "time" and 0 < result.step < 10**6

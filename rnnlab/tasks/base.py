@@ -85,6 +85,11 @@ class Task(abc.ABC):
         resumed run skips it: its checkpoint holds the weights."""
         return None
 
+    def solved(self, metrics: dict[str, float]) -> bool:
+        """Whether an evaluation's metrics meet the task's own goal, so that training stops there
+        (the Trainer's `solved`; default: never, every step is trained)."""
+        return False
+
     # --- what is printed ---
     @abc.abstractmethod
     def describe(self) -> str:
