@@ -105,9 +105,16 @@ class _Loop(torch.autograd.Function):
     def forward(ctx, loop, sizes, last, save, inputs, weight, bias, weight_hh, bias_hh, mh, *state0):
         steps, batch = inputs.shape[:2]
         flat = inputs.reshape(steps * batch, -1)  # (T*B, I + O)
-        # Zx for all steps in one GEMM; the loop then turns it into the gate values in place
-        zx = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
+        # Zx for all steps in one GEMM; the loop then turns it into the gate values in place. The C++
+        # loops add the bias in their one pass over each step's gates: addmm would first copy it to
+        # every row of every step, which costs more than the product at small sizes (measured).
+        late_bias = bias is not None and compiled.extension_for(flat) is not None
+        if bias is None or late_bias:
+            zx = torch.mm(flat, weight.t())
+        else:
+            zx = torch.addmm(bias, flat, weight.t())
         zx = zx.view(steps, batch, -1)
+        late_bias = bias.contiguous() if late_bias else None
         ctx.loop, ctx.sizes, ctx.last = loop, sizes, last
         tape = _Tape(steps, sizes, last)
         if graphs.enabled(zx):  # one CUDA graph for the whole loop (graphs.py)
@@ -115,7 +122,7 @@ class _Loop(torch.autograd.Function):
                                     lambda zx, w, b, m, *s0: loop.forward(tape, zx, w, b, m, s0, save),
                                     zx, weight_hh, bias_hh, mh, *state0)
         else:
-            buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save)
+            buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save, late_bias)
         finals = [tape.final(b) for b in buffers[:len(state0)]]
         if save:
             ctx.save_for_backward(inputs, weight, weight_hh, mh, *state0, *buffers)
@@ -228,14 +235,16 @@ class _Gated:
             self.kind = "before"
         self.gates, self.act, self.sigma = cell.gates, cell.activation, cell.gate_activation
 
-    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
+    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save, bias=None):
         K, kind, gates = len(self.gates), self.kind, zx
         states = tape.new(zx, zx.shape[-1] // K)
         extension = compiled.extension_for(zx)
         if extension is not None:
             extension.gated_forward(kind, self.act, self.sigma, gates, weight_hh, mh, state0[0].contiguous(), states,
-                                    tape.sizes or [])
+                                    tape.sizes or [], bias)
             return states, gates
+        if bias is not None:
+            gates.add_(bias)
         per_gate = dict(zip(self.gates, (tape.steps_of(g) for g in _gates(gates, K))))
         r, i, f = per_gate["r"], per_gate.get("i"), per_gate.get("f")
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
@@ -305,7 +314,7 @@ class _LSTM:
     def __init__(self, cell):
         self.act, self.sigma = cell.activation, cell.gate_activation
 
-    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
+    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save, bias=None):
         hidden, gates = zx.shape[-1] // 4, zx
         hs = tape.new(zx, hidden)
         cs = zx.new_zeros((tape.steps if save else 2, zx.shape[1], hidden))  # a ring of 2 suffices without grad
@@ -315,8 +324,10 @@ class _LSTM:
         extension = compiled.extension_for(zx)
         if extension is not None:
             extension.lstm_forward(self.act, self.sigma, gates, weight_hh, mh, state0[0], state0[1].contiguous(),
-                                   hs, cs, tcs, tape.sizes or [])
+                                   hs, cs, tcs, tape.sizes or [], bias)
             return hs, cs, gates, tcs
+        if bias is not None:
+            gates.add_(bias)
         gi, gf, gr, go = (tape.steps_of(g) for g in _gates(gates, 4))
         g_if = tape.steps_of(gates[..., :2 * hidden])
         gs, h_new, c_new, tc = (tape.steps_of(b) for b in (gates, hs, cs, tcs))
@@ -370,7 +381,7 @@ class _GRU:
     def __init__(self, cell):
         self.act, self.sigma = cell.activation, cell.gate_activation
 
-    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
+    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save, bias=None):
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         K = 3 if weight_hh is not None else 2
         hidden, gates = zx.shape[-1] // K, zx
@@ -380,8 +391,10 @@ class _GRU:
         extension = compiled.extension_for(zx)
         if extension is not None:
             extension.gru_forward(self.act, self.sigma, gates, weight_hh, bias_hh, mh, state0[0].contiguous(), hs, zhs,
-                                  tape.sizes or [])
+                                  tape.sizes or [], bias)
             return (hs, gates) if zhs is None else (hs, gates, zhs)
+        if bias is not None:
+            gates.add_(bias)
         h_new, h_prev, masks = tape.steps_of(hs), tape.previous(state0[0], hs), tape.same(mh)
         *_, gu, gn = (tape.steps_of(g) for g in _gates(gates, K))
         if weight_hh is None:
