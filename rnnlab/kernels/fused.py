@@ -110,7 +110,7 @@ class _Loop(torch.autograd.Function):
         # every row of every step, which costs more than the product at small sizes (measured).
         late_bias = bias is not None and compiled.extension_for(flat) is not None
         if bias is None or late_bias:
-            zx = torch.mm(flat, weight.t())
+            zx = _product(flat, weight.t())
         else:
             zx = torch.addmm(bias, flat, weight.t())
         zx = zx.view(steps, batch, -1)
@@ -144,8 +144,8 @@ class _Loop(torch.autograd.Function):
             dz, *grads = loop.backward(tape, d_outputs, d_finals, weight_hh, mh, state0, buffers, needs)
         flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, K*H)
         # dU, db and dx as one product each over all steps
-        d_inputs = flat_dz.mm(weight).view_as(inputs) if needs[4] else None
-        d_weight = flat_dz.t().mm(inputs.reshape(flat_dz.shape[0], -1)) if needs[5] else None
+        d_inputs = _product(flat_dz, weight).view_as(inputs) if needs[4] else None
+        d_weight = _product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if needs[5] else None
         d_bias = flat_dz.sum(0) if needs[6] else None
         return (None, None, None, None, d_inputs, d_weight, d_bias) + tuple(grads)
 
@@ -193,6 +193,12 @@ def _key(loop) -> tuple:
     return (type(loop).__name__,) + tuple(sorted(vars(loop).items()))
 
 
+def _product(a, b):
+    """a @ b, through oneDNN on CPU where the C++ module is built (loops.cpp: `product`)."""
+    extension = compiled.extension_for(a)
+    return extension.product(a, b) if extension is not None else torch.mm(a, b)
+
+
 def _carry(grad):
     """A contiguous copy of a final state's gradient, which the backward loop turns into s^0's."""
     return grad.clone(memory_format=torch.contiguous_format)
@@ -222,7 +228,7 @@ def _weight_grad(dz, first, states, mask):
     reads = torch.cat([first[None], states[:-1]], dim=0)  # (T, B, H), the state each step read
     if mask is not None:
         reads = reads * mask
-    return dz.reshape(-1, dz.shape[-1]).t().mm(reads.reshape(-1, reads.shape[-1]))
+    return _product(dz.reshape(-1, dz.shape[-1]).t(), reads.reshape(-1, reads.shape[-1]))
 
 
 class _Gated:
