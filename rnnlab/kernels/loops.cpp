@@ -84,13 +84,54 @@ void over_units(int64_t H, int64_t macs, const Body& body) {
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { body(Units{b0 * UNIT, std::min(H, b1 * UNIT)}); });
 }
 
-// gates[:rows, the units' columns of each of the K gates] (+)= a (rows x H) Vt, Vt = V^T (H x K*H).
+// gates[:rows, the units' columns of each of the K gates] (+)= a (rows x depth, leading dimension lda) w,
+// w (depth x K*H) row-major: V^T, or [U^T; V^T] where the step multiplies [x_t, s'] itself.
 template <typename T>
-void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, const T* vt, T* gates, bool add) {
-  if (u.k0 == 0 && u.k1 == H) return matmul(rows, K * H, H, a, H, vt, K * H, gates, K * H, add);
+void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, int64_t lda, int64_t depth, const T* w,
+                  T* gates, bool add) {
+  if (u.k0 == 0 && u.k1 == H) return matmul(rows, K * H, depth, a, lda, w, K * H, gates, K * H, add);
   for (int64_t j = 0; j < K; ++j)
-    matmul(rows, u.width(), H, a, H, vt + j * H + u.k0, K * H, gates + j * H + u.k0, K * H, add);
+    matmul(rows, u.width(), depth, a, lda, w + j * H + u.k0, K * H, gates + j * H + u.k0, K * H, add);
 }
+
+// Where the forward's step computes its whole pre-activation itself: [x_t, s'] [U; V]^T as ONE
+// product of depth F + H (F alone without V), from the step's rows of x and the state it reads
+// (masked) gathered side by side into `rows` (B x depth). Zx of all steps is then never written
+// out and read back: at (64, 256, 100) that traffic (26 MB each way) cost more than the gathering.
+template <typename T>
+struct Stacked {
+  Tensor w, buffer;  // [U^T; V^T] (depth x K*H); the rows [x_t, s']
+  const T* x = nullptr;
+  int64_t F = 0, depth = 0;
+  Stacked(const optional<Tensor>& inputs, const optional<Tensor>& weight, const optional<Tensor>& weight_hh,
+          int64_t batch) {
+    if (!inputs) return;
+    w = (weight_hh ? at::cat({weight->t(), weight_hh->t()}, 0) : weight->t()).contiguous();
+    x = inputs->data_ptr<T>();
+    F = inputs->size(2), depth = w.size(0);
+    buffer = at::empty({batch, depth}, inputs->options());
+  }
+  explicit operator bool() const { return x != nullptr; }
+  // [x_t, s' * mask] for the step's n rows; returns the rows
+  const T* gather(int64_t t, int64_t batch, int64_t n, const T* s_prev, const T* mask, int64_t H) const {
+    T* rows = buffer.data_ptr<T>();
+    const T* x_t = x + t * batch * F;
+    for (int64_t b = 0; b < n; ++b) {
+      std::copy(x_t + b * F, x_t + (b + 1) * F, rows + b * depth);
+      if (depth == F) continue;
+      T* __restrict__ s = rows + b * depth + F;
+      const T* __restrict__ sp = s_prev + b * H;
+      if (mask) {
+        const T* __restrict__ m = mask + b * H;
+#pragma omp simd
+        for (int64_t k = 0; k < H; ++k) s[k] = sp[k] * m[k];
+      } else {
+        std::copy(sp, sp + H, s);
+      }
+    }
+    return rows;
+  }
+};
 
 // carry[:rows, units] (+)= (dz[:rows] V[:, units]) * mask: the product's part of the gradient reaching
 // the state read at the previous step (dz rows K*H wide, V (K*H x H)); without V, nothing (or zeros).
@@ -616,19 +657,33 @@ struct Weights {
   template <typename T> const T* mask_ptr() const { return mask.defined() ? mask.data_ptr<T>() : nullptr; }
 };
 
+// T: the inputs' steps where given (the gates may then be a ring of steps), else the gates'.
+int64_t steps_of(const optional<Tensor>& inputs, const Tensor& gates) {
+  return inputs && inputs->dim() == 3 ? inputs->size(0) : gates.size(0);
+}
+
+// inputs (T, B, F) and weight (K*H, F), both or neither: with them the gates are written, not read.
+void expect_inputs(const Expect& expect, const optional<Tensor>& inputs, const optional<Tensor>& weight, int64_t steps,
+                   int64_t batch, int64_t KH) {
+  expect.required(weight, "weight (with inputs)", static_cast<bool>(inputs));
+  expect(inputs, "inputs", {steps, batch, ANY});
+  if (inputs) expect(*weight, "weight", {KH, inputs->size(2)}, false);
+}
+
 }  // namespace
 
 // gates (T, B, 4H): Zx on entry (with its bias, or without it and `bias` given), the gate values on
-// exit. cs has T steps, or a ring of 2 when not saving; tcs T steps or a ring of 1. Returns nothing:
-// hs, cs, tcs are filled (hs and tcs rows of finished sequences untouched).
+// exit; or, with `inputs` and `weight`, written only (each step computes its Zx), a ring of steps
+// when not saving. cs has T steps, or a ring of 2 when not saving; tcs T steps or a ring of 1.
+// Returns nothing: hs, cs, tcs are filled (hs and tcs rows of finished sequences untouched).
 void lstm_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
                   const optional<Tensor>& weight_hh, const optional<Tensor>& mask,
                   const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, std::vector<int64_t> sizes,
-                  const optional<Tensor>& bias) {
+                  const optional<Tensor>& bias, const optional<Tensor>& inputs, const optional<Tensor>& weight) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("lstm_forward", gates, h0, 1);
-  const int64_t steps = gates.size(0), batch = gates.size(1), H = h0.size(1);
-  expect(gates, "gates", {steps, batch, 4 * H});
+  const int64_t steps = steps_of(inputs, gates), batch = gates.size(1), H = h0.size(1);
+  expect(gates, "gates", {inputs ? ANY : steps, batch, 4 * H});
   expect(h0, "h0", {batch, H}, false);
   expect(c0, "c0", {batch, H});
   expect(hs, "hs", {steps, batch, H});
@@ -637,22 +692,26 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
   expect(weight_hh, "weight_hh", {4 * H, H}, false);
   expect(mask, "mask", {batch, H}, false);
   expect(bias, "bias", {4 * H});
+  expect_inputs(expect, inputs, weight, steps, batch, 4 * H);
   check_sizes("lstm_forward", sizes, steps, batch);
   const int64_t ring_c = cs.size(0), ring_t = tcs.size(0), step = batch * H;  // elements of one step of hs, cs, tcs
-  const Weights weights(weight_hh, mask, true);
+  const Weights weights(inputs ? optional<Tensor>() : weight_hh, mask, true);
   const Tensor h0c = h0.contiguous(), scratch = at::empty_like(h0c);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
     using T = scalar_t;
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
+    const Stacked<T> stacked(inputs, weight, weight_hh, batch);
     for_each_step(steps, false, [&](int64_t t) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
-      const T* read = vt ? masked(h_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
+      const T* read = stacked ? stacked.gather(t, batch, n, h_prev, m, H)
+                      : vt    ? masked(h_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
-      T* g_t = g + t * 4 * step;
-      over_units(H, n * 4 * H * H, [&](Units u) {
-        if (vt) gate_product(n, 4, H, u, read, vt, g_t, true);
+      T* g_t = g + (t % gates.size(0)) * 4 * step;
+      over_units(H, n * 4 * H * (stacked.depth + H), [&](Units u) {
+        if (stacked) gate_product(n, 4, H, u, read, stacked.depth, stacked.depth, stacked.w.data_ptr<T>(), g_t, false);
+        else if (vt) gate_product(n, 4, H, u, read, H, H, vt, g_t, true);
         lstm_forward_step<T>(act, sigma, g_t, b, c_prev, c + (t % ring_c) * step, tc + (t % ring_t) * step,
                              h + t * step, n, H, u);
       });
@@ -700,34 +759,39 @@ void lstm_backward(const std::string& act_name, const std::string& sigma_name, c
   });
 }
 
-// gates (T, B, K*H): Zx on entry (bias as in lstm_forward), the gate values on exit; states (T, B, H) filled.
+// gates (T, B, K*H): as in lstm_forward (Zx, bias, or inputs and weight); states (T, B, H) filled.
 void gated_forward(const std::string& kind_name, const std::string& act_name, const std::string& sigma_name,
                    Tensor gates, const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const Tensor& s0,
-                   Tensor states, std::vector<int64_t> sizes, const optional<Tensor>& bias) {
+                   Tensor states, std::vector<int64_t> sizes, const optional<Tensor>& bias,
+                   const optional<Tensor>& inputs, const optional<Tensor>& weight) {
   const Kind kind = parse_kind(kind_name);
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("gated_forward", gates, s0, 1);
-  const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = gate_count(kind);
-  expect(gates, "gates", {steps, batch, K * H});
+  const int64_t steps = steps_of(inputs, gates), batch = gates.size(1), H = s0.size(1), K = gate_count(kind);
+  expect(gates, "gates", {inputs ? ANY : steps, batch, K * H});
   expect(s0, "s0", {batch, H});
   expect(states, "states", {steps, batch, H});
   expect(weight_hh, "weight_hh", {K * H, H}, false);
   expect(mask, "mask", {batch, H}, false);
   expect(bias, "bias", {K * H});
+  expect_inputs(expect, inputs, weight, steps, batch, K * H);
   check_sizes("gated_forward", sizes, steps, batch);
-  const Weights weights(weight_hh, mask, true);
+  const Weights weights(inputs ? optional<Tensor>() : weight_hh, mask, true);
   const Tensor scratch = at::empty_like(s0);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gated_forward", [&] {
     using T = scalar_t;
     T *g = gates.data_ptr<T>(), *s = states.data_ptr<T>();
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
+    const Stacked<T> stacked(inputs, weight, weight_hh, batch);
     for_each_step(steps, false, [&](int64_t t) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
-      const T* read = vt ? masked(s_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
-      T* g_t = g + t * batch * K * H;
-      over_units(H, n * K * H * H, [&](Units u) {
-        if (vt) gate_product(n, K, H, u, read, vt, g_t, true);
+      const T* read = stacked ? stacked.gather(t, batch, n, s_prev, m, H)
+                      : vt    ? masked(s_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
+      T* g_t = g + (t % gates.size(0)) * batch * K * H;
+      over_units(H, n * K * H * (stacked.depth + H), [&](Units u) {
+        if (stacked) gate_product(n, K, H, u, read, stacked.depth, stacked.depth, stacked.w.data_ptr<T>(), g_t, false);
+        else if (vt) gate_product(n, K, H, u, read, H, H, vt, g_t, true);
         gated_forward_step<T>(kind, act, sigma, g_t, b, s_prev, s + t * batch * H, n, H, u);
       });
     });
@@ -771,17 +835,17 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
   });
 }
 
-// gates (T, B, K*H): Zx on entry (bias: b_ih as in lstm_forward), gate values on exit; hs (T, B, H)
+// gates (T, B, K*H): as in lstm_forward (Zx, bias b_ih, or inputs and weight); hs (T, B, H)
 // filled; with a state read, zhs (T or 1, B, 3H) receives V s' + b_hh of each step (a ring of one
 // step when not saving).
 void gru_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
                  const optional<Tensor>& weight_hh, const optional<Tensor>& bias_hh, const optional<Tensor>& mask,
                  const Tensor& s0, Tensor hs, const optional<Tensor>& zhs, std::vector<int64_t> sizes,
-                 const optional<Tensor>& bias) {
+                 const optional<Tensor>& bias, const optional<Tensor>& inputs, const optional<Tensor>& weight) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("gru_forward", gates, s0, 1);
-  const int64_t steps = gates.size(0), batch = gates.size(1), H = s0.size(1), K = weight_hh ? 3 : 2;
-  expect(gates, "gates", {steps, batch, K * H});
+  const int64_t steps = steps_of(inputs, gates), batch = gates.size(1), H = s0.size(1), K = weight_hh ? 3 : 2;
+  expect(gates, "gates", {inputs ? ANY : steps, batch, K * H});
   expect(s0, "s0", {batch, H});
   expect(hs, "hs", {steps, batch, H});
   expect.required(zhs, "zhs (with weight_hh)", static_cast<bool>(weight_hh));
@@ -790,7 +854,11 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
   expect(bias_hh, "bias_hh", {3 * H}, false);
   expect(mask, "mask", {batch, H}, false);
   expect(bias, "bias", {K * H});
+  expect_inputs(expect, inputs, weight, steps, batch, K * H);
   check_sizes("gru_forward", sizes, steps, batch);
+  // with the inputs, the step computes x_t U^T itself (straight from x: zh = V s' is a product of its own)
+  const Tensor ut = inputs ? weight->t().contiguous() : Tensor();
+  const int64_t F = inputs ? inputs->size(2) : 0;
   const Weights weights(weight_hh, mask, true);
   const Tensor scratch = at::empty_like(s0), b_hh = bias_hh ? bias_hh->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
@@ -804,9 +872,10 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
       const T* s_prev = t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H;
       const T* read = vt ? masked(s_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
       T* zh_t = zh ? zh + (t % ring) * batch * 3 * H : nullptr;
-      T* g_t = g + t * batch * K * H;
-      over_units(H, n * K * H * H, [&](Units u) {
-        if (vt) gate_product(n, 3, H, u, read, vt, zh_t, false);
+      T* g_t = g + (t % gates.size(0)) * batch * K * H;
+      over_units(H, n * K * H * (F + H), [&](Units u) {
+        if (F) gate_product(n, K, H, u, inputs->data_ptr<T>() + t * batch * F, F, F, ut.data_ptr<T>(), g_t, false);
+        if (vt) gate_product(n, 3, H, u, read, H, H, vt, zh_t, false);
         gru_forward_step<T>(act, sigma, g_t, b, zh_t, bhh, s_prev, h + t * batch * H, n, H, u);
       });
     });
@@ -1026,18 +1095,22 @@ void cell_scan_backward(const std::string& kind_name, const std::string& act_nam
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
-  // `bias`, last and optional: Zx came without its bias, which the step adds (fused.py)
+  // last and optional: `bias`, where Zx came without it (the step adds it); `inputs` (T, B, F) and
+  // `weight` (K*H, F), where the step computes Zx itself (the gates are then written, not read)
   m.def("lstm_forward", &lstm_forward, "fused LSTM loop, forward", py::arg("act"), py::arg("sigma"), py::arg("gates"),
         py::arg("weight_hh"), py::arg("mask"), py::arg("h0"), py::arg("c0"), py::arg("hs"), py::arg("cs"),
-        py::arg("tcs"), py::arg("sizes"), py::arg("bias") = py::none());
+        py::arg("tcs"), py::arg("sizes"), py::arg("bias") = py::none(), py::arg("inputs") = py::none(),
+        py::arg("weight") = py::none());
   m.def("lstm_backward", &lstm_backward, "fused LSTM loop, backward");
   m.def("gated_forward", &gated_forward, "fused loop of the gated ladder cells, forward", py::arg("kind"),
         py::arg("act"), py::arg("sigma"), py::arg("gates"), py::arg("weight_hh"), py::arg("mask"), py::arg("s0"),
-        py::arg("states"), py::arg("sizes"), py::arg("bias") = py::none());
+        py::arg("states"), py::arg("sizes"), py::arg("bias") = py::none(), py::arg("inputs") = py::none(),
+        py::arg("weight") = py::none());
   m.def("gated_backward", &gated_backward, "fused loop of the gated ladder cells, backward");
   m.def("gru_forward", &gru_forward, "fused GRU loop, forward", py::arg("act"), py::arg("sigma"), py::arg("gates"),
         py::arg("weight_hh"), py::arg("bias_hh"), py::arg("mask"), py::arg("s0"), py::arg("hs"), py::arg("zhs"),
-        py::arg("sizes"), py::arg("bias") = py::none());
+        py::arg("sizes"), py::arg("bias") = py::none(), py::arg("inputs") = py::none(),
+        py::arg("weight") = py::none());
   m.def("gru_backward", &gru_backward, "fused GRU loop, backward");
   m.def("product", &product, "a @ b (2-D), through oneDNN for floats where torch has it");
   m.def("linear_scan_forward", &linear_scan_forward, "s_t = f_t s_{t-1} + b_t over dim 1");
