@@ -1,7 +1,5 @@
-// The time loops of `fused` (every ladder cell) and the linear recurrence of `scan`, in C++, for the
-// sizes where Python's per-operation overhead is the cost (small batches, long sequences). Same
-// buffers, same equations, same results as the Python loops in fused.py and scan.py; the matrix
-// products stay ATen's (MKL, oneDNN), everything elementwise is a plain loop over the step's rows.
+// The time loops of `fused` (every ladder cell) and the linear recurrence of `scan`, in C++. Same
+// buffers, same equations, same results as the Python loops in fused.py and scan.py (to rounding).
 // Built at first use by torch.utils.cpp_extension (compiled.py); rnnlab works without it.
 //
 //   LSTM                  i, f, o = sigma(z_i, z_f, z_o), r = a(z_r);  c = f c' + i r;  h = o a(c)
@@ -10,7 +8,15 @@
 //   GRU                   r, u = sigma(zx + zh), n = a(zx_n + r zh_n), s = n + u (s' - n)
 //   linear recurrence     s_t = f_t s_{t-1} + b_t, and its backward (a reverse recurrence)
 //   cell scan             the steps above with no V, batch-major: scan's loop for reads_state=False
-// where z = Zx + V s' (Zx precomputed for all steps by one GEMM, in the gate buffer on entry).
+// where z = Zx + V s' + b: Zx precomputed for all steps by one product (`product`, oneDNN's) and
+// in the gate buffer on entry, or computed by each step with V s' as one product [x_t, s'] [U, V]^T
+// (`Stacked`, where that weight stays in cache); b added in the step's pass over its gates.
+//
+// Layering: one driver for the six entry points of `fused` (`for_each_step`, forward or backward
+// in time), each step one parallel region over blocks of hidden units (`over_units`: on one
+// thread, a plain call) in which the block's matrix product (`matmul`: oneDNN's brgemm
+// micro-kernel on raw pointers for floats, no ATen dispatch per step) is followed by the block's
+// elementwise work (the `*_step` functions, vectorised loops over the block of each row).
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
@@ -49,9 +55,13 @@ template <typename T>
 void matmul(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
             bool add) {
   if (M == 0 || N == 0) return;
+#ifdef CPUBLAS_BRGEMM_F32F32F32  // the torch headers declare the float brgemm (else: the branch below)
   if constexpr (std::is_same_v<T, float>) {
     at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C, false);
-  } else {
+    return;
+  }
+#endif
+  {
     const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
     const Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, options);
     const Tensor b = at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, options);
