@@ -88,7 +88,8 @@ class BenchConfig:
                                   "torch.nn peers always run: they are the baseline)", IMPLEMENTATION_NAMES)
     variants: tuple[str, ...] = knob(VARIANTS, "plain, feedback (teacher forced), linear (reads_state=False)", VARIANTS)
     passes: tuple[str, ...] = knob(PASSES, "forward, forward+backward", PASSES)
-    threads: int = knob(1, "torch threads", low=1)
+    threads: tuple[int, ...] = knob((1,), "torch thread counts, comma-separated, e.g. 1,2: each (size, pass) is timed "
+                                    "at each count in turn, and the table shows them side by side", low=1)
     reps: int = knob(5, "timed repetitions per candidate (--quick: 3)", low=1)
     warmup: int = knob(1, "untimed calls per candidate before the repetitions", low=1)
     # A candidate whose first warm-up call takes longer is skipped (and reported so): this is what
@@ -99,6 +100,8 @@ class BenchConfig:
 
     def __post_init__(self):
         validate(self)
+        if len(set(self.threads)) != len(self.threads):
+            raise ConfigError("BenchConfig", "threads", "distinct thread counts", self.threads)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("BenchConfig", "device", "cpu here: torch sees no CUDA device", self.device)
 
@@ -132,10 +135,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(threads: int, device: str = "cpu") -> dict:
+def machine(threads: tuple[int, ...], device: str = "cpu") -> dict:
     """What a reader needs to judge the numbers: CPU, cores, torch, threads, and the GPU if used."""
     found = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-             "python": platform.python_version(), "threads": threads, "device": device}
+             "python": platform.python_version(), "threads": list(threads), "device": device}
     if device == "cuda":
         found["gpu"] = torch.cuda.get_device_name()
     return found
@@ -319,15 +322,19 @@ def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
 
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
-    """Time the grid of `config`. Returns the report: machine, settings, peak, and one row per
-    (size, pass, candidate) with times, ratios and peak fractions (or the reason for none)."""
+    """Time the grid of `config`. Returns the report: machine, settings, peaks, and one row per
+    (size, pass, thread count, candidate) with times, ratios and peak fractions (or the reason for none).
+    Each (size, pass) is timed at each thread count in turn, so the counts see the machine within
+    minutes of each other; a ratio compares candidates at the same count."""
     if progress and not compiled.built():
         progress("building the C++ loops (once, about a minute; compiled.py)")
     loops = compiled.extension() is not None  # built before any timing: a first call must not compile
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
+    peaks = {}  # thread count -> [before, after]
     try:
-        peak = matmul_peak(device=config.device)
+        for threads in config.threads:
+            torch.set_num_threads(threads)
+            peaks[threads] = [matmul_peak(device=config.device)]
         rows = []
         for size in config.sizes:
             generator = torch.Generator().manual_seed(config.seed)
@@ -336,27 +343,35 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             y_prev = torch.randn(size.B, size.T, size.I, generator=generator).to(config.device)
             group = candidates(config, size, xs, y_prev)
             for pass_name in config.passes:
-                if progress:
-                    progress(f"{size} {pass_name}: {sum(c.reason is None for c in group)} candidates")
-                results = time_group(group, pass_name == "forward+backward", config, progress)
-                rows += _rows(size, pass_name, group, results)
-        peak_after = matmul_peak(device=config.device)
+                for threads in config.threads:
+                    torch.set_num_threads(threads)
+                    if progress:
+                        progress(f"{size} {pass_name} {threads} thread(s): "
+                                 f"{sum(c.reason is None for c in group)} candidates")
+                    results = time_group(group, pass_name == "forward+backward", config, progress)
+                    rows += _rows(size, pass_name, threads, group, results)
+        for threads in config.threads:
+            torch.set_num_threads(threads)
+            peaks[threads].append(matmul_peak(device=config.device))
         # The better of the two measurements: a peak caught in a slow spell would flatter everyone.
         for row in rows:
             if row["status"] == "ok":
-                row["peak_fraction"] = row["flops"] / row["median_s"] / max(peak, peak_after)
+                row["peak_fraction"] = row["flops"] / row["median_s"] / max(peaks[row["threads"]])
     finally:
         torch.set_num_threads(previous_threads)
+    first = peaks[config.threads[0]]
     return {"machine": dict(machine(config.threads, config.device), compiled_loops=loops),
-            "peak_flops": peak, "peak_flops_after": peak_after,
+            "peak_flops": first[0], "peak_flops_after": first[1],
+            "peaks": [{"threads": n, "before": b, "after": a} for n, (b, a) in peaks.items()],
             "settings": {"sizes": [str(s) for s in config.sizes], "cells": list(config.cells),
                          "impls": list(config.impls), "variants": list(config.variants),
-                         "passes": list(config.passes), "reps": config.reps, "warmup": config.warmup,
-                         "max_call_s": config.max_call_s, "seed": config.seed, "device": config.device},
+                         "passes": list(config.passes), "threads": list(config.threads), "reps": config.reps,
+                         "warmup": config.warmup, "max_call_s": config.max_call_s, "seed": config.seed,
+                         "device": config.device},
             "rows": rows}
 
 
-def _rows(size: Size, pass_name: str, group: list[Candidate], results: dict) -> list[dict]:
+def _rows(size: Size, pass_name: str, threads: int, group: list[Candidate], results: dict) -> list[dict]:
     """The group's rows, with ratios to torch.nn.LSTM (and to the matching torch.nn layer)."""
     def median(name):
         entry = results.get(name, {})
@@ -367,7 +382,7 @@ def _rows(size: Size, pass_name: str, group: list[Candidate], results: dict) -> 
     rows = []
     for c in group:
         entry = dict(results[c.name])
-        row = {"size": {"B": size.B, "H": size.H, "I": size.I, "T": size.T}, "pass": pass_name,
+        row = {"size": {"B": size.B, "H": size.H, "I": size.I, "T": size.T}, "pass": pass_name, "threads": threads,
                "name": c.name, "kind": c.kind, "cell": c.cell, "variant": c.variant, "impl": c.impl,
                "resolved": c.resolved, "flops": c.flops * flop_factor, **entry}
         if entry["status"] == "ok":
@@ -382,37 +397,61 @@ def _rows(size: Size, pass_name: str, group: list[Candidate], results: dict) -> 
 # --- the table ----------------------------------------------------------------------------------
 
 def format_table(report: dict) -> str:
-    """The report as plain text: a header with the machine, then one table per (size, pass)."""
+    """The report as plain text: a header with the machine, then one table per (size, pass), with
+    the thread counts side by side (median, spread, x LSTM, x match and peak share for each)."""
     m = report["machine"]
     loops = {True: "built", False: "unavailable (Python loops)"}.get(m.get("compiled_loops"), "?")
     gpu = f"  gpu: {m['gpu']}" if m.get("gpu") else ""
-    lines = [f"rnnlab bench  cpu: {m['cpu']}  cores: {m['cores']}  torch {m['torch']}  threads: {m['threads']}  "
-             f"C++ loops: {loops}{gpu}",
-             f"matmul peak (fp32, {'the GPU' if gpu else str(m['threads']) + ' thread(s)'}): "
-             f"{report['peak_flops'] / 1e9:.1f} GFLOP/s before the run, "
-             f"{report['peak_flops_after'] / 1e9:.1f} after; peak fractions use the larger",
-             f"reps: {report['settings']['reps']} interleaved after {report['settings']['warmup']} warm-up; "
-             f"times are medians [min-max]; x LSTM = median / torch.nn.LSTM's; "
-             f"x match = / the same cell's torch.nn layer; peak = share of the matmul peak"]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    counts = list(dict.fromkeys(r["threads"] for r in report["rows"])) or list(m["threads"])
+    peaks = report.get("peaks") or [{"threads": counts[0], "before": report["peak_flops"],
+                                     "after": report["peak_flops_after"]}]
+    lines = [f"rnnlab bench  cpu: {m['cpu']}  cores: {m['cores']}  torch {m['torch']}  "
+             f"threads: {','.join(map(str, m['threads']))}  C++ loops: {loops}{gpu}"]
+    for peak in peaks:
+        where = "the GPU" if gpu else f"{peak['threads']} thread(s)"
+        lines.append(f"matmul peak (fp32, {where}): {peak['before'] / 1e9:.1f} GFLOP/s before the run, "
+                     f"{peak['after'] / 1e9:.1f} after; peak fractions use the larger")
+    lines.append(f"reps: {report['settings']['reps']} interleaved after {report['settings']['warmup']} warm-up; "
+                 f"times are medians [min-max]; x LSTM = median / torch.nn.LSTM's at the same thread count; "
+                 f"x match = / the same cell's torch.nn layer; peak = share of the matmul peak")
+    groups: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}  # (size, pass) -> name -> threads -> row
     for row in report["rows"]:
         s = row["size"]
-        groups.setdefault((f"B={s['B']} H={s['H']} I={s['I']} T={s['T']}", row["pass"]), []).append(row)
+        group = groups.setdefault((f"B={s['B']} H={s['H']} I={s['I']} T={s['T']}", row["pass"]), {})
+        group.setdefault(row["name"], {})[row["threads"]] = row
     width = max(len(r["name"]) for r in report["rows"])
-    for (size, pass_name), rows in groups.items():
-        lines += ["", f"== {size}  {pass_name}",
-                  f"{'candidate':<{width}}  {'median ms':>10}  {'min-max ms':>17}  {'x LSTM':>7}  "
-                  f"{'x match':>7}  {'peak':>6}"]
+    several = len(counts) > 1
+    for (size, pass_name), by_name in groups.items():
+        header = f"{'candidate':<{width}}"
+        for n in counts:
+            tag = f" {n}t" if several else ""
+            header += (f"  {'median ms' + tag:>{10 + len(tag)}}  {'min-max ms' + tag:>{17 + len(tag)}}  "
+                       f"{'x LSTM' + tag:>{7 + len(tag)}}  {'x match' + tag:>{7 + len(tag)}}  "
+                       f"{'peak' + tag:>{6 + len(tag)}}")
+        lines += ["", f"== {size}  {pass_name}", header.rstrip()]
         missing: dict[str, list[str]] = {}  # "status: reason" -> candidates, so n/a costs one line per reason
-        for r in rows:
-            if r["status"] != "ok":
-                missing.setdefault(f"{r['status']}: {r['reason']}", []).append(r["name"])
+        rows = [r for runs in by_name.values() for r in runs.values()]
+        for name, runs in by_name.items():
+            timed = [n for n in counts if n in runs and runs[n]["status"] == "ok"]
+            if len(timed) < len(counts):  # the reason of the first count that was not timed
+                r = next(runs[n] for n in counts if n in runs and n not in timed)
+                partly = " at some thread counts" if timed else ""
+                missing.setdefault(f"{r['status']}{partly}: {r['reason']}", []).append(name)
+            if not timed:
                 continue
-            spread = f"{r['min_s'] * 1e3:.2f}-{r['max_s'] * 1e3:.2f}"
-            ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
-            match = f"{r['ratio_match']:.2f}" if r.get("ratio_match") is not None else ""
-            lines.append(f"{r['name']:<{width}}  {r['median_s'] * 1e3:>10.2f}  {spread:>17}  {ratio:>7}  "
-                         f"{match:>7}  {r['peak_fraction']:>6.1%}")
+            line = f"{name:<{width}}"
+            for n in counts:
+                tag = len(f" {n}t") if several else 0
+                r = runs.get(n) if n in timed else None
+                if r is None:
+                    line += f"  {'-':>{10 + tag}}  {'':>{17 + tag}}  {'':>{7 + tag}}  {'':>{7 + tag}}  {'':>{6 + tag}}"
+                    continue
+                spread = f"{r['min_s'] * 1e3:.2f}-{r['max_s'] * 1e3:.2f}"
+                ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+                match = f"{r['ratio_match']:.2f}" if r.get("ratio_match") is not None else ""
+                line += (f"  {r['median_s'] * 1e3:>{10 + tag}.2f}  {spread:>{17 + tag}}  {ratio:>{7 + tag}}  "
+                         f"{match:>{7 + tag}}  {r['peak_fraction']:>{6 + tag}.1%}")
+            lines.append(line.rstrip())
         for why, names in missing.items():
             lines.append(f"{why}: {_summarise(names, rows)}")
     return "\n".join(lines)

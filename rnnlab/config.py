@@ -3,7 +3,7 @@
 A config class declares each field with `knob(default, help, choices, low=, high=, ...)` and calls
 `validate(self)` in `__post_init__` (after which it checks only what relates two fields). The one
 validator reads the annotations and the knobs, so every config fails the same way, naming the
-field: "BenchConfig: threads must be an int >= 1; got 0" (a ConfigError, a ValueError; a value of
+field: "BenchConfig: reps must be an int >= 1; got 0" (a ConfigError, a ValueError; a value of
 the wrong type is a ConfigTypeError, a TypeError). `cli.py` generates one flag per field
 (`hidden_size` -> `--hidden-size`) and is the only place that turns field names into flag names;
 a run directory stores the config as JSON (`to_dict`), from which `from_dict` rebuilds it.

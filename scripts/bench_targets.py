@@ -9,7 +9,10 @@ MATCHING = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU", "vanilla": "torch.nn
 
 
 def main(path: str) -> None:
-    rows = json.load(open(path))["rows"]
+    report = json.load(open(path))
+    # the first thread count of `--threads` (the targets are one-thread figures); older reports have one
+    threads = (report["settings"].get("threads") or [1])[0]
+    rows = [r for r in report["rows"] if r.get("threads", threads) == threads]
     times = defaultdict(dict)  # (size, pass) -> candidate name -> median seconds
     names = {}  # (size, pass, cell, variant, impl) -> candidate name
     for r in rows:

@@ -34,7 +34,7 @@ def test_tiny_grid_times_peers_and_rnnlab_in_both_passes():
             assert row["min_s"] <= row["median_s"] <= row["max_s"]
             assert row["flops"] > 0 and row["peak_fraction"] > 0
     assert report["peak_flops"] > 0
-    assert report["machine"]["threads"] == 1 and report["machine"]["torch"] == torch.__version__
+    assert report["machine"]["threads"] == [1] and report["machine"]["torch"] == torch.__version__
 
 
 def test_ratios_medians_and_peak_shares_against_a_fake_clock(monkeypatch):
@@ -59,6 +59,32 @@ def test_ratios_medians_and_peak_shares_against_a_fake_clock(monkeypatch):
     assert ref["median_s"] == 0.009 and ref["ratio"] == pytest.approx(3.0) and ref["ratio_match"] == pytest.approx(3.0)
     assert gru["ratio"] == pytest.approx(1 / 3)
     assert ref["peak_fraction"] == pytest.approx(ref["flops"] / 0.009 / 1e9)
+
+
+def test_thread_counts_side_by_side_each_against_its_own_lstm(monkeypatch):
+    """--threads 1,2: every (size, pass) timed at both counts, with the thread count set for each call,
+    each ratio against torch.nn.LSTM at the same count, and both columns in the table."""
+    seen: list[tuple[str, int]] = []
+    time_at = {("torch.nn.LSTM", 1): 0.010, ("lstm [reference]", 1): 0.020,
+               ("torch.nn.LSTM", 2): 0.004, ("lstm [reference]", 2): 0.012}
+
+    def fake_call(candidate, backward, device="cpu"):
+        seen.append((candidate.name, torch.get_num_threads()))
+        return time_at.get((candidate.name, torch.get_num_threads()), 0.001)
+
+    monkeypatch.setattr(bench, "_call", fake_call)
+    monkeypatch.setattr(bench, "matmul_peak", lambda **kwargs: 1e9 * torch.get_num_threads())
+    report = bench.run_bench(tiny(cells=("lstm",), impls=("reference",), variants=("plain",), passes=("forward",),
+                                  threads=(1, 2), reps=3))
+    assert {n for _, n in seen} == {1, 2}
+    ref = {r["threads"]: r for r in rows_of(report, name="lstm [reference]")}
+    assert ref[1]["ratio"] == pytest.approx(2.0) and ref[2]["ratio"] == pytest.approx(3.0)
+    assert ref[2]["peak_fraction"] == pytest.approx(ref[2]["flops"] / 0.012 / 2e9)  # the 2-thread peak
+    assert [p["threads"] for p in report["peaks"]] == [1, 2] and report["settings"]["threads"] == [1, 2]
+    table = bench.format_table(report)
+    assert "x LSTM 1t" in table and "x LSTM 2t" in table
+    line = next(x for x in table.splitlines() if x.startswith("lstm [reference]"))
+    assert "2.00" in line and "3.00" in line
 
 
 def test_ratio_of_torch_lstm_to_itself_is_one():
@@ -124,7 +150,7 @@ def test_variants_follow_the_cells():
 
 def test_threads_are_restored():
     before = torch.get_num_threads()
-    bench.run_bench(tiny(cells=("lstm",), impls=("reference",), passes=("forward",), threads=1, reps=1))
+    bench.run_bench(tiny(cells=("lstm",), impls=("reference",), passes=("forward",), threads=(1, 2), reps=1))
     assert torch.get_num_threads() == before
 
 
@@ -162,7 +188,9 @@ def test_bad_flags_give_one_line_errors_naming_the_flag(argv, flag, capsys):
 
 
 def test_library_errors_name_the_field_not_the_flag():
-    with pytest.raises(ValueError, match=r"BenchConfig: threads must be an int >= 1; got 0"):
-        bench.BenchConfig(threads=0)
+    with pytest.raises(ValueError, match=r"BenchConfig: threads must be a non-empty tuple of an int >= 1; got \(0,\)"):
+        bench.BenchConfig(threads=(0,))
+    with pytest.raises(ValueError, match=r"BenchConfig: threads must be distinct thread counts; got \(2, 2\)"):
+        bench.BenchConfig(threads=(2, 2))
     with pytest.raises(TypeError, match=r"BenchConfig: reps must be an int >= 1; got '3'"):
         bench.BenchConfig(reps="3")

@@ -478,3 +478,81 @@ def test_scan_keeps_doubling_to_bounded_gates(monkeypatch):
     assert not calls
     assert_agree(make(ForgetGatedCell, False, reads_state=False), "scan", False, LENGTHS)
     assert calls
+
+
+# --- inference and threads (issue 15) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", LADDER)
+@pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
+def test_fused_inference_saves_nothing_and_agrees(cls, compiled_loop, monkeypatch):
+    """Under no_grad and inference_mode fused keeps no activation for a backward (no saved tensor,
+    no autograd node) and still equals reference (float64, lengths); with grad it does save."""
+    if compiled_loop and EXTENSION is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSION if compiled_loop else None)
+    feedback = cls is OutputFeedbackCell
+    cell = make(cls, feedback)
+    xs, state, y_prev = inputs(cell, feedback)
+    packed = []
+
+    def pack(tensor):
+        packed.append(tensor.shape)
+        return tensor
+
+    expected = kernels.reference(cell, xs, state, y_prev, LENGTHS, (None, None))
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            ys, final = kernels.fused(cell, xs, state, y_prev, LENGTHS, (None, None))
+        assert packed == [] and ys.grad_fn is None
+        finals = final if isinstance(final, tuple) else (final,)
+        assert all(f.grad_fn is None for f in finals)
+        torch.testing.assert_close(ys, expected[0].detach())
+        torch.testing.assert_close(final, tuple(e.detach() for e in expected[1]) if isinstance(final, tuple)
+                                   else expected[1].detach())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        ys, _ = kernels.fused(cell, xs, state, y_prev, LENGTHS, (None, None))
+    assert packed and ys.grad_fn is not None  # the same hooks see what a training forward keeps
+
+
+@pytest.mark.skipif(EXTENSION is None, reason="the C++ loops are not built (tests never compile them)")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cls", LADDER)
+def test_two_threads_equal_one_thread(cls, dtype):
+    """Steps large enough that the C++ loops split each step over two threads by blocks of hidden
+    units (loops.cpp: over_units): outputs, final state and every gradient equal one thread's, with
+    lengths and a recurrent-dropout mask, and agree with reference (float64)."""
+    batch, steps, size, hidden, out = 64, 4, 8, 64, 3
+    feedback = cls is OutputFeedbackCell
+    torch.manual_seed(0)
+    masked = cls is not OutputFeedbackCell
+    cell = cls(size, hidden, out if feedback else 0, recurrent_dropout=0.3 if masked else 0.0).to(dtype).train()
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(batch, steps, size, generator=g, dtype=dtype).requires_grad_()
+    y_prev = torch.randn(batch, steps, out, generator=g, dtype=dtype).requires_grad_() if feedback else None
+    zero = cell.initial_state(batch, dtype=dtype)
+    state = tuple(torch.randn(z.shape, generator=g, dtype=dtype).requires_grad_() for z in zero) \
+        if isinstance(zero, tuple) else torch.randn(zero.shape, generator=g, dtype=dtype).requires_grad_()
+    lengths = torch.randint(1, steps + 1, (batch,), generator=g)
+    masks = (None, cell.sample_masks(batch, torch.zeros((), dtype=dtype))[1]) if masked else (None, None)
+
+    def run(implementation, threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            ys, final = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, y_prev, lengths, masks)
+            finals = final if isinstance(final, tuple) else (final,)
+            loss = (ys * torch.linspace(-1, 1, ys.numel(), dtype=dtype).view_as(ys)).sum() + \
+                sum((f * f).sum() for f in finals)
+            leaves = [p for p in cell.parameters()] + [xs] + list(state if isinstance(state, tuple) else (state,))
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            return [ys, *finals] + [torch.zeros_like(v) if d is None else d for d, v in zip(grads, leaves)]
+        finally:
+            torch.set_num_threads(previous)
+
+    one, two = run("fused", 1), run("fused", 2)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+    if dtype is torch.float64:
+        for a, b in zip(run("reference", 1), two):
+            torch.testing.assert_close(b, a)

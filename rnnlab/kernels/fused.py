@@ -108,18 +108,32 @@ class _Loop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loop, sizes, last, save, inputs, weight, bias, weight_hh, bias_hh, mh, *state0):
         steps, batch = inputs.shape[:2]
-        flat = inputs.reshape(steps * batch, -1)  # (T*B, I + O)
-        # Zx for all steps in one GEMM; the loop then turns it into the gate values in place
-        zx = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
-        zx = zx.view(steps, batch, -1)
         ctx.loop, ctx.sizes, ctx.last = loop, sizes, last
         tape = _Tape(steps, sizes, last)
-        if graphs.enabled(zx):  # one CUDA graph for the whole loop (graphs.py)
-            buffers = graphs.replay((_key(loop), "forward", tuple(sizes or ()), save),
-                                    lambda zx, w, b, m, *s0: loop.forward(tape, zx, w, b, m, s0, save),
-                                    zx, weight_hh, bias_hh, mh, *state0)
+        if compiled.extension_for(inputs) is not None and _steps_multiply_inputs(inputs, weight, weight_hh):
+            # The C++ steps compute Zx = [x, y*] [U, W]^T a step at a time, in one product with V s'
+            # (loops.cpp: Stacked), and add the bias in their pass over the gates: Zx of all steps is
+            # never written out and read back. Without grad the gates are a ring of one step.
+            gates = tape.new(inputs, weight.shape[0], keep=save)
+            bias = None if bias is None else bias.contiguous()
+            buffers = loop.forward(tape, gates, weight_hh, bias_hh, mh, state0, save, (bias, inputs, weight))
+        elif compiled.extension_for(inputs) is not None:
+            # Zx for all steps in one product (oneDNN's), without its bias, which the C++ steps add in
+            # their pass over the gates (addmm would first copy it to every row of every step)
+            zx = _product(inputs.reshape(steps * batch, -1), weight.t()).view(steps, batch, -1)
+            bias = None if bias is None else bias.contiguous()
+            buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save, (bias,))
         else:
-            buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save)
+            flat = inputs.reshape(steps * batch, -1)  # (T*B, I + O)
+            # Zx for all steps in one GEMM; the loop then turns it into the gate values in place
+            zx = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
+            zx = zx.view(steps, batch, -1)
+            if graphs.enabled(zx):  # one CUDA graph for the whole loop (graphs.py)
+                buffers = graphs.replay((_key(loop), "forward", tuple(sizes or ()), save),
+                                        lambda zx, w, b, m, *s0: loop.forward(tape, zx, w, b, m, s0, save),
+                                        zx, weight_hh, bias_hh, mh, *state0)
+            else:
+                buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save)
         finals = [tape.final(b) for b in buffers[:len(state0)]]
         if save:
             ctx.save_for_backward(inputs, weight, weight_hh, mh, *state0, *buffers)
@@ -141,8 +155,8 @@ class _Loop(torch.autograd.Function):
             dz, *grads = loop.backward(tape, d_outputs, d_finals, weight_hh, mh, state0, buffers, needs)
         flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, K*H)
         # dU, db and dx as one product each over all steps
-        d_inputs = flat_dz.mm(weight).view_as(inputs) if needs[4] else None
-        d_weight = flat_dz.t().mm(inputs.reshape(flat_dz.shape[0], -1)) if needs[5] else None
+        d_inputs = _product(flat_dz, weight).view_as(inputs) if needs[4] else None
+        d_weight = _product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if needs[5] else None
         d_bias = flat_dz.sum(0) if needs[6] else None
         return (None, None, None, None, d_inputs, d_weight, d_bias) + tuple(grads)
 
@@ -190,6 +204,23 @@ def _key(loop) -> tuple:
     return (type(loop).__name__,) + tuple(sorted(vars(loop).items()))
 
 
+def _steps_multiply_inputs(inputs, weight, weight_hh) -> bool:
+    """Whether the C++ steps should multiply the inputs themselves (one product of [x_t, s'] with the
+    stacked [U, V] per step) rather than read Zx from one product over all steps. Measured on this
+    2-core EPYC (1 MiB L2 per core), forward, against torch.nn.LSTM: per step 1.03 vs 1.20 at
+    (32, 128, 100) and 1.07 vs 1.15 at (64, 256, 100), where the stacked weight (0.5, 2 MiB) stays
+    in cache across steps; but 1.34 vs 0.99 at (32, 512, 100) (8 MiB, streamed each step) and 1.10
+    vs 0.93 at (1, 128, 1000) (one row: U is streamed each step for a single row)."""
+    batch, depth = inputs.shape[1], inputs.shape[-1] + (weight_hh.shape[-1] if weight_hh is not None else 0)
+    return batch >= 16 and depth * weight.shape[0] * inputs.element_size() <= 4 << 20
+
+
+def _product(a, b):
+    """a @ b, through oneDNN on CPU where the C++ module is built (loops.cpp: `product`)."""
+    extension = compiled.extension_for(a)
+    return extension.product(a, b) if extension is not None else torch.mm(a, b)
+
+
 def _carry(grad):
     """A contiguous copy of a final state's gradient, which the backward loop turns into s^0's."""
     return grad.clone(memory_format=torch.contiguous_format)
@@ -219,7 +250,7 @@ def _weight_grad(dz, first, states, mask):
     reads = torch.cat([first[None], states[:-1]], dim=0)  # (T, B, H), the state each step read
     if mask is not None:
         reads = reads * mask
-    return dz.reshape(-1, dz.shape[-1]).t().mm(reads.reshape(-1, reads.shape[-1]))
+    return _product(dz.reshape(-1, dz.shape[-1]).t(), reads.reshape(-1, reads.shape[-1]))
 
 
 class _Gated:
@@ -232,13 +263,13 @@ class _Gated:
             self.kind = "before"
         self.gates, self.act, self.sigma = cell.gates, cell.activation, cell.gate_activation
 
-    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
+    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save, own=None):
         K, kind, gates = len(self.gates), self.kind, zx
         states = tape.new(zx, zx.shape[-1] // K)
         extension = compiled.extension_for(zx)
         if extension is not None:
             extension.gated_forward(kind, self.act, self.sigma, gates, weight_hh, mh, state0[0].contiguous(), states,
-                                    tape.sizes or [])
+                                    tape.sizes or [], *(own or ()))
             return states, gates
         per_gate = dict(zip(self.gates, (tape.steps_of(g) for g in _gates(gates, K))))
         r, i, f = per_gate["r"], per_gate.get("i"), per_gate.get("f")
@@ -309,7 +340,7 @@ class _LSTM:
     def __init__(self, cell):
         self.act, self.sigma = cell.activation, cell.gate_activation
 
-    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
+    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save, own=None):
         hidden, gates = zx.shape[-1] // 4, zx
         hs = tape.new(zx, hidden)
         cs = zx.new_zeros((tape.steps if save else 2, zx.shape[1], hidden))  # a ring of 2 suffices without grad
@@ -319,7 +350,7 @@ class _LSTM:
         extension = compiled.extension_for(zx)
         if extension is not None:
             extension.lstm_forward(self.act, self.sigma, gates, weight_hh, mh, state0[0], state0[1].contiguous(),
-                                   hs, cs, tcs, tape.sizes or [])
+                                   hs, cs, tcs, tape.sizes or [], *(own or ()))
             return hs, cs, gates, tcs
         gi, gf, gr, go = (tape.steps_of(g) for g in _gates(gates, 4))
         g_if = tape.steps_of(gates[..., :2 * hidden])
@@ -374,7 +405,7 @@ class _GRU:
     def __init__(self, cell):
         self.act, self.sigma = cell.activation, cell.gate_activation
 
-    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save):
+    def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save, own=None):
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         K = 3 if weight_hh is not None else 2
         hidden, gates = zx.shape[-1] // K, zx
@@ -384,7 +415,7 @@ class _GRU:
         extension = compiled.extension_for(zx)
         if extension is not None:
             extension.gru_forward(self.act, self.sigma, gates, weight_hh, bias_hh, mh, state0[0].contiguous(), hs, zhs,
-                                  tape.sizes or [])
+                                  tape.sizes or [], *(own or ()))
             return (hs, gates) if zhs is None else (hs, gates, zhs)
         h_new, h_prev, masks = tape.steps_of(hs), tape.previous(state0[0], hs), tape.same(mh)
         *_, gu, gn = (tape.steps_of(g) for g in _gates(gates, K))
