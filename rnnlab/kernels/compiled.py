@@ -51,6 +51,7 @@ SOURCE = Path(__file__).with_name("loops.cpp")
 # Every C++ module, by name: each is built, cached and verified alone (one concept per file; a change
 # to one rebuilds only that one). `extension(name)` loads one; NAME is the time loops of `fused`/`scan`.
 MODULES: dict[str, Path] = {NAME: SOURCE}
+MODULES["rnnlab_generate"] = SOURCE.with_name("generate.cpp")  # free-running generation (generation.py)
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
 if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
     # ATen's 256-bit Vectorized<T>, whose exp and tanh are SLEEF's as in torch's own CPU kernels

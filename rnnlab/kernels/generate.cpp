@@ -1,0 +1,245 @@
+// Free-running generation in one call: for every new token, the LSTM layers' step, the linear readout
+// and the choice of the next token (greedy, or sampled at a temperature from the top k), at batch 1.
+// What generation.py hands over is already reduced to what one step reads:
+//
+//   layer 0     z = T[token] + W_hh h          T = E W_ih^T + b_ih + b_hh: the embedding (or the fed-back
+//                                              embedding through W_yh) and the input projection of every
+//                                              token, one row per token, so no step reads W_ih
+//   layer l>0   z = [W_ih W_hh] [x; h] + b     x: the new output of the layer below
+//   every layer i, f, o = sigmoid(z_i, z_f, z_o), r = tanh(z_r);  c = f c + i r;  h = o tanh(c)
+//   readout     logits = W_out h + b_out
+//
+// At batch 1 a step is a few matrix-vector products over weights that do not fit in the core's L2
+// cache, so its time is the time to stream the weights from L3: they are packed once into panels
+// (P outputs wide, the inputs in order), and each panel is one pass that keeps its P sums in
+// registers, reads every weight once and writes nothing in between.
+//
+// The choice of a token is the Python path's (rnnlab.preprocessing.choose_token and torch.multinomial)
+// op for op: <unk> (id 0) masked, logits times 1/temperature (what ATen's division by a scalar
+// computes), the top k kept (those >= the k-th largest), softmax in float32, then torch.multinomial's
+// own draw for one sample: q ~ Exp(1) per token from the same torch.Generator by ATen's exponential_
+// on a (1, V) float tensor, the token argmax_i p_i / q_i (the first on a tie). The generator therefore
+// advances exactly as on the Python path.
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+using at::Tensor;
+
+namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+constexpr int64_t kVectors = 8;  // sums per panel, in vectors: 8 accumulators + a broadcast + loads fit any ISA
+
+template <typename T>
+constexpr int64_t panel_width() {
+  return kVectors * Vec<T>::size();
+}
+
+// W (R, C) -> panels: panel p holds rows [p P, p P + w) for every input j in order, w = P but for the
+// last (rounded up to whole vectors, zero rows added). Output length: ceil(R / lanes) * lanes * C.
+template <typename T>
+std::vector<T> pack(const Tensor& weight) {
+  const int64_t R = weight.size(0), C = weight.size(1), P = panel_width<T>(), lanes = Vec<T>::size();
+  const int64_t padded = (R + lanes - 1) / lanes * lanes;
+  std::vector<T> out(padded * C, T(0));
+  auto w = weight.accessor<T, 2>();
+  for (int64_t start = 0; start < padded; start += P) {
+    const int64_t width = std::min(P, padded - start);
+    T* panel = out.data() + start * C;
+    for (int64_t j = 0; j < C; ++j)
+      for (int64_t k = 0; k < width && start + k < R; ++k) panel[j * width + k] = w[start + k][j];
+  }
+  return out;
+}
+
+// y[0:w) = init + panel x, for one panel of NV vectors.
+template <typename T, int NV>
+void panel_product(const T* __restrict__ panel, const T* __restrict__ x, int64_t C, const T* init, T* y) {
+  Vec<T> sum[NV];
+  for (int v = 0; v < NV; ++v) sum[v] = Vec<T>::loadu(init + v * Vec<T>::size());
+  for (int64_t j = 0; j < C; ++j) {
+    const Vec<T> xj(x[j]);
+    const T* row = panel + j * NV * Vec<T>::size();
+    for (int v = 0; v < NV; ++v) sum[v] = at::vec::fmadd(Vec<T>::loadu(row + v * Vec<T>::size()), xj, sum[v]);
+  }
+  for (int v = 0; v < NV; ++v) sum[v].store(y + v * Vec<T>::size());
+}
+
+// y = init + W x for a packed W of `padded` rows (y and init hold `padded` entries).
+template <typename T>
+void product(const std::vector<T>& packed, int64_t padded, int64_t C, const T* x, const T* init, T* y) {
+  const int64_t P = panel_width<T>(), lanes = Vec<T>::size();
+  for (int64_t start = 0; start < padded; start += P) {
+    const T* panel = packed.data() + start * C;
+    switch (std::min(P, padded - start) / lanes) {
+      case 8: panel_product<T, 8>(panel, x, C, init + start, y + start); break;
+      case 7: panel_product<T, 7>(panel, x, C, init + start, y + start); break;
+      case 6: panel_product<T, 6>(panel, x, C, init + start, y + start); break;
+      case 5: panel_product<T, 5>(panel, x, C, init + start, y + start); break;
+      case 4: panel_product<T, 4>(panel, x, C, init + start, y + start); break;
+      case 3: panel_product<T, 3>(panel, x, C, init + start, y + start); break;
+      case 2: panel_product<T, 2>(panel, x, C, init + start, y + start); break;
+      default: panel_product<T, 1>(panel, x, C, init + start, y + start); break;
+    }
+  }
+}
+
+int64_t rounded(int64_t n, int64_t lanes) { return (n + lanes - 1) / lanes * lanes; }
+
+template <typename T>
+std::vector<T> to_vector(const Tensor& t, int64_t length) {  // zero-padded to `length`
+  Tensor c = t.contiguous();
+  std::vector<T> out(length, T(0));
+  std::copy(c.data_ptr<T>(), c.data_ptr<T>() + c.numel(), out.begin());
+  return out;
+}
+
+// One LSTM layer, packed. Layer 0 reads its input as a row of `table` (tokens x 4H); the others read
+// [x; h] through [W_ih W_hh] with bias b_ih + b_hh.
+template <typename T>
+struct Layer {
+  int64_t H = 0, inputs = 0, padded = 0;  // inputs: I + H (0 for layer 0: the table replaces W_ih)
+  std::vector<T> weights, bias, z, xh, c;
+};
+
+template <typename T>
+void lstm_update(Layer<T>& layer, T* h) {
+  using V = Vec<T>;
+  const int64_t H = layer.H;
+  T* z = layer.z.data();
+  auto sigmoid = [](V v) { return (V(1) + v.neg().exp()).reciprocal(); };
+  at::vec::map(sigmoid, z, z, 2 * H);  // i, f
+  at::vec::map([](V v) { return v.tanh(); }, z + 2 * H, z + 2 * H, H);
+  at::vec::map(sigmoid, z + 3 * H, z + 3 * H, H);
+  T* c = layer.c.data();
+#pragma omp simd
+  for (int64_t k = 0; k < H; ++k) c[k] = z[H + k] * c[k] + z[k] * z[2 * H + k];
+  at::vec::map([](V v) { return v.tanh(); }, h, c, H);
+#pragma omp simd
+  for (int64_t k = 0; k < H; ++k) h[k] *= z[3 * H + k];
+}
+
+// The next token from `logits` (V entries; changed in place), as choose_token + torch.multinomial.
+template <typename T>
+int64_t choose(T* logits, int64_t V, double temperature, int64_t top_k, std::vector<T>& scratch,
+               std::vector<float>& probs, Tensor& q, const c10::optional<at::Generator>& generator) {
+  logits[0] = -std::numeric_limits<T>::infinity();  // <unk>: no character at all
+  if (temperature == 0) return std::max_element(logits, logits + V) - logits;  // the first maximum
+  const T scale = T(1) / static_cast<T>(temperature);
+  for (int64_t k = 0; k < V; ++k) logits[k] *= scale;
+  if (top_k > 0) {
+    const int64_t k = std::min(top_k, V);
+    scratch.assign(logits, logits + V);
+    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(), std::greater<T>());
+    const T kth = scratch[k - 1];
+    for (int64_t i = 0; i < V; ++i)
+      if (logits[i] < kth) logits[i] = -std::numeric_limits<T>::infinity();
+  }
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < V; ++i) top = std::max(top, probs[i] = static_cast<float>(logits[i]));
+  float total = 0;
+  for (int64_t i = 0; i < V; ++i) total += probs[i] = std::exp(probs[i] - top);
+  for (int64_t i = 0; i < V; ++i) probs[i] /= total;
+  q.exponential_(1.0, generator);  // torch.multinomial's draw: one call on a (1, V) float tensor
+  const float* e = q.data_ptr<float>();
+  int64_t best = 0;
+  float best_value = -1;
+  for (int64_t i = 0; i < V; ++i) {
+    const float value = probs[i] / e[i];
+    if (value > best_value) best = i, best_value = value;
+  }
+  return best;
+}
+
+template <typename T>
+Tensor generate_typed(const Tensor& table, const std::vector<Tensor>& weight_ih, const std::vector<Tensor>& weight_hh,
+                      const std::vector<Tensor>& bias, const std::vector<Tensor>& h0, const std::vector<Tensor>& c0,
+                      const Tensor& readout_weight, const Tensor& readout_bias, const Tensor& first_logits,
+                      int64_t length, double temperature, int64_t top_k, c10::optional<at::Generator> generator) {
+  const int64_t L = static_cast<int64_t>(weight_hh.size()), lanes = Vec<T>::size();
+  const int64_t V = readout_weight.size(0), Hout = readout_weight.size(1);
+  std::vector<Layer<T>> layers(L);
+  std::vector<std::vector<T>> h(L);
+  for (int64_t l = 0; l < L; ++l) {
+    Layer<T>& layer = layers[l];
+    layer.H = weight_hh[l].size(1);
+    layer.padded = rounded(4 * layer.H, lanes);
+    layer.inputs = l == 0 ? layer.H : weight_ih[l].size(1) + layer.H;
+    layer.weights = pack<T>(l == 0 ? weight_hh[0] : at::cat({weight_ih[l], weight_hh[l]}, 1));
+    layer.bias = l == 0 ? std::vector<T>(layer.padded, T(0)) : to_vector<T>(bias[l], layer.padded);
+    layer.z.assign(layer.padded, T(0));
+    layer.xh.assign(layer.inputs, T(0));
+    layer.c = to_vector<T>(c0[l], layer.H);
+    h[l] = to_vector<T>(h0[l], layer.H);
+  }
+  const int64_t Vpadded = rounded(V, lanes);
+  const std::vector<T> readout = pack<T>(readout_weight), readout_b = to_vector<T>(readout_bias, Vpadded);
+  const Tensor rows = table.contiguous();
+  const T* table_data = rows.data_ptr<T>();
+  const int64_t table_width = rows.size(1), tokens = rows.size(0);
+  std::vector<T> logits = to_vector<T>(first_logits, Vpadded), scratch;
+  std::vector<float> probs(V);
+  Tensor q = at::empty({1, V}, at::kFloat);
+  Tensor chosen = at::empty({length}, at::kLong);
+  int64_t* out = chosen.data_ptr<int64_t>();
+  for (int64_t t = 0; t < length; ++t) {
+    const int64_t token = choose<T>(logits.data(), V, temperature, top_k, scratch, probs, q, generator);
+    out[t] = token;
+    if (t + 1 == length) break;  // the last choice needs no step after it
+    TORCH_CHECK(token >= 0 && token < tokens, "rnnlab generate: token ", token, " outside the table");
+    for (int64_t l = 0; l < L; ++l) {
+      Layer<T>& layer = layers[l];
+      const T* init = l == 0 ? table_data + token * table_width : layer.bias.data();
+      if (l == 0) {
+        std::copy(init, init + 4 * layer.H, layer.z.begin());  // the table's rows are 4H wide
+        product<T>(layer.weights, layer.padded, layer.H, h[0].data(), layer.z.data(), layer.z.data());
+      } else {
+        std::copy(h[l - 1].begin(), h[l - 1].end(), layer.xh.begin());
+        std::copy(h[l].begin(), h[l].end(), layer.xh.begin() + h[l - 1].size());
+        product<T>(layer.weights, layer.padded, layer.inputs, layer.xh.data(), init, layer.z.data());
+      }
+      lstm_update<T>(layer, h[l].data());
+    }
+    product<T>(readout, Vpadded, Hout, h[L - 1].data(), readout_b.data(), logits.data());
+  }
+  return chosen;
+}
+
+Tensor generate(const Tensor& table, const std::vector<Tensor>& weight_ih, const std::vector<Tensor>& weight_hh,
+                const std::vector<Tensor>& bias, const std::vector<Tensor>& h0, const std::vector<Tensor>& c0,
+                const Tensor& readout_weight, const Tensor& readout_bias, const Tensor& first_logits, int64_t length,
+                double temperature, int64_t top_k, c10::optional<at::Generator> generator) {
+  TORCH_CHECK_VALUE(!weight_hh.empty() && weight_ih.size() == weight_hh.size() && bias.size() == weight_hh.size() &&
+                        h0.size() == weight_hh.size() && c0.size() == weight_hh.size(),
+                    "rnnlab generate: one weight_ih, weight_hh, bias, h0 and c0 per layer");
+  TORCH_CHECK_VALUE(length >= 0, "rnnlab generate: length must be >= 0; got ", length);
+  TORCH_CHECK_VALUE(first_logits.numel() == readout_weight.size(0), "rnnlab generate: first_logits must hold ",
+                    readout_weight.size(0), " logits; got ", first_logits.numel());
+  const auto dtype = readout_weight.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, "rnnlab generate: float32 or float64 only");
+  at::NoGradGuard no_grad;
+  pybind11::gil_scoped_release unlocked;  // nothing below touches Python objects
+  if (dtype == at::kDouble)
+    return generate_typed<double>(table, weight_ih, weight_hh, bias, h0, c0, readout_weight, readout_bias,
+                                  first_logits, length, temperature, top_k, generator);
+  return generate_typed<float>(table, weight_ih, weight_hh, bias, h0, c0, readout_weight, readout_bias, first_logits,
+                               length, temperature, top_k, generator);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("generate", &generate, "free-running LSTM generation at batch 1 (generation.py prepares the arguments)",
+        pybind11::arg("table"), pybind11::arg("weight_ih"), pybind11::arg("weight_hh"), pybind11::arg("bias"),
+        pybind11::arg("h0"), pybind11::arg("c0"), pybind11::arg("readout_weight"), pybind11::arg("readout_bias"),
+        pybind11::arg("first_logits"), pybind11::arg("length"), pybind11::arg("temperature"),
+        pybind11::arg("top_k"), pybind11::arg("generator") = pybind11::none());
+}
