@@ -47,15 +47,22 @@ constexpr int64_t panel_width() {
 // last (rounded up to whole vectors, zero rows added). Output length: ceil(R / lanes) * lanes * C.
 template <typename T>
 std::vector<T> pack(const Tensor& weight) {
+  const Tensor contiguous = weight.contiguous();
+  const T* w = contiguous.data_ptr<T>();
   const int64_t R = weight.size(0), C = weight.size(1), P = panel_width<T>(), lanes = Vec<T>::size();
   const int64_t padded = (R + lanes - 1) / lanes * lanes;
   std::vector<T> out(padded * C, T(0));
-  auto w = weight.accessor<T, 2>();
+  constexpr int64_t kBlock = 16;  // inputs per tile: the tile's writes stay in L1 while its rows are read in order
   for (int64_t start = 0; start < padded; start += P) {
-    const int64_t width = std::min(P, padded - start);
+    const int64_t width = std::min(P, padded - start), rows = std::min(width, R - start);
     T* panel = out.data() + start * C;
-    for (int64_t j = 0; j < C; ++j)
-      for (int64_t k = 0; k < width && start + k < R; ++k) panel[j * width + k] = w[start + k][j];
+    for (int64_t j0 = 0; j0 < C; j0 += kBlock) {
+      const int64_t j1 = std::min(C, j0 + kBlock);
+      for (int64_t k = 0; k < rows; ++k) {
+        const T* row = w + (start + k) * C;
+        for (int64_t j = j0; j < j1; ++j) panel[j * width + k] = row[j];
+      }
+    }
   }
   return out;
 }
