@@ -82,10 +82,12 @@ def lstm_loop(model: RecurrentModel, prompt_ids: torch.Tensor, length: int, temp
     return run
 
 
-def _timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float, torch.Tensor]:
+def _timed(run: Callable[[torch.Generator], torch.Tensor], seed: int) -> tuple[float, float]:
+    """(wall seconds, this thread's CPU seconds) of one sample from a fresh generator."""
+    generator = torch.Generator().manual_seed(seed)
     wall, cpu = time.perf_counter(), time.thread_time()
-    ids = fn()
-    return time.perf_counter() - wall, time.thread_time() - cpu, ids
+    run(generator)
+    return time.perf_counter() - wall, time.thread_time() - cpu
 
 
 def run_generation_bench(model: RecurrentModel, sampler: Sampler, prompt_ids: torch.Tensor, length: int = 500,
@@ -120,8 +122,7 @@ def run_generation_bench(model: RecurrentModel, sampler: Sampler, prompt_ids: to
         for rep in range(reps):
             order = names[rep % len(names):] + names[:rep % len(names)]
             for name in order:
-                wall, cpu, _ = _timed(lambda: candidates[name](torch.Generator().manual_seed(seed)))
-                times[name].append((wall, cpu))
+                times[name].append(_timed(candidates[name], seed))
             if progress:
                 progress(f"  rep {rep + 1}/{reps}")
         copies_after = bandwidth(weights), bandwidth(LARGE_COPY_BYTES, reps=3)
@@ -156,17 +157,19 @@ def format_generation(report: dict) -> str:
              f"{report['seed']}; {report['reps']} interleaved repetitions after a warm-up, medians [min-max]",
              f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load['before'])} before, "
              f"{', '.join(f'{x:.2f}' for x in load['after'])} after",
-             f"weights: {report['weights_bytes'] / 1e6:.2f} MB; copy bandwidth {bw['cached_bytes_per_s'] / 1e9:.1f} GB/s "
-             f"at that size (cached), {bw['large_bytes_per_s'] / 1e9:.1f} GB/s at {bw['large_bytes'] // 2 ** 20} MB",
+             f"weights: {report['weights_bytes'] / 1e6:.2f} MB; copy bandwidth "
+             f"{bw['cached_bytes_per_s'] / 1e9:.1f} GB/s at that size (cached), "
+             f"{bw['large_bytes_per_s'] / 1e9:.1f} GB/s at {bw['large_bytes'] // 2 ** 20} MB",
              f"floor, one pass over the weights per token: {floor['cached']:.1f} us (cached), "
              f"{floor['large']:.1f} us (from memory)"]
     if report["compiled_refusal"]:
         lines.append(f"compiled: n/a ({report['compiled_refusal']})")
-    lines += ["", f"{'candidate':<20}  {'us/token':>9}  {'min-max':>13}  {'CPU us/token':>12}  {'tokens/s':>9}  "
-                  f"{'x floor':>7}  same tokens"]
+    lines += ["", f"{'candidate':<20}  {'us/token':>9}  {'min-max':>11}  {'tokens/s':>9}  {'x floor':>7}  "
+                  f"{'CPU us/token':>12}  {'CPU x floor':>11}  same tokens"]
     for r in report["rows"]:
         spread = f"{r['min_us_per_char']:.0f}-{r['max_us_per_char']:.0f}"
-        lines.append(f"{r['name']:<20}  {r['us_per_char']:>9.1f}  {spread:>13}  {r['cpu_us_per_char']:>12.1f}  "
-                     f"{r['chars_per_s']:>9,.0f}  {r['us_per_char'] / floor['cached']:>7.2f}  "
-                     f"{'yes' if r['same_tokens_as_python'] else 'no'}")
+        same = "yes" if r["same_tokens_as_python"] else "no"
+        lines.append(f"{r['name']:<20}  {r['us_per_char']:>9.1f}  {spread:>11}  {r['chars_per_s']:>9,.0f}  "
+                     f"{r['us_per_char'] / floor['cached']:>7.2f}  {r['cpu_us_per_char']:>12.1f}  "
+                     f"{r['cpu_us_per_char'] / floor['cached']:>11.2f}  {same}")
     return "\n".join(lines)
