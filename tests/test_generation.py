@@ -2,13 +2,17 @@
 Python step loop for the same seed, draws the same random numbers, and the models it does not serve
 fall back to the Python loop (or are refused, when asked for by name, with the reason)."""
 
+import json
+
 import pytest
 import torch
 
 from rnnlab import generation
+from rnnlab.cli import main
 from rnnlab.tasks.language import LanguageConfig, build_model, sample
 
 from conftest import EXTENSIONS
+from play_text import write_play
 
 BUILT = EXTENSIONS[generation.MODULE] is not None
 needs_module = pytest.mark.skipif(not BUILT, reason="the C++ module rnnlab_generate is not built here "
@@ -120,3 +124,31 @@ def test_zero_length_and_the_model_mode_are_kept():
     model = language_model(hidden=8, embedding=4).train()
     assert sample(model, torch.tensor([1]), 0, implementation="compiled").tolist() == []
     assert model.training  # sample switches to eval for the loop and back
+
+
+def test_the_generation_bench_times_every_loop_and_the_floor(tmp_path, capsys):
+    text = write_play(tmp_path / "play.txt")
+    run = tmp_path / "run"
+    assert main(["train", "--text", str(text), "--hidden", "16", "--embedding", "8", "--batch-size", "4", "--seq-len",
+                 "12", "--eval-tokens", "100", "--threads", "1", "--steps", "2", "--samples", "0",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    json_file = tmp_path / "generation.json"
+    assert main(["bench", "--generation", str(run), "--generation-length", "20", "--reps", "2",
+                 "--generation-top-k", "3", "--json", str(json_file)]) == 0
+    out = capsys.readouterr().out
+    assert "floor, one pass over the weights per token" in out and "load average" in out
+    report = json.loads(json_file.read_text())
+    names = [row["name"] for row in report["rows"]]
+    assert names == (["rnnlab compiled"] if BUILT else []) + ["rnnlab python", "torch.nn.LSTM loop"]
+    for row in report["rows"]:
+        assert row["us_per_char"] > 0 and row["same_tokens_as_python"]
+    vocab = len(json.loads((run / "vocabulary.json").read_text())["tokens"])
+    model = build_model(LanguageConfig(hidden=16, embedding=8), vocab)
+    assert report["weights_bytes"] == 4 * sum(p.numel() for p in model.parameters())
+    assert 0 < report["floor_us_per_char"]["cached"] < report["floor_us_per_char"]["large"]
+
+
+def test_the_generation_bench_refuses_a_run_that_is_not_a_language_model(tmp_path, capsys):
+    assert main(["bench", "--generation", str(tmp_path)]) != 0
+    assert "rnnlab: error:" in capsys.readouterr().err
