@@ -92,6 +92,8 @@ def compiled_refusal(model: nn.Module) -> str | None:
         return f"the weights are {weight.dtype} on {weight.device.type}; it serves float32 and float64 on the CPU"
     if model.training:
         return "the model is in training mode"
+    if torch.is_autocast_enabled("cpu"):
+        return "autocast is on (the Python loop then computes in its lower precision)"
     if compiled.extension(MODULE) is None:
         return "the C++ module rnnlab_generate is not built (RNNLAB_NO_EXTENSION, or no compiler)"
     return None

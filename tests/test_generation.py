@@ -152,3 +152,9 @@ def test_the_generation_bench_times_every_loop_and_the_floor(tmp_path, capsys):
 def test_the_generation_bench_refuses_a_run_that_is_not_a_language_model(tmp_path, capsys):
     assert main(["bench", "--generation", str(tmp_path)]) != 0
     assert "rnnlab: error:" in capsys.readouterr().err
+
+
+def test_under_autocast_the_python_loop_serves():
+    model = language_model(hidden=8, embedding=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "autocast" in generation.compiled_refusal(model)
