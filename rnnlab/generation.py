@@ -3,15 +3,17 @@ next step's input (or, with output feedback, as y^{t-1}). Two implementations, t
 
 - `python`: the step loop over the model's own modules (`model.core.step`, the readout, `choose_token`);
 - `compiled`: the whole loop in one C++ call (kernels/generate.cpp): the embedding and input projection
-  of every token precomputed as one table row per token, the LSTM step, the readout and the choice of
-  the token, with the same draws from the same torch.Generator as torch.multinomial's.
+  of every token precomputed as one table row per token, the cells' step, the readout and the choice
+  of the token, with the same draws from the same torch.Generator as torch.multinomial's.
 
 `auto` takes `compiled` where it serves the model and the C++ module is built, else `python`.
-The compiled path serves a `RecurrentModel` whose core is `Stacked` (or `Recurrent`) LSTM cells (family
-'lstm': tanh and sigmoid, depth 1, reading the state, no zoneout; any number of layers, output feedback
-into the first layer only), read through an `nn.Embedding` input map or an `EmbeddingFeedback`, with a
-linear readout (optionally after dropout, which is off when generating), on the CPU in float32 or
-float64. `compiled_refusal(model)` says why it does not serve a model.
+The compiled path serves a `RecurrentModel` whose core is `Stacked` (or `Recurrent`) cells of the
+families lstm, gru, vanilla, residual, input and forget (activation tanh or relu, gates sigmoid, depth 1,
+reading the state, no zoneout; any number of layers, output feedback into the first layer only), read
+through an `nn.Embedding` input map or an `EmbeddingFeedback`, with a linear readout (optionally after
+dropout, which is off when generating), on the CPU in float32 or float64. Not served (the Python loop
+runs them): the peephole and layer-norm LSTMs, the output-feedback cell, deep transitions, zoneout,
+bidirectional or residual stacks, other readouts. `compiled_refusal(model)` says why for a model.
 
 Same tokens, not the same bits: the compiled step sums its matrix-vector products in its own order
 (MKL's is not reproducible outside MKL and is 2x slower at batch 1), so its logits match the Python
@@ -25,13 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cells import LSTMCell
 from .kernels import compiled
 from .models import RecurrentModel
 from .preprocessing import EmbeddingFeedback, choose_token
 from .runners import Recurrent, Stacked
 
-__all__ = ["IMPLEMENTATIONS", "MODULE", "compiled_refusal", "continue_tokens"]
+__all__ = ["IMPLEMENTATIONS", "MODULE", "SERVED", "compiled_refusal", "continue_tokens"]
 
 IMPLEMENTATIONS = ("auto", "python", "compiled")
 MODULE = "rnnlab_generate"  # the C++ module's name in kernels.compiled.MODULES
@@ -59,6 +60,14 @@ def _linear(readout: nn.Module) -> nn.Linear | None:
     return None
 
 
+SERVED = ("lstm", "gru", "vanilla", "residual", "input", "forget")  # the cell families the C++ loop computes
+
+
+def _cell_name(cell) -> str:
+    """The C++ loop's name for the cell's update."""
+    return f"residual_{cell.residual}" if cell.family == "residual" else cell.family
+
+
 def compiled_refusal(model: nn.Module) -> str | None:
     """Why the compiled generation cannot serve `model` here (one phrase), or None when it can."""
     if not isinstance(model, RecurrentModel):
@@ -68,9 +77,9 @@ def compiled_refusal(model: nn.Module) -> str | None:
         return layers
     for i, layer in enumerate(layers):
         cell = layer.cell
-        if type(cell).family != LSTMCell.family:
-            return f"layer {i} is {type(cell).__name__}; the compiled step serves LSTMCell only"
-        for reason, bad in (("activation must be tanh", cell.activation != "tanh"),
+        if type(cell).family not in SERVED:
+            return f"layer {i} is {type(cell).__name__}; the compiled step serves the families {', '.join(SERVED)}"
+        for reason, bad in (("activation must be tanh or relu", cell.activation not in ("tanh", "relu")),
                             ("gate_activation must be sigmoid", cell.gate_activation != "sigmoid"),
                             ("a deep transition (depth > 1)", cell.depth > 1),
                             ("reads_state=False", not cell.reads_state),
@@ -149,20 +158,21 @@ def _compiled(model, logits, state, length, temperature, top_k, generator) -> to
     states = [state] if isinstance(model.core, Recurrent) else list(state)
     cells = [layer.cell for layer in layers]
     first = cells[0]
-    zeros = first.weight_hh.new_zeros(first.weight_hh.shape[0])
-    if model.feedback_map is None:  # the input projection of every token: one row each (tokens, 4H)
+    # the input projection of every token, one row each (tokens, K H): layer 0 never reads W_ih
+    if model.feedback_map is None:
         table = F.linear(model.input_map.weight, first.weight_ih, first.bias_ih)
     else:
         table = F.linear(model.feedback_map.embedding.weight, first.weight_yh, first.bias_ih)
-    table = table + (first.bias_hh if first.bias_hh is not None else zeros)
-    biases = [zeros]  # layer 0's are in the table
-    for cell in cells[1:]:  # bias=False: no biases at all (the cells read their state)
-        no_bias = zeros.new_zeros(4 * cell.hidden_size)
-        biases.append(cell.bias_ih + cell.bias_hh if cell.bias_ih is not None else no_bias)
+
+    def bias(cell, b):
+        return b if b is not None else cell.weight_hh.new_zeros(cell.weight_hh.shape[0])
+
     readout = _linear(model.readout)
     readout_bias = readout.bias if readout.bias is not None else readout.weight.new_zeros(readout.out_features)
-    module = compiled.extension(MODULE)
-    return module.generate(table.contiguous(), [c.weight_ih for c in cells], [c.weight_hh for c in cells], biases,
-                           [s[0].reshape(-1) for s in states], [s[1].reshape(-1) for s in states],
-                           readout.weight, readout_bias, logits.reshape(-1), length, float(temperature),
-                           top_k or 0, generator)
+    empty = readout.weight.new_zeros(0)
+    return compiled.extension(MODULE).generate(
+        [_cell_name(c) for c in cells], [c.activation == "relu" for c in cells], table.contiguous(),
+        [c.weight_ih for c in cells], [c.weight_hh for c in cells], [bias(c, c.bias_ih) for c in cells],
+        [bias(c, c.bias_hh) for c in cells], [c.output(s).reshape(-1) for c, s in zip(cells, states)],
+        [s[1].reshape(-1) if isinstance(s, tuple) else empty for s in states], readout.weight, readout_bias,
+        logits.reshape(-1), length, float(temperature), top_k or 0, generator)

@@ -58,8 +58,17 @@ def test_the_default_model_samples_the_same_200_characters_both_ways(temperature
 @needs_module
 @pytest.mark.parametrize("config", [dict(hidden=24, embedding=8), dict(hidden=16, embedding=6, layers=3),
                                     dict(hidden=20, embedding=5, feedback=True),
-                                    dict(hidden=12, embedding=4, feedback=True, layers=2)],
-                         ids=["one-layer", "three-layers", "feedback", "feedback-two-layers"])
+                                    dict(hidden=12, embedding=4, feedback=True, layers=2),
+                                    dict(cell="gru", hidden=16, embedding=6, layers=2),
+                                    dict(cell="gru", hidden=10, embedding=4, feedback=True),
+                                    dict(cell="vanilla", hidden=16, embedding=6, activation="relu"),
+                                    dict(cell="residual", hidden=16, embedding=6, layers=2),
+                                    dict(cell="residual", residual="before", hidden=16, embedding=6),
+                                    dict(cell="input", hidden=16, embedding=6),
+                                    dict(cell="forget", hidden=16, embedding=6, layers=2, activation="relu")],
+                         ids=["lstm", "lstm-three-layers", "lstm-feedback", "lstm-feedback-two-layers",
+                              "gru-two-layers", "gru-feedback", "vanilla-relu", "residual-after", "residual-before",
+                              "input", "forget-relu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_tiny_models_sample_the_same_tokens_both_ways(config, dtype):
     model = language_model(vocab=11, dtype=dtype, **config)
@@ -86,8 +95,11 @@ def test_auto_takes_the_compiled_loop_where_it_serves(monkeypatch):
     assert calls
 
 
-@pytest.mark.parametrize("config,reason", [(dict(cell="gru"), "GRUCell"), (dict(depth=2), "deep transition"),
-                                           (dict(activation="relu"), "tanh"), (dict(zoneout=0.1), "zoneout")])
+@pytest.mark.parametrize("config,reason", [(dict(cell="peephole-lstm"), "PeepholeLSTMCell"),
+                                           (dict(cell="layernorm-lstm"), "LayerNormLSTMCell"),
+                                           (dict(depth=2), "deep transition"), (dict(activation="elu"), "tanh or relu"),
+                                           (dict(gate_activation="hard_sigmoid"), "sigmoid"),
+                                           (dict(zoneout=0.1), "zoneout"), (dict(state_read=False), "reads_state")])
 def test_cells_it_does_not_serve_fall_back_to_the_python_loop(config, reason):
     model = language_model(hidden=8, embedding=4, **config)
     assert reason in generation.compiled_refusal(model)

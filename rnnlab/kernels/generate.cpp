@@ -1,13 +1,13 @@
-// Free-running generation in one call: for every new token, the LSTM layers' step, the linear readout
-// and the choice of the next token (greedy, or sampled at a temperature from the top k), at batch 1.
-// What generation.py hands over is already reduced to what one step reads:
+// Free-running generation in one call: for every new token, the cells' step in each layer, the linear
+// readout and the choice of the next token (greedy, or sampled at a temperature from the top k), at
+// batch 1. What generation.py hands over is already reduced to what one step reads:
 //
-//   layer 0     z = T[token] + W_hh h          T = E W_ih^T + b_ih + b_hh: the embedding (or the fed-back
-//                                              embedding through W_yh) and the input projection of every
-//                                              token, one row per token, so no step reads W_ih
-//   layer l>0   z = [W_ih W_hh] [x; h] + b     x: the new output of the layer below
-//   every layer i, f, o = sigmoid(z_i, z_f, z_o), r = tanh(z_r);  c = f c + i r;  h = o tanh(c)
-//   readout     logits = W_out h + b_out
+//   layer 0     zx = T[token]                T = E W_ih^T + b_ih: the embedding (or the fed-back embedding
+//                                            through W_yh) and input projection of every token, one row
+//                                            per token, so no step reads W_ih
+//   layer l>0   zx = W_ih x + b_ih           x: the new output of the layer below
+//   every layer zh = W_hh s + b_hh, and the cell's update from zx and zh (below: `update`)
+//   readout     logits = W_out s + b_out
 //
 // At batch 1 a step is a few matrix-vector products over weights that do not fit in the core's L2
 // cache, so its time is the time to stream the weights from L3: they are packed once into panels
@@ -27,6 +27,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
+#include <utility>
 #include <vector>
 
 using at::Tensor;
@@ -109,29 +111,111 @@ std::vector<T> to_vector(const Tensor& t, int64_t length) {  // zero-padded to `
   return out;
 }
 
-// One LSTM layer, packed. Layer 0 reads its input as a row of `table` (tokens x 4H); the others read
-// [x; h] through [W_ih W_hh] with bias b_ih + b_hh.
+// The cells, as cells.py writes them, from zx = U x + W y + b_ih and zh = V s + b_hh (z = zx + zh):
+//   lstm      i, f, o = sigma(z_i, z_f, z_o), r = a(z_r);  c = f c + i r;  s = o a(c)
+//   gru       r = sigma(zx_r + zh_r), u = sigma(zx_z + zh_z), n = a(zx_n + r zh_n);  s = (1 - u) n + u s
+//   vanilla   s = a(z);   residual  s = s + a(z) (after) or a(z + s) (before)
+//   input     s = s + sigma(z_i) a(z_r);   forget  s = sigma(z_f) s + sigma(z_i) a(z_r)
+enum class Cell { lstm, gru, vanilla, residual_after, residual_before, input, forget };
+
+Cell cell_named(const std::string& name) {
+  static const std::pair<const char*, Cell> names[] = {
+      {"lstm", Cell::lstm}, {"gru", Cell::gru}, {"vanilla", Cell::vanilla}, {"residual_after", Cell::residual_after},
+      {"residual_before", Cell::residual_before}, {"input", Cell::input}, {"forget", Cell::forget}};
+  for (const auto& [key, cell] : names)
+    if (name == key) return cell;
+  TORCH_CHECK_VALUE(false, "rnnlab generate: unknown cell ", name);
+  return Cell::lstm;  // not reached
+}
+
+int64_t gates(Cell cell) {
+  switch (cell) {
+    case Cell::lstm: return 4;
+    case Cell::gru: case Cell::forget: return 3;
+    case Cell::input: return 2;
+    default: return 1;
+  }
+}
+
+// One layer, packed. Layer 0 reads zx as a row of `table` (tokens x K H); the others compute it from
+// the new output of the layer below.
 template <typename T>
 struct Layer {
-  int64_t H = 0, inputs = 0, padded = 0;  // inputs: I + H (0 for layer 0: the table replaces W_ih)
-  std::vector<T> weights, bias, z, xh, c;
+  Cell cell = Cell::lstm;
+  bool relu = false;  // a: relu instead of tanh (the vanilla and residual cells)
+  int64_t H = 0, I = 0, padded = 0;
+  std::vector<T> weight_ih, weight_hh, bias_ih, bias_hh, zx, zh, c;
 };
 
 template <typename T>
-void lstm_update(Layer<T>& layer, T* h) {
+void activate(bool relu, T* out, const T* in, int64_t n) {
   using V = Vec<T>;
-  const int64_t H = layer.H;
-  T* z = layer.z.data();
-  auto sigmoid = [](V v) { return (V(1) + v.neg().exp()).reciprocal(); };
-  at::vec::map(sigmoid, z, z, 2 * H);  // i, f
-  at::vec::map([](V v) { return v.tanh(); }, z + 2 * H, z + 2 * H, H);
-  at::vec::map(sigmoid, z + 3 * H, z + 3 * H, H);
-  T* c = layer.c.data();
+  if (relu) return at::vec::map([](V v) { return at::vec::clamp_min(v, V(0)); }, out, in, n);
+  at::vec::map([](V v) { return v.tanh(); }, out, in, n);
+}
+
+template <typename T>
+void sigmoid(T* out, const T* in, int64_t n) {
+  using V = Vec<T>;
+  at::vec::map([](V v) { return (V(1) + v.neg().exp()).reciprocal(); }, out, in, n);
+}
+
+// s (the layer's output: the LSTM's s_bar) from zx and zh; both are overwritten.
+template <typename T>
+void update(Layer<T>& layer, T* __restrict__ s) {
+  const int64_t H = layer.H, n = gates(layer.cell) * H;
+  T* __restrict__ z = layer.zx.data();
+  T* __restrict__ zh = layer.zh.data();
+  if (layer.cell == Cell::gru) {
 #pragma omp simd
-  for (int64_t k = 0; k < H; ++k) c[k] = z[H + k] * c[k] + z[k] * z[2 * H + k];
-  at::vec::map([](V v) { return v.tanh(); }, h, c, H);
+    for (int64_t k = 0; k < 2 * H; ++k) z[k] += zh[k];
+    sigmoid(z, z, 2 * H);  // r, u
 #pragma omp simd
-  for (int64_t k = 0; k < H; ++k) h[k] *= z[3 * H + k];
+    for (int64_t k = 0; k < H; ++k) z[2 * H + k] += z[k] * zh[2 * H + k];
+    activate(layer.relu, z + 2 * H, z + 2 * H, H);  // n
+#pragma omp simd
+    for (int64_t k = 0; k < H; ++k) s[k] = (T(1) - z[H + k]) * z[2 * H + k] + z[H + k] * s[k];
+    return;
+  }
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) z[k] += zh[k];
+  switch (layer.cell) {
+    case Cell::lstm: {
+      T* __restrict__ c = layer.c.data();
+      sigmoid(z, z, 2 * H);  // i, f
+      activate(layer.relu, z + 2 * H, z + 2 * H, H);
+      sigmoid(z + 3 * H, z + 3 * H, H);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) c[k] = z[H + k] * c[k] + z[k] * z[2 * H + k];
+      activate(layer.relu, s, c, H);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) s[k] *= z[3 * H + k];
+      return;
+    }
+    case Cell::vanilla: return activate(layer.relu, s, z, H);
+    case Cell::residual_after:
+      activate(layer.relu, z, z, H);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) s[k] += z[k];
+      return;
+    case Cell::residual_before:
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) z[k] += s[k];
+      return activate(layer.relu, s, z, H);
+    case Cell::input:
+      sigmoid(z, z, H);
+      activate(layer.relu, z + H, z + H, H);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) s[k] += z[k] * z[H + k];
+      return;
+    case Cell::forget:
+      sigmoid(z, z, 2 * H);
+      activate(layer.relu, z + 2 * H, z + 2 * H, H);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) s[k] = z[H + k] * s[k] + z[k] * z[2 * H + k];
+      return;
+    case Cell::gru: return;  // above
+  }
 }
 
 // The next token from `logits` (V entries; changed in place), as choose_token + torch.multinomial.
@@ -167,26 +251,38 @@ int64_t choose(T* logits, int64_t V, double temperature, int64_t top_k, std::vec
 }
 
 template <typename T>
-Tensor generate_typed(const Tensor& table, const std::vector<Tensor>& weight_ih, const std::vector<Tensor>& weight_hh,
-                      const std::vector<Tensor>& bias, const std::vector<Tensor>& h0, const std::vector<Tensor>& c0,
-                      const Tensor& readout_weight, const Tensor& readout_bias, const Tensor& first_logits,
-                      int64_t length, double temperature, int64_t top_k, c10::optional<at::Generator> generator) {
+Tensor generate_typed(const std::vector<std::string>& cells, const std::vector<bool>& relu, const Tensor& table,
+                      const std::vector<Tensor>& weight_ih, const std::vector<Tensor>& weight_hh,
+                      const std::vector<Tensor>& bias_ih, const std::vector<Tensor>& bias_hh,
+                      const std::vector<Tensor>& s0, const std::vector<Tensor>& c0, const Tensor& readout_weight,
+                      const Tensor& readout_bias, const Tensor& first_logits, int64_t length, double temperature,
+                      int64_t top_k, c10::optional<at::Generator> generator) {
   const int64_t L = static_cast<int64_t>(weight_hh.size()), lanes = Vec<T>::size();
   const int64_t V = readout_weight.size(0), Hout = readout_weight.size(1);
   std::vector<Layer<T>> layers(L);
-  std::vector<std::vector<T>> h(L);
+  std::vector<std::vector<T>> s(L);
   for (int64_t l = 0; l < L; ++l) {
     Layer<T>& layer = layers[l];
+    layer.cell = cell_named(cells[l]);
+    layer.relu = relu[l];
     layer.H = weight_hh[l].size(1);
-    layer.padded = rounded(4 * layer.H, lanes);
-    layer.inputs = l == 0 ? layer.H : weight_ih[l].size(1) + layer.H;
-    layer.weights = pack<T>(l == 0 ? weight_hh[0] : at::cat({weight_ih[l], weight_hh[l]}, 1));
-    layer.bias = l == 0 ? std::vector<T>(layer.padded, T(0)) : to_vector<T>(bias[l], layer.padded);
-    layer.z.assign(layer.padded, T(0));
-    layer.xh.assign(layer.inputs, T(0));
-    layer.c = to_vector<T>(c0[l], layer.H);
-    h[l] = to_vector<T>(h0[l], layer.H);
+    layer.padded = rounded(gates(layer.cell) * layer.H, lanes);
+    TORCH_CHECK_VALUE(weight_hh[l].size(0) == gates(layer.cell) * layer.H, "rnnlab generate: layer ", l,
+                      ": weight_hh must have ", gates(layer.cell), " H rows for ", cells[l]);
+    layer.weight_hh = pack<T>(weight_hh[l]);
+    layer.bias_hh = to_vector<T>(bias_hh[l], layer.padded);
+    if (l > 0) {
+      layer.I = weight_ih[l].size(1);
+      layer.weight_ih = pack<T>(weight_ih[l]);
+      layer.bias_ih = to_vector<T>(bias_ih[l], layer.padded);
+    }
+    layer.zx.assign(layer.padded, T(0));
+    layer.zh.assign(layer.padded, T(0));
+    if (layer.cell == Cell::lstm) layer.c = to_vector<T>(c0[l], layer.H);
+    s[l] = to_vector<T>(s0[l], layer.H);
   }
+  TORCH_CHECK_VALUE(table.size(1) == gates(layers[0].cell) * layers[0].H, "rnnlab generate: the table's rows must "
+                    "be layer 0's K H input pre-activations");
   const int64_t Vpadded = rounded(V, lanes);
   const std::vector<T> readout = pack<T>(readout_weight), readout_b = to_vector<T>(readout_bias, Vpadded);
   const Tensor rows = table.contiguous();
@@ -204,29 +300,30 @@ Tensor generate_typed(const Tensor& table, const std::vector<Tensor>& weight_ih,
     TORCH_CHECK(token >= 0 && token < tokens, "rnnlab generate: token ", token, " outside the table");
     for (int64_t l = 0; l < L; ++l) {
       Layer<T>& layer = layers[l];
-      const T* init = l == 0 ? table_data + token * table_width : layer.bias.data();
       if (l == 0) {
-        std::copy(init, init + 4 * layer.H, layer.z.begin());  // the table's rows are 4H wide
-        product<T>(layer.weights, layer.padded, layer.H, h[0].data(), layer.z.data(), layer.z.data());
+        const T* row = table_data + token * table_width;
+        std::copy(row, row + table_width, layer.zx.begin());
       } else {
-        std::copy(h[l - 1].begin(), h[l - 1].end(), layer.xh.begin());
-        std::copy(h[l].begin(), h[l].end(), layer.xh.begin() + h[l - 1].size());
-        product<T>(layer.weights, layer.padded, layer.inputs, layer.xh.data(), init, layer.z.data());
+        product<T>(layer.weight_ih, layer.padded, layer.I, s[l - 1].data(), layer.bias_ih.data(), layer.zx.data());
       }
-      lstm_update<T>(layer, h[l].data());
+      product<T>(layer.weight_hh, layer.padded, layer.H, s[l].data(), layer.bias_hh.data(), layer.zh.data());
+      update<T>(layer, s[l].data());
     }
-    product<T>(readout, Vpadded, Hout, h[L - 1].data(), readout_b.data(), logits.data());
+    product<T>(readout, Vpadded, Hout, s[L - 1].data(), readout_b.data(), logits.data());
   }
   return chosen;
 }
 
-Tensor generate(const Tensor& table, const std::vector<Tensor>& weight_ih, const std::vector<Tensor>& weight_hh,
-                const std::vector<Tensor>& bias, const std::vector<Tensor>& h0, const std::vector<Tensor>& c0,
-                const Tensor& readout_weight, const Tensor& readout_bias, const Tensor& first_logits, int64_t length,
-                double temperature, int64_t top_k, c10::optional<at::Generator> generator) {
-  TORCH_CHECK_VALUE(!weight_hh.empty() && weight_ih.size() == weight_hh.size() && bias.size() == weight_hh.size() &&
-                        h0.size() == weight_hh.size() && c0.size() == weight_hh.size(),
-                    "rnnlab generate: one weight_ih, weight_hh, bias, h0 and c0 per layer");
+Tensor generate(const std::vector<std::string>& cells, const std::vector<bool>& relu, const Tensor& table,
+                const std::vector<Tensor>& weight_ih, const std::vector<Tensor>& weight_hh,
+                const std::vector<Tensor>& bias_ih, const std::vector<Tensor>& bias_hh, const std::vector<Tensor>& s0,
+                const std::vector<Tensor>& c0, const Tensor& readout_weight, const Tensor& readout_bias,
+                const Tensor& first_logits, int64_t length, double temperature, int64_t top_k,
+                c10::optional<at::Generator> generator) {
+  const size_t L = weight_hh.size();
+  TORCH_CHECK_VALUE(L > 0 && cells.size() == L && relu.size() == L && weight_ih.size() == L && bias_ih.size() == L &&
+                        bias_hh.size() == L && s0.size() == L && c0.size() == L,
+                    "rnnlab generate: one cell, relu, weight_ih, weight_hh, bias_ih, bias_hh, s0 and c0 per layer");
   TORCH_CHECK_VALUE(length >= 0, "rnnlab generate: length must be >= 0; got ", length);
   TORCH_CHECK_VALUE(first_logits.numel() == readout_weight.size(0), "rnnlab generate: first_logits must hold ",
                     readout_weight.size(0), " logits; got ", first_logits.numel());
@@ -235,18 +332,19 @@ Tensor generate(const Tensor& table, const std::vector<Tensor>& weight_ih, const
   at::NoGradGuard no_grad;
   pybind11::gil_scoped_release unlocked;  // nothing below touches Python objects
   if (dtype == at::kDouble)
-    return generate_typed<double>(table, weight_ih, weight_hh, bias, h0, c0, readout_weight, readout_bias,
-                                  first_logits, length, temperature, top_k, generator);
-  return generate_typed<float>(table, weight_ih, weight_hh, bias, h0, c0, readout_weight, readout_bias, first_logits,
-                               length, temperature, top_k, generator);
+    return generate_typed<double>(cells, relu, table, weight_ih, weight_hh, bias_ih, bias_hh, s0, c0, readout_weight,
+                                  readout_bias, first_logits, length, temperature, top_k, generator);
+  return generate_typed<float>(cells, relu, table, weight_ih, weight_hh, bias_ih, bias_hh, s0, c0, readout_weight,
+                               readout_bias, first_logits, length, temperature, top_k, generator);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("generate", &generate, "free-running LSTM generation at batch 1 (generation.py prepares the arguments)",
-        pybind11::arg("table"), pybind11::arg("weight_ih"), pybind11::arg("weight_hh"), pybind11::arg("bias"),
-        pybind11::arg("h0"), pybind11::arg("c0"), pybind11::arg("readout_weight"), pybind11::arg("readout_bias"),
+  m.def("generate", &generate, "free-running generation at batch 1 (generation.py prepares the arguments)",
+        pybind11::arg("cells"), pybind11::arg("relu"), pybind11::arg("table"), pybind11::arg("weight_ih"),
+        pybind11::arg("weight_hh"), pybind11::arg("bias_ih"), pybind11::arg("bias_hh"), pybind11::arg("s0"),
+        pybind11::arg("c0"), pybind11::arg("readout_weight"), pybind11::arg("readout_bias"),
         pybind11::arg("first_logits"), pybind11::arg("length"), pybind11::arg("temperature"),
         pybind11::arg("top_k"), pybind11::arg("generator") = pybind11::none());
 }
