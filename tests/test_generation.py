@@ -170,3 +170,11 @@ def test_under_autocast_the_python_loop_serves():
     model = language_model(hidden=8, embedding=4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "autocast" in generation.compiled_refusal(model)
+
+
+@needs_module
+def test_a_temperature_that_overflows_the_logits_fails_as_torch_multinomial_does():
+    model = language_model(hidden=8, embedding=4)
+    for implementation in ("python", "compiled"):
+        with pytest.raises(RuntimeError, match="probability tensor contains either"):
+            sample(model, torch.tensor([1]), 5, 1e-40, None, torch.Generator(), implementation=implementation)

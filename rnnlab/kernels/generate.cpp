@@ -223,7 +223,10 @@ template <typename T>
 int64_t choose(T* logits, int64_t V, double temperature, int64_t top_k, std::vector<T>& scratch,
                std::vector<float>& probs, Tensor& q, const c10::optional<at::Generator>& generator) {
   logits[0] = -std::numeric_limits<T>::infinity();  // <unk>: no character at all
-  if (temperature == 0) return std::max_element(logits, logits + V) - logits;  // the first maximum
+  if (temperature == 0) {  // torch.argmax: the first maximum, where a NaN counts as the largest
+    const T* nan = std::find_if(logits, logits + V, [](T v) { return std::isnan(v); });
+    return (nan != logits + V ? nan : std::max_element(logits, logits + V)) - logits;
+  }
   const T scale = T(1) / static_cast<T>(temperature);
   for (int64_t k = 0; k < V; ++k) logits[k] *= scale;
   if (top_k > 0) {
@@ -238,7 +241,9 @@ int64_t choose(T* logits, int64_t V, double temperature, int64_t top_k, std::vec
   for (int64_t i = 0; i < V; ++i) top = std::max(top, probs[i] = static_cast<float>(logits[i]));
   float total = 0;
   for (int64_t i = 0; i < V; ++i) total += probs[i] = std::exp(probs[i] - top);
-  for (int64_t i = 0; i < V; ++i) probs[i] /= total;
+  bool valid = true;
+  for (int64_t i = 0; i < V; ++i) valid &= (probs[i] /= total) >= 0 && probs[i] < std::numeric_limits<float>::infinity();
+  TORCH_CHECK(valid, "probability tensor contains either `inf`, `nan` or element < 0");  // torch.multinomial's check
   q.exponential_(1.0, generator);  // torch.multinomial's draw: one call on a (1, V) float tensor
   const float* e = q.data_ptr<float>();
   int64_t best = 0;
