@@ -407,8 +407,45 @@ def cmd_bench(args) -> int:
 
     base = dataclasses.replace(bench.BenchConfig(), **bench.QUICK) if args.quick else None
     config = config_from_flags(bench.BenchConfig, args, "bench", base)
+    if args.generation is not None:
+        return _bench_generation(args, config)
     report = bench.run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(bench.format_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_generation(args, config) -> int:
+    """`rnnlab bench --generation RUN_DIR`: sampling speed of a trained language run at batch 1."""
+    import json
+
+    import torch
+
+    from . import bench_generation
+    from .tasks import load_weights, open_run
+    from .tasks.language import LanguageTask, sample
+
+    _check_at_least(args, 1, "generation_length", "generation_top_k")
+    if len(config.threads) != 1:
+        counts = ",".join(map(str, config.threads))
+        raise ValueError(f"rnnlab bench --generation: --threads must be one count; got {counts}")
+    task, _ = open_run(args.generation)
+    if not isinstance(task, LanguageTask):
+        raise ValueError(f"rnnlab bench --generation: RUN_DIR must be a language run; got a {task.name!r} run")
+    load_weights(task, args.generation, "best", "cpu")
+    prompt = torch.as_tensor(task.vocabulary.encode(["\n"]))  # rnnlab sample's default prompt
+    length, top_k, temperature = args.generation_length, args.generation_top_k, 0.8  # rnnlab sample's temperature
+
+    def sampler(implementation, generator):
+        return sample(task.model, prompt, length, temperature, top_k, generator, implementation=implementation)
+
+    report = bench_generation.run_generation_bench(
+        task.model, sampler, prompt, length, temperature, top_k, reps=config.reps, threads=config.threads[0],
+        seed=config.seed, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(bench_generation.format_generation(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -772,6 +809,10 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     add_config_flags(bench, bench_module.BenchConfig, bench_module.BenchConfig(), "what to time")
     bench.add_argument("--quick", action="store_true", help="a small grid that finishes in under a minute")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    bench.add_argument("--generation", metavar="RUN_DIR", help="instead: time sampling from a trained language run "
+                       "(rnnlab's compiled and Python loops, a torch.nn.LSTM loop, the memory-bandwidth floor)")
+    bench.add_argument("--generation-length", type=int, default=500, help="tokens per timed sample (default: 500)")
+    bench.add_argument("--generation-top-k", type=int, default=None, help="sample from the k most likely tokens only")
     bench.set_defaults(func=cmd_bench)
     comp = sub.add_parser("complexity", help="measure memory, FLOPs and serial steps against sequence length T")
     add_config_flags(comp, complexity_module.ComplexityConfig, complexity_module.ComplexityConfig(), "what to measure")

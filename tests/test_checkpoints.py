@@ -427,3 +427,18 @@ def test_the_full_validation_reports_its_progress(language_run):
     assert seen and seen[-1][0] == seen[-1][1] == seen[0][1]
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     progress.advance(1, 2)  # nobody listening: nothing happens
+
+
+def test_the_weights_digest_is_the_sha256_of_names_dtypes_shapes_and_raw_bytes():
+    import hashlib
+    import struct
+
+    weights = {"b": torch.tensor([1.5, -2.0], dtype=torch.float64), "a": torch.tensor([[1.0, 2.0]]),
+               "c": torch.tensor(7), "d": torch.empty(0, 3), "e": torch.arange(6.0).view(2, 3)[:, ::2]}
+    expected = hashlib.sha256()
+    expected.update(b"a|torch.float32|(1, 2)\n" + struct.pack("<2f", 1.0, 2.0))
+    expected.update(b"b|torch.float64|(2,)\n" + struct.pack("<2d", 1.5, -2.0))
+    expected.update(b"c|torch.int64|()\n" + struct.pack("<q", 7))
+    expected.update(b"d|torch.float32|(0, 3)\n")
+    expected.update(b"e|torch.float32|(2, 2)\n" + struct.pack("<4f", 0.0, 2.0, 3.0, 5.0))  # made contiguous
+    assert weights_digest(weights) == expected.hexdigest()

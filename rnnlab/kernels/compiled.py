@@ -52,6 +52,7 @@ SOURCE = Path(__file__).with_name("loops.cpp")
 # to one rebuilds only that one). `extension(name)` loads one; NAME is the time loops of `fused`/`scan`.
 MODULES: dict[str, Path] = {NAME: SOURCE}
 MODULES["rnnlab_cell_loops"] = SOURCE.with_name("cell_loops.cpp")  # fused_cells.py: the peephole, LN, projected LSTMs
+MODULES["rnnlab_generate"] = SOURCE.with_name("generate.cpp")  # free-running generation (generation.py)
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
 if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
     # ATen's 256-bit Vectorized<T>, whose exp and tanh are SLEEF's as in torch's own CPU kernels

@@ -33,8 +33,9 @@ from ..data.batches import Batch, TokenStream
 from ..data.ngrams import KneserNeyTrigram, Unigram, perplexity
 from ..data.text import read_text, split_blocks
 from ..data.vocabulary import LEVELS, Vocabulary, tokenize
+from ..generation import continue_tokens
 from ..models import RecurrentModel
-from ..preprocessing import EmbeddingFeedback, choose_token
+from ..preprocessing import EmbeddingFeedback
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 from .base import Task, TextGenerator
@@ -135,31 +136,25 @@ def stream_loss(model: RecurrentModel, ids: torch.Tensor, rows: int = 50, seq_le
 
 @torch.no_grad()
 def sample(model: RecurrentModel, prompt_ids: torch.Tensor, length: int, temperature: float = 1.0,
-           top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+           top_k: int | None = None, generator: torch.Generator | None = None,
+           implementation: str = "auto") -> torch.Tensor:
     """Continue the prompt (N,) ids with `length` ids, each the model's own choice fed back:
-    sampled at a temperature from the top k, or greedy at temperature 0. Never chooses <unk>."""
+    sampled at a temperature from the top k, or greedy at temperature 0. Never chooses <unk>.
+    implementation: 'auto' (the compiled loop where it serves the model), 'python' or 'compiled'
+    (rnnlab.generation: the same ids for the same generator)."""
     if len(prompt_ids) < 1:
         raise ValueError("sample: prompt_ids must hold at least one token; got none")
     if length < 0:
         raise ValueError(f"sample: length must be >= 0; got {length}")
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    logits, state = next_token_logits(model, prompt_ids.to(device)[None])
-    logits = logits[:, -1]  # (1, V)
-    chosen = []
-    for _ in range(length):
-        logits[:, 0] = float("-inf")  # index 0 is <unk>: it stands for no character at all
-        mode = "greedy" if temperature == 0 else "sample"
-        token = choose_token(logits, mode, temperature or 1.0, top_k, generator)  # (1,)
-        chosen.append(int(token))
-        if model.feedback_map is None:
-            out, state = model.core.step(model.input_map(token), state)
-        else:
-            out, state = model.core.step(logits.new_zeros(1, 0), state, model.feedback_map.from_target(token))
-        logits = model.readout(out)
-    model.train(was_training)
-    return torch.tensor(chosen, dtype=torch.long)
+    try:
+        device = next(model.parameters()).device
+        logits, state = next_token_logits(model, prompt_ids.to(device)[None])
+        return continue_tokens(model, logits[:, -1], state, length, temperature, top_k, generator,
+                               implementation)  # logits (1, V) of the token after the prompt
+    finally:
+        model.train(was_training)
 
 
 def check_batch_fits(tokens: int, config: LanguageConfig) -> None:
