@@ -158,7 +158,8 @@ def test_the_generation_bench_times_every_loop_and_the_floor(tmp_path, capsys):
     vocab = len(json.loads((run / "vocabulary.json").read_text())["tokens"])
     model = build_model(LanguageConfig(hidden=16, embedding=8), vocab)
     assert report["weights_bytes"] == 4 * sum(p.numel() for p in model.parameters())
-    assert 0 < report["floor_us_per_char"]["cached"] < report["floor_us_per_char"]["large"]
+    # both floors are measured (bandwidth timings): only their presence is tested, never their order
+    assert report["floor_us_per_char"]["cached"] > 0 and report["floor_us_per_char"]["large"] > 0
 
 
 def test_the_generation_bench_refuses_a_run_that_is_not_a_language_model(tmp_path, capsys):
