@@ -22,8 +22,10 @@ The cache, one build per key and nothing else:
 What it does (building, waiting, falling back) is said in one line each as a `BuildNote` warning:
 the core never prints, and the CLI shows warnings on stderr.
 
-Flags: -O3 -march=native, -fopenmp-simd for the `omp simd` loops, and ATen's AVX2 vector functions
-where the CPU has them. No -ffast-math: it lets the compiler assume that no NaN or inf occurs, and
+Flags: -O3 -march=native, -fopenmp-simd for the `omp simd` loops, -fopenmp where torch's ATen is
+built on OpenMP (without it at::parallel_for compiles to a serial loop: the extension's steps ran on
+one thread whatever torch.set_num_threads said; the OpenMP calls resolve to the runtime torch has
+loaded, so both share one thread pool), and ATen's AVX2 vector functions where the CPU has them. No -ffast-math: it lets the compiler assume that no NaN or inf occurs, and
 measured no faster here (LSTM, B = 1 and 32).
 """
 
@@ -54,6 +56,8 @@ MODULES: dict[str, Path] = {NAME: SOURCE}
 MODULES["rnnlab_cell_loops"] = SOURCE.with_name("cell_loops.cpp")  # fused_cells.py: the peephole, LN, projected LSTMs
 MODULES["rnnlab_generate"] = SOURCE.with_name("generate.cpp")  # free-running generation (generation.py)
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+if torch.__config__.parallel_info().find("ATen parallel backend: OpenMP") >= 0:
+    FLAGS += ["-fopenmp"]
 if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
     # ATen's 256-bit Vectorized<T>, whose exp and tanh are SLEEF's as in torch's own CPU kernels
     # (without this the activations are ATen's scalar fallback: correct, and about 3x slower)
