@@ -42,10 +42,9 @@ _GATED = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "
 
 
 def unavailable(cell: Cell, **context) -> str | None:
-    """Why `fused` cannot run this cell; None if it can."""
-    if cell.family in fused_cells.FAMILIES:  # the LSTMs users ask torch for: fused_cells.py
-        return fused_cells.unavailable(cell, **context)
-    if cell.family not in _GATED and cell.family not in ("lstm", "gru"):
+    """Why `fused` cannot run this cell; None if it can (the LSTMs users ask torch for, peephole,
+    layer-norm and projected, have their loops in fused_cells.py, under the same conditions)."""
+    if cell.family not in _GATED and cell.family not in ("lstm", "gru", *fused_cells.FAMILIES):
         return f"fused has no loop for the {cell.family!r} family ({type(cell).__name__})"
     if cell.depth > 1:
         return "fused has no deep transition (depth > 1)"

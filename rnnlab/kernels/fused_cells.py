@@ -36,21 +36,6 @@ MODULE = "rnnlab_cell_loops"
 FAMILIES = ("peephole-lstm", "layernorm-lstm", "projected-lstm")
 
 
-def unavailable(cell: Cell, **context) -> str | None:
-    """Why these loops cannot run this cell (one of FAMILIES); None if they can."""
-    if cell.family not in FAMILIES:
-        return f"fused has no loop for the {cell.family!r} family ({type(cell).__name__})"
-    if cell.depth > 1:
-        return "fused has no deep transition (depth > 1)"
-    if cell.zoneout:
-        return "fused has no zoneout"
-    for arg in ("activation", "gate_activation"):
-        if getattr(cell, arg) not in BACKWARD:
-            return (f"fused differentiates activations from their outputs, "
-                    f"which {arg}={getattr(cell, arg)!r} does not allow")
-    return None
-
-
 def _extension(like):
     return compiled.extension_for(like, MODULE)
 
