@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled, fused_cells, graphs
 from .activations import BACKWARD, FORWARD
-from .reference import valid_steps, without_padding
+from .time_major import by_length, inputs_and_weight
 
 # The families each loop serves (rnnlab.cells: Cell.family); the output-feedback cell is a vanilla cell.
 _GATED = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "input": "input", "forget": "forget"}
@@ -62,30 +62,10 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H), final state."""
     if cell.family in fused_cells.FAMILIES:
         return fused_cells.fused(cell, xs, state, y_prev, lengths, masks)
-    mx, mh = masks
-    batch, steps = xs.shape[:2]
-    valid = valid_steps(lengths, steps)  # the input GEMM and dW read every step: padding must be zeros
-    xs, y_prev = without_padding(xs, valid), without_padding(y_prev, valid)
     parts = state if isinstance(state, tuple) else (state,)
-    sizes = last = unsort = None
-    if lengths is not None and not bool((lengths == steps).all()):
-        order = torch.argsort(lengths, descending=True, stable=True)
-        unsort = torch.argsort(order)
-        sorted_lengths = lengths[order]
-        # n_t = number of sequences longer than t = B - #(length <= t)
-        sizes = (batch - torch.bincount(sorted_lengths, minlength=steps + 1).cumsum(0))[:steps].tolist()
-        last = sorted_lengths - 1
-        pick = lambda v: None if v is None else v.index_select(0, order)  # noqa: E731
-        xs, y_prev, mx, mh, parts = pick(xs), pick(y_prev), pick(mx), pick(mh), tuple(map(pick, parts))
-
-    inputs = xs.transpose(0, 1)  # (T, B, I): time-major, so each step's rows are contiguous
-    if mx is not None:
-        inputs = inputs * mx
-    weight = cell.weight_ih
-    if y_prev is not None and cell.weight_yh is not None:
-        inputs = torch.cat([inputs, y_prev.transpose(0, 1)], dim=-1)  # (T, B, I + O)
-        weight = torch.cat([cell.weight_ih, cell.weight_yh], dim=1)  # (K*H, I + O)
-    inputs = inputs.contiguous()
+    xs, y_prev, (mx, mh, *parts), sizes, last, unsort = by_length(xs, y_prev, lengths, (*masks, *parts))
+    parts = tuple(parts)
+    inputs, weight = inputs_and_weight(cell, xs, y_prev, mx)
     gru = cell.family == "gru" and cell.reads_state
     bias, bias_hh = cell.bias_ih, cell.bias_hh
     if bias_hh is not None and not gru:  # b_hh adds to every gate alike: fold it into the one GEMM

@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled
 from .activations import BACKWARD, FORWARD
-from .reference import valid_steps, without_padding
+from .time_major import by_length, inputs_and_weight
 
 MODULE = "rnnlab_cell_loops"
 FAMILIES = ("peephole-lstm", "layernorm-lstm", "projected-lstm")
@@ -43,29 +43,8 @@ def _extension(like):
 def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None,
           lengths: torch.Tensor | None, masks) -> tuple[torch.Tensor, State]:
     """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H or P), final state (h, c)."""
-    mx, mh = masks
-    batch, steps = xs.shape[:2]
-    valid = valid_steps(lengths, steps)  # the input GEMM and dU read every step: padding must be zeros
-    xs, y_prev = without_padding(xs, valid), without_padding(y_prev, valid)
-    h0, c0 = state
-    sizes = last = unsort = None
-    if lengths is not None and not bool((lengths == steps).all()):
-        order = torch.argsort(lengths, descending=True, stable=True)
-        unsort = torch.argsort(order)
-        sorted_lengths = lengths[order]
-        sizes = (batch - torch.bincount(sorted_lengths, minlength=steps + 1).cumsum(0))[:steps].tolist()
-        last = sorted_lengths - 1
-        pick = lambda v: None if v is None else v.index_select(0, order)  # noqa: E731
-        xs, y_prev, mx, mh, h0, c0 = map(pick, (xs, y_prev, mx, mh, h0, c0))
-
-    inputs = xs.transpose(0, 1)  # (T, B, I): time-major, each step's rows contiguous
-    if mx is not None:
-        inputs = inputs * mx
-    weight = cell.weight_ih
-    if y_prev is not None and cell.weight_yh is not None:
-        inputs = torch.cat([inputs, y_prev.transpose(0, 1)], dim=-1)  # (T, B, I + O)
-        weight = torch.cat([cell.weight_ih, cell.weight_yh], dim=1)
-    inputs = inputs.contiguous()
+    xs, y_prev, (mx, mh, h0, c0), sizes, last, unsort = by_length(xs, y_prev, lengths, (*masks, *state))
+    inputs, weight = inputs_and_weight(cell, xs, y_prev, mx)
     bias = _sum(cell.bias_ih, cell.bias_hh)  # both add to every step's pre-activations alike
     loop = _LOOPS[cell.family](cell)
     if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h, by autograd
