@@ -106,6 +106,44 @@ def test_the_key_names_what_the_binary_depends_on(monkeypatch, tmp_path):
         assert compiled.build_directory() != base
 
 
+def test_the_key_hashes_the_local_headers_a_module_includes(tmp_path):
+    """Editing a header rebuilds every module that includes it (directly or through another header);
+    system headers and headers of other folders are the compiler's, not hashed."""
+    (tmp_path / "first.h").write_text('#pragma once\n#include "second.h"\n')
+    (tmp_path / "second.h").write_text("#pragma once\n")
+    (tmp_path / "unrelated.h").write_text("// not included\n")
+    source = tmp_path / "module.cpp"
+    source.write_text('#include <vector>\n#include "first.h"\n#  include "first.h"\n#include "Python.h"\nint x;\n')
+    assert compiled.local_headers(source) == [tmp_path / "first.h", tmp_path / "second.h"]
+    key = compiled.build_key(source, [])
+    assert set(key["headers"]) == {"first.h", "second.h"}
+    directory = compiled.build_directory("module", source, [])
+    for header in ("first.h", "second.h"):
+        (tmp_path / header).write_text((tmp_path / header).read_text() + "// edited\n")
+        assert compiled.build_key(source, []) != key, header
+        assert compiled.build_directory("module", source, []) != directory, header
+        key, directory = compiled.build_key(source, []), compiled.build_directory("module", source, [])
+    (tmp_path / "unrelated.h").write_text("// edited\n")
+    assert compiled.build_key(source, []) == key
+
+
+def test_every_module_that_includes_activations_h_hashes_it():
+    header = compiled.SOURCE.with_name("activations.h")
+    for name in ("rnnlab_loops", "rnnlab_cell_loops", "rnnlab_generate"):
+        assert header in compiled.local_headers(compiled.MODULES[name]), name
+
+
+def test_a_build_copies_the_local_headers_beside_the_source(fake_build):
+    calls, directory, source = fake_build
+    (source.parent / "probe.h").write_text("// the probe's header\n")
+    source.write_text('#include "probe.h"\n' + PROBE)
+    with pytest.warns(compiled.BuildNote, match="building"):
+        compiled.load_or_build(directory, "probe", source, [])
+    assert (directory / "probe.h").read_text() == "// the probe's header\n"
+    (source.parent / "probe.h").write_text("// edited\n")  # a new key: no longer verified
+    assert compiled.verified(directory, "probe", compiled.build_key(source, [])) is None
+
+
 BUILD_IN_CHILD = textwrap.dedent("""
     import json, sys, warnings
     from pathlib import Path

@@ -13,6 +13,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
 
+#include "activations.h"
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -26,57 +28,6 @@ namespace {
 
 int64_t rows_at(const std::vector<int64_t>& sizes, int64_t t, int64_t batch) {
   return sizes.empty() ? batch : sizes[t];  // sequences still running at step t (sorted by length)
-}
-
-// --- activations, as in activations.py: forward in place, backward from the output y ---------------
-
-enum class Act { tanh, sigmoid, relu, identity, hard_sigmoid, hard_tanh, softsign, elu };
-
-Act parse(const std::string& name) {
-  static const std::pair<const char*, Act> names[] = {
-      {"tanh", Act::tanh}, {"sigmoid", Act::sigmoid}, {"relu", Act::relu}, {"identity", Act::identity},
-      {"hard_sigmoid", Act::hard_sigmoid}, {"hard_tanh", Act::hard_tanh}, {"softsign", Act::softsign},
-      {"elu", Act::elu}};
-  for (const auto& [key, act] : names)
-    if (name == key) return act;
-  TORCH_CHECK_VALUE(false, "rnnlab cell loops: unknown activation ", name);
-  return Act::identity;  // not reached
-}
-
-// ATen's vectorised functions (SLEEF's exp and tanh, as torch's own kernels)
-template <typename T>
-void activate(Act a, T* z, int64_t n) {
-  using V = at::vec::Vectorized<T>;
-  auto map = [&](auto fn) { at::vec::map(fn, z, z, n); };
-  switch (a) {
-    case Act::tanh: return map([](V v) { return v.tanh(); });
-    case Act::sigmoid: return map([](V v) { return (V(1) + v.neg().exp()).reciprocal(); });
-    case Act::relu: return map([](V v) { return at::vec::clamp_min(v, V(0)); });
-    case Act::identity: return;
-    case Act::hard_sigmoid: return map([](V v) { return at::vec::clamp(v + V(3), V(0), V(6)) / V(6); });
-    case Act::hard_tanh: return map([](V v) { return at::vec::clamp(v, V(-1), V(1)); });
-    case Act::softsign: return map([](V v) { return v / (V(1) + v.abs()); });
-    case Act::elu: return map([](V v) { return V::blendv(v.expm1(), v, v > V(0)); });
-  }
-}
-
-// g = g * a'(z), a' written in terms of y = a(z)
-template <typename T>
-void activate_backward(Act a, T* __restrict__ g, const T* __restrict__ y, int64_t n) {
-  auto scale = [&](auto derivative) {
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) g[k] *= derivative(y[k]);
-  };
-  switch (a) {
-    case Act::tanh: return scale([](T v) { return T(1) - v * v; });
-    case Act::sigmoid: return scale([](T v) { return v * (T(1) - v); });
-    case Act::relu: return scale([](T v) { return v > T(0) ? T(1) : T(0); });
-    case Act::identity: return;
-    case Act::hard_sigmoid: return scale([](T v) { return v > T(0) && v < T(1) ? T(1.0f / 6.0f) : T(0); });
-    case Act::hard_tanh: return scale([](T v) { return std::abs(v) < T(1) ? T(1) : T(0); });
-    case Act::softsign: return scale([](T v) { return (T(1) - std::abs(v)) * (T(1) - std::abs(v)); });
-    case Act::elu: return scale([](T v) { return v > T(0) ? T(1) : v + T(1); });
-  }
 }
 
 // --- entry checks: every tensor read through a pointer is checked before any memory is touched ---

@@ -5,8 +5,9 @@ It only removes per-step Python overhead: results are the Python loops'. Where i
 RNNLAB_NO_EXTENSION=1 turns it off.
 
 The cache, one build per key and nothing else:
-- the key is everything the binary depends on: the source, the flags, torch's version, Python's ABI,
-  the compiler (its path and version) and the CPU's instruction set (the build uses -march=native,
+- the key is everything the binary depends on: the source and the local headers it includes
+  (activations.h), the flags, torch's version, Python's ABI, the compiler (its path and version)
+  and the CPU's instruction set (the build uses -march=native,
   so a cache shared between machines, e.g. a home directory on a network disk, must never hand one
   CPU's binary to another). The build lives in a folder named by a hash of the key, with a copy of
   the source, so that nothing in it names the environment that built it;
@@ -39,6 +40,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -111,9 +113,28 @@ def instruction_set() -> str:
     return f"{platform.machine()}: {features}"
 
 
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
+
+
+def local_headers(source: Path) -> list[Path]:
+    """The headers in the folder of `source` that it includes (`#include "name.h"`, and theirs in turn), in
+    the order first included: the build copies them next to its copy of the source, and the key hashes
+    them. A quoted name with no such file there is the compiler's to find (a system header), not ours."""
+    found: list[Path] = []
+    pending = [source]
+    while pending:
+        for name in _LOCAL_INCLUDE.findall(pending.pop(0).read_text()):
+            header = source.parent / name
+            if "/" not in name and header.is_file() and header not in found:
+                found.append(header)
+                pending.append(header)
+    return found
+
+
 def build_key(source: Path = SOURCE, flags: list[str] = FLAGS) -> dict[str, object]:
     """Everything the built library depends on."""
-    return {"source": hashlib.sha256(source.read_bytes()).hexdigest(), "flags": list(flags),
+    return {"source": _digest(source),
+            "headers": {header.name: _digest(header) for header in local_headers(source)}, "flags": list(flags),
             "torch": torch.__version__, "python": sys.implementation.cache_tag, "platform": sys.platform,
             "compiler": compiler(), "cpu": instruction_set()}
 
@@ -324,6 +345,8 @@ def _build(directory: Path, name: str, source: Path, flags: list[str], key: dict
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     copy = directory / source.name
     shutil.copyfile(source, copy)
+    for header in local_headers(source):  # beside the copy, where its #include "..." finds them
+        shutil.copyfile(header, directory / header.name)
     _note(f"building the C++ loops for this CPU, compiler and torch in {directory} (once; 1-3 minutes, "
           f"at most {timeout:.0f} s); RNNLAB_NO_EXTENSION=1 uses the Python loops instead")
     reason = _compile(directory, name, copy, flags, timeout, key=key, lock=lock)

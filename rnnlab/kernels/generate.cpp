@@ -24,6 +24,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
 
+#include "activations.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -142,22 +144,15 @@ int64_t gates(Cell cell) {
 template <typename T>
 struct Layer {
   Cell cell = Cell::lstm;
-  bool relu = false;  // a: relu instead of tanh (the vanilla and residual cells)
+  Act act = Act::tanh;  // a: tanh, or relu (the vanilla and residual cells)
   int64_t H = 0, I = 0, padded = 0;
   std::vector<T> weight_ih, weight_hh, bias_ih, bias_hh, zx, zh, c;
 };
 
+// activations.h's, with torch's own tanh for floats too: the tokens must be the Python path's
 template <typename T>
-void activate(bool relu, T* out, const T* in, int64_t n) {
-  using V = Vec<T>;
-  if (relu) return at::vec::map([](V v) { return at::vec::clamp_min(v, V(0)); }, out, in, n);
-  at::vec::map([](V v) { return v.tanh(); }, out, in, n);
-}
-
-template <typename T>
-void sigmoid(T* out, const T* in, int64_t n) {
-  using V = Vec<T>;
-  at::vec::map([](V v) { return (V(1) + v.neg().exp()).reciprocal(); }, out, in, n);
+void apply(Act a, T* out, const T* in, int64_t n) {
+  activate<T, FloatTanh::torch>(a, out, in, n);
 }
 
 // s (the layer's output: the LSTM's s_bar) from zx and zh; both are overwritten.
@@ -169,10 +164,10 @@ void update(Layer<T>& layer, T* __restrict__ s) {
   if (layer.cell == Cell::gru) {
 #pragma omp simd
     for (int64_t k = 0; k < 2 * H; ++k) z[k] += zh[k];
-    sigmoid(z, z, 2 * H);  // r, u
+    apply(Act::sigmoid, z, z, 2 * H);  // r, u
 #pragma omp simd
     for (int64_t k = 0; k < H; ++k) z[2 * H + k] += z[k] * zh[2 * H + k];
-    activate(layer.relu, z + 2 * H, z + 2 * H, H);  // n
+    apply(layer.act, z + 2 * H, z + 2 * H, H);  // n
 #pragma omp simd
     for (int64_t k = 0; k < H; ++k) s[k] = (T(1) - z[H + k]) * z[2 * H + k] + z[H + k] * s[k];
     return;
@@ -182,35 +177,35 @@ void update(Layer<T>& layer, T* __restrict__ s) {
   switch (layer.cell) {
     case Cell::lstm: {
       T* __restrict__ c = layer.c.data();
-      sigmoid(z, z, 2 * H);  // i, f
-      activate(layer.relu, z + 2 * H, z + 2 * H, H);
-      sigmoid(z + 3 * H, z + 3 * H, H);
+      apply(Act::sigmoid, z, z, 2 * H);  // i, f
+      apply(layer.act, z + 2 * H, z + 2 * H, H);
+      apply(Act::sigmoid, z + 3 * H, z + 3 * H, H);
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) c[k] = z[H + k] * c[k] + z[k] * z[2 * H + k];
-      activate(layer.relu, s, c, H);
+      apply(layer.act, s, c, H);
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) s[k] *= z[3 * H + k];
       return;
     }
-    case Cell::vanilla: return activate(layer.relu, s, z, H);
+    case Cell::vanilla: return apply(layer.act, s, z, H);
     case Cell::residual_after:
-      activate(layer.relu, z, z, H);
+      apply(layer.act, z, z, H);
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) s[k] += z[k];
       return;
     case Cell::residual_before:
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) z[k] += s[k];
-      return activate(layer.relu, s, z, H);
+      return apply(layer.act, s, z, H);
     case Cell::input:
-      sigmoid(z, z, H);
-      activate(layer.relu, z + H, z + H, H);
+      apply(Act::sigmoid, z, z, H);
+      apply(layer.act, z + H, z + H, H);
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) s[k] += z[k] * z[H + k];
       return;
     case Cell::forget:
-      sigmoid(z, z, 2 * H);
-      activate(layer.relu, z + 2 * H, z + 2 * H, H);
+      apply(Act::sigmoid, z, z, 2 * H);
+      apply(layer.act, z + 2 * H, z + 2 * H, H);
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) s[k] = z[H + k] * s[k] + z[k] * z[2 * H + k];
       return;
@@ -269,7 +264,7 @@ Tensor generate_typed(const std::vector<std::string>& cells, const std::vector<b
   for (int64_t l = 0; l < L; ++l) {
     Layer<T>& layer = layers[l];
     layer.cell = cell_named(cells[l]);
-    layer.relu = relu[l];
+    layer.act = relu[l] ? Act::relu : Act::tanh;
     layer.H = weight_hh[l].size(1);
     layer.padded = rounded(gates(layer.cell) * layer.H, lanes);
     TORCH_CHECK_VALUE(weight_hh[l].size(0) == gates(layer.cell) * layer.H, "rnnlab generate: layer ", l,
