@@ -21,8 +21,9 @@ the parameters; the inputs do not require grad, for every candidate alike).
 FLOPs count the matrix products only (`Cell.flops_per_step`); forward+backward counts three times
 the forward (each product has two of the same size in the backward: input and weight gradients).
 
-The functions here return data (dicts and strings ready to print or dump as JSON); the `rnnlab
-bench` command in cli.py prints them.
+`run_bench` returns a typed `BenchResult` (rows, the machine, the peaks): its `table()` is printed by
+the one table printer (rnnlab.tables) and its `to_dict()` is the `--json` report, whose layout
+scripts/bench_targets.py and docs/data/*.json share; the `rnnlab bench` command in cli.py prints it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -42,9 +43,10 @@ from .cells import LADDER
 from .config import ConfigError, knob, validate
 from .kernels import compiled
 from .runners import IMPLEMENTATION_NAMES, Recurrent
+from .tables import Table
 
-__all__ = ["Size", "BenchConfig", "DEFAULT_SIZES", "QUICK_SIZES", "VARIANTS", "PASSES", "PEERS",
-           "QUICK", "parse_sizes", "run_bench", "format_table", "machine", "matmul_peak"]
+__all__ = ["Size", "BenchConfig", "DEFAULT_SIZES", "QUICK_SIZES", "VARIANTS", "PASSES", "PEERS", "QUICK",
+           "Machine", "Peak", "BenchRow", "BenchResult", "parse_sizes", "run_bench", "machine", "matmul_peak"]
 
 
 @dataclass(frozen=True)
@@ -135,13 +137,42 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(threads: tuple[int, ...], device: str = "cpu") -> dict:
-    """What a reader needs to judge the numbers: CPU, cores, torch, threads, and the GPU if used."""
-    found = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-             "python": platform.python_version(), "threads": list(threads), "device": device}
-    if device == "cuda":
-        found["gpu"] = torch.cuda.get_device_name()
-    return found
+@dataclass(frozen=True)
+class Machine:
+    """What a reader needs to judge the numbers: CPU, cores, torch, threads, the GPU if used, and
+    whether the C++ loops were built (None where the report does not say)."""
+
+    cpu: str
+    cores: int | None
+    torch: str
+    python: str
+    threads: tuple[int, ...]
+    device: str
+    gpu: str | None = None
+    compiled_loops: bool | None = None
+
+    def to_dict(self) -> dict:
+        found = {"cpu": self.cpu, "cores": self.cores, "torch": self.torch, "python": self.python,
+                 "threads": list(self.threads), "device": self.device}
+        if self.gpu is not None:
+            found["gpu"] = self.gpu
+        if self.compiled_loops is not None:
+            found["compiled_loops"] = self.compiled_loops
+        return found
+
+    def describe(self) -> str:
+        """One line: 'cpu: ...  cores: 2  torch 2.13.0  threads: 1,2' (and the GPU, the C++ loops)."""
+        line = (f"cpu: {self.cpu}  cores: {self.cores}  torch {self.torch}  "
+                f"threads: {','.join(map(str, self.threads))}")
+        if self.compiled_loops is not None:
+            line += f"  C++ loops: {'built' if self.compiled_loops else 'unavailable (Python loops)'}"
+        return line + (f"  gpu: {self.gpu}" if self.gpu else "")
+
+
+def machine(threads: tuple[int, ...], device: str = "cpu", compiled_loops: bool | None = None) -> Machine:
+    """This machine, at these thread counts and on this device."""
+    return Machine(cpu_model(), os.cpu_count(), torch.__version__, platform.python_version(), tuple(threads), device,
+                   torch.cuda.get_device_name() if device == "cuda" else None, compiled_loops)
 
 
 def _synchronize(device: str) -> None:
@@ -282,28 +313,37 @@ def _call(candidate: Candidate, backward: bool, device: str = "cpu") -> float:
         return time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What timing one candidate gave: "ok" and its repetitions' seconds, or "n/a", "skipped" or
+    "failed" and the reason."""
+
+    status: str
+    reason: str | None = None
+    times_s: tuple[float, ...] = ()
+
+
 def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
-               progress: Callable[[str], None] | None = None) -> dict[str, dict]:
-    """Warm up each candidate, then time them round-robin. Returns name -> result entry."""
-    results: dict[str, dict] = {}
+               progress: Callable[[str], None] | None = None) -> dict[str, Outcome]:
+    """Warm up each candidate, then time them round-robin. Returns name -> outcome."""
+    results: dict[str, Outcome] = {}
     live = []
     for c in group:
         if c.reason is not None:
-            results[c.name] = {"status": "n/a", "reason": c.reason}
+            results[c.name] = Outcome("n/a", c.reason)
             continue
         try:
             first = _call(c, backward, config.device)
             for _ in range(config.warmup - 1):
                 _call(c, backward, config.device)
         except (ValueError, NotImplementedError) as error:  # the runner says it cannot serve this
-            results[c.name] = {"status": "n/a", "reason": str(error)}
+            results[c.name] = Outcome("n/a", str(error))
             continue
         except Exception as error:  # a fast path that breaks must not take the whole bench down
-            results[c.name] = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+            results[c.name] = Outcome("failed", f"{type(error).__name__}: {error}")
             continue
         if first > config.max_call_s:
-            results[c.name] = {"status": "skipped", "reason": f"one call took {first:.1f} s > --max-call "
-                                                              f"{config.max_call_s:g} s"}
+            results[c.name] = Outcome("skipped", f"one call took {first:.1f} s > --max-call {config.max_call_s:g} s")
             continue
         live.append(c)
     times: dict[str, list[float]] = {c.name: [] for c in live}
@@ -315,27 +355,171 @@ def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
         if progress:
             progress(f"  rep {rep + 1}/{config.reps}")
     for c in live:
-        t = times[c.name]
-        results[c.name] = {"status": "ok", "times_s": t, "median_s": statistics.median(t),
-                           "min_s": min(t), "max_s": max(t)}
+        results[c.name] = Outcome("ok", times_s=tuple(times[c.name]))
     return results
 
 
-def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
-    """Time the grid of `config`. Returns the report: machine, settings, peaks, and one row per
-    (size, pass, thread count, candidate) with times, ratios and peak fractions (or the reason for none).
-    Each (size, pass) is timed at each thread count in turn, so the counts see the machine within
-    minutes of each other; a ratio compares candidates at the same count."""
+# --- the result ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Peak:
+    """The matmul peak (FLOP/s) at one thread count, measured before and after the run."""
+
+    threads: int
+    before: float
+    after: float
+
+    @property
+    def best(self) -> float:
+        """The better of the two: a peak caught in a slow spell would flatter everyone."""
+        return max(self.before, self.after)
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One candidate at one (size, pass, thread count): its times, ratios and share of the matmul peak
+    when `status` is "ok"; else ("n/a", "skipped", "failed") the reason it has none."""
+
+    size: Size
+    pass_name: str  # "forward" or "forward+backward"
+    threads: int
+    name: str
+    kind: str  # "peer" or "rnnlab"
+    cell: str | None
+    variant: str | None
+    impl: str | None
+    resolved: str | None  # what `auto` dispatched to
+    flops: int  # of the pass (forward+backward: 3x the forward)
+    status: str
+    reason: str | None = None
+    times_s: tuple[float, ...] = ()
+    ratio: float | None = None  # median / torch.nn.LSTM's at the same size, pass and thread count
+    ratio_match: float | None = None  # median / the same cell's torch.nn layer's (plain variants)
+    peak_fraction: float | None = None
+
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.times_s) if self.times_s else None
+
+    @property
+    def min_s(self) -> float | None:
+        return min(self.times_s) if self.times_s else None
+
+    @property
+    def max_s(self) -> float | None:
+        return max(self.times_s) if self.times_s else None
+
+    def to_dict(self) -> dict:
+        """The --json row: timed rows carry their times, the others their reason."""
+        s = self.size
+        row = {"size": {"B": s.B, "H": s.H, "I": s.I, "T": s.T}, "pass": self.pass_name, "threads": self.threads,
+               "name": self.name, "kind": self.kind, "cell": self.cell, "variant": self.variant, "impl": self.impl,
+               "resolved": self.resolved, "flops": self.flops, "status": self.status}
+        if self.status != "ok":
+            return {**row, "reason": self.reason}
+        return {**row, "times_s": list(self.times_s), "median_s": self.median_s, "min_s": self.min_s,
+                "max_s": self.max_s, "ratio": self.ratio, "ratio_match": self.ratio_match,
+                "peak_fraction": self.peak_fraction}
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What `run_bench` measured: the configuration, the machine, the matmul peak at each thread count,
+    and a row per (size, pass, thread count, candidate)."""
+
+    config: BenchConfig
+    machine: Machine
+    peaks: tuple[Peak, ...]
+    rows: tuple[BenchRow, ...]
+
+    def to_dict(self) -> dict:
+        """The --json report (the layout of docs/data/*.json, which scripts/bench_targets.py reads)."""
+        c, first = self.config, self.peaks[0]
+        return {"machine": self.machine.to_dict(), "peak_flops": first.before, "peak_flops_after": first.after,
+                "peaks": [{"threads": p.threads, "before": p.before, "after": p.after} for p in self.peaks],
+                "settings": {"sizes": [str(s) for s in c.sizes], "cells": list(c.cells), "impls": list(c.impls),
+                             "variants": list(c.variants), "passes": list(c.passes), "threads": list(c.threads),
+                             "reps": c.reps, "warmup": c.warmup, "max_call_s": c.max_call_s, "seed": c.seed,
+                             "device": c.device},
+                "rows": [row.to_dict() for row in self.rows]}
+
+    def describe(self) -> list[str]:
+        """The lines above the table: the machine, the peaks, how to read the columns."""
+        where = "the GPU" if self.machine.gpu else "{} thread(s)"
+        lines = [f"rnnlab bench  {self.machine.describe()}"]
+        lines += [f"matmul peak (fp32, {where.format(p.threads)}): {p.before / 1e9:.1f} GFLOP/s before the run, "
+                  f"{p.after / 1e9:.1f} after; peak fractions use the larger" for p in self.peaks]
+        lines.append(f"reps: {self.config.reps} interleaved after {self.config.warmup} warm-up; times are medians "
+                     f"[min-max]; x LSTM = median / torch.nn.LSTM's at the same thread count; x match = / the same "
+                     f"cell's torch.nn layer; peak = share of the matmul peak")
+        return lines
+
+    def _groups(self) -> dict[tuple[Size, str], dict[str, dict[int, BenchRow]]]:
+        """(size, pass) -> candidate -> thread count -> row, in the order timed."""
+        groups: dict[tuple[Size, str], dict[str, dict[int, BenchRow]]] = {}
+        for row in self.rows:
+            groups.setdefault((row.size, row.pass_name), {}).setdefault(row.name, {})[row.threads] = row
+        return groups
+
+    def table(self) -> Table:
+        """A row per timed candidate of each (size, pass), the thread counts side by side (median, min-max,
+        x LSTM, x match and peak share for each); candidates timed at no count are in `untimed()`."""
+        counts = self.config.threads
+        tags = [f" {n}t" if len(counts) > 1 else "" for n in counts]
+        headers = ["size (BxHxIxT)", "pass", "candidate"]
+        for tag in tags:
+            headers += [f"median ms{tag}", f"min-max ms{tag}", f"x LSTM{tag}", f"x match{tag}", f"peak{tag}"]
+        rows = []
+        for (size, pass_name), by_name in self._groups().items():
+            for name, runs in by_name.items():
+                timed = {n: r for n, r in runs.items() if r.status == "ok"}
+                if not timed:
+                    continue
+                cells = [str(size), pass_name, name]
+                for n in counts:
+                    r = timed.get(n)
+                    if r is None:
+                        cells += ["-", "", "", "", ""]
+                        continue
+                    cells += [f"{r.median_s * 1e3:.2f}", f"{r.min_s * 1e3:.2f}-{r.max_s * 1e3:.2f}",
+                              f"{r.ratio:.2f}" if r.ratio is not None else "-",
+                              f"{r.ratio_match:.2f}" if r.ratio_match is not None else "",
+                              f"{r.peak_fraction:.1%}" if r.peak_fraction is not None else ""]
+                rows.append(tuple(cells))
+        return Table(tuple(headers), tuple(rows), (False, False, False, *(True,) * (5 * len(counts))))
+
+    def untimed(self) -> list[str]:
+        """One line per (size, pass) and reason for the candidates not timed at some thread count:
+        '32x128x128x100 forward: n/a: <reason>: all 12 [scan] candidates'."""
+        lines = []
+        counts = self.config.threads
+        for (size, pass_name), by_name in self._groups().items():
+            missing: dict[str, list[str]] = {}  # "status: reason" -> candidates, so n/a costs one line per reason
+            for name, runs in by_name.items():
+                timed = [n for n in counts if n in runs and runs[n].status == "ok"]
+                if len(timed) < len(counts):  # the reason of the first count that was not timed
+                    r = next(runs[n] for n in counts if n in runs and n not in timed)
+                    partly = " at some thread counts" if timed else ""
+                    missing.setdefault(f"{r.status}{partly}: {r.reason}", []).append(name)
+            group = [r for runs in by_name.values() for r in runs.values()]
+            lines += [f"{size} {pass_name}: {why}: {_summarise(names, group)}" for why, names in missing.items()]
+        return lines
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Time the grid of `config`: a row per (size, pass, thread count, candidate) with times, ratios and
+    peak fractions (or the reason for none). Each (size, pass) is timed at each thread count in turn, so
+    the counts see the machine within minutes of each other; a ratio compares candidates at the same count."""
     if progress and not compiled.built():
         progress("building the C++ loops (once, about a minute; compiled.py)")
     loops = compiled.extension() is not None  # built before any timing: a first call must not compile
     previous_threads = torch.get_num_threads()
-    peaks = {}  # thread count -> [before, after]
+    before = {}  # thread count -> the peak before the run
     try:
         for threads in config.threads:
             torch.set_num_threads(threads)
-            peaks[threads] = [matmul_peak(device=config.device)]
-        rows = []
+            before[threads] = matmul_peak(device=config.device)
+        rows: list[BenchRow] = []
         for size in config.sizes:
             generator = torch.Generator().manual_seed(config.seed)
             xs = torch.randn(size.B, size.T, size.I, generator=generator).to(config.device)  # (B, T, I)
@@ -350,118 +534,43 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                                  f"{sum(c.reason is None for c in group)} candidates")
                     results = time_group(group, pass_name == "forward+backward", config, progress)
                     rows += _rows(size, pass_name, threads, group, results)
+        peaks = []
         for threads in config.threads:
             torch.set_num_threads(threads)
-            peaks[threads].append(matmul_peak(device=config.device))
-        # The better of the two measurements: a peak caught in a slow spell would flatter everyone.
-        for row in rows:
-            if row["status"] == "ok":
-                row["peak_fraction"] = row["flops"] / row["median_s"] / max(peaks[row["threads"]])
+            peaks.append(Peak(threads, before[threads], matmul_peak(device=config.device)))
     finally:
         torch.set_num_threads(previous_threads)
-    first = peaks[config.threads[0]]
-    return {"machine": dict(machine(config.threads, config.device), compiled_loops=loops),
-            "peak_flops": first[0], "peak_flops_after": first[1],
-            "peaks": [{"threads": n, "before": b, "after": a} for n, (b, a) in peaks.items()],
-            "settings": {"sizes": [str(s) for s in config.sizes], "cells": list(config.cells),
-                         "impls": list(config.impls), "variants": list(config.variants),
-                         "passes": list(config.passes), "threads": list(config.threads), "reps": config.reps,
-                         "warmup": config.warmup, "max_call_s": config.max_call_s, "seed": config.seed,
-                         "device": config.device},
-            "rows": rows}
+    best = {p.threads: p.best for p in peaks}
+    rows = [replace(row, peak_fraction=row.flops / row.median_s / best[row.threads]) if row.status == "ok" else row
+            for row in rows]
+    return BenchResult(config, machine(config.threads, config.device, loops), tuple(peaks), tuple(rows))
 
 
-def _rows(size: Size, pass_name: str, threads: int, group: list[Candidate], results: dict) -> list[dict]:
+def _rows(size: Size, pass_name: str, threads: int, group: list[Candidate], results: dict[str, Outcome]
+          ) -> list[BenchRow]:
     """The group's rows, with ratios to torch.nn.LSTM (and to the matching torch.nn layer)."""
-    def median(name):
-        entry = results.get(name, {})
-        return entry.get("median_s")
-
-    base = median(BASELINE)
+    medians = {name: statistics.median(o.times_s) for name, o in results.items() if o.status == "ok"}
+    base = medians.get(BASELINE)
     flop_factor = 3 if pass_name == "forward+backward" else 1
     rows = []
     for c in group:
-        entry = dict(results[c.name])
-        row = {"size": {"B": size.B, "H": size.H, "I": size.I, "T": size.T}, "pass": pass_name, "threads": threads,
-               "name": c.name, "kind": c.kind, "cell": c.cell, "variant": c.variant, "impl": c.impl,
-               "resolved": c.resolved, "flops": c.flops * flop_factor, **entry}
-        if entry["status"] == "ok":
-            t = entry["median_s"]
-            row["ratio"] = t / base if base else None
+        outcome = results[c.name]
+        row = BenchRow(size, pass_name, threads, c.name, c.kind, c.cell, c.variant, c.impl, c.resolved,
+                       c.flops * flop_factor, outcome.status, outcome.reason, outcome.times_s)
+        if outcome.status == "ok":
+            t = medians[c.name]
             match = MATCHING_PEER.get(c.cell) if c.variant == "plain" else None
-            row["ratio_match"] = t / median(match) if match and median(match) else None
+            row = replace(row, ratio=t / base if base else None,
+                          ratio_match=t / medians[match] if match and medians.get(match) else None)
         rows.append(row)
     return rows
 
 
-# --- the table ----------------------------------------------------------------------------------
-
-def format_table(report: dict) -> str:
-    """The report as plain text: a header with the machine, then one table per (size, pass), with
-    the thread counts side by side (median, spread, x LSTM, x match and peak share for each)."""
-    m = report["machine"]
-    loops = {True: "built", False: "unavailable (Python loops)"}.get(m.get("compiled_loops"), "?")
-    gpu = f"  gpu: {m['gpu']}" if m.get("gpu") else ""
-    counts = list(dict.fromkeys(r["threads"] for r in report["rows"])) or list(m["threads"])
-    peaks = report.get("peaks") or [{"threads": counts[0], "before": report["peak_flops"],
-                                     "after": report["peak_flops_after"]}]
-    lines = [f"rnnlab bench  cpu: {m['cpu']}  cores: {m['cores']}  torch {m['torch']}  "
-             f"threads: {','.join(map(str, m['threads']))}  C++ loops: {loops}{gpu}"]
-    for peak in peaks:
-        where = "the GPU" if gpu else f"{peak['threads']} thread(s)"
-        lines.append(f"matmul peak (fp32, {where}): {peak['before'] / 1e9:.1f} GFLOP/s before the run, "
-                     f"{peak['after'] / 1e9:.1f} after; peak fractions use the larger")
-    lines.append(f"reps: {report['settings']['reps']} interleaved after {report['settings']['warmup']} warm-up; "
-                 f"times are medians [min-max]; x LSTM = median / torch.nn.LSTM's at the same thread count; "
-                 f"x match = / the same cell's torch.nn layer; peak = share of the matmul peak")
-    groups: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}  # (size, pass) -> name -> threads -> row
-    for row in report["rows"]:
-        s = row["size"]
-        group = groups.setdefault((f"B={s['B']} H={s['H']} I={s['I']} T={s['T']}", row["pass"]), {})
-        group.setdefault(row["name"], {})[row["threads"]] = row
-    width = max(len(r["name"]) for r in report["rows"])
-    several = len(counts) > 1
-    for (size, pass_name), by_name in groups.items():
-        header = f"{'candidate':<{width}}"
-        for n in counts:
-            tag = f" {n}t" if several else ""
-            header += (f"  {'median ms' + tag:>{10 + len(tag)}}  {'min-max ms' + tag:>{17 + len(tag)}}  "
-                       f"{'x LSTM' + tag:>{7 + len(tag)}}  {'x match' + tag:>{7 + len(tag)}}  "
-                       f"{'peak' + tag:>{6 + len(tag)}}")
-        lines += ["", f"== {size}  {pass_name}", header.rstrip()]
-        missing: dict[str, list[str]] = {}  # "status: reason" -> candidates, so n/a costs one line per reason
-        rows = [r for runs in by_name.values() for r in runs.values()]
-        for name, runs in by_name.items():
-            timed = [n for n in counts if n in runs and runs[n]["status"] == "ok"]
-            if len(timed) < len(counts):  # the reason of the first count that was not timed
-                r = next(runs[n] for n in counts if n in runs and n not in timed)
-                partly = " at some thread counts" if timed else ""
-                missing.setdefault(f"{r['status']}{partly}: {r['reason']}", []).append(name)
-            if not timed:
-                continue
-            line = f"{name:<{width}}"
-            for n in counts:
-                tag = len(f" {n}t") if several else 0
-                r = runs.get(n) if n in timed else None
-                if r is None:
-                    line += f"  {'-':>{10 + tag}}  {'':>{17 + tag}}  {'':>{7 + tag}}  {'':>{7 + tag}}  {'':>{6 + tag}}"
-                    continue
-                spread = f"{r['min_s'] * 1e3:.2f}-{r['max_s'] * 1e3:.2f}"
-                ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
-                match = f"{r['ratio_match']:.2f}" if r.get("ratio_match") is not None else ""
-                line += (f"  {r['median_s'] * 1e3:>{10 + tag}.2f}  {spread:>{17 + tag}}  {ratio:>{7 + tag}}  "
-                         f"{match:>{7 + tag}}  {r['peak_fraction']:>{6 + tag}.1%}")
-            lines.append(line.rstrip())
-        for why, names in missing.items():
-            lines.append(f"{why}: {_summarise(names, rows)}")
-    return "\n".join(lines)
-
-
-def _summarise(names: list[str], rows: list[dict]) -> str:
-    """'every fused candidate' when a reason covers all of one implementation's rows, else the names."""
-    impls = {r["impl"] for r in rows if r["name"] in names}
+def _summarise(names: list[str], rows: list[BenchRow]) -> str:
+    """'all 12 [fused] candidates' when a reason covers all of one implementation's rows, else the names."""
+    impls = {r.impl for r in rows if r.name in names}
     if len(impls) == 1 and None not in impls:
         impl = impls.pop()
-        if len(names) == sum(r["impl"] == impl for r in rows):
+        if len(names) == len({r.name for r in rows if r.impl == impl}):  # each name has a row per thread count
             return f"all {len(names)} [{impl}] candidates"
     return ", ".join(names)

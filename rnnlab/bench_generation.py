@@ -13,7 +13,8 @@ The floor: the bytes of all the model's parameters divided by a measured bandwid
 `dst.copy_(src)` (read + write bytes / time, the best of several) for two buffers: one the size of the
 weights, which stay in the caches as they do while sampling, and a large one (256 MB) that cannot.
 
-The functions return data; cli.py prints it.
+`run_generation_bench` returns a typed `GenerationBench`: its `table()` is printed by the one table
+printer (rnnlab.tables), its `to_dict()` is the `--json` report; cli.py prints it.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import generation, interop
-from .bench import machine
+from .bench import Machine, machine
 from .models import RecurrentModel
 from .preprocessing import choose_token
+from .tables import Table
 
-__all__ = ["bandwidth", "lstm_loop", "run_generation_bench", "format_generation"]
+__all__ = ["bandwidth", "lstm_loop", "GenerationRow", "GenerationBench", "run_generation_bench"]
 
 Sampler = Callable[[str, torch.Generator], torch.Tensor]  # (implementation, generator) -> ids
 LARGE_COPY_BYTES = 256 * 2 ** 20
@@ -90,11 +93,97 @@ def _timed(run: Callable[[torch.Generator], torch.Tensor], seed: int) -> tuple[f
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
+@dataclass(frozen=True)
+class GenerationRow:
+    """One sampling loop: wall and CPU microseconds per token (medians), its spread, and whether it
+    chose the tokens rnnlab's Python loop chose."""
+
+    name: str
+    us_per_char: float
+    cpu_us_per_char: float
+    min_us_per_char: float
+    max_us_per_char: float
+    same_tokens_as_python: bool
+
+    @property
+    def chars_per_s(self) -> float:
+        return 1e6 / self.us_per_char
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "us_per_char": self.us_per_char, "cpu_us_per_char": self.cpu_us_per_char,
+                "chars_per_s": self.chars_per_s, "min_us_per_char": self.min_us_per_char,
+                "max_us_per_char": self.max_us_per_char, "same_tokens_as_python": self.same_tokens_as_python}
+
+
+@dataclass(frozen=True)
+class GenerationBench:
+    """What `run_generation_bench` measured: the settings, the machine and its load, the copy bandwidths
+    that set the floor (one pass over the weights per token), and a row per sampling loop."""
+
+    machine: Machine
+    weights_bytes: int
+    length: int
+    temperature: float
+    top_k: int | None
+    reps: int
+    seed: int
+    compiled_refusal: str | None  # why the compiled loop cannot serve this model (None: it can)
+    load_before: tuple[float, ...]  # the load average (1, 5, 15 min)
+    load_after: tuple[float, ...]
+    cached_bytes_per_s: float  # copying a buffer the size of the weights
+    large_bytes_per_s: float  # copying LARGE_COPY_BYTES, which no cache holds
+    rows: tuple[GenerationRow, ...]
+
+    @property
+    def floor_us_per_char(self) -> dict[str, float]:
+        """One pass over the weights per token at each bandwidth: 'cached' and 'large' (from memory)."""
+        return {"cached": self.weights_bytes / self.cached_bytes_per_s * 1e6,
+                "large": self.weights_bytes / self.large_bytes_per_s * 1e6}
+
+    def to_dict(self) -> dict:
+        """The --json report."""
+        return {"machine": self.machine.to_dict(), "weights_bytes": self.weights_bytes, "length": self.length,
+                "temperature": self.temperature, "top_k": self.top_k, "reps": self.reps, "seed": self.seed,
+                "compiled_refusal": self.compiled_refusal,
+                "load_average": {"before": list(self.load_before), "after": list(self.load_after)},
+                "bandwidth": {"cached_bytes_per_s": self.cached_bytes_per_s,
+                              "large_bytes_per_s": self.large_bytes_per_s, "large_bytes": LARGE_COPY_BYTES},
+                "floor_us_per_char": self.floor_us_per_char, "rows": [row.to_dict() for row in self.rows]}
+
+    def describe(self) -> list[str]:
+        """The lines above the table: the machine and its load, the settings, the bandwidths and the floor."""
+        floor = self.floor_us_per_char
+        top_k = self.top_k if self.top_k is not None else "all"
+        lines = [f"rnnlab bench --generation  {self.machine.describe()}",
+                 f"{self.length} tokens per sample at temperature {self.temperature:g}, top-k {top_k}, seed "
+                 f"{self.seed}; {self.reps} interleaved repetitions after a warm-up, medians [min-max]",
+                 f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in self.load_before)} before, "
+                 f"{', '.join(f'{x:.2f}' for x in self.load_after)} after",
+                 f"weights: {self.weights_bytes / 1e6:.2f} MB; copy bandwidth "
+                 f"{self.cached_bytes_per_s / 1e9:.1f} GB/s at that size (cached), "
+                 f"{self.large_bytes_per_s / 1e9:.1f} GB/s at {LARGE_COPY_BYTES // 2 ** 20} MB",
+                 f"floor, one pass over the weights per token: {floor['cached']:.1f} us (cached), "
+                 f"{floor['large']:.1f} us (from memory)"]
+        if self.compiled_refusal:
+            lines.append(f"compiled: n/a ({self.compiled_refusal})")
+        return lines
+
+    def table(self) -> Table:
+        """A row per sampling loop: wall and CPU time per token, against the (cached) floor."""
+        floor = self.floor_us_per_char["cached"]
+        rows = tuple((r.name, f"{r.us_per_char:.1f}", f"{r.min_us_per_char:.0f}-{r.max_us_per_char:.0f}",
+                      f"{r.chars_per_s:,.0f}", f"{r.us_per_char / floor:.2f}", f"{r.cpu_us_per_char:.1f}",
+                      f"{r.cpu_us_per_char / floor:.2f}", "yes" if r.same_tokens_as_python else "no")
+                     for r in self.rows)
+        return Table(("candidate", "us/token", "min-max", "tokens/s", "x floor", "CPU us/token", "CPU x floor",
+                      "same tokens"), rows, (False, *(True,) * 6, False))
+
+
 def run_generation_bench(model: RecurrentModel, sampler: Sampler, prompt_ids: torch.Tensor, length: int = 500,
                          temperature: float = 0.8, top_k: int | None = None, reps: int = 5, threads: int = 1,
-                         seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
+                         seed: int = 0, progress: Callable[[str], None] | None = None) -> GenerationBench:
     """Time `sampler` (rnnlab's sampling of `length` tokens after the prompt, e.g. tasks.language.sample)
-    under each implementation, and the torch.nn.LSTM loop, round-robin. Returns the report."""
+    under each implementation, and the torch.nn.LSTM loop, round-robin."""
     if not isinstance(length, int) or length < 1:
         raise ValueError(f"run_generation_bench: length must be an int >= 1; got {length!r}")
     previous = torch.get_num_threads()
@@ -132,44 +221,8 @@ def run_generation_bench(model: RecurrentModel, sampler: Sampler, prompt_ids: to
     cached, large = max(copies_before[0], copies_after[0]), max(copies_before[1], copies_after[1])
     rows = []
     for name in names:
-        wall = statistics.median(t[0] for t in times[name]) / length
-        cpu = statistics.median(t[1] for t in times[name]) / length
-        rows.append({"name": name, "us_per_char": wall * 1e6, "cpu_us_per_char": cpu * 1e6,
-                     "chars_per_s": 1 / wall, "min_us_per_char": min(t[0] for t in times[name]) / length * 1e6,
-                     "max_us_per_char": max(t[0] for t in times[name]) / length * 1e6,
-                     "same_tokens_as_python": bool(torch.equal(tokens[name], reference))})
-    return {"machine": machine((threads,)), "weights_bytes": weights, "length": length, "temperature": temperature,
-            "top_k": top_k, "reps": reps, "seed": seed, "compiled_refusal": refusal,
-            "load_average": {"before": load_before, "after": load_after},
-            "bandwidth": {"cached_bytes_per_s": cached, "large_bytes_per_s": large, "large_bytes": LARGE_COPY_BYTES},
-            "floor_us_per_char": {"cached": weights / cached * 1e6, "large": weights / large * 1e6},
-            "rows": rows}
-
-
-def format_generation(report: dict) -> str:
-    """The report as plain text: the machine, the floor, then one line per candidate."""
-    m, floor, bw = report["machine"], report["floor_us_per_char"], report["bandwidth"]
-    load = report["load_average"]
-    top_k = report["top_k"] if report["top_k"] is not None else "all"
-    lines = [f"rnnlab bench --generation  cpu: {m['cpu']}  cores: {m['cores']}  torch {m['torch']}  "
-             f"threads: {','.join(map(str, m['threads']))}",
-             f"{report['length']} tokens per sample at temperature {report['temperature']:g}, top-k {top_k}, seed "
-             f"{report['seed']}; {report['reps']} interleaved repetitions after a warm-up, medians [min-max]",
-             f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load['before'])} before, "
-             f"{', '.join(f'{x:.2f}' for x in load['after'])} after",
-             f"weights: {report['weights_bytes'] / 1e6:.2f} MB; copy bandwidth "
-             f"{bw['cached_bytes_per_s'] / 1e9:.1f} GB/s at that size (cached), "
-             f"{bw['large_bytes_per_s'] / 1e9:.1f} GB/s at {bw['large_bytes'] // 2 ** 20} MB",
-             f"floor, one pass over the weights per token: {floor['cached']:.1f} us (cached), "
-             f"{floor['large']:.1f} us (from memory)"]
-    if report["compiled_refusal"]:
-        lines.append(f"compiled: n/a ({report['compiled_refusal']})")
-    lines += ["", f"{'candidate':<20}  {'us/token':>9}  {'min-max':>11}  {'tokens/s':>9}  {'x floor':>7}  "
-                  f"{'CPU us/token':>12}  {'CPU x floor':>11}  same tokens"]
-    for r in report["rows"]:
-        spread = f"{r['min_us_per_char']:.0f}-{r['max_us_per_char']:.0f}"
-        same = "yes" if r["same_tokens_as_python"] else "no"
-        lines.append(f"{r['name']:<20}  {r['us_per_char']:>9.1f}  {spread:>11}  {r['chars_per_s']:>9,.0f}  "
-                     f"{r['us_per_char'] / floor['cached']:>7.2f}  {r['cpu_us_per_char']:>12.1f}  "
-                     f"{r['cpu_us_per_char'] / floor['cached']:>11.2f}  {same}")
-    return "\n".join(lines)
+        walls, cpus = [t[0] / length * 1e6 for t in times[name]], [t[1] / length * 1e6 for t in times[name]]
+        rows.append(GenerationRow(name, statistics.median(walls), statistics.median(cpus), min(walls), max(walls),
+                                  bool(torch.equal(tokens[name], reference))))
+    return GenerationBench(machine((threads,)), weights, length, temperature, top_k, reps, seed, refusal,
+                           tuple(load_before), tuple(load_after), cached, large, tuple(rows))

@@ -399,29 +399,61 @@ def cmd_seeds(args) -> int:
 # --- bench, complexity, gradients -------------------------------------------------------
 
 
-def cmd_bench(args) -> int:
-    """Time rnnlab's implementations against torch.nn side by side; print a table, optionally JSON."""
+def json_folder(path: str | Path) -> Path:
+    """Create the folder of a JSON report's `path` (a command calls this before its run too, so that a
+    path it cannot write fails at once, not after minutes of measuring)."""
+    from .errors import WriteError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        why = f"{path.parent} is not a folder" if isinstance(error, FileExistsError) else error.strerror or error
+        raise WriteError(error.errno, f"cannot write {path}: {why}") from error
+    return path
+
+
+def write_json_report(path: str | Path, data) -> Path:
+    """Write a command's JSON report (`--json`, a run folder's complexity.json): its folder created,
+    written whole or not at all (a temporary file renamed into place, as run directories are)."""
     import json
 
+    from .checkpoints import write_atomic
+
+    path = json_folder(path)
+    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
+    return path
+
+
+def cmd_bench(args) -> int:
+    """Time rnnlab's implementations against torch.nn side by side; print a table, optionally JSON."""
     from . import bench
 
     base = dataclasses.replace(bench.BenchConfig(), **bench.QUICK) if args.quick else None
     config = config_from_flags(bench.BenchConfig, args, "bench", base)
+    if args.json:
+        json_folder(args.json)
     if args.generation is not None:
         return _bench_generation(args, config)
-    report = bench.run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(bench.format_table(report))
+    result = bench.run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    _print_bench(result.describe(), result.table(), result.untimed())
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json_report(args.json, result.to_dict())}")
     return 0
+
+
+def _print_bench(header: list[str], table: tables.Table, footer: list[str] | tuple[str, ...] = ()) -> None:
+    """A bench's lines above its table, the table (Markdown), and the lines below it."""
+    print("\n".join(header))
+    print()
+    print(tables.markdown(table))
+    if footer:
+        print()
+        print("\n".join(footer))
 
 
 def _bench_generation(args, config) -> int:
     """`rnnlab bench --generation RUN_DIR`: sampling speed of a trained language run at batch 1."""
-    import json
-
     import torch
 
     from . import bench_generation
@@ -442,20 +474,17 @@ def _bench_generation(args, config) -> int:
     def sampler(implementation, generator):
         return sample(task.model, prompt, length, temperature, top_k, generator, implementation=implementation)
 
-    report = bench_generation.run_generation_bench(
+    result = bench_generation.run_generation_bench(
         task.model, sampler, prompt, length, temperature, top_k, reps=config.reps, threads=config.threads[0],
         seed=config.seed, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(bench_generation.format_generation(report))
+    _print_bench(result.describe(), result.table())
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json_report(args.json, result.to_dict())}")
     return 0
 
 
 def cmd_complexity(args) -> int:
     """Measure the lecture's complexity table; print it, write JSON and log-log plots."""
-    import json
     from datetime import datetime
 
     from . import complexity
@@ -463,6 +492,8 @@ def cmd_complexity(args) -> int:
     base = complexity.ComplexityConfig(**complexity.QUICK) if args.quick else None
     config = config_from_flags(complexity.ComplexityConfig, args, "complexity", base)
     out = Path(args.out) if args.out else Path("runs") / f"complexity-{datetime.now():%Y%m%d-%H%M%S}"
+    for path in (out / "complexity.json", *([args.json] if args.json else [])):
+        json_folder(path)
     print(f"rnnlab complexity: {config.cell}, H={config.hidden}, I={config.input}, B={config.batch}, "
           f"k={config.window}, device {config.device}")
     result = complexity.measure(config, progress=lambda line: print("  measuring", line, flush=True))
@@ -472,11 +503,9 @@ def cmd_complexity(args) -> int:
           f"O(1) and O(log T) -> 0, O(sqrt T) -> 0.5, O(T) -> 1. Serial steps count ops on the longest chain "
           f"({result.ops_per_step} per {config.cell} step). {complexity.FLOPS_CONVENTION}")
     data = result.to_dict()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "complexity.json").write_text(json.dumps(data, indent=1))
+    write_json_report(out / "complexity.json", data)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(data, indent=1))
+        write_json_report(args.json, data)
     plots = complexity.plot_results(result, out)
     print(f"\nwrote {out / 'complexity.json'}" + (f", {args.json}" if args.json else "")
           + f" and {len(plots)} plots in {out}/")
@@ -485,20 +514,19 @@ def cmd_complexity(args) -> int:
 
 def cmd_gradients(args) -> int:
     """Norms of dLoss/ds^t for each ladder cell on the adding problem, at init and after training."""
-    import json
     from datetime import datetime
 
     from . import gradient_flow as gf
 
     config = config_from_flags(gf.GradientFlowConfig, args, "gradients")
     out = Path(args.out) if args.out else Path("runs") / f"gradients-{datetime.now():%Y%m%d-%H%M%S}"
+    json_folder(out / "gradients.json")
     result = gf.measure_gradient_flow(config, progress=lambda line: print("  ", line, flush=True))
     print(f"\n||dLoss/ds^t|| on the adding problem (T={config.T}, H={config.hidden}, depth {config.depth}, "
           f"init {config.init}; loss at t=T; "
           f"baseline MSE {gf.ADDING_BASELINE_MSE:.3f})\n")
     print(tables.markdown(result.table()))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gradients.json").write_text(json.dumps(result.to_dict()))
+    write_json_report(out / "gradients.json", result.to_dict())
     path = gf.plot_gradient_flow(result.cells, out / "gradients.png", config.T)
     print(f"\nwrote {out / 'gradients.json'} and {path}")
     return 0

@@ -229,3 +229,36 @@ def test_the_task_may_come_after_flags(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "adding", *TINY]) == 0
     assert '"task": "adding"' in (run / "config.json").read_text()
+
+
+def test_a_json_report_is_written_whole_in_a_folder_it_creates(tmp_path, monkeypatch):
+    from rnnlab import cli
+
+    path = tmp_path / "new" / "deeper" / "report.json"
+    assert cli.write_json_report(path, {"rows": [1.5, None]}) == path
+    assert json.loads(path.read_text()) == {"rows": [1.5, None]}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]  # no temporary file left
+    # a write that fails at the end (a full disk) leaves the old report as it was, and no temporary file
+    from rnnlab import checkpoints
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.os, "replace", full)
+    with pytest.raises(OSError, match="no space left"):
+        cli.write_json_report(path, {"rows": []})
+    assert json.loads(path.read_text()) == {"rows": [1.5, None]}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]
+
+
+@pytest.mark.parametrize("command", [["bench", "--sizes", "2x4x3x5", "--cells", "lstm", "--reps", "1"],
+                                     ["complexity", "--quick"]])
+def test_a_json_path_that_cannot_be_written_fails_before_the_run(command, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    if command[0] == "complexity":
+        command = [*command, "--out", str(tmp_path / "out")]
+    assert main([*command, "--json", str(blocker / "report.json")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"rnnlab: error: cannot write {blocker / 'report.json'}: {blocker} is not a folder"
+    assert "rnnlab bench  cpu" not in captured.out and "measuring" not in captured.out  # nothing was run

@@ -150,6 +150,7 @@ def test_the_generation_bench_times_every_loop_and_the_floor(tmp_path, capsys):
                  "--generation-top-k", "3", "--json", str(json_file)]) == 0
     out = capsys.readouterr().out
     assert "floor, one pass over the weights per token" in out and "load average" in out
+    assert "| candidate | us/token | min-max | tokens/s | x floor |" in out  # the one table printer's Markdown
     report = json.loads(json_file.read_text())
     names = [row["name"] for row in report["rows"]]
     assert names == (["rnnlab compiled"] if BUILT else []) + ["rnnlab python", "torch.nn.LSTM loop"]
