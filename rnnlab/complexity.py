@@ -42,6 +42,7 @@ from . import kernels
 from .cells import LADDER, Cell, OutputFeedbackCell
 from .config import ConfigError, knob, validate
 from .instruments import SavedTensorTracker, fit_exponent, ops_per_step, peak_allocated
+from .plots import pyplot, save_figure
 from .runners import Recurrent, shift_right
 from .tables import Table
 
@@ -460,10 +461,7 @@ def _measure(config: ComplexityConfig, progress) -> ComplexityResult:
 
 def plot_results(result: ComplexityResult, out_dir: Path) -> list[Path]:
     """One log-log PNG per quantity, a line per regime; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on a server
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -481,9 +479,5 @@ def plot_results(result: ComplexityResult, out_dir: Path) -> list[Path]:
         ax.set_title(f"{label} vs T ({result.config.cell}, H={result.config.hidden}; slope in legend)", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"{quantity}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"{quantity}.png", dpi=80))
     return written

@@ -20,6 +20,7 @@ from .cells import LADDER
 from .config import knob, validate
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
 from .init import Init
+from .plots import pyplot, save_figure
 from .runners import Recurrent
 from .tables import Table
 
@@ -175,10 +176,7 @@ def selected_steps(steps: int) -> list[int]:
 
 def plot_gradient_flow(results: list[CellFlow], path: Path, steps: int) -> Path:
     """Two panels, at initialisation and after training: ||dLoss/ds^t|| against t, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on a server
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=80, sharey=True)
     for ax, moment in zip(axes, ("init", "trained")):
@@ -193,8 +191,4 @@ def plot_gradient_flow(results: list[CellFlow], path: Path, steps: int) -> Path:
     axes[1].legend(fontsize=8)
     fig.suptitle(f"Gradient flow on the adding problem, T={steps} (baseline MSE {ADDING_BASELINE_MSE:.3f})",
                  fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 from .checkpoints import RunDir
 from .config import knob, validate
+from .plots import pyplot, save_figure
 from .tables import Table
 from .tasks import TASKS, Baselined, run_config
 from .training import TrainConfig, Trainer, seed_everything
@@ -175,10 +176,7 @@ def _train_cell(task_cls, config, train_config: TrainConfig, run_dir: Path, para
 
 def plot_ladder(rows: list[LadderRow], path: str | Path, title: str) -> Path:
     """The evaluation loss of every cell against the training step, log scale, baseline dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on a server
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for row in rows:
@@ -193,9 +191,4 @@ def plot_ladder(rows: list[LadderRow], path: str | Path, title: str) -> Path:
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -130,6 +130,18 @@ def _passage_loss(logits: np.ndarray, ids: torch.Tensor) -> float | None:
     return F.cross_entropy(torch.from_numpy(logits[:-1]).double(), ids[1:]).item()
 
 
+def _run_and_cell(task, run_dir: str | Path, weights_file: Path, cell, layers: int) -> dict:
+    """The page data's "format", "run" and "cell", the same for every task."""
+    return {
+        "format": 1,
+        "run": {"name": Path(run_dir).resolve().name, "weights": weights_file.name,
+                "config": RunDir(run_dir).read_json("config.json"), "describe": task.describe()},
+        "cell": {"name": task.config.cell, "class": type(cell).__name__, "doc": inspect.getdoc(type(cell)) or "",
+                 "gates": list(shown_gates(cell)), "quantities": list(quantities_of(cell)),
+                 "layers": layers, "hidden": cell.hidden_size},
+    }
+
+
 def page_data(task, run_dir: str | Path, weights_file: Path, tokens: list[str],
               source: str) -> tuple[dict, Trace, Trace]:
     """Everything the page embeds, and the traces of the page's and the run's own model."""
@@ -151,12 +163,7 @@ def page_data(task, run_dir: str | Path, weights_file: Path, tokens: list[str],
         })
     top_ids, top_probs = _top(trace.logits)
     data = {
-        "format": 1,
-        "run": {"name": Path(run_dir).resolve().name, "weights": weights_file.name,
-                "config": RunDir(run_dir).read_json("config.json"), "describe": task.describe()},
-        "cell": {"name": task.config.cell, "class": type(cell).__name__, "doc": inspect.getdoc(type(cell)) or "",
-                 "gates": list(shown_gates(cell)), "quantities": list(quantities_of(cell)),
-                 "layers": len(trace.layers), "hidden": cell.hidden_size},
+        **_run_and_cell(task, run_dir, weights_file, cell, len(trace.layers)),
         "level": task.config.level,
         "vocabulary": task.vocabulary.tokens,
         "start": "\n",  # the live model reads a new line first, as LanguageTask.sample_text does
@@ -184,12 +191,7 @@ def examples_page_data(task, run_dir: str | Path, weights_file: Path, examples: 
     starts = np.cumsum([0] + [len(e.tokens) for e in examples])[:-1].tolist()
     tokens = [token for e in examples for token in e.tokens]
     return {
-        "format": 1,
-        "run": {"name": Path(run_dir).resolve().name, "weights": weights_file.name,
-                "config": RunDir(run_dir).read_json("config.json"), "describe": task.describe()},
-        "cell": {"name": task.config.cell, "class": type(cell).__name__, "doc": inspect.getdoc(type(cell)) or "",
-                 "gates": list(shown_gates(cell)), "quantities": list(quantities_of(cell)),
-                 "layers": len(layers), "hidden": cell.hidden_size},
+        **_run_and_cell(task, run_dir, weights_file, cell, len(layers)),
         "level": "step",
         "vocabulary": [],
         "start": "",

@@ -33,6 +33,7 @@ from ..data.batches import Batch
 from ..data.seeded import SeededBatches
 from ..data.strips import Strips, caption_vocabulary, caption_words, make_strips
 from ..models import RecurrentModel, VectorToSequence
+from ..plots import pyplot, save_figure
 from ..preprocessing import MLP, EmbeddingFeedback
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
@@ -300,10 +301,7 @@ class CaptionTask(Task, Captioner):
 
 def plot_captions(images: torch.Tensor, captions: list[str], references: list[str] | None, path) -> Path:
     """Images (N, rows, width) in a grid of two columns, each titled with its caption."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = 2 if len(images) > 1 else 1
     rows = -(-len(images) // columns)
@@ -316,7 +314,4 @@ def plot_captions(images: torch.Tensor, captions: list[str], references: list[st
         right = references is None or captions[i] == references[i]
         title = captions[i] if right else f"{captions[i] or '(nothing)'}  (truth: {references[i]})"
         axis.set_title(title, fontsize=9, color="black" if right else "red")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return Path(path)
+    return save_figure(figure, path)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.batches import Batch
+from ..plots import pyplot, save_figure
 
 __all__ = ["classification_loss", "predict", "scores", "majority_baseline", "confusion_matrix", "plot_confusion"]
 
@@ -68,10 +69,7 @@ def confusion_matrix(predicted: torch.Tensor, targets: torch.Tensor, classes: in
 
 def plot_confusion(matrix: torch.Tensor, labels: list[str], path: str | Path, title: str) -> Path:
     """The confusion matrix as a PNG: row-normalised colours, counts written in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     size = len(labels)
     rates = matrix.float() / matrix.sum(1, keepdim=True).clamp(min=1)
@@ -87,7 +85,4 @@ def plot_confusion(matrix: torch.Tensor, labels: list[str], path: str | Path, ti
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return Path(path)
+    return save_figure(figure, path)

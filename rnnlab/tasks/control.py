@@ -45,6 +45,7 @@ from ..data.batches import Batch
 from ..data.cartpole import MAX_RETURN, STATE_NAMES, VISIBLE, make_cartpole
 from ..data.rollouts import Rollouts, play
 from ..init import Init
+from ..plots import pyplot, save_figure
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
 from .base import Task
@@ -300,10 +301,7 @@ def plot_learning_curves(records: list[dict], path: str | Path, episodes: int) -
             curves[name] = points
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(7, 4.8))
     for name, points in curves.items():
@@ -317,7 +315,4 @@ def plot_learning_curves(records: list[dict], path: str | Path, episodes: int) -
     axes.set_title("CartPole-v1: memory of a partially observed world")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: never over a line
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return Path(path)
+    return save_figure(figure, path)

@@ -43,6 +43,7 @@ from ..data.seeded import SeededBatches
 from ..data.series import load_co2, load_sunspots
 from ..init import Init
 from ..models import RecurrentModel
+from ..plots import pyplot, save_figure
 from ..preprocessing import RawFeedback
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
@@ -300,10 +301,7 @@ class ForecastTask(Task):
 
     def plot(self, model, path: Path) -> Path:
         """History (the last three tails' worth), forecast and truth against the year."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         n_history, s = self.n_train + self.n_val, self.series
         years = s.start + s.years_per_step * torch.arange(len(self.values))
@@ -320,8 +318,4 @@ class ForecastTask(Task):
         axes.set_ylabel(s.unit)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        return path
+        return save_figure(figure, path)

@@ -40,6 +40,7 @@ from ..data.translation import (
 from ..data.vocabulary import Vocabulary, detokenize
 from ..decoding import beam_search, greedy_search
 from ..models import EncoderDecoder, RecurrentModel
+from ..plots import pyplot, save_figure
 from ..preprocessing import EmbeddingFeedback
 from ..runners import IMPLEMENTATION_NAMES, Stacked
 from ..training import TrainConfig
@@ -295,10 +296,7 @@ class TranslateTask(Task, Translator):
     def plot_attention(self, model, pairs: list[Pair], path) -> str:
         """A PNG of where the decoder looked: for each pair, its greedy translation's words (rows)
         against the source words (columns), shaded by the attention weight."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         was_training = model.training
         model.eval()
@@ -315,8 +313,6 @@ class TranslateTask(Task, Translator):
             axis.set_yticks(range(len(out) + 1), [self.target_vocabulary.tokens[t] for t in out] + [EOS], fontsize=8)
             axis.set_title(pair.key, fontsize=9)
         figure.suptitle(f"{self.config.attention} attention: each written word (row) over the source words")
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
+        save_figure(figure, path, dpi=110)
         model.train(was_training)
         return str(path)
