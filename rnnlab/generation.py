@@ -8,12 +8,14 @@ next step's input (or, with output feedback, as y^{t-1}). Two implementations, t
 
 `auto` takes `compiled` where it serves the model and the C++ module is built, else `python`.
 The compiled path serves a `RecurrentModel` whose core is `Stacked` (or `Recurrent`) cells of the
-families lstm, gru, vanilla, residual, input and forget (activation tanh or relu, gates sigmoid, depth 1,
-reading the state, no zoneout; any number of layers, output feedback into the first layer only), read
-through an `nn.Embedding` input map or an `EmbeddingFeedback`, with a linear readout (optionally after
-dropout, which is off when generating), on the CPU in float32 or float64. Not served (the Python loop
-runs them): the peephole and layer-norm LSTMs, the output-feedback cell, deep transitions, zoneout,
-bidirectional or residual stacks, other readouts. `compiled_refusal(model)` says why for a model.
+families lstm, peephole-lstm, layernorm-lstm, projected-lstm, gru, vanilla, residual, input and forget
+(activation tanh or relu, gates sigmoid, depth 1, reading the state, no zoneout; any number of layers,
+output feedback into the first layer only), read through an `nn.Embedding` input map or an
+`EmbeddingFeedback`, with a linear readout (optionally after dropout, which is off when generating), on
+the CPU in float32 or float64. Layer 0's table row is its cell's own `project_input` of the token (for the
+layer-norm LSTM: LN_x(U x + W y) + b_ih). Not served (the Python loop runs them): the output-feedback
+cell, deep transitions, zoneout, other activations, bidirectional or residual stacks, other readouts.
+`compiled_refusal(model)` says why for a model.
 
 Same tokens, not the same bits: the compiled step sums its matrix-vector products in its own order
 (MKL's is not reproducible outside MKL and is 2x slower at batch 1), so its logits match the Python
@@ -24,7 +26,6 @@ candidates' sampling keys p_i / q_i tie to within that rounding. The draws thems
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .kernels import compiled
@@ -60,12 +61,35 @@ def _linear(readout: nn.Module) -> nn.Linear | None:
     return None
 
 
-SERVED = ("lstm", "gru", "vanilla", "residual", "input", "forget")  # the cell families the C++ loop computes
+SERVED = ("lstm", "peephole-lstm", "layernorm-lstm", "projected-lstm", "gru", "vanilla", "residual", "input",
+          "forget")  # the cell families the C++ loop computes
 
 
 def _cell_name(cell) -> str:
     """The C++ loop's name for the cell's update."""
     return f"residual_{cell.residual}" if cell.family == "residual" else cell.family
+
+
+def _affine(norm: nn.LayerNorm, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LayerNorm's gain and shift (ones and zeros where it has none)."""
+    gain = norm.weight if norm.weight is not None else like.new_ones(norm.normalized_shape)
+    return gain, norm.bias if norm.bias is not None else like.new_zeros(norm.normalized_shape)
+
+
+def _extras(cell, first: bool) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """What the C++ step reads of a cell beyond its weights and biases, by name, and the layer norms' epsilons."""
+    if cell.family == "peephole-lstm":
+        return {"peephole": cell.weight_peephole}, []
+    if cell.family == "projected-lstm":
+        return {"weight_hr": cell.weight_hr}, []
+    if cell.family != "layernorm-lstm":
+        return {}, []
+    extras = {}
+    for part, norm in (("ih", cell.norm_ih), ("hh", cell.norm_hh), ("cell", cell.norm_cell)):
+        if part == "ih" and first:
+            continue  # the table's rows are normalised already
+        extras[f"gain_{part}"], extras[f"shift_{part}"] = _affine(norm, cell.weight_hh)
+    return extras, [cell.norm_ih.eps, cell.norm_hh.eps, cell.norm_cell.eps]
 
 
 def compiled_refusal(model: nn.Module) -> str | None:
@@ -158,15 +182,18 @@ def _compiled(model, logits, state, length, temperature, top_k, generator) -> to
     states = [state] if isinstance(model.core, Recurrent) else list(state)
     cells = [layer.cell for layer in layers]
     first = cells[0]
-    # the input projection of every token, one row each (tokens, K H): layer 0 never reads W_ih
+    # the input part zx of every token, one row each (tokens, K H), by the cell's own project_input as
+    # the Python step computes it: layer 0 never reads W_ih (nor the layer-norm LSTM's LN_x)
     if model.feedback_map is None:
-        table = F.linear(model.input_map.weight, first.weight_ih, first.bias_ih)
+        table = first.project_input(model.input_map.weight)
     else:
-        table = F.linear(model.feedback_map.embedding.weight, first.weight_yh, first.bias_ih)
+        fed = model.feedback_map.embedding.weight
+        table = first.project_input(fed.new_zeros(fed.shape[0], 0), fed)
 
     def bias(cell, b):
         return b if b is not None else cell.weight_hh.new_zeros(cell.weight_hh.shape[0])
 
+    extras = [_extras(c, i == 0) for i, c in enumerate(cells)]
     readout = _linear(model.readout)
     readout_bias = readout.bias if readout.bias is not None else readout.weight.new_zeros(readout.out_features)
     empty = readout.weight.new_zeros(0)
@@ -174,5 +201,6 @@ def _compiled(model, logits, state, length, temperature, top_k, generator) -> to
         [_cell_name(c) for c in cells], [c.activation == "relu" for c in cells], table.contiguous(),
         [c.weight_ih for c in cells], [c.weight_hh for c in cells], [bias(c, c.bias_ih) for c in cells],
         [bias(c, c.bias_hh) for c in cells], [c.output(s).reshape(-1) for c, s in zip(cells, states)],
-        [s[1].reshape(-1) if isinstance(s, tuple) else empty for s in states], readout.weight, readout_bias,
+        [s[1].reshape(-1) if isinstance(s, tuple) else empty for s in states], [e[0] for e in extras],
+        [e[1] for e in extras], readout.weight, readout_bias,
         logits.reshape(-1), length, float(temperature), top_k or 0, generator)
