@@ -168,8 +168,10 @@ struct Norm {
   // v = LN(v) in place; the moments summed in double, as near to exact as torch's own
   void apply(T* __restrict__ v, int64_t n) const {
     double mean = 0, var = 0;
+#pragma omp simd reduction(+ : mean)
     for (int64_t k = 0; k < n; ++k) mean += v[k];
     mean /= static_cast<double>(n);
+#pragma omp simd reduction(+ : var)
     for (int64_t k = 0; k < n; ++k) var += (v[k] - mean) * (v[k] - mean);
     const T m = static_cast<T>(mean), rstd = static_cast<T>(1 / std::sqrt(var / static_cast<double>(n) + eps));
     const T *__restrict__ g = gain.data(), *__restrict__ b = shift.data();
