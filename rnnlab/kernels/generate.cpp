@@ -165,7 +165,7 @@ struct Norm {
 
   bool on() const { return !gain.empty(); }
 
-  // v = LN(v) in place; the moments summed in double, as near to exact as torch's own
+  // v = LN(v) in place; the moments summed in double: the values agree with torch.nn.LayerNorm's to rounding
   void apply(T* __restrict__ v, int64_t n) const {
     double mean = 0, var = 0;
 #pragma omp simd reduction(+ : mean)
