@@ -93,6 +93,9 @@ class TrainConfig:
     log_every: int = knob(10, "write the mean training loss to metrics.jsonl every this many steps", low=1)
     precision: str = knob("32", "arithmetic of the forward passes: 32 (float32) or bf16 (torch.autocast to bfloat16; "
                                 "weights, gradients and optimiser stay float32)", PRECISIONS)
+    ema_decay: float | None = knob(None, "evaluate, keep as best and save the exponential moving average of the "
+                                         "weights, updated after every step with this decay (none: the weights "
+                                         "themselves)", above=0, below=1)
 
     def __post_init__(self):
         validate(self)
@@ -209,6 +212,9 @@ class Trainer:
         self.evals_since_best = 0
         self.last_eval: dict[str, float] | None = None
         self.last_eval_step = -1
+        # --ema-decay: the running average of the weights (state_dict order), and how many steps it has seen
+        self.averaged: list[torch.Tensor] | None = None
+        self.averaged_steps = 0
         self.resumed = False
         self._stop_requested = False
 
@@ -252,6 +258,8 @@ class Trainer:
             "evals_since_best": self.evals_since_best,
             "last_eval": self.last_eval,
             "last_eval_step": self.last_eval_step,
+            "averaged": None if self.averaged is None else [a.detach().cpu().clone() for a in self.averaged],
+            "averaged_steps": self.averaged_steps,
         }
 
     def save_checkpoint(self) -> Path:
@@ -298,6 +306,12 @@ class Trainer:
             random.setstate((3, tuple(state["rng_python"]), None))
             self.best_eval_loss, self.evals_since_best = state["best_eval_loss"], state["evals_since_best"]
             self.last_eval, self.last_eval_step = state["last_eval"], state["last_eval_step"]
+            averaged = state.get("averaged")  # absent: a checkpoint written before --ema-decay existed
+            if (averaged is not None) != (self.config.ema_decay is not None):
+                raise ValueError(f"ema_decay is {self.config.ema_decay}, but the checkpoint "
+                                 f"{'holds' if averaged is not None else 'lacks'} averaged weights")
+            self.averaged = None if averaged is None else [a.to(self.device) for a in averaged]
+            self.averaged_steps = int(state.get("averaged_steps", 0))
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
             raise CheckpointError(f"{source} does not match this trainer (optimiser, data or format "
                                   f"differ): {error}") from None
@@ -386,6 +400,7 @@ class Trainer:
                     break
                 batch_started = time.monotonic()
                 loss, count = self._train_batch(next(self.batches))
+                self._update_average()
                 interval["seconds"] += time.monotonic() - batch_started
                 self.step += 1
                 self.tokens += count
@@ -458,6 +473,48 @@ class Trainer:
             total, count = total + loss.item() * n, count + n
         return total / max(count, 1), count
 
+    def _update_average(self) -> None:
+        """--ema-decay d: after n steps the average is sum_t (1 - d) d^(n-t) w_t / (1 - d^n) over the
+        weights w_1 .. w_n after each step: the moving average, normalised (as Adam's bias correction)
+        so the zero it would start from weighs nothing. Integer tensors are copied."""
+        decay = self.config.ema_decay
+        if decay is None:
+            return
+        current = list(self.model.state_dict().values())
+        self.averaged_steps += 1
+        if self.averaged is None:
+            self.averaged = [t.detach().clone() for t in current]
+            return
+        rate = (1 - decay) / (1 - decay ** self.averaged_steps)  # 1 at the first step: the weights themselves
+        with torch.no_grad():
+            for average, weight in zip(self.averaged, current):
+                if average.is_floating_point():
+                    average.lerp_(weight, rate)
+                else:
+                    average.copy_(weight)
+
+    def averaged_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The averaged weights under the model's state_dict names (None without --ema-decay or before
+        the first step)."""
+        if self.averaged is None:
+            return None
+        return dict(zip(self.model.state_dict().keys(), self.averaged))
+
+    @contextmanager
+    def _evaluated_weights(self):
+        """The weights evaluations see and best.safetensors keeps: the average with --ema-decay (the
+        model's own weights are put back after), else the model's own."""
+        averaged = self.averaged_state_dict()
+        if averaged is None:
+            yield
+            return
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(averaged)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(own)
+
     def _report_step(self, loss: float, count: int, interval: dict) -> None:
         interval["loss"] += loss * count
         interval["count"] += count
@@ -498,16 +555,18 @@ class Trainer:
     def _evaluate_and_check(self) -> bool:
         """Evaluate, log, keep the best weights; True when the task's goal is met (self.solved) or
         early stopping says stop."""
-        metrics = self.evaluate()
+        with self._evaluated_weights():
+            metrics = self.evaluate()
+            best = self.best_eval_loss is None or metrics["loss"] < self.best_eval_loss
+            if best and self.run is not None:
+                self.run.save_weights(self.run.best_file, self.model.state_dict())
         self.last_eval, self.last_eval_step = metrics, self.step
         self.solved = self._meets_goal(metrics)
         wall, cpu = self.elapsed()
         self._record({"kind": "eval", "step": self.step, **metrics, "elapsed_s": round(wall, 2),
                       "cpu_s": round(cpu, 2)})
-        if self.best_eval_loss is None or metrics["loss"] < self.best_eval_loss:
+        if best:
             self.best_eval_loss, self.evals_since_best = metrics["loss"], 0
-            if self.run is not None:
-                self.run.save_weights(self.run.best_file, self.model.state_dict())
             return self.solved
         self.evals_since_best += 1
         if self.solved:

@@ -331,3 +331,59 @@ def test_threads_apply_while_training_only():
     Trainer(Regression(), Stream(), spying_loss([]), TrainConfig(steps=2, threads=1),
             on_event=lambda e: seen.append(torch.get_num_threads())).fit()
     assert set(seen) == {1} and torch.get_num_threads() == before
+
+
+# --- averaged weights (--ema-decay) -----------------------------------------------------------
+
+
+def test_ema_is_the_normalised_moving_average_of_the_weights_and_what_is_evaluated_and_kept(tmp_path):
+    decay, seen = 0.8, []
+    task = tiny_task(write_play(tmp_path / "play.txt"))
+    record = lambda event: seen.append(weights(task.model)) if event["kind"] == "step" else None
+    trainer = trainer_for(task, tmp_path / "run", on_event=record, steps=6, eval_every=6, ema_decay=decay)
+    trainer.fit()
+    assert len(seen) == 6
+    n = len(seen)
+    averaged = trainer.averaged_state_dict()
+    for key, value in averaged.items():
+        if not value.is_floating_point():
+            continue
+        expected = sum((1 - decay) * decay ** (n - 1 - t) * w[key] for t, w in enumerate(seen)) / (1 - decay ** n)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    assert_same_weights(weights(task.model), seen[-1])  # the model keeps its own weights
+    assert not torch.equal(averaged["readout.1.weight"], seen[-1]["readout.1.weight"])
+    run = RunDir(tmp_path / "run")
+    assert_same_weights(run.load_weights(run.best_file), averaged)  # one evaluation: its weights, the average, are the best
+    evaluated = [r["loss"] for r in run.read_metrics() if r["kind"] == "eval"]
+    task.model.load_state_dict(averaged)
+    task.model.eval()
+    with torch.no_grad():
+        assert evaluated == [pytest.approx(task.evaluate(task.model)["loss"])]
+
+
+def test_ema_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    text = write_play(tmp_path / "play.txt")
+    whole = trainer_for(tiny_task(text), tmp_path / "whole", ema_decay=0.9)
+    whole.fit()
+
+    def stop_halfway(event):
+        if event["kind"] == "step" and event["step"] == 10:
+            first.request_stop()
+
+    first = trainer_for(tiny_task(text), tmp_path / "split", on_event=stop_halfway, ema_decay=0.9)
+    assert first.fit().step == 10
+    second = trainer_for(tiny_task(text), tmp_path / "split", ema_decay=0.9)
+    assert second.resume() == 10
+    second.fit()
+    assert_same_weights(whole.averaged_state_dict(), second.averaged_state_dict())
+    assert_same_weights(weights(whole.model), weights(second.model))
+    losses = lambda run: [r["loss"] for r in RunDir(run).read_metrics() if r["kind"] == "eval"]
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    with pytest.raises(CheckpointError, match="ema_decay"):  # a run without the average cannot resume with one
+        trainer_for(tiny_task(text), tmp_path / "whole", steps=30).resume()
+
+
+def test_ema_decay_must_lie_between_0_and_1():
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="ema_decay"):
+            TrainConfig(ema_decay=bad)
