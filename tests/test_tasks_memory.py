@@ -98,6 +98,28 @@ def test_copy_curriculum_grows_the_delay_from_1_to_T_and_resumes_exactly():
         CopyConfig(curriculum=-1)
 
 
+def test_copy_mixed_curriculum_draws_delays_up_to_the_longest_and_resumes_exactly():
+    config = CopyConfig(T=9, curriculum=4, batch_size=2, eval_size=8, mix=0.5)
+    batches = CopyTask(config).batches(0)
+    delays = [next(batches).inputs.shape[1] - 20 for _ in range(60)]
+    longest = [1, 3, 5, 7] + [9] * 56
+    assert all(1 <= d <= m for d, m in zip(delays, longest))
+    assert delays.count(9) >= 10 and 3 <= len(set(delays[4:])) and delays != longest  # mixed, not only T
+    first, resumed = CopyTask(config).batches(0), CopyTask(config).batches(0)
+    [next(first) for _ in range(3)]
+    resumed.load_state_dict(first.state_dict())
+    assert all(torch.equal(next(first).inputs, next(resumed).inputs) for _ in range(10))
+    with pytest.raises(ValueError, match=r"CopyConfig: mix must be a number in \[0, 1\]; got 1.5"):
+        CopyConfig(mix=1.5)
+
+
+def test_copy_final_metrics_include_the_fresh_test_sequences():
+    task = CopyTask(CopyConfig(T=3, hidden=4, eval_size=8))
+    metrics = task.final_metrics(task.model)
+    assert list(metrics) == ["validation loss", "validation accuracy", "test loss", "test accuracy"]
+    assert 0 <= metrics["test accuracy"] <= 1 and metrics["test loss"] > 0 and task.model.training
+
+
 def test_copy_stops_once_the_held_out_symbols_are_copied(tmp_path, capsys):
     task = CopyTask(CopyConfig(T=4, eval_size=8, stop_at=0.99))
     assert task.solved({"loss": 0.1, "accuracy": 0.99}) and not task.solved({"loss": 0.1, "accuracy": 0.98})

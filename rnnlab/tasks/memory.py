@@ -147,6 +147,9 @@ class CopyConfig(MemoryModelConfig):
     hidden: int = knob(128, "state size H of each layer", low=1)
     curriculum: int = knob(2000, "curriculum: training steps over which the delay grows linearly from 1 to T "
                                  "(0: T from the first step); evaluation is always at T", low=0)
+    mix: float = knob(0.0, "mixed curriculum: the fraction of batches whose delay is drawn uniformly from 1 to "
+                           "the curriculum's current longest delay (the others: that longest), so short delays "
+                           "stay in training", low=0, high=1)
     stop_at: float | None = knob(0.995, "stop training at the first evaluation that copies this fraction of the "
                                         "held-out symbols right (none: train every step)", above=0, high=1)
 
@@ -155,18 +158,32 @@ class CopyConfig(MemoryModelConfig):
 
 
 class GrowingDelayBatches(SeededBatches):
-    """Copy batches whose delay grows with the batches served: 1 at the first, T from batch
-    `over` + 1 on. The delay is a function of the count, so a resume draws the same batches."""
+    """Copy batches whose longest delay grows with the batches served: 1 at the first, T from batch
+    `over` + 1 on. With `mix` > 0 (Zaremba & Sutskever 2014's mixed curriculum) that fraction of the
+    batches draws its delay uniformly from 1 to the current longest instead, from the batches' own
+    generator. The delay is a function of the count and the generator, so a resume draws the same
+    batches; mix = 0 draws nothing more (the batches of before)."""
 
-    def __init__(self, batch_size: int, T: int, over: int, seed: int = 0):
-        super().__init__(lambda generator: Batch(*copy_memory_batch(batch_size, self.delay(), generator)), seed)
-        self.T, self.over = T, over
+    def __init__(self, batch_size: int, T: int, over: int, seed: int = 0, mix: float = 0.0):
+        super().__init__(lambda generator: Batch(*copy_memory_batch(batch_size, self.delay(generator), generator)),
+                         seed)
+        self.T, self.over, self.mix = T, over, mix
 
-    def delay(self) -> int:
-        """The delay of the batch being served (self.served counts it already)."""
+    def longest(self) -> int:
+        """The curriculum's longest delay for the batch being served (self.served counts it already)."""
         if self.over == 0:
             return self.T
         return min(self.T, 1 + (self.T - 1) * (self.served - 1) // self.over)
+
+    def delay(self, generator: torch.Generator | None = None) -> int:
+        """The delay of the batch being served: the longest, or with probability `mix` (drawn from
+        `generator`) a uniform one from 1 to the longest."""
+        longest = self.longest()
+        if self.mix == 0 or generator is None:
+            return longest
+        if float(torch.rand((), generator=generator)) < self.mix:
+            return int(torch.randint(1, longest + 1, (), generator=generator))
+        return longest
 
 
 class CopyTask(MemoryTask):
@@ -203,7 +220,8 @@ class CopyTask(MemoryTask):
         return self.config.stop_at is not None and metrics.get("accuracy", 0.0) >= self.config.stop_at
 
     def batches(self, seed: int) -> SeededBatches:
-        return GrowingDelayBatches(self.config.batch_size, self.config.T, self.config.curriculum, seed)
+        return GrowingDelayBatches(self.config.batch_size, self.config.T, self.config.curriculum, seed,
+                                   self.config.mix)
 
     @staticmethod
     def loss(model, batch: Batch, state, teacher_forcing: float):
@@ -225,15 +243,30 @@ class CopyTask(MemoryTask):
         copied = logits[:, -COPY_LENGTH:].argmax(-1) == targets[:, -COPY_LENGTH:]
         return {"loss": float(loss), "accuracy": float(copied.float().mean()), "baseline": self.baseline}
 
+    def _test(self, model) -> dict[str, float]:
+        """The score on fresh test sequences that no decision saw (neither the best weights nor the
+        stop at `stop_at` chose by them)."""
+        return self._score(model, *copy_memory_batch(self.config.eval_size, self.config.T,
+                                                     torch.Generator().manual_seed(TEST_SEED)))
+
+    @torch.no_grad()
+    def final_metrics(self, model) -> dict[str, float]:
+        """The held-out metrics and the fresh test sequences' (`rnnlab seeds` tabulates both)."""
+        was_training = model.training
+        model.eval()
+        try:
+            e, test = self.evaluate(model), self._test(model)
+        finally:
+            model.train(was_training)
+        return {"validation loss": e["loss"], "validation accuracy": e["accuracy"],
+                "test loss": test["loss"], "test accuracy": test["accuracy"]}
+
     def describe(self) -> str:
         return _describe(self, f"copy task, T={self.config.T} ({self.config.T + 2 * COPY_LENGTH} steps)")
 
     @torch.no_grad()
     def report(self, model, run_dir) -> list[str]:
-        e = self.evaluate(model)
-        # Sequences no decision saw (neither the best weights nor the stop at `stop_at` chose by them).
-        test = self._score(model, *copy_memory_batch(self.config.eval_size, self.config.T,
-                                                     torch.Generator().manual_seed(TEST_SEED)))
+        e, test = self.evaluate(model), self._test(model)
         return [f"cross-entropy {e['loss']:.4f} nats/step on {self.config.eval_size} held-out sequences "
                 f"(memoryless baseline {self.baseline:.4f}); copied symbols right: {100 * e['accuracy']:.2f}% "
                 f"(chance {100 / COPY_SYMBOLS:.1f}%)",
