@@ -113,6 +113,23 @@ def test_copy_mixed_curriculum_draws_delays_up_to_the_longest_and_resumes_exactl
         CopyConfig(mix=1.5)
 
 
+def test_copy_chrono_init_spreads_the_forget_biases_over_the_sequence():
+    torch.manual_seed(0)
+    task = CopyTask(CopyConfig(T=30, hidden=64, eval_size=8, chrono=True))
+    cell = next(m for m in task.model.modules() if getattr(m, "gates", None) == ("i", "f", "r", "o"))
+    H = 64
+    bias = cell.bias_ih.detach()
+    forget, inputs = bias[H:2 * H], bias[:H]
+    assert float(forget.min()) >= 0 and float(forget.max()) <= math.log(49) + 1e-6 and float(forget.std()) > 0.3
+    assert torch.equal(inputs, -forget) and not cell.bias_hh[:2 * H].any()
+    assert torch.equal(bias[2 * H:], torch.zeros(2 * H))  # the other gates keep Keras's zeros
+    torch.manual_seed(0)
+    plain = CopyTask(CopyConfig(T=30, hidden=64, eval_size=8))
+    assert float(next(m for m in plain.model.modules() if hasattr(m, "gates")).bias_ih[H:2 * H].detach().mean()) == 1.0
+    with pytest.raises(ValueError, match="CopyConfig: chrono needs a cell with input and forget gates"):
+        CopyConfig(chrono=True, cell="gru")
+
+
 def test_copy_final_metrics_include_the_fresh_test_sequences():
     task = CopyTask(CopyConfig(T=3, hidden=4, eval_size=8))
     metrics = task.final_metrics(task.model)
