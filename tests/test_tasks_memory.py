@@ -126,8 +126,12 @@ def test_copy_chrono_init_spreads_the_forget_biases_over_the_sequence():
     torch.manual_seed(0)
     plain = CopyTask(CopyConfig(T=30, hidden=64, eval_size=8))
     assert float(next(m for m in plain.model.modules() if hasattr(m, "gates")).bias_ih[H:2 * H].detach().mean()) == 1.0
-    with pytest.raises(ValueError, match="CopyConfig: chrono needs a cell with input and forget gates"):
-        CopyConfig(chrono=True, cell="gru")
+    gru = CopyTask(CopyConfig(T=30, hidden=8, eval_size=8, chrono=True, cell="gru"))
+    cell = next(m for m in gru.model.modules() if hasattr(m, "gates"))
+    update = cell.bias_ih.detach()[8:16]  # gate order r, z, n: the update gate z keeps the state
+    assert gru.chrono and float(update.min()) >= 0 and float(update.std()) > 0 and not cell.bias_hh[8:16].any()
+    vanilla = CopyTask(CopyConfig(T=30, hidden=8, eval_size=8, chrono=True, cell="vanilla"))
+    assert not vanilla.chrono and "chrono" not in vanilla.describe() and "chrono" in task.describe()
 
 
 def test_copy_final_metrics_include_the_fresh_test_sequences():

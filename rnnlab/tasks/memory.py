@@ -150,38 +150,45 @@ class CopyConfig(MemoryModelConfig):
     mix: float = knob(0.0, "mixed curriculum: the fraction of batches whose delay is drawn uniformly from 1 to "
                            "the curriculum's current longest delay (the others: that longest), so short delays "
                            "stay in training", low=0, high=1)
-    chrono: bool = knob(False, "chrono initialisation (Tallec & Ollivier 2018): forget biases log U(1, T + 19), "
-                               "input biases their negatives, so the LSTM starts remembering over the whole "
-                               "sequence")
+    chrono: bool = knob(False, "chrono initialisation (Tallec & Ollivier 2018) of a cell with a forget gate (or "
+                               "the GRU's update gate): its biases log U(1, T + 19), the input gate's their "
+                               "negatives, so the cell starts remembering over the whole sequence (cells "
+                               "without such a gate: no effect)")
     stop_at: float | None = knob(0.995, "stop training at the first evaluation that copies this fraction of the "
                                         "held-out symbols right (none: train every step)", above=0, high=1)
 
     def __post_init__(self):
         validate(self)
-        if self.chrono and not {"i", "f"} <= set(LADDER[self.cell].gates):
-            raise ValueError(f"CopyConfig: chrono needs a cell with input and forget gates "
-                             f"({', '.join(c for c in CELLS if {'i', 'f'} <= set(LADDER[c].gates))}); "
-                             f"got {self.cell!r}")
 
 
-def chrono_init(model: nn.Module, longest: int) -> None:
-    """Tallec & Ollivier's chrono initialisation of every gated cell in `model`: forget bias
-    log U(1, longest - 1), input bias its negative, the recurrent biases of both zero. A forget gate
-    sigma(b) keeps the state about 1 / (1 - sigma(b)) = 1 + e^b steps, so the cells start with
-    memories spread over 1 .. longest steps instead of Keras's forget bias 1 (about 3.7 steps)."""
+def chrono_init(model: nn.Module, longest: int) -> int:
+    """Tallec & Ollivier's (2018) chrono initialisation of every cell in `model` that has a gate
+    keeping its state: the forget gate f (the LSTMs, `forget`) or the GRU's update gate z gets the
+    bias log U(1, longest - 1), the input gate i its negative, their recurrent biases zero. A keep
+    gate sigma(b) holds the state about 1 + e^b steps, so the cells start with memories spread over
+    1 .. longest steps instead of Keras's forget bias 1 (about 3.7 steps). Cells without such a gate
+    are left as they are. Returns how many cells it set."""
+    count = 0
     for cell in model.modules():
         gates = getattr(cell, "gates", ())
-        if not {"i", "f"} <= set(gates) or getattr(cell, "transition", None) is not None:
+        keep = "f" if "f" in gates else "z" if "z" in gates else None
+        if keep is None:
             continue
+        transition = getattr(cell, "transition", None)
+        bias = transition[-1].bias if transition is not None else cell.bias_ih
+        if bias is None:
+            raise ValueError(f"{type(cell).__name__}: chrono initialisation needs bias=True")
         H = cell.hidden_size
-        f, i = gates.index("f"), gates.index("i")
         with torch.no_grad():
-            forget = torch.log(torch.empty(H).uniform_(1.0, max(longest - 1.0, 1.0)))
-            cell.bias_ih[f * H:(f + 1) * H] = forget
-            cell.bias_ih[i * H:(i + 1) * H] = -forget
-            if cell.bias_hh is not None:
-                cell.bias_hh[f * H:(f + 1) * H] = 0.0
-                cell.bias_hh[i * H:(i + 1) * H] = 0.0
+            timescale = torch.log(torch.empty(H).uniform_(1.0, max(longest - 1.0, 1.0)))
+            for gate, value in ((keep, timescale), ("i", -timescale)):
+                if gate in gates:
+                    k = gates.index(gate)
+                    bias[k * H:(k + 1) * H] = value
+                    if transition is None and cell.bias_hh is not None:
+                        cell.bias_hh[k * H:(k + 1) * H] = 0.0
+        count += 1
+    return count
 
 
 class GrowingDelayBatches(SeededBatches):
@@ -235,8 +242,7 @@ class CopyTask(MemoryTask):
         # one-hot input: a frozen identity embedding, so the cell reads the symbol and nothing learned
         one_hot = nn.Embedding.from_pretrained(torch.eye(classes), freeze=True)
         core = _core(config, classes)
-        if config.chrono:
-            chrono_init(core, config.T + 2 * COPY_LENGTH)
+        self.chrono = config.chrono and chrono_init(core, config.T + 2 * COPY_LENGTH) > 0
         readout = nn.Linear(core.output_size, COPY_SYMBOLS + 1)  # blank or a symbol; never the marker
         self.model = RecurrentModel(core, readout, input_map=one_hot)
         self.eval_inputs, self.eval_targets = copy_memory_batch(config.eval_size, config.T,
@@ -291,7 +297,8 @@ class CopyTask(MemoryTask):
                 "test loss": test["loss"], "test accuracy": test["accuracy"]}
 
     def describe(self) -> str:
-        return _describe(self, f"copy task, T={self.config.T} ({self.config.T + 2 * COPY_LENGTH} steps)")
+        chrono = ", chrono initialisation" if self.chrono else ""
+        return _describe(self, f"copy task, T={self.config.T} ({self.config.T + 2 * COPY_LENGTH} steps)") + chrono
 
     @torch.no_grad()
     def report(self, model, run_dir) -> list[str]:
