@@ -51,3 +51,4 @@ def test_the_ladder_keeps_the_plain_copy_task(tmp_path):
     import json
     saved = json.loads((tmp_path / "lstm" / "config.json").read_text())
     assert saved["task_config"]["curriculum"] == 0 and saved["train"]["lr"] == 1e-2
+    assert saved["task_config"]["mix"] == 0 and saved["task_config"]["chrono"] is False

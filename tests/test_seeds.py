@@ -63,3 +63,12 @@ def test_run_seeds_and_summarize_directly(tmp_path):
         seeds.run_seeds("nosuch", DigitsConfig(), TrainConfig(), tmp_path, range(1))
     with pytest.raises(ValueError, match="non-empty range"):
         seeds.run_seeds("digits", DigitsConfig(), TrainConfig(), tmp_path, range(0))
+
+
+def test_seeds_tabulate_the_copy_tasks_fresh_test_accuracy(tmp_path, capsys):
+    out = tmp_path / "copy"
+    flags = ["--T", "3", "--eval-size", "8", "--batch-size", "4", "--curriculum", "0", "--stop-at", "1"]
+    assert main(["seeds", "copy", *TINY, *flags, "--count", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| seed | validation loss | validation accuracy | test loss | test accuracy |" in printed
+    assert "test accuracy" in dict(json.loads((out / "seed-0" / "final.json").read_text())["metrics"])

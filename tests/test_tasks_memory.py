@@ -82,7 +82,7 @@ def test_clear_errors():
 
 
 def test_copy_curriculum_grows_the_delay_from_1_to_T_and_resumes_exactly():
-    task = CopyTask(CopyConfig(T=9, curriculum=4, batch_size=2, eval_size=8))
+    task = CopyTask(CopyConfig(T=9, curriculum=4, batch_size=2, eval_size=8, mix=0))  # the naive curriculum
     batches = task.batches(0)
     assert [next(batches).inputs.shape[1] - 20 for _ in range(7)] == [1, 3, 5, 7, 9, 9, 9]
     resumed = task.batches(0)
@@ -91,11 +91,63 @@ def test_copy_curriculum_grows_the_delay_from_1_to_T_and_resumes_exactly():
     next(first)
     resumed.load_state_dict(first.state_dict())
     assert all(torch.equal(next(first).inputs, next(resumed).inputs) for _ in range(5))
-    plain, seeded = CopyTask(CopyConfig(T=9, curriculum=0, batch_size=2, eval_size=8)).batches(5), SeededBatches(
+    plain, seeded = CopyTask(CopyConfig(T=9, curriculum=0, mix=0, batch_size=2, eval_size=8)).batches(5), SeededBatches(
         lambda g: copy_memory_batch(2, 9, g), seed=5)
     assert torch.equal(next(plain).inputs, next(seeded)[0])  # no curriculum: the batches of before
     with pytest.raises(ValueError, match="CopyConfig: curriculum must be an int >= 0; got -1"):
         CopyConfig(curriculum=-1)
+
+
+def test_copy_mixed_curriculum_draws_delays_up_to_the_longest_and_resumes_exactly():
+    config = CopyConfig(T=9, curriculum=4, batch_size=2, eval_size=8, mix=0.5)
+    batches = CopyTask(config).batches(0)
+    delays = [next(batches).inputs.shape[1] - 20 for _ in range(60)]
+    longest = [1, 3, 5, 7] + [9] * 56
+    assert all(1 <= d <= m for d, m in zip(delays, longest))
+    assert delays.count(9) >= 10 and 3 <= len(set(delays[4:])) and delays != longest  # mixed, not only T
+    first, resumed = CopyTask(config).batches(0), CopyTask(config).batches(0)
+    [next(first) for _ in range(3)]
+    resumed.load_state_dict(first.state_dict())
+    assert all(torch.equal(next(first).inputs, next(resumed).inputs) for _ in range(10))
+    with pytest.raises(ValueError, match=r"CopyConfig: mix must be a number in \[0, 1\]; got 1.5"):
+        CopyConfig(mix=1.5)
+
+
+def test_copy_chrono_init_spreads_the_forget_biases_over_the_sequence():
+    torch.manual_seed(0)
+    task = CopyTask(CopyConfig(T=30, hidden=64, eval_size=8, chrono=True))
+    cell = next(m for m in task.model.modules() if getattr(m, "gates", None) == ("i", "f", "r", "o"))
+    H = 64
+    bias = cell.bias_ih.detach()
+    forget, inputs = bias[H:2 * H], bias[:H]
+    assert float(forget.min()) >= 0 and float(forget.max()) <= math.log(49) + 1e-6 and float(forget.std()) > 0.3
+    assert torch.equal(inputs, -forget) and not cell.bias_hh[:2 * H].any()
+    assert torch.equal(bias[2 * H:], torch.zeros(2 * H))  # the other gates keep Keras's zeros
+    torch.manual_seed(0)
+    plain = CopyTask(CopyConfig(T=30, hidden=64, eval_size=8, chrono=False))
+    assert float(next(m for m in plain.model.modules() if hasattr(m, "gates")).bias_ih[H:2 * H].detach().mean()) == 1.0
+    gru = CopyTask(CopyConfig(T=30, hidden=8, eval_size=8, chrono=True, cell="gru"))
+    cell = next(m for m in gru.model.modules() if hasattr(m, "gates"))
+    update = cell.bias_ih.detach()[8:16]  # gate order r, z, n: the update gate z keeps the state
+    assert gru.chrono and float(update.min()) >= 0 and float(update.std()) > 0 and not cell.bias_hh[8:16].any()
+    vanilla = CopyTask(CopyConfig(T=30, hidden=8, eval_size=8, chrono=True, cell="vanilla"))
+    assert not vanilla.chrono and "chrono" not in vanilla.describe() and "chrono" in task.describe()
+
+
+def test_copy_defaults_are_the_reliable_setting():
+    """docs/RESULTS.md, "copy, reliably (issue 10)": H = 128, the chrono initialisation and a mixed
+    curriculum over 2,000 steps, lr 5e-3 over at most 15,000 steps, stopping at 99.5%."""
+    config, train = CopyConfig(), CopyTask.train_defaults
+    assert (config.T, config.hidden, config.curriculum, config.mix, config.chrono, config.stop_at) == (
+        50, 128, 2000, 0.5, True, 0.995)
+    assert (train.steps, train.lr, train.eval_every, train.clip_norm) == (15000, 5e-3, 500, 1.0)
+
+
+def test_copy_final_metrics_include_the_fresh_test_sequences():
+    task = CopyTask(CopyConfig(T=3, hidden=4, eval_size=8))
+    metrics = task.final_metrics(task.model)
+    assert list(metrics) == ["validation loss", "validation accuracy", "test loss", "test accuracy"]
+    assert 0 <= metrics["test accuracy"] <= 1 and metrics["test loss"] > 0 and task.model.training
 
 
 def test_copy_stops_once_the_held_out_symbols_are_copied(tmp_path, capsys):
