@@ -12,23 +12,27 @@ from rnnlab import (
     ForgetGatedCell,
     GRUCell,
     InputGatedCell,
+    LayerNormLSTMCell,
     LSTMCell,
     OutputFeedbackCell,
+    PeepholeLSTMCell,
+    ProjectedLSTMCell,
     Recurrent,
     ResidualCell,
     VanillaCell,
     kernels,
 )
-from rnnlab.kernels import compiled
+from rnnlab.kernels import compiled, fused_cells
 from rnnlab.kernels.scan import chunked, doubling, linear_scan
 from rnnlab.kernels.scan import compiled_loop as compiled_solver
 
-from conftest import EXTENSION  # the cached build of the C++ loops, or None (tests never compile)
+from conftest import EXTENSION, EXTENSIONS  # the cached builds of the C++ loops, or None (tests never compile)
 
 B, T, I, H, O = 4, 6, 3, 5, 2
 
 LENGTHS = torch.tensor([6, 2, 4, 1])
 LADDER = [VanillaCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell, OutputFeedbackCell]
+NEW_LSTMS = [PeepholeLSTMCell, LayerNormLSTMCell, ProjectedLSTMCell]  # fused_cells.py, module rnnlab_cell_loops
 
 
 def make(cls, feedback, dtype=torch.float64, **options):
@@ -483,15 +487,17 @@ def test_scan_keeps_doubling_to_bounded_gates(monkeypatch):
 # --- inference and threads (issue 15) ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", LADDER)
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
 @pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
 def test_fused_inference_saves_nothing_and_agrees(cls, compiled_loop, monkeypatch):
     """Under no_grad and inference_mode fused keeps no activation for a backward (no saved tensor,
-    no autograd node) and still equals reference (float64, lengths); with grad it does save."""
-    if compiled_loop and EXTENSION is None:
+    no autograd node) and still equals reference (float64, lengths; the new LSTMs also with output
+    feedback); with grad it does save."""
+    module = fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME
+    if compiled_loop and EXTENSIONS[module] is None:
         pytest.skip("the C++ loops are not built (tests never compile them)")
-    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSION if compiled_loop else None)
-    feedback = cls is OutputFeedbackCell
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSIONS[name] if compiled_loop else None)
+    feedback = cls in (OutputFeedbackCell, *NEW_LSTMS)
     cell = make(cls, feedback)
     xs, state, y_prev = inputs(cell, feedback)
     packed = []
@@ -515,16 +521,18 @@ def test_fused_inference_saves_nothing_and_agrees(cls, compiled_loop, monkeypatc
     assert packed and ys.grad_fn is not None  # the same hooks see what a training forward keeps
 
 
-@pytest.mark.skipif(EXTENSION is None, reason="the C++ loops are not built (tests never compile them)")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("cls", LADDER)
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
 def test_two_threads_equal_one_thread(cls, dtype):
-    """Steps large enough that the C++ loops split each step over two threads by blocks of hidden
-    units (loops.cpp: over_units): outputs, final state and every gradient equal one thread's up to
-    the rounding of a product split differently (a block's GEMM kernel may sum in another order), with
-    lengths and a recurrent-dropout mask, and agree with reference (float64)."""
+    """Steps large enough that the C++ loops split each step over two threads (loops.cpp: by blocks
+    of hidden units, over_units; cell_loops.cpp's forwards: by batch rows, over_rows): outputs, final
+    state and every gradient equal one thread's up to the rounding of a product split differently (a
+    block's GEMM kernel may sum in another order), with lengths and a recurrent-dropout mask, with
+    and without grad, and agree with reference (float64)."""
+    if EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
     batch, steps, size, hidden, out = 64, 4, 8, 64, 3
-    feedback = cls is OutputFeedbackCell
+    feedback = cls in (OutputFeedbackCell, *NEW_LSTMS)
     torch.manual_seed(0)
     masked = cls is not OutputFeedbackCell
     cell = cls(size, hidden, out if feedback else 0, recurrent_dropout=0.3 if masked else 0.0).to(dtype).train()
@@ -543,6 +551,8 @@ def test_two_threads_equal_one_thread(cls, dtype):
         try:
             ys, final = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, y_prev, lengths, masks)
             finals = final if isinstance(final, tuple) else (final,)
+            if not torch.is_grad_enabled():
+                return [ys, *finals]
             loss = (ys * torch.linspace(-1, 1, ys.numel(), dtype=dtype).view_as(ys)).sum() + \
                 sum((f * f).sum() for f in finals)
             leaves = [p for p in cell.parameters()] + [xs] + list(state if isinstance(state, tuple) else (state,))
@@ -553,8 +563,13 @@ def test_two_threads_equal_one_thread(cls, dtype):
 
     one, two = run("fused", 1), run("fused", 2)
     tight = dict(rtol=1e-12, atol=1e-12) if dtype is torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    if cls is LayerNormLSTMCell and dtype is torch.float32:  # 1/std of the norms scales the rounding up
+        tight = dict(rtol=1e-4, atol=1e-5)
     for a, b in zip(one, two):
         torch.testing.assert_close(b, a, **tight)
+    with torch.no_grad():  # the forward-only loops (rings of one step) split the same way
+        for a, b in zip(run("fused", 1), run("fused", 2)):
+            torch.testing.assert_close(b, a, **tight)
     if dtype is torch.float64:
         for a, b in zip(run("reference", 1), two):
             torch.testing.assert_close(b, a)

@@ -1,14 +1,16 @@
 // The time loops of fused_cells.py in C++: the peephole, layer-norm and projected LSTMs. Same buffers,
-// same equations, same results as the Python loops there; the matrix products stay ATen's, everything
-// elementwise is a plain loop over the step's rows. Built at first use by compiled.py (module
-// rnnlab_cell_loops); rnnlab works without it.
+// same equations, same results as the Python loops there (to rounding); everything elementwise is a
+// plain loop over the step's rows. The forwards' per-step products are oneDNN's brgemm on raw pointers,
+// split over threads by batch rows; the backwards' stay ATen's. Built at first use by compiled.py
+// (module rnnlab_cell_loops); rnnlab works without it.
 //
 //   peephole    i = s(z_i + p_i c'), f = s(z_f + p_f c'), r = a(z_r), c = f c' + i r,
 //               o = s(z_o + p_o c), h = o a(c)
 //   layernorm   z = Zx + g_h xhat(V h'); i, f, o, r as the LSTM; c = f c' + i r;
 //               h = o a(g_c xhat(c) + b_c)          xhat(v) = (v - mean v) / sqrt(var v + eps), per row
 //   projected   z = Zx + V h'; m = o a(c); h = W_hr m   (h: P units)
-// where Zx (all steps, one GEMM) is in the gate buffer on entry and the gate values on exit.
+// where Zx (all steps, one GEMM) is in the gate buffer on entry and the gate values on exit, or (peephole,
+// projected) each step computes x_t U^T itself. Without grad, the per-step buffers are rings of one step.
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
@@ -18,6 +20,9 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 
 using at::Tensor;
 using c10::optional;
@@ -120,15 +125,6 @@ void check_sizes(const char* where, const std::vector<int64_t>& sizes, int64_t s
                       ": sizes must be non-increasing row counts in [0, ", batch, "]; got ", sizes[t], " at step ", t);
 }
 
-// z_t[:n] += (h_prev[:n] * mask) V^T: the step's one matrix product (views only here: a dispatch each)
-void add_recurrent_input(Tensor g_t, const Tensor& h_prev, const optional<Tensor>& vt, const optional<Tensor>& mask,
-                         int64_t n) {
-  if (!vt || n == 0) return;
-  Tensor read = h_prev.narrow(0, 0, n);
-  if (mask) read = read * mask->narrow(0, 0, n);
-  g_t.narrow(0, 0, n).addmm_(read, *vt);
-}
-
 // carry[:n] = (dz_t[:n] V) * mask: the gradient reaching the state the gates read
 void recurrent_carry(Tensor carry, const Tensor& dz_t, const optional<Tensor>& weight_hh, const optional<Tensor>& mask,
                      int64_t n) {
@@ -185,57 +181,174 @@ void dispatch(at::ScalarType type, F&& body) {
   }
 }
 
+// --- the forward steps' products, on raw pointers, split over threads by batch rows -------------------
+// The forwards below are loops.cpp's scheme: each step's products on raw pointers through oneDNN's
+// batch-reduce GEMM (`matmul`, a copy of loops.cpp's: each module is built alone), the bias added in
+// the step's pass over its gates, and buffers that are rings of one step (two for c) where nothing
+// is saved. Each step is one parallel region over blocks of batch rows (`over_rows`): a row's layer
+// norms and its projection need the whole row, so these cells are split by rows, not by units.
+
+// C (M x N) (+)= A (M x K) B (K x N), row-major with leading dimensions: oneDNN's brgemm for floats
+// (no dispatch per step), ATen's mm on views of the pointers for doubles.
+template <typename T>
+void matmul(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+            bool add) {
+  if (M == 0 || N == 0) return;
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  if constexpr (std::is_same_v<T, float>) {
+    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C, false);
+    return;
+  }
+#endif
+  {
+    const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    const Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, options);
+    const Tensor b = at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, options);
+    Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, options);
+    if (add) c.addmm_(a, b); else at::mm_out(c, a, b);
+  }
+}
+
+// A step whose products are smaller than this (multiply-adds) runs on one thread (as loops.cpp).
+constexpr int64_t PARALLEL_MACS = 1 << 18;
+
+// body(r0, r1) for the step's rows [0, rows): one call on one thread or for a small step, else one
+// block of rows per thread (at::parallel_for); the region's end is the step's barrier.
+template <typename Body>
+void over_rows(int64_t rows, int64_t macs, const Body& body) {
+  const int64_t threads = at::get_num_threads();
+  if (macs < PARALLEL_MACS || rows < 2 || threads == 1) return body(int64_t(0), rows);
+  at::parallel_for(0, rows, (rows + threads - 1) / threads, [&](int64_t r0, int64_t r1) { body(r0, r1); });
+}
+
+// What a forward step multiplies: x_t U^T where the step computes its input part itself (`inputs`
+// and `weight` given: no (T, B, 4H) buffer of Zx is written and read back), and the state the gates
+// read, masked, times V^T. Contiguous transposed copies of the weights, made once per call.
+struct StepProduct {
+  Tensor ut, vt, mask, scratch;
+  const Tensor* inputs = nullptr;
+  int64_t F = 0, R = 0, N = 0;  // input width, read width, gate width
+  StepProduct(const optional<Tensor>& inputs_in, const optional<Tensor>& weight, const optional<Tensor>& weight_hh,
+              const optional<Tensor>& mask_in, int64_t batch, int64_t read_width, int64_t gate_width)
+      : R(read_width), N(gate_width) {
+    if (inputs_in) inputs = &*inputs_in, ut = weight->t().contiguous(), F = inputs_in->size(2);
+    if (weight_hh) vt = weight_hh->t().contiguous();
+    if (mask_in && weight_hh) mask = mask_in->contiguous(), scratch = at::empty({batch, R}, mask.options());
+  }
+  int64_t depth() const { return F + (vt.defined() ? R : 0); }
+  // out[r0:r1] = (Zx_t, already in out, unless the step computes it) + (s_prev * mask)[r0:r1] V^T
+  template <typename T>
+  void operator()(int64_t t, int64_t batch, int64_t r0, int64_t r1, const T* s_prev, T* out, bool zx_in_out) const {
+    const int64_t rows = r1 - r0;
+    if (inputs) matmul<T>(rows, N, F, inputs->data_ptr<T>() + (t * batch + r0) * F, F, ut.data_ptr<T>(), N,
+                          out + r0 * N, N, false);
+    if (!vt.defined()) return;
+    const T* read = s_prev + r0 * R;
+    if (mask.defined()) {
+      T* __restrict__ s = scratch.data_ptr<T>() + r0 * R;
+      const T* __restrict__ m = mask.data_ptr<T>() + r0 * R;
+      for (int64_t k = 0; k < rows * R; ++k) s[k] = read[k] * m[k];
+      read = s;
+    }
+    matmul<T>(rows, N, R, read, R, vt.data_ptr<T>(), N, out + r0 * N, N, zx_in_out || inputs);
+  }
+};
+
+template <typename T>
+const T* maybe(const optional<Tensor>& t) {
+  return t ? t->data_ptr<T>() : nullptr;
+}
+
+// steps from hs (T, B, .); gates (T, or a ring of any length where the step computes Zx from `inputs`)
+void expect_forward(const Expect& expect, const Tensor& gates, const optional<Tensor>& bias,
+                    const optional<Tensor>& inputs, const optional<Tensor>& weight, int64_t steps, int64_t batch,
+                    int64_t H) {
+  TORCH_CHECK_VALUE(static_cast<bool>(inputs) == static_cast<bool>(weight), expect.where,
+                    ": inputs and weight come together");
+  expect(gates, "gates", {inputs ? -1 : steps, batch, 4 * H});
+  TORCH_CHECK_VALUE(!inputs || gates.size(0) >= 1, expect.where, ": gates must hold at least one step");
+  expect(bias, "bias", {4 * H});
+  expect(inputs, "inputs", {steps, batch, -1});
+  if (inputs) expect(*weight, "weight", {4 * H, inputs->size(2)}, false);
+}
+
+// a ring buffer (R >= min_ring steps of `width`), or T steps
+void expect_ring(const Expect& expect, const Tensor& t, const char* name, int64_t steps, int64_t batch, int64_t width,
+                 int64_t min_ring = 1) {
+  TORCH_CHECK_VALUE(t.defined() && t.dim() >= 2 && t.size(0) >= min_ring && t.size(0) <= steps, expect.where, ": ",
+                    name, " must hold between ", min_ring, " and ", steps, " steps");
+  if (width < 0) expect(t, name, {t.size(0), batch}); else expect(t, name, {t.size(0), batch, width});
+}
+
+template <typename T>
+void add_bias(T* __restrict__ g, const T* __restrict__ bias, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) g[k] += bias[k];
+}
+
 }  // namespace
 
 // --- peephole LSTM ---------------------------------------------------------------------------------
+// gates: Zx (T, B, 4H) on entry (its bias in `bias` or already in it), the gate values on exit; or,
+// with `inputs` (T, B, F) and `weight` (4H, F), written only: each step computes x_t U^T itself, and
+// the gates may be a ring of one step. cs: T steps or a ring of >= 2; tcs: T steps or a ring.
 
 void peephole_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
                       const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const Tensor& peep,
-                      const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, std::vector<int64_t> sizes) {
+                      const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, std::vector<int64_t> sizes,
+                      const optional<Tensor>& bias, const optional<Tensor>& inputs, const optional<Tensor>& weight) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("peephole_forward", gates);
-  const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(-1);
-  expect(gates, "gates", {steps, batch, 4 * H});
+  const int64_t batch = gates.size(1), H = c0.size(-1);
+  TORCH_CHECK_VALUE(hs.dim() == 3, "peephole_forward: hs must be (T, B, H)");
+  const int64_t steps = hs.size(0);
+  expect_forward(expect, gates, bias, inputs, weight, steps, batch, H);
   expect(peep, "peep", {3, H});
   expect(h0, "h0", {batch, H}, false);
   expect(c0, "c0", {batch, H});
-  for (auto [t, name] : {std::pair{&hs, "hs"}, {&cs, "cs"}, {&tcs, "tcs"}}) expect(*t, name, {steps, batch, H});
+  expect(hs, "hs", {steps, batch, H});
+  expect_ring(expect, cs, "cs", steps, batch, H, std::min<int64_t>(steps, 2));
+  expect_ring(expect, tcs, "tcs", steps, batch, H);
   expect(weight_hh, "weight_hh", {4 * H, H}, false);
   expect(mask, "mask", {batch, H}, false);
   check_sizes("peephole_forward", sizes, steps, batch);
-  optional<Tensor> vt;
-  if (weight_hh) vt = weight_hh->t();
-  const int64_t step = batch * H;
+  const StepProduct product(inputs, weight, weight_hh, mask, batch, H, 4 * H);
+  const Tensor h0c = h0.contiguous();
+  const int64_t step = batch * H, ring_g = gates.size(0), ring_c = cs.size(0), ring_t = tcs.size(0);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
-    const T *p_i = peep.data_ptr<T>(), *p_f = p_i + H, *p_o = p_i + 2 * H;
+    const T *p_i = peep.data_ptr<T>(), *p_f = p_i + H, *p_o = p_i + 2 * H, *bi = maybe<T>(bias);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = rows_at(sizes, t, batch);
-      add_recurrent_input(gates.select(0, t), t == 0 ? h0 : hs.select(0, t - 1), vt, mask, n);
-      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        const T* __restrict__ cp = c_prev + b * H;
-        T *__restrict__ cn = c + t * step + b * H, *__restrict__ tn = tc + t * step + b * H;
-        T* __restrict__ hn = h + t * step + b * H;
+      const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
+      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
+      T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
+      over_rows(n, n * 4 * H * product.depth(), [&](int64_t r0, int64_t r1) {
+        product(t, batch, r0, r1, h_prev, g_t, true);
+        for (int64_t b = r0; b < r1; ++b) {
+          T* __restrict__ gb = g_t + b * 4 * H;
+          const T* __restrict__ cp = c_prev + b * H;
+          T *__restrict__ cn = c_t + b * H, *__restrict__ tn = tc_t + b * H, *__restrict__ hn = h + t * step + b * H;
+          if (bi) add_bias(gb, bi, 4 * H);
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          gb[k] += p_i[k] * cp[k];
-          gb[H + k] += p_f[k] * cp[k];
+          for (int64_t k = 0; k < H; ++k) {
+            gb[k] += p_i[k] * cp[k];
+            gb[H + k] += p_f[k] * cp[k];
+          }
+          activate(sigma, gb, 2 * H);
+          activate(act, gb + 2 * H, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
+            gb[3 * H + k] += p_o[k] * cn[k];
+          }
+          activate(sigma, gb + 3 * H, H);
+          activate(act, tn, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
         }
-        activate(sigma, gb, 2 * H);
-        activate(act, gb + 2 * H, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
-          gb[3 * H + k] += p_o[k] * cn[k];
-        }
-        activate(sigma, gb + 3 * H, H);
-        activate(act, tn, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
-      }
+      });
     }
   });
 }
@@ -304,48 +417,56 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
 void projected_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
                        const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const Tensor& weight_hr,
                        const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, Tensor ms,
-                       std::vector<int64_t> sizes) {
+                       std::vector<int64_t> sizes, const optional<Tensor>& bias, const optional<Tensor>& inputs,
+                       const optional<Tensor>& weight) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("projected_forward", gates);
-  const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(-1), P = h0.size(-1);
-  expect(gates, "gates", {steps, batch, 4 * H});
+  const int64_t batch = gates.size(1), H = c0.size(-1), P = h0.size(-1);
+  TORCH_CHECK_VALUE(hs.dim() == 3, "projected_forward: hs must be (T, B, P)");
+  const int64_t steps = hs.size(0);
+  expect_forward(expect, gates, bias, inputs, weight, steps, batch, H);
   expect(weight_hr, "weight_hr", {P, H}, false);
   expect(h0, "h0", {batch, P}, false);
   expect(c0, "c0", {batch, H});
   expect(hs, "hs", {steps, batch, P});
-  for (auto [t, name] : {std::pair{&cs, "cs"}, {&tcs, "tcs"}, {&ms, "ms"}}) expect(*t, name, {steps, batch, H});
+  expect_ring(expect, cs, "cs", steps, batch, H, std::min<int64_t>(steps, 2));
+  expect_ring(expect, tcs, "tcs", steps, batch, H);
+  expect_ring(expect, ms, "ms", steps, batch, H);
   expect(weight_hh, "weight_hh", {4 * H, P}, false);
   expect(mask, "mask", {batch, P}, false);
   check_sizes("projected_forward", sizes, steps, batch);
-  optional<Tensor> vt;
-  if (weight_hh) vt = weight_hh->t();
-  const Tensor rt = weight_hr.t();
-  const int64_t step = batch * H;
+  const StepProduct product(inputs, weight, weight_hh, mask, batch, P, 4 * H);
+  const Tensor rt = weight_hr.t().contiguous(), h0c = h0.contiguous();  // W_hr^T (H, P)
+  const int64_t step = batch * H, ring_g = gates.size(0), ring_c = cs.size(0), ring_t = tcs.size(0), ring_m = ms.size(0);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
-    T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *m = ms.data_ptr<T>();
+    T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
+    T* m = ms.data_ptr<T>();
+    const T *bi = maybe<T>(bias), *r = rt.data_ptr<T>();
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = rows_at(sizes, t, batch);
-      add_recurrent_input(gates.select(0, t), t == 0 ? h0 : hs.select(0, t - 1), vt, mask, n);
-      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        const T* __restrict__ cp = c_prev + b * H;
-        T *__restrict__ cn = c + t * step + b * H, *__restrict__ tn = tc + t * step + b * H;
-        T* __restrict__ mn = m + t * step + b * H;
-        activate(sigma, gb, 2 * H);
-        activate(act, gb + 2 * H, H);
-        activate(sigma, gb + 3 * H, H);
+      const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * batch * P;
+      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
+      T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
+      T *m_t = m + (t % ring_m) * step, *h_t = h + t * batch * P;
+      over_rows(n, n * H * (4 * product.depth() + P), [&](int64_t r0, int64_t r1) {
+        product(t, batch, r0, r1, h_prev, g_t, true);
+        for (int64_t b = r0; b < r1; ++b) {
+          T* __restrict__ gb = g_t + b * 4 * H;
+          const T* __restrict__ cp = c_prev + b * H;
+          T *__restrict__ cn = c_t + b * H, *__restrict__ tn = tc_t + b * H, *__restrict__ mn = m_t + b * H;
+          if (bi) add_bias(gb, bi, 4 * H);
+          activate(sigma, gb, 2 * H);
+          activate(act, gb + 2 * H, H);
+          activate(sigma, gb + 3 * H, H);
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
-        activate(act, tn, H);
+          for (int64_t k = 0; k < H; ++k) cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
+          activate(act, tn, H);
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) mn[k] = gb[3 * H + k] * tn[k];
-      }
-      if (n > 0) {
-        Tensor h_t = hs.select(0, t).narrow(0, 0, n);
-        at::mm_out(h_t, ms.select(0, t).narrow(0, 0, n), rt);  // h = W_hr m
-      }
+          for (int64_t k = 0; k < H; ++k) mn[k] = gb[3 * H + k] * tn[k];
+        }
+        matmul<T>(r1 - r0, P, H, m_t + r0 * H, H, r, P, h_t + r0 * P, P, false);  // h = m W_hr^T
+      });
     }
   });
 }
@@ -427,9 +548,11 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
   expect(gates, "gates", {steps, batch, 4 * H});
   expect(h0, "h0", {batch, H}, false);
   expect(c0, "c0", {batch, H});
-  for (auto [t, name] : {std::pair{&hs, "hs"}, {&cs, "cs"}, {&tcs, "tcs"}, {&xc, "xc"}})
-    expect(*t, name, {steps, batch, H});
-  expect(rc, "rc", {steps, batch});
+  expect(hs, "hs", {steps, batch, H});
+  expect_ring(expect, cs, "cs", steps, batch, H, std::min<int64_t>(steps, 2));
+  expect_ring(expect, tcs, "tcs", steps, batch, H);
+  expect_ring(expect, xc, "xc", steps, batch, H);
+  expect_ring(expect, rc, "rc", steps, batch, -1);
   expect(gain_c, "gain_c", {H});
   expect(shift_c, "shift_c", {H});
   expect(weight_hh, "weight_hh", {4 * H, H}, false);
@@ -439,52 +562,51 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
                         reads == static_cast<bool>(rh),
                     "layernorm_forward: gain_h, xh and rh are needed exactly with weight_hh");
   expect(gain_h, "gain_h", {4 * H});
-  expect(xh, "xh", {steps, batch, 4 * H});
-  expect(rh, "rh", {steps, batch});
+  if (reads) expect_ring(expect, *xh, "xh", steps, batch, 4 * H), expect_ring(expect, *rh, "rh", steps, batch, -1);
   check_sizes("layernorm_forward", sizes, steps, batch);
-  const int64_t step = batch * H;
+  const StepProduct product(optional<Tensor>(), optional<Tensor>(), weight_hh, mask, batch, H, 4 * H);
+  const Tensor h0c = h0.contiguous();
+  const int64_t step = batch * H, ring_c = cs.size(0), ring_t = tcs.size(0), ring_x = xc.size(0);
+  const int64_t ring_r = rc.size(0), ring_xh = reads ? xh->size(0) : 1, ring_rh = reads ? rh->size(0) : 1;
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     T *xcp = xc.data_ptr<T>(), *rcp = rc.data_ptr<T>();
-    const T *gc = gain_c.data_ptr<T>(), *bc = shift_c.data_ptr<T>();
-    const T* gh = reads ? gain_h->data_ptr<T>() : nullptr;
-    T* xhp = reads ? xh->data_ptr<T>() : nullptr;
-    T* rhp = reads ? rh->data_ptr<T>() : nullptr;
-    const Tensor vt = reads ? weight_hh->t() : Tensor();
+    const T *gc = gain_c.data_ptr<T>(), *bc = shift_c.data_ptr<T>(), *gh = maybe<T>(gain_h);
+    T *xhp = reads ? xh->data_ptr<T>() : nullptr, *rhp = reads ? rh->data_ptr<T>() : nullptr;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = rows_at(sizes, t, batch);
-      if (n == 0) continue;
-      if (reads) {  // xh_t = V h' (masked), normalised per row below
-        Tensor read = (t == 0 ? h0 : hs.select(0, t - 1)).narrow(0, 0, n);
-        if (mask) read = read * mask->narrow(0, 0, n);
-        Tensor out = xh->select(0, t).narrow(0, 0, n);
-        at::mm_out(out, read, vt);
-      }
-      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        if (reads) {
-          T* __restrict__ xb = xhp + (t * batch + b) * 4 * H;
-          rhp[t * batch + b] = normalise(xb, xb, 4 * H, eps_h);
+      const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
+      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
+      T *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step, *xc_t = xcp + (t % ring_x) * step;
+      T *rc_t = rcp + (t % ring_r) * batch, *xh_t = reads ? xhp + (t % ring_xh) * 4 * step : nullptr;
+      T* rh_t = reads ? rhp + (t % ring_rh) * batch : nullptr;
+      over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {
+        if (reads) product(t, batch, r0, r1, h_prev, xh_t, false);  // xh = V h' (masked), normalised per row below
+        for (int64_t b = r0; b < r1; ++b) {
+          T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+          if (reads) {
+            T* __restrict__ xb = xh_t + b * 4 * H;
+            rh_t[b] = normalise(xb, xb, 4 * H, eps_h);
 #pragma omp simd
-          for (int64_t k = 0; k < 4 * H; ++k) gb[k] += gh[k] * xb[k];
+            for (int64_t k = 0; k < 4 * H; ++k) gb[k] += gh[k] * xb[k];
+          }
+          const T* __restrict__ cp = c_prev + b * H;
+          T *__restrict__ cn = c_t + b * H, *__restrict__ tn = tc_t + b * H;
+          T *__restrict__ xcb = xc_t + b * H, *__restrict__ hn = h + t * step + b * H;
+          activate(sigma, gb, 2 * H);
+          activate(act, gb + 2 * H, H);
+          activate(sigma, gb + 3 * H, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) cn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
+          rc_t[b] = normalise(cn, xcb, H, eps_c);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) tn[k] = gc[k] * xcb[k] + bc[k];
+          activate(act, tn, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
         }
-        const T* __restrict__ cp = c_prev + b * H;
-        T *__restrict__ cn = c + t * step + b * H, *__restrict__ tn = tc + t * step + b * H;
-        T *__restrict__ xcb = xcp + t * step + b * H, *__restrict__ hn = h + t * step + b * H;
-        activate(sigma, gb, 2 * H);
-        activate(act, gb + 2 * H, H);
-        activate(sigma, gb + 3 * H, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) cn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
-        rcp[t * batch + b] = normalise(cn, xcb, H, eps_c);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) tn[k] = gc[k] * xcb[k] + bc[k];
-        activate(act, tn, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
-      }
+      });
     }
   });
 }
@@ -598,9 +720,18 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("peephole_forward", &peephole_forward, "fused peephole LSTM loop, forward");
+  namespace py = pybind11;
+  // last and optional: `bias`, where Zx came without it (the step adds it); `inputs` (T, B, F) and
+  // `weight` (4H, F), where the step computes Zx itself (the gates are then written, not read)
+  m.def("peephole_forward", &peephole_forward, "fused peephole LSTM loop, forward", py::arg("act"), py::arg("sigma"),
+        py::arg("gates"), py::arg("weight_hh"), py::arg("mask"), py::arg("peep"), py::arg("h0"), py::arg("c0"),
+        py::arg("hs"), py::arg("cs"), py::arg("tcs"), py::arg("sizes"), py::arg("bias") = py::none(),
+        py::arg("inputs") = py::none(), py::arg("weight") = py::none());
   m.def("peephole_backward", &peephole_backward, "fused peephole LSTM loop, backward");
-  m.def("projected_forward", &projected_forward, "fused projected LSTM loop, forward");
+  m.def("projected_forward", &projected_forward, "fused projected LSTM loop, forward", py::arg("act"),
+        py::arg("sigma"), py::arg("gates"), py::arg("weight_hh"), py::arg("mask"), py::arg("weight_hr"), py::arg("h0"),
+        py::arg("c0"), py::arg("hs"), py::arg("cs"), py::arg("tcs"), py::arg("ms"), py::arg("sizes"),
+        py::arg("bias") = py::none(), py::arg("inputs") = py::none(), py::arg("weight") = py::none());
   m.def("projected_backward", &projected_backward, "fused projected LSTM loop, backward");
   m.def("layernorm_forward", &layernorm_forward, "fused layer-norm LSTM loop, forward");
   m.def("layernorm_backward", &layernorm_backward, "fused layer-norm LSTM loop, backward");
