@@ -49,7 +49,11 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     loop = _LOOPS[cell.family](cell)
     if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h, by autograd
         shift = _sum(_sum(cell.norm_ih.bias, bias), cell.norm_hh.bias if cell.norm_hh is not None else None)
-        zx = F.layer_norm(inputs.matmul(weight.t()), (weight.shape[0],), cell.norm_ih.weight, shift, cell.norm_ih.eps)
+        if torch.is_grad_enabled() and (inputs.requires_grad or weight.requires_grad):
+            zx = inputs.matmul(weight.t())
+        else:  # nothing to differentiate through the product: oneDNN's (1.2-3.6x faster than matmul here)
+            zx = product(inputs.reshape(-1, inputs.shape[-1]), weight.t()).view(*inputs.shape[:2], -1)
+        zx = F.layer_norm(zx, (weight.shape[0],), cell.norm_ih.weight, shift, cell.norm_ih.eps)
         inputs, weight, bias = zx, None, None
     extras = loop.extras(cell)
     tensors = (inputs, weight, bias, cell.weight_hh, mh, *extras, h0, c0)
