@@ -521,16 +521,20 @@ def test_fused_inference_saves_nothing_and_agrees(cls, compiled_loop, monkeypatc
     assert packed and ys.grad_fn is not None  # the same hooks see what a training forward keeps
 
 
+@pytest.mark.parametrize("split", ["rows", "units"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
-def test_two_threads_equal_one_thread(cls, dtype):
+def test_two_threads_equal_one_thread(cls, dtype, split):
     """Steps large enough that the C++ loops split each step over two threads (loops.cpp: by blocks
     of hidden units, over_units; cell_loops.cpp's forwards: by batch rows, over_rows): outputs, final
     state and every gradient equal one thread's up to the rounding of a product split differently (a
     block's GEMM kernel may sum in another order), with lengths and a recurrent-dropout mask, with
-    and without grad, and agree with reference (float64)."""
+    and without grad, and agree with reference (float64). loops.cpp's split is forced both ways
+    (`set_split`; by its rule these 64 rows go by rows)."""
     if EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME] is None:
         pytest.skip("the C++ loops are not built (tests never compile them)")
+    if cls in NEW_LSTMS and split == "units":
+        pytest.skip("cell_loops.cpp splits by rows only")
     batch, steps, size, hidden, out = 64, 4, 8, 64, 3
     feedback = cls in (OutputFeedbackCell, *NEW_LSTMS)
     torch.manual_seed(0)
@@ -561,15 +565,22 @@ def test_two_threads_equal_one_thread(cls, dtype):
         finally:
             torch.set_num_threads(previous)
 
-    one, two = run("fused", 1), run("fused", 2)
+    if EXTENSION is not None:
+        EXTENSION.set_split(split)
+    try:
+        one, two = run("fused", 1), run("fused", 2)
+        with torch.no_grad():
+            one_forward, two_forward = run("fused", 1), run("fused", 2)
+    finally:
+        if EXTENSION is not None:
+            EXTENSION.set_split("rule")
     tight = dict(rtol=1e-12, atol=1e-12) if dtype is torch.float64 else dict(rtol=1e-5, atol=1e-6)
     if cls is LayerNormLSTMCell and dtype is torch.float32:  # 1/std of the norms scales the rounding up
         tight = dict(rtol=1e-4, atol=1e-5)
     for a, b in zip(one, two):
         torch.testing.assert_close(b, a, **tight)
-    with torch.no_grad():  # the forward-only loops (rings of one step) split the same way
-        for a, b in zip(run("fused", 1), run("fused", 2)):
-            torch.testing.assert_close(b, a, **tight)
+    for a, b in zip(one_forward, two_forward):  # the forward-only loops (rings of one step) split the same way
+        torch.testing.assert_close(b, a, **tight)
     if dtype is torch.float64:
         for a, b in zip(run("reference", 1), two):
             torch.testing.assert_close(b, a)
