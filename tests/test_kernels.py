@@ -584,3 +584,40 @@ def test_two_threads_equal_one_thread(cls, dtype, split):
     if dtype is torch.float64:
         for a, b in zip(run("reference", 1), two):
             torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("batch", [8, 16], ids=["Zx", "stacked"])
+@pytest.mark.parametrize("cls,hidden", [(LSTMCell, 256), (GRUCell, 512), (PeepholeLSTMCell, 256),
+                                        (LayerNormLSTMCell, 256), (ProjectedLSTMCell, 256)])
+def test_weights_packed_in_panels(cls, hidden, batch):
+    """Where a step's weight is 1024 or more columns wide and 8 or more rows run, the C++ forwards
+    read it packed in 64-column panels (loops.cpp, cell_loops.cpp: panels_of): float32 outputs and
+    gradients against reference, and (loops.cpp) the same as with the plain weight to rounding; with
+    8 rows the steps read Zx, with 16 they multiply their own inputs."""
+    module = fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME
+    if EXTENSIONS[module] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    torch.manual_seed(0)
+    cell = cls(8, hidden)
+    xs = torch.randn(batch, 3, 8, requires_grad=True)
+    state = cell.initial_state(batch)
+    lengths = torch.tensor([3, 1, 2] + [3] * (batch - 3))
+
+    def run(implementation):
+        ys, _ = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, None, lengths, (None, None))
+        with torch.no_grad():
+            forward, _ = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, None, lengths, (None, None))
+        return [ys, forward, *torch.autograd.grad((ys * ys).sum(), [xs, *cell.parameters()])]
+
+    close = dict(rtol=1e-4, atol=1e-4 if cls is LayerNormLSTMCell else 2e-5)  # float32; the norms' 1/std
+    packed = run("fused")
+    for a, b in zip(run("reference"), packed):
+        torch.testing.assert_close(b, a, **close)
+    if module == compiled.NAME:
+        EXTENSION.set_panels(False)
+        try:
+            plain = run("fused")
+        finally:
+            EXTENSION.set_panels(True)
+        for a, b in zip(plain, packed):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

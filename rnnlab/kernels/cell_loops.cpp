@@ -209,6 +209,26 @@ void matmul(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B
   }
 }
 
+// A weight (depth x N) packed in panels of PANEL columns (N / PANEL, depth, PANEL), as loops.cpp's
+// panels_of (see there what it measured): for products of PANEL_ROWS rows or more where N >= PANELS_FROM.
+constexpr int64_t PANEL = 64, PANEL_ROWS = 8, PANELS_FROM = 1024;
+
+Tensor panels_of(const Tensor& w) {
+  const int64_t depth = w.size(0), N = w.size(1);
+  if (N % PANEL != 0 || N < PANELS_FROM || w.scalar_type() != at::kFloat) return Tensor();
+  return w.reshape({depth, N / PANEL, PANEL}).transpose(0, 1).contiguous();
+}
+
+// C (M x N, ldc N) (+)= A w, w (depth x N) plain or (where `panels` is defined) by panels
+template <typename T>
+void multiply(int64_t M, int64_t N, int64_t depth, const T* A, int64_t lda, const Tensor& w, const Tensor& panels,
+              T* C, bool add) {
+  if (!panels.defined() || M < PANEL_ROWS) return matmul<T>(M, N, depth, A, lda, w.data_ptr<T>(), N, C, N, add);
+  const T* p = panels.data_ptr<T>();
+  for (int64_t j = 0; j < N / PANEL; ++j)
+    matmul<T>(M, PANEL, depth, A, lda, p + j * depth * PANEL, PANEL, C + j * PANEL, N, add);
+}
+
 // A step whose products are smaller than this (multiply-adds) runs on one thread (as loops.cpp).
 constexpr int64_t PARALLEL_MACS = 1 << 18;
 
@@ -225,14 +245,15 @@ void over_rows(int64_t rows, int64_t macs, const Body& body) {
 // and `weight` given: no (T, B, 4H) buffer of Zx is written and read back), and the state the gates
 // read, masked, times V^T. Contiguous transposed copies of the weights, made once per call.
 struct StepProduct {
-  Tensor ut, vt, mask, scratch;
+  Tensor ut, vt, mask, scratch, ut_panels, vt_panels;
   const Tensor* inputs = nullptr;
   int64_t F = 0, R = 0, N = 0;  // input width, read width, gate width
   StepProduct(const optional<Tensor>& inputs_in, const optional<Tensor>& weight, const optional<Tensor>& weight_hh,
               const optional<Tensor>& mask_in, int64_t batch, int64_t read_width, int64_t gate_width)
       : R(read_width), N(gate_width) {
-    if (inputs_in) inputs = &*inputs_in, ut = weight->t().contiguous(), F = inputs_in->size(2);
-    if (weight_hh) vt = weight_hh->t().contiguous();
+    if (inputs_in)
+      inputs = &*inputs_in, ut = weight->t().contiguous(), F = inputs_in->size(2), ut_panels = panels_of(ut);
+    if (weight_hh) vt = weight_hh->t().contiguous(), vt_panels = panels_of(vt);
     if (mask_in && weight_hh) mask = mask_in->contiguous(), scratch = at::empty({batch, R}, mask.options());
   }
   int64_t depth() const { return F + (vt.defined() ? R : 0); }
@@ -240,8 +261,7 @@ struct StepProduct {
   template <typename T>
   void operator()(int64_t t, int64_t batch, int64_t r0, int64_t r1, const T* s_prev, T* out, bool zx_in_out) const {
     const int64_t rows = r1 - r0;
-    if (inputs) matmul<T>(rows, N, F, inputs->data_ptr<T>() + (t * batch + r0) * F, F, ut.data_ptr<T>(), N,
-                          out + r0 * N, N, false);
+    if (inputs) multiply<T>(rows, N, F, inputs->data_ptr<T>() + (t * batch + r0) * F, F, ut, ut_panels, out + r0 * N, false);
     if (!vt.defined()) return;
     const T* read = s_prev + r0 * R;
     if (mask.defined()) {
@@ -250,7 +270,7 @@ struct StepProduct {
       for (int64_t k = 0; k < rows * R; ++k) s[k] = read[k] * m[k];
       read = s;
     }
-    matmul<T>(rows, N, R, read, R, vt.data_ptr<T>(), N, out + r0 * N, N, zx_in_out || inputs);
+    multiply<T>(rows, N, R, read, R, vt, vt_panels, out + r0 * N, zx_in_out || inputs);
   }
 };
 

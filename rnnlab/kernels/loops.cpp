@@ -119,12 +119,38 @@ void over_step(int64_t rows, int64_t H, int64_t macs, const Body& body) {
   });
 }
 
+// A step's weight (depth x N, row-major) packed in panels of PANEL columns, (N / PANEL, depth, PANEL):
+// each panel's rows are adjacent, where the plain weight's are N floats apart (8 kB at N = 2048, a
+// stride at which the rows of a column block share cache sets). Measured, one thread, brgemm
+// (M x K x N): 32 x 512 x 2048 0.6-0.8x the time of the plain weight, 16 x 512 x 2048 0.7-0.8x;
+// neutral at N = 512 and slower at M = 1 (more calls). Used for full-width products of
+// PANEL_ROWS rows or more where N >= PANELS_FROM. `set_panels(False)` turns them off (for measuring).
+constexpr int64_t PANEL = 64, PANEL_ROWS = 8, PANELS_FROM = 1024;
+bool panels_on = true;
+
+Tensor panels_of(const Tensor& w) {
+  const int64_t depth = w.size(0), N = w.size(1);
+  if (!panels_on || N % PANEL != 0 || N < PANELS_FROM || w.scalar_type() != at::kFloat) return Tensor();
+  return w.reshape({depth, N / PANEL, PANEL}).transpose(0, 1).contiguous();
+}
+
+template <typename T>
+const T* panel_ptr(const Tensor& panels) {
+  return panels.defined() ? panels.data_ptr<T>() : nullptr;
+}
+
 // gates[:rows, the units' columns of each of the K gates] (+)= a (rows x depth, leading dimension lda) w,
-// w (depth x K*H) row-major: V^T, or [U^T; V^T] where the step multiplies [x_t, s'] itself.
+// w (depth x K*H) row-major: V^T, or [U^T; V^T] where the step multiplies [x_t, s'] itself; `panels`
+// (or null): w packed by panels_of.
 template <typename T>
 void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, int64_t lda, int64_t depth, const T* w,
-                  T* gates, bool add) {
-  if (u.k0 == 0 && u.k1 == H) return matmul(rows, K * H, depth, a, lda, w, K * H, gates, K * H, add);
+                  T* gates, bool add, const T* panels = nullptr) {
+  if (u.k0 == 0 && u.k1 == H) {
+    if (!panels || rows < PANEL_ROWS) return matmul(rows, K * H, depth, a, lda, w, K * H, gates, K * H, add);
+    for (int64_t j = 0; j < K * H / PANEL; ++j)
+      matmul(rows, PANEL, depth, a, lda, panels + j * depth * PANEL, PANEL, gates + j * PANEL, K * H, add);
+    return;
+  }
   for (int64_t j = 0; j < K; ++j)
     matmul(rows, u.width(), depth, a, lda, w + j * H + u.k0, K * H, gates + j * H + u.k0, K * H, add);
 }
@@ -135,13 +161,14 @@ void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, int64
 // out and read back: at (64, 256, 100) that traffic (26 MB each way) cost more than the gathering.
 template <typename T>
 struct Stacked {
-  Tensor w, buffer;  // [U^T; V^T] (depth x K*H); the rows [x_t, s']
+  Tensor w, buffer, panels;  // [U^T; V^T] (depth x K*H); the rows [x_t, s']; w by panels_of
   const T* x = nullptr;
   int64_t F = 0, depth = 0;
   Stacked(const optional<Tensor>& inputs, const optional<Tensor>& weight, const optional<Tensor>& weight_hh,
           int64_t batch) {
     if (!inputs) return;
     w = (weight_hh ? at::cat({weight->t(), weight_hh->t()}, 0) : weight->t()).contiguous();
+    panels = panels_of(w);
     x = inputs->data_ptr<T>();
     F = inputs->size(2), depth = w.size(0);
     buffer = at::empty({batch, depth}, inputs->options());
@@ -683,9 +710,10 @@ void for_each_step(int64_t steps, bool backward, const Step& step) {
 
 // Contiguous copies where the loops read through raw pointers (V^T for the forward product).
 struct Weights {
-  Tensor vt, v, mask;
+  Tensor vt, v, mask, vt_panels;
   Weights(const optional<Tensor>& weight_hh, const optional<Tensor>& mask_in, bool forward) {
     if (weight_hh) (forward ? vt : v) = forward ? weight_hh->t().contiguous() : weight_hh->contiguous();
+    if (vt.defined()) vt_panels = panels_of(vt);
     if (mask_in) mask = mask_in->contiguous();
   }
   template <typename T> const T* vt_ptr() const { return vt.defined() ? vt.data_ptr<T>() : nullptr; }
@@ -750,8 +778,9 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
         const int64_t rows = s.rows(n), o = s.r0 * H;
         if (stacked)
           gate_product(rows, 4, H, s.u, read + s.r0 * stacked.depth, stacked.depth, stacked.depth,
-                       stacked.w.data_ptr<T>(), g_t + 4 * o, false);
-        else if (vt) gate_product(rows, 4, H, s.u, read + o, H, H, vt, g_t + 4 * o, true);
+                       stacked.w.data_ptr<T>(), g_t + 4 * o, false, panel_ptr<T>(stacked.panels));
+        else if (vt)
+          gate_product(rows, 4, H, s.u, read + o, H, H, vt, g_t + 4 * o, true, panel_ptr<T>(weights.vt_panels));
         lstm_forward_step<T>(act, sigma, g_t + 4 * o, b, c_prev + o, c_t + o, tc_t + o, h_t + o, rows, H, s.u);
       });
     });
@@ -835,8 +864,9 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
         const int64_t rows = sh.rows(n), o = sh.r0 * H;
         if (stacked)
           gate_product(rows, K, H, sh.u, read + sh.r0 * stacked.depth, stacked.depth, stacked.depth,
-                       stacked.w.data_ptr<T>(), g_t + K * o, false);
-        else if (vt) gate_product(rows, K, H, sh.u, read + o, H, H, vt, g_t + K * o, true);
+                       stacked.w.data_ptr<T>(), g_t + K * o, false, panel_ptr<T>(stacked.panels));
+        else if (vt)
+          gate_product(rows, K, H, sh.u, read + o, H, H, vt, g_t + K * o, true, panel_ptr<T>(weights.vt_panels));
         gated_forward_step<T>(kind, act, sigma, g_t + K * o, b, s_prev + o, s + t * batch * H + o, rows, H, sh.u);
       });
     });
@@ -905,7 +935,7 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
   expect_inputs(expect, inputs, weight, steps, batch, K * H);
   check_sizes("gru_forward", sizes, steps, batch);
   // with the inputs, the step computes x_t U^T itself (straight from x: zh = V s' is a product of its own)
-  const Tensor ut = inputs ? weight->t().contiguous() : Tensor();
+  const Tensor ut = inputs ? weight->t().contiguous() : Tensor(), ut_panels = inputs ? panels_of(ut) : Tensor();
   const int64_t F = inputs ? inputs->size(2) : 0;
   const Weights weights(weight_hh, mask, true);
   const Tensor scratch = at::empty_like(s0), b_hh = bias_hh ? bias_hh->contiguous() : Tensor();
@@ -926,8 +956,8 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
         T* zh_s = zh_t ? zh_t + 3 * o : nullptr;
         if (F)
           gate_product(rows, K, H, sh.u, inputs->data_ptr<T>() + (t * batch + sh.r0) * F, F, F, ut.data_ptr<T>(),
-                       g_t + K * o, false);
-        if (vt) gate_product(rows, 3, H, sh.u, read + o, H, H, vt, zh_s, false);
+                       g_t + K * o, false, panel_ptr<T>(ut_panels));
+        if (vt) gate_product(rows, 3, H, sh.u, read + o, H, H, vt, zh_s, false, panel_ptr<T>(weights.vt_panels));
         gru_forward_step<T>(act, sigma, g_t + K * o, b, zh_s, bhh, s_prev + o, h + t * batch * H + o, rows, H, sh.u);
       });
     });
@@ -1174,6 +1204,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("sizes"), py::arg("bias") = py::none(), py::arg("inputs") = py::none(),
         py::arg("weight") = py::none());
   m.def("gru_backward", &gru_backward, "fused GRU loop, backward");
+  m.def("set_panels", [](bool on) { panels_on = on; }, "pack step weights in panels (default True; for measuring)");
   m.def("set_split", &set_split, "how steps split over threads: 'rule' (default), 'units' or 'rows' (for measuring)");
   m.def("product", &product, "a @ b (2-D), through oneDNN for floats where torch has it");
   m.def("linear_scan_forward", &linear_scan_forward, "s_t = f_t s_{t-1} + b_t over dim 1");
