@@ -1,7 +1,7 @@
 // The time loops of fused_cells.py in C++: the peephole, layer-norm and projected LSTMs. Same buffers,
 // same equations, same results as the Python loops there (to rounding); everything elementwise is a
-// plain loop over the step's rows. The forwards' per-step products are oneDNN's brgemm on raw pointers,
-// split over threads by batch rows; the backwards' stay ATen's. Built at first use by compiled.py
+// plain loop over the step's rows. The per-step products are oneDNN's brgemm on raw pointers (no ATen
+// dispatch per step), the forwards' split over threads by batch rows. Built at first use by compiled.py
 // (module rnnlab_cell_loops); rnnlab works without it.
 //
 //   peephole    i = s(z_i + p_i c'), f = s(z_f + p_f c'), r = a(z_r), c = f c' + i r,
@@ -123,20 +123,6 @@ void check_sizes(const char* where, const std::vector<int64_t>& sizes, int64_t s
   for (size_t t = 0; t < sizes.size(); ++t)
     TORCH_CHECK_VALUE(sizes[t] >= 0 && sizes[t] <= batch && (t == 0 || sizes[t] <= sizes[t - 1]), where,
                       ": sizes must be non-increasing row counts in [0, ", batch, "]; got ", sizes[t], " at step ", t);
-}
-
-// carry[:n] = (dz_t[:n] V) * mask: the gradient reaching the state the gates read
-void recurrent_carry(Tensor carry, const Tensor& dz_t, const optional<Tensor>& weight_hh, const optional<Tensor>& mask,
-                     int64_t n) {
-  if (n == 0) return;
-  Tensor ch = carry.narrow(0, 0, n);
-  if (!weight_hh) {
-    ch.zero_();
-  } else if (mask) {
-    ch.copy_(at::mm(dz_t.narrow(0, 0, n), *weight_hh).mul_(mask->narrow(0, 0, n)));
-  } else {
-    at::mm_out(ch, dz_t.narrow(0, 0, n), *weight_hh);
-  }
 }
 
 // (v - mean) * rstd over n values, into out; returns rstd
@@ -306,6 +292,28 @@ void add_bias(T* __restrict__ g, const T* __restrict__ bias, int64_t n) {
   for (int64_t k = 0; k < n; ++k) g[k] += bias[k];
 }
 
+// carry[:n] = (dz_t[:n] V) * mask on raw pointers (V (KH x R) contiguous, or null: zeros): the gradient
+// reaching the state the gates read (these LSTMs have no direct term). No ATen dispatch per step.
+template <typename T>
+void carry_back(T* carry, const T* dz_t, const T* v, const T* mask, int64_t n, int64_t KH, int64_t R) {
+  if (n == 0) return;
+  if (!v) return std::fill(carry, carry + n * R, T(0));
+  matmul<T>(n, R, KH, dz_t, KH, v, R, carry, R, false);
+  if (mask)
+    for (int64_t k = 0; k < n * R; ++k) carry[k] *= mask[k];
+}
+
+// V and the mask, contiguous, for carry_back
+struct Backward {
+  Tensor v, mask;
+  Backward(const optional<Tensor>& weight_hh, const optional<Tensor>& mask_in) {
+    if (weight_hh) v = weight_hh->contiguous();
+    if (mask_in) mask = mask_in->contiguous();
+  }
+  template <typename T> const T* v_ptr() const { return v.defined() ? v.data_ptr<T>() : nullptr; }
+  template <typename T> const T* mask_ptr() const { return mask.defined() ? mask.data_ptr<T>() : nullptr; }
+};
+
 }  // namespace
 
 // --- peephole LSTM ---------------------------------------------------------------------------------
@@ -392,6 +400,7 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
   expect(mask, "mask", {batch, H}, false);
   check_sizes("peephole_backward", sizes, steps, batch);
   const int64_t step = batch * H;
+  const Backward back(weight_hh, mask);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *dout = d_out.data_ptr<T>();
@@ -427,7 +436,7 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
 #pragma omp simd
         for (int64_t k = 0; k < H; ++k) ccb[k] += db[k] * p_i[k] + db[H + k] * p_f[k];
       }
-      recurrent_carry(carry_h, dz.select(0, t), weight_hh, mask, n);
+      carry_back<T>(ch, d + t * batch * 4 * H, back.v_ptr<T>(), back.mask_ptr<T>(), n, 4 * H, H);
     }
   });
 }
@@ -513,17 +522,20 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
   check_sizes("projected_backward", sizes, steps, batch);
   const int64_t step = batch * H;
   Tensor dm = at::empty({batch, H}, gates.options());
+  const Tensor whr = weight_hr.contiguous();
+  const Backward back(weight_hh, mask);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
-    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
-    T *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dmp = dm.data_ptr<T>();
+    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *w = whr.data_ptr<T>();
+    T *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dmp = dm.data_ptr<T>(), *ch = carry_h.data_ptr<T>();
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = rows_at(sizes, t, batch);
       if (n == 0) continue;
-      Tensor dh = dh_all.select(0, t).narrow(0, 0, n);
-      at::add_out(dh, carry_h.narrow(0, 0, n), d_out.select(0, t).narrow(0, 0, n));
-      Tensor dm_n = dm.narrow(0, 0, n);
-      at::mm_out(dm_n, dh, weight_hr);  // dL/dm = dh W_hr
+      T* __restrict__ dh = dh_all.data_ptr<T>() + t * batch * P;
+      const T* __restrict__ dy = d_out.data_ptr<T>() + t * batch * P;
+#pragma omp simd
+      for (int64_t k = 0; k < n * P; ++k) dh[k] = ch[k] + dy[k];
+      matmul<T>(n, H, P, dh, P, w, H, dmp, H, false);  // dL/dm = dh W_hr
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
       for (int64_t b = 0; b < n; ++b) {
         const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
@@ -549,7 +561,7 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
         activate_backward(sigma, db, gb, 2 * H);
         activate_backward(act, db + 2 * H, gb + 2 * H, H);
       }
-      recurrent_carry(carry_h, dz.select(0, t), weight_hh, mask, n);
+      carry_back<T>(ch, d + t * batch * 4 * H, back.v_ptr<T>(), back.mask_ptr<T>(), n, 4 * H, P);
     }
   });
 }
@@ -669,6 +681,7 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
   expect(d_shift_c, "d_shift_c", {H});
   check_sizes("layernorm_backward", sizes, steps, batch);
   const int64_t step = batch * H;
+  const Backward back(weight_hh, mask);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *dout = d_out.data_ptr<T>();
@@ -728,7 +741,7 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
                              4 * H);
         }
       }
-      recurrent_carry(carry_h, reads ? dzh->select(0, t) : dz.select(0, t), weight_hh, mask, n);
+      carry_back<T>(ch, (reads ? dzhp : d) + t * batch * 4 * H, back.v_ptr<T>(), back.mask_ptr<T>(), n, 4 * H, H);
     }
     T *ogc = d_gain_c.data_ptr<T>(), *obc = d_shift_c.data_ptr<T>();
     for (int64_t k = 0; k < H; ++k) ogc[k] = T(sum_gc[k]), obc[k] = T(sum_bc[k]);
