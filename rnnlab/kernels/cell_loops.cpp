@@ -247,7 +247,8 @@ struct StepProduct {
   template <typename T>
   void operator()(int64_t t, int64_t batch, int64_t r0, int64_t r1, const T* s_prev, T* out, bool zx_in_out) const {
     const int64_t rows = r1 - r0;
-    if (inputs) multiply<T>(rows, N, F, inputs->data_ptr<T>() + (t * batch + r0) * F, F, ut, ut_panels, out + r0 * N, false);
+    if (inputs)
+      multiply<T>(rows, N, F, inputs->data_ptr<T>() + (t * batch + r0) * F, F, ut, ut_panels, out + r0 * N, false);
     if (!vt.defined()) return;
     const T* read = s_prev + r0 * R;
     if (mask.defined()) {
@@ -311,7 +312,10 @@ struct Backward {
     if (mask_in) mask = mask_in->contiguous();
   }
   template <typename T> const T* v_ptr() const { return v.defined() ? v.data_ptr<T>() : nullptr; }
-  template <typename T> const T* mask_ptr() const { return mask.defined() ? mask.data_ptr<T>() : nullptr; }
+  // the mask from row r0 (rows R wide), or null
+  template <typename T> const T* mask_at(int64_t r0, int64_t R) const {
+    return mask.defined() ? mask.data_ptr<T>() + r0 * R : nullptr;
+  }
 };
 
 }  // namespace
@@ -409,34 +413,37 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        T* __restrict__ db = d + (t * batch + b) * 4 * H;
-        const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-        const T* __restrict__ dy = dout + t * step + b * H;
-        T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
+      over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {  // every row's step is its own
+        for (int64_t b = r0; b < r1; ++b) {
+          const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+          T* __restrict__ db = d + (t * batch + b) * 4 * H;
+          const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
+          const T* __restrict__ dy = dout + t * step + b * H;
+          T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dh = chb[k] + dy[k];
-          db[3 * H + k] = dh * tb[k];
-          db[2 * H + k] = dh * gb[3 * H + k];  // the r slot holds dh o until dc is known
+          for (int64_t k = 0; k < H; ++k) {
+            const T dh = chb[k] + dy[k];
+            db[3 * H + k] = dh * tb[k];
+            db[2 * H + k] = dh * gb[3 * H + k];  // the r slot holds dh o until dc is known
+          }
+          activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
+          activate_backward(act, db + 2 * H, tb, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            const T dc = ccb[k] + db[2 * H + k] + db[3 * H + k] * p_o[k];
+            db[k] = dc * gb[2 * H + k];
+            db[H + k] = dc * cp[k];
+            db[2 * H + k] = dc * gb[k];
+            ccb[k] = dc * gb[H + k];
+          }
+          activate_backward(sigma, db, gb, 2 * H);
+          activate_backward(act, db + 2 * H, gb + 2 * H, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) ccb[k] += db[k] * p_i[k] + db[H + k] * p_f[k];
         }
-        activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
-        activate_backward(act, db + 2 * H, tb, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dc = ccb[k] + db[2 * H + k] + db[3 * H + k] * p_o[k];
-          db[k] = dc * gb[2 * H + k];
-          db[H + k] = dc * cp[k];
-          db[2 * H + k] = dc * gb[k];
-          ccb[k] = dc * gb[H + k];
-        }
-        activate_backward(sigma, db, gb, 2 * H);
-        activate_backward(act, db + 2 * H, gb + 2 * H, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) ccb[k] += db[k] * p_i[k] + db[H + k] * p_f[k];
-      }
-      carry_back<T>(ch, d + t * batch * 4 * H, back.v_ptr<T>(), back.mask_ptr<T>(), n, 4 * H, H);
+        carry_back<T>(ch + r0 * H, d + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, H), r1 - r0,
+                      4 * H, H);
+      });
     }
   });
 }
@@ -466,7 +473,8 @@ void projected_forward(const std::string& act_name, const std::string& sigma_nam
   check_sizes("projected_forward", sizes, steps, batch);
   const StepProduct product(inputs, weight, weight_hh, mask, batch, P, 4 * H);
   const Tensor rt = weight_hr.t().contiguous(), h0c = h0.contiguous();  // W_hr^T (H, P)
-  const int64_t step = batch * H, ring_g = gates.size(0), ring_c = cs.size(0), ring_t = tcs.size(0), ring_m = ms.size(0);
+  const int64_t step = batch * H, ring_g = gates.size(0), ring_c = cs.size(0), ring_t = tcs.size(0);
+  const int64_t ring_m = ms.size(0);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
@@ -531,37 +539,41 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = rows_at(sizes, t, batch);
       if (n == 0) continue;
-      T* __restrict__ dh = dh_all.data_ptr<T>() + t * batch * P;
-      const T* __restrict__ dy = d_out.data_ptr<T>() + t * batch * P;
-#pragma omp simd
-      for (int64_t k = 0; k < n * P; ++k) dh[k] = ch[k] + dy[k];
-      matmul<T>(n, H, P, dh, P, w, H, dmp, H, false);  // dL/dm = dh W_hr
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        T* __restrict__ db = d + (t * batch + b) * 4 * H;
-        const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-        const T* __restrict__ dmb = dmp + b * H;
-        T* __restrict__ ccb = cc + b * H;
+      over_rows(n, n * 4 * H * P, [&](int64_t r0, int64_t r1) {  // every row's step is its own
+        T* __restrict__ dh = dh_all.data_ptr<T>() + (t * batch + r0) * P;
+        const T* __restrict__ dy = d_out.data_ptr<T>() + (t * batch + r0) * P;
+        const T* __restrict__ chr = ch + r0 * P;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          db[3 * H + k] = dmb[k] * tb[k];
-          db[2 * H + k] = dmb[k] * gb[3 * H + k];
-        }
-        activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
-        activate_backward(act, db + 2 * H, tb, H);
+        for (int64_t k = 0; k < (r1 - r0) * P; ++k) dh[k] = chr[k] + dy[k];
+        matmul<T>(r1 - r0, H, P, dh, P, w, H, dmp + r0 * H, H, false);  // dL/dm = dh W_hr
+        for (int64_t b = r0; b < r1; ++b) {
+          const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+          T* __restrict__ db = d + (t * batch + b) * 4 * H;
+          const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
+          const T* __restrict__ dmb = dmp + b * H;
+          T* __restrict__ ccb = cc + b * H;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dc = ccb[k] + db[2 * H + k];
-          db[k] = dc * gb[2 * H + k];
-          db[H + k] = dc * cp[k];
-          db[2 * H + k] = dc * gb[k];
-          ccb[k] = dc * gb[H + k];
+          for (int64_t k = 0; k < H; ++k) {
+            db[3 * H + k] = dmb[k] * tb[k];
+            db[2 * H + k] = dmb[k] * gb[3 * H + k];
+          }
+          activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
+          activate_backward(act, db + 2 * H, tb, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            const T dc = ccb[k] + db[2 * H + k];
+            db[k] = dc * gb[2 * H + k];
+            db[H + k] = dc * cp[k];
+            db[2 * H + k] = dc * gb[k];
+            ccb[k] = dc * gb[H + k];
+          }
+          activate_backward(sigma, db, gb, 2 * H);
+          activate_backward(act, db + 2 * H, gb + 2 * H, H);
         }
-        activate_backward(sigma, db, gb, 2 * H);
-        activate_backward(act, db + 2 * H, gb + 2 * H, H);
-      }
-      carry_back<T>(ch, d + t * batch * 4 * H, back.v_ptr<T>(), back.mask_ptr<T>(), n, 4 * H, P);
+        carry_back<T>(ch + r0 * P, d + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, P), r1 - r0,
+                      4 * H, P);
+      });
     }
   });
 }
@@ -691,63 +703,73 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
     const T* rhp = reads ? rh->data_ptr<T>() : nullptr;
     T* dzhp = reads ? dzh->data_ptr<T>() : nullptr;
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dl = d_ln_c.data_ptr<T>();
-    std::vector<T> scratch(4 * H), dcv(H);
-    std::vector<double> sum_gh(reads ? 4 * H : 0), sum_gc(H), sum_bc(H);
+    // per thread: scratch rows and the gains' sums (added up after the loop)
+    const int64_t threads = at::get_num_threads(), G = reads ? 4 * H : 0;
+    std::vector<T> scratch_all(threads * 5 * H);
+    std::vector<double> sums(threads * (G + 2 * H));
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = rows_at(sizes, t, batch);
       if (n == 0) continue;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        T* __restrict__ db = d + (t * batch + b) * 4 * H;
-        const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-        const T* __restrict__ xcb = xcp + t * step + b * H;
-        const T* __restrict__ dy = dout + t * step + b * H;
-        T *__restrict__ dlb = dl + t * step + b * H, *__restrict__ s = scratch.data(), *__restrict__ dc = dcv.data();
-        T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
+      over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {  // every row's step is its own
+        const int64_t me = std::min<int64_t>(at::get_thread_num(), threads - 1);
+        T *scratch = scratch_all.data() + me * 5 * H, *dcv = scratch + 4 * H;
+        double *sum_gh = sums.data() + me * (G + 2 * H), *sum_gc = sum_gh + G, *sum_bc = sum_gc + H;
+        for (int64_t b = r0; b < r1; ++b) {
+          const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+          T* __restrict__ db = d + (t * batch + b) * 4 * H;
+          const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
+          const T* __restrict__ xcb = xcp + t * step + b * H;
+          const T* __restrict__ dy = dout + t * step + b * H;
+          T *__restrict__ dlb = dl + t * step + b * H, *__restrict__ s = scratch, *__restrict__ dc = dcv;
+          T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dh = chb[k] + dy[k];
-          db[3 * H + k] = dh * tb[k];
-          dlb[k] = dh * gb[3 * H + k];
-        }
-        activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
-        activate_backward(act, dlb, tb, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          s[k] = dlb[k] * gc[k];
-          sum_gc[k] += double(dlb[k]) * double(xcb[k]);
-          sum_bc[k] += double(dlb[k]);
-        }
-        normalise_backward(s, xcb, rcp[t * batch + b], dc, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dck = dc[k] + ccb[k];
-          db[k] = dck * gb[2 * H + k];
-          db[H + k] = dck * cp[k];
-          db[2 * H + k] = dck * gb[k];
-          ccb[k] = dck * gb[H + k];
-        }
-        activate_backward(sigma, db, gb, 2 * H);
-        activate_backward(act, db + 2 * H, gb + 2 * H, H);
-        if (reads) {
-          const T* __restrict__ xhb = xhp + (t * batch + b) * 4 * H;
-#pragma omp simd
-          for (int64_t k = 0; k < 4 * H; ++k) {
-            s[k] = db[k] * gh[k];
-            sum_gh[k] += double(db[k]) * double(xhb[k]);
+          for (int64_t k = 0; k < H; ++k) {
+            const T dh = chb[k] + dy[k];
+            db[3 * H + k] = dh * tb[k];
+            dlb[k] = dh * gb[3 * H + k];
           }
-          normalise_backward(s, xhp + (t * batch + b) * 4 * H, rhp[t * batch + b], dzhp + (t * batch + b) * 4 * H,
-                             4 * H);
+          activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
+          activate_backward(act, dlb, tb, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            s[k] = dlb[k] * gc[k];
+            sum_gc[k] += double(dlb[k]) * double(xcb[k]);
+            sum_bc[k] += double(dlb[k]);
+          }
+          normalise_backward(s, xcb, rcp[t * batch + b], dc, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            const T dck = dc[k] + ccb[k];
+            db[k] = dck * gb[2 * H + k];
+            db[H + k] = dck * cp[k];
+            db[2 * H + k] = dck * gb[k];
+            ccb[k] = dck * gb[H + k];
+          }
+          activate_backward(sigma, db, gb, 2 * H);
+          activate_backward(act, db + 2 * H, gb + 2 * H, H);
+          if (reads) {
+            const T* __restrict__ xhb = xhp + (t * batch + b) * 4 * H;
+#pragma omp simd
+            for (int64_t k = 0; k < 4 * H; ++k) {
+              s[k] = db[k] * gh[k];
+              sum_gh[k] += double(db[k]) * double(xhb[k]);
+            }
+            normalise_backward(s, xhp + (t * batch + b) * 4 * H, rhp[t * batch + b], dzhp + (t * batch + b) * 4 * H,
+                               4 * H);
+          }
         }
-      }
-      carry_back<T>(ch, (reads ? dzhp : d) + t * batch * 4 * H, back.v_ptr<T>(), back.mask_ptr<T>(), n, 4 * H, H);
+        carry_back<T>(ch + r0 * H, (reads ? dzhp : d) + (t * batch + r0) * 4 * H, back.v_ptr<T>(),
+                      back.mask_at<T>(r0, H), r1 - r0, 4 * H, H);
+      });
     }
+    for (int64_t me = 1; me < threads; ++me)
+      for (int64_t k = 0; k < G + 2 * H; ++k) sums[k] += sums[me * (G + 2 * H) + k];
     T *ogc = d_gain_c.data_ptr<T>(), *obc = d_shift_c.data_ptr<T>();
-    for (int64_t k = 0; k < H; ++k) ogc[k] = T(sum_gc[k]), obc[k] = T(sum_bc[k]);
+    for (int64_t k = 0; k < H; ++k) ogc[k] = T(sums[G + k]), obc[k] = T(sums[G + H + k]);
     if (reads) {
       T* ogh = d_gain_h->data_ptr<T>();
-      for (int64_t k = 0; k < 4 * H; ++k) ogh[k] = T(sum_gh[k]);
+      for (int64_t k = 0; k < 4 * H; ++k) ogh[k] = T(sums[k]);
     }
   });
 }
