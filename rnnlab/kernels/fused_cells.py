@@ -5,7 +5,11 @@ these families here; the scheme is fused.py's:
   1. the input part Zx for all B*T rows at once: one GEMM (U x + W y*, biases folded); for the
      layer-norm LSTM also its input normalisation LN_x, over all steps at once, left to autograd;
   2. one GEMM per step for V s_bar^{t-1} (the projected LSTM: one more for W_hr), the gate arithmetic
-     in place in preallocated (T, B, ...) buffers;
+     in place in preallocated (T, B, ...) buffers. In C++, where the weights stay in cache (16 rows
+     or more: time_major.steps_multiply_inputs), the peephole and projected LSTMs' steps compute
+     x_t U^T themselves instead of step 1; where nothing will be differentiated (no_grad,
+     inference_mode, or no input needing a gradient) every per-step buffer but the outputs is a
+     ring of one step (two for c) and nothing is saved;
   3. a hand-written backward through time, one GEMM per step (two for the projected LSTM), and every
      weight gradient after the loop as one product or reduction over all steps (dV, dW_hr, the
      peepholes, the normalisations' gains and shifts).

@@ -9,8 +9,8 @@
 //   linear recurrence     s_t = f_t s_{t-1} + b_t, and its backward (a reverse recurrence)
 //   cell scan             the steps above with no V, batch-major: scan's loop for reads_state=False
 // where z = Zx + V s' + b: Zx precomputed for all steps by one product (`product`, oneDNN's) and
-// in the gate buffer on entry, or computed by each step with V s' as one product [x_t, s'] [U, V]^T
-// (`Stacked`, where that weight stays in cache); b added in the step's pass over its gates.
+// in the gate buffer on entry, b added in the step's pass over its gates; or computed by each step
+// with V s' and b as one product [x_t, s', 1] [U, V, b]^T (`Stacked`, where that weight stays in cache).
 //
 // Layering: one driver for the six entry points of `fused` (`for_each_step`, forward or backward
 // in time), each step one parallel region over blocks of batch rows or of hidden units
@@ -161,26 +161,31 @@ void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, int64
 // out and read back: at (64, 256, 100) that traffic (26 MB each way) cost more than the gathering.
 template <typename T>
 struct Stacked {
-  Tensor w, buffer, panels;  // [U^T; V^T] (depth x K*H); the rows [x_t, s']; w by panels_of
+  Tensor w, buffer, panels;  // [U^T; V^T; b] (depth x K*H); the rows [x_t, s', 1]; w by panels_of
   const T* x = nullptr;
-  int64_t F = 0, depth = 0;
+  int64_t F = 0, R = 0, depth = 0;
+  bool bias = false;  // b is w's last row, and each row of `buffer` ends in a 1: the product adds the bias
   Stacked(const optional<Tensor>& inputs, const optional<Tensor>& weight, const optional<Tensor>& weight_hh,
-          int64_t batch) {
+          const optional<Tensor>& bias_in, int64_t batch) {
     if (!inputs) return;
-    w = (weight_hh ? at::cat({weight->t(), weight_hh->t()}, 0) : weight->t()).contiguous();
+    std::vector<Tensor> parts{weight->t()};
+    if (weight_hh) parts.push_back(weight_hh->t()), R = weight_hh->size(1);
+    if (bias_in) parts.push_back(bias_in->view({1, -1})), bias = true;
+    w = at::cat(parts, 0).contiguous();
     panels = panels_of(w);
     x = inputs->data_ptr<T>();
     F = inputs->size(2), depth = w.size(0);
     buffer = at::empty({batch, depth}, inputs->options());
+    if (bias) buffer.select(1, depth - 1).fill_(1);  // gather never writes this column
   }
   explicit operator bool() const { return x != nullptr; }
-  // [x_t, s' * mask] for the step's n rows; returns the rows
+  // [x_t, s' * mask(, 1)] for the step's n rows; returns the rows
   const T* gather(int64_t t, int64_t batch, int64_t n, const T* s_prev, const T* mask, int64_t H) const {
     T* rows = buffer.data_ptr<T>();
     const T* x_t = x + t * batch * F;
     for (int64_t b = 0; b < n; ++b) {
       std::copy(x_t + b * F, x_t + (b + 1) * F, rows + b * depth);
-      if (depth == F) continue;
+      if (R == 0) continue;
       T* __restrict__ s = rows + b * depth + F;
       const T* __restrict__ sp = s_prev + b * H;
       if (mask) {
@@ -765,7 +770,8 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
     using T = scalar_t;
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
-    const Stacked<T> stacked(inputs, weight, weight_hh, batch);
+    const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
+    const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
     for_each_step(steps, false, [&](int64_t t) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
@@ -781,7 +787,7 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
                        stacked.w.data_ptr<T>(), g_t + 4 * o, false, panel_ptr<T>(stacked.panels));
         else if (vt)
           gate_product(rows, 4, H, s.u, read + o, H, H, vt, g_t + 4 * o, true, panel_ptr<T>(weights.vt_panels));
-        lstm_forward_step<T>(act, sigma, g_t + 4 * o, b, c_prev + o, c_t + o, tc_t + o, h_t + o, rows, H, s.u);
+        lstm_forward_step<T>(act, sigma, g_t + 4 * o, step_bias, c_prev + o, c_t + o, tc_t + o, h_t + o, rows, H, s.u);
       });
     });
   });
@@ -853,7 +859,8 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
     using T = scalar_t;
     T *g = gates.data_ptr<T>(), *s = states.data_ptr<T>();
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
-    const Stacked<T> stacked(inputs, weight, weight_hh, batch);
+    const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
+    const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
     for_each_step(steps, false, [&](int64_t t) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
@@ -867,7 +874,8 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
                        stacked.w.data_ptr<T>(), g_t + K * o, false, panel_ptr<T>(stacked.panels));
         else if (vt)
           gate_product(rows, K, H, sh.u, read + o, H, H, vt, g_t + K * o, true, panel_ptr<T>(weights.vt_panels));
-        gated_forward_step<T>(kind, act, sigma, g_t + K * o, b, s_prev + o, s + t * batch * H + o, rows, H, sh.u);
+        gated_forward_step<T>(kind, act, sigma, g_t + K * o, step_bias, s_prev + o, s + t * batch * H + o, rows, H,
+                              sh.u);
       });
     });
   });
