@@ -112,9 +112,10 @@ def test_fused_in_float32_is_close_to_the_reference():
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 def test_steps_that_multiply_their_own_inputs(loop, name, grad):
     """From 16 rows the C++ steps compute x_t U^T themselves (time_major.steps_multiply_inputs: the
-    peephole and projected LSTMs; the layer-norm LSTM normalises Zx first, so it always reads Zx),
-    and without grad keep rings of one step: against reference in float64, with lengths, dropout
-    masks and feedback, under no_grad and inference_mode, and with grad (outputs and gradients)."""
+    peephole and projected LSTMs; the layer-norm LSTM its LN_x(x_t U^T) where nothing is
+    differentiated), and without grad keep rings of one step: against reference in float64, with
+    lengths, dropout masks and feedback, under no_grad and inference_mode, and with grad (outputs
+    and gradients)."""
     batch = 17
     cell = make(name, O, True)
     xs = torch.randn(batch, T, I, dtype=torch.float64, requires_grad=grad)

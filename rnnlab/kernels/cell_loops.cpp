@@ -585,11 +585,20 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
                        const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const optional<Tensor>& gain_h,
                        const Tensor& gain_c, const Tensor& shift_c, double eps_h, double eps_c, const Tensor& h0,
                        const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, Tensor xc, Tensor rc,
-                       const optional<Tensor>& xh, const optional<Tensor>& rh, std::vector<int64_t> sizes) {
+                       const optional<Tensor>& xh, const optional<Tensor>& rh, std::vector<int64_t> sizes,
+                       const optional<Tensor>& inputs, const optional<Tensor>& weight,
+                       const optional<Tensor>& gain_x, const optional<Tensor>& shift_x, double eps_x) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("layernorm_forward", gates);
-  const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(-1);
-  expect(gates, "gates", {steps, batch, 4 * H});
+  const int64_t batch = gates.size(1), H = c0.size(-1);
+  TORCH_CHECK_VALUE(hs.dim() == 3, "layernorm_forward: hs must be (T, B, H)");
+  const int64_t steps = hs.size(0);
+  expect_forward(expect, gates, optional<Tensor>(), inputs, weight, steps, batch, H);
+  TORCH_CHECK_VALUE(static_cast<bool>(inputs) == static_cast<bool>(gain_x) &&
+                        static_cast<bool>(inputs) == static_cast<bool>(shift_x),
+                    "layernorm_forward: gain_x and shift_x come exactly with inputs");
+  expect(gain_x, "gain_x", {4 * H});
+  expect(shift_x, "shift_x", {4 * H});
   expect(h0, "h0", {batch, H}, false);
   expect(c0, "c0", {batch, H});
   expect(hs, "hs", {steps, batch, H});
@@ -609,14 +618,18 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
   if (reads) expect_ring(expect, *xh, "xh", steps, batch, 4 * H), expect_ring(expect, *rh, "rh", steps, batch, -1);
   check_sizes("layernorm_forward", sizes, steps, batch);
   const StepProduct product(optional<Tensor>(), optional<Tensor>(), weight_hh, mask, batch, H, 4 * H);
+  // with the inputs, each step computes its rows of Zx = LN_x(x_t U^T) itself (no (T, B, 4H) buffer of Zx)
+  const StepProduct input_product(inputs, weight, optional<Tensor>(), optional<Tensor>(), batch, 0, 4 * H);
   const Tensor h0c = h0.contiguous();
   const int64_t step = batch * H, ring_c = cs.size(0), ring_t = tcs.size(0), ring_x = xc.size(0);
+  const int64_t ring_g = gates.size(0);
   const int64_t ring_r = rc.size(0), ring_xh = reads ? xh->size(0) : 1, ring_rh = reads ? rh->size(0) : 1;
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     T *xcp = xc.data_ptr<T>(), *rcp = rc.data_ptr<T>();
     const T *gc = gain_c.data_ptr<T>(), *bc = shift_c.data_ptr<T>(), *gh = maybe<T>(gain_h);
+    const T *gx = maybe<T>(gain_x), *sx = maybe<T>(shift_x);
     T *xhp = reads ? xh->data_ptr<T>() : nullptr, *rhp = reads ? rh->data_ptr<T>() : nullptr;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = rows_at(sizes, t, batch);
@@ -627,8 +640,15 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
       T* rh_t = reads ? rhp + (t % ring_rh) * batch : nullptr;
       over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {
         if (reads) product(t, batch, r0, r1, h_prev, xh_t, false);  // xh = V h' (masked), normalised per row below
+        T* g_t = g + (t % ring_g) * 4 * step;
+        if (inputs) input_product(t, batch, r0, r1, h_prev, g_t, false);  // x_t U^T, normalised per row below
         for (int64_t b = r0; b < r1; ++b) {
-          T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+          T* __restrict__ gb = g_t + b * 4 * H;
+          if (inputs) {
+            normalise(gb, gb, 4 * H, eps_x);
+#pragma omp simd
+            for (int64_t k = 0; k < 4 * H; ++k) gb[k] = gx[k] * gb[k] + sx[k];
+          }
           if (reads) {
             T* __restrict__ xb = xh_t + b * 4 * H;
             rh_t[b] = normalise(xb, xb, 4 * H, eps_h);
@@ -788,6 +808,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("c0"), py::arg("hs"), py::arg("cs"), py::arg("tcs"), py::arg("ms"), py::arg("sizes"),
         py::arg("bias") = py::none(), py::arg("inputs") = py::none(), py::arg("weight") = py::none());
   m.def("projected_backward", &projected_backward, "fused projected LSTM loop, backward");
-  m.def("layernorm_forward", &layernorm_forward, "fused layer-norm LSTM loop, forward");
+  // last and optional: `inputs` (T, B, F), `weight` (4H, F), `gain_x`, `shift_x` (4H) and eps_x, where each
+  // step computes its Zx = LN_x(x_t U^T) (gain_x, shift_x: LN_x's, the biases in the shift) itself
+  m.def("layernorm_forward", &layernorm_forward, "fused layer-norm LSTM loop, forward", py::arg("act"),
+        py::arg("sigma"), py::arg("gates"), py::arg("weight_hh"), py::arg("mask"), py::arg("gain_h"), py::arg("gain_c"),
+        py::arg("shift_c"), py::arg("eps_h"), py::arg("eps_c"), py::arg("h0"), py::arg("c0"), py::arg("hs"),
+        py::arg("cs"), py::arg("tcs"), py::arg("xc"), py::arg("rc"), py::arg("xh"), py::arg("rh"), py::arg("sizes"),
+        py::arg("inputs") = py::none(), py::arg("weight") = py::none(), py::arg("gain_x") = py::none(),
+        py::arg("shift_x") = py::none(), py::arg("eps_x") = 0.0);
   m.def("layernorm_backward", &layernorm_backward, "fused layer-norm LSTM loop, backward");
 }

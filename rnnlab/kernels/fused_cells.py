@@ -7,7 +7,8 @@ these families here; the scheme is fused.py's:
   2. one GEMM per step for V s_bar^{t-1} (the projected LSTM: one more for W_hr), the gate arithmetic
      in place in preallocated (T, B, ...) buffers. In C++, where the weights stay in cache (16 rows
      or more: time_major.steps_multiply_inputs), the peephole and projected LSTMs' steps compute
-     x_t U^T themselves instead of step 1; where nothing will be differentiated (no_grad,
+     x_t U^T themselves instead of step 1 (the layer-norm LSTM's LN_x(x_t U^T), where nothing will
+     be differentiated); where nothing will be differentiated (no_grad,
      inference_mode, or no input needing a gradient) every per-step buffer but the outputs is a
      ring of one step (two for c) and nothing is saved;
   3. a hand-written backward through time, one GEMM per step (two for the projected LSTM), and every
@@ -53,6 +54,10 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     loop = _LOOPS[cell.family](cell)
     if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h, by autograd
         shift = _sum(_sum(cell.norm_ih.bias, bias), cell.norm_hh.bias if cell.norm_hh is not None else None)
+        differentiable = (inputs, weight, cell.norm_ih.weight, shift, cell.weight_hh, mh, h0, c0, *loop.extras(cell))
+        if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)) \
+                and _extension(inputs) is not None and steps_multiply_inputs(inputs, weight, cell.weight_hh):
+            return _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, last, unsort)
         if torch.is_grad_enabled() and (inputs.requires_grad or weight.requires_grad):
             zx = inputs.matmul(weight.t())
         else:  # nothing to differentiate through the product: oneDNN's (1.2-3.6x faster than matmul here)
@@ -64,6 +69,20 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     hs, h_final, c_final = _CellLoop.apply(loop, sizes, last, save, len(extras), *tensors)
     ys = hs.transpose(0, 1)  # (B, T, H or P)
+    if unsort is not None:
+        ys, h_final, c_final = (t.index_select(0, unsort) for t in (ys, h_final, c_final))
+    return ys, (h_final, c_final)
+
+
+def _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, last, unsort):
+    """The layer-norm LSTM where nothing is differentiated and the weights stay in cache: each C++
+    step computes its rows of Zx = LN_x(x_t U^T) itself, into a gate buffer of one step; no autograd."""
+    tape = _Tape(inputs.shape[0], sizes, last, save=False)
+    gates = tape.new(inputs, weight.shape[0], ring=1)
+    own = (inputs, weight, cell.norm_ih.weight.contiguous(), shift.contiguous(), cell.norm_ih.eps)
+    hs, cs, *_ = loop.forward(tape, gates, cell.weight_hh, mh, loop.extras(cell), h0.contiguous(), c0.contiguous(),
+                              own)
+    ys, h_final, c_final = hs.transpose(0, 1), tape.final(hs), tape.final(cs)
     if unsort is not None:
         ys, h_final, c_final = (t.index_select(0, unsort) for t in (ys, h_final, c_final))
     return ys, (h_final, c_final)
@@ -310,7 +329,7 @@ class _LayerNorm:
         if extension is not None:
             extension.layernorm_forward(self.act, self.sigma, gates, weight_hh, mh, gain_h, gain_c.contiguous(),
                                         shift_c.contiguous(), self.eps_h, self.eps_c, h0, c0, hs, cs, tcs, xc, rc,
-                                        xh, rh, tape.sizes or [])
+                                        xh, rh, tape.sizes or [], *own)
             return buffers
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         vt = weight_hh.t() if weight_hh is not None else None
