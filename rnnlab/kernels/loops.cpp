@@ -79,8 +79,10 @@ struct Units {
 
 constexpr int64_t UNIT = 16;  // hidden units per block: a multiple of every vector width
 // A step's matrix product smaller than this (multiply-adds) runs on one thread: a parallel region
-// costs a few microseconds, which a step at B = 1, H = 128 (65k) would not earn back.
-constexpr int64_t PARALLEL_MACS = 1 << 18;
+// costs a few microseconds, which a backward step at B = 1, H = 128 (65k) does not earn back
+// (measured, 2 threads: forward+backward 15.5 ms split, 10.6 ms not), but a forward step there
+// does, split by units (forward 4.5 ms split, 5.0 ms not; torch.nn.LSTM 4.3 ms).
+constexpr int64_t PARALLEL_MACS = 1 << 18, FORWARD_PARALLEL_MACS = 1 << 15;
 
 // One thread's share of a step: the rows [r0, r1) of the step's n rows, and of those the units u.
 struct Share {
@@ -105,9 +107,9 @@ constexpr int64_t ROWS_PER_THREAD = 16;
 // product, each thread reading the gates it computed itself (no second pass, no barrier between
 // product and gates). The region's end is the step's barrier.
 template <typename Body>
-void over_step(int64_t rows, int64_t H, int64_t macs, const Body& body) {
+void over_step(int64_t rows, int64_t H, int64_t macs, const Body& body, int64_t least = PARALLEL_MACS) {
   const int64_t threads = at::get_num_threads();
-  if (macs < PARALLEL_MACS || threads == 1) return body(Share{0, rows, Units{0, H}});
+  if (macs < least || threads == 1) return body(Share{0, rows, Units{0, H}});
   const bool by_rows = split_mode == Split::rows || (split_mode == Split::rule && rows >= ROWS_PER_THREAD * threads);
   if (by_rows && rows >= 2)
     return at::parallel_for(0, rows, (rows + threads - 1) / threads,
@@ -788,7 +790,7 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
         else if (vt)
           gate_product(rows, 4, H, s.u, read + o, H, H, vt, g_t + 4 * o, true, panel_ptr<T>(weights.vt_panels));
         lstm_forward_step<T>(act, sigma, g_t + 4 * o, step_bias, c_prev + o, c_t + o, tc_t + o, h_t + o, rows, H, s.u);
-      });
+      }, FORWARD_PARALLEL_MACS);
     });
   });
 }
@@ -876,7 +878,7 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
           gate_product(rows, K, H, sh.u, read + o, H, H, vt, g_t + K * o, true, panel_ptr<T>(weights.vt_panels));
         gated_forward_step<T>(kind, act, sigma, g_t + K * o, step_bias, s_prev + o, s + t * batch * H + o, rows, H,
                               sh.u);
-      });
+      }, FORWARD_PARALLEL_MACS);
     });
   });
 }
@@ -967,7 +969,7 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
                        g_t + K * o, false, panel_ptr<T>(ut_panels));
         if (vt) gate_product(rows, 3, H, sh.u, read + o, H, H, vt, zh_s, false, panel_ptr<T>(weights.vt_panels));
         gru_forward_step<T>(act, sigma, g_t + K * o, b, zh_s, bhh, s_prev + o, h + t * batch * H + o, rows, H, sh.u);
-      });
+      }, FORWARD_PARALLEL_MACS);
     });
   });
 }
