@@ -106,3 +106,32 @@ def test_fused_in_float32_is_close_to_the_reference():
         torch.testing.assert_close(kernels.run(cell, xs, state, None, None, None, "fused"),
                                    kernels.run(cell, xs, state, None, None, None, "reference"), rtol=1e-4,
                                    atol=1e-5)
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_steps_that_multiply_their_own_inputs(loop, name, grad):
+    """From 16 rows the C++ steps compute x_t U^T themselves (time_major.steps_multiply_inputs: the
+    peephole and projected LSTMs; the layer-norm LSTM its LN_x(x_t U^T) where nothing is
+    differentiated), and without grad keep rings of one step: against reference in float64, with
+    lengths, dropout masks and feedback, under no_grad and inference_mode, and with grad (outputs
+    and gradients)."""
+    batch = 17
+    cell = make(name, O, True)
+    xs = torch.randn(batch, T, I, dtype=torch.float64, requires_grad=grad)
+    y_prev = torch.randn(batch, T, O, dtype=torch.float64, requires_grad=grad)
+    h0, c0 = (torch.randn_like(p).requires_grad_(grad) for p in cell.initial_state(batch, dtype=torch.float64))
+    length = torch.randint(1, T + 1, (batch,), generator=torch.Generator().manual_seed(2))
+    read = cell.proj_size if name == "projected-lstm" else H
+    masks = (torch.rand(batch, I, dtype=torch.float64) * 2, torch.rand(batch, read, dtype=torch.float64) * 2)
+    if grad:
+        expected = run(cell, "reference", xs, (h0, c0), y_prev, length, masks)
+        for e, g in zip(expected, run(cell, "fused", xs, (h0, c0), y_prev, length, masks)):
+            torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+        return
+    with torch.no_grad():
+        expected = kernels.run(cell, xs, (h0, c0), y_prev, length, masks, "reference")
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got = kernels.run(cell, xs, (h0, c0), y_prev, length, masks, "fused")
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)

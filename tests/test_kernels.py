@@ -12,23 +12,27 @@ from rnnlab import (
     ForgetGatedCell,
     GRUCell,
     InputGatedCell,
+    LayerNormLSTMCell,
     LSTMCell,
     OutputFeedbackCell,
+    PeepholeLSTMCell,
+    ProjectedLSTMCell,
     Recurrent,
     ResidualCell,
     VanillaCell,
     kernels,
 )
-from rnnlab.kernels import compiled
+from rnnlab.kernels import compiled, fused_cells
 from rnnlab.kernels.scan import chunked, doubling, linear_scan
 from rnnlab.kernels.scan import compiled_loop as compiled_solver
 
-from conftest import EXTENSION  # the cached build of the C++ loops, or None (tests never compile)
+from conftest import EXTENSION, EXTENSIONS  # the cached builds of the C++ loops, or None (tests never compile)
 
 B, T, I, H, O = 4, 6, 3, 5, 2
 
 LENGTHS = torch.tensor([6, 2, 4, 1])
 LADDER = [VanillaCell, ResidualCell, InputGatedCell, ForgetGatedCell, LSTMCell, GRUCell, OutputFeedbackCell]
+NEW_LSTMS = [PeepholeLSTMCell, LayerNormLSTMCell, ProjectedLSTMCell]  # fused_cells.py, module rnnlab_cell_loops
 
 
 def make(cls, feedback, dtype=torch.float64, **options):
@@ -483,15 +487,17 @@ def test_scan_keeps_doubling_to_bounded_gates(monkeypatch):
 # --- inference and threads (issue 15) ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", LADDER)
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
 @pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
 def test_fused_inference_saves_nothing_and_agrees(cls, compiled_loop, monkeypatch):
     """Under no_grad and inference_mode fused keeps no activation for a backward (no saved tensor,
-    no autograd node) and still equals reference (float64, lengths); with grad it does save."""
-    if compiled_loop and EXTENSION is None:
+    no autograd node) and still equals reference (float64, lengths; the new LSTMs also with output
+    feedback); with grad it does save."""
+    module = fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME
+    if compiled_loop and EXTENSIONS[module] is None:
         pytest.skip("the C++ loops are not built (tests never compile them)")
-    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSION if compiled_loop else None)
-    feedback = cls is OutputFeedbackCell
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSIONS[name] if compiled_loop else None)
+    feedback = cls in (OutputFeedbackCell, *NEW_LSTMS)
     cell = make(cls, feedback)
     xs, state, y_prev = inputs(cell, feedback)
     packed = []
@@ -515,16 +521,22 @@ def test_fused_inference_saves_nothing_and_agrees(cls, compiled_loop, monkeypatc
     assert packed and ys.grad_fn is not None  # the same hooks see what a training forward keeps
 
 
-@pytest.mark.skipif(EXTENSION is None, reason="the C++ loops are not built (tests never compile them)")
+@pytest.mark.parametrize("split", ["rows", "units"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("cls", LADDER)
-def test_two_threads_equal_one_thread(cls, dtype):
-    """Steps large enough that the C++ loops split each step over two threads by blocks of hidden
-    units (loops.cpp: over_units): outputs, final state and every gradient equal one thread's up to
-    the rounding of a product split differently (a block's GEMM kernel may sum in another order), with
-    lengths and a recurrent-dropout mask, and agree with reference (float64)."""
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
+def test_two_threads_equal_one_thread(cls, dtype, split):
+    """Steps large enough that the C++ loops split each step over two threads (loops.cpp: by blocks
+    of hidden units, over_units; cell_loops.cpp's forwards: by batch rows, over_rows): outputs, final
+    state and every gradient equal one thread's up to the rounding of a product split differently (a
+    block's GEMM kernel may sum in another order), with lengths and a recurrent-dropout mask, with
+    and without grad, and agree with reference (float64). loops.cpp's split is forced both ways
+    (`set_split`; by its rule these 64 rows go by rows)."""
+    if EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    if cls in NEW_LSTMS and split == "units":
+        pytest.skip("cell_loops.cpp splits by rows only")
     batch, steps, size, hidden, out = 64, 4, 8, 64, 3
-    feedback = cls is OutputFeedbackCell
+    feedback = cls in (OutputFeedbackCell, *NEW_LSTMS)
     torch.manual_seed(0)
     masked = cls is not OutputFeedbackCell
     cell = cls(size, hidden, out if feedback else 0, recurrent_dropout=0.3 if masked else 0.0).to(dtype).train()
@@ -543,6 +555,8 @@ def test_two_threads_equal_one_thread(cls, dtype):
         try:
             ys, final = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, y_prev, lengths, masks)
             finals = final if isinstance(final, tuple) else (final,)
+            if not torch.is_grad_enabled():
+                return [ys, *finals]
             loss = (ys * torch.linspace(-1, 1, ys.numel(), dtype=dtype).view_as(ys)).sum() + \
                 sum((f * f).sum() for f in finals)
             leaves = [p for p in cell.parameters()] + [xs] + list(state if isinstance(state, tuple) else (state,))
@@ -551,10 +565,59 @@ def test_two_threads_equal_one_thread(cls, dtype):
         finally:
             torch.set_num_threads(previous)
 
-    one, two = run("fused", 1), run("fused", 2)
+    if EXTENSION is not None:
+        EXTENSION.set_split(split)
+    try:
+        one, two = run("fused", 1), run("fused", 2)
+        with torch.no_grad():
+            one_forward, two_forward = run("fused", 1), run("fused", 2)
+    finally:
+        if EXTENSION is not None:
+            EXTENSION.set_split("rule")
     tight = dict(rtol=1e-12, atol=1e-12) if dtype is torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    if cls is LayerNormLSTMCell and dtype is torch.float32:  # 1/std of the norms scales the rounding up
+        tight = dict(rtol=1e-4, atol=1e-5)
     for a, b in zip(one, two):
+        torch.testing.assert_close(b, a, **tight)
+    for a, b in zip(one_forward, two_forward):  # the forward-only loops (rings of one step) split the same way
         torch.testing.assert_close(b, a, **tight)
     if dtype is torch.float64:
         for a, b in zip(run("reference", 1), two):
             torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("batch", [8, 16], ids=["Zx", "stacked"])
+@pytest.mark.parametrize("cls,hidden", [(LSTMCell, 256), (GRUCell, 512), (PeepholeLSTMCell, 256),
+                                        (LayerNormLSTMCell, 256), (ProjectedLSTMCell, 256)])
+def test_weights_packed_in_panels(cls, hidden, batch):
+    """Where a step's weight is 1024 or more columns wide and 8 or more rows run, the C++ forwards
+    read it packed in 64-column panels (loops.cpp, cell_loops.cpp: panels_of): float32 outputs and
+    gradients against reference, and (loops.cpp) the same as with the plain weight to rounding; with
+    8 rows the steps read Zx, with 16 they multiply their own inputs."""
+    module = fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME
+    if EXTENSIONS[module] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    torch.manual_seed(0)
+    cell = cls(8, hidden)
+    xs = torch.randn(batch, 3, 8, requires_grad=True)
+    state = cell.initial_state(batch)
+    lengths = torch.tensor([3, 1, 2] + [3] * (batch - 3))
+
+    def run(implementation):
+        ys, _ = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, None, lengths, (None, None))
+        with torch.no_grad():
+            forward, _ = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, None, lengths, (None, None))
+        return [ys, forward, *torch.autograd.grad((ys * ys).sum(), [xs, *cell.parameters()])]
+
+    close = dict(rtol=1e-4, atol=1e-4 if cls is LayerNormLSTMCell else 2e-5)  # float32; the norms' 1/std
+    packed = run("fused")
+    for a, b in zip(run("reference"), packed):
+        torch.testing.assert_close(b, a, **close)
+    if module == compiled.NAME:
+        EXTENSION.set_panels(False)
+        try:
+            plain = run("fused")
+        finally:
+            EXTENSION.set_panels(True)
+        for a, b in zip(plain, packed):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

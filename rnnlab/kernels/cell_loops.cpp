@@ -1,14 +1,16 @@
 // The time loops of fused_cells.py in C++: the peephole, layer-norm and projected LSTMs. Same buffers,
-// same equations, same results as the Python loops there; the matrix products stay ATen's, everything
-// elementwise is a plain loop over the step's rows. Built at first use by compiled.py (module
-// rnnlab_cell_loops); rnnlab works without it.
+// same equations, same results as the Python loops there (to rounding); everything elementwise is a
+// plain loop over the step's rows. The per-step products are oneDNN's brgemm on raw pointers (no ATen
+// dispatch per step), the forwards' split over threads by batch rows. Built at first use by compiled.py
+// (module rnnlab_cell_loops); rnnlab works without it.
 //
 //   peephole    i = s(z_i + p_i c'), f = s(z_f + p_f c'), r = a(z_r), c = f c' + i r,
 //               o = s(z_o + p_o c), h = o a(c)
 //   layernorm   z = Zx + g_h xhat(V h'); i, f, o, r as the LSTM; c = f c' + i r;
 //               h = o a(g_c xhat(c) + b_c)          xhat(v) = (v - mean v) / sqrt(var v + eps), per row
 //   projected   z = Zx + V h'; m = o a(c); h = W_hr m   (h: P units)
-// where Zx (all steps, one GEMM) is in the gate buffer on entry and the gate values on exit.
+// where Zx (all steps, one GEMM) is in the gate buffer on entry and the gate values on exit, or (peephole,
+// projected) each step computes x_t U^T itself. Without grad, the per-step buffers are rings of one step.
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
@@ -20,6 +22,9 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 
 using at::Tensor;
 using c10::optional;
@@ -71,29 +76,6 @@ void check_sizes(const char* where, const std::vector<int64_t>& sizes, int64_t s
                       ": sizes must be non-increasing row counts in [0, ", batch, "]; got ", sizes[t], " at step ", t);
 }
 
-// z_t[:n] += (h_prev[:n] * mask) V^T: the step's one matrix product (views only here: a dispatch each)
-void add_recurrent_input(Tensor g_t, const Tensor& h_prev, const optional<Tensor>& vt, const optional<Tensor>& mask,
-                         int64_t n) {
-  if (!vt || n == 0) return;
-  Tensor read = h_prev.narrow(0, 0, n);
-  if (mask) read = read * mask->narrow(0, 0, n);
-  g_t.narrow(0, 0, n).addmm_(read, *vt);
-}
-
-// carry[:n] = (dz_t[:n] V) * mask: the gradient reaching the state the gates read
-void recurrent_carry(Tensor carry, const Tensor& dz_t, const optional<Tensor>& weight_hh, const optional<Tensor>& mask,
-                     int64_t n) {
-  if (n == 0) return;
-  Tensor ch = carry.narrow(0, 0, n);
-  if (!weight_hh) {
-    ch.zero_();
-  } else if (mask) {
-    ch.copy_(at::mm(dz_t.narrow(0, 0, n), *weight_hh).mul_(mask->narrow(0, 0, n)));
-  } else {
-    at::mm_out(ch, dz_t.narrow(0, 0, n), *weight_hh);
-  }
-}
-
 // (v - mean) * rstd over n values, into out; returns rstd
 template <typename T>
 T normalise(const T* __restrict__ v, T* __restrict__ out, int64_t n, double eps) {
@@ -136,57 +118,220 @@ void dispatch(at::ScalarType type, F&& body) {
   }
 }
 
+// --- the forward steps' products, on raw pointers, split over threads by batch rows -------------------
+// The forwards below are loops.cpp's scheme: each step's products on raw pointers through oneDNN's
+// batch-reduce GEMM (`matmul`, a copy of loops.cpp's: each module is built alone), the bias added in
+// the step's pass over its gates, and buffers that are rings of one step (two for c) where nothing
+// is saved. Each step is one parallel region over blocks of batch rows (`over_rows`): a row's layer
+// norms and its projection need the whole row, so these cells are split by rows, not by units.
+
+// C (M x N) (+)= A (M x K) B (K x N), row-major with leading dimensions: oneDNN's brgemm for floats
+// (no dispatch per step), ATen's mm on views of the pointers for doubles.
+template <typename T>
+void matmul(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+            bool add) {
+  if (M == 0 || N == 0) return;
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  if constexpr (std::is_same_v<T, float>) {
+    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C, false);
+    return;
+  }
+#endif
+  {
+    const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    const Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, options);
+    const Tensor b = at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, options);
+    Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, options);
+    if (add) c.addmm_(a, b); else at::mm_out(c, a, b);
+  }
+}
+
+// A weight (depth x N) packed in panels of PANEL columns (N / PANEL, depth, PANEL), as loops.cpp's
+// panels_of (see there what it measured): for products of PANEL_ROWS rows or more where N >= PANELS_FROM.
+constexpr int64_t PANEL = 64, PANEL_ROWS = 8, PANELS_FROM = 1024;
+
+Tensor panels_of(const Tensor& w) {
+  const int64_t depth = w.size(0), N = w.size(1);
+  if (N % PANEL != 0 || N < PANELS_FROM || w.scalar_type() != at::kFloat) return Tensor();
+  return w.reshape({depth, N / PANEL, PANEL}).transpose(0, 1).contiguous();
+}
+
+// C (M x N, ldc N) (+)= A w, w (depth x N) plain or (where `panels` is defined) by panels
+template <typename T>
+void multiply(int64_t M, int64_t N, int64_t depth, const T* A, int64_t lda, const Tensor& w, const Tensor& panels,
+              T* C, bool add) {
+  if (!panels.defined() || M < PANEL_ROWS) return matmul<T>(M, N, depth, A, lda, w.data_ptr<T>(), N, C, N, add);
+  const T* p = panels.data_ptr<T>();
+  for (int64_t j = 0; j < N / PANEL; ++j)
+    matmul<T>(M, PANEL, depth, A, lda, p + j * depth * PANEL, PANEL, C + j * PANEL, N, add);
+}
+
+// A step whose products are smaller than this (multiply-adds) runs on one thread (as loops.cpp).
+constexpr int64_t PARALLEL_MACS = 1 << 18;
+
+// body(r0, r1) for the step's rows [0, rows): one call on one thread or for a small step, else one
+// block of rows per thread (at::parallel_for); the region's end is the step's barrier.
+template <typename Body>
+void over_rows(int64_t rows, int64_t macs, const Body& body) {
+  const int64_t threads = at::get_num_threads();
+  if (macs < PARALLEL_MACS || rows < 2 || threads == 1) return body(int64_t(0), rows);
+  at::parallel_for(0, rows, (rows + threads - 1) / threads, [&](int64_t r0, int64_t r1) { body(r0, r1); });
+}
+
+// What a forward step multiplies: x_t U^T where the step computes its input part itself (`inputs`
+// and `weight` given: no (T, B, 4H) buffer of Zx is written and read back), and the state the gates
+// read, masked, times V^T. Contiguous transposed copies of the weights, made once per call.
+struct StepProduct {
+  Tensor ut, vt, mask, scratch, ut_panels, vt_panels;
+  const Tensor* inputs = nullptr;
+  int64_t F = 0, R = 0, N = 0;  // input width, read width, gate width
+  StepProduct(const optional<Tensor>& inputs_in, const optional<Tensor>& weight, const optional<Tensor>& weight_hh,
+              const optional<Tensor>& mask_in, int64_t batch, int64_t read_width, int64_t gate_width)
+      : R(read_width), N(gate_width) {
+    if (inputs_in)
+      inputs = &*inputs_in, ut = weight->t().contiguous(), F = inputs_in->size(2), ut_panels = panels_of(ut);
+    if (weight_hh) vt = weight_hh->t().contiguous(), vt_panels = panels_of(vt);
+    if (mask_in && weight_hh) mask = mask_in->contiguous(), scratch = at::empty({batch, R}, mask.options());
+  }
+  int64_t depth() const { return F + (vt.defined() ? R : 0); }
+  // out[r0:r1] = (Zx_t, already in out, unless the step computes it) + (s_prev * mask)[r0:r1] V^T
+  template <typename T>
+  void operator()(int64_t t, int64_t batch, int64_t r0, int64_t r1, const T* s_prev, T* out, bool zx_in_out) const {
+    const int64_t rows = r1 - r0;
+    if (inputs)
+      multiply<T>(rows, N, F, inputs->data_ptr<T>() + (t * batch + r0) * F, F, ut, ut_panels, out + r0 * N, false);
+    if (!vt.defined()) return;
+    const T* read = s_prev + r0 * R;
+    if (mask.defined()) {
+      T* __restrict__ s = scratch.data_ptr<T>() + r0 * R;
+      const T* __restrict__ m = mask.data_ptr<T>() + r0 * R;
+      for (int64_t k = 0; k < rows * R; ++k) s[k] = read[k] * m[k];
+      read = s;
+    }
+    multiply<T>(rows, N, R, read, R, vt, vt_panels, out + r0 * N, zx_in_out || inputs);
+  }
+};
+
+template <typename T>
+const T* maybe(const optional<Tensor>& t) {
+  return t ? t->data_ptr<T>() : nullptr;
+}
+
+// steps from hs (T, B, .); gates (T, or a ring of any length where the step computes Zx from `inputs`)
+void expect_forward(const Expect& expect, const Tensor& gates, const optional<Tensor>& bias,
+                    const optional<Tensor>& inputs, const optional<Tensor>& weight, int64_t steps, int64_t batch,
+                    int64_t H) {
+  TORCH_CHECK_VALUE(static_cast<bool>(inputs) == static_cast<bool>(weight), expect.where,
+                    ": inputs and weight come together");
+  expect(gates, "gates", {inputs ? -1 : steps, batch, 4 * H});
+  TORCH_CHECK_VALUE(!inputs || gates.size(0) >= 1, expect.where, ": gates must hold at least one step");
+  expect(bias, "bias", {4 * H});
+  expect(inputs, "inputs", {steps, batch, -1});
+  if (inputs) expect(*weight, "weight", {4 * H, inputs->size(2)}, false);
+}
+
+// a ring buffer (R >= min_ring steps of `width`), or T steps
+void expect_ring(const Expect& expect, const Tensor& t, const char* name, int64_t steps, int64_t batch, int64_t width,
+                 int64_t min_ring = 1) {
+  TORCH_CHECK_VALUE(t.defined() && t.dim() >= 2 && t.size(0) >= min_ring && t.size(0) <= steps, expect.where, ": ",
+                    name, " must hold between ", min_ring, " and ", steps, " steps");
+  if (width < 0) expect(t, name, {t.size(0), batch}); else expect(t, name, {t.size(0), batch, width});
+}
+
+template <typename T>
+void add_bias(T* __restrict__ g, const T* __restrict__ bias, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) g[k] += bias[k];
+}
+
+// carry[:n] = (dz_t[:n] V) * mask on raw pointers (V (KH x R) contiguous, or null: zeros): the gradient
+// reaching the state the gates read (these LSTMs have no direct term). No ATen dispatch per step.
+template <typename T>
+void carry_back(T* carry, const T* dz_t, const T* v, const T* mask, int64_t n, int64_t KH, int64_t R) {
+  if (n == 0) return;
+  if (!v) return std::fill(carry, carry + n * R, T(0));
+  matmul<T>(n, R, KH, dz_t, KH, v, R, carry, R, false);
+  if (mask)
+    for (int64_t k = 0; k < n * R; ++k) carry[k] *= mask[k];
+}
+
+// V and the mask, contiguous, for carry_back
+struct Backward {
+  Tensor v, mask;
+  Backward(const optional<Tensor>& weight_hh, const optional<Tensor>& mask_in) {
+    if (weight_hh) v = weight_hh->contiguous();
+    if (mask_in) mask = mask_in->contiguous();
+  }
+  template <typename T> const T* v_ptr() const { return v.defined() ? v.data_ptr<T>() : nullptr; }
+  // the mask from row r0 (rows R wide), or null
+  template <typename T> const T* mask_at(int64_t r0, int64_t R) const {
+    return mask.defined() ? mask.data_ptr<T>() + r0 * R : nullptr;
+  }
+};
+
 }  // namespace
 
 // --- peephole LSTM ---------------------------------------------------------------------------------
+// gates: Zx (T, B, 4H) on entry (its bias in `bias` or already in it), the gate values on exit; or,
+// with `inputs` (T, B, F) and `weight` (4H, F), written only: each step computes x_t U^T itself, and
+// the gates may be a ring of one step. cs: T steps or a ring of >= 2; tcs: T steps or a ring.
 
 void peephole_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
                       const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const Tensor& peep,
-                      const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, std::vector<int64_t> sizes) {
+                      const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, std::vector<int64_t> sizes,
+                      const optional<Tensor>& bias, const optional<Tensor>& inputs, const optional<Tensor>& weight) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("peephole_forward", gates);
-  const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(-1);
-  expect(gates, "gates", {steps, batch, 4 * H});
+  const int64_t batch = gates.size(1), H = c0.size(-1);
+  TORCH_CHECK_VALUE(hs.dim() == 3, "peephole_forward: hs must be (T, B, H)");
+  const int64_t steps = hs.size(0);
+  expect_forward(expect, gates, bias, inputs, weight, steps, batch, H);
   expect(peep, "peep", {3, H});
   expect(h0, "h0", {batch, H}, false);
   expect(c0, "c0", {batch, H});
-  for (auto [t, name] : {std::pair{&hs, "hs"}, {&cs, "cs"}, {&tcs, "tcs"}}) expect(*t, name, {steps, batch, H});
+  expect(hs, "hs", {steps, batch, H});
+  expect_ring(expect, cs, "cs", steps, batch, H, std::min<int64_t>(steps, 2));
+  expect_ring(expect, tcs, "tcs", steps, batch, H);
   expect(weight_hh, "weight_hh", {4 * H, H}, false);
   expect(mask, "mask", {batch, H}, false);
   check_sizes("peephole_forward", sizes, steps, batch);
-  optional<Tensor> vt;
-  if (weight_hh) vt = weight_hh->t();
-  const int64_t step = batch * H;
+  const StepProduct product(inputs, weight, weight_hh, mask, batch, H, 4 * H);
+  const Tensor h0c = h0.contiguous();
+  const int64_t step = batch * H, ring_g = gates.size(0), ring_c = cs.size(0), ring_t = tcs.size(0);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
-    const T *p_i = peep.data_ptr<T>(), *p_f = p_i + H, *p_o = p_i + 2 * H;
+    const T *p_i = peep.data_ptr<T>(), *p_f = p_i + H, *p_o = p_i + 2 * H, *bi = maybe<T>(bias);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = rows_at(sizes, t, batch);
-      add_recurrent_input(gates.select(0, t), t == 0 ? h0 : hs.select(0, t - 1), vt, mask, n);
-      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        const T* __restrict__ cp = c_prev + b * H;
-        T *__restrict__ cn = c + t * step + b * H, *__restrict__ tn = tc + t * step + b * H;
-        T* __restrict__ hn = h + t * step + b * H;
+      const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
+      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
+      T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
+      over_rows(n, n * 4 * H * product.depth(), [&](int64_t r0, int64_t r1) {
+        product(t, batch, r0, r1, h_prev, g_t, true);
+        for (int64_t b = r0; b < r1; ++b) {
+          T* __restrict__ gb = g_t + b * 4 * H;
+          const T* __restrict__ cp = c_prev + b * H;
+          T *__restrict__ cn = c_t + b * H, *__restrict__ tn = tc_t + b * H, *__restrict__ hn = h + t * step + b * H;
+          if (bi) add_bias(gb, bi, 4 * H);
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          gb[k] += p_i[k] * cp[k];
-          gb[H + k] += p_f[k] * cp[k];
+          for (int64_t k = 0; k < H; ++k) {
+            gb[k] += p_i[k] * cp[k];
+            gb[H + k] += p_f[k] * cp[k];
+          }
+          activate(sigma, gb, 2 * H);
+          activate(act, gb + 2 * H, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
+            gb[3 * H + k] += p_o[k] * cn[k];
+          }
+          activate(sigma, gb + 3 * H, H);
+          activate(act, tn, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
         }
-        activate(sigma, gb, 2 * H);
-        activate(act, gb + 2 * H, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
-          gb[3 * H + k] += p_o[k] * cn[k];
-        }
-        activate(sigma, gb + 3 * H, H);
-        activate(act, tn, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
-      }
+      });
     }
   });
 }
@@ -210,6 +355,7 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
   expect(mask, "mask", {batch, H}, false);
   check_sizes("peephole_backward", sizes, steps, batch);
   const int64_t step = batch * H;
+  const Backward back(weight_hh, mask);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *dout = d_out.data_ptr<T>();
@@ -218,34 +364,37 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        T* __restrict__ db = d + (t * batch + b) * 4 * H;
-        const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-        const T* __restrict__ dy = dout + t * step + b * H;
-        T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
+      over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {  // every row's step is its own
+        for (int64_t b = r0; b < r1; ++b) {
+          const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+          T* __restrict__ db = d + (t * batch + b) * 4 * H;
+          const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
+          const T* __restrict__ dy = dout + t * step + b * H;
+          T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dh = chb[k] + dy[k];
-          db[3 * H + k] = dh * tb[k];
-          db[2 * H + k] = dh * gb[3 * H + k];  // the r slot holds dh o until dc is known
+          for (int64_t k = 0; k < H; ++k) {
+            const T dh = chb[k] + dy[k];
+            db[3 * H + k] = dh * tb[k];
+            db[2 * H + k] = dh * gb[3 * H + k];  // the r slot holds dh o until dc is known
+          }
+          activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
+          activate_backward(act, db + 2 * H, tb, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            const T dc = ccb[k] + db[2 * H + k] + db[3 * H + k] * p_o[k];
+            db[k] = dc * gb[2 * H + k];
+            db[H + k] = dc * cp[k];
+            db[2 * H + k] = dc * gb[k];
+            ccb[k] = dc * gb[H + k];
+          }
+          activate_backward(sigma, db, gb, 2 * H);
+          activate_backward(act, db + 2 * H, gb + 2 * H, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) ccb[k] += db[k] * p_i[k] + db[H + k] * p_f[k];
         }
-        activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
-        activate_backward(act, db + 2 * H, tb, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dc = ccb[k] + db[2 * H + k] + db[3 * H + k] * p_o[k];
-          db[k] = dc * gb[2 * H + k];
-          db[H + k] = dc * cp[k];
-          db[2 * H + k] = dc * gb[k];
-          ccb[k] = dc * gb[H + k];
-        }
-        activate_backward(sigma, db, gb, 2 * H);
-        activate_backward(act, db + 2 * H, gb + 2 * H, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) ccb[k] += db[k] * p_i[k] + db[H + k] * p_f[k];
-      }
-      recurrent_carry(carry_h, dz.select(0, t), weight_hh, mask, n);
+        carry_back<T>(ch + r0 * H, d + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, H), r1 - r0,
+                      4 * H, H);
+      });
     }
   });
 }
@@ -255,48 +404,57 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
 void projected_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
                        const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const Tensor& weight_hr,
                        const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, Tensor ms,
-                       std::vector<int64_t> sizes) {
+                       std::vector<int64_t> sizes, const optional<Tensor>& bias, const optional<Tensor>& inputs,
+                       const optional<Tensor>& weight) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("projected_forward", gates);
-  const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(-1), P = h0.size(-1);
-  expect(gates, "gates", {steps, batch, 4 * H});
+  const int64_t batch = gates.size(1), H = c0.size(-1), P = h0.size(-1);
+  TORCH_CHECK_VALUE(hs.dim() == 3, "projected_forward: hs must be (T, B, P)");
+  const int64_t steps = hs.size(0);
+  expect_forward(expect, gates, bias, inputs, weight, steps, batch, H);
   expect(weight_hr, "weight_hr", {P, H}, false);
   expect(h0, "h0", {batch, P}, false);
   expect(c0, "c0", {batch, H});
   expect(hs, "hs", {steps, batch, P});
-  for (auto [t, name] : {std::pair{&cs, "cs"}, {&tcs, "tcs"}, {&ms, "ms"}}) expect(*t, name, {steps, batch, H});
+  expect_ring(expect, cs, "cs", steps, batch, H, std::min<int64_t>(steps, 2));
+  expect_ring(expect, tcs, "tcs", steps, batch, H);
+  expect_ring(expect, ms, "ms", steps, batch, H);
   expect(weight_hh, "weight_hh", {4 * H, P}, false);
   expect(mask, "mask", {batch, P}, false);
   check_sizes("projected_forward", sizes, steps, batch);
-  optional<Tensor> vt;
-  if (weight_hh) vt = weight_hh->t();
-  const Tensor rt = weight_hr.t();
-  const int64_t step = batch * H;
+  const StepProduct product(inputs, weight, weight_hh, mask, batch, P, 4 * H);
+  const Tensor rt = weight_hr.t().contiguous(), h0c = h0.contiguous();  // W_hr^T (H, P)
+  const int64_t step = batch * H, ring_g = gates.size(0), ring_c = cs.size(0), ring_t = tcs.size(0);
+  const int64_t ring_m = ms.size(0);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
-    T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *m = ms.data_ptr<T>();
+    T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
+    T* m = ms.data_ptr<T>();
+    const T *bi = maybe<T>(bias), *r = rt.data_ptr<T>();
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = rows_at(sizes, t, batch);
-      add_recurrent_input(gates.select(0, t), t == 0 ? h0 : hs.select(0, t - 1), vt, mask, n);
-      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        const T* __restrict__ cp = c_prev + b * H;
-        T *__restrict__ cn = c + t * step + b * H, *__restrict__ tn = tc + t * step + b * H;
-        T* __restrict__ mn = m + t * step + b * H;
-        activate(sigma, gb, 2 * H);
-        activate(act, gb + 2 * H, H);
-        activate(sigma, gb + 3 * H, H);
+      const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * batch * P;
+      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
+      T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
+      T *m_t = m + (t % ring_m) * step, *h_t = h + t * batch * P;
+      over_rows(n, n * H * (4 * product.depth() + P), [&](int64_t r0, int64_t r1) {
+        product(t, batch, r0, r1, h_prev, g_t, true);
+        for (int64_t b = r0; b < r1; ++b) {
+          T* __restrict__ gb = g_t + b * 4 * H;
+          const T* __restrict__ cp = c_prev + b * H;
+          T *__restrict__ cn = c_t + b * H, *__restrict__ tn = tc_t + b * H, *__restrict__ mn = m_t + b * H;
+          if (bi) add_bias(gb, bi, 4 * H);
+          activate(sigma, gb, 2 * H);
+          activate(act, gb + 2 * H, H);
+          activate(sigma, gb + 3 * H, H);
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
-        activate(act, tn, H);
+          for (int64_t k = 0; k < H; ++k) cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
+          activate(act, tn, H);
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) mn[k] = gb[3 * H + k] * tn[k];
-      }
-      if (n > 0) {
-        Tensor h_t = hs.select(0, t).narrow(0, 0, n);
-        at::mm_out(h_t, ms.select(0, t).narrow(0, 0, n), rt);  // h = W_hr m
-      }
+          for (int64_t k = 0; k < H; ++k) mn[k] = gb[3 * H + k] * tn[k];
+        }
+        matmul<T>(r1 - r0, P, H, m_t + r0 * H, H, r, P, h_t + r0 * P, P, false);  // h = m W_hr^T
+      });
     }
   });
 }
@@ -323,43 +481,50 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
   check_sizes("projected_backward", sizes, steps, batch);
   const int64_t step = batch * H;
   Tensor dm = at::empty({batch, H}, gates.options());
+  const Tensor whr = weight_hr.contiguous();
+  const Backward back(weight_hh, mask);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
-    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
-    T *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dmp = dm.data_ptr<T>();
+    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *w = whr.data_ptr<T>();
+    T *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dmp = dm.data_ptr<T>(), *ch = carry_h.data_ptr<T>();
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = rows_at(sizes, t, batch);
       if (n == 0) continue;
-      Tensor dh = dh_all.select(0, t).narrow(0, 0, n);
-      at::add_out(dh, carry_h.narrow(0, 0, n), d_out.select(0, t).narrow(0, 0, n));
-      Tensor dm_n = dm.narrow(0, 0, n);
-      at::mm_out(dm_n, dh, weight_hr);  // dL/dm = dh W_hr
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        T* __restrict__ db = d + (t * batch + b) * 4 * H;
-        const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-        const T* __restrict__ dmb = dmp + b * H;
-        T* __restrict__ ccb = cc + b * H;
+      over_rows(n, n * 4 * H * P, [&](int64_t r0, int64_t r1) {  // every row's step is its own
+        T* __restrict__ dh = dh_all.data_ptr<T>() + (t * batch + r0) * P;
+        const T* __restrict__ dy = d_out.data_ptr<T>() + (t * batch + r0) * P;
+        const T* __restrict__ chr = ch + r0 * P;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          db[3 * H + k] = dmb[k] * tb[k];
-          db[2 * H + k] = dmb[k] * gb[3 * H + k];
-        }
-        activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
-        activate_backward(act, db + 2 * H, tb, H);
+        for (int64_t k = 0; k < (r1 - r0) * P; ++k) dh[k] = chr[k] + dy[k];
+        matmul<T>(r1 - r0, H, P, dh, P, w, H, dmp + r0 * H, H, false);  // dL/dm = dh W_hr
+        for (int64_t b = r0; b < r1; ++b) {
+          const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+          T* __restrict__ db = d + (t * batch + b) * 4 * H;
+          const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
+          const T* __restrict__ dmb = dmp + b * H;
+          T* __restrict__ ccb = cc + b * H;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dc = ccb[k] + db[2 * H + k];
-          db[k] = dc * gb[2 * H + k];
-          db[H + k] = dc * cp[k];
-          db[2 * H + k] = dc * gb[k];
-          ccb[k] = dc * gb[H + k];
+          for (int64_t k = 0; k < H; ++k) {
+            db[3 * H + k] = dmb[k] * tb[k];
+            db[2 * H + k] = dmb[k] * gb[3 * H + k];
+          }
+          activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
+          activate_backward(act, db + 2 * H, tb, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            const T dc = ccb[k] + db[2 * H + k];
+            db[k] = dc * gb[2 * H + k];
+            db[H + k] = dc * cp[k];
+            db[2 * H + k] = dc * gb[k];
+            ccb[k] = dc * gb[H + k];
+          }
+          activate_backward(sigma, db, gb, 2 * H);
+          activate_backward(act, db + 2 * H, gb + 2 * H, H);
         }
-        activate_backward(sigma, db, gb, 2 * H);
-        activate_backward(act, db + 2 * H, gb + 2 * H, H);
-      }
-      recurrent_carry(carry_h, dz.select(0, t), weight_hh, mask, n);
+        carry_back<T>(ch + r0 * P, d + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, P), r1 - r0,
+                      4 * H, P);
+      });
     }
   });
 }
@@ -371,16 +536,27 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
                        const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const optional<Tensor>& gain_h,
                        const Tensor& gain_c, const Tensor& shift_c, double eps_h, double eps_c, const Tensor& h0,
                        const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, Tensor xc, Tensor rc,
-                       const optional<Tensor>& xh, const optional<Tensor>& rh, std::vector<int64_t> sizes) {
+                       const optional<Tensor>& xh, const optional<Tensor>& rh, std::vector<int64_t> sizes,
+                       const optional<Tensor>& inputs, const optional<Tensor>& weight,
+                       const optional<Tensor>& gain_x, const optional<Tensor>& shift_x, double eps_x) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("layernorm_forward", gates);
-  const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(-1);
-  expect(gates, "gates", {steps, batch, 4 * H});
+  const int64_t batch = gates.size(1), H = c0.size(-1);
+  TORCH_CHECK_VALUE(hs.dim() == 3, "layernorm_forward: hs must be (T, B, H)");
+  const int64_t steps = hs.size(0);
+  expect_forward(expect, gates, optional<Tensor>(), inputs, weight, steps, batch, H);
+  TORCH_CHECK_VALUE(static_cast<bool>(inputs) == static_cast<bool>(gain_x) &&
+                        static_cast<bool>(inputs) == static_cast<bool>(shift_x),
+                    "layernorm_forward: gain_x and shift_x come exactly with inputs");
+  expect(gain_x, "gain_x", {4 * H});
+  expect(shift_x, "shift_x", {4 * H});
   expect(h0, "h0", {batch, H}, false);
   expect(c0, "c0", {batch, H});
-  for (auto [t, name] : {std::pair{&hs, "hs"}, {&cs, "cs"}, {&tcs, "tcs"}, {&xc, "xc"}})
-    expect(*t, name, {steps, batch, H});
-  expect(rc, "rc", {steps, batch});
+  expect(hs, "hs", {steps, batch, H});
+  expect_ring(expect, cs, "cs", steps, batch, H, std::min<int64_t>(steps, 2));
+  expect_ring(expect, tcs, "tcs", steps, batch, H);
+  expect_ring(expect, xc, "xc", steps, batch, H);
+  expect_ring(expect, rc, "rc", steps, batch, -1);
   expect(gain_c, "gain_c", {H});
   expect(shift_c, "shift_c", {H});
   expect(weight_hh, "weight_hh", {4 * H, H}, false);
@@ -390,52 +566,62 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
                         reads == static_cast<bool>(rh),
                     "layernorm_forward: gain_h, xh and rh are needed exactly with weight_hh");
   expect(gain_h, "gain_h", {4 * H});
-  expect(xh, "xh", {steps, batch, 4 * H});
-  expect(rh, "rh", {steps, batch});
+  if (reads) expect_ring(expect, *xh, "xh", steps, batch, 4 * H), expect_ring(expect, *rh, "rh", steps, batch, -1);
   check_sizes("layernorm_forward", sizes, steps, batch);
-  const int64_t step = batch * H;
+  const StepProduct product(optional<Tensor>(), optional<Tensor>(), weight_hh, mask, batch, H, 4 * H);
+  // with the inputs, each step computes its rows of Zx = LN_x(x_t U^T) itself (no (T, B, 4H) buffer of Zx)
+  const StepProduct input_product(inputs, weight, optional<Tensor>(), optional<Tensor>(), batch, 0, 4 * H);
+  const Tensor h0c = h0.contiguous();
+  const int64_t step = batch * H, ring_c = cs.size(0), ring_t = tcs.size(0), ring_x = xc.size(0);
+  const int64_t ring_g = gates.size(0);
+  const int64_t ring_r = rc.size(0), ring_xh = reads ? xh->size(0) : 1, ring_rh = reads ? rh->size(0) : 1;
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     T *xcp = xc.data_ptr<T>(), *rcp = rc.data_ptr<T>();
-    const T *gc = gain_c.data_ptr<T>(), *bc = shift_c.data_ptr<T>();
-    const T* gh = reads ? gain_h->data_ptr<T>() : nullptr;
-    T* xhp = reads ? xh->data_ptr<T>() : nullptr;
-    T* rhp = reads ? rh->data_ptr<T>() : nullptr;
-    const Tensor vt = reads ? weight_hh->t() : Tensor();
+    const T *gc = gain_c.data_ptr<T>(), *bc = shift_c.data_ptr<T>(), *gh = maybe<T>(gain_h);
+    const T *gx = maybe<T>(gain_x), *sx = maybe<T>(shift_x);
+    T *xhp = reads ? xh->data_ptr<T>() : nullptr, *rhp = reads ? rh->data_ptr<T>() : nullptr;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = rows_at(sizes, t, batch);
-      if (n == 0) continue;
-      if (reads) {  // xh_t = V h' (masked), normalised per row below
-        Tensor read = (t == 0 ? h0 : hs.select(0, t - 1)).narrow(0, 0, n);
-        if (mask) read = read * mask->narrow(0, 0, n);
-        Tensor out = xh->select(0, t).narrow(0, 0, n);
-        at::mm_out(out, read, vt);
-      }
-      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        if (reads) {
-          T* __restrict__ xb = xhp + (t * batch + b) * 4 * H;
-          rhp[t * batch + b] = normalise(xb, xb, 4 * H, eps_h);
+      const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
+      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
+      T *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step, *xc_t = xcp + (t % ring_x) * step;
+      T *rc_t = rcp + (t % ring_r) * batch, *xh_t = reads ? xhp + (t % ring_xh) * 4 * step : nullptr;
+      T* rh_t = reads ? rhp + (t % ring_rh) * batch : nullptr;
+      over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {
+        if (reads) product(t, batch, r0, r1, h_prev, xh_t, false);  // xh = V h' (masked), normalised per row below
+        T* g_t = g + (t % ring_g) * 4 * step;
+        if (inputs) input_product(t, batch, r0, r1, h_prev, g_t, false);  // x_t U^T, normalised per row below
+        for (int64_t b = r0; b < r1; ++b) {
+          T* __restrict__ gb = g_t + b * 4 * H;
+          if (inputs) {
+            normalise(gb, gb, 4 * H, eps_x);
 #pragma omp simd
-          for (int64_t k = 0; k < 4 * H; ++k) gb[k] += gh[k] * xb[k];
+            for (int64_t k = 0; k < 4 * H; ++k) gb[k] = gx[k] * gb[k] + sx[k];
+          }
+          if (reads) {
+            T* __restrict__ xb = xh_t + b * 4 * H;
+            rh_t[b] = normalise(xb, xb, 4 * H, eps_h);
+#pragma omp simd
+            for (int64_t k = 0; k < 4 * H; ++k) gb[k] += gh[k] * xb[k];
+          }
+          const T* __restrict__ cp = c_prev + b * H;
+          T *__restrict__ cn = c_t + b * H, *__restrict__ tn = tc_t + b * H;
+          T *__restrict__ xcb = xc_t + b * H, *__restrict__ hn = h + t * step + b * H;
+          activate(sigma, gb, 2 * H);
+          activate(act, gb + 2 * H, H);
+          activate(sigma, gb + 3 * H, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) cn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
+          rc_t[b] = normalise(cn, xcb, H, eps_c);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) tn[k] = gc[k] * xcb[k] + bc[k];
+          activate(act, tn, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
         }
-        const T* __restrict__ cp = c_prev + b * H;
-        T *__restrict__ cn = c + t * step + b * H, *__restrict__ tn = tc + t * step + b * H;
-        T *__restrict__ xcb = xcp + t * step + b * H, *__restrict__ hn = h + t * step + b * H;
-        activate(sigma, gb, 2 * H);
-        activate(act, gb + 2 * H, H);
-        activate(sigma, gb + 3 * H, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) cn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
-        rcp[t * batch + b] = normalise(cn, xcb, H, eps_c);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) tn[k] = gc[k] * xcb[k] + bc[k];
-        activate(act, tn, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
-      }
+      });
     }
   });
 }
@@ -478,6 +664,7 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
   expect(d_shift_c, "d_shift_c", {H});
   check_sizes("layernorm_backward", sizes, steps, batch);
   const int64_t step = batch * H;
+  const Backward back(weight_hh, mask);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *dout = d_out.data_ptr<T>();
@@ -487,72 +674,98 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
     const T* rhp = reads ? rh->data_ptr<T>() : nullptr;
     T* dzhp = reads ? dzh->data_ptr<T>() : nullptr;
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dl = d_ln_c.data_ptr<T>();
-    std::vector<T> scratch(4 * H), dcv(H);
-    std::vector<double> sum_gh(reads ? 4 * H : 0), sum_gc(H), sum_bc(H);
+    // per thread: scratch rows and the gains' sums (added up after the loop)
+    const int64_t threads = at::get_num_threads(), G = reads ? 4 * H : 0;
+    std::vector<T> scratch_all(threads * 5 * H);
+    std::vector<double> sums(threads * (G + 2 * H));
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = rows_at(sizes, t, batch);
       if (n == 0) continue;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      for (int64_t b = 0; b < n; ++b) {
-        const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-        T* __restrict__ db = d + (t * batch + b) * 4 * H;
-        const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-        const T* __restrict__ xcb = xcp + t * step + b * H;
-        const T* __restrict__ dy = dout + t * step + b * H;
-        T *__restrict__ dlb = dl + t * step + b * H, *__restrict__ s = scratch.data(), *__restrict__ dc = dcv.data();
-        T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
+      over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {  // every row's step is its own
+        const int64_t me = std::min<int64_t>(at::get_thread_num(), threads - 1);
+        T *scratch = scratch_all.data() + me * 5 * H, *dcv = scratch + 4 * H;
+        double *sum_gh = sums.data() + me * (G + 2 * H), *sum_gc = sum_gh + G, *sum_bc = sum_gc + H;
+        for (int64_t b = r0; b < r1; ++b) {
+          const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+          T* __restrict__ db = d + (t * batch + b) * 4 * H;
+          const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
+          const T* __restrict__ xcb = xcp + t * step + b * H;
+          const T* __restrict__ dy = dout + t * step + b * H;
+          T *__restrict__ dlb = dl + t * step + b * H, *__restrict__ s = scratch, *__restrict__ dc = dcv;
+          T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dh = chb[k] + dy[k];
-          db[3 * H + k] = dh * tb[k];
-          dlb[k] = dh * gb[3 * H + k];
-        }
-        activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
-        activate_backward(act, dlb, tb, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          s[k] = dlb[k] * gc[k];
-          sum_gc[k] += double(dlb[k]) * double(xcb[k]);
-          sum_bc[k] += double(dlb[k]);
-        }
-        normalise_backward(s, xcb, rcp[t * batch + b], dc, H);
-#pragma omp simd
-        for (int64_t k = 0; k < H; ++k) {
-          const T dck = dc[k] + ccb[k];
-          db[k] = dck * gb[2 * H + k];
-          db[H + k] = dck * cp[k];
-          db[2 * H + k] = dck * gb[k];
-          ccb[k] = dck * gb[H + k];
-        }
-        activate_backward(sigma, db, gb, 2 * H);
-        activate_backward(act, db + 2 * H, gb + 2 * H, H);
-        if (reads) {
-          const T* __restrict__ xhb = xhp + (t * batch + b) * 4 * H;
-#pragma omp simd
-          for (int64_t k = 0; k < 4 * H; ++k) {
-            s[k] = db[k] * gh[k];
-            sum_gh[k] += double(db[k]) * double(xhb[k]);
+          for (int64_t k = 0; k < H; ++k) {
+            const T dh = chb[k] + dy[k];
+            db[3 * H + k] = dh * tb[k];
+            dlb[k] = dh * gb[3 * H + k];
           }
-          normalise_backward(s, xhp + (t * batch + b) * 4 * H, rhp[t * batch + b], dzhp + (t * batch + b) * 4 * H,
-                             4 * H);
+          activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
+          activate_backward(act, dlb, tb, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            s[k] = dlb[k] * gc[k];
+            sum_gc[k] += double(dlb[k]) * double(xcb[k]);
+            sum_bc[k] += double(dlb[k]);
+          }
+          normalise_backward(s, xcb, rcp[t * batch + b], dc, H);
+#pragma omp simd
+          for (int64_t k = 0; k < H; ++k) {
+            const T dck = dc[k] + ccb[k];
+            db[k] = dck * gb[2 * H + k];
+            db[H + k] = dck * cp[k];
+            db[2 * H + k] = dck * gb[k];
+            ccb[k] = dck * gb[H + k];
+          }
+          activate_backward(sigma, db, gb, 2 * H);
+          activate_backward(act, db + 2 * H, gb + 2 * H, H);
+          if (reads) {
+            const T* __restrict__ xhb = xhp + (t * batch + b) * 4 * H;
+#pragma omp simd
+            for (int64_t k = 0; k < 4 * H; ++k) {
+              s[k] = db[k] * gh[k];
+              sum_gh[k] += double(db[k]) * double(xhb[k]);
+            }
+            normalise_backward(s, xhp + (t * batch + b) * 4 * H, rhp[t * batch + b], dzhp + (t * batch + b) * 4 * H,
+                               4 * H);
+          }
         }
-      }
-      recurrent_carry(carry_h, reads ? dzh->select(0, t) : dz.select(0, t), weight_hh, mask, n);
+        carry_back<T>(ch + r0 * H, (reads ? dzhp : d) + (t * batch + r0) * 4 * H, back.v_ptr<T>(),
+                      back.mask_at<T>(r0, H), r1 - r0, 4 * H, H);
+      });
     }
+    for (int64_t me = 1; me < threads; ++me)
+      for (int64_t k = 0; k < G + 2 * H; ++k) sums[k] += sums[me * (G + 2 * H) + k];
     T *ogc = d_gain_c.data_ptr<T>(), *obc = d_shift_c.data_ptr<T>();
-    for (int64_t k = 0; k < H; ++k) ogc[k] = T(sum_gc[k]), obc[k] = T(sum_bc[k]);
+    for (int64_t k = 0; k < H; ++k) ogc[k] = T(sums[G + k]), obc[k] = T(sums[G + H + k]);
     if (reads) {
       T* ogh = d_gain_h->data_ptr<T>();
-      for (int64_t k = 0; k < 4 * H; ++k) ogh[k] = T(sum_gh[k]);
+      for (int64_t k = 0; k < 4 * H; ++k) ogh[k] = T(sums[k]);
     }
   });
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("peephole_forward", &peephole_forward, "fused peephole LSTM loop, forward");
+  namespace py = pybind11;
+  // last and optional: `bias`, where Zx came without it (the step adds it); `inputs` (T, B, F) and
+  // `weight` (4H, F), where the step computes Zx itself (the gates are then written, not read)
+  m.def("peephole_forward", &peephole_forward, "fused peephole LSTM loop, forward", py::arg("act"), py::arg("sigma"),
+        py::arg("gates"), py::arg("weight_hh"), py::arg("mask"), py::arg("peep"), py::arg("h0"), py::arg("c0"),
+        py::arg("hs"), py::arg("cs"), py::arg("tcs"), py::arg("sizes"), py::arg("bias") = py::none(),
+        py::arg("inputs") = py::none(), py::arg("weight") = py::none());
   m.def("peephole_backward", &peephole_backward, "fused peephole LSTM loop, backward");
-  m.def("projected_forward", &projected_forward, "fused projected LSTM loop, forward");
+  m.def("projected_forward", &projected_forward, "fused projected LSTM loop, forward", py::arg("act"),
+        py::arg("sigma"), py::arg("gates"), py::arg("weight_hh"), py::arg("mask"), py::arg("weight_hr"), py::arg("h0"),
+        py::arg("c0"), py::arg("hs"), py::arg("cs"), py::arg("tcs"), py::arg("ms"), py::arg("sizes"),
+        py::arg("bias") = py::none(), py::arg("inputs") = py::none(), py::arg("weight") = py::none());
   m.def("projected_backward", &projected_backward, "fused projected LSTM loop, backward");
-  m.def("layernorm_forward", &layernorm_forward, "fused layer-norm LSTM loop, forward");
+  // last and optional: `inputs` (T, B, F), `weight` (4H, F), `gain_x`, `shift_x` (4H) and eps_x, where each
+  // step computes its Zx = LN_x(x_t U^T) (gain_x, shift_x: LN_x's, the biases in the shift) itself
+  m.def("layernorm_forward", &layernorm_forward, "fused layer-norm LSTM loop, forward", py::arg("act"),
+        py::arg("sigma"), py::arg("gates"), py::arg("weight_hh"), py::arg("mask"), py::arg("gain_h"), py::arg("gain_c"),
+        py::arg("shift_c"), py::arg("eps_h"), py::arg("eps_c"), py::arg("h0"), py::arg("c0"), py::arg("hs"),
+        py::arg("cs"), py::arg("tcs"), py::arg("xc"), py::arg("rc"), py::arg("xh"), py::arg("rh"), py::arg("sizes"),
+        py::arg("inputs") = py::none(), py::arg("weight") = py::none(), py::arg("gain_x") = py::none(),
+        py::arg("shift_x") = py::none(), py::arg("eps_x") = 0.0);
   m.def("layernorm_backward", &layernorm_backward, "fused layer-norm LSTM loop, backward");
 }

@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled, fused_cells, graphs
 from .activations import BACKWARD, FORWARD
-from .time_major import by_length, inputs_and_weight
+from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs
 
 # The families each loop serves (rnnlab.cells: Cell.family); the output-feedback cell is a vanilla cell.
 _GATED = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "input": "input", "forget": "forget"}
@@ -89,7 +89,7 @@ class _Loop(torch.autograd.Function):
         steps, batch = inputs.shape[:2]
         ctx.loop, ctx.sizes, ctx.last = loop, sizes, last
         tape = _Tape(steps, sizes, last)
-        if compiled.extension_for(inputs) is not None and _steps_multiply_inputs(inputs, weight, weight_hh):
+        if compiled.extension_for(inputs) is not None and steps_multiply_inputs(inputs, weight, weight_hh):
             # The C++ steps compute Zx = [x, y*] [U, W]^T a step at a time, in one product with V s'
             # (loops.cpp: Stacked), and add the bias in their pass over the gates: Zx of all steps is
             # never written out and read back. Without grad the gates are a ring of one step.
@@ -99,7 +99,7 @@ class _Loop(torch.autograd.Function):
         elif compiled.extension_for(inputs) is not None:
             # Zx for all steps in one product (oneDNN's), without its bias, which the C++ steps add in
             # their pass over the gates (addmm would first copy it to every row of every step)
-            zx = _product(inputs.reshape(steps * batch, -1), weight.t()).view(steps, batch, -1)
+            zx = product(inputs.reshape(steps * batch, -1), weight.t()).view(steps, batch, -1)
             bias = None if bias is None else bias.contiguous()
             buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save, (bias,))
         else:
@@ -134,8 +134,8 @@ class _Loop(torch.autograd.Function):
             dz, *grads = loop.backward(tape, d_outputs, d_finals, weight_hh, mh, state0, buffers, needs)
         flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, K*H)
         # dU, db and dx as one product each over all steps
-        d_inputs = _product(flat_dz, weight).view_as(inputs) if needs[4] else None
-        d_weight = _product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if needs[5] else None
+        d_inputs = product(flat_dz, weight).view_as(inputs) if needs[4] else None
+        d_weight = product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if needs[5] else None
         d_bias = flat_dz.sum(0) if needs[6] else None
         return (None, None, None, None, d_inputs, d_weight, d_bias) + tuple(grads)
 
@@ -183,23 +183,6 @@ def _key(loop) -> tuple:
     return (type(loop).__name__,) + tuple(sorted(vars(loop).items()))
 
 
-def _steps_multiply_inputs(inputs, weight, weight_hh) -> bool:
-    """Whether the C++ steps should multiply the inputs themselves (one product of [x_t, s'] with the
-    stacked [U, V] per step) rather than read Zx from one product over all steps. Measured on this
-    2-core EPYC (1 MiB L2 per core), forward, against torch.nn.LSTM: per step 1.03 vs 1.20 at
-    (32, 128, 100) and 1.07 vs 1.15 at (64, 256, 100), where the stacked weight (0.5, 2 MiB) stays
-    in cache across steps; but 1.34 vs 0.99 at (32, 512, 100) (8 MiB, streamed each step) and 1.10
-    vs 0.93 at (1, 128, 1000) (one row: U is streamed each step for a single row)."""
-    batch, depth = inputs.shape[1], inputs.shape[-1] + (weight_hh.shape[-1] if weight_hh is not None else 0)
-    return batch >= 16 and depth * weight.shape[0] * inputs.element_size() <= 4 << 20
-
-
-def _product(a, b):
-    """a @ b, through oneDNN on CPU where the C++ module is built (loops.cpp: `product`)."""
-    extension = compiled.extension_for(a)
-    return extension.product(a, b) if extension is not None else torch.mm(a, b)
-
-
 def _carry(grad):
     """A contiguous copy of a final state's gradient, which the backward loop turns into s^0's."""
     return grad.clone(memory_format=torch.contiguous_format)
@@ -229,7 +212,7 @@ def _weight_grad(dz, first, states, mask):
     reads = torch.cat([first[None], states[:-1]], dim=0)  # (T, B, H), the state each step read
     if mask is not None:
         reads = reads * mask
-    return _product(dz.reshape(-1, dz.shape[-1]).t(), reads.reshape(-1, reads.shape[-1]))
+    return product(dz.reshape(-1, dz.shape[-1]).t(), reads.reshape(-1, reads.shape[-1]))
 
 
 class _Gated:

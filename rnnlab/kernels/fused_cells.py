@@ -5,7 +5,12 @@ these families here; the scheme is fused.py's:
   1. the input part Zx for all B*T rows at once: one GEMM (U x + W y*, biases folded); for the
      layer-norm LSTM also its input normalisation LN_x, over all steps at once, left to autograd;
   2. one GEMM per step for V s_bar^{t-1} (the projected LSTM: one more for W_hr), the gate arithmetic
-     in place in preallocated (T, B, ...) buffers;
+     in place in preallocated (T, B, ...) buffers. In C++, where the weights stay in cache (16 rows
+     or more: time_major.steps_multiply_inputs), the peephole and projected LSTMs' steps compute
+     x_t U^T themselves instead of step 1 (the layer-norm LSTM's LN_x(x_t U^T), where nothing will
+     be differentiated); where nothing will be differentiated (no_grad,
+     inference_mode, or no input needing a gradient) every per-step buffer but the outputs is a
+     ring of one step (two for c) and nothing is saved;
   3. a hand-written backward through time, one GEMM per step (two for the projected LSTM), and every
      weight gradient after the loop as one product or reduction over all steps (dV, dW_hr, the
      peepholes, the normalisations' gains and shifts).
@@ -30,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled
 from .activations import BACKWARD, FORWARD
-from .time_major import by_length, inputs_and_weight
+from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs
 
 MODULE = "rnnlab_cell_loops"
 FAMILIES = ("peephole-lstm", "layernorm-lstm", "projected-lstm")
@@ -49,13 +54,35 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     loop = _LOOPS[cell.family](cell)
     if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h, by autograd
         shift = _sum(_sum(cell.norm_ih.bias, bias), cell.norm_hh.bias if cell.norm_hh is not None else None)
-        zx = F.layer_norm(inputs.matmul(weight.t()), (weight.shape[0],), cell.norm_ih.weight, shift, cell.norm_ih.eps)
+        differentiable = (inputs, weight, cell.norm_ih.weight, shift, cell.weight_hh, mh, h0, c0, *loop.extras(cell))
+        if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)) \
+                and _extension(inputs) is not None and steps_multiply_inputs(inputs, weight, cell.weight_hh):
+            return _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, last, unsort)
+        if torch.is_grad_enabled() and (inputs.requires_grad or weight.requires_grad):
+            zx = inputs.matmul(weight.t())
+        else:  # nothing to differentiate through the product: oneDNN's (1.2-3.6x faster than matmul here)
+            zx = product(inputs.reshape(-1, inputs.shape[-1]), weight.t()).view(*inputs.shape[:2], -1)
+        zx = F.layer_norm(zx, (weight.shape[0],), cell.norm_ih.weight, shift, cell.norm_ih.eps)
         inputs, weight, bias = zx, None, None
     extras = loop.extras(cell)
     tensors = (inputs, weight, bias, cell.weight_hh, mh, *extras, h0, c0)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     hs, h_final, c_final = _CellLoop.apply(loop, sizes, last, save, len(extras), *tensors)
     ys = hs.transpose(0, 1)  # (B, T, H or P)
+    if unsort is not None:
+        ys, h_final, c_final = (t.index_select(0, unsort) for t in (ys, h_final, c_final))
+    return ys, (h_final, c_final)
+
+
+def _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, last, unsort):
+    """The layer-norm LSTM where nothing is differentiated and the weights stay in cache: each C++
+    step computes its rows of Zx = LN_x(x_t U^T) itself, into a gate buffer of one step; no autograd."""
+    tape = _Tape(inputs.shape[0], sizes, last, save=False)
+    gates = tape.new(inputs, weight.shape[0], ring=1)
+    own = (inputs, weight, cell.norm_ih.weight.contiguous(), shift.contiguous(), cell.norm_ih.eps)
+    hs, cs, *_ = loop.forward(tape, gates, cell.weight_hh, mh, loop.extras(cell), h0.contiguous(), c0.contiguous(),
+                              own)
+    ys, h_final, c_final = hs.transpose(0, 1), tape.final(hs), tape.final(cs)
     if unsort is not None:
         ys, h_final, c_final = (t.index_select(0, unsort) for t in (ys, h_final, c_final))
     return ys, (h_final, c_final)
@@ -72,14 +99,22 @@ class _CellLoop(torch.autograd.Function):
     def forward(ctx, loop, sizes, last, save, n_extra, inputs, weight, bias, weight_hh, mh, *rest):
         extras, (h0, c0) = rest[:n_extra], rest[n_extra:]
         steps, batch = inputs.shape[:2]
-        if weight is None:
-            gates = inputs.clone()
+        tape = _Tape(steps, sizes, last, save)
+        compiled_loop, own = _extension(inputs) is not None, ()
+        if weight is None:  # the layer-norm LSTM's Zx, made by autograd: a copy where it must stay intact
+            gates = inputs.clone() if save else inputs
+        elif compiled_loop and steps_multiply_inputs(inputs, weight, weight_hh):
+            # each C++ step computes x_t U^T itself and adds the bias: no (T, B, 4H) Zx is written and
+            # read back, and without grad the gates are a ring of one step (as fused.py's LSTM)
+            gates, own = tape.new(inputs, weight.shape[0], ring=1), (_contiguous(bias), inputs, weight)
+        elif compiled_loop:  # Zx in one product (oneDNN's) without its bias, which the C++ steps add
+            gates = product(inputs.reshape(steps * batch, -1), weight.t()).view(steps, batch, -1)
+            own = (_contiguous(bias),)
         else:
             flat = inputs.reshape(steps * batch, -1)
             gates = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
             gates = gates.view(steps, batch, -1)
-        tape = _Tape(steps, sizes, last)
-        buffers = loop.forward(tape, gates, weight_hh, mh, extras, h0.contiguous(), c0.contiguous())
+        buffers = loop.forward(tape, gates, weight_hh, mh, extras, h0.contiguous(), c0.contiguous(), own)
         hs, cs = buffers[0], buffers[1]
         ctx.loop, ctx.sizes, ctx.last, ctx.n_extra = loop, sizes, last, n_extra
         if save:
@@ -92,7 +127,7 @@ class _CellLoop(torch.autograd.Function):
         loop, needs = ctx.loop, ctx.needs_input_grad
         inputs, weight, weight_hh, mh, h0, c0, *rest = ctx.saved_tensors
         extras, buffers = rest[:ctx.n_extra], rest[ctx.n_extra:]
-        tape = _Tape(d_hs.shape[0], ctx.sizes, ctx.last)
+        tape = _Tape(d_hs.shape[0], ctx.sizes, ctx.last, True)
         carry_h = d_h.clone(memory_format=torch.contiguous_format)  # becomes dL/dh0
         carry_c = d_c.clone(memory_format=torch.contiguous_format)
         dz, d_weight_hh, d_extras = loop.backward(tape, d_hs.contiguous(), carry_h, carry_c, weight_hh, mh, extras,
@@ -108,32 +143,41 @@ class _CellLoop(torch.autograd.Function):
 
 
 class _Tape:
-    """Per-step views of (T, B, ...) buffers, cut to the n_t rows still running at step t."""
+    """Per-step views of (T, B, ...) buffers, cut to the n_t rows still running at step t. Without
+    `save` (nothing will be differentiated) a buffer may be a ring of R < T steps: step t is t % R."""
 
-    def __init__(self, steps, sizes, last):
-        self.steps, self.sizes, self.last = steps, sizes, last
+    def __init__(self, steps, sizes, last, save=True):
+        self.steps, self.sizes, self.last, self.save = steps, sizes, last, save
 
     def rows(self, t, view):
         return view if self.sizes is None else view[:self.sizes[t]]
 
     def at(self, buffer, t):
-        return self.rows(t, buffer[t])
+        return self.rows(t, buffer[t % buffer.shape[0]])
 
     def previous(self, first, buffer, t):
-        return self.rows(t, first if t == 0 else buffer[t - 1])
+        return self.rows(t, first if t == 0 else buffer[(t - 1) % buffer.shape[0]])
 
     def final(self, buffer):
+        ring = buffer.shape[0]
         if self.last is None:
-            return buffer[self.steps - 1].clone()
-        return buffer[self.last, torch.arange(buffer.shape[1], device=buffer.device)]
+            return buffer[(self.steps - 1) % ring].clone()
+        return buffer[self.last % ring, torch.arange(buffer.shape[1], device=buffer.device)]
 
-    def new(self, like, width, steps=None):
-        """A (T, B, width) buffer; zeros when there are finished rows, which must read as zero."""
-        shape = (self.steps if steps is None else steps, like.shape[1], width)
+    def new(self, like, width, ring=None):
+        """A (T, B, width) buffer, or where nothing is saved and `ring` is given a ring of that many
+        steps (c, which the next step reads while it writes its own: 2); zeros when there are
+        finished rows, which must read as zero."""
+        steps = self.steps if self.save or ring is None else min(ring, self.steps)
+        shape = (steps, like.shape[1], width)
         return like.new_zeros(shape) if self.sizes is not None else like.new_empty(shape)
 
     def n(self, t, batch):
         return batch if self.sizes is None else self.sizes[t]
+
+
+def _contiguous(t):
+    return None if t is None else t.contiguous()
 
 
 def _read(h, mask, n):
@@ -166,14 +210,14 @@ class _Peephole:
     def extras(cell):
         return (cell.weight_peephole,)
 
-    def forward(self, tape, gates, weight_hh, mh, extras, h0, c0):
+    def forward(self, tape, gates, weight_hh, mh, extras, h0, c0, own=()):
         (peep,) = extras
         H = c0.shape[1]
-        hs, cs, tcs = tape.new(gates, H), tape.new(gates, H), tape.new(gates, H)
+        hs, cs, tcs = tape.new(gates, H), tape.new(gates, H, ring=2), tape.new(gates, H, ring=1)
         extension = _extension(gates)
         if extension is not None:
             extension.peephole_forward(self.act, self.sigma, gates, weight_hh, mh, peep.contiguous(), h0, c0, hs, cs,
-                                       tcs, tape.sizes or [])
+                                       tcs, tape.sizes or [], *own)
             return hs, cs, gates, tcs
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         p_i, p_f, p_o = peep
@@ -272,19 +316,20 @@ class _LayerNorm:
     def extras(cell):
         return (cell.norm_hh.weight if cell.norm_hh is not None else None, cell.norm_cell.weight, cell.norm_cell.bias)
 
-    def forward(self, tape, gates, weight_hh, mh, extras, h0, c0):
+    def forward(self, tape, gates, weight_hh, mh, extras, h0, c0, own=()):
         gain_h, gain_c, shift_c = extras
         batch, H = c0.shape
-        hs, cs, tcs, xc = (tape.new(gates, H) for _ in range(4))
-        rc = tape.new(gates, 1)[..., 0]
-        xh = tape.new(gates, 4 * H) if weight_hh is not None else None
-        rh = tape.new(gates, 1)[..., 0] if weight_hh is not None else None
+        hs, cs, tcs, xc = tape.new(gates, H), tape.new(gates, H, ring=2), tape.new(gates, H, ring=1), \
+            tape.new(gates, H, ring=1)
+        rc = tape.new(gates, 1, ring=1)[..., 0]
+        xh = tape.new(gates, 4 * H, ring=1) if weight_hh is not None else None
+        rh = tape.new(gates, 1, ring=1)[..., 0] if weight_hh is not None else None
         buffers = (hs, cs, gates, tcs, xc, rc) + ((xh, rh) if xh is not None else ())
         extension = _extension(gates)
         if extension is not None:
             extension.layernorm_forward(self.act, self.sigma, gates, weight_hh, mh, gain_h, gain_c.contiguous(),
                                         shift_c.contiguous(), self.eps_h, self.eps_c, h0, c0, hs, cs, tcs, xc, rc,
-                                        xh, rh, tape.sizes or [])
+                                        xh, rh, tape.sizes or [], *own)
             return buffers
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         vt = weight_hh.t() if weight_hh is not None else None
@@ -371,15 +416,16 @@ class _Projected:
     def extras(cell):
         return (cell.weight_hr,)
 
-    def forward(self, tape, gates, weight_hh, mh, extras, h0, c0):
+    def forward(self, tape, gates, weight_hh, mh, extras, h0, c0, own=()):
         (w_hr,) = extras
         batch, H = c0.shape
         P = w_hr.shape[0]
-        hs, cs, tcs, ms = tape.new(gates, P), tape.new(gates, H), tape.new(gates, H), tape.new(gates, H)
+        hs, cs = tape.new(gates, P), tape.new(gates, H, ring=2)
+        tcs, ms = tape.new(gates, H, ring=1), tape.new(gates, H, ring=1)
         extension = _extension(gates)
         if extension is not None:
             extension.projected_forward(self.act, self.sigma, gates, weight_hh, mh, w_hr, h0, c0, hs, cs, tcs, ms,
-                                        tape.sizes or [])
+                                        tape.sizes or [], *own)
             return hs, cs, gates, tcs, ms
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         vt, rt = (weight_hh.t() if weight_hh is not None else None), w_hr.t()

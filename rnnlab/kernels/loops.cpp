@@ -9,14 +9,14 @@
 //   linear recurrence     s_t = f_t s_{t-1} + b_t, and its backward (a reverse recurrence)
 //   cell scan             the steps above with no V, batch-major: scan's loop for reads_state=False
 // where z = Zx + V s' + b: Zx precomputed for all steps by one product (`product`, oneDNN's) and
-// in the gate buffer on entry, or computed by each step with V s' as one product [x_t, s'] [U, V]^T
-// (`Stacked`, where that weight stays in cache); b added in the step's pass over its gates.
+// in the gate buffer on entry, b added in the step's pass over its gates; or computed by each step
+// with V s' and b as one product [x_t, s', 1] [U, V, b]^T (`Stacked`, where that weight stays in cache).
 //
 // Layering: one driver for the six entry points of `fused` (`for_each_step`, forward or backward
-// in time), each step one parallel region over blocks of hidden units (`over_units`: on one
-// thread, a plain call) in which the block's matrix product (`matmul`: oneDNN's brgemm
-// micro-kernel on raw pointers for floats, no ATen dispatch per step) is followed by the block's
-// elementwise work (the `*_step` functions, vectorised loops over the block of each row).
+// in time), each step one parallel region over blocks of batch rows or of hidden units
+// (`over_step`: on one thread, a plain call) in which the block's matrix product (`matmul`: oneDNN's
+// brgemm micro-kernel on raw pointers for floats, no ATen dispatch per step) is followed by the
+// block's elementwise work (the `*_step` functions, vectorised loops over the block of each row).
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
@@ -81,27 +81,80 @@ struct Units {
 
 constexpr int64_t UNIT = 16;  // hidden units per block: a multiple of every vector width
 // A step's matrix product smaller than this (multiply-adds) runs on one thread: a parallel region
-// costs a few microseconds, which a step at B = 1, H = 128 (65k) would not earn back.
-constexpr int64_t PARALLEL_MACS = 1 << 18;
+// costs a few microseconds, which a backward step at B = 1, H = 128 (65k) does not earn back
+// (measured, 2 threads: forward+backward 15.5 ms split, 10.6 ms not), but a forward step there
+// does, split by units (forward 4.5 ms split, 5.0 ms not; torch.nn.LSTM 4.3 ms).
+constexpr int64_t PARALLEL_MACS = 1 << 18, FORWARD_PARALLEL_MACS = 1 << 15;
 
-// One step of every fused loop: body(units) does the step's matrix product and its elementwise work
-// for a block of hidden units. On one thread, or for a small step, that is one call for all units;
-// on more, the units are split in blocks over torch's threads (at::parallel_for), so that the
-// elementwise work is split like the product, each thread reading the gates it computed itself
-// (no second pass, no barrier between product and gates). The region's end is the step's barrier.
+// One thread's share of a step: the rows [r0, r1) of the step's n rows, and of those the units u.
+struct Share {
+  int64_t r0, r1;
+  Units u;
+  int64_t rows(int64_t n) const { return std::max<int64_t>(0, std::min(r1, n) - r0); }  // of the first n rows
+};
+
+// How a step is split over threads (`set_split`, for measuring): by the rule below, or always by
+// units or always by rows.
+enum class Split { rule, units, rows };
+Split split_mode = Split::rule;
+
+// From this many rows per thread, a step is split by batch rows (each thread's product keeps the
+// full K*H width and its gates stay its own), below by blocks of units.
+constexpr int64_t ROWS_PER_THREAD = 16;
+
+// One step of every fused loop: body(share) does the step's matrix product and its elementwise work
+// for one share. On one thread, or for a small step, that is one call for everything; on more, the
+// step is split over torch's threads (at::parallel_for) by blocks of batch rows where there are
+// enough of them, else by blocks of hidden units, so that the elementwise work is split like the
+// product, each thread reading the gates it computed itself (no second pass, no barrier between
+// product and gates). The region's end is the step's barrier.
 template <typename Body>
-void over_units(int64_t H, int64_t macs, const Body& body) {
-  if (macs < PARALLEL_MACS || H < 2 * UNIT || at::get_num_threads() == 1) return body(Units{0, H});
+void over_step(int64_t rows, int64_t H, int64_t macs, const Body& body, int64_t least = PARALLEL_MACS) {
+  const int64_t threads = at::get_num_threads();
+  if (macs < least || threads == 1) return body(Share{0, rows, Units{0, H}});
+  const bool by_rows = split_mode == Split::rows || (split_mode == Split::rule && rows >= ROWS_PER_THREAD * threads);
+  if (by_rows && rows >= 2)
+    return at::parallel_for(0, rows, (rows + threads - 1) / threads,
+                            [&](int64_t r0, int64_t r1) { body(Share{r0, r1, Units{0, H}}); });
+  if (H < 2 * UNIT) return body(Share{0, rows, Units{0, H}});
   const int64_t blocks = (H + UNIT - 1) / UNIT;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { body(Units{b0 * UNIT, std::min(H, b1 * UNIT)}); });
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    body(Share{0, rows, Units{b0 * UNIT, std::min(H, b1 * UNIT)}});
+  });
+}
+
+// A step's weight (depth x N, row-major) packed in panels of PANEL columns, (N / PANEL, depth, PANEL):
+// each panel's rows are adjacent, where the plain weight's are N floats apart (8 kB at N = 2048, a
+// stride at which the rows of a column block share cache sets). Measured, one thread, brgemm
+// (M x K x N): 32 x 512 x 2048 0.6-0.8x the time of the plain weight, 16 x 512 x 2048 0.7-0.8x;
+// neutral at N = 512 and slower at M = 1 (more calls). Used for full-width products of
+// PANEL_ROWS rows or more where N >= PANELS_FROM. `set_panels(False)` turns them off (for measuring).
+constexpr int64_t PANEL = 64, PANEL_ROWS = 8, PANELS_FROM = 1024;
+bool panels_on = true;
+
+Tensor panels_of(const Tensor& w) {
+  const int64_t depth = w.size(0), N = w.size(1);
+  if (!panels_on || N % PANEL != 0 || N < PANELS_FROM || w.scalar_type() != at::kFloat) return Tensor();
+  return w.reshape({depth, N / PANEL, PANEL}).transpose(0, 1).contiguous();
+}
+
+template <typename T>
+const T* panel_ptr(const Tensor& panels) {
+  return panels.defined() ? panels.data_ptr<T>() : nullptr;
 }
 
 // gates[:rows, the units' columns of each of the K gates] (+)= a (rows x depth, leading dimension lda) w,
-// w (depth x K*H) row-major: V^T, or [U^T; V^T] where the step multiplies [x_t, s'] itself.
+// w (depth x K*H) row-major: V^T, or [U^T; V^T] where the step multiplies [x_t, s'] itself; `panels`
+// (or null): w packed by panels_of.
 template <typename T>
 void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, int64_t lda, int64_t depth, const T* w,
-                  T* gates, bool add) {
-  if (u.k0 == 0 && u.k1 == H) return matmul(rows, K * H, depth, a, lda, w, K * H, gates, K * H, add);
+                  T* gates, bool add, const T* panels = nullptr) {
+  if (u.k0 == 0 && u.k1 == H) {
+    if (!panels || rows < PANEL_ROWS) return matmul(rows, K * H, depth, a, lda, w, K * H, gates, K * H, add);
+    for (int64_t j = 0; j < K * H / PANEL; ++j)
+      matmul(rows, PANEL, depth, a, lda, panels + j * depth * PANEL, PANEL, gates + j * PANEL, K * H, add);
+    return;
+  }
   for (int64_t j = 0; j < K; ++j)
     matmul(rows, u.width(), depth, a, lda, w + j * H + u.k0, K * H, gates + j * H + u.k0, K * H, add);
 }
@@ -112,25 +165,31 @@ void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, int64
 // out and read back: at (64, 256, 100) that traffic (26 MB each way) cost more than the gathering.
 template <typename T>
 struct Stacked {
-  Tensor w, buffer;  // [U^T; V^T] (depth x K*H); the rows [x_t, s']
+  Tensor w, buffer, panels;  // [U^T; V^T; b] (depth x K*H); the rows [x_t, s', 1]; w by panels_of
   const T* x = nullptr;
-  int64_t F = 0, depth = 0;
+  int64_t F = 0, R = 0, depth = 0;
+  bool bias = false;  // b is w's last row, and each row of `buffer` ends in a 1: the product adds the bias
   Stacked(const optional<Tensor>& inputs, const optional<Tensor>& weight, const optional<Tensor>& weight_hh,
-          int64_t batch) {
+          const optional<Tensor>& bias_in, int64_t batch) {
     if (!inputs) return;
-    w = (weight_hh ? at::cat({weight->t(), weight_hh->t()}, 0) : weight->t()).contiguous();
+    std::vector<Tensor> parts{weight->t()};
+    if (weight_hh) parts.push_back(weight_hh->t()), R = weight_hh->size(1);
+    if (bias_in) parts.push_back(bias_in->view({1, -1})), bias = true;
+    w = at::cat(parts, 0).contiguous();
+    panels = panels_of(w);
     x = inputs->data_ptr<T>();
     F = inputs->size(2), depth = w.size(0);
     buffer = at::empty({batch, depth}, inputs->options());
+    if (bias) buffer.select(1, depth - 1).fill_(1);  // gather never writes this column
   }
   explicit operator bool() const { return x != nullptr; }
-  // [x_t, s' * mask] for the step's n rows; returns the rows
+  // [x_t, s' * mask(, 1)] for the step's n rows; returns the rows
   const T* gather(int64_t t, int64_t batch, int64_t n, const T* s_prev, const T* mask, int64_t H) const {
     T* rows = buffer.data_ptr<T>();
     const T* x_t = x + t * batch * F;
     for (int64_t b = 0; b < n; ++b) {
       std::copy(x_t + b * F, x_t + (b + 1) * F, rows + b * depth);
-      if (depth == F) continue;
+      if (R == 0) continue;
       T* __restrict__ s = rows + b * depth + F;
       const T* __restrict__ sp = s_prev + b * H;
       if (mask) {
@@ -568,7 +627,8 @@ int64_t scan_gate_count(ScanKind scan, Kind kind) {
 }
 // --- the six entry points of `fused` ------------------------------------------------------------
 // Each is one time loop (`for_each_step`) of one step function. A step's parallel region
-// (`over_units`) runs the matrix product of the step and its elementwise work for a block of units.
+// (`over_step`) runs the matrix product of the step and its elementwise work for a block of rows
+// or of units.
 
 // Forward in time (t = 0..T-1), or backward (t = T-1 down to -1: the backward's step t also finishes
 // the product of step t + 1, and t = -1 only that, which gives the initial state's gradient).
@@ -583,9 +643,10 @@ void for_each_step(int64_t steps, bool backward, const Step& step) {
 
 // Contiguous copies where the loops read through raw pointers (V^T for the forward product).
 struct Weights {
-  Tensor vt, v, mask;
+  Tensor vt, v, mask, vt_panels;
   Weights(const optional<Tensor>& weight_hh, const optional<Tensor>& mask_in, bool forward) {
     if (weight_hh) (forward ? vt : v) = forward ? weight_hh->t().contiguous() : weight_hh->contiguous();
+    if (vt.defined()) vt_panels = panels_of(vt);
     if (mask_in) mask = mask_in->contiguous();
   }
   template <typename T> const T* vt_ptr() const { return vt.defined() ? vt.data_ptr<T>() : nullptr; }
@@ -637,7 +698,8 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
     using T = scalar_t;
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
-    const Stacked<T> stacked(inputs, weight, weight_hh, batch);
+    const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
+    const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
     for_each_step(steps, false, [&](int64_t t) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
@@ -645,12 +707,16 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
                       : vt    ? masked(h_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T* g_t = g + (t % gates.size(0)) * 4 * step;
-      over_units(H, n * 4 * H * (stacked.depth + H), [&](Units u) {
-        if (stacked) gate_product(n, 4, H, u, read, stacked.depth, stacked.depth, stacked.w.data_ptr<T>(), g_t, false);
-        else if (vt) gate_product(n, 4, H, u, read, H, H, vt, g_t, true);
-        lstm_forward_step<T>(act, sigma, g_t, b, c_prev, c + (t % ring_c) * step, tc + (t % ring_t) * step,
-                             h + t * step, n, H, u);
-      });
+      T *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step, *h_t = h + t * step;
+      over_step(n, H, n * 4 * H * (stacked.depth + H), [&](Share s) {
+        const int64_t rows = s.rows(n), o = s.r0 * H;
+        if (stacked)
+          gate_product(rows, 4, H, s.u, read + s.r0 * stacked.depth, stacked.depth, stacked.depth,
+                       stacked.w.data_ptr<T>(), g_t + 4 * o, false, panel_ptr<T>(stacked.panels));
+        else if (vt)
+          gate_product(rows, 4, H, s.u, read + o, H, H, vt, g_t + 4 * o, true, panel_ptr<T>(weights.vt_panels));
+        lstm_forward_step<T>(act, sigma, g_t + 4 * o, step_bias, c_prev + o, c_t + o, tc_t + o, h_t + o, rows, H, s.u);
+      }, FORWARD_PARALLEL_MACS);
     });
   });
 }
@@ -683,13 +749,16 @@ void lstm_backward(const std::string& act_name, const std::string& sigma_name, c
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>();
     for_each_step(steps, true, [&](int64_t t) {
       const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
-      over_units(H, std::max(n, later) * 4 * H * H, [&](Units u) {
+      over_step(std::max(n, later), H, std::max(n, later) * 4 * H * H, [&](Share s) {
+        const int64_t o = s.r0 * H;
         // dh' = dz V (masked), from step t + 1: the LSTM has no direct term
-        if (t + 1 < steps) add_recurrent(ch, d + (t + 1) * 4 * step, v, m, later, 4 * H, H, u, false);
+        if (t + 1 < steps)
+          add_recurrent(ch + o, d + (t + 1) * 4 * step + 4 * o, v, m ? m + o : nullptr, s.rows(later), 4 * H, H, s.u,
+                        false);
         if (t < 0) return;
         const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-        lstm_backward_step<T>(act, sigma, g + t * 4 * step, c_prev, tc + t * step, dout + t * step, ch, cc,
-                              d + t * 4 * step, n, H, u);
+        lstm_backward_step<T>(act, sigma, g + t * 4 * step + 4 * o, c_prev + o, tc + t * step + o, dout + t * step + o,
+                              ch + o, cc + o, d + t * 4 * step + 4 * o, s.rows(n), H, s.u);
       });
     });
   });
@@ -718,18 +787,24 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
     using T = scalar_t;
     T *g = gates.data_ptr<T>(), *s = states.data_ptr<T>();
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
-    const Stacked<T> stacked(inputs, weight, weight_hh, batch);
+    const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
+    const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
     for_each_step(steps, false, [&](int64_t t) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
       const T* read = stacked ? stacked.gather(t, batch, n, s_prev, m, H)
                       : vt    ? masked(s_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
-      over_units(H, n * K * H * (stacked.depth + H), [&](Units u) {
-        if (stacked) gate_product(n, K, H, u, read, stacked.depth, stacked.depth, stacked.w.data_ptr<T>(), g_t, false);
-        else if (vt) gate_product(n, K, H, u, read, H, H, vt, g_t, true);
-        gated_forward_step<T>(kind, act, sigma, g_t, b, s_prev, s + t * batch * H, n, H, u);
-      });
+      over_step(n, H, n * K * H * (stacked.depth + H), [&](Share sh) {
+        const int64_t rows = sh.rows(n), o = sh.r0 * H;
+        if (stacked)
+          gate_product(rows, K, H, sh.u, read + sh.r0 * stacked.depth, stacked.depth, stacked.depth,
+                       stacked.w.data_ptr<T>(), g_t + K * o, false, panel_ptr<T>(stacked.panels));
+        else if (vt)
+          gate_product(rows, K, H, sh.u, read + o, H, H, vt, g_t + K * o, true, panel_ptr<T>(weights.vt_panels));
+        gated_forward_step<T>(kind, act, sigma, g_t + K * o, step_bias, s_prev + o, s + t * batch * H + o, rows, H,
+                              sh.u);
+      }, FORWARD_PARALLEL_MACS);
     });
   });
 }
@@ -760,12 +835,15 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
     T *ds = carry.data_ptr<T>(), *d = dz.data_ptr<T>();
     for_each_step(steps, true, [&](int64_t t) {
       const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
-      over_units(H, std::max(n, later) * K * H * H, [&](Units u) {
-        if (t + 1 < steps && v) add_recurrent(ds, d + (t + 1) * batch * K * H, v, m, later, K * H, H, u, true);
+      over_step(std::max(n, later), H, std::max(n, later) * K * H * H, [&](Share sh) {
+        const int64_t o = sh.r0 * H;
+        if (t + 1 < steps && v)
+          add_recurrent(ds + o, d + (t + 1) * batch * K * H + K * o, v, m ? m + o : nullptr, sh.rows(later), K * H, H,
+                        sh.u, true);
         if (t < 0) return;
         const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
-        gated_backward_step<T>(kind, act, sigma, g + t * batch * K * H, s_prev, dout + t * batch * H, ds,
-                               d + t * batch * K * H, n, H, u);
+        gated_backward_step<T>(kind, act, sigma, g + t * batch * K * H + K * o, s_prev + o, dout + t * batch * H + o,
+                               ds + o, d + t * batch * K * H + K * o, sh.rows(n), H, sh.u);
       });
     });
   });
@@ -793,7 +871,7 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
   expect_inputs(expect, inputs, weight, steps, batch, K * H);
   check_sizes("gru_forward", sizes, steps, batch);
   // with the inputs, the step computes x_t U^T itself (straight from x: zh = V s' is a product of its own)
-  const Tensor ut = inputs ? weight->t().contiguous() : Tensor();
+  const Tensor ut = inputs ? weight->t().contiguous() : Tensor(), ut_panels = inputs ? panels_of(ut) : Tensor();
   const int64_t F = inputs ? inputs->size(2) : 0;
   const Weights weights(weight_hh, mask, true);
   const Tensor scratch = at::empty_like(s0), b_hh = bias_hh ? bias_hh->contiguous() : Tensor();
@@ -809,11 +887,15 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
       const T* read = vt ? masked(s_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
       T* zh_t = zh ? zh + (t % ring) * batch * 3 * H : nullptr;
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
-      over_units(H, n * K * H * (F + H), [&](Units u) {
-        if (F) gate_product(n, K, H, u, inputs->data_ptr<T>() + t * batch * F, F, F, ut.data_ptr<T>(), g_t, false);
-        if (vt) gate_product(n, 3, H, u, read, H, H, vt, zh_t, false);
-        gru_forward_step<T>(act, sigma, g_t, b, zh_t, bhh, s_prev, h + t * batch * H, n, H, u);
-      });
+      over_step(n, H, n * K * H * (F + H), [&](Share sh) {
+        const int64_t rows = sh.rows(n), o = sh.r0 * H;
+        T* zh_s = zh_t ? zh_t + 3 * o : nullptr;
+        if (F)
+          gate_product(rows, K, H, sh.u, inputs->data_ptr<T>() + (t * batch + sh.r0) * F, F, F, ut.data_ptr<T>(),
+                       g_t + K * o, false, panel_ptr<T>(ut_panels));
+        if (vt) gate_product(rows, 3, H, sh.u, read + o, H, H, vt, zh_s, false, panel_ptr<T>(weights.vt_panels));
+        gru_forward_step<T>(act, sigma, g_t + K * o, b, zh_s, bhh, s_prev + o, h + t * batch * H + o, rows, H, sh.u);
+      }, FORWARD_PARALLEL_MACS);
     });
   });
 }
@@ -847,18 +929,28 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
     T *ds = carry.data_ptr<T>(), *dx = dzx.data_ptr<T>(), *dh = pointer<T>(dzh);
     for_each_step(steps, true, [&](int64_t t) {
       const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
-      over_units(H, std::max(n, later) * K * H * H, [&](Units u) {
-        if (t + 1 < steps && dh) add_recurrent(ds, dh + (t + 1) * batch * 3 * H, v, m, later, 3 * H, H, u, true);
+      over_step(std::max(n, later), H, std::max(n, later) * K * H * H, [&](Share sh) {
+        const int64_t o = sh.r0 * H;
+        if (t + 1 < steps && dh)
+          add_recurrent(ds + o, dh + (t + 1) * batch * 3 * H + 3 * o, v, m ? m + o : nullptr, sh.rows(later), 3 * H, H,
+                        sh.u, true);
         if (t < 0) return;
         const T* s_prev = t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H;
-        gru_backward_step<T>(act, sigma, g + t * batch * K * H, zh ? zh + t * batch * 3 * H : nullptr, s_prev,
-                             dout + t * batch * H, ds, dx + t * batch * K * H, dh ? dh + t * batch * 3 * H : nullptr,
-                             n, H, u);
+        gru_backward_step<T>(act, sigma, g + t * batch * K * H + K * o, zh ? zh + t * batch * 3 * H + 3 * o : nullptr,
+                             s_prev + o, dout + t * batch * H + o, ds + o, dx + t * batch * K * H + K * o,
+                             dh ? dh + t * batch * 3 * H + 3 * o : nullptr, sh.rows(n), H, sh.u);
       });
     });
   });
 }
 
+
+// For measuring the two splits against each other (`over_step`): 'rule', 'units' or 'rows'.
+void set_split(const std::string& mode) {
+  TORCH_CHECK_VALUE(mode == "rule" || mode == "units" || mode == "rows", "set_split: 'rule', 'units' or 'rows'; got ",
+                    mode);
+  split_mode = mode == "units" ? Split::units : mode == "rows" ? Split::rows : Split::rule;
+}
 
 // a @ b for 2-D tensors: the products of `fused` over all steps at once (Zx and the weight and input
 // gradients). Floats through oneDNN's matmul where torch has it: on this AMD EPYC it took 0.5-0.9x
@@ -1048,6 +1140,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("sizes"), py::arg("bias") = py::none(), py::arg("inputs") = py::none(),
         py::arg("weight") = py::none());
   m.def("gru_backward", &gru_backward, "fused GRU loop, backward");
+  m.def("set_panels", [](bool on) { panels_on = on; }, "pack step weights in panels (default True; for measuring)");
+  m.def("set_split", &set_split, "how steps split over threads: 'rule' (default), 'units' or 'rows' (for measuring)");
   m.def("product", &product, "a @ b (2-D), through oneDNN for floats where torch has it");
   m.def("linear_scan_forward", &linear_scan_forward, "s_t = f_t s_{t-1} + b_t over dim 1");
   m.def("linear_scan_backward", &linear_scan_backward, "the backward of linear_scan_forward");
