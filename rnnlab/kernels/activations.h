@@ -48,22 +48,35 @@ inline at::vec::Vectorized<float> fast_tanh(at::vec::Vectorized<float> x) {
   return V::blendv(far, near, a < V(0.625f)) | (x & V(-0.f));  // |tanh| with x's sign bit
 }
 
-// The tanh of floats: fast_tanh (the time loops), or ATen's own (SLEEF's, as torch.tanh) where results
-// must be the Python path's bit for bit (generate.cpp: the same tokens).
-enum class FloatTanh { fast, torch };
+// Whether this torch's Vectorized<float> has exp_u20 (ATen's degree-5 exp for softmax, within 20 units in
+// the last place; not in every torch rnnlab supports).
+template <typename V, typename = void>
+struct has_exp_u20 : std::false_type {};
+template <typename V>
+struct has_exp_u20<V, std::void_t<decltype(std::declval<V>().exp_u20())>> : std::true_type {};
+
+// The tanh and sigmoid of floats: fast (the time loops: fast_tanh, and the sigmoid's exp by exp_u20, a
+// sigmoid within ~1e-6 relative; the activations were most of the elementwise quarter of an LSTM step
+// at (32, 128): forward 1.08 -> 1.04x torch.nn.LSTM, docs/BENCHMARKS.md "A faster float sigmoid"), or
+// ATen's own (SLEEF's: torch.tanh's and torch.sigmoid's formulas) where results must be the Python
+// path's bit for bit (generate.cpp: the same tokens).
+enum class FloatMath { fast, torch };
 
 // out = a(in) for n elements (out may be in), with ATen's vectorised functions (SLEEF's exp, tanh,
-// expm1: the ones torch's own kernels use, with their NaN and inf semantics), but fast_tanh for floats
-// unless asked for torch's.
-template <typename T, FloatTanh float_tanh = FloatTanh::fast>
+// expm1: the ones torch's own kernels use, with their NaN and inf semantics), but fast_tanh and
+// exp_u20 for floats unless asked for torch's.
+template <typename T, FloatMath float_math = FloatMath::fast>
 void activate(Act a, T* out, const T* in, int64_t n) {
   using V = at::vec::Vectorized<T>;
+  constexpr bool fast = std::is_same_v<T, float> && float_math == FloatMath::fast;
   auto map = [&](auto fn) { at::vec::map(fn, out, in, n); };
   switch (a) {
     case Act::tanh:
-      if constexpr (std::is_same_v<T, float> && float_tanh == FloatTanh::fast) return map(fast_tanh);
+      if constexpr (fast) return map(fast_tanh);
       return map([](V v) { return v.tanh(); });
-    case Act::sigmoid: return map([](V v) { return (V(1) + v.neg().exp()).reciprocal(); });
+    case Act::sigmoid:
+      if constexpr (fast && has_exp_u20<V>::value) return map([](V v) { return (V(1) + v.neg().exp_u20()).reciprocal(); });
+      return map([](V v) { return (V(1) + v.neg().exp()).reciprocal(); });
     case Act::relu: return map([](V v) { return at::vec::clamp_min(v, V(0)); });
     case Act::identity:
       if (out != in) std::copy(in, in + n, out);

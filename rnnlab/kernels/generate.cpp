@@ -196,7 +196,7 @@ struct Layer {
 // activations.h's, with torch's own tanh for floats too: the tokens must be the Python path's
 template <typename T>
 void apply(Act a, T* out, const T* in, int64_t n) {
-  activate<T, FloatTanh::torch>(a, out, in, n);
+  activate<T, FloatMath::torch>(a, out, in, n);
 }
 
 // z = W x + b, or LN(W x) + b where the layer normalises (z: `padded` entries, `n` of them the layer's)
