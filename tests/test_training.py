@@ -353,7 +353,8 @@ def test_ema_is_the_normalised_moving_average_of_the_weights_and_what_is_evaluat
     assert_same_weights(weights(task.model), seen[-1])  # the model keeps its own weights
     assert not torch.equal(averaged["readout.1.weight"], seen[-1]["readout.1.weight"])
     run = RunDir(tmp_path / "run")
-    assert_same_weights(run.load_weights(run.best_file), averaged)  # one evaluation: its weights, the average, are the best
+    # one evaluation: its weights, the average, are the best
+    assert_same_weights(run.load_weights(run.best_file), averaged)
     evaluated = [r["loss"] for r in run.read_metrics() if r["kind"] == "eval"]
     task.model.load_state_dict(averaged)
     task.model.eval()
