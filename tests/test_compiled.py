@@ -127,10 +127,13 @@ def test_the_key_hashes_the_local_headers_a_module_includes(tmp_path):
     assert compiled.build_key(source, []) == key
 
 
-def test_every_module_that_includes_activations_h_hashes_it():
-    header = compiled.SOURCE.with_name("activations.h")
-    for name in ("rnnlab_loops", "rnnlab_cell_loops", "rnnlab_generate"):
-        assert header in compiled.local_headers(compiled.MODULES[name]), name
+@pytest.mark.parametrize("header, modules", [
+    ("activations.h", ("rnnlab_loops", "rnnlab_cell_loops", "rnnlab_generate")),
+    ("products.h", ("rnnlab_loops", "rnnlab_cell_loops")),
+])
+def test_every_module_that_includes_a_shared_header_hashes_it(header, modules):
+    for name in modules:
+        assert compiled.SOURCE.with_name(header) in compiled.local_headers(compiled.MODULES[name]), name
 
 
 def test_a_build_copies_the_local_headers_beside_the_source(fake_build):

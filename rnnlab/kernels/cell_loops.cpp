@@ -16,6 +16,7 @@
 #include <torch/extension.h>
 
 #include "activations.h"
+#include "products.h"
 
 #include <algorithm>
 #include <cmath>
@@ -125,47 +126,6 @@ void dispatch(at::ScalarType type, F&& body) {
 // is saved. Each step is one parallel region over blocks of batch rows (`over_rows`): a row's layer
 // norms and its projection need the whole row, so these cells are split by rows, not by units.
 
-// C (M x N) (+)= A (M x K) B (K x N), row-major with leading dimensions: oneDNN's brgemm for floats
-// (no dispatch per step), ATen's mm on views of the pointers for doubles.
-template <typename T>
-void matmul(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
-            bool add) {
-  if (M == 0 || N == 0) return;
-#ifdef CPUBLAS_BRGEMM_F32F32F32
-  if constexpr (std::is_same_v<T, float>) {
-    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C, false);
-    return;
-  }
-#endif
-  {
-    const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-    const Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, options);
-    const Tensor b = at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, options);
-    Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, options);
-    if (add) c.addmm_(a, b); else at::mm_out(c, a, b);
-  }
-}
-
-// A weight (depth x N) packed in panels of PANEL columns (N / PANEL, depth, PANEL), as loops.cpp's
-// panels_of (see there what it measured): for products of PANEL_ROWS rows or more where N >= PANELS_FROM.
-constexpr int64_t PANEL = 64, PANEL_ROWS = 8, PANELS_FROM = 1024;
-
-Tensor panels_of(const Tensor& w) {
-  const int64_t depth = w.size(0), N = w.size(1);
-  if (N % PANEL != 0 || N < PANELS_FROM || w.scalar_type() != at::kFloat) return Tensor();
-  return w.reshape({depth, N / PANEL, PANEL}).transpose(0, 1).contiguous();
-}
-
-// C (M x N, ldc N) (+)= A w, w (depth x N) plain or (where `panels` is defined) by panels
-template <typename T>
-void multiply(int64_t M, int64_t N, int64_t depth, const T* A, int64_t lda, const Tensor& w, const Tensor& panels,
-              T* C, bool add) {
-  if (!panels.defined() || M < PANEL_ROWS) return matmul<T>(M, N, depth, A, lda, w.data_ptr<T>(), N, C, N, add);
-  const T* p = panels.data_ptr<T>();
-  for (int64_t j = 0; j < N / PANEL; ++j)
-    matmul<T>(M, PANEL, depth, A, lda, p + j * depth * PANEL, PANEL, C + j * PANEL, N, add);
-}
-
 // A step whose products are smaller than this (multiply-adds) runs on one thread (as loops.cpp).
 constexpr int64_t PARALLEL_MACS = 1 << 18;
 
@@ -199,7 +159,8 @@ struct StepProduct {
   void operator()(int64_t t, int64_t batch, int64_t r0, int64_t r1, const T* s_prev, T* out, bool zx_in_out) const {
     const int64_t rows = r1 - r0;
     if (inputs)
-      multiply<T>(rows, N, F, inputs->data_ptr<T>() + (t * batch + r0) * F, F, ut, ut_panels, out + r0 * N, false);
+      multiply<T>(rows, N, F, inputs->data_ptr<T>() + (t * batch + r0) * F, F, ut.data_ptr<T>(), panel_ptr<T>(ut_panels),
+                  out + r0 * N, N, false);
     if (!vt.defined()) return;
     const T* read = s_prev + r0 * R;
     if (mask.defined()) {
@@ -208,7 +169,7 @@ struct StepProduct {
       for (int64_t k = 0; k < rows * R; ++k) s[k] = read[k] * m[k];
       read = s;
     }
-    multiply<T>(rows, N, R, read, R, vt, vt_panels, out + r0 * N, zx_in_out || inputs);
+    multiply<T>(rows, N, R, read, R, vt.data_ptr<T>(), panel_ptr<T>(vt_panels), out + r0 * N, N, zx_in_out || inputs);
   }
 };
 

@@ -24,6 +24,7 @@
 #include <torch/extension.h>
 
 #include "activations.h"
+#include "products.h"
 
 #include <algorithm>
 #include <cmath>
@@ -48,30 +49,6 @@ int64_t rows_at(const std::vector<int64_t>& sizes, int64_t t, int64_t batch) {
 }
 
 // --- the step's matrix product and its split over threads ----------------------------------------
-// C (M x N) (+)= A (M x K) B (K x N), all row-major with leading dimensions. Floats go to oneDNN's
-// batch-reduce GEMM micro-kernel through ATen's cpublas::brgemm (JIT-compiled once per shape and
-// cached per thread; it falls back to ATen's BLAS where oneDNN cannot serve): no dispatch, no tensor
-// views per step, and at B = 1 half the time of a dispatched addmm_ (measured: 2.4 against 5.7 us
-// at H = 128). Doubles (the tests' precision) keep ATen's matrix product on views of the pointers.
-template <typename T>
-void matmul(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
-            bool add) {
-  if (M == 0 || N == 0) return;
-#ifdef CPUBLAS_BRGEMM_F32F32F32  // the torch headers declare the float brgemm (else: the branch below)
-  if constexpr (std::is_same_v<T, float>) {
-    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C, false);
-    return;
-  }
-#endif
-  {
-    const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-    const Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, options);
-    const Tensor b = at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, options);
-    Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, options);
-    if (add) c.addmm_(a, b); else at::mm_out(c, a, b);
-  }
-}
-
 // The hidden units [k0, k1) of every row that one thread's share of a step covers. A row of K
 // gates is K*H wide with gate j at j*H, so a share is K column blocks of the gates and one of the state.
 struct Units {
@@ -123,38 +100,13 @@ void over_step(int64_t rows, int64_t H, int64_t macs, const Body& body, int64_t 
   });
 }
 
-// A step's weight (depth x N, row-major) packed in panels of PANEL columns, (N / PANEL, depth, PANEL):
-// each panel's rows are adjacent, where the plain weight's are N floats apart (8 kB at N = 2048, a
-// stride at which the rows of a column block share cache sets). Measured, one thread, brgemm
-// (M x K x N): 32 x 512 x 2048 0.6-0.8x the time of the plain weight, 16 x 512 x 2048 0.7-0.8x;
-// neutral at N = 512 and slower at M = 1 (more calls). Used for full-width products of
-// PANEL_ROWS rows or more where N >= PANELS_FROM. `set_panels(False)` turns them off (for measuring).
-constexpr int64_t PANEL = 64, PANEL_ROWS = 8, PANELS_FROM = 1024;
-bool panels_on = true;
-
-Tensor panels_of(const Tensor& w) {
-  const int64_t depth = w.size(0), N = w.size(1);
-  if (!panels_on || N % PANEL != 0 || N < PANELS_FROM || w.scalar_type() != at::kFloat) return Tensor();
-  return w.reshape({depth, N / PANEL, PANEL}).transpose(0, 1).contiguous();
-}
-
-template <typename T>
-const T* panel_ptr(const Tensor& panels) {
-  return panels.defined() ? panels.data_ptr<T>() : nullptr;
-}
-
 // gates[:rows, the units' columns of each of the K gates] (+)= a (rows x depth, leading dimension lda) w,
 // w (depth x K*H) row-major: V^T, or [U^T; V^T] where the step multiplies [x_t, s'] itself; `panels`
 // (or null): w packed by panels_of.
 template <typename T>
 void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, int64_t lda, int64_t depth, const T* w,
                   T* gates, bool add, const T* panels = nullptr) {
-  if (u.k0 == 0 && u.k1 == H) {
-    if (!panels || rows < PANEL_ROWS) return matmul(rows, K * H, depth, a, lda, w, K * H, gates, K * H, add);
-    for (int64_t j = 0; j < K * H / PANEL; ++j)
-      matmul(rows, PANEL, depth, a, lda, panels + j * depth * PANEL, PANEL, gates + j * PANEL, K * H, add);
-    return;
-  }
+  if (u.k0 == 0 && u.k1 == H) return multiply(rows, K * H, depth, a, lda, w, panels, gates, K * H, add);
   for (int64_t j = 0; j < K; ++j)
     matmul(rows, u.width(), depth, a, lda, w + j * H + u.k0, K * H, gates + j * H + u.k0, K * H, add);
 }
