@@ -75,7 +75,8 @@ void activate(Act a, T* out, const T* in, int64_t n) {
       if constexpr (fast) return map(fast_tanh);
       return map([](V v) { return v.tanh(); });
     case Act::sigmoid:
-      if constexpr (fast && has_exp_u20<V>::value) return map([](V v) { return (V(1) + v.neg().exp_u20()).reciprocal(); });
+      if constexpr (fast && has_exp_u20<V>::value)  // exp_u20 clamps NaN to a number: NaN is put back (v != v)
+        return map([](V v) { return V::blendv((V(1) + v.neg().exp_u20()).reciprocal(), v, v != v); });
       return map([](V v) { return (V(1) + v.neg().exp()).reciprocal(); });
     case Act::relu: return map([](V v) { return at::vec::clamp_min(v, V(0)); });
     case Act::identity:
