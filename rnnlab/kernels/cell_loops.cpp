@@ -16,6 +16,7 @@
 #include <torch/extension.h>
 
 #include "activations.h"
+#include "checks.h"
 #include "products.h"
 
 #include <algorithm>
@@ -66,15 +67,6 @@ Expect expect_gates(const char* where, const Tensor& gates) {
                    ": gates must be float32 or float64; got ", gates.scalar_type());
   TORCH_CHECK_VALUE(gates.is_contiguous(), where, ": gates must be contiguous");
   return Expect{where, gates.scalar_type()};
-}
-
-void check_sizes(const char* where, const std::vector<int64_t>& sizes, int64_t steps, int64_t batch) {
-  if (sizes.empty()) return;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(sizes.size()) == steps, where, ": sizes must hold one row count per step (",
-                    steps, "); got ", sizes.size());
-  for (size_t t = 0; t < sizes.size(); ++t)
-    TORCH_CHECK_VALUE(sizes[t] >= 0 && sizes[t] <= batch && (t == 0 || sizes[t] <= sizes[t - 1]), where,
-                      ": sizes must be non-increasing row counts in [0, ", batch, "]; got ", sizes[t], " at step ", t);
 }
 
 // (v - mean) * rstd over n values, into out; returns rstd

@@ -24,6 +24,7 @@
 #include <torch/extension.h>
 
 #include "activations.h"
+#include "checks.h"
 #include "products.h"
 
 #include <algorithm>
@@ -555,16 +556,6 @@ Expect expect_gates(const char* where, const Tensor& gates, const Tensor& state,
                     where, ": the initial state must be (B, H) with B = ", gates.size(batch_dim), " and H >= 1; got ",
                     state.defined() ? state.sizes() : at::IntArrayRef{});
   return Expect{where, name, gates.scalar_type()};
-}
-
-// sizes: empty, or the rows still running at each of the T steps, non-increasing within [0, B].
-void check_sizes(const char* where, const std::vector<int64_t>& sizes, int64_t steps, int64_t batch) {
-  if (sizes.empty()) return;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(sizes.size()) == steps, where, ": sizes must hold one row count per step (",
-              steps, "); got ", sizes.size());
-  for (size_t t = 0; t < sizes.size(); ++t)
-    TORCH_CHECK_VALUE(sizes[t] >= 0 && sizes[t] <= batch && (t == 0 || sizes[t] <= sizes[t - 1]), where,
-                ": sizes must be non-increasing row counts in [0, ", batch, "]; got ", sizes[t], " at step ", t);
 }
 
 // lengths: empty, or one per sequence within [0, T].
