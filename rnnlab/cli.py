@@ -30,6 +30,16 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown flag is reported by the command it was given to (`rnnlab bench:
+        error: unrecognized arguments: --x`), whose --help lists the flags it takes."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+            command = commands.get(getattr(parsed, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
 
 def flag_name(field: str) -> str:
     """The CLI's one translation of a config field's name: `max_minutes` -> `--max-minutes`."""

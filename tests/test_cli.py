@@ -225,6 +225,17 @@ def test_resume_refuses_a_change_of_a_flag_only_the_runs_task_has(trained, capsy
     assert "a resumed run keeps its configuration" in line
 
 
+@pytest.mark.parametrize("argv, command", [(["complexity", "--lengths", "0"], "rnnlab complexity"),
+                                           (["train", "copy", "--nosuch", "3"], "rnnlab train")])
+def test_an_unknown_flag_is_named_by_its_command(capsys, argv, command):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"{command}: error: unrecognized arguments: {' '.join(argv[-2:])}"), err
+    assert f"(see {command} --help)" in err[0]
+
+
 def test_the_task_may_come_after_flags(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "adding", *TINY]) == 0
