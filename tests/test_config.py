@@ -17,8 +17,17 @@ from pathlib import Path
 import pytest
 
 from rnnlab.cli import FlagError, Parser, add_config_flags, config_from_flags
-from rnnlab.config import (ConfigError, ConfigTypeError, UnknownFieldsError, absent_value, filled, from_dict, knob,
-                           to_dict, validate)
+from rnnlab.config import (
+    ConfigError,
+    ConfigTypeError,
+    UnknownFieldsError,
+    absent_value,
+    filled,
+    from_dict,
+    knob,
+    to_dict,
+    validate,
+)
 
 FIELDS_FILE = Path(__file__).resolve().parent / "data" / "config_fields.json"
 WRITE_FIELDS = ".venv/bin/python tests/test_config.py --write-fields"

@@ -19,8 +19,8 @@ import types
 import typing
 from pathlib import Path
 
-from ..checkpoints import CheckpointError, RunDir, check_weights
 from .. import __version__
+from ..checkpoints import CheckpointError, RunDir, check_weights
 from ..config import UnknownFieldsError, field_types, from_dict, to_dict
 from ..errors import RunDirError
 from ..training import TrainConfig, resolve_device
