@@ -12,9 +12,9 @@ A run directory outlives the code that wrote it, so its config.json may lack a f
 `from_dict` reads a missing field as what the run did before the field existed: the knob's
 `absent=` where the knob declares one, else its default. A field whose default changes behaviour
 (a new option on by default, or a default changed later) must declare `absent=` with the old
-behaviour, or resuming an old run would silently train it differently; tests/test_config.py holds
-the record of every run config's fields (tests/data/config_fields.json) that enforces this. A
-field the class lacks (a config.json of a newer rnnlab) is an UnknownFieldsError, never dropped.
+behaviour, or resuming an old run would silently train it differently: tests/test_config.py holds
+every stored config to its record, tests/data/config_fields.json (each field, and what a missing
+one means). A field the class lacks (a config.json of a newer rnnlab) is an UnknownFieldsError.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def knob(default: Any, help: str, choices: tuple | None = None, *, low: float | 
 def absent_value(f: dataclasses.Field) -> Any:
     """The value a stored config without field `f` is read with: its knob's `absent`, else its
     default (MISSING for a field without either)."""
-    return f.metadata.get("absent", f.default)
+    if "absent" in f.metadata:
+        return f.metadata["absent"]
+    return f.default if f.default_factory is MISSING else f.default_factory()
 
 
 def field_types(cls) -> dict[str, Any]:
