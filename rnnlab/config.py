@@ -7,6 +7,14 @@ field: "BenchConfig: reps must be an int >= 1; got 0" (a ConfigError, a ValueErr
 the wrong type is a ConfigTypeError, a TypeError). `cli.py` generates one flag per field
 (`hidden_size` -> `--hidden-size`) and is the only place that turns field names into flag names;
 a run directory stores the config as JSON (`to_dict`), from which `from_dict` rebuilds it.
+
+A run directory outlives the code that wrote it, so its config.json may lack a field added since.
+`from_dict` reads a missing field as what the run did before the field existed: the knob's
+`absent=` where the knob declares one, else its default. A field whose default changes behaviour
+(a new option on by default, or a default changed later) must declare `absent=` with the old
+behaviour, or resuming an old run would silently train it differently: tests/test_config.py holds
+every stored config to its record, tests/data/config_fields.json (each field, and what a missing
+one means). A field the class lacks (a config.json of a newer rnnlab) is an UnknownFieldsError.
 """
 
 from __future__ import annotations
@@ -15,11 +23,11 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import field
+from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["knob", "validate", "ConfigError", "ConfigTypeError", "to_dict", "from_dict", "differences",
-           "field_types", "unwrap_optional"]
+__all__ = ["knob", "validate", "ConfigError", "ConfigTypeError", "UnknownFieldsError", "to_dict", "from_dict",
+           "filled", "absent_value", "differences", "field_types", "unwrap_optional"]
 
 
 class ConfigError(ValueError):
@@ -38,19 +46,41 @@ class ConfigTypeError(ConfigError, TypeError):
     """A config field's value has the wrong type (a string where a number belongs, ...)."""
 
 
+class UnknownFieldsError(ValueError):
+    """A stored config names fields its class lacks (written by a newer rnnlab, or edited by hand).
+    `owner` is the class's name and `fields` the unknown names, so a caller can say more."""
+
+    def __init__(self, where: str, owner: str, fields: list[str], known: list[str]):
+        self.where, self.owner, self.fields = where, owner, fields
+        super().__init__(f"{where}: unknown {owner} field(s) {fields}; expected some of {known}")
+
+
 def knob(default: Any, help: str, choices: tuple | None = None, *, low: float | None = None,
          high: float | None = None, above: float | None = None, below: float | None = None,
-         parse: Callable[[str], Any] | None = None, metavar: str | None = None):
+         parse: Callable[[str], Any] | None = None, metavar: str | None = None, absent: Any = MISSING):
     """A config field: its default, the help text its CLI flag shows, and what values it takes.
 
     choices: the allowed values (of each element, for a tuple field); low/high: inclusive bounds;
     above/below: exclusive bounds; parse: text -> value for the CLI where the type's own
-    constructor does not serve (e.g. '16..4096' for a sweep)."""
+    constructor does not serve (e.g. '16..4096' for a sweep). absent: the value a stored config
+    written before this field existed means by lacking it, i.e. the behaviour before the field,
+    where that is not the default (e.g. a new option on by default: `knob(True, ..., absent=False)`)."""
     meta = {"help": help, "choices": choices, "low": low, "high": high, "above": above, "below": below,
             "parse": parse, "metavar": metavar}
-    if isinstance(default, (list, dict, set)):
-        raise TypeError(f"knob: default must be immutable (use a tuple); got {type(default).__name__}")
+    for name, value in (("default", default), ("absent", absent)):
+        if isinstance(value, (list, dict, set)):
+            raise TypeError(f"knob: {name} must be immutable (use a tuple); got {type(value).__name__}")
+    if absent is not MISSING:
+        meta["absent"] = absent
     return field(default=default, metadata=meta)
+
+
+def absent_value(f: dataclasses.Field) -> Any:
+    """The value a stored config without field `f` is read with: its knob's `absent`, else its
+    default (MISSING for a field without either)."""
+    if "absent" in f.metadata:
+        return f.metadata["absent"]
+    return f.default if f.default_factory is MISSING else f.default_factory()
 
 
 def field_types(cls) -> dict[str, Any]:
@@ -142,16 +172,26 @@ def to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def filled(cls, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a stored config's fields) with each field it lacks set to what its absence means
+    (`absent_value`): the values a run written before those fields existed trained with."""
+    missing = {f.name: absent_value(f) for f in dataclasses.fields(cls) if f.name not in data}
+    return {**{k: v for k, v in missing.items() if v is not MISSING}, **data}
+
+
 def from_dict(cls, data: dict[str, Any], where: str):
-    """cls(**data), naming unknown fields; missing fields take their defaults (configs written by
-    an older version stay readable). JSON has no tuples: lists become tuples for tuple fields."""
+    """cls(**data) for a stored config: a field it lacks (written before the field existed) is read
+    as what its absence means (`filled`), not as today's default; a field the class lacks is an
+    UnknownFieldsError naming it (nothing is dropped). JSON has no tuples: lists become tuples."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: must be a JSON object of {cls.__name__} fields; got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"{where}: unknown {cls.__name__} field(s) {unknown}; expected some of {sorted(names)}")
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        raise UnknownFieldsError(where, cls.__name__, unknown, sorted(names))
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in filled(cls, data).items()}
+    if lacking := [name for name in names if name not in data]:
+        raise ValueError(f"{where}: {cls.__name__} field(s) {lacking} are missing and have no default")
     try:
         return cls(**data)
     except ConfigError as error:  # a hand-edited file: name the file, not a flag

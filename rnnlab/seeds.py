@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import RunDir
-from .config import to_dict
+from .config import filled, to_dict
 from .errors import RunDirError
 from .tasks import TASKS, load_weights, run_config, write_artifacts
 from .training import TrainConfig, Trainer, TrainResult, seed_everything
@@ -52,14 +52,22 @@ def seed_folder(out: str | Path, seed: int) -> Path:
     return Path(out) / f"seed-{seed}"
 
 
-def _check_same_config(run: RunDir, expected: dict) -> None:
+def _as_json(values: dict) -> dict:
+    """The values as config.json holds them (tuples as lists)."""
+    return json.loads(json.dumps(values))
+
+
+def _check_same_config(run: RunDir, expected: dict, task_config_class: type) -> None:
     """RunDirError when the seed folder's run was made with another configuration than `expected`
-    (the fields that do not change what a finished run is, such as --threads, excepted)."""
+    (the fields that do not change what a finished run is, such as --threads, excepted). A field
+    its config.json lacks (written before the field existed) counts as what the run did then."""
     saved = run.read_json(run.config_file.name)
-    saved_train = {k: v for k, v in (saved.get("train") or {}).items() if k not in FREE_FIELDS}
+    saved_train = {k: v for k, v in _as_json(filled(TrainConfig, saved.get("train") or {})).items()
+                   if k not in FREE_FIELDS}
     wanted_train = {k: v for k, v in expected["train"].items() if k not in FREE_FIELDS}
     differ = sorted(k for k in set(saved_train) | set(wanted_train) if saved_train.get(k) != wanted_train.get(k))
-    saved_task, wanted_task = saved.get("task_config") or {}, expected["task_config"]
+    saved_task = _as_json(filled(task_config_class, saved.get("task_config") or {}))
+    wanted_task = expected["task_config"]
     differ += sorted(k for k in set(saved_task) | set(wanted_task) if saved_task.get(k) != wanted_task.get(k))
     if saved.get("task") != expected["task"]:
         differ.insert(0, "task")
@@ -80,7 +88,7 @@ def run_seed(task_name: str, task_config, train_config: TrainConfig, run_dir: st
             if task_fields.get(name) is not None:
                 task_fields[name] = str(Path(task_fields[name]).resolve())
         expected = {"task": task_name, "task_config": task_fields, "train": to_dict(train_config)}
-        _check_same_config(run, json.loads(json.dumps(expected)))  # tuples as JSON keeps them: lists
+        _check_same_config(run, _as_json(expected), cls.Config)
     if (run.path / RESULT_FILE).is_file():
         saved = run.read_json(RESULT_FILE)
         return SeedRow(**{**saved, "metrics": dict(saved["metrics"])})

@@ -2,6 +2,7 @@
 tampered-with run does. Nothing is lost, nothing waits without a bound, nothing wrong is loaded in
 silence (docs/RELIABILITY.md lists the promises)."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -442,3 +443,90 @@ def test_the_weights_digest_is_the_sha256_of_names_dtypes_shapes_and_raw_bytes()
     expected.update(b"d|torch.float32|(0, 3)\n")
     expected.update(b"e|torch.float32|(2, 2)\n" + struct.pack("<4f", 0.0, 2.0, 3.0, 5.0))  # made contiguous
     assert weights_digest(weights) == expected.hexdigest()
+
+
+# --- a config.json written by another version of rnnlab ------------------------------------------
+
+TINY_COPY = ["--T", "3", "--hidden", "4", "--batch-size", "4", "--eval-size", "8", "--eval-every", "2",
+             "--checkpoint-every", "2", "--log-every", "2", "--threads", "1", "--lr-schedule", "constant",
+             "--curriculum", "4", "--stop-at", "none"]
+
+
+def files_of(run: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def test_a_copy_run_made_before_mix_and_chrono_resumes_as_its_own_continuation(tmp_path, capsys):
+    """Runs of the copy task made before --mix and --chrono existed trained without them; their
+    config.json lacks both. Resumed, such a run continues exactly as it would have gone on (not with
+    today's defaults, mix 0.5 and chrono on), and eval rebuilds that model."""
+    old_behaviour = ["--mix", "0", "--no-chrono"]
+    assert main(["train", "copy", *TINY_COPY, *old_behaviour, "--steps", "6", "--out", str(tmp_path / "straight")]) == 0
+    assert main(["train", "copy", *TINY_COPY, *old_behaviour, "--steps", "3", "--out", str(tmp_path / "old")]) == 0
+    old = tmp_path / "old"
+    config = json.loads((old / "config.json").read_text())
+    for field in ("mix", "chrono"):  # as rnnlab wrote it before the fields existed
+        del config["task_config"][field]
+    for field in ("ema_decay", "precision"):
+        del config["train"][field]
+    del config["rnnlab_version"]
+    (old / "config.json").write_text(json.dumps(config))
+    task, train_config = open_run(old)
+    assert (task.config.mix, task.config.chrono, train_config.ema_decay, train_config.precision) == (0.0, False, None,
+                                                                                                     "32")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(old), "--steps", "6"]) == 0
+    assert "chrono" not in capsys.readouterr().out  # describe() names the chrono initialisation where it applied
+    step, resumed, _ = RunDir(old).load()
+    _, straight, _ = RunDir(tmp_path / "straight").load()
+    assert step == 6 and all(torch.equal(resumed[name], straight[name]) for name in straight)
+    assert json.loads((old / "config.json").read_text()) == config  # the run's own record is kept as it was
+    assert main(["eval", str(old)]) == 0 and "copied symbols right" in capsys.readouterr().out
+
+
+def test_a_seed_folder_made_before_a_field_existed_matches_the_flags_of_what_it_did(tmp_path):
+    from rnnlab.seeds import _check_same_config
+    from rnnlab.tasks import CopyConfig
+    from rnnlab.training import TrainConfig
+
+    run, train = RunDir(tmp_path), dataclasses.asdict(TrainConfig())
+    plain = dataclasses.asdict(CopyConfig(mix=0.0, chrono=False))  # what the copy task was before the fields
+    written = {k: v for k, v in plain.items() if k not in ("mix", "chrono")}
+    run.write_json("config.json", {"task": "copy", "task_config": written, "train": train})
+    _check_same_config(run, {"task": "copy", "task_config": plain, "train": train}, CopyConfig)
+    with pytest.raises(RunDirError, match=r"another configuration \(chrono, mix differ\)"):
+        today = dataclasses.asdict(CopyConfig())
+        _check_same_config(run, {"task": "copy", "task_config": today, "train": train}, CopyConfig)
+
+
+@pytest.mark.parametrize("section", ["task_config", "train"])
+@pytest.mark.parametrize("version, says", [
+    ("9.1.0", "it was written by rnnlab 9.1.0 and this is rnnlab 0.1.0; open it with rnnlab 9.1.0"),
+    (None, "the file names no rnnlab version"),
+])
+def test_a_config_json_of_a_newer_rnnlab_is_one_line_naming_the_field_and_nothing_is_written(adding_run, capsys,
+                                                                                             section, version, says):
+    config = json.loads((adding_run / "config.json").read_text())
+    config[section]["warp_drive"] = 3
+    config["rnnlab_version"] = version
+    (adding_run / "config.json").write_text(json.dumps(config))
+    before = files_of(adding_run)
+    for command in (["eval", str(adding_run)], ["train", "--resume", str(adding_run), "--steps", "6"]):
+        assert main(command) == 2
+        line = error_line(capsys)
+        assert f"config.json: {section} has field(s) ['warp_drive'] that" in line and says in line
+        assert "nothing was changed" in line
+    assert files_of(adding_run) == before
+
+
+def test_a_run_of_a_task_this_rnnlab_lacks_names_the_versions(adding_run, capsys):
+    config = json.loads((adding_run / "config.json").read_text())
+    (adding_run / "config.json").write_text(json.dumps({**config, "task": "chess", "rnnlab_version": "2.0"}))
+    assert main(["eval", str(adding_run)]) == 2
+    assert "got 'chess' (it was written by rnnlab 2.0 and this is rnnlab 0.1.0" in error_line(capsys)
+
+
+def test_config_json_records_the_rnnlab_version_that_wrote_it(adding_run):
+    from rnnlab import __version__
+
+    assert json.loads((adding_run / "config.json").read_text())["rnnlab_version"] == __version__

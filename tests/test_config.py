@@ -1,13 +1,36 @@
-"""The one validator: fields declare type, range and choices once; errors name the field."""
+"""The one validator: fields declare type, range and choices once; errors name the field. And the
+record of every field a run directory's config.json holds, with what a config.json that lacks it
+(written before the field existed) means: tests/data/config_fields.json, which the test
+`test_every_stored_config_field_is_recorded_with_what_its_absence_means` holds the code to.
+
+After adding a field (or a task), record it: .venv/bin/python tests/test_config.py --write-fields
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from rnnlab.cli import FlagError, Parser, add_config_flags, config_from_flags
-from rnnlab.config import ConfigError, ConfigTypeError, from_dict, knob, validate
+from rnnlab.config import (
+    ConfigError,
+    ConfigTypeError,
+    UnknownFieldsError,
+    absent_value,
+    filled,
+    from_dict,
+    knob,
+    to_dict,
+    validate,
+)
+
+FIELDS_FILE = Path(__file__).resolve().parent / "data" / "config_fields.json"
+WRITE_FIELDS = ".venv/bin/python tests/test_config.py --write-fields"
 
 
 @dataclass(frozen=True)
@@ -55,8 +78,33 @@ def test_from_dict_reads_json_lists_as_tuples_and_names_the_file():
     assert from_dict(Example, {"names": ["x", "y"]}, "run/config.json").names == ("x", "y")
     with pytest.raises(TypeError, match=r"run/config.json: Example: count must be an int >= 1; got '3'"):
         from_dict(Example, {"count": "3"}, "run/config.json")
-    with pytest.raises(ValueError, match="unknown Example field"):
-        from_dict(Example, {"bogus": 1}, "run/config.json")
+    with pytest.raises(UnknownFieldsError, match=r"run/config.json: unknown Example field\(s\) \['bogus'\]") as info:
+        from_dict(Example, {"bogus": 1, "count": 2}, "run/config.json")
+    assert isinstance(info.value, ValueError) and info.value.fields == ["bogus"] and info.value.owner == "Example"
+
+
+@dataclass(frozen=True)
+class Grown:
+    """A config that gained fields: `rate` keeps the old behaviour as its default, `boost` does not."""
+
+    size: int = knob(4, "there from the start", low=1)
+    rate: float = knob(0.0, "added later; 0 is what runs did before it", low=0)
+    boost: bool = knob(True, "added later, on by default; runs before it had none", absent=False)
+    names: tuple[str, ...] = knob(("a", "b"), "added later; before it, only a", absent=("a",))
+
+    def __post_init__(self):
+        validate(self)
+
+
+def test_a_field_a_stored_config_lacks_reads_as_what_its_absence_means_not_as_the_default():
+    old = from_dict(Grown, {"size": 8}, "run/config.json")
+    assert (old.size, old.rate, old.boost, old.names) == (8, 0.0, False, ("a",))
+    assert from_dict(Grown, {"size": 8, "boost": True, "names": ["b"]}, "x").boost is True  # recorded: kept
+    assert Grown().boost is True  # a new config (the CLI's) still takes the default
+    assert filled(Grown, {"size": 2}) == {"size": 2, "rate": 0.0, "boost": False, "names": ("a",)}
+    assert [absent_value(f) for f in dataclasses.fields(Grown)] == [4, 0.0, False, ("a",)]
+    with pytest.raises(TypeError, match="knob: absent must be immutable"):
+        knob(("a",), "h", absent=["a"])
 
 
 def test_flags_are_generated_from_the_config_and_errors_name_the_flag():
@@ -70,3 +118,108 @@ def test_flags_are_generated_from_the_config_and_errors_name_the_flag():
         config_from_flags(Example, parser.parse_args(["--count", "0"]), "example")
     with pytest.raises(SystemExit):
         parser.parse_args(["--mode", "c"])
+
+
+# --- the record of the stored configs' fields (tests/data/config_fields.json) ----------------------
+
+
+def stored_configs() -> dict[str, type]:
+    """The config classes a run directory's config.json holds, by the name it stores them under:
+    each task's Config (under the task's name, config.json's "task") and the TrainConfig ("train")."""
+    from rnnlab.tasks import TASKS
+    from rnnlab.training import TrainConfig
+
+    return {**{name: task.Config for name, task in TASKS.items()}, "train": TrainConfig}
+
+
+def read_as_now(cls) -> dict:
+    """Field -> the value a config.json without it is read with today, as JSON."""
+    return json.loads(json.dumps({f.name: absent_value(f) for f in dataclasses.fields(cls)}))
+
+
+def test_every_stored_config_field_is_recorded_with_what_its_absence_means():
+    """A run directory outlives the code: its config.json lacks the fields added since, and resuming,
+    evaluating or sampling it reads each missing field as the knob's `absent=` (else its default).
+    So a field whose default is not what runs did before it existed must declare `absent=`, and
+    that value must never change. The record keeps, per stored config, the fields every config.json
+    of it holds ("original": their defaults may change freely) and, for each field added later, the
+    value a config.json without it means ("added"). This fails until a change keeps to that."""
+    recorded, problems = json.loads(FIELDS_FILE.read_text()), []
+    for name, cls in stored_configs().items():
+        now = read_as_now(cls)
+        if name not in recorded:
+            problems.append(f"{name} ({cls.__name__}) is not recorded: a new task; record it")
+            continue
+        original, added = set(recorded[name]["original"]), recorded[name]["added"]
+        for field, value in now.items():
+            if field not in original and field not in added:
+                problems.append(
+                    f"{name}: {cls.__name__}.{field} is new. A config.json written before it lacks it and is read with "
+                    f"{value!r}. If runs made before the field did not behave as that value does (e.g. a new option "
+                    f"on by default), declare on its knob what they did: knob(..., absent=<that value>); then record "
+                    f"it")
+            elif field in added and added[field] != value:
+                problems.append(
+                    f"{name}: {cls.__name__}.{field} was added after {name}'s first version; a config.json without it "
+                    f"means {added[field]!r} (recorded), but would now be read as {value!r}, so runs made before the "
+                    f"field would resume, evaluate and sample as another configuration. Declare "
+                    f"absent={added[field]!r} on its knob (do not edit the record)")
+        for field in sorted((original | set(added)) - set(now)):
+            problems.append(f"{name}: {cls.__name__}.{field} was removed: every config.json that holds it would stop "
+                            f"loading (unknown field); keep the field")
+    for name in sorted(set(recorded) - set(stored_configs())):
+        problems.append(f"{name} is recorded but no longer a stored config (a task removed or renamed?): its runs "
+                        f"would stop opening; keep it")
+    assert not problems, "\n".join(problems) + f"\n(the record: {FIELDS_FILE}; to record new fields and tasks: " \
+                                               f"{WRITE_FIELDS})"
+
+
+def test_a_config_json_lacking_every_added_field_reads_as_the_recorded_values():
+    """The values a config.json of each stored config's first version (no added field) is read with
+    form a valid config, and are the recorded ones."""
+    recorded = json.loads(FIELDS_FILE.read_text())
+    for name, cls in stored_configs().items():
+        original = {f.name: f.default for f in dataclasses.fields(cls) if f.name in recorded[name]["original"]}
+        config = from_dict(cls, json.loads(json.dumps(original)), f"{name}/config.json")
+        values = json.loads(json.dumps(to_dict(config)))
+        assert {k: values[k] for k in recorded[name]["added"]} == recorded[name]["added"], name
+
+
+def test_the_copy_task_runs_made_before_its_reliable_defaults_read_as_they_were_trained():
+    """The copy task gained --curriculum, --mix, --chrono and --stop-at after its first version, and
+    their defaults changed since: a config.json without them is the plain task."""
+    from rnnlab.tasks import CopyConfig, SentimentConfig
+    from rnnlab.training import TrainConfig
+
+    old = from_dict(CopyConfig, {"T": 20, "hidden": 64}, "run/config.json")
+    assert (old.curriculum, old.mix, old.chrono, old.stop_at) == (0, 0.0, False, None)
+    assert (CopyConfig().curriculum, CopyConfig().mix, CopyConfig().chrono, CopyConfig().stop_at) == (2000, 0.5, True,
+                                                                                                     0.995)
+    assert from_dict(SentimentConfig, {}, "x").pretrain_outputs >= 10**9  # before the cap: every token predicted
+    assert from_dict(TrainConfig, {}, "x").ema_decay is None and from_dict(TrainConfig, {}, "x").precision == "32"
+
+
+def write_fields() -> list[str]:
+    """Record the stored configs' new tasks (all fields original) and new fields (added, with the
+    value a config.json without them is read with today). What is recorded is never changed."""
+    recorded = json.loads(FIELDS_FILE.read_text()) if FIELDS_FILE.is_file() else {}
+    news = []
+    for name, cls in stored_configs().items():
+        now = read_as_now(cls)
+        if name not in recorded:
+            recorded[name] = {"original": sorted(now), "added": {}}
+            news.append(f"{name}: all {len(now)} fields, as original")
+            continue
+        for field in now:
+            if field not in recorded[name]["original"] and field not in recorded[name]["added"]:
+                recorded[name]["added"][field] = now[field]
+                news.append(f"{name}.{field}: a config.json without it means {now[field]!r}")
+    FIELDS_FILE.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+    return news
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write-fields"]:
+        sys.exit(f"usage: {WRITE_FIELDS}")
+    for line in write_fields() or ["nothing new"]:
+        print(line)

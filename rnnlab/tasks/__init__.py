@@ -8,6 +8,8 @@ gives `rnnlab train` its sampling flags).
 This module also rebuilds a finished or interrupted run from its directory (`open_run`), and
 records what the run's data files held (`run_config`: a sha256 per file named by the task's
 `data_files`), so that `changed_data` tells a resumed or evaluated run that its data changed.
+config.json also records the rnnlab version that wrote it: a run of a newer rnnlab (a task or
+field this one lacks) is refused naming both versions, not read with parts dropped.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import types
 import typing
 from pathlib import Path
 
+from .. import __version__
 from ..checkpoints import CheckpointError, RunDir, check_weights
-from ..config import field_types, from_dict, to_dict
+from ..config import UnknownFieldsError, field_types, from_dict, to_dict
 from ..errors import RunDirError
 from ..training import TrainConfig, resolve_device
 from .base import Baselined, Captioner, Task, TextGenerator, Translator, capabilities, commands_for
@@ -76,7 +79,8 @@ def run_config(task) -> dict:
                 raise ValueError(f"{type(task).__name__}: {name} must be a readable file or folder; got "
                                  f"{config[name]!r} ({error.strerror})") from None
             config[name] = str(path)
-    return {"task": task.name, "unit": task.unit, "task_config": config, **({"data": data} if data else {})}
+    return {"task": task.name, "unit": task.unit, "task_config": config, **({"data": data} if data else {}),
+            "rnnlab_version": __version__}
 
 
 def changed_data(run_dir: str | Path) -> list[str]:
@@ -143,18 +147,34 @@ def open_run(run_dir: str | Path):
     saved = run.read_json(run.config_file.name)
     name = saved.get("task") if isinstance(saved, dict) else None
     if name not in TASKS:
-        raise CheckpointError(f"{run.config_file}: task must be one of {sorted(TASKS)}; got {name!r}")
+        raise CheckpointError(f"{run.config_file}: task must be one of {sorted(TASKS)}; got {name!r}"
+                              + (f" ({_written_by(saved)})" if isinstance(name, str) else ""))
     cls = TASKS[name]
     _check_types(cls.Config, saved.get("task_config", {}), f"{run.config_file}: task_config")
     _check_types(TrainConfig, saved.get("train", {}), f"{run.config_file}: train")
-    try:
+    try:  # a field the file lacks (written before the field existed) reads as what the run did then
         config = from_dict(cls.Config, saved.get("task_config", {}), str(run.config_file))
         train_config = from_dict(TrainConfig, saved.get("train", {}), str(run.config_file))
+    except UnknownFieldsError as error:
+        raise CheckpointError(f"{run.config_file}: {'task_config' if error.owner == cls.Config.__name__ else 'train'} "
+                              f"has field(s) {error.fields} that {error.owner} of this rnnlab lacks: "
+                              f"{_written_by(saved)}; nothing was changed") from None
     except (TypeError, ValueError) as error:  # a value out of range (the configs check their fields)
         message = str(error)
         raise CheckpointError(message if str(run.config_file) in message else f"{run.config_file}: {message}") from None
     artifacts = {file: run.read_json(file) for file in cls.artifact_files}
     return cls.from_artifacts(config, artifacts), train_config
+
+
+def _written_by(saved: dict) -> str:
+    """Who wrote a config.json this rnnlab cannot read whole, for the error that refuses it."""
+    version = saved.get("rnnlab_version")
+    if version is None:
+        return "the file names no rnnlab version (edited by hand, or written by a development copy of rnnlab?)"
+    if version == __version__:
+        return (f"it was written by rnnlab {version}, like this one (edited by hand, or written by a development "
+                f"copy of rnnlab?)")
+    return f"it was written by rnnlab {version} and this is rnnlab {__version__}; open it with rnnlab {version}"
 
 
 def load_weights(task, run_dir: str | Path, which: str = "best", device: str = "cpu") -> Path:

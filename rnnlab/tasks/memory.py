@@ -149,16 +149,17 @@ class CopyConfig(MemoryModelConfig):
     # curriculum every seed tried met the goal (docs/RESULTS.md, "copy, reliably (issue 10)")
     hidden: int = knob(128, "state size H of each layer", low=1)
     curriculum: int = knob(2000, "curriculum: training steps over which the delay grows linearly from 1 to T "
-                                 "(0: T from the first step); evaluation is always at T", low=0)
+                                 "(0: T from the first step); evaluation is always at T", low=0, absent=0)
     mix: float = knob(0.5, "mixed curriculum: the fraction of batches whose delay is drawn uniformly from 1 to "
                            "the curriculum's current longest delay (the others: that longest), so short delays "
-                           "stay in training", low=0, high=1)
+                           "stay in training", low=0, high=1, absent=0.0)
     chrono: bool = knob(True, "chrono initialisation (Tallec & Ollivier 2018) of a cell with a forget gate (or "
                                "the GRU's update gate): its biases log U(1, T + 19), the input gate's their "
                                "negatives, so the cell starts remembering over the whole sequence (cells "
-                               "without such a gate: no effect)")
+                               "without such a gate: no effect)", absent=False)
     stop_at: float | None = knob(0.995, "stop training at the first evaluation that copies this fraction of the "
-                                        "held-out symbols right (none: train every step)", above=0, high=1)
+                                        "held-out symbols right (none: train every step)", above=0, high=1,
+                                  absent=None)
 
     def __post_init__(self):
         validate(self)

@@ -72,7 +72,8 @@ class SentimentConfig(CellOptions):
     pretrain_steps: int = knob(0, "steps of language-model pretraining of the embedding and the core on unlabelled "
                                   "text before the labels are learnt (0: none)", low=0)
     pretrain_outputs: int = knob(2000, "pretraining predicts the this many most frequent training tokens, the rest "
-                                       "as <unk> (a smaller softmax: most of the pretraining's cost)", low=2)
+                                       "as <unk> (a smaller softmax: most of the pretraining's cost)", low=2,
+                                 absent=10**9)  # more than any vocabulary: before the field, every token
     pretrain_plots: str = knob("not-held-out", "plot summaries the pretraining reads besides the training snippets: "
                                                "the training movies', also those of movies no snippet reviews (in "
                                                "no split), or none; never a validation or test movie's",
