@@ -234,6 +234,34 @@ const T* masked(const T* s, const T* mask, T* scratch, int64_t r0, int64_t r1, i
   return scratch;
 }
 
+// The rows a forward step's product reads: [x_t, s' * mask] (`stacked`), s' * mask, or s' itself; each
+// thread prepares its own rows, or where the step is split by units a block of rows and then a sync
+// (every thread's product reads every row). Returns the first row (null: the step has no product).
+template <typename T>
+const T* step_reads(Team& team, Mode mode, const Share& s, int64_t t, int64_t batch, int64_t n,
+                    const Stacked<T>& stacked, const T* vt, const T* s_prev, const T* mask, T* scratch, int64_t H) {
+  if (!stacked && !(vt && mask)) return vt ? s_prev : nullptr;
+  const auto [q0, q1] = gather_rows(team, mode, s, n);
+  team.run([&] {
+    if (stacked) stacked.gather(t, batch, q0, q1, s_prev, mask, H); else masked(s_prev, mask, scratch, q0, q1, H);
+  });
+  if (mode == Mode::units) team.sync();
+  return stacked ? stacked.buffer.template data_ptr<T>() : scratch;
+}
+
+// A forward share's product into its gates g (the step's first row; K gates): [x_t, s'] [U; V]^T (+ b)
+// written where the step multiplies its inputs, else V s' added to the Zx already there.
+template <typename T>
+void step_product(const Share& s, int64_t rows, int64_t K, int64_t H, const T* read, const Stacked<T>& stacked,
+                  const T* vt, const T* vt_panels, T* g) {
+  const int64_t o = s.r0 * H;
+  if (stacked)
+    gate_product(rows, K, H, s.u, read + s.r0 * stacked.depth, stacked.depth, stacked.depth, stacked.w.template data_ptr<T>(),
+                 g + K * o, false, panel_ptr<T>(stacked.panels));
+  else if (vt)
+    gate_product(rows, K, H, s.u, read + o, H, H, vt, g + K * o, true, vt_panels);
+}
+
 template <typename T>
 T* pointer(const optional<Tensor>& t) {
   return t ? t->data_ptr<T>() : nullptr;
@@ -688,21 +716,11 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T* g_t = g + (t % gates.size(0)) * 4 * step;
       T *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step, *h_t = h + t * step;
-      const T* read = nullptr;
-      const auto [q0, q1] = gather_rows(team, mode, s, n);
-      team.run([&] {
-        read = stacked ? stacked.gather(t, batch, q0, q1, h_prev, m, H)
-               : vt    ? masked(h_prev, m, scratch.data_ptr<T>(), q0, q1, H) : nullptr;
-      });
-      if (mode == Mode::units) team.sync();  // every thread's product reads every row
+      const T* read = step_reads(team, mode, s, t, batch, n, stacked, vt, h_prev, m, scratch.data_ptr<T>(), H);
       if (empty(s)) return;
       team.run([&] {
         const int64_t rows = s.rows(n), o = s.r0 * H;
-        if (stacked)
-          gate_product(rows, 4, H, s.u, read + s.r0 * stacked.depth, stacked.depth, stacked.depth,
-                       stacked.w.data_ptr<T>(), g_t + 4 * o, false, panel_ptr<T>(stacked.panels));
-        else if (vt)
-          gate_product(rows, 4, H, s.u, read + o, H, H, vt, g_t + 4 * o, true, panel_ptr<T>(weights.vt_panels));
+        step_product(s, rows, 4, H, read, stacked, vt, panel_ptr<T>(weights.vt_panels), g_t);
         lstm_forward_step<T>(act, sigma, g_t + 4 * o, step_bias, c_prev + o, c_t + o, tc_t + o, h_t + o, rows, H, s.u);
       });
     });
@@ -788,21 +806,11 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
       const Share sh = share_of(team, mode, n, H);
       const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
-      const T* read = nullptr;
-      const auto [q0, q1] = gather_rows(team, mode, sh, n);
-      team.run([&] {
-        read = stacked ? stacked.gather(t, batch, q0, q1, s_prev, m, H)
-               : vt    ? masked(s_prev, m, scratch.data_ptr<T>(), q0, q1, H) : nullptr;
-      });
-      if (mode == Mode::units) team.sync();  // every thread's product reads every row
+      const T* read = step_reads(team, mode, sh, t, batch, n, stacked, vt, s_prev, m, scratch.data_ptr<T>(), H);
       if (empty(sh)) return;
       team.run([&] {
         const int64_t rows = sh.rows(n), o = sh.r0 * H;
-        if (stacked)
-          gate_product(rows, K, H, sh.u, read + sh.r0 * stacked.depth, stacked.depth, stacked.depth,
-                       stacked.w.data_ptr<T>(), g_t + K * o, false, panel_ptr<T>(stacked.panels));
-        else if (vt)
-          gate_product(rows, K, H, sh.u, read + o, H, H, vt, g_t + K * o, true, panel_ptr<T>(weights.vt_panels));
+        step_product(sh, rows, K, H, read, stacked, vt, panel_ptr<T>(weights.vt_panels), g_t);
         gated_forward_step<T>(kind, act, sigma, g_t + K * o, step_bias, s_prev + o, s + t * batch * H + o, rows, H,
                               sh.u);
       });
@@ -885,7 +893,8 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
     const T* bhh = b_hh.defined() ? b_hh.data_ptr<T>() : nullptr;
     const int64_t ring = zhs ? zhs->size(0) : 1;
-    const int64_t macs_per_row = K * H * (F + H);
+    const Stacked<T> none(optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), batch);
+    const int64_t macs_per_row = K * H * (F + H);  // the GRU multiplies x_t and s' apart (zh = V s' is kept)
     over_steps(steps, false, rows_at(sizes, 0, batch), H, rows_at(sizes, 0, batch) * macs_per_row,
                FORWARD_PARALLEL_MACS, [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
@@ -894,10 +903,7 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
       const T* s_prev = t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H;
       T* zh_t = zh ? zh + (t % ring) * batch * 3 * H : nullptr;
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
-      const T* read = nullptr;
-      const auto [q0, q1] = gather_rows(team, mode, sh, n);
-      team.run([&] { read = vt ? masked(s_prev, m, scratch.data_ptr<T>(), q0, q1, H) : nullptr; });
-      if (mode == Mode::units && m) team.sync();  // every thread's product reads every masked row
+      const T* read = step_reads(team, mode, sh, t, batch, n, none, vt, s_prev, m, scratch.data_ptr<T>(), H);
       if (empty(sh)) return;
       team.run([&] {
         const int64_t rows = sh.rows(n), o = sh.r0 * H;
