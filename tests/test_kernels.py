@@ -521,10 +521,10 @@ def test_fused_inference_saves_nothing_and_agrees(cls, compiled_loop, monkeypatc
     assert packed and ys.grad_fn is not None  # the same hooks see what a training forward keeps
 
 
-def _split_case(cls, dtype):
+def _split_case(cls, dtype, batch=64, hidden=64):
     """A batch whose steps the C++ loops split over two threads (64 rows, H = 64: by rows by the rule),
     with lengths and, but for the feedback cell, a recurrent-dropout mask."""
-    batch, steps, size, hidden, out = 64, 4, 8, 64, 3
+    steps, size, out = 4, 8, 3
     feedback = cls in (OutputFeedbackCell, *NEW_LSTMS)
     torch.manual_seed(0)
     masked = cls is not OutputFeedbackCell
@@ -589,6 +589,34 @@ def test_two_threads_equal_one_thread(cls, dtype, split):
     for a, b in zip(one, two):
         torch.testing.assert_close(b, a, **tight)
     for a, b in zip(one_forward, two_forward):  # the forward-only loops (rings of one step) split the same way
+        torch.testing.assert_close(b, a, **tight)
+    if dtype is torch.float64:
+        for a, b in zip(_run_threads(case, "reference", 1), two):
+            torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cls", NEW_LSTMS)
+def test_one_row_forward_split_by_columns(cls, dtype):
+    """At B = 1 (one row: nothing to split by rows) cell_loops.cpp's forwards split each step's product
+    by columns over two threads, the row's elementwise work on the first (Split::columns): outputs,
+    final state and gradients (the backward runs on one thread there) equal one thread's to rounding,
+    with a recurrent-dropout mask, with and without grad, and reference's (float64)."""
+    if EXTENSIONS[fused_cells.MODULE] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    case = _split_case(cls, dtype, batch=1, hidden=128)  # 4 H^2 = 65k multiply-adds a step: split
+    module = EXTENSIONS[fused_cells.MODULE]
+    module.set_fault(0)  # the loop's team, named in the error: two threads (B = 1 splits by columns only)
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match="in thread 1 of 2"):
+            _run_threads(case, "fused", 2)
+    finally:
+        module.set_fault(None)
+    one, two = _run_threads(case, "fused", 1), _run_threads(case, "fused", 2)
+    with torch.no_grad():
+        one_forward, two_forward = _run_threads(case, "fused", 1), _run_threads(case, "fused", 2)
+    tight = dict(rtol=1e-12, atol=1e-12) if dtype is torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for a, b in zip(one + one_forward, two + two_forward):
         torch.testing.assert_close(b, a, **tight)
     if dtype is torch.float64:
         for a, b in zip(_run_threads(case, "reference", 1), two):

@@ -121,16 +121,28 @@ void dispatch(at::ScalarType type, F&& body) {
 // its block of every step's batch rows (`over_rows`): a row's layer norms and its projection need the
 // whole row, so these cells are split by rows, not by units.
 
-// A step whose products are smaller than this (multiply-adds) runs on one thread (`set_least` changes
-// it, for measuring).
-int64_t PARALLEL_MACS = 1 << 18;
+// A step whose products are smaller than this (multiply-adds) runs on one thread; a forward step of one row
+// from FORWARD_PARALLEL_MACS is split by the columns of its product (as loops.cpp's: there by units). Both
+// for measuring through `set_least`.
+int64_t PARALLEL_MACS = 1 << 18, FORWARD_PARALLEL_MACS = 1 << 15;
+
+// How a step of `rows` rows is split over a team of `threads`: by blocks of rows where there are two or
+// more and its products earn it; a forward step of one row (B = 1) by blocks of its product's columns,
+// its elementwise work then on the first thread (a row's norms and projection need the whole row).
+enum class Split { none, rows, columns };
+
+Split split_of(int64_t threads, int64_t rows, int64_t macs, bool forward) {
+  if (threads > 1 && rows >= 2 && macs >= PARALLEL_MACS) return Split::rows;
+  if (threads > 1 && forward && rows == 1 && macs >= FORWARD_PARALLEL_MACS) return Split::columns;
+  return Split::none;
+}
 
 // Every loop here: step(t, team) for t forward (or backward) in time on every thread of one team (team.h:
 // one parallel region for the whole loop, a sync between steps), or on one thread where even the
 // largest step (`largest` multiply-adds, of `batch` rows) is not split.
 template <typename Step>
 void over_steps(int64_t steps, bool backward, int64_t batch, int64_t largest, const Step& step) {
-  in_team(largest >= PARALLEL_MACS && batch >= 2, [&](Team& team) {
+  in_team(split_of(at::get_num_threads(), batch, largest, !backward) != Split::none, [&](Team& team) {
     for (int64_t i = 0; i < steps; ++i) {
       const int64_t t = backward ? steps - 1 - i : i;
       team.run([&] { team.fault_at(t); });
@@ -140,12 +152,12 @@ void over_steps(int64_t steps, bool backward, int64_t batch, int64_t largest, co
   });
 }
 
-// body(r0, r1) for this thread's block of the step's rows [0, rows) (team.h: Team::block), or for all of
-// them on the team's first thread where the step is small.
+// body(r0, r1) for this thread's block of the step's rows [0, rows) (team.h: Team::block) where the step
+// is split by rows, else for all of them on the team's first thread.
 template <typename Body>
-void over_rows(Team& team, int64_t rows, int64_t macs, const Body& body) {
+void over_rows(Team& team, Split split, int64_t rows, const Body& body) {
   std::pair<int64_t, int64_t> mine{0, team.index == 0 ? rows : 0};
-  if (team.size > 1 && macs >= PARALLEL_MACS && rows >= 2) mine = team.block(rows);
+  if (split == Split::rows) mine = team.block(rows);
   if (mine.second > mine.first) team.run([&] { body(mine.first, mine.second); });
 }
 
@@ -181,6 +193,29 @@ struct StepProduct {
       read = s;
     }
     multiply<T>(rows, N, R, read, R, vt.data_ptr<T>(), panel_ptr<T>(vt_panels), out + r0 * N, N, zx_in_out || inputs);
+  }
+  // The same for all n rows, each thread of the team its block of the N columns (Split::columns); the
+  // caller syncs before reading `out`.
+  template <typename T>
+  void columns(Team& team, int64_t t, int64_t batch, int64_t n, const T* s_prev, T* out, bool zx_in_out) const {
+    const T* read = s_prev;
+    if (vt.defined() && mask.defined()) {  // masked once, by the first thread, for every thread's product
+      T* s = scratch.data_ptr<T>();
+      if (team.index == 0) team.run([&] {
+        for (int64_t k = 0; k < n * R; ++k) s[k] = s_prev[k] * mask.data_ptr<T>()[k];
+      });
+      team.sync();
+      read = s;
+    }
+    const auto [c0, c1] = team.block(N, 16);
+    if (c1 <= c0) return;
+    team.run([&] {
+      if (inputs)
+        matmul<T>(n, c1 - c0, F, inputs->data_ptr<T>() + t * batch * F, F, ut.data_ptr<T>() + c0, N, out + c0, N,
+                  false);
+      if (vt.defined())
+        matmul<T>(n, c1 - c0, R, read, R, vt.data_ptr<T>() + c0, N, out + c0, N, zx_in_out || inputs);
+    });
   }
 };
 
@@ -280,8 +315,10 @@ void peephole_forward(const std::string& act_name, const std::string& sigma_name
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
-      over_rows(team, n, macs(n), [&](int64_t r0, int64_t r1) {
-        product(t, batch, r0, r1, h_prev, g_t, true);
+      const Split split = split_of(team.size, n, macs(n), true);
+      if (split == Split::columns) product.columns(team, t, batch, n, h_prev, g_t, true), team.sync();
+      over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
+        if (split != Split::columns) product(t, batch, r0, r1, h_prev, g_t, true);
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
           const T* __restrict__ cp = c_prev + b * H;
@@ -338,7 +375,7 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
     over_steps(steps, true, batch, macs(batch), [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      over_rows(team, n, macs(n), [&](int64_t r0, int64_t r1) {  // every row's step is its own
+      over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
         for (int64_t b = r0; b < r1; ++b) {
           const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
           T* __restrict__ db = d + (t * batch + b) * 4 * H;
@@ -412,8 +449,10 @@ void projected_forward(const std::string& act_name, const std::string& sigma_nam
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
       T *m_t = m + (t % ring_m) * step, *h_t = h + t * batch * P;
-      over_rows(team, n, macs(n), [&](int64_t r0, int64_t r1) {
-        product(t, batch, r0, r1, h_prev, g_t, true);
+      const Split split = split_of(team.size, n, macs(n), true);
+      if (split == Split::columns) product.columns(team, t, batch, n, h_prev, g_t, true), team.sync();
+      over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
+        if (split != Split::columns) product(t, batch, r0, r1, h_prev, g_t, true);
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
           const T* __restrict__ cp = c_prev + b * H;
@@ -467,7 +506,7 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
       const int64_t n = rows_at(sizes, t, batch);
       if (n == 0) return;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      over_rows(team, n, macs(n), [&](int64_t r0, int64_t r1) {  // every row's step is its own
+      over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
         T* __restrict__ dh = dh_all.data_ptr<T>() + (t * batch + r0) * P;
         const T* __restrict__ dy = d_out.data_ptr<T>() + (t * batch + r0) * P;
         const T* __restrict__ chr = ch + r0 * P;
@@ -566,10 +605,18 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
       T *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step, *xc_t = xcp + (t % ring_x) * step;
       T *rc_t = rcp + (t % ring_r) * batch, *xh_t = reads ? xhp + (t % ring_xh) * 4 * step : nullptr;
       T* rh_t = reads ? rhp + (t % ring_rh) * batch : nullptr;
-      over_rows(team, n, macs(n), [&](int64_t r0, int64_t r1) {
-        if (reads) product(t, batch, r0, r1, h_prev, xh_t, false);  // xh = V h' (masked), normalised per row below
-        T* g_t = g + (t % ring_g) * 4 * step;
-        if (inputs) input_product(t, batch, r0, r1, h_prev, g_t, false);  // x_t U^T, normalised per row below
+      T* g_t = g + (t % ring_g) * 4 * step;
+      const Split split = split_of(team.size, n, macs(n), true);
+      if (split == Split::columns) {
+        if (reads) product.columns(team, t, batch, n, h_prev, xh_t, false);
+        if (inputs) input_product.columns(team, t, batch, n, h_prev, g_t, false);
+        team.sync();
+      }
+      over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
+        if (split != Split::columns) {
+          if (reads) product(t, batch, r0, r1, h_prev, xh_t, false);  // xh = V h' (masked), normalised per row below
+          if (inputs) input_product(t, batch, r0, r1, h_prev, g_t, false);  // x_t U^T, normalised per row below
+        }
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
           if (inputs) {
@@ -660,7 +707,7 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
       const int64_t n = rows_at(sizes, t, batch);
       if (n == 0) return;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      over_rows(team, n, macs(n), [&](int64_t r0, int64_t r1) {  // every row's step is its own
+      over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
         const int64_t me = team.index;
         T *scratch = scratch_all.data() + me * 5 * H, *dcv = scratch + 4 * H;
         double *sum_gh = sums.data() + me * (G + 2 * H), *sum_gc = sum_gh + G, *sum_bc = sum_gc + H;
@@ -746,9 +793,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("inputs") = py::none(), py::arg("weight") = py::none(), py::arg("gain_x") = py::none(),
         py::arg("shift_x") = py::none(), py::arg("eps_x") = 0.0);
   m.def("layernorm_backward", &layernorm_backward, "fused layer-norm LSTM loop, backward");
-  m.def("set_least", [](int64_t macs) { PARALLEL_MACS = macs; },
-        "the multiply-adds from which a step is split over threads (for measuring)");
-  m.def("least", [] { return PARALLEL_MACS; }, "the multiply-adds from which a step is split over threads");
+  m.def("set_least", [](int64_t macs, int64_t forward_macs) { PARALLEL_MACS = macs, FORWARD_PARALLEL_MACS = forward_macs; },
+        "the multiply-adds from which a step is split over threads by rows, a forward step of one row by columns "
+        "(for measuring)");
+  m.def("least", [] { return std::pair<int64_t, int64_t>{PARALLEL_MACS, FORWARD_PARALLEL_MACS}; },
+        "the multiply-adds from which a step is split over threads by rows, a forward step of one row by columns");
   m.def("set_fault", [](std::optional<int64_t> step) { fault_armed = step.has_value(), fault_step = step.value_or(0); },
         "for testing: step `step` of the next loops throws in the last thread of their team (None: never)");
 }
