@@ -61,12 +61,14 @@ struct Units {
 };
 
 constexpr int64_t UNIT = 16;  // hidden units per block: a multiple of every vector width
-// A step's matrix product smaller than this (multiply-adds) runs on one thread: a parallel region
-// costs a few microseconds, which a backward step at B = 1, H = 128 (65k) does not earn back
-// (measured, 2 threads: forward+backward 15.5 ms split, 10.6 ms not), but a forward step there
-// does, split by units (forward 4.5 ms split, 5.0 ms not; torch.nn.LSTM 4.3 ms).
+// A step's matrix product smaller than this (multiply-adds) runs on one thread. With a region per step
+// (a fork and a join of several microseconds) a backward step at B = 1, H = 128 (65k) did not earn its
+// split (forward+backward 15.5 ms split, 10.6 ms not) and the threshold was 2^18; with one region per
+// loop and a barrier between steps (team.h) it does, measured on 2 threads at B = 1, H = 128, T = 1000
+// against torch.nn.LSTM (2026-11-30, quiet machine): forward+backward LSTM 0.71 -> 0.59, GRU 0.55 ->
+// 0.49 split from 2^14; the forward splits from 2^14 too (the vanilla step, 16k, 0.30 -> 0.29).
 // (`set_least` changes them, for measuring)
-int64_t PARALLEL_MACS = 1 << 18, FORWARD_PARALLEL_MACS = 1 << 15;
+int64_t PARALLEL_MACS = 1 << 14, FORWARD_PARALLEL_MACS = 1 << 14;
 
 // One thread's share of a step: the rows [r0, r1) of the step's n rows, and of those the units u.
 struct Share {
