@@ -521,21 +521,10 @@ def test_fused_inference_saves_nothing_and_agrees(cls, compiled_loop, monkeypatc
     assert packed and ys.grad_fn is not None  # the same hooks see what a training forward keeps
 
 
-@pytest.mark.parametrize("split", ["rows", "units"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
-def test_two_threads_equal_one_thread(cls, dtype, split):
-    """Steps large enough that the C++ loops split each step over two threads (loops.cpp: by blocks
-    of hidden units, over_units; cell_loops.cpp's forwards: by batch rows, over_rows): outputs, final
-    state and every gradient equal one thread's up to the rounding of a product split differently (a
-    block's GEMM kernel may sum in another order), with lengths and a recurrent-dropout mask, with
-    and without grad, and agree with reference (float64). loops.cpp's split is forced both ways
-    (`set_split`; by its rule these 64 rows go by rows)."""
-    if EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME] is None:
-        pytest.skip("the C++ loops are not built (tests never compile them)")
-    if cls in NEW_LSTMS and split == "units":
-        pytest.skip("cell_loops.cpp splits by rows only")
-    batch, steps, size, hidden, out = 64, 4, 8, 64, 3
+def _split_case(cls, dtype, batch=64, hidden=64):
+    """A batch whose steps the C++ loops split over two threads (64 rows, H = 64: by rows by the rule),
+    with lengths and, but for the feedback cell, a recurrent-dropout mask."""
+    steps, size, out = 4, 8, 3
     feedback = cls in (OutputFeedbackCell, *NEW_LSTMS)
     torch.manual_seed(0)
     masked = cls is not OutputFeedbackCell
@@ -548,29 +537,49 @@ def test_two_threads_equal_one_thread(cls, dtype, split):
         if isinstance(zero, tuple) else torch.randn(zero.shape, generator=g, dtype=dtype).requires_grad_()
     lengths = torch.randint(1, steps + 1, (batch,), generator=g)
     masks = (None, cell.sample_masks(batch, torch.zeros((), dtype=dtype))[1]) if masked else (None, None)
+    return cell, xs, state, y_prev, lengths, masks
 
-    def run(implementation, threads):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            ys, final = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, y_prev, lengths, masks)
-            finals = final if isinstance(final, tuple) else (final,)
-            if not torch.is_grad_enabled():
-                return [ys, *finals]
-            loss = (ys * torch.linspace(-1, 1, ys.numel(), dtype=dtype).view_as(ys)).sum() + \
-                sum((f * f).sum() for f in finals)
-            leaves = [p for p in cell.parameters()] + [xs] + list(state if isinstance(state, tuple) else (state,))
-            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-            return [ys, *finals] + [torch.zeros_like(v) if d is None else d for d, v in zip(grads, leaves)]
-        finally:
-            torch.set_num_threads(previous)
 
+def _run_threads(case, implementation, threads):
+    """Outputs, final state and (where grad is enabled) every gradient, on `threads` threads."""
+    cell, xs, state, y_prev, lengths, masks = case
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ys, final = kernels.IMPLEMENTATIONS[implementation](cell, xs, state, y_prev, lengths, masks)
+        finals = final if isinstance(final, tuple) else (final,)
+        if not torch.is_grad_enabled():
+            return [ys, *finals]
+        loss = (ys * torch.linspace(-1, 1, ys.numel(), dtype=ys.dtype).view_as(ys)).sum() + \
+            sum((f * f).sum() for f in finals)
+        leaves = [p for p in cell.parameters()] + [xs] + list(state if isinstance(state, tuple) else (state,))
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        return [ys, *finals] + [torch.zeros_like(v) if d is None else d for d, v in zip(grads, leaves)]
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("split", ["rows", "units"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
+def test_two_threads_equal_one_thread(cls, dtype, split):
+    """Steps large enough that the C++ loops split each step over two threads (team.h: one team for the
+    whole loop; loops.cpp by blocks of batch rows or of hidden units, cell_loops.cpp by rows): outputs,
+    final state and every gradient equal one thread's up to the rounding of a product split differently
+    (a block's GEMM kernel may sum in another order), with lengths and a recurrent-dropout mask, with
+    and without grad, and agree with reference (float64). loops.cpp's split is forced both ways
+    (`set_split`; by its rule these 64 rows go by rows)."""
+    if EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    if cls in NEW_LSTMS and split == "units":
+        pytest.skip("cell_loops.cpp splits by rows only")
+    case = _split_case(cls, dtype)
     if EXTENSION is not None:
         EXTENSION.set_split(split)
     try:
-        one, two = run("fused", 1), run("fused", 2)
+        one, two = _run_threads(case, "fused", 1), _run_threads(case, "fused", 2)
         with torch.no_grad():
-            one_forward, two_forward = run("fused", 1), run("fused", 2)
+            one_forward, two_forward = _run_threads(case, "fused", 1), _run_threads(case, "fused", 2)
     finally:
         if EXTENSION is not None:
             EXTENSION.set_split("rule")
@@ -582,8 +591,104 @@ def test_two_threads_equal_one_thread(cls, dtype, split):
     for a, b in zip(one_forward, two_forward):  # the forward-only loops (rings of one step) split the same way
         torch.testing.assert_close(b, a, **tight)
     if dtype is torch.float64:
-        for a, b in zip(run("reference", 1), two):
+        for a, b in zip(_run_threads(case, "reference", 1), two):
             torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cls", NEW_LSTMS)
+def test_one_row_forward_split_by_columns(cls, dtype):
+    """At B = 1 (one row: nothing to split by rows) cell_loops.cpp's forwards split each step's product
+    by columns over two threads, the row's elementwise work on the first (Split::columns): outputs,
+    final state and gradients (the backward runs on one thread there) equal one thread's to rounding,
+    with a recurrent-dropout mask, with and without grad, and reference's (float64)."""
+    if EXTENSIONS[fused_cells.MODULE] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    case = _split_case(cls, dtype, batch=1, hidden=128)  # 4 H^2 = 65k multiply-adds a step: split
+    module = EXTENSIONS[fused_cells.MODULE]
+    module.set_fault(0)  # the loop's team, named in the error: two threads (B = 1 splits by columns only)
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match="in thread 1 of 2"):
+            _run_threads(case, "fused", 2)
+    finally:
+        module.set_fault(None)
+    one, two = _run_threads(case, "fused", 1), _run_threads(case, "fused", 2)
+    with torch.no_grad():
+        one_forward, two_forward = _run_threads(case, "fused", 1), _run_threads(case, "fused", 2)
+    tight = dict(rtol=1e-12, atol=1e-12) if dtype is torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for a, b in zip(one + one_forward, two + two_forward):
+        torch.testing.assert_close(b, a, **tight)
+    if dtype is torch.float64:
+        for a, b in zip(_run_threads(case, "reference", 1), two):
+            torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("cls", [LSTMCell, GRUCell, VanillaCell, PeepholeLSTMCell, LayerNormLSTMCell])
+def test_loops_inside_a_parallel_region_run_serially(cls):
+    """Called inside a parallel region (a user's own parallel code, at::parallel_for) the C++ loops form
+    no team of their own (team.h: in_team) and run on the calling thread: the same results as two
+    threads outside it, forward and backward, and reference's (float64)."""
+    if EXTENSION is None or EXTENSIONS[fused_cells.MODULE] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    case = _split_case(cls, torch.float64)
+    outside, inside, seen = _run_threads(case, "fused", 2), [], []  # outside: a team of two (test above)
+
+    module = EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME]
+
+    def call():
+        inside.extend(_run_threads(case, "fused", 2))
+        module.set_fault(0)  # the team's size, in the error's message: one thread
+        try:
+            _run_threads(case, "fused", 2)
+        except RuntimeError as error:
+            seen.append(str(error))
+        finally:
+            module.set_fault(None)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        EXTENSION.in_parallel_region(call)
+    finally:
+        torch.set_num_threads(previous)
+    assert len(seen) == 1 and "in thread 0 of 1" in seen[0], seen
+    assert len(inside) == len(outside)
+    for a, b in zip(outside, inside):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    for a, b in zip(_run_threads(case, "reference", 1), inside):
+        torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cls,step", [(LSTMCell, 2), (LSTMCell, -1), (GRUCell, 1), (VanillaCell, 0),
+                                      (PeepholeLSTMCell, 3), (LayerNormLSTMCell, 0), (ProjectedLSTMCell, 1)])
+def test_an_error_inside_the_loop_surfaces_once(cls, step, threads):
+    """An exception thrown inside a time loop (here one asked for by `set_fault` at one step, in the last
+    thread of the team) surfaces as one Python error, forward or backward (step -1: the backward's last),
+    on one thread or two (the other thread neither waits forever nor runs on into garbage); the next call
+    runs normally."""
+    module = EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME]
+    if module is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    case = _split_case(cls, torch.float32)
+    cell, xs, state, y_prev, lengths, masks = case
+    expected = _run_threads(case, "fused", threads)
+    backward = (cls, step) in ((LSTMCell, -1), (ProjectedLSTMCell, 1))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ys, _ = kernels.fused(cell, xs, state, y_prev, lengths, masks) if backward else (None, None)
+        module.set_fault(step)  # after the forward where the backward's step is meant
+        with pytest.raises(RuntimeError, match=f"fault asked for at step {step} .*in thread {threads - 1} of {threads}"):
+            if backward:
+                ys.sum().backward()
+            else:
+                kernels.fused(cell, xs, state, y_prev, lengths, masks)
+    finally:
+        module.set_fault(None)
+        torch.set_num_threads(previous)
+    for a, b in zip(expected, _run_threads(case, "fused", threads)):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("batch", [8, 16], ids=["Zx", "stacked"])

@@ -18,9 +18,11 @@
 #include "activations.h"
 #include "checks.h"
 #include "products.h"
+#include "team.h"
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -113,21 +115,50 @@ void dispatch(at::ScalarType type, F&& body) {
 
 // --- the forward steps' products, on raw pointers, split over threads by batch rows -------------------
 // The forwards below are loops.cpp's scheme: each step's products on raw pointers through oneDNN's
-// batch-reduce GEMM (`matmul`, a copy of loops.cpp's: each module is built alone), the bias added in
-// the step's pass over its gates, and buffers that are rings of one step (two for c) where nothing
-// is saved. Each step is one parallel region over blocks of batch rows (`over_rows`): a row's layer
-// norms and its projection need the whole row, so these cells are split by rows, not by units.
+// batch-reduce GEMM (`matmul`, products.h, shared with loops.cpp), the bias added in the step's pass over
+// its gates, and buffers that are rings of one step (two for c) where nothing is saved. Each loop is one
+// parallel region of a team of threads (`over_steps`, team.h: a sync between steps), each thread taking
+// its block of every step's batch rows (`over_rows`): a row's layer norms and its projection need the
+// whole row, so these cells are split by rows, not by units.
 
-// A step whose products are smaller than this (multiply-adds) runs on one thread (as loops.cpp).
-constexpr int64_t PARALLEL_MACS = 1 << 18;
+// A step whose products are smaller than this (multiply-adds) runs on one thread; a forward step of one row
+// from FORWARD_PARALLEL_MACS is split by the columns of its product (as loops.cpp's: there by units). Both
+// for measuring through `set_least`.
+int64_t PARALLEL_MACS = 1 << 18, FORWARD_PARALLEL_MACS = 1 << 15;
 
-// body(r0, r1) for the step's rows [0, rows): one call on one thread or for a small step, else one
-// block of rows per thread (at::parallel_for); the region's end is the step's barrier.
+// How a step of `rows` rows is split over a team of `threads`: by blocks of rows where there are two or
+// more and its products earn it; a forward step of one row (B = 1) by blocks of its product's columns,
+// its elementwise work then on the first thread (a row's norms and projection need the whole row).
+enum class Split { none, rows, columns };
+
+Split split_of(int64_t threads, int64_t rows, int64_t macs, bool forward) {
+  if (threads > 1 && rows >= 2 && macs >= PARALLEL_MACS) return Split::rows;
+  if (threads > 1 && forward && rows == 1 && macs >= FORWARD_PARALLEL_MACS) return Split::columns;
+  return Split::none;
+}
+
+// Every loop here: step(t, team) for t forward (or backward) in time on every thread of one team (team.h:
+// one parallel region for the whole loop, a sync between steps), or on one thread where even the
+// largest step (`largest` multiply-adds, of `batch` rows) is not split.
+template <typename Step>
+void over_steps(int64_t steps, bool backward, int64_t batch, int64_t largest, const Step& step) {
+  in_team(split_of(at::get_num_threads(), batch, largest, !backward) != Split::none, [&](Team& team) {
+    for (int64_t i = 0; i < steps; ++i) {
+      const int64_t t = backward ? steps - 1 - i : i;
+      team.run([&] { team.fault_at(t); });
+      step(t, team);
+      team.sync();
+    }
+  });
+}
+
+// body(r0, r1) for this thread's block of the step's rows [0, rows) (team.h: Team::block) where the step
+// is split by rows, else for all of them on the team's first thread.
 template <typename Body>
-void over_rows(int64_t rows, int64_t macs, const Body& body) {
-  const int64_t threads = at::get_num_threads();
-  if (macs < PARALLEL_MACS || rows < 2 || threads == 1) return body(int64_t(0), rows);
-  at::parallel_for(0, rows, (rows + threads - 1) / threads, [&](int64_t r0, int64_t r1) { body(r0, r1); });
+void over_rows(Team& team, Split split, int64_t rows, const Body& body) {
+  std::pair<int64_t, int64_t> mine{0, team.index == 0 ? rows : 0};
+  if (split == Split::rows) mine = team.block(rows);
+  if (mine.second > mine.first) team.run([&] { body(mine.first, mine.second); });
 }
 
 // What a forward step multiplies: x_t U^T where the step computes its input part itself (`inputs`
@@ -162,6 +193,29 @@ struct StepProduct {
       read = s;
     }
     multiply<T>(rows, N, R, read, R, vt.data_ptr<T>(), panel_ptr<T>(vt_panels), out + r0 * N, N, zx_in_out || inputs);
+  }
+  // The same for all n rows, each thread of the team its block of the N columns (Split::columns); the
+  // caller syncs before reading `out`.
+  template <typename T>
+  void columns(Team& team, int64_t t, int64_t batch, int64_t n, const T* s_prev, T* out, bool zx_in_out) const {
+    const T* read = s_prev;
+    if (vt.defined() && mask.defined()) {  // masked once, by the first thread, for every thread's product
+      T* s = scratch.data_ptr<T>();
+      if (team.index == 0) team.run([&] {
+        for (int64_t k = 0; k < n * R; ++k) s[k] = s_prev[k] * mask.data_ptr<T>()[k];
+      });
+      team.sync();
+      read = s;
+    }
+    const auto [c0, c1] = team.block(N, 16);
+    if (c1 <= c0) return;
+    team.run([&] {
+      if (inputs)
+        matmul<T>(n, c1 - c0, F, inputs->data_ptr<T>() + t * batch * F, F, ut.data_ptr<T>() + c0, N, out + c0, N,
+                  false);
+      if (vt.defined())
+        matmul<T>(n, c1 - c0, R, read, R, vt.data_ptr<T>() + c0, N, out + c0, N, zx_in_out || inputs);
+    });
   }
 };
 
@@ -255,13 +309,16 @@ void peephole_forward(const std::string& act_name, const std::string& sigma_name
     using T = decltype(zero);
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     const T *p_i = peep.data_ptr<T>(), *p_f = p_i + H, *p_o = p_i + 2 * H, *bi = maybe<T>(bias);
-    for (int64_t t = 0; t < steps; ++t) {
+    const auto macs = [&](int64_t n) { return n * 4 * H * product.depth(); };
+    over_steps(steps, false, batch, macs(batch), [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
-      over_rows(n, n * 4 * H * product.depth(), [&](int64_t r0, int64_t r1) {
-        product(t, batch, r0, r1, h_prev, g_t, true);
+      const Split split = split_of(team.size, n, macs(n), true);
+      if (split == Split::columns) product.columns(team, t, batch, n, h_prev, g_t, true), team.sync();
+      over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
+        if (split != Split::columns) product(t, batch, r0, r1, h_prev, g_t, true);
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
           const T* __restrict__ cp = c_prev + b * H;
@@ -285,7 +342,7 @@ void peephole_forward(const std::string& act_name, const std::string& sigma_name
           for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
         }
       });
-    }
+    });
   });
 }
 
@@ -314,10 +371,11 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *dout = d_out.data_ptr<T>();
     const T *p_i = peep.data_ptr<T>(), *p_f = p_i + H, *p_o = p_i + 2 * H;
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>();
-    for (int64_t t = steps - 1; t >= 0; --t) {
+    const auto macs = [&](int64_t n) { return n * 4 * H * H; };
+    over_steps(steps, true, batch, macs(batch), [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {  // every row's step is its own
+      over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
         for (int64_t b = r0; b < r1; ++b) {
           const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
           T* __restrict__ db = d + (t * batch + b) * 4 * H;
@@ -348,7 +406,7 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
         carry_back<T>(ch + r0 * H, d + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, H), r1 - r0,
                       4 * H, H);
       });
-    }
+    });
   });
 }
 
@@ -384,14 +442,17 @@ void projected_forward(const std::string& act_name, const std::string& sigma_nam
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     T* m = ms.data_ptr<T>();
     const T *bi = maybe<T>(bias), *r = rt.data_ptr<T>();
-    for (int64_t t = 0; t < steps; ++t) {
+    const auto macs = [&](int64_t n) { return n * H * (4 * product.depth() + P); };
+    over_steps(steps, false, batch, macs(batch), [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * batch * P;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
       T *m_t = m + (t % ring_m) * step, *h_t = h + t * batch * P;
-      over_rows(n, n * H * (4 * product.depth() + P), [&](int64_t r0, int64_t r1) {
-        product(t, batch, r0, r1, h_prev, g_t, true);
+      const Split split = split_of(team.size, n, macs(n), true);
+      if (split == Split::columns) product.columns(team, t, batch, n, h_prev, g_t, true), team.sync();
+      over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
+        if (split != Split::columns) product(t, batch, r0, r1, h_prev, g_t, true);
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
           const T* __restrict__ cp = c_prev + b * H;
@@ -408,7 +469,7 @@ void projected_forward(const std::string& act_name, const std::string& sigma_nam
         }
         matmul<T>(r1 - r0, P, H, m_t + r0 * H, H, r, P, h_t + r0 * P, P, false);  // h = m W_hr^T
       });
-    }
+    });
   });
 }
 
@@ -440,11 +501,12 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
     using T = decltype(zero);
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *w = whr.data_ptr<T>();
     T *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dmp = dm.data_ptr<T>(), *ch = carry_h.data_ptr<T>();
-    for (int64_t t = steps - 1; t >= 0; --t) {
+    const auto macs = [&](int64_t n) { return n * 4 * H * P; };
+    over_steps(steps, true, batch, macs(batch), [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
-      if (n == 0) continue;
+      if (n == 0) return;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      over_rows(n, n * 4 * H * P, [&](int64_t r0, int64_t r1) {  // every row's step is its own
+      over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
         T* __restrict__ dh = dh_all.data_ptr<T>() + (t * batch + r0) * P;
         const T* __restrict__ dy = d_out.data_ptr<T>() + (t * batch + r0) * P;
         const T* __restrict__ chr = ch + r0 * P;
@@ -478,7 +540,7 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
         carry_back<T>(ch + r0 * P, d + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, P), r1 - r0,
                       4 * H, P);
       });
-    }
+    });
   });
 }
 
@@ -535,17 +597,26 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
     const T *gc = gain_c.data_ptr<T>(), *bc = shift_c.data_ptr<T>(), *gh = maybe<T>(gain_h);
     const T *gx = maybe<T>(gain_x), *sx = maybe<T>(shift_x);
     T *xhp = reads ? xh->data_ptr<T>() : nullptr, *rhp = reads ? rh->data_ptr<T>() : nullptr;
-    for (int64_t t = 0; t < steps; ++t) {
+    const auto macs = [&](int64_t n) { return n * 4 * H * H; };
+    over_steps(steps, false, batch, macs(batch), [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step, *xc_t = xcp + (t % ring_x) * step;
       T *rc_t = rcp + (t % ring_r) * batch, *xh_t = reads ? xhp + (t % ring_xh) * 4 * step : nullptr;
       T* rh_t = reads ? rhp + (t % ring_rh) * batch : nullptr;
-      over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {
-        if (reads) product(t, batch, r0, r1, h_prev, xh_t, false);  // xh = V h' (masked), normalised per row below
-        T* g_t = g + (t % ring_g) * 4 * step;
-        if (inputs) input_product(t, batch, r0, r1, h_prev, g_t, false);  // x_t U^T, normalised per row below
+      T* g_t = g + (t % ring_g) * 4 * step;
+      const Split split = split_of(team.size, n, macs(n), true);
+      if (split == Split::columns) {
+        if (reads) product.columns(team, t, batch, n, h_prev, xh_t, false);
+        if (inputs) input_product.columns(team, t, batch, n, h_prev, g_t, false);
+        team.sync();
+      }
+      over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
+        if (split != Split::columns) {
+          if (reads) product(t, batch, r0, r1, h_prev, xh_t, false);  // xh = V h' (masked), normalised per row below
+          if (inputs) input_product(t, batch, r0, r1, h_prev, g_t, false);  // x_t U^T, normalised per row below
+        }
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
           if (inputs) {
@@ -575,7 +646,7 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
           for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
         }
       });
-    }
+    });
   });
 }
 
@@ -631,12 +702,13 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
     const int64_t threads = at::get_num_threads(), G = reads ? 4 * H : 0;
     std::vector<T> scratch_all(threads * 5 * H);
     std::vector<double> sums(threads * (G + 2 * H));
-    for (int64_t t = steps - 1; t >= 0; --t) {
+    const auto macs = [&](int64_t n) { return n * 4 * H * H; };
+    over_steps(steps, true, batch, macs(batch), [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
-      if (n == 0) continue;
+      if (n == 0) return;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      over_rows(n, n * 4 * H * H, [&](int64_t r0, int64_t r1) {  // every row's step is its own
-        const int64_t me = std::min<int64_t>(at::get_thread_num(), threads - 1);
+      over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
+        const int64_t me = team.index;
         T *scratch = scratch_all.data() + me * 5 * H, *dcv = scratch + 4 * H;
         double *sum_gh = sums.data() + me * (G + 2 * H), *sum_gc = sum_gh + G, *sum_bc = sum_gc + H;
         for (int64_t b = r0; b < r1; ++b) {
@@ -686,7 +758,7 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
         carry_back<T>(ch + r0 * H, (reads ? dzhp : d) + (t * batch + r0) * 4 * H, back.v_ptr<T>(),
                       back.mask_at<T>(r0, H), r1 - r0, 4 * H, H);
       });
-    }
+    });
     for (int64_t me = 1; me < threads; ++me)
       for (int64_t k = 0; k < G + 2 * H; ++k) sums[k] += sums[me * (G + 2 * H) + k];
     T *ogc = d_gain_c.data_ptr<T>(), *obc = d_shift_c.data_ptr<T>();
@@ -721,4 +793,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("inputs") = py::none(), py::arg("weight") = py::none(), py::arg("gain_x") = py::none(),
         py::arg("shift_x") = py::none(), py::arg("eps_x") = 0.0);
   m.def("layernorm_backward", &layernorm_backward, "fused layer-norm LSTM loop, backward");
+  m.def("set_least", [](int64_t macs, int64_t forward_macs) { PARALLEL_MACS = macs, FORWARD_PARALLEL_MACS = forward_macs; },
+        "the multiply-adds from which a step is split over threads by rows, a forward step of one row by columns "
+        "(for measuring)");
+  m.def("least", [] { return std::pair<int64_t, int64_t>{PARALLEL_MACS, FORWARD_PARALLEL_MACS}; },
+        "the multiply-adds from which a step is split over threads by rows, a forward step of one row by columns");
+  m.def("set_fault", [](std::optional<int64_t> step) { fault_armed = step.has_value(), fault_step = step.value_or(0); },
+        "for testing: step `step` of the next loops throws in the last thread of their team (None: never)");
 }

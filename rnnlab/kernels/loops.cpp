@@ -12,11 +12,12 @@
 // in the gate buffer on entry, b added in the step's pass over its gates; or computed by each step
 // with V s' and b as one product [x_t, s', 1] [U, V, b]^T (`Stacked`, where that weight stays in cache).
 //
-// Layering: one driver for the six entry points of `fused` (`for_each_step`, forward or backward
-// in time), each step one parallel region over blocks of batch rows or of hidden units
-// (`over_step`: on one thread, a plain call) in which the block's matrix product (`matmul`: oneDNN's
-// brgemm micro-kernel on raw pointers for floats, no ATen dispatch per step) is followed by the
-// block's elementwise work (the `*_step` functions, vectorised loops over the block of each row).
+// Layering: one driver for the six entry points of `fused` (`over_steps`: forward or backward in time,
+// the whole loop one parallel region of a team of threads, team.h, with a sync between steps; on one
+// thread, plain calls), each thread's share of a step a block of batch rows or of hidden units
+// (`share_of`), in which the block's matrix product (`matmul`: oneDNN's brgemm micro-kernel on raw
+// pointers for floats, no ATen dispatch per step) is followed by the block's elementwise work (the
+// `*_step` functions, vectorised loops over the block of each row).
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
@@ -26,9 +27,11 @@
 #include "activations.h"
 #include "checks.h"
 #include "products.h"
+#include "team.h"
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -58,11 +61,14 @@ struct Units {
 };
 
 constexpr int64_t UNIT = 16;  // hidden units per block: a multiple of every vector width
-// A step's matrix product smaller than this (multiply-adds) runs on one thread: a parallel region
-// costs a few microseconds, which a backward step at B = 1, H = 128 (65k) does not earn back
-// (measured, 2 threads: forward+backward 15.5 ms split, 10.6 ms not), but a forward step there
-// does, split by units (forward 4.5 ms split, 5.0 ms not; torch.nn.LSTM 4.3 ms).
-constexpr int64_t PARALLEL_MACS = 1 << 18, FORWARD_PARALLEL_MACS = 1 << 15;
+// A step's matrix product smaller than this (multiply-adds) runs on one thread. With a region per step
+// (a fork and a join of several microseconds) a backward step at B = 1, H = 128 (65k) did not earn its
+// split (forward+backward 15.5 ms split, 10.6 ms not) and the threshold was 2^18; with one region per
+// loop and a barrier between steps (team.h) it does, measured on 2 threads at B = 1, H = 128, T = 1000
+// against torch.nn.LSTM (2026-11-30, quiet machine): forward+backward LSTM 0.71 -> 0.59, GRU 0.55 ->
+// 0.49 split from 2^14; the forward splits from 2^14 too (the vanilla step, 16k, 0.30 -> 0.29).
+// (`set_least` changes them, for measuring)
+int64_t PARALLEL_MACS = 1 << 14, FORWARD_PARALLEL_MACS = 1 << 14;
 
 // One thread's share of a step: the rows [r0, r1) of the step's n rows, and of those the units u.
 struct Share {
@@ -80,24 +86,65 @@ Split split_mode = Split::rule;
 // full K*H width and its gates stay its own), below by blocks of units.
 constexpr int64_t ROWS_PER_THREAD = 16;
 
-// One step of every fused loop: body(share) does the step's matrix product and its elementwise work
-// for one share. On one thread, or for a small step, that is one call for everything; on more, the
-// step is split over torch's threads (at::parallel_for) by blocks of batch rows where there are
-// enough of them, else by blocks of hidden units, so that the elementwise work is split like the
-// product, each thread reading the gates it computed itself (no second pass, no barrier between
-// product and gates). The region's end is the step's barrier.
-template <typename Body>
-void over_step(int64_t rows, int64_t H, int64_t macs, const Body& body, int64_t least = PARALLEL_MACS) {
-  const int64_t threads = at::get_num_threads();
-  if (macs < least || threads == 1) return body(Share{0, rows, Units{0, H}});
+// How a step is split over the threads of the loop's team: not at all (the first thread does it all), by
+// blocks of batch rows (each thread's product keeps the full K*H width and its gates stay its own), or
+// by blocks of hidden units (where there are too few rows), so that the elementwise work is split like
+// the product, each thread reading the gates it computed itself (no second pass over them).
+enum class Mode { serial, rows, units };
+
+Mode mode_of(int64_t rows, int64_t H, int64_t macs, int64_t least, int64_t threads) {
+  if (macs < least || threads == 1) return Mode::serial;
   const bool by_rows = split_mode == Split::rows || (split_mode == Split::rule && rows >= ROWS_PER_THREAD * threads);
-  if (by_rows && rows >= 2)
-    return at::parallel_for(0, rows, (rows + threads - 1) / threads,
-                            [&](int64_t r0, int64_t r1) { body(Share{r0, r1, Units{0, H}}); });
-  if (H < 2 * UNIT) return body(Share{0, rows, Units{0, H}});
-  const int64_t blocks = (H + UNIT - 1) / UNIT;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    body(Share{0, rows, Units{b0 * UNIT, std::min(H, b1 * UNIT)}});
+  if (by_rows && rows >= 2) return Mode::rows;
+  return H < 2 * UNIT ? Mode::serial : Mode::units;
+}
+
+// This thread's share of a step of `rows` rows split `mode` (it may be empty).
+Share share_of(const Team& team, Mode mode, int64_t rows, int64_t H) {
+  if (mode == Mode::rows) {
+    const auto [r0, r1] = team.block(rows);
+    return Share{r0, r1, Units{0, H}};
+  }
+  if (mode == Mode::units) {
+    const auto [k0, k1] = team.block(H, UNIT);
+    return Share{0, rows, Units{k0, k1}};
+  }
+  return team.index == 0 ? Share{0, rows, Units{0, H}} : Share{0, 0, Units{0, 0}};
+}
+
+bool empty(const Share& s) { return s.r1 <= s.r0 || s.u.k1 <= s.u.k0; }
+
+// The rows whose inputs this thread gathers for the step (the product's rows, or where the step is
+// split by units, a block of rows: the whole product reads them after a sync).
+std::pair<int64_t, int64_t> gather_rows(const Team& team, Mode mode, const Share& s, int64_t n) {
+  if (mode == Mode::units) return team.block(n);
+  return {std::min(s.r0, n), std::min(s.r1, n)};
+}
+
+// Forward in time (t = 0..T-1), or backward (t = T-1 down to -1: the backward's step t also finishes
+// the product of step t + 1, and t = -1 only that, which gives the initial state's gradient).
+template <typename Step>
+void for_each_step(int64_t steps, bool backward, const Step& step) {
+  if (!backward) {
+    for (int64_t t = 0; t < steps; ++t) step(t);
+  } else {
+    for (int64_t t = steps - 1; t >= -1; --t) step(t);
+  }
+}
+
+// Every fused loop: step(t, team) for t forward or backward in time (`for_each_step`) on every thread
+// of one team (team.h: one parallel region for the whole loop, a sync between steps), or on one thread
+// where even the largest step, of `rows` rows and `macs` multiply-adds, is not split.
+template <typename Step>
+void over_steps(int64_t steps, bool backward, int64_t rows, int64_t H, int64_t macs, int64_t least,
+                const Step& step) {
+  const bool split = mode_of(rows, H, macs, least, at::get_num_threads()) != Mode::serial;
+  in_team(split, [&](Team& team) {
+    for_each_step(steps, backward, [&](int64_t t) {
+      team.run([&] { team.fault_at(t); });
+      step(t, team);
+      team.sync();
+    });
   });
 }
 
@@ -136,11 +183,11 @@ struct Stacked {
     if (bias) buffer.select(1, depth - 1).fill_(1);  // gather never writes this column
   }
   explicit operator bool() const { return x != nullptr; }
-  // [x_t, s' * mask(, 1)] for the step's n rows; returns the rows
-  const T* gather(int64_t t, int64_t batch, int64_t n, const T* s_prev, const T* mask, int64_t H) const {
+  // [x_t, s' * mask(, 1)] for the step's rows [r0, r1) (each thread gathers its own); returns all rows
+  const T* gather(int64_t t, int64_t batch, int64_t r0, int64_t r1, const T* s_prev, const T* mask, int64_t H) const {
     T* rows = buffer.data_ptr<T>();
     const T* x_t = x + t * batch * F;
-    for (int64_t b = 0; b < n; ++b) {
+    for (int64_t b = r0; b < r1; ++b) {
       std::copy(x_t + b * F, x_t + (b + 1) * F, rows + b * depth);
       if (R == 0) continue;
       T* __restrict__ s = rows + b * depth + F;
@@ -180,12 +227,41 @@ void add_recurrent(T* carry, const T* dz, const T* v, const T* mask, int64_t row
   }
 }
 
-// The state the gates read, masked (recurrent dropout) into `scratch` where a mask is given.
+// The state the gates read, masked (recurrent dropout) into `scratch` where a mask is given (the rows
+// [r0, r1): each thread masks its own); returns all rows.
 template <typename T>
-const T* masked(const T* s, const T* mask, T* scratch, int64_t rows, int64_t H) {
+const T* masked(const T* s, const T* mask, T* scratch, int64_t r0, int64_t r1, int64_t H) {
   if (!mask) return s;
-  for (int64_t k = 0; k < rows * H; ++k) scratch[k] = s[k] * mask[k];
+  for (int64_t k = r0 * H; k < r1 * H; ++k) scratch[k] = s[k] * mask[k];
   return scratch;
+}
+
+// The rows a forward step's product reads: [x_t, s' * mask] (`stacked`), s' * mask, or s' itself; each
+// thread prepares its own rows, or where the step is split by units a block of rows and then a sync
+// (every thread's product reads every row). Returns the first row (null: the step has no product).
+template <typename T>
+const T* step_reads(Team& team, Mode mode, const Share& s, int64_t t, int64_t batch, int64_t n,
+                    const Stacked<T>& stacked, const T* vt, const T* s_prev, const T* mask, T* scratch, int64_t H) {
+  if (!stacked && !(vt && mask)) return vt ? s_prev : nullptr;
+  const auto [q0, q1] = gather_rows(team, mode, s, n);
+  team.run([&] {
+    if (stacked) stacked.gather(t, batch, q0, q1, s_prev, mask, H); else masked(s_prev, mask, scratch, q0, q1, H);
+  });
+  if (mode == Mode::units) team.sync();
+  return stacked ? stacked.buffer.template data_ptr<T>() : scratch;
+}
+
+// A forward share's product into its gates g (the step's first row; K gates): [x_t, s'] [U; V]^T (+ b)
+// written where the step multiplies its inputs, else V s' added to the Zx already there.
+template <typename T>
+void step_product(const Share& s, int64_t rows, int64_t K, int64_t H, const T* read, const Stacked<T>& stacked,
+                  const T* vt, const T* vt_panels, T* g) {
+  const int64_t o = s.r0 * H;
+  if (stacked)
+    gate_product(rows, K, H, s.u, read + s.r0 * stacked.depth, stacked.depth, stacked.depth, stacked.w.template data_ptr<T>(),
+                 g + K * o, false, panel_ptr<T>(stacked.panels));
+  else if (vt)
+    gate_product(rows, K, H, s.u, read + o, H, H, vt, g + K * o, true, vt_panels);
 }
 
 template <typename T>
@@ -569,20 +645,9 @@ int64_t scan_gate_count(ScanKind scan, Kind kind) {
   return scan == ScanKind::lstm ? 4 : scan == ScanKind::gru ? 2 : kind == Kind::forget ? 3 : kind == Kind::input ? 2 : 1;
 }
 // --- the six entry points of `fused` ------------------------------------------------------------
-// Each is one time loop (`for_each_step`) of one step function. A step's parallel region
-// (`over_step`) runs the matrix product of the step and its elementwise work for a block of rows
-// or of units.
-
-// Forward in time (t = 0..T-1), or backward (t = T-1 down to -1: the backward's step t also finishes
-// the product of step t + 1, and t = -1 only that, which gives the initial state's gradient).
-template <typename Step>
-void for_each_step(int64_t steps, bool backward, const Step& step) {
-  if (!backward) {
-    for (int64_t t = 0; t < steps; ++t) step(t);
-  } else {
-    for (int64_t t = steps - 1; t >= -1; --t) step(t);
-  }
-}
+// Each is one time loop (`over_steps`) of one step function, which runs on every thread of the team the
+// thread's share of the step (`share_of`): the matrix product and the elementwise work for a block of
+// rows or of units.
 
 // Contiguous copies where the loops read through raw pointers (V^T for the forward product).
 struct Weights {
@@ -643,23 +708,23 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
     const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
     const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
-    for_each_step(steps, false, [&](int64_t t) {
+    const int64_t macs_per_row = 4 * H * (stacked.depth + H);
+    over_steps(steps, false, rows_at(sizes, 0, batch), H, rows_at(sizes, 0, batch) * macs_per_row,
+               FORWARD_PARALLEL_MACS, [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
+      const Mode mode = mode_of(n, H, n * macs_per_row, FORWARD_PARALLEL_MACS, team.size);
+      const Share s = share_of(team, mode, n, H);
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
-      const T* read = stacked ? stacked.gather(t, batch, n, h_prev, m, H)
-                      : vt    ? masked(h_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T* g_t = g + (t % gates.size(0)) * 4 * step;
       T *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step, *h_t = h + t * step;
-      over_step(n, H, n * 4 * H * (stacked.depth + H), [&](Share s) {
+      const T* read = step_reads(team, mode, s, t, batch, n, stacked, vt, h_prev, m, scratch.data_ptr<T>(), H);
+      if (empty(s)) return;
+      team.run([&] {
         const int64_t rows = s.rows(n), o = s.r0 * H;
-        if (stacked)
-          gate_product(rows, 4, H, s.u, read + s.r0 * stacked.depth, stacked.depth, stacked.depth,
-                       stacked.w.data_ptr<T>(), g_t + 4 * o, false, panel_ptr<T>(stacked.panels));
-        else if (vt)
-          gate_product(rows, 4, H, s.u, read + o, H, H, vt, g_t + 4 * o, true, panel_ptr<T>(weights.vt_panels));
+        step_product(s, rows, 4, H, read, stacked, vt, panel_ptr<T>(weights.vt_panels), g_t);
         lstm_forward_step<T>(act, sigma, g_t + 4 * o, step_bias, c_prev + o, c_t + o, tc_t + o, h_t + o, rows, H, s.u);
-      }, FORWARD_PARALLEL_MACS);
+      });
     });
   });
 }
@@ -690,9 +755,12 @@ void lstm_backward(const std::string& act_name, const std::string& sigma_name, c
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *dout = d_out.data_ptr<T>();
     const T *v = weights.v_ptr<T>(), *m = weights.mask_ptr<T>();
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>();
-    for_each_step(steps, true, [&](int64_t t) {
+    over_steps(steps, true, batch, H, batch * 4 * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
       const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
-      over_step(std::max(n, later), H, std::max(n, later) * 4 * H * H, [&](Share s) {
+      const int64_t rows = std::max(n, later);
+      const Share s = share_of(team, mode_of(rows, H, rows * 4 * H * H, PARALLEL_MACS, team.size), rows, H);
+      if (empty(s)) return;
+      team.run([&] {
         const int64_t o = s.r0 * H;
         // dh' = dz V (masked), from step t + 1: the LSTM has no direct term
         if (t + 1 < steps)
@@ -732,22 +800,22 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
     const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
     const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
-    for_each_step(steps, false, [&](int64_t t) {
+    const int64_t macs_per_row = K * H * (stacked.depth + H);
+    over_steps(steps, false, rows_at(sizes, 0, batch), H, rows_at(sizes, 0, batch) * macs_per_row,
+               FORWARD_PARALLEL_MACS, [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
+      const Mode mode = mode_of(n, H, n * macs_per_row, FORWARD_PARALLEL_MACS, team.size);
+      const Share sh = share_of(team, mode, n, H);
       const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
-      const T* read = stacked ? stacked.gather(t, batch, n, s_prev, m, H)
-                      : vt    ? masked(s_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
-      over_step(n, H, n * K * H * (stacked.depth + H), [&](Share sh) {
+      const T* read = step_reads(team, mode, sh, t, batch, n, stacked, vt, s_prev, m, scratch.data_ptr<T>(), H);
+      if (empty(sh)) return;
+      team.run([&] {
         const int64_t rows = sh.rows(n), o = sh.r0 * H;
-        if (stacked)
-          gate_product(rows, K, H, sh.u, read + sh.r0 * stacked.depth, stacked.depth, stacked.depth,
-                       stacked.w.data_ptr<T>(), g_t + K * o, false, panel_ptr<T>(stacked.panels));
-        else if (vt)
-          gate_product(rows, K, H, sh.u, read + o, H, H, vt, g_t + K * o, true, panel_ptr<T>(weights.vt_panels));
+        step_product(sh, rows, K, H, read, stacked, vt, panel_ptr<T>(weights.vt_panels), g_t);
         gated_forward_step<T>(kind, act, sigma, g_t + K * o, step_bias, s_prev + o, s + t * batch * H + o, rows, H,
                               sh.u);
-      }, FORWARD_PARALLEL_MACS);
+      });
     });
   });
 }
@@ -776,9 +844,12 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
     const T *g = gates.data_ptr<T>(), *s = states.data_ptr<T>(), *dout = d_out.data_ptr<T>();
     const T *v = weights.v_ptr<T>(), *m = weights.mask_ptr<T>();
     T *ds = carry.data_ptr<T>(), *d = dz.data_ptr<T>();
-    for_each_step(steps, true, [&](int64_t t) {
+    over_steps(steps, true, batch, H, batch * K * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
       const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
-      over_step(std::max(n, later), H, std::max(n, later) * K * H * H, [&](Share sh) {
+      const int64_t rows = std::max(n, later);
+      const Share sh = share_of(team, mode_of(rows, H, rows * K * H * H, PARALLEL_MACS, team.size), rows, H);
+      if (empty(sh)) return;
+      team.run([&] {
         const int64_t o = sh.r0 * H;
         if (t + 1 < steps && v)
           add_recurrent(ds + o, d + (t + 1) * batch * K * H + K * o, v, m ? m + o : nullptr, sh.rows(later), K * H, H,
@@ -824,13 +895,19 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
     const T* bhh = b_hh.defined() ? b_hh.data_ptr<T>() : nullptr;
     const int64_t ring = zhs ? zhs->size(0) : 1;
-    for_each_step(steps, false, [&](int64_t t) {
+    const Stacked<T> none(optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), batch);
+    const int64_t macs_per_row = K * H * (F + H);  // the GRU multiplies x_t and s' apart (zh = V s' is kept)
+    over_steps(steps, false, rows_at(sizes, 0, batch), H, rows_at(sizes, 0, batch) * macs_per_row,
+               FORWARD_PARALLEL_MACS, [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
+      const Mode mode = mode_of(n, H, n * macs_per_row, FORWARD_PARALLEL_MACS, team.size);
+      const Share sh = share_of(team, mode, n, H);
       const T* s_prev = t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H;
-      const T* read = vt ? masked(s_prev, m, scratch.data_ptr<T>(), n, H) : nullptr;
       T* zh_t = zh ? zh + (t % ring) * batch * 3 * H : nullptr;
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
-      over_step(n, H, n * K * H * (F + H), [&](Share sh) {
+      const T* read = step_reads(team, mode, sh, t, batch, n, none, vt, s_prev, m, scratch.data_ptr<T>(), H);
+      if (empty(sh)) return;
+      team.run([&] {
         const int64_t rows = sh.rows(n), o = sh.r0 * H;
         T* zh_s = zh_t ? zh_t + 3 * o : nullptr;
         if (F)
@@ -838,7 +915,7 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
                        g_t + K * o, false, panel_ptr<T>(ut_panels));
         if (vt) gate_product(rows, 3, H, sh.u, read + o, H, H, vt, zh_s, false, panel_ptr<T>(weights.vt_panels));
         gru_forward_step<T>(act, sigma, g_t + K * o, b, zh_s, bhh, s_prev + o, h + t * batch * H + o, rows, H, sh.u);
-      }, FORWARD_PARALLEL_MACS);
+      });
     });
   });
 }
@@ -870,9 +947,12 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
     const T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *dout = d_out.data_ptr<T>(), *zh = pointer<T>(zhs);
     const T *v = weights.v_ptr<T>(), *m = weights.mask_ptr<T>();
     T *ds = carry.data_ptr<T>(), *dx = dzx.data_ptr<T>(), *dh = pointer<T>(dzh);
-    for_each_step(steps, true, [&](int64_t t) {
+    over_steps(steps, true, batch, H, batch * K * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
       const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
-      over_step(std::max(n, later), H, std::max(n, later) * K * H * H, [&](Share sh) {
+      const int64_t rows = std::max(n, later);
+      const Share sh = share_of(team, mode_of(rows, H, rows * K * H * H, PARALLEL_MACS, team.size), rows, H);
+      if (empty(sh)) return;
+      team.run([&] {
         const int64_t o = sh.r0 * H;
         if (t + 1 < steps && dh)
           add_recurrent(ds + o, dh + (t + 1) * batch * 3 * H + 3 * o, v, m ? m + o : nullptr, sh.rows(later), 3 * H, H,
@@ -888,7 +968,7 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
 }
 
 
-// For measuring the two splits against each other (`over_step`): 'rule', 'units' or 'rows'.
+// For measuring the two splits against each other (`mode_of`): 'rule', 'units' or 'rows'.
 void set_split(const std::string& mode) {
   TORCH_CHECK_VALUE(mode == "rule" || mode == "units" || mode == "rows", "set_split: 'rule', 'units' or 'rows'; got ",
                     mode);
@@ -1085,6 +1165,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward, "fused GRU loop, backward");
   m.def("set_panels", [](bool on) { panels_on = on; }, "pack step weights in panels (default True; for measuring)");
   m.def("set_split", &set_split, "how steps split over threads: 'rule' (default), 'units' or 'rows' (for measuring)");
+  m.def("set_least", [](int64_t forward, int64_t backward) { FORWARD_PARALLEL_MACS = forward, PARALLEL_MACS = backward; },
+        "the multiply-adds from which a forward / backward step is split over threads (for measuring)");
+  m.def("least", [] { return std::pair<int64_t, int64_t>{FORWARD_PARALLEL_MACS, PARALLEL_MACS}; },
+        "the multiply-adds from which a forward / backward step is split over threads");
+  m.def("set_fault", [](std::optional<int64_t> step) { fault_armed = step.has_value(), fault_step = step.value_or(0); },
+        "for testing: step `step` of the next loops throws in the last thread of their team (None: never)");
+  m.def("in_parallel_region", [](const py::function& call) {
+    // for testing the loops' serial fallback: call() on the first thread of a parallel region of torch's threads
+    std::exception_ptr error;
+#ifdef _OPENMP
+#pragma omp parallel
+    {
+      if (omp_get_thread_num() == 0) try { call(); } catch (...) { error = std::current_exception(); }
+    }
+#else
+    call();
+#endif
+    if (error) std::rethrow_exception(error);
+  }, "for testing: call() on the first thread of an OpenMP parallel region of torch's threads");
   m.def("product", &product, "a @ b (2-D), through oneDNN for floats where torch has it");
   m.def("linear_scan_forward", &linear_scan_forward, "s_t = f_t s_{t-1} + b_t over dim 1");
   m.def("linear_scan_backward", &linear_scan_backward, "the backward of linear_scan_forward");

@@ -1,0 +1,108 @@
+// A time loop's threads as one team for the whole loop (loops.cpp, cell_loops.cpp). compiled.py hashes
+// this header into each including module's build key.
+//
+// Splitting each step over threads with at::parallel_for opens one OpenMP parallel region per step: a
+// fork and a join of several microseconds, which the small steps of a recurrent loop (a few tens of
+// microseconds at B = 32, H = 128) do not earn back. Here the loop opens ONE region (`in_team`), each
+// thread takes its fixed share of every step, and the steps are separated by a barrier (`Team::sync`).
+//
+// Rules for the code inside: every thread of the team passes the same `sync`s in the same order (so the
+// loop's control flow must depend only on what every thread computes alike); only the work inside
+// `Team::run` may throw: the first exception is kept, the team's remaining work is skipped (the syncs are
+// still passed, so no thread waits forever) and it is rethrown after the region, on the caller's thread;
+// no ATen operation inside may itself go parallel (inside the region at::in_parallel_region() is true,
+// so ATen runs nested work serially). The team is one thread (no region) where the caller is already
+// inside a parallel region (its own parallel code, at::parallel_for), where torch runs one thread, and
+// where the module is built without OpenMP (ATen's backend is not OpenMP: compiled.py adds no -fopenmp).
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+
+// For testing that an exception inside the loop surfaces as one error: where `fault_armed`, the step
+// `fault_step` (-1: the backward's last) throws in the last thread of the team. The modules' `set_fault`.
+inline bool fault_armed = false;
+inline int64_t fault_step = 0;
+
+// What the threads of one team share: whether a part has failed, and the first exception.
+struct TeamState {
+  std::atomic<bool> failed{false};
+  std::atomic_flag taken = ATOMIC_FLAG_INIT;
+  std::exception_ptr error;
+  void rethrow() const {
+    if (error) std::rethrow_exception(error);
+  }
+};
+
+// One thread of a team: its index among `size`.
+class Team {
+ public:
+  Team(TeamState& state, int64_t size, int64_t index) : size(size), index(index), state_(state) {}
+  const int64_t size, index;
+
+  // work(), unless a thread of the team has failed; an exception is kept (the first) and fails the team
+  template <typename Work>
+  void run(const Work& work) {
+    if (state_.failed.load(std::memory_order_relaxed)) return;
+    try {
+      work();
+    } catch (...) {
+      if (!state_.taken.test_and_set()) state_.error = std::current_exception();
+      state_.failed.store(true);
+    }
+  }
+  // the barrier between the steps (or the phases of one step): every thread of the team passes it
+  void sync() const {
+#ifdef _OPENMP
+    if (size > 1) {
+#pragma omp barrier
+    }
+#endif
+  }
+  // [begin, end) of this thread's block of n items (blocks of `unit` items, the last one may be short;
+  // contiguous, in thread order, as at::parallel_for splits a range)
+  std::pair<int64_t, int64_t> block(int64_t n, int64_t unit = 1) const {
+    const int64_t units = (n + unit - 1) / unit, per = (units + size - 1) / size;
+    const int64_t begin = std::min(n, index * per * unit), end = std::min(n, (index + 1) * per * unit);
+    return {begin, end};
+  }
+  // the step `t` throws here when set_fault(t) asked it to (for testing)
+  void fault_at(int64_t t) const {
+    TORCH_CHECK(!fault_armed || t != fault_step || index != size - 1, "rnnlab loops: the fault asked for at step ", t,
+                " (set_fault), in thread ", index, " of ", size);
+  }
+
+ private:
+  TeamState& state_;
+};
+
+// body(team) on every thread of a team of torch's intra-op threads (one region), or on the calling thread
+// alone where `parallel` is false or no team can be formed; then the first exception inside is rethrown.
+template <typename Body>
+void in_team(bool parallel, const Body& body) {
+  TeamState state;
+#ifdef _OPENMP
+  if (parallel && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    // no num_threads clause (as at::parallel_for: it makes GOMP rebuild its pool): torch's threads
+#pragma omp parallel
+    {
+      Team team(state, omp_get_num_threads(), omp_get_thread_num());
+      body(team);
+    }
+    state.rethrow();
+    return;
+  }
+#endif
+  Team team(state, 1, 0);
+  body(team);
+  state.rethrow();
+}
