@@ -679,7 +679,8 @@ def test_an_error_inside_the_loop_surfaces_once(cls, step, threads):
     try:
         ys, _ = kernels.fused(cell, xs, state, y_prev, lengths, masks) if backward else (None, None)
         module.set_fault(step)  # after the forward where the backward's step is meant
-        with pytest.raises(RuntimeError, match=f"fault asked for at step {step} .*in thread {threads - 1} of {threads}"):
+        fault = f"fault asked for at step {step} .*in thread {threads - 1} of {threads}"
+        with pytest.raises(RuntimeError, match=fault):
             if backward:
                 ys.sum().backward()
             else:

@@ -26,7 +26,8 @@ the core never prints, and the CLI shows warnings on stderr.
 Flags: -O3 -march=native, -fopenmp-simd for the `omp simd` loops, -fopenmp where torch's ATen is
 built on OpenMP (without it the loops' one parallel region per time loop, team.h, and
 at::parallel_for compile to serial code: the steps ran on one thread whatever torch.set_num_threads
-said; the OpenMP calls resolve to the runtime torch has loaded, so both share one thread pool), and ATen's AVX2 vector functions where the CPU has them.
+said; the OpenMP calls resolve to the runtime torch has loaded, so both share one thread pool),
+and ATen's AVX2 vector functions where the CPU has them.
 No -ffast-math: it lets the compiler assume that no NaN or inf occurs, and measured no faster here
 (LSTM, B = 1 and 32).
 """
