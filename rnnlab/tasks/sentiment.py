@@ -13,7 +13,11 @@ the snippets), so no film is in two splits.
 --pretrain-steps N first trains the embedding and the core as a language model (Dai and Le, 2015)
 on unlabelled text that holds no validation or test movie (`unlabelled_text`: the training
 snippets without their labels, and plot summaries), the next token scored against the embedding
-itself (tied weights); the classifier then starts from those weights.
+itself (tied weights); the classifier then starts from those weights. --pretrained-lr and
+--frozen-steps fine-tune them gently (Howard and Ruder, 2018): the pretrained embedding and core
+learn at that fraction of the readout's learning rate, and only after the readout has learnt alone
+for that many steps (the Trainer's parameter groups). --pool concat reads the last output, the max
+and the mean side by side (their concat pooling).
 """
 
 from __future__ import annotations
