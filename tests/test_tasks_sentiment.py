@@ -185,7 +185,8 @@ def test_pretrained_layers_fine_tune_at_their_own_rate_and_start_frozen(tmp_path
     changed = {k for k, v in task.model.state_dict().items() if not torch.equal(v, pretrained_weights[k])}
     assert changed == {"readout.1.weight", "readout.1.bias"}  # the pretrained layers wait for step 5
     run = tmp_path / "run"
-    flags = [*TINY, "--pretrain-steps", "2", "--pretrain-outputs", "30", "--pretrained-lr", "0.5", "--frozen-steps", "3"]
+    flags = [*TINY, "--pretrain-steps", "2", "--pretrain-outputs", "30", "--pretrained-lr", "0.5",
+             "--frozen-steps", "3"]
     assert main(["train", "sentiment", *flags, "--steps", "2", "--out", str(run)]) == 0
     assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
     assert "0.5 x the readout's learning rate" in capsys.readouterr().out
