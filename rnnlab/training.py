@@ -495,7 +495,7 @@ class Trainer:
         else:
             windows = [batch.window(t, t + k) for t in range(0, batch.steps, k)]
         lr, teacher_forcing = self.config.learning_rate(self.step), self.config.teacher_forcing_at(self.step)
-        for group in self.optimizer.param_groups:  # --parameter groups: their own scale, frozen at first
+        for group in self.optimizer.param_groups:  # parameter_groups: their own scale, fixed at first
             group["lr"] = 0.0 if self.step < group.get("frozen_steps", 0) else lr * group.get("lr_scale", 1.0)
         self.model.train()
         total, count = 0.0, 0
