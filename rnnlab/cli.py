@@ -314,7 +314,8 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
         if pretrained is not None:
             RunDir(run_dir).write_json("pretraining.json", pretrained)
     parts = (task.model, task.batches(train_config.seed), task.loss, train_config)
-    options = dict(evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task), solved=task.solved)
+    options = dict(evaluate=task.evaluate, run_dir=run_dir, run_config=run_config(task), solved=task.solved,
+                   parameter_groups=task.parameter_groups())
     trainer = Trainer(*parts, **options) if group is None else distributed.DistributedTrainer(group, *parts, **options)
     if resumed:
         trainer.resume()

@@ -271,7 +271,7 @@ class DistributedTrainer(Trainer):
     `state_dict`, `save_checkpoint`, `resume` and `fit` are collective: every rank calls them."""
 
     def __init__(self, group: Group, model: nn.Module, batches, loss_fn, config, *, evaluate=None, run_dir=None,
-                 run_config=None, on_event=None, solved=None):
+                 run_config=None, on_event=None, solved=None, parameter_groups=None):
         if not isinstance(group, Group):
             raise TypeError(f"DistributedTrainer: group must be a Group (from rnnlab.distributed.join); got "
                             f"{type(group).__name__}")
@@ -279,7 +279,7 @@ class DistributedTrainer(Trainer):
         self.shards = ShardedBatches(batches, group.rank, group.world_size)
         super().__init__(model, self.shards, loss_fn, config, evaluate=evaluate,
                          run_dir=run_dir if group.rank == 0 else None, run_config=run_config, on_event=on_event,
-                         solved=solved)
+                         solved=solved, parameter_groups=parameter_groups)
         self.checkpointing = run_dir is not None  # on every rank: saving a checkpoint is collective
         # Broadcasts rank 0's weights at once; averages the gradients in backward.
         self.replicated = DistributedDataParallel(_LossOfModel(self.model, loss_fn))

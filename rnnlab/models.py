@@ -126,14 +126,17 @@ class SequenceToVector(nn.Module):
     """Sequence in, one output (the lecture's "single output"): y = f(pool(outputs)).
 
     pool: 'last' (the output at each sequence's last valid step; default), 'mean' or 'max' over
-    the valid steps. For a `Bidirectional` core prefer 'mean' or 'max': at the last step its
-    backward half has read one element only.
+    the valid steps, or 'concat': [last, max, mean] side by side (Howard and Ruder's concat pooling,
+    2018), so the readout reads 3x the core's output size (`POOL_WIDTH`). For a `Bidirectional`
+    core prefer 'mean' or 'max': at the last step its backward half has read one element only.
     """
+
+    POOL_WIDTH = {"last": 1, "mean": 1, "max": 1, "concat": 3}  # the summary's size in core outputs
 
     def __init__(self, core: nn.Module, readout: nn.Module, input_map: nn.Module | None = None, pool: str = "last"):
         super().__init__()
-        if pool not in ("last", "mean", "max"):
-            raise ValueError(f"SequenceToVector: pool must be 'last', 'mean' or 'max'; got {pool!r}")
+        if pool not in self.POOL_WIDTH:
+            raise ValueError(f"SequenceToVector: pool must be 'last', 'mean', 'max' or 'concat'; got {pool!r}")
         if core.feedback_size:
             raise ValueError("SequenceToVector: the core must not feed back its output; there is one output only")
         self.core, self.readout, self.input_map, self.pool = core, readout, input_map, pool
@@ -143,16 +146,18 @@ class SequenceToVector(nn.Module):
             xs = self.input_map(xs)
         outputs, state = self.core(xs, state, lengths=lengths)
         if self.pool == "last":
-            summary = last_valid(outputs, lengths)
-        else:
-            valid = valid_steps(None if lengths is None else torch.as_tensor(lengths, device=xs.device), xs.shape[1])
-            if self.pool == "mean":  # the sum over valid steps only: whatever lies past them never counts
-                summary = outputs.mean(1) if valid is None else \
-                    without_padding(outputs, valid).sum(1) / valid.sum(1, keepdim=True)
-            else:
-                masked = outputs if valid is None else outputs.masked_fill(~valid[..., None], float("-inf"))
-                summary = masked.amax(1)
-        return self.readout(summary), state
+            return self.readout(last_valid(outputs, lengths)), state
+        valid = valid_steps(None if lengths is None else torch.as_tensor(lengths, device=xs.device), xs.shape[1])
+        summaries = []
+        if self.pool == "concat":
+            summaries.append(last_valid(outputs, lengths))
+        if self.pool in ("max", "concat"):
+            masked = outputs if valid is None else outputs.masked_fill(~valid[..., None], float("-inf"))
+            summaries.append(masked.amax(1))
+        if self.pool in ("mean", "concat"):  # the sum over valid steps only: whatever lies past them never counts
+            summaries.append(outputs.mean(1) if valid is None else
+                             without_padding(outputs, valid).sum(1) / valid.sum(1, keepdim=True))
+        return self.readout(torch.cat(summaries, -1) if len(summaries) > 1 else summaries[0]), state
 
 
 class VectorToSequence(nn.Module):

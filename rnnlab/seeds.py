@@ -95,7 +95,8 @@ def run_seed(task_name: str, task_config, train_config: TrainConfig, run_dir: st
     seed_everything(seed)  # before the model is built: the same start as `rnnlab train --seed S`
     task = cls(task_config)
     trainer = Trainer(task.model, task.batches(seed), task.loss, train_config, evaluate=task.evaluate,
-                      run_dir=run_dir, run_config=run_config(task), on_event=on_event, solved=task.solved)
+                      run_dir=run_dir, run_config=run_config(task), on_event=on_event, solved=task.solved,
+                      parameter_groups=task.parameter_groups())
     pretrained = {"elapsed_s": 0.0, "cpu_s": 0.0}
     if run.has_checkpoint():
         trainer.resume()

@@ -132,6 +132,37 @@ class TrainConfig:
         return end + (start - end) * weight
 
 
+def _check_parameter_groups(model: nn.Module, groups) -> list[dict[str, Any]] | None:
+    """The Trainer's parameter_groups, checked: dicts whose "params" cover each trainable parameter
+    of `model` once, "lr_scale" a number >= 0, "frozen_steps" an int >= 0."""
+    if groups is None:
+        return None
+    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) for g in groups):
+        raise TypeError(f"Trainer: parameter_groups must be a list of dicts; got {type(groups).__name__}")
+    seen: dict[int, int] = {}
+    checked = []
+    for i, group in enumerate(groups):
+        unknown = set(group) - {"params", "lr_scale", "frozen_steps"}
+        if unknown or "params" not in group:
+            raise ValueError(f"Trainer: parameter_groups[{i}] must have 'params' and optionally 'lr_scale', "
+                             f"'frozen_steps'; got keys {sorted(group)}")
+        scale, frozen = group.get("lr_scale", 1.0), group.get("frozen_steps", 0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+            raise ValueError(f"Trainer: parameter_groups[{i}]['lr_scale'] must be a number >= 0; got {scale!r}")
+        if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
+            raise ValueError(f"Trainer: parameter_groups[{i}]['frozen_steps'] must be an int >= 0; got {frozen!r}")
+        checked.append({**group, "params": list(group["params"])})
+        for p in checked[-1]["params"]:
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if set(seen) != trainable or any(n > 1 for n in seen.values()):
+        missing, extra = len(trainable - set(seen)), len(set(seen) - trainable)
+        twice = sum(n > 1 for n in seen.values())
+        raise ValueError(f"Trainer: parameter_groups must hold each trainable parameter of the model once; got "
+                         f"{missing} missing, {extra} not the model's trainable parameters, {twice} twice")
+    return checked
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) and Python's random, before the model is built."""
     random.seed(seed)
@@ -183,6 +214,11 @@ class Trainer:
             no_grad every `eval_every` steps and at the end; drives early stopping and best.safetensors.
         solved: whether an evaluation's metrics meet the task's own goal (e.g. the copy task's
             accuracy target); training stops there ('solved'). None: never.
+        parameter_groups: the model's trainable parameters split into groups that learn at their own
+            pace (discriminative learning rates, Howard and Ruder 2018): dicts of "params", and
+            optionally "lr_scale" (the group's learning rate is the schedule's times this; default 1)
+            and "frozen_steps" (no update, weight decay included, before this step; default 0). Each
+            trainable parameter in exactly one group. None: one group of all, at the schedule's rate.
         run_dir: where checkpoints, config.json, metrics.jsonl and loss.png go (None: nowhere).
         run_config: JSON-able description of what is trained (task and its config), stored in
             config.json next to the TrainConfig so that the run can be rebuilt.
@@ -193,11 +229,13 @@ class Trainer:
     def __init__(self, model: nn.Module, batches, loss_fn: LossFn, config: TrainConfig, *,
                  evaluate: Evaluate | None = None, run_dir: str | Path | None = None,
                  run_config: dict[str, Any] | None = None, on_event: Callable[[dict], None] | None = None,
-                 solved: Callable[[dict[str, float]], bool] | None = None):
+                 solved: Callable[[dict[str, float]], bool] | None = None,
+                 parameter_groups: list[dict[str, Any]] | None = None):
         if not isinstance(config, TrainConfig):
             raise ValueError(f"Trainer: config must be a TrainConfig; got {type(config).__name__}")
         self.config, self.device = config, resolve_device(config.device)
         self.model = model.to(self.device)
+        self.parameter_groups = _check_parameter_groups(model, parameter_groups)
         self.batches, self.loss_fn, self.evaluate_fn, self.solved_fn = batches, loss_fn, evaluate, solved
         self.solved = False  # the last evaluation met the task's goal
         self.run = RunDir(run_dir) if run_dir is not None else None
@@ -222,6 +260,8 @@ class Trainer:
         c, params = self.config, [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("Trainer: model must have trainable parameters; it has none")
+        if self.parameter_groups is not None:
+            params = [{"lr_scale": 1.0, "frozen_steps": 0, **group} for group in self.parameter_groups]
         if c.optimizer == "adam":
             return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
         if c.optimizer == "adamw":
@@ -455,8 +495,8 @@ class Trainer:
         else:
             windows = [batch.window(t, t + k) for t in range(0, batch.steps, k)]
         lr, teacher_forcing = self.config.learning_rate(self.step), self.config.teacher_forcing_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # parameter_groups: their own scale, fixed at first
+            group["lr"] = 0.0 if self.step < group.get("frozen_steps", 0) else lr * group.get("lr_scale", 1.0)
         self.model.train()
         total, count = 0.0, 0
         for window in windows:

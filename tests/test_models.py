@@ -103,6 +103,20 @@ def test_sequence_to_vector_uses_last_valid_step():
     assert maxed(xs, lengths)[0].shape == (3, 2)
 
 
+def test_concat_pool_is_last_max_and_mean_of_the_valid_steps_side_by_side():
+    core = R.Recurrent(R.LSTMCell(I, H))
+    model = R.SequenceToVector(core, nn.Identity(), pool="concat")
+    xs, lengths = torch.randn(3, 6, I), torch.tensor([6, 2, 4])
+    summary, _ = model(xs, lengths)
+    assert summary.shape == (3, 3 * H)
+    for i, n in enumerate(lengths.tolist()):  # the padding past each length never counts
+        outs = core(xs[i:i + 1, :n])[0][0]
+        torch.testing.assert_close(summary[i], torch.cat([outs[-1], outs.amax(0), outs.mean(0)]))
+    assert R.SequenceToVector.POOL_WIDTH["concat"] == 3
+    with pytest.raises(ValueError, match="pool must be 'last', 'mean', 'max' or 'concat'; got 'sum'"):
+        R.SequenceToVector(core, nn.Identity(), pool="sum")
+
+
 def test_sequence_to_vector_with_embedding_input():
     model = R.SequenceToVector(R.Recurrent(R.LSTMCell(4, H)), nn.Linear(H, 2), input_map=nn.Embedding(10, 4))
     y, _ = model(torch.randint(0, 10, (2, 5)), torch.tensor([5, 3]))

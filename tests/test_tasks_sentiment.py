@@ -158,3 +158,40 @@ def test_train_with_pretraining_through_the_cli_and_resume(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "sentiment", "--pretrain-plots", "all"])
     assert "--pretrain-plots: invalid choice: 'all'" in capsys.readouterr().err
+
+
+def test_concat_pool_reads_three_summaries_and_trains():
+    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=8, pool="concat"))
+    assert task.model.readout[-1].in_features == 3 * 8 and "concat pool" in task.describe()
+    loss, _, _ = task.loss(task.model, next(task.batches(0)), None, 1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and task.model.core.layers[0].cell.weight_hh.grad.abs().sum() > 0
+
+
+def test_pretrained_layers_fine_tune_at_their_own_rate_and_start_frozen(tmp_path, capsys):
+    assert SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2)).parameter_groups() is None
+    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2, pretrained_lr=0.3, frozen_steps=5))
+    pretrained, readout = task.parameter_groups()
+    assert (pretrained["lr_scale"], pretrained["frozen_steps"]) == (0.3, 5) and "lr_scale" not in readout
+    ids = {id(p) for g in (pretrained, readout) for p in g["params"]}
+    assert ids == {id(p) for p in task.model.parameters()} and len(pretrained["params"]) + len(readout["params"]) \
+        == len(list(task.model.parameters()))
+    assert {id(p) for p in readout["params"]} == {id(p) for p in task.model.readout.parameters()}
+    assert "0.3 x the readout's learning rate" in task.describe() and "frozen for the first 5 steps" in task.describe()
+    task.pretraining(TrainConfig(threads=1)).fit()
+    pretrained_weights = {k: v.clone() for k, v in task.model.state_dict().items()}
+    Trainer(task.model, task.batches(0), task.loss, TrainConfig(steps=3, threads=1),
+            parameter_groups=task.parameter_groups()).fit()
+    changed = {k for k, v in task.model.state_dict().items() if not torch.equal(v, pretrained_weights[k])}
+    assert changed == {"readout.1.weight", "readout.1.bias"}  # the pretrained layers wait for step 5
+    run = tmp_path / "run"
+    flags = [*TINY, "--pretrain-steps", "2", "--pretrain-outputs", "30", "--pretrained-lr", "0.5",
+             "--frozen-steps", "3"]
+    assert main(["train", "sentiment", *flags, "--steps", "2", "--out", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
+    assert "0.5 x the readout's learning rate" in capsys.readouterr().out
+    for name in ("pretrained_lr", "frozen_steps"):
+        with pytest.raises(ValueError, match=f"{name} must be none without --pretrain-steps"):
+            SentimentConfig(**{name: 1})
+    assert main(["train", "sentiment", *TINY, "--pretrain-steps", "2", "--pretrained-lr", "0"]) == 2
+    assert "--pretrained-lr must be None or a number in (0, 1]; got 0.0" in capsys.readouterr().err

@@ -388,3 +388,78 @@ def test_ema_decay_must_lie_between_0_and_1():
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="ema_decay"):
             TrainConfig(ema_decay=bad)
+
+
+# --- parameter groups (discriminative learning rates, layers frozen at first) -----------------
+
+
+def test_parameter_groups_scale_the_learning_rate_and_freeze_a_group_for_its_first_steps():
+    model = Regression()
+    start = weights(model)
+    groups = [{"params": model.core.parameters(), "lr_scale": 0.25, "frozen_steps": 2},
+              {"params": model.readout.parameters()}]
+    rates, moved = [], []
+
+    def record(event):
+        if event["kind"] == "step":
+            rates.append([g["lr"] for g in trainer.optimizer.param_groups])
+            moved.append(not torch.equal(model.core.layers[0].cell.weight_hh, start["core.layers.0.cell.weight_hh"]))
+
+    trainer = Trainer(model, Stream(), spying_loss([]), quick(steps=4, lr=0.1, optimizer="adamw",
+                                                              weight_decay=0.3), on_event=record,
+                      parameter_groups=groups)
+    trainer.fit()
+    schedule = [trainer.config.learning_rate(s) for s in range(4)]
+    assert [r[1] for r in rates] == pytest.approx(schedule)  # the readout: the schedule itself
+    assert [r[0] for r in rates] == pytest.approx([0, 0, 0.25 * schedule[2], 0.25 * schedule[3]])
+    assert moved == [False, False, True, True]  # frozen, weight decay included, for its first 2 steps
+    assert not torch.equal(model.readout.weight, start["readout.weight"])
+
+
+def test_parameter_groups_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    text = write_play(tmp_path / "play.txt")
+
+    def trainer(run_dir, on_event=None):
+        task = tiny_task(text)
+        readout = list(task.model.readout.parameters())
+        rest = [p for p in task.model.parameters() if all(p is not q for q in readout)]
+        config = quick(steps=20, eval_every=5, checkpoint_every=7, log_every=2)
+        return Trainer(task.model, task.batches(0), task.loss, config, evaluate=task.evaluate, run_dir=run_dir,
+                       run_config=run_config(task), on_event=on_event,
+                       parameter_groups=[{"params": rest, "lr_scale": 0.5, "frozen_steps": 12}, {"params": readout}])
+
+    whole = trainer(tmp_path / "whole")
+    whole.fit()
+
+    def stop_halfway(event):
+        if event["kind"] == "step" and event["step"] == 10:
+            first.request_stop()
+
+    first = trainer(tmp_path / "split", stop_halfway)
+    assert first.fit().step == 10
+    second = trainer(tmp_path / "split")
+    assert second.resume() == 10
+    second.fit()
+    assert_same_weights(weights(whole.model), weights(second.model))
+    assert [g["lr_scale"] for g in second.optimizer.param_groups] == [0.5, 1.0]
+
+
+def test_parameter_groups_must_cover_each_trainable_parameter_once():
+    model = Regression()
+    core, readout = list(model.core.parameters()), list(model.readout.parameters())
+    config = quick(steps=1)
+    with pytest.raises(ValueError, match="each trainable parameter of the model once; got 2 missing"):
+        Trainer(model, Stream(), spying_loss([]), config, parameter_groups=[{"params": core}])
+    with pytest.raises(ValueError, match="0 missing, 0 not the model's trainable parameters, 2 twice"):
+        Trainer(model, Stream(), spying_loss([]), config,
+                parameter_groups=[{"params": core + readout}, {"params": readout}])
+    with pytest.raises(ValueError, match=r"parameter_groups\[1\]\['lr_scale'\] must be a number >= 0; got -1"):
+        Trainer(model, Stream(), spying_loss([]), config,
+                parameter_groups=[{"params": core}, {"params": readout, "lr_scale": -1}])
+    with pytest.raises(ValueError, match=r"\['frozen_steps'\] must be an int >= 0; got 1.5"):
+        Trainer(model, Stream(), spying_loss([]), config, parameter_groups=[{"params": core + readout,
+                                                                             "frozen_steps": 1.5}])
+    with pytest.raises(ValueError, match="must have 'params' and optionally"):
+        Trainer(model, Stream(), spying_loss([]), config, parameter_groups=[{"params": core + readout, "lr": 1}])
+    with pytest.raises(TypeError, match="parameter_groups must be a list of dicts; got dict"):
+        Trainer(model, Stream(), spying_loss([]), config, parameter_groups={"params": core})

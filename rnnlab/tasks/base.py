@@ -85,6 +85,11 @@ class Task(abc.ABC):
         resumed run skips it: its checkpoint holds the weights."""
         return None
 
+    def parameter_groups(self) -> list[dict] | None:
+        """The Trainer's parameter_groups for `model` (learning-rate scales, parameters frozen at
+        first; e.g. the sentiment task's pretrained layers), or None: all alike (the default)."""
+        return None
+
     def solved(self, metrics: dict[str, float]) -> bool:
         """Whether an evaluation's metrics meet the task's own goal, so that training stops there
         (the Trainer's `solved`; default: never, every step is trained)."""

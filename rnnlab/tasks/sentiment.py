@@ -13,7 +13,11 @@ the snippets), so no film is in two splits.
 --pretrain-steps N first trains the embedding and the core as a language model (Dai and Le, 2015)
 on unlabelled text that holds no validation or test movie (`unlabelled_text`: the training
 snippets without their labels, and plot summaries), the next token scored against the embedding
-itself (tied weights); the classifier then starts from those weights.
+itself (tied weights); the classifier then starts from those weights. --pretrained-lr and
+--frozen-steps fine-tune them gently (Howard and Ruder, 2018): the pretrained embedding and core
+learn at that fraction of the readout's learning rate, and only after the readout has learnt alone
+for that many steps (the Trainer's parameter groups). --pool concat reads the last output, the max
+and the mean side by side (their concat pooling).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from .classification import classification_loss, majority_baseline, predict, sco
 __all__ = ["SentimentConfig", "SentimentTask", "TokenDropout", "build_model", "LanguageModelHead",
            "language_model_loss", "encode_for_language_model"]
 
-POOLS = ("last", "mean", "max")
+POOLS = tuple(SequenceToVector.POOL_WIDTH)
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class SentimentConfig(CellOptions):
     embedding: int = knob(128, "size of the token embedding", low=1)
     bidirectional: bool = knob(False, "also read each snippet backwards")
     pool: str = knob("max", "summary of the outputs: the output at the last valid step (the lecture's single "
-                            "output), or the mean or max over the valid steps", POOLS)
+                            "output), the mean or max over the valid steps, or concat: the three side by side",
+                     POOLS)
     dropout: float = knob(0.25, "dropout on the embeddings, between layers and before the readout", low=0, below=1)
     word_dropout: float = knob(0.15, "probability that a training token is read as <unk>", low=0, below=1)
     batch_size: int = knob(64, "snippets per batch (sorted by length in pools, so batches pad little)", low=1)
@@ -78,6 +83,11 @@ class SentimentConfig(CellOptions):
                                                "the training movies', also those of movies no snippet reviews (in "
                                                "no split), or none; never a validation or test movie's",
                                PLOT_CHOICES)
+    pretrained_lr: float | None = knob(None, "fine-tuning after --pretrain-steps: the learning rate of the pretrained "
+                                             "embedding and core as a fraction of the readout's (discriminative "
+                                             "learning rates; none: 1, the same)", above=0, high=1)
+    frozen_steps: int | None = knob(None, "fine-tuning after --pretrain-steps: the pretrained embedding and core "
+                                          "stay fixed for this many steps while the readout learns (none: 0)", low=1)
 
     def __post_init__(self):
         validate(self)
@@ -87,6 +97,10 @@ class SentimentConfig(CellOptions):
         if self.bidirectional and self.pretrain_steps:
             raise ConfigError("SentimentConfig", "pretrain_steps", "0 with bidirectional (a language model must not "
                               "read the words it predicts)", self.pretrain_steps)
+        for name in ("pretrained_lr", "frozen_steps"):
+            if getattr(self, name) is not None and not self.pretrain_steps:
+                raise ConfigError("SentimentConfig", name, "none without --pretrain-steps (it sets how the pretrained "
+                                  "layers are fine-tuned)", getattr(self, name))
 
 
 class TokenDropout(nn.Module):
@@ -124,7 +138,8 @@ def build_model(config: SentimentConfig, vocab_size: int) -> SequenceToVector:
         core = Stacked(*layers, dropout=p)
     else:
         core = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=p, options=options)
-    readout = nn.Sequential(nn.Dropout(p), nn.Linear(core.output_size, len(LABELS)))
+    width = core.output_size * SequenceToVector.POOL_WIDTH[config.pool]
+    readout = nn.Sequential(nn.Dropout(p), nn.Linear(width, len(LABELS)))
     return SequenceToVector(core, readout, input_map, pool=config.pool)
 
 
@@ -223,6 +238,16 @@ class SentimentTask(Task):
         head = LanguageModelHead(self.model, self.config.dropout, outputs)
         return Trainer(head, batches, language_model_loss, config)
 
+    def parameter_groups(self) -> list[dict] | None:
+        """With --pretrained-lr or --frozen-steps: the pretrained embedding and core in one group (that
+        scale of the learning rate, fixed for the first steps), the new readout in the other."""
+        c = self.config
+        if c.pretrained_lr is None and c.frozen_steps is None:
+            return None
+        pretrained = [*self.model.input_map.parameters(), *self.model.core.parameters()]
+        return [{"params": pretrained, "lr_scale": c.pretrained_lr or 1.0, "frozen_steps": c.frozen_steps or 0},
+                {"params": list(self.model.readout.parameters())}]
+
     @classmethod
     def from_artifacts(cls, config: SentimentConfig, artifacts: dict[str, object]) -> SentimentTask:
         return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"]))
@@ -252,6 +277,10 @@ class SentimentTask(Task):
         c, params = self.config, sum(p.numel() for p in self.model.parameters())
         direction = "bidirectional " if c.bidirectional else ""
         pretrained = f", language-model pretraining {c.pretrain_steps} steps" if c.pretrain_steps else ""
+        if c.pretrained_lr is not None:
+            pretrained += f" (then fine-tuned at {c.pretrained_lr:g} x the readout's learning rate)"
+        if c.frozen_steps is not None:
+            pretrained += f", frozen for the first {c.frozen_steps} steps"
         return (f"{direction}{c.cell} x{c.layers}, hidden {c.hidden}, {c.pool} pool, {params:,} parameters, "
                 f"{len(self.vocabulary):,} {c.level} vocabulary; {len(self.train):,} / {len(self.val):,} / "
                 f"{len(self.test):,} snippets (train / validation / test, split by movie){pretrained}")
