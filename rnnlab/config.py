@@ -174,9 +174,11 @@ def to_dict(config) -> dict[str, Any]:
 
 def filled(cls, data: dict[str, Any]) -> dict[str, Any]:
     """`data` (a stored config's fields) with each field it lacks set to what its absence means
-    (`absent_value`): the values a run written before those fields existed trained with."""
+    (`absent_value`): the values a run written before those fields existed trained with; then, where
+    the class defines `stored_values(data)`, values it no longer takes translated to what they meant."""
     missing = {f.name: absent_value(f) for f in dataclasses.fields(cls) if f.name not in data}
-    return {**{k: v for k, v in missing.items() if v is not MISSING}, **data}
+    data = {**{k: v for k, v in missing.items() if v is not MISSING}, **data}
+    return cls.stored_values(data) if hasattr(cls, "stored_values") else data
 
 
 def from_dict(cls, data: dict[str, Any], where: str):

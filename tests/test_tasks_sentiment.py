@@ -195,3 +195,18 @@ def test_pretrained_layers_fine_tune_at_their_own_rate_and_start_frozen(tmp_path
             SentimentConfig(**{name: 1})
     assert main(["train", "sentiment", *TINY, "--pretrain-steps", "2", "--pretrained-lr", "0"]) == 2
     assert "--pretrained-lr must be None or a number in (0, 1]; got 0.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bidirectional, meant", [(False, "last"), (True, "max")])
+def test_a_run_made_with_the_retired_pool_auto_reads_as_what_auto_meant(tmp_path, capsys, bidirectional, meant):
+    from rnnlab.config import from_dict
+
+    stored = {**SentimentConfig(bidirectional=bidirectional, pool="max").__dict__, "pool": "auto"}
+    assert from_dict(SentimentConfig, stored, "config.json").pool == meant
+    run = tmp_path / "run"  # a whole run directory whose config.json says 'auto' still evaluates
+    assert main(["train", "sentiment", *TINY, "--steps", "2", "--pool", "last", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    config["task_config"]["pool"] = "auto"
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0 and "accuracy" in capsys.readouterr().out

@@ -89,6 +89,14 @@ class SentimentConfig(CellOptions):
     frozen_steps: int | None = knob(None, "fine-tuning after --pretrain-steps: the pretrained embedding and core "
                                           "stay fixed for this many steps while the readout learns (none: 0)", low=1)
 
+    @staticmethod
+    def stored_values(data: dict) -> dict:
+        """A stored config's values in today's terms: pool 'auto' (a choice until 2026-11-27) read the last
+        step, or the max when bidirectional (config.filled calls this for every config.json it reads)."""
+        if data.get("pool") == "auto":
+            data = {**data, "pool": "max" if data.get("bidirectional") else "last"}
+        return data
+
     def __post_init__(self):
         validate(self)
         if self.bidirectional and self.pool == "last":
