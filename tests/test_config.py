@@ -1,9 +1,10 @@
 """The one validator: fields declare type, range and choices once; errors name the field. And the
 record of every field a run directory's config.json holds, with what a config.json that lacks it
-(written before the field existed) means: tests/data/config_fields.json, which the test
-`test_every_stored_config_field_is_recorded_with_what_its_absence_means` holds the code to.
+(written before the field existed) means, and of every choice a field ever took:
+tests/data/config_fields.json, which `test_every_stored_config_field_is_recorded_with_what_its_absence_means`
+and `test_every_choice_ever_recorded_still_opens` hold the code to.
 
-After adding a field (or a task), record it: .venv/bin/python tests/test_config.py --write-fields
+After adding a field, a choice or a task, record it: .venv/bin/python tests/test_config.py --write-fields
 """
 
 from __future__ import annotations
@@ -174,6 +175,34 @@ def test_every_stored_config_field_is_recorded_with_what_its_absence_means():
                                                f"{WRITE_FIELDS})"
 
 
+def choices_now(cls) -> dict[str, list]:
+    """Field -> the values it takes today, for the fields with a fixed set of choices."""
+    return {f.name: list(f.metadata["choices"]) for f in dataclasses.fields(cls) if f.metadata.get("choices")}
+
+
+def test_every_choice_ever_recorded_still_opens():
+    """A run directory keeps the choices it was trained with: a choice that is renamed or retired would
+    make its config.json stop opening, or open as another model. So every choice in the record (which
+    keeps them forever) must still be one, or be translated by the config's `stored_values(data)` to one
+    that means the same; and every choice of today must be in the record."""
+    recorded, problems = json.loads(FIELDS_FILE.read_text()), []
+    for name, cls in stored_configs().items():
+        now, ever = choices_now(cls), recorded.get(name, {}).get("choices", {})
+        for field, values in now.items():
+            if unrecorded := [value for value in values if value not in ever.get(field, [])]:
+                problems.append(f"{name}: {cls.__name__}.{field}'s choice(s) {unrecorded} are not recorded; "
+                                f"record them")
+        for field, values in ever.items():
+            for value in values:
+                read = filled(cls, {field: value}).get(field)
+                if read not in now.get(field, []):
+                    problems.append(
+                        f"{name}: {cls.__name__}.{field} = {value!r} (recorded) is no longer a choice, so runs made "
+                        f"with it would stop opening: keep it, or translate it in {cls.__name__}.stored_values(data) "
+                        f"to the choice that means what it meant (do not edit the record)")
+    assert not problems, "\n".join(problems) + f"\n(the record: {FIELDS_FILE}; to record new choices: {WRITE_FIELDS})"
+
+
 def test_a_config_json_lacking_every_added_field_reads_as_the_recorded_values():
     """The values a config.json of each stored config's first version (no added field) is read with
     form a valid config, and are the recorded ones."""
@@ -214,6 +243,12 @@ def write_fields() -> list[str]:
             if field not in recorded[name]["original"] and field not in recorded[name]["added"]:
                 recorded[name]["added"][field] = now[field]
                 news.append(f"{name}.{field}: a config.json without it means {now[field]!r}")
+        for field, values in choices_now(cls).items():
+            ever = recorded[name].setdefault("choices", {}).setdefault(field, [])
+            for value in values:
+                if value not in ever:
+                    ever.append(value)
+                    news.append(f"{name}.{field}: choice {value!r}")
     FIELDS_FILE.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     return news
 

@@ -8,6 +8,7 @@ step; these tests skip, with the reason, only where none can be found."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -342,3 +343,17 @@ def test_forecast_examples_are_read_with_the_true_values_fed_back(tmp_path):
     np.testing.assert_allclose(outputs.numpy(), expected.detach().numpy(), atol=1e-6)
     assert cli.main(["explore", str(out), "--length", "2"]) == 0
     assert len(read_page_data((out / "explore.html").read_text())["passage"]["examples"]) == 2
+
+
+def test_the_page_shows_the_config_the_run_was_rebuilt_with(copy_run, tmp_path):
+    """A config.json written before a field existed: the page shows what the field's absence means
+    (the value the run trained with), not a hole, and not today's default."""
+    old = tmp_path / "old-copy"
+    shutil.copytree(copy_run, old)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["task_config"]["mix"], saved["task_config"]["chrono"]
+    (old / "config.json").write_text(json.dumps(saved))
+    assert cli.main(["explore", str(old), "--length", "2", "--out", str(tmp_path / "page.html")]) == 0
+    shown = read_page_data((tmp_path / "page.html").read_text(encoding="utf-8"))["run"]["config"]
+    assert shown["task_config"]["mix"] == 0.0 and shown["task_config"]["chrono"] is False
+    assert shown["train"] == saved["train"] and shown["task"] == "copy"

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import RunDir
+from ..config import filled
 from ..data.vocabulary import tokenize
 from ..tasks import LanguageTask, load_weights, open_run
+from ..training import TrainConfig
 from .examples import Example, held_out_examples
 from .trace import (
     Trace,
@@ -130,12 +132,20 @@ def _passage_loss(logits: np.ndarray, ids: torch.Tensor) -> float | None:
     return F.cross_entropy(torch.from_numpy(logits[:-1]).double(), ids[1:]).item()
 
 
+def _stored_config(task, run_dir: str | Path) -> dict:
+    """The run's config.json as the run was rebuilt from it: a field the file lacks (written before
+    the field existed) shown with what its absence means, a retired choice with what it meant."""
+    stored = RunDir(run_dir).read_json("config.json")
+    return {**stored, "task_config": filled(type(task.config), stored.get("task_config", {})),
+            "train": filled(TrainConfig, stored.get("train", {}))}
+
+
 def _run_and_cell(task, run_dir: str | Path, weights_file: Path, cell, layers: int) -> dict:
     """The page data's "format", "run" and "cell", the same for every task."""
     return {
         "format": 1,
         "run": {"name": Path(run_dir).resolve().name, "weights": weights_file.name,
-                "config": RunDir(run_dir).read_json("config.json"), "describe": task.describe()},
+                "config": _stored_config(task, run_dir), "describe": task.describe()},
         "cell": {"name": task.config.cell, "class": type(cell).__name__, "doc": inspect.getdoc(type(cell)) or "",
                  "gates": list(shown_gates(cell)), "quantities": list(quantities_of(cell)),
                  "layers": layers, "hidden": cell.hidden_size},
