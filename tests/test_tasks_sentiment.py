@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from rnnlab.cli import main
@@ -12,7 +13,8 @@ from rnnlab.data.batches import ExampleBatches
 from rnnlab.data.sentiment import tokens
 from rnnlab.data.vocabulary import PAD, UNK, Vocabulary
 from rnnlab.tasks import SentimentConfig, SentimentTask
-from rnnlab.tasks.classification import confusion_matrix, majority_baseline, predict, scores
+from rnnlab.models import Ensemble, SequenceToVector
+from rnnlab.tasks.classification import classification_loss, confusion_matrix, majority_baseline, predict, scores
 from rnnlab.tasks.sentiment import LanguageModelHead, TokenDropout, encode_for_language_model, language_model_loss
 from rnnlab.training import TrainConfig, Trainer
 
@@ -210,3 +212,53 @@ def test_a_run_made_with_the_retired_pool_auto_reads_as_what_auto_meant(tmp_path
     (run / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0 and "accuracy" in capsys.readouterr().out
+
+
+def test_members_1_is_the_single_classifier_and_k_members_learn_each_by_its_own_loss():
+    config = dict(hidden=8, embedding=8, batch_size=16)
+    torch.manual_seed(3)
+    single = SentimentTask(SentimentConfig(**config))
+    torch.manual_seed(3)
+    one = SentimentTask(SentimentConfig(**config, members=1))
+    torch.manual_seed(3)
+    three = SentimentTask(SentimentConfig(**config, members=3))
+    assert type(one.model) is SequenceToVector and "ensemble" not in one.describe()
+    assert isinstance(three.model, Ensemble) and "ensemble of 3: lstm" in three.describe()
+    first = three.model.members[0].state_dict()  # built first, from the same seed: the single model's start
+    for name, value in single.model.state_dict().items():
+        assert torch.equal(one.model.state_dict()[name], value) and torch.equal(first[name], value), name
+    batch = next(single.batches(0))
+    torch.manual_seed(5)
+    loss_single, _, _ = single.loss(single.model, batch, None, 1.0)
+    torch.manual_seed(5)
+    loss_one, _, _ = one.loss(one.model, batch, None, 1.0)
+    assert torch.equal(loss_single, loss_one)
+    three.model.eval()  # no dropout: the loss is exactly the mean of the members' own losses
+    loss, _, count = classification_loss(three.model, batch, None, 1.0)
+    each = [F.cross_entropy(m(batch.inputs, lengths=batch.lengths)[0], batch.targets) for m in three.model.members]
+    torch.testing.assert_close(loss, torch.stack(each).mean())
+    ensemble_loss = F.cross_entropy(three.model(batch.inputs, lengths=batch.lengths)[0], batch.targets)
+    assert count == 16 and not torch.isclose(loss, ensemble_loss)  # not the loss of the averaged prediction
+    three.model.train()
+    loss, _, _ = three.loss(three.model, batch, None, 1.0)
+    loss.backward()
+    assert all(m.core.layers[0].cell.weight_hh.grad.abs().sum() > 0 for m in three.model.members)
+
+
+def test_members_train_resume_exactly_and_errors_are_one_line(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    flags = [*TINY, "--members", "2"]
+    assert main(["train", "sentiment", *flags, "--steps", "4", "--out", str(straight)]) == 0
+    assert "ensemble of 2: lstm" in capsys.readouterr().out
+    assert main(["train", "sentiment", *flags, "--steps", "2", "--out", str(split)]) == 0
+    assert main(["train", "--resume", str(split), "--steps", "4"]) == 0
+    weights = [load_file(run / "model-0000004.safetensors") for run in (straight, split)]
+    assert any(k.startswith("members.1.") for k in weights[0])
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert main(["eval", str(split)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["train", "sentiment", *TINY, "--members", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--members must be an int >= 1; got 0" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "sentiment", *TINY, "--members", "2", "--pretrain-steps", "2"]) == 2
+    assert "--pretrain-steps must be 0 with members > 1" in capsys.readouterr().err
