@@ -257,6 +257,9 @@ def test_members_train_resume_exactly_and_errors_are_one_line(tmp_path, capsys):
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert main(["eval", str(split)]) == 0
     assert "accuracy" in capsys.readouterr().out
+    assert main(["explore", str(split), "--length", "2"]) == 0  # the page traces the first member
+    assert (split / "explore.html").is_file()
+    capsys.readouterr()
     assert main(["train", "sentiment", *TINY, "--members", "0"]) == 2
     err = capsys.readouterr().err
     assert "--members must be an int >= 1; got 0" in err and len(err.strip().splitlines()) == 1
