@@ -123,7 +123,8 @@ def test_errors_name_the_argument():
 
 def test_pretraining_trains_the_classifiers_embedding_and_core_on_the_unlabelled_text():
     torch.manual_seed(0)
-    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=16, pretrain_steps=3, pretrain_outputs=50))
+    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=16, pretrain_steps=3, pretrain_outputs=50,
+                                         members=1))
     assert SentimentTask(SentimentConfig(hidden=8, embedding=8)).pretraining(TrainConfig()) is None
     trainer = task.pretraining(TrainConfig(lr=1e-2, threads=1))
     assert isinstance(trainer.model, LanguageModelHead) and trainer.config.steps == 3
@@ -148,14 +149,14 @@ def test_pretraining_trains_the_classifiers_embedding_and_core_on_the_unlabelled
 
 def test_train_with_pretraining_through_the_cli_and_resume(tmp_path, capsys):
     run = tmp_path / "pre"
-    flags = [*TINY, "--pretrain-steps", "2", "--pretrain-outputs", "30"]
+    flags = [*TINY, "--members", "1", "--pretrain-steps", "2", "--pretrain-outputs", "30"]
     assert main(["train", "sentiment", *flags, "--steps", "2", "--out", str(run)]) == 0
     out = capsys.readouterr().out
     assert "pretrained (steps) 2 steps" in out and "language-model pretraining 2 steps" in out
     assert json.loads((run / "pretraining.json").read_text())["steps"] == 2
     assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
     assert "pretrained (" not in capsys.readouterr().out  # the checkpoint holds the pretrained weights
-    assert main(["train", "sentiment", *TINY, "--bidirectional", "--pretrain-steps", "2"]) == 2
+    assert main(["train", "sentiment", *TINY, "--members", "1", "--bidirectional", "--pretrain-steps", "2"]) == 2
     assert "--pretrain-steps must be 0 with bidirectional" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "sentiment", "--pretrain-plots", "all"])
@@ -163,7 +164,7 @@ def test_train_with_pretraining_through_the_cli_and_resume(tmp_path, capsys):
 
 
 def test_concat_pool_reads_three_summaries_and_trains():
-    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=8, pool="concat"))
+    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=8, pool="concat", members=1))
     assert task.model.readout[-1].in_features == 3 * 8 and "concat pool" in task.describe()
     loss, _, _ = task.loss(task.model, next(task.batches(0)), None, 1.0)
     loss.backward()
@@ -171,8 +172,9 @@ def test_concat_pool_reads_three_summaries_and_trains():
 
 
 def test_pretrained_layers_fine_tune_at_their_own_rate_and_start_frozen(tmp_path, capsys):
-    assert SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2)).parameter_groups() is None
-    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2, pretrained_lr=0.3, frozen_steps=5))
+    assert SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2, members=1)).parameter_groups() is None
+    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2, pretrained_lr=0.3, frozen_steps=5,
+                                         members=1))
     pretrained, readout = task.parameter_groups()
     assert (pretrained["lr_scale"], pretrained["frozen_steps"]) == (0.3, 5) and "lr_scale" not in readout
     ids = {id(p) for g in (pretrained, readout) for p in g["params"]}
@@ -187,7 +189,7 @@ def test_pretrained_layers_fine_tune_at_their_own_rate_and_start_frozen(tmp_path
     changed = {k for k, v in task.model.state_dict().items() if not torch.equal(v, pretrained_weights[k])}
     assert changed == {"readout.1.weight", "readout.1.bias"}  # the pretrained layers wait for step 5
     run = tmp_path / "run"
-    flags = [*TINY, "--pretrain-steps", "2", "--pretrain-outputs", "30", "--pretrained-lr", "0.5",
+    flags = [*TINY, "--members", "1", "--pretrain-steps", "2", "--pretrain-outputs", "30", "--pretrained-lr", "0.5",
              "--frozen-steps", "3"]
     assert main(["train", "sentiment", *flags, "--steps", "2", "--out", str(run)]) == 0
     assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
@@ -195,7 +197,7 @@ def test_pretrained_layers_fine_tune_at_their_own_rate_and_start_frozen(tmp_path
     for name in ("pretrained_lr", "frozen_steps"):
         with pytest.raises(ValueError, match=f"{name} must be none without --pretrain-steps"):
             SentimentConfig(**{name: 1})
-    assert main(["train", "sentiment", *TINY, "--pretrain-steps", "2", "--pretrained-lr", "0"]) == 2
+    assert main(["train", "sentiment", *TINY, "--members", "1", "--pretrain-steps", "2", "--pretrained-lr", "0"]) == 2
     assert "--pretrained-lr must be None or a number in (0, 1]; got 0.0" in capsys.readouterr().err
 
 
@@ -217,9 +219,10 @@ def test_a_run_made_with_the_retired_pool_auto_reads_as_what_auto_meant(tmp_path
 def test_members_1_is_the_single_classifier_and_k_members_learn_each_by_its_own_loss():
     config = dict(hidden=8, embedding=8, batch_size=16)
     torch.manual_seed(3)
-    single = SentimentTask(SentimentConfig(**config))
+    single = SentimentTask(SentimentConfig(**config, members=1))  # the single classifier as before the field
     torch.manual_seed(3)
     one = SentimentTask(SentimentConfig(**config, members=1))
+    assert SentimentConfig().members == 3  # the default: an ensemble of three
     torch.manual_seed(3)
     three = SentimentTask(SentimentConfig(**config, members=3))
     assert type(one.model) is SequenceToVector and "ensemble" not in one.describe()
