@@ -263,6 +263,9 @@ def test_members_train_resume_exactly_and_errors_are_one_line(tmp_path, capsys):
     assert main(["explore", str(split), "--length", "2"]) == 0  # the page traces the first member
     assert (split / "explore.html").is_file()
     capsys.readouterr()
+    assert main(["export", str(split)]) == 2
+    assert "got an Ensemble of 2 (a sentiment run's --members: train with --members 1 to export)" in \
+        capsys.readouterr().err
     assert main(["train", "sentiment", *TINY, "--members", "0"]) == 2
     err = capsys.readouterr().err
     assert "--members must be an int >= 1; got 0" in err and len(err.strip().splitlines()) == 1
