@@ -35,7 +35,7 @@ from .init import (
 )
 from .interop import from_torch, from_torch_cell, to_torch, to_torch_cell
 from .kernels.native import torch_mode
-from .models import EncoderDecoder, RecurrentModel, SequenceToVector, VectorToSequence, last_valid
+from .models import EncoderDecoder, Ensemble, RecurrentModel, SequenceToVector, VectorToSequence, last_valid
 from .preprocessing import MLP, EmbeddingFeedback, RawFeedback, SoftmaxFeedback, choose_token
 from .runners import Bidirectional, Recurrent, Stacked, reverse_padded, shift_right
 
@@ -48,6 +48,6 @@ __all__ = [
     "regularization_loss",
     "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded",
     "MLP", "RawFeedback", "SoftmaxFeedback", "EmbeddingFeedback", "choose_token",
-    "RecurrentModel", "SequenceToVector", "VectorToSequence", "EncoderDecoder", "last_valid",
+    "RecurrentModel", "SequenceToVector", "Ensemble", "VectorToSequence", "EncoderDecoder", "last_valid",
     "to_torch", "from_torch", "to_torch_cell", "from_torch_cell",
 ]

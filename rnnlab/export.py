@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import RecurrentModel, SequenceToVector
+from .models import Ensemble, RecurrentModel, SequenceToVector
 from .preprocessing import EmbeddingFeedback, RawFeedback, SoftmaxFeedback
 
 __all__ = ["MissingExtra", "require", "SequenceGraph", "StepGraph", "export_model", "verify", "OnnxStep",
@@ -123,6 +123,9 @@ class _Graph(nn.Module):
             self.feedback_spec = _feedback_spec(model.feedback_map)
         elif isinstance(model, SequenceToVector):
             self.input_spec, self.feedback_spec = _input_spec(model.input_map, model.core.input_size), None
+        elif isinstance(model, Ensemble):
+            raise ValueError(f"export: model must be a RecurrentModel or a SequenceToVector; got an Ensemble of "
+                             f"{len(model.members)} (a sentiment run's --members: train with --members 1 to export)")
         else:
             raise ValueError(f"export: model must be a RecurrentModel or a SequenceToVector; "
                              f"got {type(model).__name__}")

@@ -7,10 +7,13 @@ steps at once), free running (its own outputs fed back, one step at a time) and 
 (each fed-back value is the target with probability `teacher_forcing`). The lecture's other
 unrolling patterns compose it: `SequenceToVector` (single output), `VectorToSequence` (single input,
 then its own outputs), `RecurrentModel.generate` (no input), and `EncoderDecoder` (sequence to
-sequence of different lengths).
+sequence of different lengths). `Ensemble` averages K independently initialised single-output
+models as one.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -20,7 +23,7 @@ from .checks import check_number
 from .kernels import valid_steps, where_state, without_padding
 from .runners import check_sequence, shift_right
 
-__all__ = ["RecurrentModel", "SequenceToVector", "VectorToSequence", "EncoderDecoder", "last_valid"]
+__all__ = ["RecurrentModel", "SequenceToVector", "Ensemble", "VectorToSequence", "EncoderDecoder", "last_valid"]
 
 
 def last_valid(outputs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -158,6 +161,35 @@ class SequenceToVector(nn.Module):
             summaries.append(outputs.mean(1) if valid is None else
                              without_padding(outputs, valid).sum(1) / valid.sum(1, keepdim=True))
         return self.readout(torch.cat(summaries, -1) if len(summaries) > 1 else summaries[0]), state
+
+
+class Ensemble(nn.Module):
+    """K classifiers as one model: `logits, None = ensemble(xs, lengths=lengths)`, where each member
+    is a model of that form (e.g. `SequenceToVector`) with its own weights.
+
+    The prediction is the mean of the members' class probabilities, returned as its log: valid
+    logits (softmax gives the mean back, argmax the ensemble's choice, cross-entropy the ensemble's
+    loss). For training, `member_logits` gives each member's own logits (K, B, C), so the loss can
+    be the mean of the members' losses and each member learns on its own; their different
+    initialisations and dropout masks make them differ, which is what averaging gains from."""
+
+    def __init__(self, members):
+        super().__init__()
+        members = list(members) if isinstance(members, (list, tuple, nn.ModuleList)) else members
+        if not isinstance(members, list) or not members or not all(isinstance(m, nn.Module) for m in members):
+            raise TypeError(f"Ensemble: members must be a non-empty list of modules; got {_describe(members)}")
+        self.members = nn.ModuleList(members)
+
+    def member_logits(self, xs, lengths=None) -> torch.Tensor:
+        """(K, B, C): each member's logits for the same inputs."""
+        return torch.stack([member(xs, lengths=lengths)[0] for member in self.members])
+
+    def forward(self, xs, lengths=None, state=None):
+        if state is not None:
+            raise ValueError("Ensemble: state must be None (each member starts from its own zero state); "
+                             f"got {type(state).__name__}")
+        log_probabilities = self.member_logits(xs, lengths).log_softmax(-1)
+        return torch.logsumexp(log_probabilities, 0) - math.log(len(self.members)), None
 
 
 class VectorToSequence(nn.Module):

@@ -117,6 +117,26 @@ def test_concat_pool_is_last_max_and_mean_of_the_valid_steps_side_by_side():
         R.SequenceToVector(core, nn.Identity(), pool="sum")
 
 
+def test_ensemble_predicts_the_mean_of_its_members_probabilities():
+    torch.manual_seed(0)
+    members = [R.SequenceToVector(R.Recurrent(R.LSTMCell(I, H)), nn.Linear(H, 3), pool="max") for _ in range(3)]
+    ensemble = R.Ensemble(members)
+    xs, lengths = torch.randn(4, 6, I), torch.tensor([6, 2, 4, 1])
+    logits, state = ensemble(xs, lengths)
+    alone = torch.stack([m(xs, lengths)[0] for m in members])
+    assert state is None and logits.shape == (4, 3)
+    torch.testing.assert_close(ensemble.member_logits(xs, lengths), alone)
+    torch.testing.assert_close(logits.softmax(-1), alone.softmax(-1).mean(0))
+    assert not torch.allclose(alone[0], alone[1])  # each member has its own weights
+    torch.testing.assert_close(R.Ensemble(members[:1])(xs, lengths)[0], alone[0].log_softmax(-1))
+    with pytest.raises(TypeError, match="Ensemble: members must be a non-empty list of modules; got list of 0"):
+        R.Ensemble([])
+    with pytest.raises(TypeError, match="Ensemble: members must be a non-empty list of modules; got int"):
+        R.Ensemble(3)
+    with pytest.raises(ValueError, match="Ensemble: state must be None"):
+        ensemble(xs, lengths, state=torch.zeros(4, H))
+
+
 def test_sequence_to_vector_with_embedding_input():
     model = R.SequenceToVector(R.Recurrent(R.LSTMCell(4, H)), nn.Linear(H, 2), input_map=nn.Embedding(10, 4))
     y, _ = model(torch.randint(0, 10, (2, 5)), torch.tensor([5, 3]))

@@ -5,14 +5,16 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from rnnlab.cli import main
 from rnnlab.data.batches import ExampleBatches
 from rnnlab.data.sentiment import tokens
 from rnnlab.data.vocabulary import PAD, UNK, Vocabulary
+from rnnlab.models import Ensemble, SequenceToVector
 from rnnlab.tasks import SentimentConfig, SentimentTask
-from rnnlab.tasks.classification import confusion_matrix, majority_baseline, predict, scores
+from rnnlab.tasks.classification import classification_loss, confusion_matrix, majority_baseline, predict, scores
 from rnnlab.tasks.sentiment import LanguageModelHead, TokenDropout, encode_for_language_model, language_model_loss
 from rnnlab.training import TrainConfig, Trainer
 
@@ -121,7 +123,8 @@ def test_errors_name_the_argument():
 
 def test_pretraining_trains_the_classifiers_embedding_and_core_on_the_unlabelled_text():
     torch.manual_seed(0)
-    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=16, pretrain_steps=3, pretrain_outputs=50))
+    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=16, pretrain_steps=3, pretrain_outputs=50,
+                                         members=1))
     assert SentimentTask(SentimentConfig(hidden=8, embedding=8)).pretraining(TrainConfig()) is None
     trainer = task.pretraining(TrainConfig(lr=1e-2, threads=1))
     assert isinstance(trainer.model, LanguageModelHead) and trainer.config.steps == 3
@@ -146,14 +149,14 @@ def test_pretraining_trains_the_classifiers_embedding_and_core_on_the_unlabelled
 
 def test_train_with_pretraining_through_the_cli_and_resume(tmp_path, capsys):
     run = tmp_path / "pre"
-    flags = [*TINY, "--pretrain-steps", "2", "--pretrain-outputs", "30"]
+    flags = [*TINY, "--members", "1", "--pretrain-steps", "2", "--pretrain-outputs", "30"]
     assert main(["train", "sentiment", *flags, "--steps", "2", "--out", str(run)]) == 0
     out = capsys.readouterr().out
     assert "pretrained (steps) 2 steps" in out and "language-model pretraining 2 steps" in out
     assert json.loads((run / "pretraining.json").read_text())["steps"] == 2
     assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
     assert "pretrained (" not in capsys.readouterr().out  # the checkpoint holds the pretrained weights
-    assert main(["train", "sentiment", *TINY, "--bidirectional", "--pretrain-steps", "2"]) == 2
+    assert main(["train", "sentiment", *TINY, "--members", "1", "--bidirectional", "--pretrain-steps", "2"]) == 2
     assert "--pretrain-steps must be 0 with bidirectional" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "sentiment", "--pretrain-plots", "all"])
@@ -161,7 +164,7 @@ def test_train_with_pretraining_through_the_cli_and_resume(tmp_path, capsys):
 
 
 def test_concat_pool_reads_three_summaries_and_trains():
-    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=8, pool="concat"))
+    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, batch_size=8, pool="concat", members=1))
     assert task.model.readout[-1].in_features == 3 * 8 and "concat pool" in task.describe()
     loss, _, _ = task.loss(task.model, next(task.batches(0)), None, 1.0)
     loss.backward()
@@ -169,8 +172,9 @@ def test_concat_pool_reads_three_summaries_and_trains():
 
 
 def test_pretrained_layers_fine_tune_at_their_own_rate_and_start_frozen(tmp_path, capsys):
-    assert SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2)).parameter_groups() is None
-    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2, pretrained_lr=0.3, frozen_steps=5))
+    assert SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2, members=1)).parameter_groups() is None
+    task = SentimentTask(SentimentConfig(hidden=8, embedding=8, pretrain_steps=2, pretrained_lr=0.3, frozen_steps=5,
+                                         members=1))
     pretrained, readout = task.parameter_groups()
     assert (pretrained["lr_scale"], pretrained["frozen_steps"]) == (0.3, 5) and "lr_scale" not in readout
     ids = {id(p) for g in (pretrained, readout) for p in g["params"]}
@@ -185,7 +189,7 @@ def test_pretrained_layers_fine_tune_at_their_own_rate_and_start_frozen(tmp_path
     changed = {k for k, v in task.model.state_dict().items() if not torch.equal(v, pretrained_weights[k])}
     assert changed == {"readout.1.weight", "readout.1.bias"}  # the pretrained layers wait for step 5
     run = tmp_path / "run"
-    flags = [*TINY, "--pretrain-steps", "2", "--pretrain-outputs", "30", "--pretrained-lr", "0.5",
+    flags = [*TINY, "--members", "1", "--pretrain-steps", "2", "--pretrain-outputs", "30", "--pretrained-lr", "0.5",
              "--frozen-steps", "3"]
     assert main(["train", "sentiment", *flags, "--steps", "2", "--out", str(run)]) == 0
     assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
@@ -193,7 +197,7 @@ def test_pretrained_layers_fine_tune_at_their_own_rate_and_start_frozen(tmp_path
     for name in ("pretrained_lr", "frozen_steps"):
         with pytest.raises(ValueError, match=f"{name} must be none without --pretrain-steps"):
             SentimentConfig(**{name: 1})
-    assert main(["train", "sentiment", *TINY, "--pretrain-steps", "2", "--pretrained-lr", "0"]) == 2
+    assert main(["train", "sentiment", *TINY, "--members", "1", "--pretrain-steps", "2", "--pretrained-lr", "0"]) == 2
     assert "--pretrained-lr must be None or a number in (0, 1]; got 0.0" in capsys.readouterr().err
 
 
@@ -210,3 +214,60 @@ def test_a_run_made_with_the_retired_pool_auto_reads_as_what_auto_meant(tmp_path
     (run / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0 and "accuracy" in capsys.readouterr().out
+
+
+def test_members_1_is_the_single_classifier_and_k_members_learn_each_by_its_own_loss():
+    config = dict(hidden=8, embedding=8, batch_size=16)
+    torch.manual_seed(3)
+    single = SentimentTask(SentimentConfig(**config, members=1))  # the single classifier as before the field
+    torch.manual_seed(3)
+    one = SentimentTask(SentimentConfig(**config, members=1))
+    assert SentimentConfig().members == 2  # the default: an ensemble of two
+    torch.manual_seed(3)
+    three = SentimentTask(SentimentConfig(**config, members=3))
+    assert type(one.model) is SequenceToVector and "ensemble" not in one.describe()
+    assert isinstance(three.model, Ensemble) and "ensemble of 3: lstm" in three.describe()
+    first = three.model.members[0].state_dict()  # built first, from the same seed: the single model's start
+    for name, value in single.model.state_dict().items():
+        assert torch.equal(one.model.state_dict()[name], value) and torch.equal(first[name], value), name
+    batch = next(single.batches(0))
+    torch.manual_seed(5)
+    loss_single, _, _ = single.loss(single.model, batch, None, 1.0)
+    torch.manual_seed(5)
+    loss_one, _, _ = one.loss(one.model, batch, None, 1.0)
+    assert torch.equal(loss_single, loss_one)
+    three.model.eval()  # no dropout: the loss is exactly the mean of the members' own losses
+    loss, _, count = classification_loss(three.model, batch, None, 1.0)
+    each = [F.cross_entropy(m(batch.inputs, lengths=batch.lengths)[0], batch.targets) for m in three.model.members]
+    torch.testing.assert_close(loss, torch.stack(each).mean())
+    ensemble_loss = F.cross_entropy(three.model(batch.inputs, lengths=batch.lengths)[0], batch.targets)
+    assert count == 16 and not torch.isclose(loss, ensemble_loss)  # not the loss of the averaged prediction
+    three.model.train()
+    loss, _, _ = three.loss(three.model, batch, None, 1.0)
+    loss.backward()
+    assert all(m.core.layers[0].cell.weight_hh.grad.abs().sum() > 0 for m in three.model.members)
+
+
+def test_members_train_resume_exactly_and_errors_are_one_line(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    flags = [*TINY, "--members", "2"]
+    assert main(["train", "sentiment", *flags, "--steps", "4", "--out", str(straight)]) == 0
+    assert "ensemble of 2: lstm" in capsys.readouterr().out
+    assert main(["train", "sentiment", *flags, "--steps", "2", "--out", str(split)]) == 0
+    assert main(["train", "--resume", str(split), "--steps", "4"]) == 0
+    weights = [load_file(run / "model-0000004.safetensors") for run in (straight, split)]
+    assert any(k.startswith("members.1.") for k in weights[0])
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert main(["eval", str(split)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["explore", str(split), "--length", "2"]) == 0  # the page traces the first member
+    assert (split / "explore.html").is_file()
+    capsys.readouterr()
+    assert main(["export", str(split)]) == 2
+    assert "got an Ensemble of 2 (a sentiment run's --members: train with --members 1 to export)" in \
+        capsys.readouterr().err
+    assert main(["train", "sentiment", *TINY, "--members", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--members must be an int >= 1; got 0" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "sentiment", *TINY, "--members", "2", "--pretrain-steps", "2"]) == 2
+    assert "--pretrain-steps must be 0 with members > 1" in capsys.readouterr().err

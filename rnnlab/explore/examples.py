@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models import Ensemble
 from ..tasks import AddingTask, CopyTask, DigitsTask, ForecastTask, SentimentTask
 
-__all__ = ["Example", "held_out_examples", "SERVED"]
+__all__ = ["Example", "held_out_examples", "traced_model", "SERVED"]
 
 SERVED = ("sentiment", "digits", "forecast", "adding", "copy")
 SHADES = " \u2591\u2592\u2593\u2588"  # a row of pixels as text: blank, light, medium, dark, full
@@ -30,6 +31,12 @@ class Example:
     ys: torch.Tensor | None = None
 
 
+def traced_model(model):
+    """The model whose state and gates a page shows: an `Ensemble`'s first member (the members are
+    alike; the page's predictions stay the ensemble's)."""
+    return model.members[0] if isinstance(model, Ensemble) else model
+
+
 @torch.no_grad()
 def held_out_examples(task, count: int = 6) -> list[Example]:
     """The first `count` held-out examples of a sentiment, digits, adding or copy run."""
@@ -46,7 +53,8 @@ def held_out_examples(task, count: int = 6) -> list[Example]:
             p = torch.softmax(logits[0].double(), -1)
             guess = int(p.argmax())
             examples.append(Example(f"validation snippet {i + 1} ({LABELS[int(labels[i])]})",
-                                    [task.vocabulary.tokens[int(t)] for t in row[0]], model.input_map(row),
+                                    [task.vocabulary.tokens[int(t)] for t in row[0]],
+                                    traced_model(model).input_map(row),
                                     f"the model says {LABELS[guess]} ({100 * p[guess]:.0f}%); "
                                     f"truly {LABELS[int(labels[i])]}"))
         return examples

@@ -27,7 +27,7 @@ from ..config import filled
 from ..data.vocabulary import tokenize
 from ..tasks import LanguageTask, load_weights, open_run
 from ..training import TrainConfig
-from .examples import Example, held_out_examples
+from .examples import Example, held_out_examples, traced_model
 from .trace import (
     Trace,
     correlated_units,
@@ -192,8 +192,9 @@ def page_data(task, run_dir: str | Path, weights_file: Path, tokens: list[str],
 
 def examples_page_data(task, run_dir: str | Path, weights_file: Path, examples: list[Example]) -> dict:
     """The page's data for a task other than language: the traces of a few held-out examples, one
-    after the other, embedded as uint8 (the page does not run these models itself)."""
-    model = task.model.eval()
+    after the other, embedded as uint8 (the page does not run these models itself). An ensemble's
+    page traces its first member."""
+    model = traced_model(task.model.eval())
     traces = [trace_core(model.core, example.xs, example.ys)[0] for example in examples]
     layers = [{part: {name: np.concatenate([t[i][part][name] for t in traces]) for name in traces[0][i][part]}
                for part in ("quantities", "gates")} for i in range(len(traces[0]))]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.batches import Batch
+from ..models import Ensemble
 from ..plots import pyplot, save_figure
 
 __all__ = ["classification_loss", "predict", "scores", "majority_baseline", "confusion_matrix", "plot_confusion"]
@@ -20,7 +21,12 @@ __all__ = ["classification_loss", "predict", "scores", "majority_baseline", "con
 
 def classification_loss(model, batch: Batch, state, teacher_forcing: float):
     """Mean cross-entropy in nats per sequence (the Trainer's loss_fn). Every batch starts from a
-    zero state: the examples are independent."""
+    zero state: the examples are independent. An `Ensemble` learns by the mean of its members' own
+    losses (not the loss of their averaged prediction), so each member learns to classify alone."""
+    if isinstance(model, Ensemble):
+        logits = model.member_logits(batch.inputs, batch.lengths)  # (K, B, C)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.repeat(len(logits)))
+        return loss, None, len(batch.targets)
     logits, _ = model(batch.inputs, lengths=batch.lengths)
     return F.cross_entropy(logits, batch.targets), None, len(batch.targets)
 
