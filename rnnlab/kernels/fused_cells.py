@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled
 from .activations import BACKWARD, FORWARD
-from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs
+from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs, weight_grad
 
 MODULE = "rnnlab_cell_loops"
 FAMILIES = ("peephole-lstm", "layernorm-lstm", "projected-lstm")
@@ -130,7 +130,7 @@ class _CellLoop(torch.autograd.Function):
         tape = _Tape(d_hs.shape[0], ctx.sizes, ctx.last, True)
         carry_h = d_h.clone(memory_format=torch.contiguous_format)  # becomes dL/dh0
         carry_c = d_c.clone(memory_format=torch.contiguous_format)
-        dz, d_weight_hh, d_extras = loop.backward(tape, d_hs.contiguous(), carry_h, carry_c, weight_hh, mh, extras,
+        dz, d_weight_hh, d_extras = loop.backward(tape, d_hs, carry_h, carry_c, weight_hh, mh, extras,
                                                   h0.contiguous(), c0.contiguous(), buffers, needs[8], needs[10:])
         flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, 4H)
         if weight is None:
@@ -189,14 +189,6 @@ def _previous_all(first, buffer):
     return torch.cat([first[None], buffer[:-1]], dim=0)
 
 
-def _weight_grad(dz, first, states, mask):
-    """dV = sum_t dz^t^T read^{t-1}: one (4H, T*B) x (T*B, H or P) product after the loop."""
-    reads = _previous_all(first, states)
-    if mask is not None:
-        reads = reads * mask
-    return dz.reshape(-1, dz.shape[-1]).t().mm(reads.reshape(-1, reads.shape[-1]))
-
-
 class _Peephole:
     """i = sigma(z_i + p_i c'), f = sigma(z_f + p_f c'), r = a(z_r), c = f c' + i r,
     o = sigma(z_o + p_o c), h = o a(c). Buffers: hs, cs, gates, tcs (a(c))."""
@@ -249,7 +241,7 @@ class _Peephole:
                                         peep.contiguous(), carry_h, carry_c, dz, tape.sizes or [])
         else:
             self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, peep, c0, buffers, dz)
-        d_v = _weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
+        d_v = weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
         d_peep = None
         if need_extras[0]:
             c_prev = _previous_all(c0, cs)
@@ -372,7 +364,7 @@ class _LayerNorm:
                                dzh)
             d_gain_h = (dz * xh).sum((0, 1)) if xh is not None else None
             d_gain_c, d_shift_c = (d_ln_c * xc).sum((0, 1)), d_ln_c.sum((0, 1))
-        d_v = _weight_grad(dzh, h0, hs, mh) if weight_hh is not None and need_v else None
+        d_v = weight_grad(dzh, h0, hs, mh) if weight_hh is not None and need_v else None
         return dz, d_v, tuple(g if need else None for g, need in zip((d_gain_h, d_gain_c, d_shift_c), need_extras))
 
     def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, gain_h, gain_c, c0, buffers, dz, d_ln_c,
@@ -456,7 +448,7 @@ class _Projected:
                                          carry_h, carry_c, dz, dh_all, tape.sizes or [])
         else:
             self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, w_hr, c0, buffers, dz, dh_all)
-        d_v = _weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
+        d_v = weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
         d_hr = dh_all.reshape(-1, dh_all.shape[-1]).t().mm(ms.reshape(-1, ms.shape[-1])) if need_extras[0] else None
         return dz, d_v, (d_hr,)
 
