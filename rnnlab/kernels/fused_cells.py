@@ -136,8 +136,9 @@ class _CellLoop(torch.autograd.Function):
         if weight is None:
             d_inputs, d_weight, d_bias = (dz if needs[5] else None), None, None
         else:
-            d_inputs = flat_dz.mm(weight).view_as(inputs) if needs[5] else None
-            d_weight = flat_dz.t().mm(inputs.reshape(flat_dz.shape[0], -1)) if needs[6] else None
+            # one product each over all steps, oneDNN's (as fused.py's)
+            d_inputs = product(flat_dz, weight).view_as(inputs) if needs[5] else None
+            d_weight = product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if needs[6] else None
             d_bias = flat_dz.sum(0) if needs[7] else None
         return (None,) * 5 + (d_inputs, d_weight, d_bias, d_weight_hh, None, *d_extras, carry_h, carry_c)
 
@@ -236,17 +237,18 @@ class _Peephole:
         (peep,) = extras
         dz = tape.new(gates, gates.shape[-1])
         extension = _extension(gates)
-        if extension is not None:
+        d_peep = None
+        if extension is not None:  # sums the peepholes' gradients as it goes
+            d_peep = gates.new_empty(3, gates.shape[-1] // 4) if need_extras[0] else None
             extension.peephole_backward(self.act, self.sigma, gates, cs, tcs, c0, d_hs, weight_hh, mh,
-                                        peep.contiguous(), carry_h, carry_c, dz, tape.sizes or [])
+                                        peep.contiguous(), carry_h, carry_c, dz, tape.sizes or [], d_peep)
         else:
             self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, peep, c0, buffers, dz)
+            if need_extras[0]:
+                c_prev = _previous_all(c0, cs)
+                di, df, _, do = dz.chunk(4, dim=-1)
+                d_peep = torch.stack([(di * c_prev).sum((0, 1)), (df * c_prev).sum((0, 1)), (do * cs).sum((0, 1))])
         d_v = weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
-        d_peep = None
-        if need_extras[0]:
-            c_prev = _previous_all(c0, cs)
-            di, df, _, do = dz.chunk(4, dim=-1)
-            d_peep = torch.stack([(di * c_prev).sum((0, 1)), (df * c_prev).sum((0, 1)), (do * cs).sum((0, 1))])
         return dz, d_v, (d_peep,)
 
     def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, peep, c0, buffers, dz):
@@ -449,7 +451,8 @@ class _Projected:
         else:
             self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, w_hr, c0, buffers, dz, dh_all)
         d_v = weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
-        d_hr = dh_all.reshape(-1, dh_all.shape[-1]).t().mm(ms.reshape(-1, ms.shape[-1])) if need_extras[0] else None
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+        d_hr = product(flat(dh_all).t(), flat(ms)) if need_extras[0] else None
         return dz, d_v, (d_hr,)
 
     def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, w_hr, c0, buffers, dz, dh_all):
