@@ -29,7 +29,6 @@ of compiled.py) where it is built, in Python otherwise: the same buffers and equ
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..cells import Cell, State
@@ -62,10 +61,12 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
             zx = _InputProduct.apply(inputs, weight)
         else:  # nothing to differentiate through the product: oneDNN's (1.2-3.6x faster than matmul here)
             zx = product(inputs.reshape(-1, inputs.shape[-1]), weight.t()).view(*inputs.shape[:2], -1)
-        zx = F.layer_norm(zx, (weight.shape[0],), cell.norm_ih.weight, shift, cell.norm_ih.eps)
-        inputs, weight, bias = zx, None, None
+        # LN_x is applied by _CellLoop, into the gate buffer (norm: its gain and shift)
+        inputs, weight, bias, norm = zx, None, None, (cell.norm_ih.weight, shift)
+    else:
+        norm = ()
     extras = loop.extras(cell)
-    tensors = (inputs, weight, bias, cell.weight_hh, mh, *extras, h0, c0)
+    tensors = (inputs, weight, bias, cell.weight_hh, mh, *extras, h0, c0, *norm)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     hs, h_final, c_final = _CellLoop.apply(loop, sizes, last, save, len(extras), *tensors)
     ys = hs.transpose(0, 1)  # (B, T, H or P)
@@ -112,15 +113,22 @@ def _sum(a, b):
 
 
 class _CellLoop(torch.autograd.Function):
-    """The input GEMM (unless Zx comes given: weight None) and the time loop, with its backward."""
+    """The input GEMM (unless Zx comes given: weight None) and the time loop, with its backward.
+    rest: the loop's extras, h0, c0, and where Zx comes given and is to be layer-normalised first (the
+    layer-norm LSTM: LN_x(x U^T)), that norm's gain and shift (`loop.eps_x` its epsilon)."""
 
     @staticmethod
     def forward(ctx, loop, sizes, last, save, n_extra, inputs, weight, bias, weight_hh, mh, *rest):
-        extras, (h0, c0) = rest[:n_extra], rest[n_extra:]
+        extras, (h0, c0), norm = rest[:n_extra], rest[n_extra:n_extra + 2], rest[n_extra + 2:]
         steps, batch = inputs.shape[:2]
         tape = _Tape(steps, sizes, last, save)
-        compiled_loop, own = _extension(inputs) is not None, ()
-        if weight is None:  # the layer-norm LSTM's Zx, made by autograd: a copy where it must stay intact
+        compiled_loop, own, norm_saved = _extension(inputs) is not None, (), ()
+        if weight is None and norm:
+            # LN_x(Zx) here rather than by autograd before the call: the loop writes the gates into this
+            # buffer of its own, where autograd's output would need a (T, B, 4H) copy kept intact
+            gates, mean, rstd = torch.native_layer_norm(inputs, (inputs.shape[-1],), norm[0], norm[1], loop.eps_x)
+            norm_saved = (mean, rstd, *norm)
+        elif weight is None:  # Zx given, made by autograd: a copy where it must stay intact
             gates = inputs.clone() if save else inputs
         elif compiled_loop and steps_multiply_inputs(inputs, weight, weight_hh):
             # each C++ step computes x_t U^T itself and adds the bias: no (T, B, 4H) Zx is written and
@@ -135,9 +143,9 @@ class _CellLoop(torch.autograd.Function):
             gates = gates.view(steps, batch, -1)
         buffers = loop.forward(tape, gates, weight_hh, mh, extras, h0.contiguous(), c0.contiguous(), own)
         hs, cs = buffers[0], buffers[1]
-        ctx.loop, ctx.sizes, ctx.last, ctx.n_extra = loop, sizes, last, n_extra
+        ctx.loop, ctx.sizes, ctx.last, ctx.n_extra, ctx.n_norm = loop, sizes, last, n_extra, len(norm_saved)
         if save:
-            ctx.save_for_backward(inputs, weight, weight_hh, mh, h0, c0, *extras, *buffers)
+            ctx.save_for_backward(inputs, weight, weight_hh, mh, h0, c0, *extras, *buffers, *norm_saved)
         return hs, tape.final(hs), tape.final(cs)
 
     @staticmethod
@@ -145,21 +153,29 @@ class _CellLoop(torch.autograd.Function):
     def backward(ctx, d_hs, d_h, d_c):
         loop, needs = ctx.loop, ctx.needs_input_grad
         inputs, weight, weight_hh, mh, h0, c0, *rest = ctx.saved_tensors
-        extras, buffers = rest[:ctx.n_extra], rest[ctx.n_extra:]
+        extras, buffers = rest[:ctx.n_extra], rest[ctx.n_extra:len(rest) - ctx.n_norm]
+        norm_saved = rest[len(rest) - ctx.n_norm:]
         tape = _Tape(d_hs.shape[0], ctx.sizes, ctx.last, True)
         carry_h = d_h.clone(memory_format=torch.contiguous_format)  # becomes dL/dh0
         carry_c = d_c.clone(memory_format=torch.contiguous_format)
         dz, d_weight_hh, d_extras = loop.backward(tape, d_hs, carry_h, carry_c, weight_hh, mh, extras,
                                                   h0.contiguous(), c0.contiguous(), buffers, needs[8], needs[10:])
         flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, 4H)
-        if weight is None:
+        d_norm = ()
+        if weight is None and norm_saved:  # through LN_x: ATen's own backward of it
+            mean, rstd, gain, shift = norm_saved
+            wanted = [needs[5], gain is not None and needs[-2], shift is not None and needs[-1]]
+            d_inputs, d_gain, d_shift = torch.ops.aten.native_layer_norm_backward(
+                dz, inputs, [inputs.shape[-1]], mean, rstd, gain, shift, wanted)
+            d_weight, d_bias, d_norm = None, None, (d_gain, d_shift)
+        elif weight is None:
             d_inputs, d_weight, d_bias = (dz if needs[5] else None), None, None
         else:
             # one product each over all steps, oneDNN's (as fused.py's)
             d_inputs = product(flat_dz, weight).view_as(inputs) if needs[5] else None
             d_weight = product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if needs[6] else None
             d_bias = flat_dz.sum(0) if needs[7] else None
-        return (None,) * 5 + (d_inputs, d_weight, d_bias, d_weight_hh, None, *d_extras, carry_h, carry_c)
+        return (None,) * 5 + (d_inputs, d_weight, d_bias, d_weight_hh, None, *d_extras, carry_h, carry_c, *d_norm)
 
 
 class _Tape:
@@ -324,6 +340,7 @@ class _LayerNorm:
         self.act, self.sigma = cell.activation, cell.gate_activation
         self.eps_h = cell.norm_hh.eps if cell.norm_hh is not None else 0.0
         self.eps_c = cell.norm_cell.eps
+        self.eps_x = cell.norm_ih.eps  # LN_x, which _CellLoop applies
 
     @staticmethod
     def extras(cell):
