@@ -3,7 +3,8 @@
 these families here; the scheme is fused.py's:
 
   1. the input part Zx for all B*T rows at once: one GEMM (U x + W y*, biases folded); for the
-     layer-norm LSTM also its input normalisation LN_x, over all steps at once, left to autograd;
+     layer-norm LSTM also its input normalisation LN_x, over all steps at once (ATen's layer norm and
+     its backward, called by _CellLoop into the gate buffer; the product is _InputProduct's);
   2. one GEMM per step for V s_bar^{t-1} (the projected LSTM: one more for W_hr), the gate arithmetic
      in place in preallocated (T, B, ...) buffers. In C++, where the weights stay in cache (16 rows
      or more: time_major.steps_multiply_inputs), the peephole and projected LSTMs' steps compute
@@ -51,7 +52,7 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     inputs, weight = inputs_and_weight(cell, xs, y_prev, mx)
     bias = _sum(cell.bias_ih, cell.bias_hh)  # both add to every step's pre-activations alike
     loop = _LOOPS[cell.family](cell)
-    if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h, by autograd
+    if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h
         shift = _sum(_sum(cell.norm_ih.bias, bias), cell.norm_hh.bias if cell.norm_hh is not None else None)
         differentiable = (inputs, weight, cell.norm_ih.weight, shift, cell.weight_hh, mh, h0, c0, *loop.extras(cell))
         if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)) \
