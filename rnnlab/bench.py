@@ -1,12 +1,16 @@
 """Speed side by side: rnnlab's implementations against the peers a user would pick instead.
 
 Everything is timed in ONE process, so that all candidates share the machine's state: after a
-warm-up call each, the repetitions go round-robin over the candidates of one (size, pass) group
-(the starting candidate rotates), so drift on a shared, noisy machine hits all of them alike.
+warm-up call each (at each thread count), each repetition of one (size, pass) group runs every thread
+count in turn (the first count alternating) and at each count every candidate once, round-robin (the
+starting candidate rotates), so drift on a shared, noisy machine hits all candidates and all thread
+counts alike, and repetition i of every candidate at every count was timed within one round.
 Each candidate reports the median and min-max of its repetitions, the ratio of its median to
-torch.nn.LSTM's in the same group, and the fraction of the machine's matrix-multiply peak it
-reaches (the peak is measured here, at the same thread count, as the best of square fp32 matmuls
-before and after the run; on a shared machine a share can exceed 100% when the peak was caught slow).
+torch.nn.LSTM's in the same group (and, with several thread counts, `thread_table()`: the change of
+that ratio from the first count to each other, paired within each round), and the fraction of the
+machine's matrix-multiply peak it reaches (the peak is measured here, at the same thread count, as
+the best of square fp32 matmuls before and after the run; on a shared machine a share can exceed 100%
+when the peak was caught slow).
 
 The peers: torch.nn.LSTM (the baseline of every ratio), torch.nn.GRU, torch.nn.RNN (tanh), and a
 plain Python loop of torch.nn.LSTMCell (what a user writes by hand). The rnnlab candidates: each
@@ -90,8 +94,9 @@ class BenchConfig:
                                   "torch.nn peers always run: they are the baseline)", IMPLEMENTATION_NAMES)
     variants: tuple[str, ...] = knob(VARIANTS, "plain, feedback (teacher forced), linear (reads_state=False)", VARIANTS)
     passes: tuple[str, ...] = knob(PASSES, "forward, forward+backward", PASSES)
-    threads: tuple[int, ...] = knob((1,), "torch thread counts, comma-separated, e.g. 1,2: each (size, pass) is timed "
-                                    "at each count in turn, and the table shows them side by side", low=1)
+    threads: tuple[int, ...] = knob((1,), "torch thread counts, comma-separated, e.g. 1,2: each repetition times every "
+                                    "count in turn; the table shows them side by side, and a second table the "
+                                    "change of each ratio from the first count, paired by repetition", low=1)
     reps: int = knob(5, "timed repetitions per candidate (--quick: 3)", low=1)
     warmup: int = knob(1, "untimed calls per candidate before the repetitions", low=1)
     # A candidate whose first warm-up call takes longer is skipped (and reported so): this is what
@@ -323,10 +328,10 @@ class Outcome:
     times_s: tuple[float, ...] = ()
 
 
-def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
-               progress: Callable[[str], None] | None = None) -> dict[str, Outcome]:
-    """Warm up each candidate, then time them round-robin. Returns name -> outcome."""
-    results: dict[str, Outcome] = {}
+def _warm_up(group: list[Candidate], backward: bool, config: BenchConfig,
+             results: dict[str, Outcome]) -> list[Candidate]:
+    """The warm-up calls at the current thread count: the candidates that can be timed (the others get
+    their outcome in `results`)."""
     live = []
     for c in group:
         if c.reason is not None:
@@ -346,16 +351,36 @@ def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
             results[c.name] = Outcome("skipped", f"one call took {first:.1f} s > --max-call {config.max_call_s:g} s")
             continue
         live.append(c)
-    times: dict[str, list[float]] = {c.name: [] for c in live}
+    return live
+
+
+def time_group(group: list[Candidate], backward: bool, config: BenchConfig,
+               progress: Callable[[str], None] | None = None) -> dict[int, dict[str, Outcome]]:
+    """Warm up each candidate at each thread count, then time them: each repetition sets every thread
+    count in turn (the first one alternating) and at each calls every candidate once, round-robin (the
+    first one rotating). Returns thread count -> name -> outcome. Interleaving the counts (rather than
+    all repetitions at one count, then all at the next) lets the ratios at two counts see the same
+    spells of the machine: on this 2-core machine torch.nn.LSTM's own 2-thread speed-up varied 1.6-1.9x
+    between runs timed a few seconds apart."""
+    counts = config.threads
+    results: dict[int, dict[str, Outcome]] = {n: {} for n in counts}
+    live: dict[int, list[Candidate]] = {}
+    for n in counts:
+        torch.set_num_threads(n)
+        live[n] = _warm_up(group, backward, config, results[n])
+    times = {n: {c.name: [] for c in live[n]} for n in counts}
     gc.collect()
     for rep in range(config.reps):
-        shift = rep % len(live) if live else 0
-        for c in live[shift:] + live[:shift]:  # rotate who goes first: no one always runs cold
-            times[c.name].append(_call(c, backward, config.device))
+        for n in (counts if rep % 2 == 0 else counts[::-1]):  # alternate which count goes first
+            torch.set_num_threads(n)
+            shift = rep % len(live[n]) if live[n] else 0
+            for c in live[n][shift:] + live[n][:shift]:  # rotate who goes first: no one always runs cold
+                times[n][c.name].append(_call(c, backward, config.device))
         if progress:
             progress(f"  rep {rep + 1}/{config.reps}")
-    for c in live:
-        results[c.name] = Outcome("ok", times_s=tuple(times[c.name]))
+    for n in counts:
+        for c in live[n]:
+            results[n][c.name] = Outcome("ok", times_s=tuple(times[n][c.name]))
     return results
 
 
@@ -488,6 +513,33 @@ class BenchResult:
                 rows.append(tuple(cells))
         return Table(tuple(headers), tuple(rows), (False, False, False, *(True,) * (5 * len(counts))))
 
+    def thread_table(self) -> Table | None:
+        """With several thread counts: for each timed candidate of each (size, pass) and each count n after
+        the first (n0), its ratio to torch.nn.LSTM at n over that at n0, paired by repetition: in round i,
+        q_i = (t_i(n) / LSTM_i(n)) / (t_i(n0) / LSTM_i(n0)), all four timed within one round (time_group).
+        The median of the q_i, their min-max, and in how many rounds n was worse (q_i > 1): "no worse at
+        n threads" reads as a median at or below 1 and a count of worse rounds that is not most of them.
+        None with one thread count."""
+        counts = self.config.threads
+        if len(counts) < 2:
+            return None
+        first, rows = counts[0], []
+        for (size, pass_name), by_name in self._groups().items():
+            base = by_name.get(BASELINE, {})
+            for name, runs in by_name.items():
+                cells = [str(size), pass_name, name]
+                for n in counts[1:]:
+                    q = _paired(runs.get(first), base.get(first), runs.get(n), base.get(n))
+                    cells += ["-", "", ""] if not q else [
+                        f"{statistics.median(q):.3f}", f"{min(q):.2f}-{max(q):.2f}",
+                        f"{sum(v > 1 for v in q)}/{len(q)}"]
+                if any(c not in ("-", "") for c in cells[3:]):
+                    rows.append(tuple(cells))
+        headers = ["size (BxHxIxT)", "pass", "candidate"]
+        for n in counts[1:]:
+            headers += [f"x LSTM {n}t / {first}t", f"min-max {n}t", f"rounds worse at {n}t"]
+        return Table(tuple(headers), tuple(rows), (False, False, False, *(True,) * (3 * (len(counts) - 1))))
+
     def untimed(self) -> list[str]:
         """One line per (size, pass) and reason for the candidates not timed at some thread count:
         '32x128x128x100 forward: n/a: <reason>: all 12 [scan] candidates'."""
@@ -508,8 +560,8 @@ class BenchResult:
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchResult:
     """Time the grid of `config`: a row per (size, pass, thread count, candidate) with times, ratios and
-    peak fractions (or the reason for none). Each (size, pass) is timed at each thread count in turn, so
-    the counts see the machine within minutes of each other; a ratio compares candidates at the same count."""
+    peak fractions (or the reason for none). Each (size, pass) is timed at every thread count, the counts
+    interleaved within each repetition (time_group); a ratio compares candidates at the same count."""
     if progress and not compiled.built():
         progress("building the C++ loops (once, about a minute; compiled.py)")
     loops = compiled.extension() is not None  # built before any timing: a first call must not compile
@@ -527,13 +579,12 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             y_prev = torch.randn(size.B, size.T, size.I, generator=generator).to(config.device)
             group = candidates(config, size, xs, y_prev)
             for pass_name in config.passes:
+                if progress:
+                    progress(f"{size} {pass_name} {','.join(map(str, config.threads))} thread(s): "
+                             f"{sum(c.reason is None for c in group)} candidates")
+                results = time_group(group, pass_name == "forward+backward", config, progress)
                 for threads in config.threads:
-                    torch.set_num_threads(threads)
-                    if progress:
-                        progress(f"{size} {pass_name} {threads} thread(s): "
-                                 f"{sum(c.reason is None for c in group)} candidates")
-                    results = time_group(group, pass_name == "forward+backward", config, progress)
-                    rows += _rows(size, pass_name, threads, group, results)
+                    rows += _rows(size, pass_name, threads, group, results[threads])
         peaks = []
         for threads in config.threads:
             torch.set_num_threads(threads)
@@ -564,6 +615,16 @@ def _rows(size: Size, pass_name: str, threads: int, group: list[Candidate], resu
                           ratio_match=t / medians[match] if match and medians.get(match) else None)
         rows.append(row)
     return rows
+
+
+def _paired(row0: BenchRow | None, base0: BenchRow | None, row: BenchRow | None, base: BenchRow | None
+            ) -> list[float]:
+    """(row / base) / (row0 / base0), round by round (the i-th repetition of each); [] unless all four were
+    timed in the same rounds."""
+    series = [r.times_s if r is not None and r.status == "ok" else () for r in (row0, base0, row, base)]
+    if not all(series) or len({len(s) for s in series}) != 1:
+        return []
+    return [(t / b) / (t0 / b0) for t0, b0, t, b in zip(*series)]
 
 
 def _summarise(names: list[str], rows: list[BenchRow]) -> str:

@@ -448,6 +448,15 @@ def cmd_bench(args) -> int:
         return _bench_generation(args, config)
     result = bench.run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     _print_bench(result.describe(), result.table(), result.untimed())
+    paired = result.thread_table()
+    if paired is not None:
+        first = config.threads[0]
+        print()
+        print(f"the ratio to torch.nn.LSTM at each thread count over that at {first}, paired by repetition "
+              f"(each repetition times every count in turn): median, min-max, and the repetitions where it was "
+              f"higher than at {first} thread(s)")
+        print()
+        print(tables.markdown(paired))
     if args.json:
         print(f"wrote {write_json_report(args.json, result.to_dict())}")
     return 0

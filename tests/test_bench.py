@@ -212,6 +212,14 @@ def test_the_json_keeps_the_layout_of_the_recorded_reports(monkeypatch, tmp_path
     assert "| fused gru vs fused LSTM (same sizes) | (2,4,3,5) | forward+backward | 1.00x | <= 1x |" in targets.stdout
 
 
+def test_cli_prints_the_paired_thread_table_with_two_counts(capsys):
+    assert main(["bench", "--sizes", "2x4x3x5", "--cells", "lstm", "--impls", "reference", "--variants", "plain",
+                 "--passes", "forward", "--threads", "1,2", "--reps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "paired by repetition" in out and "| x LSTM 2t / 1t | min-max 2t | rounds worse at 2t |" in out
+    assert "| 2x4x3x5 | forward | lstm [reference] |" in out.split("paired by repetition")[1]
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["--sizes", "32x128"], "--sizes"),
     (["--sizes", "32x0x128x100"], "--sizes"),

@@ -659,6 +659,65 @@ def test_loops_inside_a_parallel_region_run_serially(cls):
         torch.testing.assert_close(b, a)
 
 
+def _output_gradients(shape, dtype):
+    """The layouts autograd hands a backward loop as its outputs' gradient (time-major (T, B, H) loop,
+    batch-first (B, T, H) output): a batch-first tensor (non-contiguous time-major), the expanded ones of
+    a sum (strides 0), and a time-major tensor seen batch-first (contiguous where the loop reads it)."""
+    batch, steps, width = shape
+    g = torch.Generator().manual_seed(2)
+    time_major = torch.randn(steps, batch, width, generator=g, dtype=dtype)
+    return {"batch-first": torch.randn(shape, generator=g, dtype=dtype),
+            "expanded": torch.ones((), dtype=dtype).expand(shape),
+            "time-major": time_major.transpose(0, 1)}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
+def test_backward_reads_any_layout_of_the_output_gradient(cls, threads):
+    """The C++ backward loops read the outputs' gradient in whatever strides autograd gives it (upstream.h:
+    each thread copies its rows of a step) rather than a contiguous copy made before the loop: for each
+    layout, on one thread and on two (64 rows: split by rows, or by units where forced), every gradient
+    equals reference's (float64, lengths and a recurrent-dropout mask)."""
+    if EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    cell, xs, state, y_prev, lengths, masks = _split_case(cls, torch.float64)
+    leaves = [p for p in cell.parameters()] + [xs] + list(state if isinstance(state, tuple) else (state,))
+    expected_ys, _ = kernels.reference(cell, xs, state, y_prev, lengths, masks)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for split in (["rows", "units"] if threads == 2 and cls not in NEW_LSTMS else ["rule"]):
+            if EXTENSION is not None:
+                EXTENSION.set_split(split)
+            ys, _ = kernels.fused(cell, xs, state, y_prev, lengths, masks)
+            for name, d_ys in _output_gradients(ys.shape, ys.dtype).items():
+                got = torch.autograd.grad(ys, leaves, d_ys, retain_graph=True, allow_unused=True)
+                want = torch.autograd.grad(expected_ys, leaves, d_ys, retain_graph=True, allow_unused=True)
+                for a, b, leaf in zip(want, got, leaves):  # a leaf one path leaves unused: zeros
+                    a, b = (torch.zeros_like(leaf) if d is None else d for d in (a, b))
+                    torch.testing.assert_close(b, a, msg=lambda m, name=name, split=split: f"{name}, {split}: {m}")
+    finally:
+        torch.set_num_threads(previous)
+        if EXTENSION is not None:
+            EXTENSION.set_split("rule")
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+def test_weight_grad_equals_the_product_of_the_shifted_states(steps, masked):
+    """time_major.weight_grad (dV without a copy of the states shifted by one step) equals
+    sum_t dz^t^T (s^{t-1} * mask), s^{-1} the initial state, for one step and several."""
+    from rnnlab.kernels.time_major import weight_grad
+    g = torch.Generator().manual_seed(3)
+    dz = torch.randn(steps, 4, 6, generator=g, dtype=torch.float64)
+    states = torch.randn(steps, 4, 3, generator=g, dtype=torch.float64)
+    first = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    mask = torch.rand(4, 3, generator=g, dtype=torch.float64) if masked else None
+    expected = sum(dz[t].t() @ ((first if t == 0 else states[t - 1]) * (1 if mask is None else mask))
+                   for t in range(steps))
+    torch.testing.assert_close(weight_grad(dz, first, states, mask), expected)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cls,step", [(LSTMCell, 2), (LSTMCell, -1), (GRUCell, 1), (VanillaCell, 0),
                                       (PeepholeLSTMCell, 3), (LayerNormLSTMCell, 0), (ProjectedLSTMCell, 1)])

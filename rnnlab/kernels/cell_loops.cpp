@@ -19,6 +19,7 @@
 #include "checks.h"
 #include "products.h"
 #include "team.h"
+#include "upstream.h"
 
 #include <algorithm>
 #include <cmath>
@@ -347,20 +348,26 @@ void peephole_forward(const std::string& act_name, const std::string& sigma_name
 }
 
 // Fills dz (T, B, 4H); carry_h, carry_c: the final state's gradients on entry, the initial state's on exit.
+// d_peep (3, H), where given: the peepholes' gradients, sum over steps and rows of dz_i c', dz_f c', dz_o c,
+// summed per thread as the loop goes (in double) while the rows are in cache: after the loop they cost a
+// shifted copy of c and three (T, B, H) products, allocated and reduced outside the loop's team.
 void peephole_backward(const std::string& act_name, const std::string& sigma_name, const Tensor& gates,
                        const Tensor& cs, const Tensor& tcs, const Tensor& c0, const Tensor& d_out,
                        const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const Tensor& peep,
-                       Tensor carry_h, Tensor carry_c, Tensor dz, std::vector<int64_t> sizes) {
+                       Tensor carry_h, Tensor carry_c, Tensor dz, std::vector<int64_t> sizes,
+                       const optional<Tensor>& d_peep) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("peephole_backward", gates);
   const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(-1);
   expect(gates, "gates", {steps, batch, 4 * H});
   expect(dz, "dz", {steps, batch, 4 * H});
-  for (auto [t, name] : {std::pair{&cs, "cs"}, {&tcs, "tcs"}, {&d_out, "d_out"}}) expect(*t, name, {steps, batch, H});
+  for (auto [t, name] : {std::pair{&cs, "cs"}, {&tcs, "tcs"}}) expect(*t, name, {steps, batch, H});
+  expect(d_out, "d_out", {steps, batch, H}, false);  // any strides (upstream.h)
   expect(c0, "c0", {batch, H});
   expect(carry_h, "carry_h", {batch, H});
   expect(carry_c, "carry_c", {batch, H});
   expect(peep, "peep", {3, H});
+  expect(d_peep, "d_peep", {3, H});
   expect(weight_hh, "weight_hh", {4 * H, H}, false);
   expect(mask, "mask", {batch, H}, false);
   check_sizes("peephole_backward", sizes, steps, batch);
@@ -368,19 +375,24 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
   const Backward back(weight_hh, mask);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
-    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *dout = d_out.data_ptr<T>();
+    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
+    const Upstream<T> dout(d_out);
     const T *p_i = peep.data_ptr<T>(), *p_f = p_i + H, *p_o = p_i + 2 * H;
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>();
+    const int64_t threads = at::get_num_threads();
+    std::vector<double> sums(d_peep ? threads * 3 * H : 0);  // per thread: i, f, o
     const auto macs = [&](int64_t n) { return n * 4 * H * H; };
     over_steps(steps, true, batch, macs(batch), [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
       over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
+        const T* dy_t = dout.step(t, r0, r1);
+        double* sum_i = d_peep ? sums.data() + team.index * 3 * H : nullptr;
         for (int64_t b = r0; b < r1; ++b) {
           const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
           T* __restrict__ db = d + (t * batch + b) * 4 * H;
           const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-          const T* __restrict__ dy = dout + t * step + b * H;
+          const T* __restrict__ dy = dy_t + b * H;
           T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
 #pragma omp simd
           for (int64_t k = 0; k < H; ++k) {
@@ -402,11 +414,27 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
           activate_backward(act, db + 2 * H, gb + 2 * H, H);
 #pragma omp simd
           for (int64_t k = 0; k < H; ++k) ccb[k] += db[k] * p_i[k] + db[H + k] * p_f[k];
+          if (sum_i) {
+            double *__restrict__ si = sum_i, *__restrict__ sf = sum_i + H, *__restrict__ so = sum_i + 2 * H;
+            const T* __restrict__ cb = c + t * step + b * H;
+#pragma omp simd
+            for (int64_t k = 0; k < H; ++k) {
+              si[k] += double(db[k]) * double(cp[k]);
+              sf[k] += double(db[H + k]) * double(cp[k]);
+              so[k] += double(db[3 * H + k]) * double(cb[k]);
+            }
+          }
         }
         carry_back<T>(ch + r0 * H, d + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, H), r1 - r0,
                       4 * H, H);
       });
     });
+    if (d_peep) {
+      for (int64_t me = 1; me < threads; ++me)
+        for (int64_t k = 0; k < 3 * H; ++k) sums[k] += sums[me * 3 * H + k];
+      T* out = d_peep->data_ptr<T>();
+      for (int64_t k = 0; k < 3 * H; ++k) out[k] = T(sums[k]);
+    }
   });
 }
 
@@ -484,7 +512,7 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
   expect(gates, "gates", {steps, batch, 4 * H});
   expect(dz, "dz", {steps, batch, 4 * H});
   for (auto [t, name] : {std::pair{&cs, "cs"}, {&tcs, "tcs"}}) expect(*t, name, {steps, batch, H});
-  expect(d_out, "d_out", {steps, batch, P});
+  expect(d_out, "d_out", {steps, batch, P}, false);  // any strides (upstream.h)
   expect(dh_all, "dh_all", {steps, batch, P});
   expect(c0, "c0", {batch, H});
   expect(carry_h, "carry_h", {batch, P});
@@ -501,6 +529,7 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
     using T = decltype(zero);
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *w = whr.data_ptr<T>();
     T *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dmp = dm.data_ptr<T>(), *ch = carry_h.data_ptr<T>();
+    const Upstream<T> dout(d_out);
     const auto macs = [&](int64_t n) { return n * 4 * H * P; };
     over_steps(steps, true, batch, macs(batch), [&](int64_t t, Team& team) {
       const int64_t n = rows_at(sizes, t, batch);
@@ -508,7 +537,7 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
       over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
         T* __restrict__ dh = dh_all.data_ptr<T>() + (t * batch + r0) * P;
-        const T* __restrict__ dy = d_out.data_ptr<T>() + (t * batch + r0) * P;
+        const T* __restrict__ dy = dout.step(t, r0, r1) + r0 * P;
         const T* __restrict__ chr = ch + r0 * P;
 #pragma omp simd
         for (int64_t k = 0; k < (r1 - r0) * P; ++k) dh[k] = chr[k] + dy[k];
@@ -665,8 +694,9 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
   const int64_t steps = gates.size(0), batch = gates.size(1), H = c0.size(-1);
   expect(gates, "gates", {steps, batch, 4 * H});
   expect(dz, "dz", {steps, batch, 4 * H});
-  for (auto [t, name] : {std::pair{&cs, "cs"}, {&tcs, "tcs"}, {&xc, "xc"}, {&d_out, "d_out"}, {&d_ln_c, "d_ln_c"}})
+  for (auto [t, name] : {std::pair{&cs, "cs"}, {&tcs, "tcs"}, {&xc, "xc"}, {&d_ln_c, "d_ln_c"}})
     expect(*t, name, {steps, batch, H});
+  expect(d_out, "d_out", {steps, batch, H}, false);  // any strides (upstream.h)
   expect(rc, "rc", {steps, batch});
   expect(c0, "c0", {batch, H});
   expect(carry_h, "carry_h", {batch, H});
@@ -691,7 +721,8 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
   const Backward back(weight_hh, mask);
   dispatch(gates.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
-    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *dout = d_out.data_ptr<T>();
+    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
+    const Upstream<T> dout(d_out);
     const T *xcp = xc.data_ptr<T>(), *rcp = rc.data_ptr<T>(), *gc = gain_c.data_ptr<T>();
     const T* gh = reads ? gain_h->data_ptr<T>() : nullptr;
     const T* xhp = reads ? xh->data_ptr<T>() : nullptr;
@@ -711,12 +742,13 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
         const int64_t me = team.index;
         T *scratch = scratch_all.data() + me * 5 * H, *dcv = scratch + 4 * H;
         double *sum_gh = sums.data() + me * (G + 2 * H), *sum_gc = sum_gh + G, *sum_bc = sum_gc + H;
+        const T* dy_t = dout.step(t, r0, r1);
         for (int64_t b = r0; b < r1; ++b) {
           const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
           T* __restrict__ db = d + (t * batch + b) * 4 * H;
           const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
           const T* __restrict__ xcb = xcp + t * step + b * H;
-          const T* __restrict__ dy = dout + t * step + b * H;
+          const T* __restrict__ dy = dy_t + b * H;
           T *__restrict__ dlb = dl + t * step + b * H, *__restrict__ s = scratch, *__restrict__ dc = dcv;
           T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
 #pragma omp simd

@@ -8,8 +8,8 @@ Forward, for z^t = Zx^t + V s_read^{t-1} (+ b_hh):
 Backward (`_Loop`), from the gate values the forward kept (activations differentiated from their
 outputs, see `activations.py`):
   3. per step, dz^t from ds^t, and ds^{t-1} = (direct term) + dz^t V: one GEMM per step;
-  4. after the loop, dV = sum_t dz^t^T s_read^{t-1} as ONE (K*H x B*T) (B*T x H) product; dU, dW, dx
-     and dy* come from autograd through step 1, also one product each.
+  4. after the loop, dV = sum_t dz^t^T s_read^{t-1} as ONE (K*H x B*T) (B*T x H) product (time_major:
+     `weight_grad`); dU, dW, dx and dy* come from autograd through step 1, also one product each.
 
 `lengths`: the batch is sorted by length (descending) so that at step t the sequences still running
 are the first n_t rows; each step works on those rows only, so a finished sequence's state stays
@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled, fused_cells, graphs
 from .activations import BACKWARD, FORWARD
-from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs
+from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs, weight_grad
 
 # The families each loop serves (rnnlab.cells: Cell.family); the output-feedback cell is a vanilla cell.
 _GATED = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "input": "input", "forget": "forget"}
@@ -207,14 +207,6 @@ def _recurrent(direct, dz, weight_hh, mask, out):
     return out.copy_(back) if direct is None else torch.add(direct, back, out=out)
 
 
-def _weight_grad(dz, first, states, mask):
-    """dV = sum_t dz^t^T s_read^{t-1}: one (K*H, T*B) x (T*B, H) product after the loop."""
-    reads = torch.cat([first[None], states[:-1]], dim=0)  # (T, B, H), the state each step read
-    if mask is not None:
-        reads = reads * mask
-    return product(dz.reshape(-1, dz.shape[-1]).t(), reads.reshape(-1, reads.shape[-1]))
-
-
 class _Gated:
     """Vanilla s = a(z);  residual s = s + a(z)  (or a(z + s) before);  input-gated s = s + i r;
     forget-gated s = f s + i r. z = Zx + V s^{t-1}; the gates are cell.gates, a subset of (i, f, r)."""
@@ -265,10 +257,10 @@ class _Gated:
         extension = compiled.extension_for(gates)
         if extension is not None:
             extension.gated_backward(self.kind, self.act, self.sigma, gates, states, state0[0].contiguous(),
-                                     d_out.contiguous(), weight_hh, mh, carry, dz, tape.sizes or [])
+                                     d_out, weight_hh, mh, carry, dz, tape.sizes or [])
         else:
             self.backward_loop(tape, d_out, weight_hh, mh, state0, buffers, dz, carry)
-        d_weight = _weight_grad(dz, state0[0], states, mh) if weight_hh is not None and needs[7] else None
+        d_weight = weight_grad(dz, state0[0], states, mh) if weight_hh is not None and needs[7] else None
         return dz, d_weight, None, None, carry
 
     def backward_loop(self, tape, d_out, weight_hh, mh, state0, buffers, dz, carry):
@@ -335,11 +327,11 @@ class _LSTM:
         carry_h, carry_c = _carry(d_finals[0]), _carry(d_finals[1])
         extension = compiled.extension_for(gates)
         if extension is not None:
-            extension.lstm_backward(self.act, self.sigma, gates, cs, tcs, state0[1].contiguous(), d_out.contiguous(),
+            extension.lstm_backward(self.act, self.sigma, gates, cs, tcs, state0[1].contiguous(), d_out,
                                     weight_hh, mh, carry_h, carry_c, dz, tape.sizes or [])
         else:
             self.backward_loop(tape, d_out, weight_hh, mh, state0, buffers, dz, carry_h, carry_c)
-        d_weight = _weight_grad(dz, state0[0], hs, mh) if weight_hh is not None and needs[7] else None
+        d_weight = weight_grad(dz, state0[0], hs, mh) if weight_hh is not None and needs[7] else None
         return dz, d_weight, None, None, carry_h, carry_c
 
     def backward_loop(self, tape, d_out, weight_hh, mh, state0, buffers, dz, carry_h, carry_c):
@@ -408,12 +400,12 @@ class _GRU:
         extension = compiled.extension_for(gates)
         if extension is not None:
             extension.gru_backward(self.act, self.sigma, gates, zhs[0] if zhs else None, hs, state0[0].contiguous(),
-                                   d_out.contiguous(), weight_hh, mh, carry, dzx, dzh, tape.sizes or [])
+                                   d_out, weight_hh, mh, carry, dzx, dzh, tape.sizes or [])
         else:
             self.backward_loop(tape, d_out, weight_hh, mh, state0, buffers, dzx, dzh, carry)
         if weight_hh is None:
             return dzx, None, None, None, carry
-        d_weight = _weight_grad(dzh, state0[0], hs, mh) if needs[7] else None
+        d_weight = weight_grad(dzh, state0[0], hs, mh) if needs[7] else None
         d_bias = dzh.sum((0, 1)) if needs[8] else None
         return dzx, d_weight, d_bias, None, carry
 

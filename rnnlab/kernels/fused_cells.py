@@ -3,7 +3,8 @@
 these families here; the scheme is fused.py's:
 
   1. the input part Zx for all B*T rows at once: one GEMM (U x + W y*, biases folded); for the
-     layer-norm LSTM also its input normalisation LN_x, over all steps at once, left to autograd;
+     layer-norm LSTM also its input normalisation LN_x, over all steps at once (ATen's layer norm and
+     its backward, called by _CellLoop into the gate buffer; the product is _InputProduct's);
   2. one GEMM per step for V s_bar^{t-1} (the projected LSTM: one more for W_hr), the gate arithmetic
      in place in preallocated (T, B, ...) buffers. In C++, where the weights stay in cache (16 rows
      or more: time_major.steps_multiply_inputs), the peephole and projected LSTMs' steps compute
@@ -29,13 +30,12 @@ of compiled.py) where it is built, in Python otherwise: the same buffers and equ
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..cells import Cell, State
 from . import compiled
 from .activations import BACKWARD, FORWARD
-from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs
+from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs, weight_grad
 
 MODULE = "rnnlab_cell_loops"
 FAMILIES = ("peephole-lstm", "layernorm-lstm", "projected-lstm")
@@ -52,20 +52,22 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     inputs, weight = inputs_and_weight(cell, xs, y_prev, mx)
     bias = _sum(cell.bias_ih, cell.bias_hh)  # both add to every step's pre-activations alike
     loop = _LOOPS[cell.family](cell)
-    if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h, by autograd
+    if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h
         shift = _sum(_sum(cell.norm_ih.bias, bias), cell.norm_hh.bias if cell.norm_hh is not None else None)
         differentiable = (inputs, weight, cell.norm_ih.weight, shift, cell.weight_hh, mh, h0, c0, *loop.extras(cell))
         if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)) \
                 and _extension(inputs) is not None and steps_multiply_inputs(inputs, weight, cell.weight_hh):
             return _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, last, unsort)
         if torch.is_grad_enabled() and (inputs.requires_grad or weight.requires_grad):
-            zx = inputs.matmul(weight.t())
+            zx = _InputProduct.apply(inputs, weight)
         else:  # nothing to differentiate through the product: oneDNN's (1.2-3.6x faster than matmul here)
             zx = product(inputs.reshape(-1, inputs.shape[-1]), weight.t()).view(*inputs.shape[:2], -1)
-        zx = F.layer_norm(zx, (weight.shape[0],), cell.norm_ih.weight, shift, cell.norm_ih.eps)
-        inputs, weight, bias = zx, None, None
+        # LN_x is applied by _CellLoop, into the gate buffer (norm: its gain and shift)
+        inputs, weight, bias, norm = zx, None, None, (cell.norm_ih.weight, shift)
+    else:
+        norm = ()
     extras = loop.extras(cell)
-    tensors = (inputs, weight, bias, cell.weight_hh, mh, *extras, h0, c0)
+    tensors = (inputs, weight, bias, cell.weight_hh, mh, *extras, h0, c0, *norm)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     hs, h_final, c_final = _CellLoop.apply(loop, sizes, last, save, len(extras), *tensors)
     ys = hs.transpose(0, 1)  # (B, T, H or P)
@@ -88,20 +90,46 @@ def _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, l
     return ys, (h_final, c_final)
 
 
+class _InputProduct(torch.autograd.Function):
+    """x W^T for x (T, B, F) over all steps, and its gradients, each one product through oneDNN (`product`,
+    as fused.py's): autograd's matmul runs the three on MKL, 1.1-1.2x slower at (32, 128, 100)."""
+
+    @staticmethod
+    def forward(ctx, inputs, weight):
+        ctx.save_for_backward(inputs, weight)
+        return product(inputs.reshape(-1, inputs.shape[-1]), weight.t()).view(*inputs.shape[:2], -1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_zx):
+        inputs, weight = ctx.saved_tensors
+        flat_dz, flat_x = d_zx.reshape(-1, d_zx.shape[-1]), inputs.reshape(-1, inputs.shape[-1])
+        d_inputs = product(flat_dz, weight).view_as(inputs) if ctx.needs_input_grad[0] else None
+        d_weight = product(flat_dz.t(), flat_x) if ctx.needs_input_grad[1] else None
+        return d_inputs, d_weight
+
+
 def _sum(a, b):
     return a if b is None else b if a is None else a + b
 
 
 class _CellLoop(torch.autograd.Function):
-    """The input GEMM (unless Zx comes given: weight None) and the time loop, with its backward."""
+    """The input GEMM (unless Zx comes given: weight None) and the time loop, with its backward.
+    rest: the loop's extras, h0, c0, and where Zx comes given and is to be layer-normalised first (the
+    layer-norm LSTM: LN_x(x U^T)), that norm's gain and shift (`loop.eps_x` its epsilon)."""
 
     @staticmethod
     def forward(ctx, loop, sizes, last, save, n_extra, inputs, weight, bias, weight_hh, mh, *rest):
-        extras, (h0, c0) = rest[:n_extra], rest[n_extra:]
+        extras, (h0, c0), norm = rest[:n_extra], rest[n_extra:n_extra + 2], rest[n_extra + 2:]
         steps, batch = inputs.shape[:2]
         tape = _Tape(steps, sizes, last, save)
-        compiled_loop, own = _extension(inputs) is not None, ()
-        if weight is None:  # the layer-norm LSTM's Zx, made by autograd: a copy where it must stay intact
+        compiled_loop, own, norm_saved = _extension(inputs) is not None, (), ()
+        if weight is None and norm:
+            # LN_x(Zx) here rather than by autograd before the call: the loop writes the gates into this
+            # buffer of its own, where autograd's output would need a (T, B, 4H) copy kept intact
+            gates, mean, rstd = torch.native_layer_norm(inputs, (inputs.shape[-1],), norm[0], norm[1], loop.eps_x)
+            norm_saved = (mean, rstd, *norm)
+        elif weight is None:  # Zx given, made by autograd: a copy where it must stay intact
             gates = inputs.clone() if save else inputs
         elif compiled_loop and steps_multiply_inputs(inputs, weight, weight_hh):
             # each C++ step computes x_t U^T itself and adds the bias: no (T, B, 4H) Zx is written and
@@ -116,9 +144,9 @@ class _CellLoop(torch.autograd.Function):
             gates = gates.view(steps, batch, -1)
         buffers = loop.forward(tape, gates, weight_hh, mh, extras, h0.contiguous(), c0.contiguous(), own)
         hs, cs = buffers[0], buffers[1]
-        ctx.loop, ctx.sizes, ctx.last, ctx.n_extra = loop, sizes, last, n_extra
+        ctx.loop, ctx.sizes, ctx.last, ctx.n_extra, ctx.n_norm = loop, sizes, last, n_extra, len(norm_saved)
         if save:
-            ctx.save_for_backward(inputs, weight, weight_hh, mh, h0, c0, *extras, *buffers)
+            ctx.save_for_backward(inputs, weight, weight_hh, mh, h0, c0, *extras, *buffers, *norm_saved)
         return hs, tape.final(hs), tape.final(cs)
 
     @staticmethod
@@ -126,20 +154,29 @@ class _CellLoop(torch.autograd.Function):
     def backward(ctx, d_hs, d_h, d_c):
         loop, needs = ctx.loop, ctx.needs_input_grad
         inputs, weight, weight_hh, mh, h0, c0, *rest = ctx.saved_tensors
-        extras, buffers = rest[:ctx.n_extra], rest[ctx.n_extra:]
+        extras, buffers = rest[:ctx.n_extra], rest[ctx.n_extra:len(rest) - ctx.n_norm]
+        norm_saved = rest[len(rest) - ctx.n_norm:]
         tape = _Tape(d_hs.shape[0], ctx.sizes, ctx.last, True)
         carry_h = d_h.clone(memory_format=torch.contiguous_format)  # becomes dL/dh0
         carry_c = d_c.clone(memory_format=torch.contiguous_format)
-        dz, d_weight_hh, d_extras = loop.backward(tape, d_hs.contiguous(), carry_h, carry_c, weight_hh, mh, extras,
+        dz, d_weight_hh, d_extras = loop.backward(tape, d_hs, carry_h, carry_c, weight_hh, mh, extras,
                                                   h0.contiguous(), c0.contiguous(), buffers, needs[8], needs[10:])
         flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, 4H)
-        if weight is None:
+        d_norm = ()
+        if weight is None and norm_saved:  # through LN_x: ATen's own backward of it
+            mean, rstd, gain, shift = norm_saved
+            wanted = [needs[5], gain is not None and needs[-2], shift is not None and needs[-1]]
+            d_inputs, d_gain, d_shift = torch.ops.aten.native_layer_norm_backward(
+                dz, inputs, [inputs.shape[-1]], mean, rstd, gain, shift, wanted)
+            d_weight, d_bias, d_norm = None, None, (d_gain, d_shift)
+        elif weight is None:
             d_inputs, d_weight, d_bias = (dz if needs[5] else None), None, None
         else:
-            d_inputs = flat_dz.mm(weight).view_as(inputs) if needs[5] else None
-            d_weight = flat_dz.t().mm(inputs.reshape(flat_dz.shape[0], -1)) if needs[6] else None
+            # one product each over all steps, oneDNN's (as fused.py's)
+            d_inputs = product(flat_dz, weight).view_as(inputs) if needs[5] else None
+            d_weight = product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if needs[6] else None
             d_bias = flat_dz.sum(0) if needs[7] else None
-        return (None,) * 5 + (d_inputs, d_weight, d_bias, d_weight_hh, None, *d_extras, carry_h, carry_c)
+        return (None,) * 5 + (d_inputs, d_weight, d_bias, d_weight_hh, None, *d_extras, carry_h, carry_c, *d_norm)
 
 
 class _Tape:
@@ -189,14 +226,6 @@ def _previous_all(first, buffer):
     return torch.cat([first[None], buffer[:-1]], dim=0)
 
 
-def _weight_grad(dz, first, states, mask):
-    """dV = sum_t dz^t^T read^{t-1}: one (4H, T*B) x (T*B, H or P) product after the loop."""
-    reads = _previous_all(first, states)
-    if mask is not None:
-        reads = reads * mask
-    return dz.reshape(-1, dz.shape[-1]).t().mm(reads.reshape(-1, reads.shape[-1]))
-
-
 class _Peephole:
     """i = sigma(z_i + p_i c'), f = sigma(z_f + p_f c'), r = a(z_r), c = f c' + i r,
     o = sigma(z_o + p_o c), h = o a(c). Buffers: hs, cs, gates, tcs (a(c))."""
@@ -244,17 +273,18 @@ class _Peephole:
         (peep,) = extras
         dz = tape.new(gates, gates.shape[-1])
         extension = _extension(gates)
-        if extension is not None:
+        d_peep = None
+        if extension is not None:  # sums the peepholes' gradients as it goes
+            d_peep = gates.new_empty(3, gates.shape[-1] // 4) if need_extras[0] else None
             extension.peephole_backward(self.act, self.sigma, gates, cs, tcs, c0, d_hs, weight_hh, mh,
-                                        peep.contiguous(), carry_h, carry_c, dz, tape.sizes or [])
+                                        peep.contiguous(), carry_h, carry_c, dz, tape.sizes or [], d_peep)
         else:
             self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, peep, c0, buffers, dz)
-        d_v = _weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
-        d_peep = None
-        if need_extras[0]:
-            c_prev = _previous_all(c0, cs)
-            di, df, _, do = dz.chunk(4, dim=-1)
-            d_peep = torch.stack([(di * c_prev).sum((0, 1)), (df * c_prev).sum((0, 1)), (do * cs).sum((0, 1))])
+            if need_extras[0]:
+                c_prev = _previous_all(c0, cs)
+                di, df, _, do = dz.chunk(4, dim=-1)
+                d_peep = torch.stack([(di * c_prev).sum((0, 1)), (df * c_prev).sum((0, 1)), (do * cs).sum((0, 1))])
+        d_v = weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
         return dz, d_v, (d_peep,)
 
     def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, peep, c0, buffers, dz):
@@ -311,6 +341,7 @@ class _LayerNorm:
         self.act, self.sigma = cell.activation, cell.gate_activation
         self.eps_h = cell.norm_hh.eps if cell.norm_hh is not None else 0.0
         self.eps_c = cell.norm_cell.eps
+        self.eps_x = cell.norm_ih.eps  # LN_x, which _CellLoop applies
 
     @staticmethod
     def extras(cell):
@@ -372,7 +403,7 @@ class _LayerNorm:
                                dzh)
             d_gain_h = (dz * xh).sum((0, 1)) if xh is not None else None
             d_gain_c, d_shift_c = (d_ln_c * xc).sum((0, 1)), d_ln_c.sum((0, 1))
-        d_v = _weight_grad(dzh, h0, hs, mh) if weight_hh is not None and need_v else None
+        d_v = weight_grad(dzh, h0, hs, mh) if weight_hh is not None and need_v else None
         return dz, d_v, tuple(g if need else None for g, need in zip((d_gain_h, d_gain_c, d_shift_c), need_extras))
 
     def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, gain_h, gain_c, c0, buffers, dz, d_ln_c,
@@ -456,8 +487,9 @@ class _Projected:
                                          carry_h, carry_c, dz, dh_all, tape.sizes or [])
         else:
             self.backward_loop(tape, d_hs, carry_h, carry_c, weight_hh, mh, w_hr, c0, buffers, dz, dh_all)
-        d_v = _weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
-        d_hr = dh_all.reshape(-1, dh_all.shape[-1]).t().mm(ms.reshape(-1, ms.shape[-1])) if need_extras[0] else None
+        d_v = weight_grad(dz, h0, hs, mh) if weight_hh is not None and need_v else None
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+        d_hr = product(flat(dh_all).t(), flat(ms)) if need_extras[0] else None
         return dz, d_v, (d_hr,)
 
     def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, w_hr, c0, buffers, dz, dh_all):

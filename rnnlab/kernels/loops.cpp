@@ -28,6 +28,7 @@
 #include "checks.h"
 #include "products.h"
 #include "team.h"
+#include "upstream.h"
 
 #include <algorithm>
 #include <cmath>
@@ -741,7 +742,7 @@ void lstm_backward(const std::string& act_name, const std::string& sigma_name, c
   expect(c0, "c0", {batch, H});
   expect(cs, "cs", {steps, batch, H});
   expect(tcs, "tcs", {steps, batch, H});
-  expect(d_out, "d_out", {steps, batch, H});
+  expect(d_out, "d_out", {steps, batch, H}, false);  // any strides (upstream.h)
   expect(carry_h, "carry_h", {batch, H});
   expect(carry_c, "carry_c", {batch, H});
   expect(dz, "dz", {steps, batch, 4 * H});
@@ -752,7 +753,8 @@ void lstm_backward(const std::string& act_name, const std::string& sigma_name, c
   const Weights weights(weight_hh, mask, false);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     using T = scalar_t;
-    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *dout = d_out.data_ptr<T>();
+    const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
+    const Upstream<T> dout(d_out);
     const T *v = weights.v_ptr<T>(), *m = weights.mask_ptr<T>();
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>();
     over_steps(steps, true, batch, H, batch * 4 * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
@@ -768,7 +770,8 @@ void lstm_backward(const std::string& act_name, const std::string& sigma_name, c
                         false);
         if (t < 0) return;
         const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-        lstm_backward_step<T>(act, sigma, g + t * 4 * step + 4 * o, c_prev + o, tc + t * step + o, dout + t * step + o,
+        const T* dy = dout.step(t, s.r0, s.r0 + s.rows(n), s.u.k0, s.u.k1);
+        lstm_backward_step<T>(act, sigma, g + t * 4 * step + 4 * o, c_prev + o, tc + t * step + o, dy + o,
                               ch + o, cc + o, d + t * 4 * step + 4 * o, s.rows(n), H, s.u);
       });
     });
@@ -832,7 +835,7 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
   expect(gates, "gates", {steps, batch, K * H});
   expect(s0, "s0", {batch, H});
   expect(states, "states", {steps, batch, H});
-  expect(d_out, "d_out", {steps, batch, H});
+  expect(d_out, "d_out", {steps, batch, H}, false);  // any strides (upstream.h)
   expect(carry, "carry", {batch, H});
   expect(dz, "dz", {steps, batch, K * H});
   expect(weight_hh, "weight_hh", {K * H, H}, false);
@@ -841,7 +844,8 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
   const Weights weights(weight_hh, mask, false);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gated_backward", [&] {
     using T = scalar_t;
-    const T *g = gates.data_ptr<T>(), *s = states.data_ptr<T>(), *dout = d_out.data_ptr<T>();
+    const T *g = gates.data_ptr<T>(), *s = states.data_ptr<T>();
+    const Upstream<T> dout(d_out);
     const T *v = weights.v_ptr<T>(), *m = weights.mask_ptr<T>();
     T *ds = carry.data_ptr<T>(), *d = dz.data_ptr<T>();
     over_steps(steps, true, batch, H, batch * K * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
@@ -856,7 +860,8 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
                         sh.u, true);
         if (t < 0) return;
         const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
-        gated_backward_step<T>(kind, act, sigma, g + t * batch * K * H + K * o, s_prev + o, dout + t * batch * H + o,
+        const T* dy = dout.step(t, sh.r0, sh.r0 + sh.rows(n), sh.u.k0, sh.u.k1);
+        gated_backward_step<T>(kind, act, sigma, g + t * batch * K * H + K * o, s_prev + o, dy + o,
                                ds + o, d + t * batch * K * H + K * o, sh.rows(n), H, sh.u);
       });
     });
@@ -931,7 +936,7 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
   expect(gates, "gates", {steps, batch, K * H});
   expect(s0, "s0", {batch, H});
   expect(hs, "hs", {steps, batch, H});
-  expect(d_out, "d_out", {steps, batch, H});
+  expect(d_out, "d_out", {steps, batch, H}, false);  // any strides (upstream.h)
   expect(carry, "carry", {batch, H});
   expect(dzx, "dzx", {steps, batch, K * H});
   expect.required(zhs, "zhs (with weight_hh)", static_cast<bool>(weight_hh));
@@ -944,7 +949,8 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
   const Weights weights(weight_hh, mask, false);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
     using T = scalar_t;
-    const T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *dout = d_out.data_ptr<T>(), *zh = pointer<T>(zhs);
+    const T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *zh = pointer<T>(zhs);
+    const Upstream<T> dout(d_out);
     const T *v = weights.v_ptr<T>(), *m = weights.mask_ptr<T>();
     T *ds = carry.data_ptr<T>(), *dx = dzx.data_ptr<T>(), *dh = pointer<T>(dzh);
     over_steps(steps, true, batch, H, batch * K * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
@@ -959,8 +965,9 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
                         sh.u, true);
         if (t < 0) return;
         const T* s_prev = t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H;
+        const T* dy = dout.step(t, sh.r0, sh.r0 + sh.rows(n), sh.u.k0, sh.u.k1);
         gru_backward_step<T>(act, sigma, g + t * batch * K * H + K * o, zh ? zh + t * batch * 3 * H + 3 * o : nullptr,
-                             s_prev + o, dout + t * batch * H + o, ds + o, dx + t * batch * K * H + K * o,
+                             s_prev + o, dy + o, ds + o, dx + t * batch * K * H + K * o,
                              dh ? dh + t * batch * 3 * H + 3 * o : nullptr, sh.rows(n), H, sh.u);
       });
     });

@@ -52,6 +52,19 @@ def steps_multiply_inputs(inputs, weight, weight_hh) -> bool:
     return batch >= 16 and depth * weight.shape[0] * inputs.element_size() <= 4 << 20
 
 
+def weight_grad(dz, first, states, mask):
+    """dV = sum_t dz^t^T read^{t-1}, read^{t-1} = s^{t-1} * mask (s^{-1} = first): dz (T, B, K*H), states
+    (T, B, H) -> (K*H, H). Steps 1..T-1 are one product over their T-1 steps, reading the states where they
+    are (no (T, B, H) copy of them shifted by a step: its allocation, first touched outside the loops'
+    threads, cost more than the copy at (32, 128, 100)); step 0's term is added to it."""
+    flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+    if mask is None:
+        reads, read0 = flat(states[:-1]), first
+    else:
+        reads, read0 = flat(states[:-1] * mask), first * mask
+    return product(flat(dz[1:]).t(), reads).addmm_(dz[0].t(), read0)
+
+
 def product(a, b):
     """a @ b, through oneDNN on CPU where the C++ loops are built (loops.cpp: `product`)."""
     extension = compiled.extension_for(a)
