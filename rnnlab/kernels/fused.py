@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled, fused_cells, graphs
 from .activations import BACKWARD, FORWARD
-from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs, weight_grad
+from .time_major import by_length, input_grads, inputs_and_weight, product, steps_multiply_inputs, weight_grad
 
 # The families each loop serves (rnnlab.cells: Cell.family); the output-feedback cell is a vanilla cell.
 _GATED = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "input": "input", "forget": "forget"}
@@ -132,11 +132,9 @@ class _Loop(torch.autograd.Function):
                 d_outputs, weight_hh, mh, *d_finals, *state0, *buffers)
         else:
             dz, *grads = loop.backward(tape, d_outputs, d_finals, weight_hh, mh, state0, buffers, needs)
-        flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, K*H)
-        # dU, db and dx as one product each over all steps
-        d_inputs = product(flat_dz, weight).view_as(inputs) if needs[4] else None
-        d_weight = product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if needs[5] else None
-        d_bias = flat_dz.sum(0) if needs[6] else None
+        # dx, dU and db over all steps: one product (or sum) each
+        d_inputs, d_weight = input_grads(dz, inputs, weight, needs[4], needs[5])
+        d_bias = dz.view(-1, dz.shape[-1]).sum(0) if needs[6] else None
         return (None, None, None, None, d_inputs, d_weight, d_bias) + tuple(grads)
 
 

@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled
 from .activations import BACKWARD, FORWARD
-from .time_major import by_length, inputs_and_weight, product, steps_multiply_inputs, weight_grad
+from .time_major import by_length, input_grads, inputs_and_weight, product, steps_multiply_inputs, weight_grad
 
 MODULE = "rnnlab_cell_loops"
 FAMILIES = ("peephole-lstm", "layernorm-lstm", "projected-lstm")
@@ -103,10 +103,7 @@ class _InputProduct(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_zx):
         inputs, weight = ctx.saved_tensors
-        flat_dz, flat_x = d_zx.reshape(-1, d_zx.shape[-1]), inputs.reshape(-1, inputs.shape[-1])
-        d_inputs = product(flat_dz, weight).view_as(inputs) if ctx.needs_input_grad[0] else None
-        d_weight = product(flat_dz.t(), flat_x) if ctx.needs_input_grad[1] else None
-        return d_inputs, d_weight
+        return input_grads(d_zx, inputs, weight, *ctx.needs_input_grad)
 
 
 def _sum(a, b):
@@ -161,7 +158,6 @@ class _CellLoop(torch.autograd.Function):
         carry_c = d_c.clone(memory_format=torch.contiguous_format)
         dz, d_weight_hh, d_extras = loop.backward(tape, d_hs, carry_h, carry_c, weight_hh, mh, extras,
                                                   h0.contiguous(), c0.contiguous(), buffers, needs[8], needs[10:])
-        flat_dz = dz.view(-1, dz.shape[-1])  # (T*B, 4H)
         d_norm = ()
         if weight is None and norm_saved:  # through LN_x: ATen's own backward of it
             mean, rstd, gain, shift = norm_saved
@@ -172,10 +168,8 @@ class _CellLoop(torch.autograd.Function):
         elif weight is None:
             d_inputs, d_weight, d_bias = (dz if needs[5] else None), None, None
         else:
-            # one product each over all steps, oneDNN's (as fused.py's)
-            d_inputs = product(flat_dz, weight).view_as(inputs) if needs[5] else None
-            d_weight = product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if needs[6] else None
-            d_bias = flat_dz.sum(0) if needs[7] else None
+            d_inputs, d_weight = input_grads(dz, inputs, weight, needs[5], needs[6])
+            d_bias = dz.view(-1, dz.shape[-1]).sum(0) if needs[7] else None
         return (None,) * 5 + (d_inputs, d_weight, d_bias, d_weight_hh, None, *d_extras, carry_h, carry_c, *d_norm)
 
 

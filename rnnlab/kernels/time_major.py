@@ -65,6 +65,15 @@ def weight_grad(dz, first, states, mask):
     return product(flat(dz[1:]).t(), reads).addmm_(dz[0].t(), read0)
 
 
+def input_grads(dz, inputs, weight, need_inputs: bool, need_weight: bool):
+    """The gradients of Zx = x W^T over all steps, dz (T, B, K*H), inputs (T, B, F): dx = dz W and
+    dW = dz^T x, one product each (None where not needed)."""
+    flat_dz = dz.reshape(-1, dz.shape[-1])
+    d_inputs = product(flat_dz, weight).view_as(inputs) if need_inputs else None
+    d_weight = product(flat_dz.t(), inputs.reshape(flat_dz.shape[0], -1)) if need_weight else None
+    return d_inputs, d_weight
+
+
 def product(a, b):
     """a @ b, through oneDNN on CPU where the C++ loops are built (loops.cpp: `product`)."""
     extension = compiled.extension_for(a)
