@@ -57,10 +57,13 @@ def order(device: str = "cpu", cell=None) -> tuple[str, ...]:
     torch's own GRU and tanh-RNN kernels at every size of the grid, forward and forward+backward
     (0.67-0.92x torch.nn.GRU at B >= 32, 0.15x at B = 1, T = 1000 forward+backward), and `scan`
     for the cells both serve (reads_state=False: one pass per step in cache; on one core scan's
-    parallelism buys nothing). The LSTM is the exception: torch's oneDNN LSTM forward is 1.3-1.7x
-    faster than the loop, so `native` stays first for it. With more threads torch's kernels may
-    gain on the loop, whose elementwise work runs on one. Elsewhere (GPU, other dtypes, or no
-    compiler: Python loops) torch's kernels, then scan's few serial steps.
+    parallelism buys nothing). The LSTM is the exception: `native` stays first for it. Under no_grad
+    torch's oneDNN LSTM is 1.05-1.25x faster than the loop at batched sizes; with gradients the loop
+    is the faster (0.55-0.85x at the tasks' sizes up to H = 256, even at H = 512: docs/BENCHMARKS.md,
+    "The LSTM under auto"), but every recorded LSTM result was trained with `native`, so switching
+    waits for those to be rerun (`implementation="fused"` or `--implementation fused` chooses it now).
+    Elsewhere (GPU, other dtypes, or no compiler: Python loops) torch's kernels, then scan's few
+    serial steps.
     """
     dtype = next(cell.parameters()).dtype if cell is not None else torch.float32
     if compiled.serves(device, dtype):
