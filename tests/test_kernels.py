@@ -484,6 +484,36 @@ def test_scan_keeps_doubling_to_bounded_gates(monkeypatch):
     assert calls
 
 
+@pytest.mark.parametrize("batch", [4, 32])  # 32 rows: the C++ steps multiply [x_t, s'] themselves (Stacked)
+@pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
+@pytest.mark.parametrize("options", [dict(), dict(residual="before")], ids=["vanilla", "residual-before"])
+def test_fused_gate_and_state_share_one_buffer(options, compiled_loop, batch, monkeypatch):
+    """The vanilla cell's state is its gate's value (s = a(z); the residual cell's 'before' too): without
+    lengths fused keeps ONE (T, B, H) buffer for both, with grad (one such tensor saved, not two) and
+    without, and still equals reference (float64), the C++ loops and the Python ones."""
+    if compiled_loop and EXTENSION is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSION if compiled_loop else None)
+    torch.manual_seed(0)
+    cls = ResidualCell if options else VanillaCell
+    cell = cls(I, H, **options).to(torch.float64)
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(batch, T, I, generator=g, dtype=torch.float64).requires_grad_()
+    state = torch.randn(batch, H, generator=g, dtype=torch.float64).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        got = forward_backward(cell, "fused", xs, state, None, None)
+    expected = forward_backward(cell, "reference", xs, state, None, None)
+    for e, g_ in zip((expected[0], *expected[1], *expected[2]), (got[0], *got[1], *got[2])):
+        torch.testing.assert_close(g_, e)
+    steps_by_state = {t.data_ptr() for t in saved if t.shape == (T, batch, H)}
+    assert len(steps_by_state) == 1, f"{len(steps_by_state)} (T, B, H) buffers saved; the gate's is the state's"
+    with torch.no_grad():
+        ys, final = kernels.fused(cell, xs, state, None, None, (None, None))
+    torch.testing.assert_close(ys, expected[0])
+    torch.testing.assert_close(final, expected[1][0])
+
+
 # --- inference and threads (issue 15) ---------------------------------------------------------------
 
 

@@ -93,7 +93,7 @@ class _Loop(torch.autograd.Function):
             # The C++ steps compute Zx = [x, y*] [U, W]^T a step at a time, in one product with V s'
             # (loops.cpp: Stacked), and add the bias in their pass over the gates: Zx of all steps is
             # never written out and read back. Without grad the gates are a ring of one step.
-            gates = tape.new(inputs, weight.shape[0], keep=save)
+            gates = tape.new(inputs, weight.shape[0], keep=save or _one_buffer(loop, tape))
             bias = None if bias is None else bias.contiguous()
             buffers = loop.forward(tape, gates, weight_hh, bias_hh, mh, state0, save, (bias, inputs, weight))
         elif compiled.extension_for(inputs) is not None:
@@ -176,6 +176,15 @@ class _Tape:
         return like.new_zeros(shape) if self.sizes is not None else like.new_empty(shape)
 
 
+def _one_buffer(loop, tape) -> bool:
+    """Whether the loop's gates and states are one (T, B, H) buffer: the vanilla cell's state is its one
+    gate's value, s = a(z) (so is the residual cell's with residual='before', s = a(z + s)), so the
+    step writes z where s goes and activates it in place (a buffer and a copy per step less; under
+    no_grad the buffer the outputs need anyway). Not with `lengths`: the rows of finished sequences must
+    read zero, and the Python loop's Zx (one addmm) holds the bias there."""
+    return isinstance(loop, _Gated) and loop.kind in ("vanilla", "before") and tape.sizes is None
+
+
 def _key(loop) -> tuple:
     """What fixes a loop's code path: its class and settings (for graphs.replay)."""
     return (type(loop).__name__,) + tuple(sorted(vars(loop).items()))
@@ -217,7 +226,7 @@ class _Gated:
 
     def forward(self, tape, zx, weight_hh, bias_hh, mh, state0, save, own=None):
         K, kind, gates = len(self.gates), self.kind, zx
-        states = tape.new(zx, zx.shape[-1] // K)
+        states = zx if _one_buffer(self, tape) else tape.new(zx, zx.shape[-1] // K)
         extension = compiled.extension_for(zx)
         if extension is not None:
             extension.gated_forward(kind, self.act, self.sigma, gates, weight_hh, mh, state0[0].contiguous(), states,

@@ -388,7 +388,9 @@ void gated_forward_step(Kind kind, Act act, Act sigma, T* g, const T* bias, cons
     if (K > 1) activate_gates(sigma, i, K - 1, w, H);
     switch (kind) {
       case Kind::vanilla:
-      case Kind::before: std::copy(r, r + w, sn); break;
+      case Kind::before:  // fused.py may give the state's buffer as the gate's (s = r): nothing to copy then
+        if (sn != r) std::copy(r, r + w, sn);
+        break;
       case Kind::residual:
 #pragma omp simd
         for (int64_t k = 0; k < w; ++k) sn[k] = sp[k] + r[k];
