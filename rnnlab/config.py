@@ -20,6 +20,7 @@ one means). A field the class lacks (a config.json of a newer rnnlab) is an Unkn
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -164,6 +165,9 @@ def validate(config) -> None:
             raise ConfigTypeError(owner, f.name, _expected(base, optional, meta), value)
         if meta.get("choices") is not None and value not in meta["choices"]:
             raise ConfigError(owner, f.name, _expected(base, optional, meta), value)
+        if isinstance(value, float) and not math.isfinite(value):  # inf passes every bound, NaN none
+            raise ConfigError(owner, f.name, _expected(base, optional, meta).replace("a number", "a finite number"),
+                              value)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, meta):
             raise ConfigError(owner, f.name, _expected(base, optional, meta), value)
 
