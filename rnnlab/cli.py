@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import threading
 import time
@@ -177,7 +178,11 @@ def _check_device(name: str) -> None:
 
     from .training import resolve_device
 
-    device = resolve_device(name)
+    try:
+        device = resolve_device(name)
+    except ValueError:
+        raise ValueError(f"--device must be a torch device name (cpu, cuda, cuda:1, ...) or 'auto'; "
+                         f"got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device must be a device this machine has; got {name!r}, but CUDA is not available "
@@ -616,8 +621,8 @@ def cmd_sample(args) -> int:
 
     _check_at_least(args, 0, "length")
     _check_at_least(args, 1, "top_k")
-    if not args.temperature >= 0:
-        raise ValueError(f"--temperature must be >= 0 (0: greedy); got {args.temperature}")
+    if not 0 <= args.temperature < math.inf:  # inf: every probability NaN
+        raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy); got {args.temperature}")
     task, _ = _open_trained(args, TextGenerator, "rnnlab sample: a {task!r} run does not generate text")
     unknown = task.unknown_in(args.prompt)
     if unknown:

@@ -49,6 +49,7 @@ def one_line_error(capsys, argv, *names):
     ("--top-k", "0", ("--top-k", "got 0")),
     ("--top-k", "-5", ("--top-k", "got -5")),
     ("--temperature", "-0.5", ("--temperature", "got -0.5")),
+    ("--temperature", "inf", ("--temperature", "a finite number", "got inf")),
     ("--length", "-1", ("--length", "got -1")),
     ("--threads", "0", ("--threads", "got 0")),
 ])
@@ -68,7 +69,7 @@ def test_device_cuda_without_cuda(trained, capsys, no_cuda, command):
 
 @pytest.mark.parametrize("command", ["sample", "eval"])
 def test_device_that_is_no_device(trained, capsys, command):
-    one_line_error(capsys, [command, str(trained), "--device", "gpu7"], "device", "'gpu7'")
+    one_line_error(capsys, [command, str(trained), "--device", "gpu7"], "--device", "'gpu7'")
 
 
 def test_eval_threads_zero(trained, capsys):
