@@ -979,6 +979,22 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
     print(f"rnnlab: warning: {message}", file=sys.stderr)
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says an allocation failed: Python's MemoryError, torch's CUDA OutOfMemoryError, or
+    the RuntimeError of torch's CPU allocator (which has no type of its own)."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        "can't allocate memory" in str(error) or "out of memory" in str(error).lower()[:200])
+
+
+def _allocation(error: BaseException) -> str:
+    """' (tried to allocate N bytes)' where torch's message says how much, else ''."""
+    words = str(error).split()
+    for i, word in enumerate(words[:-1]):
+        if word == "allocate" and words[i + 1].replace(".", "").isdigit():
+            return f" (tried to allocate {words[i + 1]} {words[i + 2].rstrip('.;,') if i + 2 < len(words) else ''})"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command. A user's mistake or a fault of the machine (rnnlab's error types, ValueError
     for bad input, OSError) prints one line and exits with 2; anything else is a bug of ours and keeps
@@ -1016,6 +1032,12 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as error:  # the machine: a missing or unwritable file, a full disk
             where = f": {error.filename}" if error.filename else ""
             print(f"rnnlab: error: {error.strerror or error}{where}", file=sys.stderr)
+            return 2
+        except (MemoryError, RuntimeError) as error:  # the machine: sizes that need more memory than it has
+            if not _out_of_memory(error):
+                raise  # any other RuntimeError is a bug of ours: its traceback
+            print(f"rnnlab: error: out of memory{_allocation(error)}; smaller sizes (--hidden, --batch-size, "
+                  f"--length, ...) need less", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # Ctrl-C outside training (training saves a checkpoint and returns 130 itself)
             print("\nrnnlab: interrupted", file=sys.stderr)
