@@ -601,9 +601,12 @@ def _open_trained(args, capability=None, refusal: str = ""):
     is refused before its weights are loaded."""
     import torch
 
+    from .config import MAX_THREADS
     from .tasks import commands_for, load_weights, open_run
 
     _check_at_least(args, 1, "threads")
+    if args.threads is not None and args.threads > MAX_THREADS:  # OpenMP fails to make so many: a segfault
+        raise ValueError(f"--threads must be at most {MAX_THREADS}; got {args.threads}")
     _check_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

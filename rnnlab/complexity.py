@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import kernels
 from .cells import LADDER, Cell, OutputFeedbackCell
-from .config import ConfigError, knob, validate
+from .config import MAX_THREADS, ConfigError, knob, validate
 from .instruments import SavedTensorTracker, fit_exponent, ops_per_step, peak_allocated
 from .plots import pyplot, save_figure
 from .runners import Recurrent, shift_right
@@ -95,7 +95,8 @@ class ComplexityConfig:
     repeats: int = knob(3, "timed runs per point, the fastest kept (--quick: 2)", low=1)
     device: str = knob("cpu", "where to measure (cuda: peak memory from torch.cuda.max_memory_allocated)",
                        ("cpu", "cuda"))
-    threads: int = knob(1, "torch CPU threads: these matrices are small and the cores shared; more adds noise", low=1)
+    threads: int = knob(1, "torch CPU threads: these matrices are small and the cores shared; more adds noise", low=1,
+                      high=MAX_THREADS)
     regimes: tuple[str, ...] = knob(tuple(REGIMES), "regimes to measure, comma-separated", tuple(REGIMES))
     seed: int = knob(0, "seed of the inputs and weights", low=0)
 

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .checkpoints import CheckpointError, RunDir, check_weights
-from .config import ConfigError, knob, to_dict, validate
+from .config import MAX_THREADS, ConfigError, knob, to_dict, validate
 from .data.batches import Batch
 from .init import apply_constraints, regularization_loss
 
@@ -66,7 +66,8 @@ class TrainConfig:
     seed: int = knob(0, "seed of every random choice: the same seed gives the same run", low=0)
     device: str = knob("cpu", "torch device (cpu, cuda, cuda:1, ...; auto: cuda if available)")
     threads: int | None = knob(None, "CPU threads for torch while training (none: torch's default); 1 is "
-                                     "much faster on a machine whose cores are busy with other work", low=1)
+                                     "much faster on a machine whose cores are busy with other work", low=1,
+                                 high=MAX_THREADS)
     optimizer: str = knob("adam", "optimiser", OPTIMIZERS)
     lr: float = knob(2e-3, "peak learning rate", above=0)
     weight_decay: float = knob(0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)", low=0)

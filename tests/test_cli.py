@@ -52,6 +52,7 @@ def one_line_error(capsys, argv, *names):
     ("--temperature", "inf", ("--temperature", "a finite number", "got inf")),
     ("--length", "-1", ("--length", "got -1")),
     ("--threads", "0", ("--threads", "got 0")),
+    ("--threads", "99999", ("--threads", "at most 1024", "got 99999")),  # OpenMP's segfault otherwise
 ])
 def test_sample_flags_out_of_range(trained, capsys, flag, value, names):
     one_line_error(capsys, ["sample", str(trained), flag, value], *names)
@@ -218,6 +219,16 @@ def test_train_text_that_does_not_exist(tmp_path, capsys):
 
 def test_train_config_value_out_of_range(tmp_path, capsys):
     one_line_error(capsys, ["train", "adding", *TINY, "--lr", "-1", "--out", str(tmp_path / "r")], "lr", "-1")
+
+
+@pytest.mark.parametrize("command", [["train", "adding", *TINY], ["ladder", "adding", "--cells", "gru"],
+                                     ["bench", "--threads", "1,99999"], ["complexity", "--quick"], ["gradients"]])
+def test_threads_beyond_what_openmp_can_make_are_refused(tmp_path, capsys, command):
+    """torch.set_num_threads(99999) kills the process (a segmentation fault in OpenMP's thread creation)."""
+    out = str(tmp_path / "r")
+    rest = ["--json", out] if "bench" in command else ["--threads", "99999", "--out", out]
+    one_line_error(capsys, [*command, *rest], "--threads", "1024", "99999")
+    assert not (tmp_path / "r").exists()
 
 
 def test_resume_refuses_a_change_of_a_flag_only_the_runs_task_has(trained, capsys):
