@@ -111,6 +111,10 @@ class RecurrentModel(nn.Module):
     def generate(self, batch: int, steps: int, state=None, xs=None):
         """Free running for `steps` steps: the lecture's "no input" unrolling (xs None: the cells
         read no input; their input_size must be 0) or with given inputs xs."""
+        for name, value in (("batch", batch), ("steps", steps)):
+            check_number("RecurrentModel.generate", name, value, integer=True)
+            if value < 1:
+                raise ValueError(f"RecurrentModel.generate: {name} must be >= 1; got {value}")
         if xs is None:
             if self.core.input_size != 0 or self.input_map is not None:
                 raise ValueError(f"RecurrentModel.generate: xs is needed; the core reads inputs of size "

@@ -31,6 +31,8 @@ IMPLEMENTATION_NAMES = ("auto", "reference", "fused", "native", "scan")
 
 def shift_right(y: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, O) targets -> y_prev with y_prev[:, t] = y[:, t-1] and y_prev[:, 0] = first (zeros)."""
+    if not isinstance(y, torch.Tensor) or y.dim() < 2:
+        raise ValueError(f"shift_right: y must be (B, T, ...); got {_describe(y)}")
     start = torch.zeros_like(y[:, :1]) if first is None else first.reshape(y.shape[0], 1, -1).to(y)
     return torch.cat([start, y[:, :-1]], dim=1)
 
@@ -68,7 +70,7 @@ def check_sequence(where: str, xs, input_size: int, lengths, y_prev, feedback_si
     if lengths is None:
         return None
     lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.shape[0] != batch or lengths.is_floating_point():
+    if lengths.dim() != 1 or lengths.shape[0] != batch or lengths.is_floating_point() or lengths.dtype == torch.bool:
         raise ValueError(f"{where}: lengths must be an integer tensor ({batch},); got {_describe(lengths)}")
     lengths = lengths.to(device=xs.device, dtype=torch.long)
     low, high = int(lengths.min()), int(lengths.max())

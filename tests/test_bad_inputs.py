@@ -153,7 +153,29 @@ BAD_CALLS = {
                                    lambda: TrainConfig(optimizer=None)),
     "TrainConfig max_minutes as a string": (ConfigTypeError, "TrainConfig: max_minutes must be None or a number > 0",
                                             lambda: TrainConfig(max_minutes="3")),
+    # token ids, lengths, step counts: torch would fail deep inside (IndexError, negative dimension), naming nothing
+    "Recurrent lengths of bools": (ValueError, "Recurrent: lengths must be an integer tensor (4,); got tensor (4,) "
+                                               "torch.bool", lambda: R.Recurrent(lstm())(torch.randn(B, T, I),
+                                                                                        lengths=torch.ones(B).bool())),
+    "generate steps negative": (ValueError, "RecurrentModel.generate: steps must be >= 1; got -1",
+                                lambda: free_running().generate(2, -1)),
+    "generate steps zero": (ValueError, "RecurrentModel.generate: steps must be >= 1; got 0",
+                            lambda: free_running().generate(2, 0)),
+    "generate batch as a float": (TypeError, "RecurrentModel.generate: batch must be an int; got float 2.0",
+                                  lambda: free_running().generate(2.0, 3)),
+    "EmbeddingFeedback target past the vocabulary": (
+        ValueError, "EmbeddingFeedback: targets must be token ids in [0, 9]; got values from 0 to 10",
+        lambda: R.EmbeddingFeedback(10, 4).from_target(torch.tensor([[0, 10]]))),
+    "SoftmaxFeedback negative target": (ValueError, "SoftmaxFeedback: targets must be token ids in [0, 9]; got values "
+                                                    "from -1 to 3", lambda: R.SoftmaxFeedback(10).from_target(
+                                                        torch.tensor([[3, -1]]))),
+    "shift_right of a (B,) tensor": (ValueError, "shift_right: y must be (B, T, ...); got tensor (4,)",
+                                     lambda: R.shift_right(torch.zeros(4))),
 }
+
+
+def free_running():
+    return R.RecurrentModel(R.Recurrent(R.VanillaCell(0, H, O)), nn.Linear(H, O), feedback_map=R.RawFeedback(O))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CALLS))
@@ -164,6 +186,24 @@ def test_a_bad_call_is_a_one_line_error_naming_the_argument(case):
     assert type(caught.value) is error
     message = str(caught.value)
     assert text in message and "\n" not in message
+
+
+def test_a_long_list_where_a_tensor_belongs_is_named_in_a_short_line():
+    """A (B, T) list of lists in place of a tensor: the message shows its first elements, not all 16 x 8."""
+    with pytest.raises(ValueError) as caught:
+        R.LSTMCell(8, H)([[0.0] * 8] * 16, None)
+    message = str(caught.value)
+    assert message.startswith("LSTMCell: x must be (B, 8); got list of 16 [list of 8 [float, float, float, ...], ")
+    assert len(message) < 200, message
+
+
+def test_integer_inputs_are_not_told_to_convert_the_module_to_integers():
+    """A module's weights cannot be int64: the advice is to convert the input."""
+    model = R.Recurrent(R.GRUCell(I, H, feedback_size=O))
+    with pytest.raises(ValueError) as caught:
+        model(torch.randn(B, T, I), y_prev=torch.ones(B, T, O, dtype=torch.long))
+    assert str(caught.value) == ("Recurrent: y_prev must be torch.float32 like the weights; got torch.int64 "
+                                 "(convert it with .to(torch.float32))")
 
 
 def test_numbers_of_the_right_kind_still_pass():
