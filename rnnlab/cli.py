@@ -418,9 +418,13 @@ def cmd_seeds(args) -> int:
 def json_folder(path: str | Path) -> Path:
     """Create the folder of a JSON report's `path` (a command calls this before its run too, so that a
     path it cannot write fails at once, not after minutes of measuring)."""
+    import errno
+
     from .errors import WriteError
 
     path = Path(path)
+    if path.is_dir():
+        raise WriteError(errno.EISDIR, f"cannot write {path}: it is a folder; name a file in it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

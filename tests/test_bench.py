@@ -190,6 +190,17 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert any(r["name"] == "lstm [scan]" for r in data["rows"])
 
 
+def test_json_naming_a_folder_fails_before_measuring(tmp_path, capsys, monkeypatch):
+    """--json DIR failed only after the whole measurement, which was lost."""
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before checking --json")
+
+    monkeypatch.setattr(bench, "run_bench", measured)
+    assert main(["bench", "--sizes", "2x4x3x5", "--cells", "lstm", "--reps", "1", "--json", str(tmp_path)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == f"rnnlab: error: cannot write {tmp_path}: it is a folder; name a file in it"
+
+
 def test_the_json_keeps_the_layout_of_the_recorded_reports(monkeypatch, tmp_path):
     """The keys of docs/data's reports at every level, so scripts/bench_targets.py reads old and new alike."""
     old = json.loads((ROOT / "docs" / "data" / "bench_threads_after_openmp.json").read_text())
