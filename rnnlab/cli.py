@@ -893,7 +893,7 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     lad.add_argument("task", metavar="TASK", help="adding or copy")
     add_config_flags(lad, ladder_module.LadderConfig, ladder_module.LadderConfig(), "what to train")
     lad.add_argument("--out", help="directory of the runs and the plot (default runs/ladder-TASK-<time>); "
-                                   "cells already there are resumed")
+                                   "cells already there are resumed (one made with other flags is refused)")
     lad.set_defaults(func=cmd_ladder)
 
     sample = sub.add_parser("sample", help="generate text from a trained run")

@@ -9,7 +9,8 @@ the reference cell's parameter count at the configured H (`hidden_for_budget`).
 
 Each cell is an ordinary run of the Trainer in OUT/<cell>/ (checkpoints, metrics.jsonl, loss.png),
 so an interrupted ladder resumes where it stopped: a cell whose run directory holds a checkpoint
-is resumed (to the same step budget), not restarted.
+is resumed (to the same step budget, or a new --steps), not restarted. A cell folder made with other
+flags is refused, never resumed under the new ones (its weights would be reported as theirs).
 """
 
 from __future__ import annotations
