@@ -280,9 +280,13 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, source, targets, source_lengths=None, target_lengths=None, teacher_forcing: float = 1.0):
         """Logits (B, T_target, C) for the target positions (teacher forcing by default)."""
+        check_number("EncoderDecoder", "teacher_forcing", teacher_forcing)
         if not 0.0 <= teacher_forcing <= 1.0:
             raise ValueError(f"EncoderDecoder: teacher_forcing must be in [0, 1]; got {teacher_forcing}")
         memory, summary, state = self._encode(source, source_lengths)
+        if not isinstance(targets, torch.Tensor) or targets.dim() < 2 or targets.shape[0] != summary.shape[0]:
+            raise ValueError(f"EncoderDecoder: targets must be ({summary.shape[0]}, T_target), one row per source; "
+                             f"got {_describe(targets)}")
         xs = summary[:, None].expand(-1, targets.shape[1], -1)
         if self.attention is None:
             ys, _ = self.decoder(xs, targets=targets, teacher_forcing=teacher_forcing, lengths=target_lengths,

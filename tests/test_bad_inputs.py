@@ -169,9 +169,24 @@ BAD_CALLS = {
     "SoftmaxFeedback negative target": (ValueError, "SoftmaxFeedback: targets must be token ids in [0, 9]; got values "
                                                     "from -1 to 3", lambda: R.SoftmaxFeedback(10).from_target(
                                                         torch.tensor([[3, -1]]))),
+    "EncoderDecoder targets of one row": (ValueError, "EncoderDecoder: targets must be (2, T_target), one row per "
+                                                      "source; got tensor (4,)",
+                                          lambda: encoder_decoder()(torch.zeros(2, 3, dtype=torch.long),
+                                                                    torch.zeros(4, dtype=torch.long))),
+    "EncoderDecoder teacher_forcing as a string": (TypeError, "EncoderDecoder: teacher_forcing must be a number; got "
+                                                              "str '0.5'",
+                                                   lambda: encoder_decoder()(torch.zeros(2, 3, dtype=torch.long),
+                                                                             torch.zeros(2, 4, dtype=torch.long),
+                                                                             teacher_forcing="0.5")),
     "shift_right of a (B,) tensor": (ValueError, "shift_right: y must be (B, T, ...); got tensor (4,)",
                                      lambda: R.shift_right(torch.zeros(4))),
 }
+
+
+def encoder_decoder():
+    decoder = R.RecurrentModel(R.Recurrent(R.GRUCell(H, H, feedback_size=O)), nn.Linear(H, 7),
+                               feedback_map=R.EmbeddingFeedback(7, O))
+    return R.EncoderDecoder(R.Recurrent(R.GRUCell(I, H)), decoder, source_map=nn.Embedding(7, I))
 
 
 def free_running():
