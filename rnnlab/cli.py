@@ -425,12 +425,26 @@ def json_folder(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise WriteError(errno.EISDIR, f"cannot write {path}: it is a folder; name a file in it")
+    if path.exists() and not _is_report(path):  # a run's config.json, a user's file: never replaced
+        raise ValueError(f"cannot write {path}: it exists and is not a JSON report of rnnlab bench, complexity or "
+                         f"gradients; choose another path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         why = f"{path.parent} is not a folder" if isinstance(error, FileExistsError) else error.strerror or error
         raise WriteError(error.errno, f"cannot write {path}: {why}") from error
     return path
+
+
+def _is_report(path: Path) -> bool:
+    """Whether `path` holds a JSON report these commands write (which a new run may replace)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and bool({"machine", "regimes", "cells"} & set(data))
 
 
 def write_json_report(path: str | Path, data) -> Path:

@@ -201,6 +201,19 @@ def test_json_naming_a_folder_fails_before_measuring(tmp_path, capsys, monkeypat
     assert line == f"rnnlab: error: cannot write {tmp_path}: it is a folder; name a file in it"
 
 
+def test_json_naming_a_file_that_is_no_report_is_refused_and_left_untouched(tmp_path, capsys):
+    """--json RUN/config.json replaced a run's config with a bench report: the run was lost."""
+    config = tmp_path / "config.json"
+    config.write_text('{"task": "language", "train": {}}')
+    args = ["bench", "--sizes", "2x4x3x5", "--cells", "lstm", "--impls", "reference", "--variants", "plain",
+            "--passes", "forward", "--reps", "1", "--json"]
+    assert main([*args, str(config)]) == 2
+    assert "it exists and is not a JSON report of rnnlab bench" in capsys.readouterr().err
+    assert config.read_text() == '{"task": "language", "train": {}}'
+    report = tmp_path / "bench.json"  # a report of an earlier run is replaced
+    assert main([*args, str(report)]) == 0 and main([*args, str(report)]) == 0
+
+
 def test_the_json_keeps_the_layout_of_the_recorded_reports(monkeypatch, tmp_path):
     """The keys of docs/data's reports at every level, so scripts/bench_targets.py reads old and new alike."""
     old = json.loads((ROOT / "docs" / "data" / "bench_threads_after_openmp.json").read_text())
