@@ -244,6 +244,8 @@ class Stacked(Runner):
         `dropout` is between layers; the cells' own options come as keywords or as the dict `options`
         (where a cell option shares a name with one of these, e.g. the cell's input `dropout`)."""
         cell_options = {**(options or {}), **cell_options}
+        if not (isinstance(cell_type, type) and issubclass(cell_type, Cell)):  # torch.nn.LSTM would fail naming nothing
+            raise TypeError(f"Stacked.of: cell_type must be a cell class such as rnnlab.LSTMCell; got {cell_type!r}")
         check_number("Stacked.of", "num_layers", num_layers, integer=True)
         if num_layers < 1:
             raise ValueError(f"Stacked.of: num_layers must be an int >= 1; got {num_layers}")

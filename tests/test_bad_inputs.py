@@ -178,6 +178,9 @@ BAD_CALLS = {
                                                    lambda: encoder_decoder()(torch.zeros(2, 3, dtype=torch.long),
                                                                              torch.zeros(2, 4, dtype=torch.long),
                                                                              teacher_forcing="0.5")),
+    "Stacked.of a torch.nn module": (TypeError, "Stacked.of: cell_type must be a cell class such as rnnlab.LSTMCell; "
+                                                "got <class 'torch.nn.modules.rnn.LSTM'>",
+                                     lambda: R.Stacked.of(nn.LSTM, I, H, 2)),
     "shift_right of a (B,) tensor": (ValueError, "shift_right: y must be (B, T, ...); got tensor (4,)",
                                      lambda: R.shift_right(torch.zeros(4))),
 }
