@@ -232,8 +232,10 @@ class Trainer:
                  run_config: dict[str, Any] | None = None, on_event: Callable[[dict], None] | None = None,
                  solved: Callable[[dict[str, float]], bool] | None = None,
                  parameter_groups: list[dict[str, Any]] | None = None):
-        if not isinstance(config, TrainConfig):
-            raise ValueError(f"Trainer: config must be a TrainConfig; got {type(config).__name__}")
+        if not isinstance(config, TrainConfig):  # a wrong kind of object: a TypeError, as the configs' own checks
+            raise TypeError(f"Trainer: config must be a TrainConfig; got {type(config).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Trainer: model must be a torch.nn.Module; got {type(model).__name__}")
         self.config, self.device = config, resolve_device(config.device)
         self.model = model.to(self.device)
         self.parameter_groups = _check_parameter_groups(model, parameter_groups)

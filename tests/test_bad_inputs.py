@@ -13,7 +13,7 @@ from rnnlab import kernels
 from rnnlab.config import ConfigTypeError
 from rnnlab.init import L1L2, Constraints, Init, MaxNorm, Regularizers
 from rnnlab.kernels import compiled
-from rnnlab.training import TrainConfig
+from rnnlab.training import TrainConfig, Trainer
 
 from conftest import EXTENSION
 
@@ -153,6 +153,10 @@ BAD_CALLS = {
                                    lambda: TrainConfig(optimizer=None)),
     "TrainConfig max_minutes as a string": (ConfigTypeError, "TrainConfig: max_minutes must be None or a number > 0",
                                             lambda: TrainConfig(max_minutes="3")),
+    "Trainer config as a dict": (TypeError, "Trainer: config must be a TrainConfig; got dict",
+                                 lambda: Trainer(nn.Linear(1, 1), [], None, {"lr": 1e-3})),
+    "Trainer model as a function": (TypeError, "Trainer: model must be a torch.nn.Module; got function",
+                                    lambda: Trainer(lambda x: x, [], None, TrainConfig())),
     # token ids, lengths, step counts: torch would fail deep inside (IndexError, negative dimension), naming nothing
     "Recurrent lengths of bools": (ValueError, "Recurrent: lengths must be an integer tensor (4,); got tensor (4,) "
                                                "torch.bool", lambda: R.Recurrent(lstm())(torch.randn(B, T, I),
