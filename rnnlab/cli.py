@@ -444,7 +444,7 @@ def _is_report(path: Path) -> bool:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    return isinstance(data, dict) and bool({"machine", "regimes", "cells"} & set(data))
+    return isinstance(data, dict) and bool({"machine", "rows", "regimes", "cells"} & set(data))
 
 
 def write_json_report(path: str | Path, data) -> Path:
