@@ -997,7 +997,8 @@ def _task_named(argv: list[str]) -> str | None:
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"rnnlab: warning: {message}", file=sys.stderr)
+    text = str(message).removeprefix("rnnlab: ")  # the core's BuildNote names rnnlab itself, for library users
+    print(f"rnnlab: warning: {text}", file=sys.stderr)
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -68,3 +68,22 @@ def test_a_runtime_error_that_is_not_memory_keeps_its_traceback(trained, monkeyp
     monkeypatch.setattr("rnnlab.tasks.open_run", bug)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         main(["eval", str(trained)])
+
+
+def test_a_warning_of_the_core_is_one_line_with_one_prefix(trained, monkeypatch, capsys):
+    """The C++ build's notes begin 'rnnlab: ' (for library users); the CLI showed 'rnnlab: warning: rnnlab: ...'."""
+    import warnings
+
+    from rnnlab.kernels.compiled import BuildNote
+    from rnnlab.tasks import open_run as real_open_run
+
+    def noted(*args, **kwargs):
+        warnings.warn("rnnlab: cannot use the C++ loop cache /x; using the Python loops", BuildNote, stacklevel=2)
+        return real_open_run(*args, **kwargs)
+
+    monkeypatch.setattr("rnnlab.tasks.open_run", noted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", BuildNote)  # as outside pytest, where a note is shown, not raised
+        assert main(["eval", str(trained)]) == 0
+    err = capsys.readouterr().err
+    assert "rnnlab: warning: cannot use the C++ loop cache /x; using the Python loops\n" in err, err
