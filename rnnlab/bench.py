@@ -44,7 +44,7 @@ import torch
 
 from . import kernels
 from .cells import LADDER
-from .config import MAX_THREADS, ConfigError, knob, validate
+from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, validate
 from .kernels import compiled
 from .runners import IMPLEMENTATION_NAMES, Recurrent
 from .tables import Table
@@ -103,7 +103,7 @@ class BenchConfig:
     # A candidate whose first warm-up call takes longer is skipped (and reported so): this is what
     # keeps the default grid near 10 minutes when slow paths meet T = 1000.
     max_call_s: float = knob(5.0, "skip a candidate whose warm-up call takes longer than this many seconds", above=0)
-    seed: int = knob(0, "seed of the inputs and weights", low=0)
+    seed: int = knob(0, "seed of the inputs and weights", low=0, high=MAX_SEED)
     device: str = knob("cpu", "where to run: each call on cuda is timed to its completion", ("cpu", "cuda"))
 
     def __post_init__(self):

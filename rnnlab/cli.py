@@ -369,10 +369,14 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
 def cmd_seeds(args) -> int:
     """Train one configuration over several seeds; print per-seed metrics, their mean and std."""
     from . import seeds
+    from .config import MAX_SEED
     from .tasks import TASKS
 
     _check_at_least(args, 1, "count")
     _check_at_least(args, 0, "first")
+    if args.first + args.count - 1 > MAX_SEED:  # torch reads a seed's low 32 bits: a larger one repeats a smaller
+        raise ValueError(f"--first and --count must name seeds up to {MAX_SEED}; got seeds {args.first} to "
+                         f"{args.first + args.count - 1}")
     cls = TASKS[args.task]
     task_config = config_from_flags(cls.Config, args, "seeds")
     train_config = config_from_flags(type(cls.train_defaults), args, "seeds", cls.train_defaults)
@@ -638,10 +642,13 @@ def _open_trained(args, capability=None, refusal: str = ""):
 
 def cmd_sample(args) -> int:
     """Generate text from a trained run, the model's own outputs fed back after the prompt."""
+    from .config import MAX_SEED
     from .tasks import TextGenerator
 
-    _check_at_least(args, 0, "length")
+    _check_at_least(args, 0, "length", "seed")
     _check_at_least(args, 1, "top_k")
+    if args.seed > MAX_SEED:  # torch reads a seed's low 32 bits: a larger one repeats a smaller
+        raise ValueError(f"--seed must be at most {MAX_SEED}; got {args.seed}")
     if not 0 <= args.temperature < math.inf:  # inf: every probability NaN
         raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy); got {args.temperature}")
     task, _ = _open_trained(args, TextGenerator, "rnnlab sample: a {task!r} run does not generate text")

@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import kernels
 from .cells import LADDER, Cell, OutputFeedbackCell
-from .config import MAX_THREADS, ConfigError, knob, validate
+from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, validate
 from .instruments import SavedTensorTracker, fit_exponent, ops_per_step, peak_allocated
 from .plots import pyplot, save_figure
 from .runners import Recurrent, shift_right
@@ -98,7 +98,7 @@ class ComplexityConfig:
     threads: int = knob(1, "torch CPU threads: these matrices are small and the cores shared; more adds noise", low=1,
                       high=MAX_THREADS)
     regimes: tuple[str, ...] = knob(tuple(REGIMES), "regimes to measure, comma-separated", tuple(REGIMES))
-    seed: int = knob(0, "seed of the inputs and weights", low=0)
+    seed: int = knob(0, "seed of the inputs and weights", low=0, high=MAX_SEED)
 
     def __post_init__(self):
         validate(self)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .cells import LADDER
-from .config import MAX_THREADS, knob, validate
+from .config import MAX_SEED, MAX_THREADS, knob, validate
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
 from .init import Init
 from .plots import pyplot, save_figure
@@ -43,7 +43,7 @@ class GradientFlowConfig:
                          "between steps)", low=1)
     batch: int = knob(32, "sequences per training batch", low=1)
     lr: float = knob(1e-2, "Adam's learning rate", above=0)
-    seed: int = knob(0, "seed of the weights and the data", low=0)
+    seed: int = knob(0, "seed of the weights and the data", low=0, high=MAX_SEED)
     # keras's is the default because with it a gated cell learns the task within the short training here.
     init: str = knob("keras", "keras (orthogonal recurrent kernels, zero biases, forget bias 1) or torch (uniform)",
                      tuple(INITS))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .checkpoints import RunDir
-from .config import MAX_THREADS, differences, from_dict, knob, validate
+from .config import MAX_SEED, MAX_THREADS, differences, from_dict, knob, validate
 from .errors import RunDirError
 from .plots import pyplot, save_figure
 from .tables import Table
@@ -49,7 +49,7 @@ class LadderConfig:
     max_minutes: float | None = knob(None, "wall-clock budget per cell (none: the task's)", above=0)
     lr: float | None = knob(None, "peak learning rate (none: the task's)", above=0)
     eval_every: int | None = knob(None, "evaluate every this many steps (none: the task's)", low=1)
-    seed: int | None = knob(None, "seed (none: 0)", low=0)
+    seed: int | None = knob(None, "seed (none: 0)", low=0, high=MAX_SEED)
     threads: int | None = knob(None, "torch CPU threads (none: the task's, 1)", low=1, high=MAX_THREADS)
 
     TASK_FIELDS: ClassVar[tuple[str, ...]] = ("T", "hidden", "batch_size")

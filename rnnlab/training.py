@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .checkpoints import CheckpointError, RunDir, check_weights
-from .config import MAX_THREADS, ConfigError, knob, to_dict, validate
+from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, to_dict, validate
 from .data.batches import Batch
 from .init import apply_constraints, regularization_loss
 
@@ -63,7 +63,7 @@ class TrainConfig:
 
     steps: int = knob(1000, "training steps (batches) in all; a resumed run continues to this total", low=1)
     max_minutes: float | None = knob(None, "wall-clock budget of this invocation in minutes (none: no limit)", above=0)
-    seed: int = knob(0, "seed of every random choice: the same seed gives the same run", low=0)
+    seed: int = knob(0, "seed of every random choice: the same seed gives the same run", low=0, high=MAX_SEED)
     device: str = knob("cpu", "torch device (cpu, cuda, cuda:1, ...; auto: cuda if available)")
     threads: int | None = knob(None, "CPU threads for torch while training (none: torch's default); 1 is "
                                      "much faster on a machine whose cores are busy with other work", low=1,

@@ -146,7 +146,7 @@ BAD_CALLS = {
                                         lambda: TrainConfig(threads="1")),
     "TrainConfig clip_norm as a string": (ConfigTypeError, "TrainConfig: clip_norm must be None or a number > 0",
                                           lambda: TrainConfig(clip_norm="5")),
-    "TrainConfig seed as a bool": (ConfigTypeError, "TrainConfig: seed must be an int >= 0; got True",
+    "TrainConfig seed as a bool": (ConfigTypeError, "TrainConfig: seed must be an int in [0, 4294967295]; got True",
                                    lambda: TrainConfig(seed=True)),
     "TrainConfig optimizer None": (ConfigTypeError,
                                    "TrainConfig: optimizer must be one of ('adam', 'adamw', 'sgd'); got None",

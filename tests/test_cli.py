@@ -53,6 +53,8 @@ def one_line_error(capsys, argv, *names):
     ("--length", "-1", ("--length", "got -1")),
     ("--threads", "0", ("--threads", "got 0")),
     ("--threads", "99999", ("--threads", "at most 1024", "got 99999")),  # OpenMP's segfault otherwise
+    ("--seed", "-1", ("--seed", "got -1")),
+    ("--seed", "99999999999999999999999", ("--seed", "at most 4294967295")),  # torch: 'Overflow when unpacking'
 ])
 def test_sample_flags_out_of_range(trained, capsys, flag, value, names):
     one_line_error(capsys, ["sample", str(trained), flag, value], *names)
@@ -229,6 +231,16 @@ def test_threads_beyond_what_openmp_can_make_are_refused(tmp_path, capsys, comma
     rest = ["--json", out] if "bench" in command else ["--threads", "99999", "--out", out]
     one_line_error(capsys, [*command, *rest], "--threads", "1024", "99999")
     assert not (tmp_path / "r").exists()
+
+
+def test_seeds_beyond_what_torch_reads_are_refused(tmp_path, capsys):
+    """torch's CPU generator reads a seed's low 32 bits: --seed 4294967296 ran the run of --seed 0, and a
+    seed beyond 2**64 failed with torch's 'Overflow when unpacking long long', naming no flag."""
+    one_line_error(capsys, ["train", "adding", *TINY, "--seed", "4294967296", "--out", str(tmp_path / "r")],
+                   "--seed", "[0, 4294967295]", "got 4294967296")
+    one_line_error(capsys, ["seeds", "adding", *TINY, "--first", "4294967295", "--count", "2",
+                            "--out", str(tmp_path / "s")], "--first", "4294967295 to 4294967296")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
 
 
 def test_resume_refuses_a_change_of_a_flag_only_the_runs_task_has(trained, capsys):
