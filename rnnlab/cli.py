@@ -602,8 +602,12 @@ def cmd_ladder(args) -> int:
     config, train = settings.overrides(settings.TASK_FIELDS), settings.overrides(settings.TRAIN_FIELDS)
     cells = settings.cells
     out = Path(args.out) if args.out else Path("runs") / f"ladder-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
-    result = ladder.run_ladder(args.task, config, train, out, cells,
-                               progress=lambda line: print("  training", line, flush=True))
+    try:
+        result = ladder.run_ladder(args.task, config, train, out, cells,
+                                   progress=lambda line: print("  training", line, flush=True))
+    except KeyboardInterrupt:
+        print(f"interrupted: the cell's checkpoint is saved; continue with the same command (--out {out})")
+        return 130
     rows, T = result.rows, config.get("T")
     print(f"\nrnnlab ladder {args.task}: equal parameter budgets (the LSTM's at its hidden size); "
           f"loss on held-out sequences; steps: those trained (fewer where the time budget stopped a cell)\n")

@@ -10,7 +10,8 @@ the reference cell's parameter count at the configured H (`hidden_for_budget`).
 Each cell is an ordinary run of the Trainer in OUT/<cell>/ (checkpoints, metrics.jsonl, loss.png),
 so an interrupted ladder resumes where it stopped: a cell whose run directory holds a checkpoint
 is resumed (to the same step budget, or a new --steps), not restarted. A cell folder made with other
-flags is refused, never resumed under the new ones (its weights would be reported as theirs).
+flags is refused, never resumed under the new ones (its weights would be reported as theirs). Ctrl-C
+stops the ladder (KeyboardInterrupt once the interrupted cell's checkpoint is saved), not only the cell.
 """
 
 from __future__ import annotations
@@ -163,6 +164,8 @@ def run_ladder(task_name: str, config_overrides: dict, train_overrides: dict, ou
             progress(f"{cell}: hidden {hidden}, {params:,} parameters (budget {budget:,}), {train_config.steps} steps")
         rows.append(_train_cell(task_cls, dataclasses.replace(config, cell=cell, hidden=hidden), train_config,
                                 out / cell, params))
+        if rows[-1].stopped == "interrupted":  # Ctrl-C (the cell's checkpoint is saved): stop the ladder, not the cell
+            raise KeyboardInterrupt
     return Ladder(task_name, rows)
 
 

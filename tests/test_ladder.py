@@ -78,3 +78,26 @@ def test_out_naming_a_run_directory_or_a_file_is_refused(tmp_path):
     with pytest.raises(RunDirError, match="is a file, not a folder"):
         run_ladder("copy", {"T": 3}, {"steps": 1}, tmp_path / "file", ("gru",))
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_ctrl_c_stops_the_ladder_not_only_the_cell_and_the_same_command_continues(tmp_path, monkeypatch, capsys):
+    """Ctrl-C stopped the cell being trained, and the ladder went on to train every other cell (up to 20
+    minutes each), then printed the interrupted cell as a finished rung."""
+    from rnnlab.training import Trainer
+
+    out = tmp_path / "ladder"
+    args = ["ladder", "copy", "--T", "3", "--hidden", "4", "--batch-size", "4", "--steps", "3", "--eval-every", "1",
+            "--cells", "vanilla,gru", "--out", str(out)]
+    monkeypatch.setattr(Trainer, "_stop_reason", lambda self, deadline: "interrupted" if self.step >= 1 else None)
+    with pytest.raises(KeyboardInterrupt):
+        run_ladder("copy", {"T": 3, "hidden": 4, "batch_size": 4}, {"steps": 3, "eval_every": 1}, out,
+                   ("vanilla", "gru"))
+    assert (out / "vanilla" / "checkpoint.json").is_file() and not (out / "gru").exists()
+    assert main(args) == 130
+    assert f"interrupted: the cell's checkpoint is saved; continue with the same command (--out {out})" in \
+        capsys.readouterr().out
+    assert not (out / "gru").exists()
+    monkeypatch.undo()
+    rows = run_ladder("copy", {"T": 3, "hidden": 4, "batch_size": 4}, {"steps": 3, "eval_every": 1}, out,
+                      ("vanilla", "gru")).rows
+    assert [(row.cell, row.steps, row.stopped) for row in rows] == [("vanilla", 3, "steps"), ("gru", 3, "steps")]
