@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import RunDir
+from .checkpoints import CheckpointError, RunDir
 from .config import filled, to_dict
 from .errors import RunDirError
 from .tasks import TASKS, load_weights, run_config, write_artifacts
@@ -91,7 +91,11 @@ def run_seed(task_name: str, task_config, train_config: TrainConfig, run_dir: st
         _check_same_config(run, _as_json(expected), cls.Config)
     if (run.path / RESULT_FILE).is_file():
         saved = run.read_json(RESULT_FILE)
-        return SeedRow(**{**saved, "metrics": dict(saved["metrics"])})
+        try:
+            return SeedRow(**{**saved, "metrics": dict(saved["metrics"])})
+        except (KeyError, TypeError, ValueError) as error:  # edited by hand, or written by another rnnlab
+            raise CheckpointError(f"{run.path / RESULT_FILE} is corrupt: not a seed's result ({type(error).__name__}: "
+                                  f"{error}); delete it to score the seed's run again") from None
     seed_everything(seed)  # before the model is built: the same start as `rnnlab train --seed S`
     task = cls(task_config)
     trainer = Trainer(task.model, task.batches(seed), task.loss, train_config, evaluate=task.evaluate,
