@@ -62,6 +62,10 @@ def _check_same_config(run: RunDir, expected: dict, task_config_class: type) -> 
     (the fields that do not change what a finished run is, such as --threads, excepted). A field
     its config.json lacks (written before the field existed) counts as what the run did then."""
     saved = run.read_json(run.config_file.name)
+    for section in ("train", "task_config"):  # edited by hand: name it, not a TypeError deep in `filled`
+        if not isinstance(saved, dict) or not isinstance(saved.get(section) or {}, dict):
+            raise CheckpointError(f"{run.config_file}: {section} must be an object of config fields; got "
+                                  f"{(saved.get(section) if isinstance(saved, dict) else saved)!r}")
     saved_train = {k: v for k, v in _as_json(filled(TrainConfig, saved.get("train") or {})).items()
                    if k not in FREE_FIELDS}
     wanted_train = {k: v for k, v in expected["train"].items() if k not in FREE_FIELDS}

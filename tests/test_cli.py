@@ -110,6 +110,15 @@ def test_eval_with_config_json_not_json(trained, tmp_path, capsys):
     one_line_error(capsys, ["eval", str(run)], "config.json is corrupt")
 
 
+def test_eval_with_config_json_whose_data_is_not_an_object(trained, tmp_path, capsys):
+    """An AttributeError traceback ('list' object has no attribute 'items') before."""
+    run = shutil.copytree(trained, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": [1]}))
+    one_line_error(capsys, ["eval", str(run)], "config.json: data must be an object of data files; got [1]")
+    one_line_error(capsys, ["train", "--resume", str(run)], "config.json: data must be an object")
+
+
 def test_eval_with_config_json_naming_an_unknown_task(trained, tmp_path, capsys):
     run = shutil.copytree(trained, tmp_path / "run")
     config = json.loads((run / "config.json").read_text())
