@@ -369,9 +369,11 @@ class RunDir:
         records = []
         for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash mid-write
+            if isinstance(record, dict):  # a line that is no record (edited by hand) is skipped alike
+                records.append(record)
         return records
 
     def truncate_metrics(self, step: int) -> None:

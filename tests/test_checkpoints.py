@@ -328,6 +328,14 @@ def test_a_hand_edited_step_in_the_manifest_is_one_line_naming_it(adding_run, ca
     assert "checkpoint.json is corrupt: " in line and expected in line, line
 
 
+def test_a_metrics_line_that_is_no_record_is_skipped_on_resume(adding_run, capsys):
+    """A line such as [1] (valid JSON, not a record) was an AttributeError traceback on --resume."""
+    with open(adding_run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('[1]\n"text"\n')
+    assert main(["train", "--resume", str(adding_run), "--steps", "6"]) == 0
+    assert all(isinstance(json.loads(line), dict) for line in (adding_run / "metrics.jsonl").read_text().splitlines())
+
+
 def test_weights_written_before_checksums_load_with_a_warning(adding_run):
     run = RunDir(adding_run)
     weights = run.load_weights(run.best_file)
