@@ -21,7 +21,7 @@ from torch import nn
 from .cells import _describe
 from .checks import check_number
 from .kernels import valid_steps, where_state, without_padding
-from .runners import check_sequence, shift_right
+from .runners import Runner, check_sequence, shift_right
 
 __all__ = ["RecurrentModel", "SequenceToVector", "Ensemble", "VectorToSequence", "EncoderDecoder", "last_valid"]
 
@@ -32,6 +32,16 @@ def last_valid(outputs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Ten
         return outputs[:, -1]
     index = (torch.as_tensor(lengths, device=outputs.device).long() - 1).clamp(min=0)
     return outputs[torch.arange(outputs.shape[0], device=outputs.device), index]
+
+
+def _check_kind(where: str, name: str, value, kind: type, expected: str) -> None:
+    """TypeError naming the argument when a model gets the wrong kind of part (a cell where a runner
+    belongs): it would fail later with an AttributeError that names nothing."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{where}: {name} must be {expected}; got {type(value).__name__}")
+
+
+RUNNER = "a runner (Recurrent, Stacked, Bidirectional; a cell goes in Recurrent(cell))"
 
 
 class RecurrentModel(nn.Module):
@@ -52,6 +62,7 @@ class RecurrentModel(nn.Module):
     def __init__(self, core: nn.Module, readout: nn.Module, input_map: nn.Module | None = None,
                  feedback_map: nn.Module | None = None):
         super().__init__()
+        _check_kind("RecurrentModel", "core", core, Runner, RUNNER)
         if core.feedback_size and feedback_map is None:
             raise ValueError(f"RecurrentModel: the core feeds back its output (feedback_size={core.feedback_size}); "
                              f"pass a feedback_map (RawFeedback, SoftmaxFeedback, EmbeddingFeedback)")
@@ -142,6 +153,7 @@ class SequenceToVector(nn.Module):
 
     def __init__(self, core: nn.Module, readout: nn.Module, input_map: nn.Module | None = None, pool: str = "last"):
         super().__init__()
+        _check_kind("SequenceToVector", "core", core, Runner, RUNNER)
         if pool not in self.POOL_WIDTH:
             raise ValueError(f"SequenceToVector: pool must be 'last', 'mean', 'max' or 'concat'; got {pool!r}")
         if core.feedback_size:
@@ -202,6 +214,7 @@ class VectorToSequence(nn.Module):
 
     def __init__(self, model: RecurrentModel):
         super().__init__()
+        _check_kind("VectorToSequence", "model", model, RecurrentModel, "a RecurrentModel with output feedback")
         if not model.core.feedback_size:
             raise ValueError("VectorToSequence: the model must feed back its output; after step 0 nothing else "
                              "drives it")
@@ -245,6 +258,8 @@ class EncoderDecoder(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: RecurrentModel, source_map: nn.Module | None = None,
                  pass_state: bool = True, attention: nn.Module | None = None):
         super().__init__()
+        _check_kind("EncoderDecoder", "encoder", encoder, Runner, RUNNER)
+        _check_kind("EncoderDecoder", "decoder", decoder, RecurrentModel, "a RecurrentModel with output feedback")
         if decoder.core.input_size != encoder.output_size:
             raise ValueError(f"EncoderDecoder: the decoder must read the encoder's summary of size "
                              f"{encoder.output_size}; its input_size is {decoder.core.input_size}")

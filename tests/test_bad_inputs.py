@@ -182,6 +182,18 @@ BAD_CALLS = {
                                                    lambda: encoder_decoder()(torch.zeros(2, 3, dtype=torch.long),
                                                                              torch.zeros(2, 4, dtype=torch.long),
                                                                              teacher_forcing="0.5")),
+    "RecurrentModel core a cell": (TypeError, "RecurrentModel: core must be a runner (Recurrent, Stacked, "
+                                              "Bidirectional; a cell goes in Recurrent(cell)); got LSTMCell",
+                                   lambda: R.RecurrentModel(lstm(), nn.Linear(H, 2))),
+    "SequenceToVector core a torch.nn module": (TypeError, "SequenceToVector: core must be a runner", lambda:
+                                                R.SequenceToVector(nn.Linear(I, H), nn.Linear(H, 2))),
+    "VectorToSequence model a runner": (TypeError, "VectorToSequence: model must be a RecurrentModel with output "
+                                                   "feedback; got Recurrent",
+                                        lambda: R.VectorToSequence(R.Recurrent(R.GRUCell(I, H, O)))),
+    "EncoderDecoder decoder a runner": (TypeError, "EncoderDecoder: decoder must be a RecurrentModel with output "
+                                                   "feedback; got Recurrent",
+                                        lambda: R.EncoderDecoder(R.Recurrent(R.GRUCell(I, H)),
+                                                                 R.Recurrent(R.GRUCell(H, H, O)))),
     "Stacked.of a torch.nn module": (TypeError, "Stacked.of: cell_type must be a cell class such as rnnlab.LSTMCell; "
                                                 "got <class 'torch.nn.modules.rnn.LSTM'>",
                                      lambda: R.Stacked.of(nn.LSTM, I, H, 2)),
