@@ -44,7 +44,7 @@ import torch
 
 from . import kernels
 from .cells import LADDER
-from .config import ConfigError, knob, validate
+from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, validate
 from .kernels import compiled
 from .runners import IMPLEMENTATION_NAMES, Recurrent
 from .tables import Table
@@ -96,13 +96,14 @@ class BenchConfig:
     passes: tuple[str, ...] = knob(PASSES, "forward, forward+backward", PASSES)
     threads: tuple[int, ...] = knob((1,), "torch thread counts, comma-separated, e.g. 1,2: each repetition times every "
                                     "count in turn; the table shows them side by side, and a second table the "
-                                    "change of each ratio from the first count, paired by repetition", low=1)
+                                    "change of each ratio from the first count, paired by repetition", low=1,
+                                    high=MAX_THREADS)
     reps: int = knob(5, "timed repetitions per candidate (--quick: 3)", low=1)
     warmup: int = knob(1, "untimed calls per candidate before the repetitions", low=1)
     # A candidate whose first warm-up call takes longer is skipped (and reported so): this is what
     # keeps the default grid near 10 minutes when slow paths meet T = 1000.
     max_call_s: float = knob(5.0, "skip a candidate whose warm-up call takes longer than this many seconds", above=0)
-    seed: int = knob(0, "seed of the inputs and weights", low=0)
+    seed: int = knob(0, "seed of the inputs and weights", low=0, high=MAX_SEED)
     device: str = knob("cpu", "where to run: each call on cuda is timed to its completion", ("cpu", "cuda"))
 
     def __post_init__(self):

@@ -396,8 +396,9 @@ class Cell(nn.Module, ABC):
 def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"tensor {tuple(value.shape)} {value.dtype}"
-    if isinstance(value, (tuple, list)):
-        return f"{type(value).__name__} of {len(value)} [" + ", ".join(_describe(v) for v in value) + "]"
+    if isinstance(value, (tuple, list)):  # the first few elements: a (B, T) list of lists would fill a screen
+        shown = ", ".join(_describe(v) for v in value[:3]) + (", ..." if len(value) > 3 else "")
+        return f"{type(value).__name__} of {len(value)} [{shown}]"
     return type(value).__name__
 
 

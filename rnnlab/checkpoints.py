@@ -317,8 +317,13 @@ class RunDir:
                                       f"reads format {FORMAT}")
             weights_data = self._verified(files["weights"])
             trainer_data = self._verified(files["trainer"])
+        except CheckpointError:
+            raise
         except (KeyError, TypeError) as error:
             raise CheckpointError(f"{self.manifest_file} is corrupt: missing or malformed entry {error}") from None
+        except ValueError:  # int() of a step that is no number
+            raise CheckpointError(f"{self.manifest_file} is corrupt: step must be an int; "
+                                  f"got {manifest['step']!r}") from None
         weights_file, trainer_file = self.path / files["weights"]["name"], self.path / files["trainer"]["name"]
         weights = _from_safetensors(weights_file, weights_data, device, legacy_ok=True)
         try:
@@ -364,9 +369,11 @@ class RunDir:
         records = []
         for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash mid-write
+            if isinstance(record, dict):  # a line that is no record (edited by hand) is skipped alike
+                records.append(record)
         return records
 
     def truncate_metrics(self, step: int) -> None:

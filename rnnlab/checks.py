@@ -53,5 +53,7 @@ def check_tensor_like(where: str, name: str, tensor: torch.Tensor, weight: torch
         raise ValueError(f"{where}: {name} must be on {weight.device} like the weights; got {tensor.device} "
                          f"(move it with .to({str(weight.device)!r}))")
     if tensor.dtype != weight.dtype and tensor.dtype != _autocast_dtype(tensor.device.type):
+        # a module converts to a floating-point dtype only: .to(torch.int64) is no advice for it
+        module = f", or the module with .to({tensor.dtype})" if tensor.dtype.is_floating_point else ""
         raise ValueError(f"{where}: {name} must be {weight.dtype} like the weights; got {tensor.dtype} "
-                         f"(convert it with .to({weight.dtype}), or the module with .to({tensor.dtype}))")
+                         f"(convert it with .to({weight.dtype}){module})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import threading
 import time
@@ -177,7 +178,11 @@ def _check_device(name: str) -> None:
 
     from .training import resolve_device
 
-    device = resolve_device(name)
+    try:
+        device = resolve_device(name)
+    except ValueError:
+        raise ValueError(f"--device must be a torch device name (cpu, cuda, cuda:1, ...) or 'auto'; "
+                         f"got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device must be a device this machine has; got {name!r}, but CUDA is not available "
@@ -364,10 +369,14 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
 def cmd_seeds(args) -> int:
     """Train one configuration over several seeds; print per-seed metrics, their mean and std."""
     from . import seeds
+    from .config import MAX_SEED
     from .tasks import TASKS
 
     _check_at_least(args, 1, "count")
     _check_at_least(args, 0, "first")
+    if args.first + args.count - 1 > MAX_SEED:  # torch reads a seed's low 32 bits: a larger one repeats a smaller
+        raise ValueError(f"--first and --count must name seeds up to {MAX_SEED}; got seeds {args.first} to "
+                         f"{args.first + args.count - 1}")
     cls = TASKS[args.task]
     task_config = config_from_flags(cls.Config, args, "seeds")
     train_config = config_from_flags(type(cls.train_defaults), args, "seeds", cls.train_defaults)
@@ -413,15 +422,33 @@ def cmd_seeds(args) -> int:
 def json_folder(path: str | Path) -> Path:
     """Create the folder of a JSON report's `path` (a command calls this before its run too, so that a
     path it cannot write fails at once, not after minutes of measuring)."""
+    import errno
+
     from .errors import WriteError
 
     path = Path(path)
+    if path.is_dir():
+        raise WriteError(errno.EISDIR, f"cannot write {path}: it is a folder; name a file in it")
+    if path.exists() and not _is_report(path):  # a run's config.json, a user's file: never replaced
+        raise ValueError(f"cannot write {path}: it exists and is not a JSON report of rnnlab bench, complexity or "
+                         f"gradients; choose another path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         why = f"{path.parent} is not a folder" if isinstance(error, FileExistsError) else error.strerror or error
         raise WriteError(error.errno, f"cannot write {path}: {why}") from error
     return path
+
+
+def _is_report(path: Path) -> bool:
+    """Whether `path` holds a JSON report these commands write (which a new run may replace)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and bool({"machine", "rows", "regimes", "cells"} & set(data))
 
 
 def write_json_report(path: str | Path, data) -> Path:
@@ -575,8 +602,12 @@ def cmd_ladder(args) -> int:
     config, train = settings.overrides(settings.TASK_FIELDS), settings.overrides(settings.TRAIN_FIELDS)
     cells = settings.cells
     out = Path(args.out) if args.out else Path("runs") / f"ladder-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
-    result = ladder.run_ladder(args.task, config, train, out, cells,
-                               progress=lambda line: print("  training", line, flush=True))
+    try:
+        result = ladder.run_ladder(args.task, config, train, out, cells,
+                                   progress=lambda line: print("  training", line, flush=True))
+    except KeyboardInterrupt:
+        print(f"interrupted: the cell's checkpoint is saved; continue with the same command (--out {out})")
+        return 130
     rows, T = result.rows, config.get("T")
     print(f"\nrnnlab ladder {args.task}: equal parameter budgets (the LSTM's at its hidden size); "
           f"loss on held-out sequences; steps: those trained (fewer where the time budget stopped a cell)\n")
@@ -596,9 +627,12 @@ def _open_trained(args, capability=None, refusal: str = ""):
     is refused before its weights are loaded."""
     import torch
 
+    from .config import MAX_THREADS
     from .tasks import commands_for, load_weights, open_run
 
     _check_at_least(args, 1, "threads")
+    if args.threads is not None and args.threads > MAX_THREADS:  # OpenMP fails to make so many: a segfault
+        raise ValueError(f"--threads must be at most {MAX_THREADS}; got {args.threads}")
     _check_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -612,12 +646,15 @@ def _open_trained(args, capability=None, refusal: str = ""):
 
 def cmd_sample(args) -> int:
     """Generate text from a trained run, the model's own outputs fed back after the prompt."""
+    from .config import MAX_SEED
     from .tasks import TextGenerator
 
-    _check_at_least(args, 0, "length")
+    _check_at_least(args, 0, "length", "seed")
     _check_at_least(args, 1, "top_k")
-    if not args.temperature >= 0:
-        raise ValueError(f"--temperature must be >= 0 (0: greedy); got {args.temperature}")
+    if args.seed > MAX_SEED:  # torch reads a seed's low 32 bits: a larger one repeats a smaller
+        raise ValueError(f"--seed must be at most {MAX_SEED}; got {args.seed}")
+    if not 0 <= args.temperature < math.inf:  # inf: every probability NaN
+        raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy); got {args.temperature}")
     task, _ = _open_trained(args, TextGenerator, "rnnlab sample: a {task!r} run does not generate text")
     unknown = task.unknown_in(args.prompt)
     if unknown:
@@ -881,7 +918,7 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     lad.add_argument("task", metavar="TASK", help="adding or copy")
     add_config_flags(lad, ladder_module.LadderConfig, ladder_module.LadderConfig(), "what to train")
     lad.add_argument("--out", help="directory of the runs and the plot (default runs/ladder-TASK-<time>); "
-                                   "cells already there are resumed")
+                                   "cells already there are resumed (one made with other flags is refused)")
     lad.set_defaults(func=cmd_ladder)
 
     sample = sub.add_parser("sample", help="generate text from a trained run")
@@ -971,7 +1008,24 @@ def _task_named(argv: list[str]) -> str | None:
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"rnnlab: warning: {message}", file=sys.stderr)
+    text = str(message).removeprefix("rnnlab: ")  # the core's BuildNote names rnnlab itself, for library users
+    print(f"rnnlab: warning: {text}", file=sys.stderr)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says an allocation failed: Python's MemoryError, torch's CUDA OutOfMemoryError, or
+    the RuntimeError of torch's CPU allocator (which has no type of its own)."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        "can't allocate memory" in str(error) or "out of memory" in str(error).lower()[:200])
+
+
+def _allocation(error: BaseException) -> str:
+    """' (tried to allocate N bytes)' where torch's message says how much, else ''."""
+    words = str(error).split()
+    for i, word in enumerate(words[:-1]):
+        if word == "allocate" and words[i + 1].replace(".", "").isdigit():
+            return f" (tried to allocate {words[i + 1]} {words[i + 2].rstrip('.;,') if i + 2 < len(words) else ''})"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1011,6 +1065,12 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as error:  # the machine: a missing or unwritable file, a full disk
             where = f": {error.filename}" if error.filename else ""
             print(f"rnnlab: error: {error.strerror or error}{where}", file=sys.stderr)
+            return 2
+        except (MemoryError, RuntimeError) as error:  # the machine: sizes that need more memory than it has
+            if not _out_of_memory(error):
+                raise  # any other RuntimeError is a bug of ours: its traceback
+            print(f"rnnlab: error: out of memory{_allocation(error)}; smaller sizes (--hidden, --batch-size, "
+                  f"--length, ...) need less", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # Ctrl-C outside training (training saves a checkpoint and returns 130 itself)
             print("\nrnnlab: interrupted", file=sys.stderr)

@@ -20,14 +20,22 @@ one means). A field the class lacks (a config.json of a newer rnnlab) is an Unkn
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["knob", "validate", "ConfigError", "ConfigTypeError", "UnknownFieldsError", "to_dict", "from_dict",
-           "filled", "absent_value", "differences", "field_types", "unwrap_optional"]
+__all__ = ["MAX_SEED", "MAX_THREADS", "knob", "validate", "ConfigError", "ConfigTypeError", "UnknownFieldsError",
+           "to_dict", "from_dict", "filled", "absent_value", "differences", "field_types", "unwrap_optional"]
+
+# The most torch threads a flag takes: far more than any machine's cores, and below where OpenMP fails
+# to create them and the process dies of a segmentation fault (--threads 99999).
+MAX_THREADS = 1024
+# The largest seed: torch's CPU generator reads a seed's low 32 bits only, so --seed 4294967296 would
+# repeat the run of --seed 0 (and beyond 2**64 torch cannot read it at all).
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -164,6 +172,9 @@ def validate(config) -> None:
             raise ConfigTypeError(owner, f.name, _expected(base, optional, meta), value)
         if meta.get("choices") is not None and value not in meta["choices"]:
             raise ConfigError(owner, f.name, _expected(base, optional, meta), value)
+        if isinstance(value, float) and not math.isfinite(value):  # inf passes every bound, NaN none
+            raise ConfigError(owner, f.name, _expected(base, optional, meta).replace("a number", "a finite number"),
+                              value)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, meta):
             raise ConfigError(owner, f.name, _expected(base, optional, meta), value)
 

@@ -25,6 +25,8 @@ candidates' sampling keys p_i / q_i tie to within that rounding. The draws thems
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -135,8 +137,8 @@ def compiled_refusal(model: nn.Module) -> str | None:
 def _check(length: int, temperature: float, top_k: int | None, implementation: str) -> None:
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise ValueError(f"continue_tokens: length must be an int >= 0; got {length!r}")
-    if not temperature >= 0:
-        raise ValueError(f"continue_tokens: temperature must be >= 0 (0: greedy); got {temperature}")
+    if not 0 <= temperature < math.inf:  # inf: every probability NaN
+        raise ValueError(f"continue_tokens: temperature must be a finite number >= 0 (0: greedy); got {temperature}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"continue_tokens: top_k must be None or an int >= 1; got {top_k!r}")
     if implementation not in IMPLEMENTATIONS:

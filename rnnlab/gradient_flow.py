@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .cells import LADDER
-from .config import knob, validate
+from .config import MAX_SEED, MAX_THREADS, knob, validate
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
 from .init import Init
 from .plots import pyplot, save_figure
@@ -43,11 +43,12 @@ class GradientFlowConfig:
                          "between steps)", low=1)
     batch: int = knob(32, "sequences per training batch", low=1)
     lr: float = knob(1e-2, "Adam's learning rate", above=0)
-    seed: int = knob(0, "seed of the weights and the data", low=0)
+    seed: int = knob(0, "seed of the weights and the data", low=0, high=MAX_SEED)
     # keras's is the default because with it a gated cell learns the task within the short training here.
     init: str = knob("keras", "keras (orthogonal recurrent kernels, zero biases, forget bias 1) or torch (uniform)",
                      tuple(INITS))
-    threads: int = knob(1, "torch CPU threads: small matrices on shared cores train faster on one", low=1)
+    threads: int = knob(1, "torch CPU threads: small matrices on shared cores train faster on one", low=1,
+                      high=MAX_THREADS)
 
     def __post_init__(self):
         validate(self)

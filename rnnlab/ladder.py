@@ -9,7 +9,9 @@ the reference cell's parameter count at the configured H (`hidden_for_budget`).
 
 Each cell is an ordinary run of the Trainer in OUT/<cell>/ (checkpoints, metrics.jsonl, loss.png),
 so an interrupted ladder resumes where it stopped: a cell whose run directory holds a checkpoint
-is resumed (to the same step budget), not restarted.
+is resumed (to the same step budget, or a new --steps), not restarted. A cell folder made with other
+flags is refused, never resumed under the new ones (its weights would be reported as theirs). Ctrl-C
+stops the ladder (KeyboardInterrupt once the interrupted cell's checkpoint is saved), not only the cell.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from .checkpoints import RunDir
-from .config import knob, validate
+from .config import MAX_SEED, MAX_THREADS, differences, from_dict, knob, validate
+from .errors import RunDirError
 from .plots import pyplot, save_figure
 from .tables import Table
 from .tasks import TASKS, Baselined, run_config
-from .training import TrainConfig, Trainer, seed_everything
+from .training import RESUMABLE_FIELDS, TrainConfig, Trainer, seed_everything
 
 __all__ = ["LADDER_CELLS", "LadderConfig", "LadderRow", "Ladder", "parameter_count", "hidden_for_budget", "run_ladder",
            "plot_ladder"]
@@ -47,8 +50,8 @@ class LadderConfig:
     max_minutes: float | None = knob(None, "wall-clock budget per cell (none: the task's)", above=0)
     lr: float | None = knob(None, "peak learning rate (none: the task's)", above=0)
     eval_every: int | None = knob(None, "evaluate every this many steps (none: the task's)", low=1)
-    seed: int | None = knob(None, "seed (none: 0)", low=0)
-    threads: int | None = knob(None, "torch CPU threads (none: the task's, 1)", low=1)
+    seed: int | None = knob(None, "seed (none: 0)", low=0, high=MAX_SEED)
+    threads: int | None = knob(None, "torch CPU threads (none: the task's, 1)", low=1, high=MAX_THREADS)
 
     TASK_FIELDS: ClassVar[tuple[str, ...]] = ("T", "hidden", "batch_size")
     TRAIN_FIELDS: ClassVar[tuple[str, ...]] = ("steps", "max_minutes", "lr", "eval_every", "seed", "threads")
@@ -150,16 +153,25 @@ def run_ladder(task_name: str, config_overrides: dict, train_overrides: dict, ou
     train_config = dataclasses.replace(task_cls.train_defaults, **{**plain_train, **train_overrides})
     budget = parameter_count(task_cls(config).model)
     out, rows = Path(out), []
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a folder; choose another --out")
+    if RunDir(out).is_run():
+        raise RunDirError(f"--out {out} is a run directory; the ladder's runs go in subfolders of a folder "
+                          f"of their own")
     for cell in cells:
         hidden, params = hidden_for_budget(task_cls, config, cell, budget)
         if progress:
             progress(f"{cell}: hidden {hidden}, {params:,} parameters (budget {budget:,}), {train_config.steps} steps")
         rows.append(_train_cell(task_cls, dataclasses.replace(config, cell=cell, hidden=hidden), train_config,
                                 out / cell, params))
+        if rows[-1].stopped == "interrupted":  # Ctrl-C (the cell's checkpoint is saved): stop the ladder, not the cell
+            raise KeyboardInterrupt
     return Ladder(task_name, rows)
 
 
 def _train_cell(task_cls, config, train_config: TrainConfig, run_dir: Path, params: int) -> LadderRow:
+    if RunDir(run_dir).config_file.is_file():
+        _check_same_cell(RunDir(run_dir), task_cls, config, train_config)
     seed_everything(train_config.seed)  # before the model is built: the same start as `rnnlab train`
     task = task_cls(config)
     trainer = Trainer(task.model, task.batches(train_config.seed), task.loss, train_config,
@@ -173,6 +185,23 @@ def _train_cell(task_cls, config, train_config: TrainConfig, run_dir: Path, para
                      result.best_eval_loss if result.best_eval_loss is not None else float("nan"),
                      task.baseline, result.elapsed_s / 60, result.stopped, result.step, curve,
                      {k: v for k, v in last.items() if k not in ("loss", "baseline")})
+
+
+def _check_same_cell(run: RunDir, task_cls, config, train_config: TrainConfig) -> None:
+    """RunDirError when a cell's folder holds a run made with other flags (only those `train --resume`
+    may change excepted): resuming it would train one configuration's weights on another's task and
+    report them under the new flags. A field its config.json lacks reads as what the run did then."""
+    saved, where = run.read_json(run.config_file.name), str(run.config_file)
+    if not isinstance(saved, dict) or saved.get("task") != task_cls.name:
+        task = saved.get("task") if isinstance(saved, dict) else None
+        raise RunDirError(f"{run.path} holds a run of task {task!r}, not {task_cls.name!r}; choose another --out")
+    stored = from_dict(task_cls.Config, saved.get("task_config") or {}, where)
+    stored_train = from_dict(TrainConfig, saved.get("train") or {}, where)
+    differ = [*differences(stored, config),
+              *(name for name in differences(stored_train, train_config) if name not in RESUMABLE_FIELDS)]
+    if differ:
+        raise RunDirError(f"{run.path} holds a run of another configuration ({', '.join(differ)} differ); "
+                          f"choose another --out, or give the flags it was made with")
 
 
 def plot_ladder(rows: list[LadderRow], path: str | Path, title: str) -> Path:

@@ -21,7 +21,7 @@ from torch import nn
 from .cells import _describe
 from .checks import check_number
 from .kernels import valid_steps, where_state, without_padding
-from .runners import check_sequence, shift_right
+from .runners import Runner, check_sequence, shift_right
 
 __all__ = ["RecurrentModel", "SequenceToVector", "Ensemble", "VectorToSequence", "EncoderDecoder", "last_valid"]
 
@@ -32,6 +32,16 @@ def last_valid(outputs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Ten
         return outputs[:, -1]
     index = (torch.as_tensor(lengths, device=outputs.device).long() - 1).clamp(min=0)
     return outputs[torch.arange(outputs.shape[0], device=outputs.device), index]
+
+
+def _check_kind(where: str, name: str, value, kind: type, expected: str) -> None:
+    """TypeError naming the argument when a model gets the wrong kind of part (a cell where a runner
+    belongs): it would fail later with an AttributeError that names nothing."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{where}: {name} must be {expected}; got {type(value).__name__}")
+
+
+RUNNER = "a runner (Recurrent, Stacked, Bidirectional; a cell goes in Recurrent(cell))"
 
 
 class RecurrentModel(nn.Module):
@@ -52,6 +62,7 @@ class RecurrentModel(nn.Module):
     def __init__(self, core: nn.Module, readout: nn.Module, input_map: nn.Module | None = None,
                  feedback_map: nn.Module | None = None):
         super().__init__()
+        _check_kind("RecurrentModel", "core", core, Runner, RUNNER)
         if core.feedback_size and feedback_map is None:
             raise ValueError(f"RecurrentModel: the core feeds back its output (feedback_size={core.feedback_size}); "
                              f"pass a feedback_map (RawFeedback, SoftmaxFeedback, EmbeddingFeedback)")
@@ -111,6 +122,10 @@ class RecurrentModel(nn.Module):
     def generate(self, batch: int, steps: int, state=None, xs=None):
         """Free running for `steps` steps: the lecture's "no input" unrolling (xs None: the cells
         read no input; their input_size must be 0) or with given inputs xs."""
+        for name, value in (("batch", batch), ("steps", steps)):
+            check_number("RecurrentModel.generate", name, value, integer=True)
+            if value < 1:
+                raise ValueError(f"RecurrentModel.generate: {name} must be >= 1; got {value}")
         if xs is None:
             if self.core.input_size != 0 or self.input_map is not None:
                 raise ValueError(f"RecurrentModel.generate: xs is needed; the core reads inputs of size "
@@ -138,6 +153,7 @@ class SequenceToVector(nn.Module):
 
     def __init__(self, core: nn.Module, readout: nn.Module, input_map: nn.Module | None = None, pool: str = "last"):
         super().__init__()
+        _check_kind("SequenceToVector", "core", core, Runner, RUNNER)
         if pool not in self.POOL_WIDTH:
             raise ValueError(f"SequenceToVector: pool must be 'last', 'mean', 'max' or 'concat'; got {pool!r}")
         if core.feedback_size:
@@ -198,6 +214,7 @@ class VectorToSequence(nn.Module):
 
     def __init__(self, model: RecurrentModel):
         super().__init__()
+        _check_kind("VectorToSequence", "model", model, RecurrentModel, "a RecurrentModel with output feedback")
         if not model.core.feedback_size:
             raise ValueError("VectorToSequence: the model must feed back its output; after step 0 nothing else "
                              "drives it")
@@ -241,6 +258,8 @@ class EncoderDecoder(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: RecurrentModel, source_map: nn.Module | None = None,
                  pass_state: bool = True, attention: nn.Module | None = None):
         super().__init__()
+        _check_kind("EncoderDecoder", "encoder", encoder, Runner, RUNNER)
+        _check_kind("EncoderDecoder", "decoder", decoder, RecurrentModel, "a RecurrentModel with output feedback")
         if decoder.core.input_size != encoder.output_size:
             raise ValueError(f"EncoderDecoder: the decoder must read the encoder's summary of size "
                              f"{encoder.output_size}; its input_size is {decoder.core.input_size}")
@@ -276,9 +295,13 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, source, targets, source_lengths=None, target_lengths=None, teacher_forcing: float = 1.0):
         """Logits (B, T_target, C) for the target positions (teacher forcing by default)."""
+        check_number("EncoderDecoder", "teacher_forcing", teacher_forcing)
         if not 0.0 <= teacher_forcing <= 1.0:
             raise ValueError(f"EncoderDecoder: teacher_forcing must be in [0, 1]; got {teacher_forcing}")
         memory, summary, state = self._encode(source, source_lengths)
+        if not isinstance(targets, torch.Tensor) or targets.dim() < 2 or targets.shape[0] != summary.shape[0]:
+            raise ValueError(f"EncoderDecoder: targets must be ({summary.shape[0]}, T_target), one row per source; "
+                             f"got {_describe(targets)}")
         xs = summary[:, None].expand(-1, targets.shape[1], -1)
         if self.attention is None:
             ys, _ = self.decoder(xs, targets=targets, teacher_forcing=teacher_forcing, lengths=target_lengths,

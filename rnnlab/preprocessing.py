@@ -56,6 +56,14 @@ def choose_token(logits: torch.Tensor, mode: str = "greedy", temperature: float 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _check_tokens(where: str, targets: torch.Tensor, num_classes: int) -> None:
+    """ValueError naming `targets` when a token id lies outside [0, num_classes): torch would fail
+    deep inside (an IndexError naming nothing on CPU, a device-side assert on CUDA)."""
+    if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < num_classes:
+        raise ValueError(f"{where}: targets must be token ids in [0, {num_classes - 1}]; got values from "
+                         f"{int(targets.min())} to {int(targets.max())}")
+
+
 class RawFeedback(nn.Module):
     """Feed back y itself (regression, time series): y* under teacher forcing, y when free."""
 
@@ -83,6 +91,7 @@ class SoftmaxFeedback(nn.Module):
         self.register_buffer("dtype_probe", torch.empty(0), persistent=False)
 
     def from_target(self, targets: torch.Tensor) -> torch.Tensor:
+        _check_tokens("SoftmaxFeedback", targets, self.size)
         return F.one_hot(targets.long(), self.size).to(self.dtype_probe.dtype)
 
     def from_output(self, logits: torch.Tensor) -> torch.Tensor:
@@ -102,6 +111,7 @@ class EmbeddingFeedback(nn.Module):
         self.size, self.choose, self.temperature, self.top_k = dim, choose, temperature, top_k
 
     def from_target(self, targets: torch.Tensor) -> torch.Tensor:
+        _check_tokens("EmbeddingFeedback", targets, self.embedding.num_embeddings)
         return self.embedding(targets.long())
 
     def from_output(self, logits: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ IMPLEMENTATION_NAMES = ("auto", "reference", "fused", "native", "scan")
 
 def shift_right(y: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, O) targets -> y_prev with y_prev[:, t] = y[:, t-1] and y_prev[:, 0] = first (zeros)."""
+    if not isinstance(y, torch.Tensor) or y.dim() < 2:
+        raise ValueError(f"shift_right: y must be (B, T, ...); got {_describe(y)}")
     start = torch.zeros_like(y[:, :1]) if first is None else first.reshape(y.shape[0], 1, -1).to(y)
     return torch.cat([start, y[:, :-1]], dim=1)
 
@@ -68,7 +70,7 @@ def check_sequence(where: str, xs, input_size: int, lengths, y_prev, feedback_si
     if lengths is None:
         return None
     lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.shape[0] != batch or lengths.is_floating_point():
+    if lengths.dim() != 1 or lengths.shape[0] != batch or lengths.is_floating_point() or lengths.dtype == torch.bool:
         raise ValueError(f"{where}: lengths must be an integer tensor ({batch},); got {_describe(lengths)}")
     lengths = lengths.to(device=xs.device, dtype=torch.long)
     low, high = int(lengths.min()), int(lengths.max())
@@ -242,6 +244,8 @@ class Stacked(Runner):
         `dropout` is between layers; the cells' own options come as keywords or as the dict `options`
         (where a cell option shares a name with one of these, e.g. the cell's input `dropout`)."""
         cell_options = {**(options or {}), **cell_options}
+        if not (isinstance(cell_type, type) and issubclass(cell_type, Cell)):  # torch.nn.LSTM would fail naming nothing
+            raise TypeError(f"Stacked.of: cell_type must be a cell class such as rnnlab.LSTMCell; got {cell_type!r}")
         check_number("Stacked.of", "num_layers", num_layers, integer=True)
         if num_layers < 1:
             raise ValueError(f"Stacked.of: num_layers must be an int >= 1; got {num_layers}")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import RunDir
+from .checkpoints import CheckpointError, RunDir
 from .config import filled, to_dict
 from .errors import RunDirError
 from .tasks import TASKS, load_weights, run_config, write_artifacts
@@ -62,6 +62,10 @@ def _check_same_config(run: RunDir, expected: dict, task_config_class: type) -> 
     (the fields that do not change what a finished run is, such as --threads, excepted). A field
     its config.json lacks (written before the field existed) counts as what the run did then."""
     saved = run.read_json(run.config_file.name)
+    for section in ("train", "task_config"):  # edited by hand: name it, not a TypeError deep in `filled`
+        if not isinstance(saved, dict) or not isinstance(saved.get(section) or {}, dict):
+            raise CheckpointError(f"{run.config_file}: {section} must be an object of config fields; got "
+                                  f"{(saved.get(section) if isinstance(saved, dict) else saved)!r}")
     saved_train = {k: v for k, v in _as_json(filled(TrainConfig, saved.get("train") or {})).items()
                    if k not in FREE_FIELDS}
     wanted_train = {k: v for k, v in expected["train"].items() if k not in FREE_FIELDS}
@@ -91,7 +95,11 @@ def run_seed(task_name: str, task_config, train_config: TrainConfig, run_dir: st
         _check_same_config(run, _as_json(expected), cls.Config)
     if (run.path / RESULT_FILE).is_file():
         saved = run.read_json(RESULT_FILE)
-        return SeedRow(**{**saved, "metrics": dict(saved["metrics"])})
+        try:
+            return SeedRow(**{**saved, "metrics": dict(saved["metrics"])})
+        except (KeyError, TypeError, ValueError) as error:  # edited by hand, or written by another rnnlab
+            raise CheckpointError(f"{run.path / RESULT_FILE} is corrupt: not a seed's result ({type(error).__name__}: "
+                                  f"{error}); delete it to score the seed's run again") from None
     seed_everything(seed)  # before the model is built: the same start as `rnnlab train --seed S`
     task = cls(task_config)
     trainer = Trainer(task.model, task.batches(seed), task.loss, train_config, evaluate=task.evaluate,

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .checkpoints import CheckpointError, RunDir, check_weights
-from .config import ConfigError, knob, to_dict, validate
+from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, to_dict, validate
 from .data.batches import Batch
 from .init import apply_constraints, regularization_loss
 
@@ -63,10 +63,11 @@ class TrainConfig:
 
     steps: int = knob(1000, "training steps (batches) in all; a resumed run continues to this total", low=1)
     max_minutes: float | None = knob(None, "wall-clock budget of this invocation in minutes (none: no limit)", above=0)
-    seed: int = knob(0, "seed of every random choice: the same seed gives the same run", low=0)
+    seed: int = knob(0, "seed of every random choice: the same seed gives the same run", low=0, high=MAX_SEED)
     device: str = knob("cpu", "torch device (cpu, cuda, cuda:1, ...; auto: cuda if available)")
     threads: int | None = knob(None, "CPU threads for torch while training (none: torch's default); 1 is "
-                                     "much faster on a machine whose cores are busy with other work", low=1)
+                                     "much faster on a machine whose cores are busy with other work", low=1,
+                                 high=MAX_THREADS)
     optimizer: str = knob("adam", "optimiser", OPTIMIZERS)
     lr: float = knob(2e-3, "peak learning rate", above=0)
     weight_decay: float = knob(0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)", low=0)
@@ -231,8 +232,10 @@ class Trainer:
                  run_config: dict[str, Any] | None = None, on_event: Callable[[dict], None] | None = None,
                  solved: Callable[[dict[str, float]], bool] | None = None,
                  parameter_groups: list[dict[str, Any]] | None = None):
-        if not isinstance(config, TrainConfig):
-            raise ValueError(f"Trainer: config must be a TrainConfig; got {type(config).__name__}")
+        if not isinstance(config, TrainConfig):  # a wrong kind of object: a TypeError, as the configs' own checks
+            raise TypeError(f"Trainer: config must be a TrainConfig; got {type(config).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Trainer: model must be a torch.nn.Module; got {type(model).__name__}")
         self.config, self.device = config, resolve_device(config.device)
         self.model = model.to(self.device)
         self.parameter_groups = _check_parameter_groups(model, parameter_groups)

@@ -13,7 +13,7 @@ from rnnlab import kernels
 from rnnlab.config import ConfigTypeError
 from rnnlab.init import L1L2, Constraints, Init, MaxNorm, Regularizers
 from rnnlab.kernels import compiled
-from rnnlab.training import TrainConfig
+from rnnlab.training import TrainConfig, Trainer
 
 from conftest import EXTENSION
 
@@ -141,18 +141,75 @@ BAD_CALLS = {
                                    lambda: TrainConfig(lr="3e-3")),
     "TrainConfig steps as a float": (ConfigTypeError, "TrainConfig: steps must be an int >= 1; got 100.0",
                                      lambda: TrainConfig(steps=100.0)),
-    "TrainConfig threads as a string": (ConfigTypeError, "TrainConfig: threads must be None or an int >= 1; got '1'",
+    "TrainConfig threads as a string": (ConfigTypeError,
+                                        "TrainConfig: threads must be None or an int in [1, 1024]; got '1'",
                                         lambda: TrainConfig(threads="1")),
     "TrainConfig clip_norm as a string": (ConfigTypeError, "TrainConfig: clip_norm must be None or a number > 0",
                                           lambda: TrainConfig(clip_norm="5")),
-    "TrainConfig seed as a bool": (ConfigTypeError, "TrainConfig: seed must be an int >= 0; got True",
+    "TrainConfig seed as a bool": (ConfigTypeError, "TrainConfig: seed must be an int in [0, 4294967295]; got True",
                                    lambda: TrainConfig(seed=True)),
     "TrainConfig optimizer None": (ConfigTypeError,
                                    "TrainConfig: optimizer must be one of ('adam', 'adamw', 'sgd'); got None",
                                    lambda: TrainConfig(optimizer=None)),
     "TrainConfig max_minutes as a string": (ConfigTypeError, "TrainConfig: max_minutes must be None or a number > 0",
                                             lambda: TrainConfig(max_minutes="3")),
+    "Trainer config as a dict": (TypeError, "Trainer: config must be a TrainConfig; got dict",
+                                 lambda: Trainer(nn.Linear(1, 1), [], None, {"lr": 1e-3})),
+    "Trainer model as a function": (TypeError, "Trainer: model must be a torch.nn.Module; got function",
+                                    lambda: Trainer(lambda x: x, [], None, TrainConfig())),
+    # token ids, lengths, step counts: torch would fail deep inside (IndexError, negative dimension), naming nothing
+    "Recurrent lengths of bools": (ValueError, "Recurrent: lengths must be an integer tensor (4,); got tensor (4,) "
+                                               "torch.bool", lambda: R.Recurrent(lstm())(torch.randn(B, T, I),
+                                                                                        lengths=torch.ones(B).bool())),
+    "generate steps negative": (ValueError, "RecurrentModel.generate: steps must be >= 1; got -1",
+                                lambda: free_running().generate(2, -1)),
+    "generate steps zero": (ValueError, "RecurrentModel.generate: steps must be >= 1; got 0",
+                            lambda: free_running().generate(2, 0)),
+    "generate batch as a float": (TypeError, "RecurrentModel.generate: batch must be an int; got float 2.0",
+                                  lambda: free_running().generate(2.0, 3)),
+    "EmbeddingFeedback target past the vocabulary": (
+        ValueError, "EmbeddingFeedback: targets must be token ids in [0, 9]; got values from 0 to 10",
+        lambda: R.EmbeddingFeedback(10, 4).from_target(torch.tensor([[0, 10]]))),
+    "SoftmaxFeedback negative target": (ValueError, "SoftmaxFeedback: targets must be token ids in [0, 9]; got values "
+                                                    "from -1 to 3", lambda: R.SoftmaxFeedback(10).from_target(
+                                                        torch.tensor([[3, -1]]))),
+    "EncoderDecoder targets of one row": (ValueError, "EncoderDecoder: targets must be (2, T_target), one row per "
+                                                      "source; got tensor (4,)",
+                                          lambda: encoder_decoder()(torch.zeros(2, 3, dtype=torch.long),
+                                                                    torch.zeros(4, dtype=torch.long))),
+    "EncoderDecoder teacher_forcing as a string": (TypeError, "EncoderDecoder: teacher_forcing must be a number; got "
+                                                              "str '0.5'",
+                                                   lambda: encoder_decoder()(torch.zeros(2, 3, dtype=torch.long),
+                                                                             torch.zeros(2, 4, dtype=torch.long),
+                                                                             teacher_forcing="0.5")),
+    "RecurrentModel core a cell": (TypeError, "RecurrentModel: core must be a runner (Recurrent, Stacked, "
+                                              "Bidirectional; a cell goes in Recurrent(cell)); got LSTMCell",
+                                   lambda: R.RecurrentModel(lstm(), nn.Linear(H, 2))),
+    "SequenceToVector core a torch.nn module": (TypeError, "SequenceToVector: core must be a runner", lambda:
+                                                R.SequenceToVector(nn.Linear(I, H), nn.Linear(H, 2))),
+    "VectorToSequence model a runner": (TypeError, "VectorToSequence: model must be a RecurrentModel with output "
+                                                   "feedback; got Recurrent",
+                                        lambda: R.VectorToSequence(R.Recurrent(R.GRUCell(I, H, O)))),
+    "EncoderDecoder decoder a runner": (TypeError, "EncoderDecoder: decoder must be a RecurrentModel with output "
+                                                   "feedback; got Recurrent",
+                                        lambda: R.EncoderDecoder(R.Recurrent(R.GRUCell(I, H)),
+                                                                 R.Recurrent(R.GRUCell(H, H, O)))),
+    "Stacked.of a torch.nn module": (TypeError, "Stacked.of: cell_type must be a cell class such as rnnlab.LSTMCell; "
+                                                "got <class 'torch.nn.modules.rnn.LSTM'>",
+                                     lambda: R.Stacked.of(nn.LSTM, I, H, 2)),
+    "shift_right of a (B,) tensor": (ValueError, "shift_right: y must be (B, T, ...); got tensor (4,)",
+                                     lambda: R.shift_right(torch.zeros(4))),
 }
+
+
+def encoder_decoder():
+    decoder = R.RecurrentModel(R.Recurrent(R.GRUCell(H, H, feedback_size=O)), nn.Linear(H, 7),
+                               feedback_map=R.EmbeddingFeedback(7, O))
+    return R.EncoderDecoder(R.Recurrent(R.GRUCell(I, H)), decoder, source_map=nn.Embedding(7, I))
+
+
+def free_running():
+    return R.RecurrentModel(R.Recurrent(R.VanillaCell(0, H, O)), nn.Linear(H, O), feedback_map=R.RawFeedback(O))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CALLS))
@@ -163,6 +220,24 @@ def test_a_bad_call_is_a_one_line_error_naming_the_argument(case):
     assert type(caught.value) is error
     message = str(caught.value)
     assert text in message and "\n" not in message
+
+
+def test_a_long_list_where_a_tensor_belongs_is_named_in_a_short_line():
+    """A (B, T) list of lists in place of a tensor: the message shows its first elements, not all 16 x 8."""
+    with pytest.raises(ValueError) as caught:
+        R.LSTMCell(8, H)([[0.0] * 8] * 16, None)
+    message = str(caught.value)
+    assert message.startswith("LSTMCell: x must be (B, 8); got list of 16 [list of 8 [float, float, float, ...], ")
+    assert len(message) < 200, message
+
+
+def test_integer_inputs_are_not_told_to_convert_the_module_to_integers():
+    """A module's weights cannot be int64: the advice is to convert the input."""
+    model = R.Recurrent(R.GRUCell(I, H, feedback_size=O))
+    with pytest.raises(ValueError) as caught:
+        model(torch.randn(B, T, I), y_prev=torch.ones(B, T, O, dtype=torch.long))
+    assert str(caught.value) == ("Recurrent: y_prev must be torch.float32 like the weights; got torch.int64 "
+                                 "(convert it with .to(torch.float32))")
 
 
 def test_numbers_of_the_right_kind_still_pass():

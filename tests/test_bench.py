@@ -190,6 +190,30 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert any(r["name"] == "lstm [scan]" for r in data["rows"])
 
 
+def test_json_naming_a_folder_fails_before_measuring(tmp_path, capsys, monkeypatch):
+    """--json DIR failed only after the whole measurement, which was lost."""
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before checking --json")
+
+    monkeypatch.setattr(bench, "run_bench", measured)
+    assert main(["bench", "--sizes", "2x4x3x5", "--cells", "lstm", "--reps", "1", "--json", str(tmp_path)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == f"rnnlab: error: cannot write {tmp_path}: it is a folder; name a file in it"
+
+
+def test_json_naming_a_file_that_is_no_report_is_refused_and_left_untouched(tmp_path, capsys):
+    """--json RUN/config.json replaced a run's config with a bench report: the run was lost."""
+    config = tmp_path / "config.json"
+    config.write_text('{"task": "language", "train": {}}')
+    args = ["bench", "--sizes", "2x4x3x5", "--cells", "lstm", "--impls", "reference", "--variants", "plain",
+            "--passes", "forward", "--reps", "1", "--json"]
+    assert main([*args, str(config)]) == 2
+    assert "it exists and is not a JSON report of rnnlab bench" in capsys.readouterr().err
+    assert config.read_text() == '{"task": "language", "train": {}}'
+    report = tmp_path / "bench.json"  # a report of an earlier run is replaced
+    assert main([*args, str(report)]) == 0 and main([*args, str(report)]) == 0
+
+
 def test_the_json_keeps_the_layout_of_the_recorded_reports(monkeypatch, tmp_path):
     """The keys of docs/data's reports at every level, so scripts/bench_targets.py reads old and new alike."""
     old = json.loads((ROOT / "docs" / "data" / "bench_threads_after_openmp.json").read_text())
@@ -241,7 +265,8 @@ def test_bad_flags_give_one_line_errors_naming_the_flag(argv, flag, capsys):
 
 
 def test_library_errors_name_the_field_not_the_flag():
-    with pytest.raises(ValueError, match=r"BenchConfig: threads must be a non-empty tuple of an int >= 1; got \(0,\)"):
+    with pytest.raises(ValueError,
+                       match=r"BenchConfig: threads must be a non-empty tuple of an int in \[1, 1024\]; got \(0,\)"):
         bench.BenchConfig(threads=(0,))
     with pytest.raises(ValueError, match=r"BenchConfig: threads must be distinct thread counts; got \(2, 2\)"):
         bench.BenchConfig(threads=(2, 2))

@@ -318,6 +318,24 @@ def test_a_flipped_byte_in_the_last_checkpoint_refuses_resume(adding_run, capsys
     assert "model-0000004.safetensors is corrupt" in error_line(capsys)
 
 
+@pytest.mark.parametrize("step, expected", [('"x"', "step must be an int; got 'x'"),
+                                            ("null", "missing or malformed entry")])
+def test_a_hand_edited_step_in_the_manifest_is_one_line_naming_it(adding_run, capsys, step, expected):
+    manifest = adding_run / "checkpoint.json"
+    manifest.write_text(manifest.read_text().replace('"step": 4', f'"step": {step}'))
+    assert main(["train", "--resume", str(adding_run), "--steps", "6"]) == 2
+    line = error_line(capsys)
+    assert "checkpoint.json is corrupt: " in line and expected in line, line
+
+
+def test_a_metrics_line_that_is_no_record_is_skipped_on_resume(adding_run, capsys):
+    """A line such as [1] (valid JSON, not a record) was an AttributeError traceback on --resume."""
+    with open(adding_run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('[1]\n"text"\n')
+    assert main(["train", "--resume", str(adding_run), "--steps", "6"]) == 0
+    assert all(isinstance(json.loads(line), dict) for line in (adding_run / "metrics.jsonl").read_text().splitlines())
+
+
 def test_weights_written_before_checksums_load_with_a_warning(adding_run):
     run = RunDir(adding_run)
     weights = run.load_weights(run.best_file)

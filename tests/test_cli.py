@@ -49,8 +49,12 @@ def one_line_error(capsys, argv, *names):
     ("--top-k", "0", ("--top-k", "got 0")),
     ("--top-k", "-5", ("--top-k", "got -5")),
     ("--temperature", "-0.5", ("--temperature", "got -0.5")),
+    ("--temperature", "inf", ("--temperature", "a finite number", "got inf")),
     ("--length", "-1", ("--length", "got -1")),
     ("--threads", "0", ("--threads", "got 0")),
+    ("--threads", "99999", ("--threads", "at most 1024", "got 99999")),  # OpenMP's segfault otherwise
+    ("--seed", "-1", ("--seed", "got -1")),
+    ("--seed", "99999999999999999999999", ("--seed", "at most 4294967295")),  # torch: 'Overflow when unpacking'
 ])
 def test_sample_flags_out_of_range(trained, capsys, flag, value, names):
     one_line_error(capsys, ["sample", str(trained), flag, value], *names)
@@ -68,7 +72,7 @@ def test_device_cuda_without_cuda(trained, capsys, no_cuda, command):
 
 @pytest.mark.parametrize("command", ["sample", "eval"])
 def test_device_that_is_no_device(trained, capsys, command):
-    one_line_error(capsys, [command, str(trained), "--device", "gpu7"], "device", "'gpu7'")
+    one_line_error(capsys, [command, str(trained), "--device", "gpu7"], "--device", "'gpu7'")
 
 
 def test_eval_threads_zero(trained, capsys):
@@ -104,6 +108,15 @@ def test_eval_with_config_json_not_json(trained, tmp_path, capsys):
     run = shutil.copytree(trained, tmp_path / "run")
     (run / "config.json").write_text("{not json")
     one_line_error(capsys, ["eval", str(run)], "config.json is corrupt")
+
+
+def test_eval_with_config_json_whose_data_is_not_an_object(trained, tmp_path, capsys):
+    """An AttributeError traceback ('list' object has no attribute 'items') before."""
+    run = shutil.copytree(trained, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": [1]}))
+    one_line_error(capsys, ["eval", str(run)], "config.json: data must be an object of data files; got [1]")
+    one_line_error(capsys, ["train", "--resume", str(run)], "config.json: data must be an object")
 
 
 def test_eval_with_config_json_naming_an_unknown_task(trained, tmp_path, capsys):
@@ -217,6 +230,26 @@ def test_train_text_that_does_not_exist(tmp_path, capsys):
 
 def test_train_config_value_out_of_range(tmp_path, capsys):
     one_line_error(capsys, ["train", "adding", *TINY, "--lr", "-1", "--out", str(tmp_path / "r")], "lr", "-1")
+
+
+@pytest.mark.parametrize("command", [["train", "adding", *TINY], ["ladder", "adding", "--cells", "gru"],
+                                     ["bench", "--threads", "1,99999"], ["complexity", "--quick"], ["gradients"]])
+def test_threads_beyond_what_openmp_can_make_are_refused(tmp_path, capsys, command):
+    """torch.set_num_threads(99999) kills the process (a segmentation fault in OpenMP's thread creation)."""
+    out = str(tmp_path / "r")
+    rest = ["--json", out] if "bench" in command else ["--threads", "99999", "--out", out]
+    one_line_error(capsys, [*command, *rest], "--threads", "1024", "99999")
+    assert not (tmp_path / "r").exists()
+
+
+def test_seeds_beyond_what_torch_reads_are_refused(tmp_path, capsys):
+    """torch's CPU generator reads a seed's low 32 bits: --seed 4294967296 ran the run of --seed 0, and a
+    seed beyond 2**64 failed with torch's 'Overflow when unpacking long long', naming no flag."""
+    one_line_error(capsys, ["train", "adding", *TINY, "--seed", "4294967296", "--out", str(tmp_path / "r")],
+                   "--seed", "[0, 4294967295]", "got 4294967296")
+    one_line_error(capsys, ["seeds", "adding", *TINY, "--first", "4294967295", "--count", "2",
+                            "--out", str(tmp_path / "s")], "--first", "4294967295 to 4294967296")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
 
 
 def test_resume_refuses_a_change_of_a_flag_only_the_runs_task_has(trained, capsys):

@@ -15,6 +15,7 @@ from rnnlab.complexity import (
     ComplexityConfig,
     expected_flops,
     measure,
+    plot_results,
     serial_steps,
     sweep_from_text,
 )
@@ -168,3 +169,16 @@ def test_cli_complexity_writes_json_and_plots(tmp_path, capsys):
     assert {r["name"] for r in data["regimes"]} >= {"inference", "bptt", "teacher_forced", "checkpointed"}
     assert len(list((tmp_path / "run").glob("*.png"))) == 5
 
+
+
+def test_a_quantity_zero_for_every_regime_plots_without_a_warning(tmp_path):
+    """--regimes inference: no bytes are saved for a backward pass, so that plot has nothing to draw;
+    matplotlib's 'No artists with labels found to put in legend' reached the user as a warning."""
+    import warnings
+
+    result = measure(ComplexityConfig(hidden=4, input=2, batch=2, T=(2, 4), window=2, repeats=1,
+                                      regimes=("inference",)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written = plot_results(result, tmp_path)
+    assert len(written) == 5 and all(path.stat().st_size > 1000 for path in written)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from rnnlab.cli import FlagError, Parser, add_config_flags, config_from_flags
+from rnnlab.cli import FlagError, Parser, add_config_flags, config_from_flags, main
 from rnnlab.config import (
     ConfigError,
     ConfigTypeError,
@@ -29,6 +30,7 @@ from rnnlab.config import (
     to_dict,
     validate,
 )
+from rnnlab.training import TrainConfig
 
 FIELDS_FILE = Path(__file__).resolve().parent / "data" / "config_fields.json"
 WRITE_FIELDS = ".venv/bin/python tests/test_config.py --write-fields"
@@ -258,3 +260,18 @@ if __name__ == "__main__":
         sys.exit(f"usage: {WRITE_FIELDS}")
     for line in write_fields() or ["nothing new"]:
         print(line)
+
+
+@pytest.mark.parametrize("field", ["lr", "weight_decay", "clip_norm", "max_minutes"])
+def test_an_infinite_number_is_refused_naming_the_field(field):
+    """inf passes every lower bound: TrainConfig(lr=inf) trained on, every loss NaN."""
+    for value in (math.inf, -math.inf):
+        with pytest.raises(ConfigError, match=rf"TrainConfig: {field} must be (None or )?a finite number"):
+            TrainConfig(**{field: value})
+
+
+def test_an_infinite_flag_is_one_line_naming_the_flag(tmp_path, capsys):
+    assert main(["train", "adding", "--T", "3", "--hidden", "2", "--steps", "1", "--lr", "inf",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == "rnnlab train: error: --lr must be a finite number > 0; got inf"
+    assert not (tmp_path / "run").exists()

@@ -24,6 +24,11 @@ def test_read_text_reads_a_file_and_names_a_missing_one(tmp_path):
         read_text(str(tmp_path / "nope.txt"))
 
 
+def test_read_text_of_a_folder_says_it_is_a_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"got '.*', which is a folder$"):
+        read_text(str(tmp_path))
+
+
 def test_split_blocks_takes_the_tail_of_every_block():
     text = "".join(chr(ord("a") + i) * 10 for i in range(10))  # ten blocks of ten
     train, val = split_blocks(text, 0.2, blocks=10)

@@ -174,7 +174,8 @@ def test_without_the_module_auto_is_the_python_loop(monkeypatch):
         sample(model, torch.tensor([1]), 3, implementation="compiled")
 
 
-@pytest.mark.parametrize("kwargs,match", [(dict(temperature=-1.0), "temperature must be >= 0"),
+@pytest.mark.parametrize("kwargs,match", [(dict(temperature=-1.0), "temperature must be a finite number >= 0"),
+                                          (dict(temperature=float("inf")), "temperature must be a finite number >= 0"),
                                           (dict(top_k=0), "top_k must be None or an int >= 1"),
                                           (dict(implementation="fast"), "implementation must be one of")])
 def test_bad_arguments_are_one_line_errors(kwargs, match):

@@ -51,6 +51,31 @@ def test_seeds_refuse_another_configuration_and_bad_folders(tmp_path, capsys):
     assert "--hidden must be an int >= 1; got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", ['{"seed": 0}', '[1, 2]', '{"seed": 0, "metrics": 3}'])
+def test_a_damaged_final_json_is_one_line_naming_it(tmp_path, capsys, content):
+    """A final.json without its metrics was a KeyError traceback."""
+    out = tmp_path / "digits"
+    assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 0
+    (out / "seed-0" / "final.json").write_text(content)
+    capsys.readouterr()
+    assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"rnnlab: error: {out / 'seed-0' / 'final.json'} is corrupt: not a seed's result") \
+        and "\n" not in line, line
+
+
+def test_a_seed_config_json_whose_train_is_not_an_object_is_one_line(tmp_path, capsys):
+    """A TypeError traceback ('list' object is not a mapping) before."""
+    out = tmp_path / "digits"
+    assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 0
+    config = out / "seed-0" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "train": [1]}))
+    capsys.readouterr()
+    assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == f"rnnlab: error: {config}: train must be an object of config fields; got [1]", line
+
+
 def test_run_seeds_and_summarize_directly(tmp_path):
     rows = seeds.run_seeds("digits", DigitsConfig(hidden=4), TrainConfig(steps=2, eval_every=2, threads=1),
                            tmp_path / "s", range(3, 5))

@@ -163,3 +163,13 @@ def test_copy_stops_once_the_held_out_symbols_are_copied(tmp_path, capsys):
     assert main(["train", "copy", *flags]) == 0
     out = capsys.readouterr().out
     assert "stopped (solved) at step 2" in out and "16 fresh test sequences" in out
+
+
+def test_the_adding_report_says_higher_when_the_model_is_worse_than_the_baseline(monkeypatch):
+    """An MSE of 0.2277 against the baseline's 0.167 read "0.7x lower"."""
+    task = AddingTask(AddingConfig(T=4, eval_size=2, hidden=2))
+    for mse, words in ((0.2277, "0.2277 on 2 held-out sequences (baseline: always 1, MSE 0.167; 1.4x higher: worse "
+                                "than the baseline)"), (0.0167, "(baseline: always 1, MSE 0.167; 10.0x lower)")):
+        monkeypatch.setattr(task, "evaluate", lambda model, full=False, mse=mse: {"loss": mse})
+        (line,) = task.report(task.model, None)
+        assert words in line, line

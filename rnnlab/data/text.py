@@ -20,7 +20,8 @@ def read_text(path: str | None = None) -> str:
                 return f.read()
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"read_text: path must name a text file; got {path!r}, which does not exist")
+        what = "is a folder" if file.is_dir() else "is not a regular file" if file.exists() else "does not exist"
+        raise ValueError(f"read_text: path must name a text file; got {path!r}, which {what}")
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:

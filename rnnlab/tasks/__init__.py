@@ -88,6 +88,8 @@ def changed_data(run_dir: str | Path) -> list[str]:
     (naming the file); [] when all match or the run recorded none (runs made before hashes)."""
     run = RunDir(run_dir)
     recorded = run.read_json(run.config_file.name).get("data") or {}
+    if not isinstance(recorded, dict):  # edited by hand: name it, not an AttributeError
+        raise CheckpointError(f"{run.config_file}: data must be an object of data files; got {recorded!r}")
     changes = []
     for name, entry in sorted(recorded.items()):
         try:

@@ -135,8 +135,10 @@ class AddingTask(MemoryTask):
 
     def report(self, model, run_dir) -> list[str]:
         mse = self.evaluate(model)["loss"]
+        than = (f"{self.baseline / max(mse, 1e-12):.1f}x lower" if mse <= self.baseline
+                else f"{mse / self.baseline:.1f}x higher: worse than the baseline")
         return [f"MSE {mse:.4f} on {self.config.eval_size} held-out sequences (baseline: always 1, "
-                f"MSE {self.baseline:.3f}; {self.baseline / max(mse, 1e-12):.1f}x lower)"]
+                f"MSE {self.baseline:.3f}; {than})"]
 
 
 @dataclass(frozen=True)
