@@ -769,6 +769,7 @@ def cmd_explore(args) -> int:
 def cmd_caption(args) -> int:
     """Caption the user's images with a trained caption run, or draw a grid of held-out strips with theirs."""
     from .data.images import read_image
+    from .plots import drawn_by_rnnlab
     from .tasks import Captioner
 
     if args.count < 1:
@@ -778,6 +779,9 @@ def cmd_caption(args) -> int:
         out = Path(args.out) if args.out else Path(args.run_dir) / "captions.png"
         if out.suffix.lower() != ".png" or not out.parent.is_dir():
             raise ValueError(f"rnnlab caption: --out must be a .png file in an existing folder; got {str(out)!r}")
+        if args.out and out.exists() and not drawn_by_rnnlab(out):  # a user's picture is never replaced
+            raise ValueError(f"rnnlab caption: --out {str(out)!r} exists and is not a figure rnnlab drew; "
+                             f"choose another --out")
         print(f"weights: {file}")
         print(f"wrote {task.plot_grid(task.model, out, args.count)}")
         return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["pyplot", "save_figure", "plot_losses"]
+__all__ = ["pyplot", "save_figure", "drawn_by_rnnlab", "plot_losses"]
+
+SOFTWARE = "rnnlab"  # the PNG text chunk "Software" of every figure save_figure writes
 
 
 def pyplot():
@@ -20,14 +22,25 @@ def pyplot():
 
 
 def save_figure(figure, path: str | Path, dpi: float = 100) -> Path:
-    """Lay `figure` out, write it to `path` as a PNG of `dpi` pixels per inch (its folder created) and
-    close it; returns the path."""
+    """Lay `figure` out, write it to `path` as a PNG of `dpi` pixels per inch (its folder created, its
+    "Software" text chunk `SOFTWARE`, see `drawn_by_rnnlab`) and close it; returns the path."""
     path = Path(path)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
+    figure.savefig(path, dpi=dpi, metadata={"Software": SOFTWARE})
     pyplot().close(figure)
     return path
+
+
+def drawn_by_rnnlab(path: str | Path) -> bool:
+    """Whether `path` is a PNG that save_figure wrote (which a command may replace), not a user's file."""
+    from PIL import Image, UnidentifiedImageError  # matplotlib's own dependency
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == SOFTWARE
+    except (OSError, UnidentifiedImageError):  # a folder, a text file, an unreadable file
+        return False
 
 
 def plot_losses(records: list[dict], path: str | Path, unit: str = "token") -> Path | None:

@@ -135,6 +135,8 @@ def test_train_then_caption_through_the_cli(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # from another directory, as a user would
     assert main(["caption", str(run), "--out", "grid.png", "--count", "4"]) == 0
     assert "wrote grid.png" in capsys.readouterr().out and (tmp_path / "grid.png").stat().st_size > 2000
+    assert main(["caption", str(run), "--out", "grid.png", "--count", "2"]) == 0  # its own grid: replaced
+    capsys.readouterr()
     task = CaptionTask(CaptionConfig(**SMALL))
     strip = task.held_out["test"].images[0]
     Image.fromarray((255 * (1 - strip)).round().byte().numpy()).save(tmp_path / "dark-ink.png")  # black on white
@@ -145,15 +147,19 @@ def test_train_then_caption_through_the_cli(tmp_path, capsys, monkeypatch):
 
     Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "mnist.png")
     (tmp_path / "notes.png").write_text("not a picture")
+    photo = (tmp_path / "mnist.png").read_bytes()
     for args, message in ((["mnist.png"], "mnist.png is 28x28 pixels (rows x columns); this run reads strips 8 "
                                           "pixels high and 1 to 40 wide"),
                           (["notes.png"], "notes.png must be an image"),
                           (["missing.png"], "'missing.png', which does not exist"),
                           (["--count", "0"], "--count must be >= 1"),
-                          (["--out", "grid.txt"], "--out must be a .png file")):
+                          (["--out", "grid.txt"], "--out must be a .png file"),
+                          (["--out", "mnist.png"], "--out 'mnist.png' exists and is not a figure rnnlab drew"),
+                          (["--out", "notes.png"], "--out 'notes.png' exists and is not a figure rnnlab drew")):
         assert main(["caption", str(run), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("rnnlab: error: ") and message in err and err.count("\n") == 1
+    assert (tmp_path / "mnist.png").read_bytes() == photo and (tmp_path / "notes.png").read_text() == "not a picture"
 
 
 def test_other_commands_name_the_command_that_serves_the_run(tmp_path, capsys):
