@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -284,6 +285,7 @@ class DistributedTrainer(Trainer):
         # Broadcasts rank 0's weights at once; averages the gradients in backward.
         self.replicated = DistributedDataParallel(_LossOfModel(self.model, loss_fn))
         self.loss_fn = self._shared_loss
+        self._diverged_somewhere = False  # whether any rank's loss of the current window is NaN or inf
 
     # --- small collectives on the control group ---
 
@@ -304,9 +306,15 @@ class DistributedTrainer(Trainer):
         global batch's predictions (DDP averages over ranks: hence the factor world_size)."""
         loss, state, count = self.replicated(batch, state, teacher_forcing)
         own = 0 if self.shards.borrowed else count
-        (total,) = self._all_reduce([float(own)])
+        # the same collective tells every rank whether any rank's loss is NaN or inf (`_finite`), so all
+        # stop at the same window rather than one waiting for the others' gradients
+        total, diverged = self._all_reduce([float(own), float(not math.isfinite(loss.item()))])
+        self._diverged_somewhere = diverged > 0
         factor = self.world_size * own / total if total > 0 else 0.0
         return _scale_gradient(loss, factor), state, own
+
+    def _finite(self, loss: float) -> bool:
+        return not self._diverged_somewhere
 
     def _train_batch(self, batch: Batch) -> tuple[float, int]:
         """One step; the loss and count of the global batch, so rank 0 logs what all learned."""

@@ -191,9 +191,14 @@ def _to(state, device):
     return tuple(_to(s, device) for s in state)
 
 
+class _Diverged(Exception):
+    """A window's training loss was NaN or inf (raised before its backward: nothing was changed)."""
+
+
 @dataclass
 class TrainResult:
-    """How a call to `fit` ended. stopped: 'steps', 'time', 'early_stopping', 'solved' or 'interrupted'."""
+    """How a call to `fit` ended. stopped: 'steps', 'time', 'early_stopping', 'solved', 'interrupted' or
+    'diverged' (the training loss was not finite: that step was not taken, the weights are the last step's)."""
 
     step: int
     stopped: str
@@ -442,7 +447,11 @@ class Trainer:
                     stopped = reason
                     break
                 batch_started = time.monotonic()
-                loss, count = self._train_batch(next(self.batches))
+                try:
+                    loss, count = self._train_batch(next(self.batches))
+                except _Diverged:  # a NaN or inf loss would make every weight NaN: stop on the last finite ones
+                    stopped = "diverged"
+                    break
                 self._update_average()
                 interval["seconds"] += time.monotonic() - batch_started
                 self.step += 1
@@ -506,6 +515,9 @@ class Trainer:
             state = self.carried if window.continues else None
             with self.autocast():
                 loss, state, n = self.loss_fn(self.model, window, state, teacher_forcing)
+            value = loss.item()
+            if not self._finite(value):
+                raise _Diverged(value)
             self.optimizer.zero_grad(set_to_none=True)
             (loss + regularization_loss(self.model)).backward()
             if self.config.clip_norm is not None:
@@ -513,8 +525,12 @@ class Trainer:
             self.optimizer.step()
             apply_constraints(self.model)
             self.carried = _detach(state)
-            total, count = total + loss.item() * n, count + n
+            total, count = total + value * n, count + n
         return total / max(count, 1), count
+
+    def _finite(self, loss: float) -> bool:
+        """Whether a window's loss may be trained on (DistributedTrainer: whether every rank's may)."""
+        return math.isfinite(loss)
 
     def _update_average(self) -> None:
         """--ema-decay d: after n steps the average is sum_t (1 - d) d^(n-t) w_t / (1 - d^n) over the

@@ -77,18 +77,39 @@ def classify(group, steps: int):
     return history
 
 
+def diverge(group, steps: int):
+    """classify's training, but rank 1's loss (alone: the loss) is NaN at the third step: every rank
+    stops there ('diverged'), none waiting for the others' gradients. (stopped, step, the parameters)."""
+    generator = torch.Generator().manual_seed(1)
+    inputs, targets = torch.randn(8, 6, 3, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+    seed_everything(0)
+    model = SequenceToVector(Stacked.of(LADDER["gru"], 3, 8, 1), nn.Linear(8, 3), pool="last")
+    calls = []
+
+    def loss(model, batch, state, teacher_forcing):
+        value, state, n = classification_loss(model, batch, state, teacher_forcing)
+        calls.append(None)
+        poisoned = len(calls) == 3 and (group is None or group.rank == 1)
+        return (value * float("nan") if poisoned else value), state, n
+
+    config = TrainConfig(steps=steps, lr=1e-2, lr_schedule="constant", log_every=1)
+    result = make_trainer(group, model, ExampleBatches(inputs, targets, 4, seed=0), loss, config).fit()
+    return result.stopped, result.step, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
 def main(out: Path, text: str) -> None:
     group = distributed.join("cpu")
     try:
         torch.set_num_threads(1)
         _, language_steps, seeds = language(group, text, 4)
         classify_steps = classify(group, 5)
+        diverged = diverge(group, 5)
         # Resume check: 6 steps straight against 2 steps, a stop and a resume (dropout on: the
         # generators of every rank must come back too).
         straight, _, _ = language(group, text, 6, out / "straight", dropout=0.3)
         language(group, text, 2, out / "stopped", dropout=0.3)
         resumed, _, _ = language(group, text, 6, out / "stopped", dropout=0.3, resume=True)
-        torch.save({"language": language_steps, "classify": classify_steps, "seeds": seeds,
+        torch.save({"language": language_steps, "classify": classify_steps, "seeds": seeds, "diverged": diverged,
                     "straight": straight.state_dict(), "resumed": resumed.state_dict()},
                    out / f"rank{group.rank}.pt")
     finally:

@@ -103,6 +103,14 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(two_rank
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"{scenario} step {step}: max diff {(a - b).abs().max()}"
 
 
+def test_a_loss_not_finite_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
+    """Rank 1's loss alone is NaN at the third step: both ranks stop before it ('diverged', step 2, no
+    hang), with the same finite weights."""
+    (stopped, step, first), (stopped_1, step_1, second) = two_ranks[0]["diverged"], two_ranks[1]["diverged"]
+    assert (stopped, step) == (stopped_1, step_1) == ("diverged", 2)
+    assert torch.equal(first, second) and torch.isfinite(first).all()
+
+
 def test_each_rank_draws_from_its_own_seed(two_ranks):
     seeds = [ranks["seeds"][0] for ranks in two_ranks]
     assert seeds[0] == 0 and seeds[1] != seeds[0]

@@ -297,6 +297,32 @@ def test_the_task_goal_stops_the_run_and_a_resume_stays_stopped(tmp_path):
     assert (unsolved.stopped, unsolved.step) == ("steps", 6)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_loss_that_is_not_finite_stops_the_run_on_the_last_finite_weights(tmp_path, bad):
+    """A NaN or inf loss would make every weight NaN: the run stops before that step's backward
+    ('diverged'), its weights the last step's, checkpointed and evaluated; the best weights kept."""
+    def diverging(calls):
+        regression = spying_loss(calls)
+
+        def loss_fn(model, batch, state, teacher_forcing):
+            loss, state, n = regression(model, batch, state, teacher_forcing)
+            return (loss * bad if len(calls) == 5 else loss), state, n
+        return loss_fn
+
+    torch.manual_seed(0)
+    model = Regression()
+    trainer = Trainer(model, Stream(), diverging([]), quick(steps=10, eval_every=2, lr_schedule="constant"),
+                      evaluate=lambda model: {"loss": 1.0}, run_dir=tmp_path / "run")
+    result = trainer.fit()
+    assert (result.stopped, result.step) == ("diverged", 4)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    torch.manual_seed(0)
+    four_steps = Regression()
+    Trainer(four_steps, Stream(), spying_loss([]), quick(steps=4, lr_schedule="constant")).fit()
+    assert_same_weights(weights(model), weights(four_steps))  # the fifth step was not taken
+    assert RunDir(tmp_path / "run").load()[0] == 4 and result.last_eval == {"loss": 1.0}
+
+
 def test_time_budget_stops_the_run():
     result = Trainer(Regression(), Stream(), spying_loss([]), quick(steps=10**6, max_minutes=0.02)).fit()
     assert result.stopped == "time" and 0 < result.step < 10**6
