@@ -59,9 +59,10 @@ def order(device: str = "cpu", cell=None) -> tuple[str, ...]:
     for the cells both serve (reads_state=False: one pass per step in cache; on one core scan's
     parallelism buys nothing). The LSTM is the exception: `native` stays first for it. Under no_grad
     torch's oneDNN LSTM is 1.05-1.25x faster than the loop at batched sizes; with gradients the loop
-    is the faster (0.55-0.85x at the tasks' sizes up to H = 256, even at H = 512: docs/BENCHMARKS.md,
-    "The LSTM under auto"), but every recorded LSTM result was trained with `native`, so switching
-    waits for those to be rerun (`implementation="fused"` or `--implementation fused` chooses it now).
+    is as fast or faster (0.54-0.83x at the sizes of adding, copy, sentiment and translate, 0.92-1.05x
+    at the others: docs/BENCHMARKS.md, "The LSTM under auto"), but every recorded LSTM result was
+    trained with `native`, so switching waits for those to be rerun (`implementation="fused"` or
+    `--implementation fused` chooses it now).
     Elsewhere (GPU, other dtypes, or no compiler: Python loops) torch's kernels, then scan's few
     serial steps.
     """
