@@ -57,6 +57,16 @@ def test_resume_continues_and_refuses_a_changed_model(tiny_run, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", [{"level": "char"}, {"level": "char", "tokens": ["a", "a"]}, ["a", "b"]])
+def test_a_damaged_vocabulary_is_one_line_naming_the_file(tiny_run, capsys, damage):
+    run, _ = tiny_run
+    (run / "vocabulary.json").write_text(json.dumps(damage))
+    for command in (["eval", str(run)], ["sample", str(run), "--length", "5"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rnnlab: error: vocabulary.json: ") and err.count("\n") == 1, err
+
+
 def test_word_level_model_samples_words(tmp_path):
     text = write_play(tmp_path / "play.txt")
     task = LanguageTask(LanguageConfig(text=str(text), level="word", max_vocab=12, hidden=8, embedding=4))

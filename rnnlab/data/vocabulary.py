@@ -143,9 +143,13 @@ class Vocabulary:
         return {"level": self.level, "tokens": self.tokens}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Vocabulary:
-        """The vocabulary `to_dict` saved, ids unchanged (every vocabulary.json rnnlab has written)."""
+    def from_dict(cls, data: dict, where: str = "Vocabulary.from_dict") -> Vocabulary:
+        """The vocabulary `to_dict` saved, ids unchanged (every vocabulary.json rnnlab has written);
+        `where` (e.g. the file it came from) begins the error a malformed one gives."""
         if not isinstance(data, dict) or "tokens" not in data or "level" not in data:
-            raise ValueError("Vocabulary.from_dict: data must be {'level': ..., 'tokens': [...]}; "
-                             f"got keys {sorted(data) if isinstance(data, dict) else type(data).__name__}")
-        return cls(data["tokens"], data["level"])
+            raise ValueError(f"{where}: must be {{'level': ..., 'tokens': [...]}}; "
+                             f"got {'keys ' + str(sorted(data)) if isinstance(data, dict) else type(data).__name__}")
+        try:
+            return cls(data["tokens"], data["level"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: {error}") from None

@@ -223,7 +223,7 @@ class LanguageTask(Task, TextGenerator):
 
     @classmethod
     def from_artifacts(cls, config: LanguageConfig, artifacts: dict[str, object]) -> LanguageTask:
-        return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"]))
+        return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"], "vocabulary.json"))
 
     def batches(self, seed: int) -> TokenStream:
         c = self.config

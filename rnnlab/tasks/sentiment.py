@@ -283,7 +283,7 @@ class SentimentTask(Task):
 
     @classmethod
     def from_artifacts(cls, config: SentimentConfig, artifacts: dict[str, object]) -> SentimentTask:
-        return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"]))
+        return cls(config, Vocabulary.from_dict(artifacts["vocabulary.json"], "vocabulary.json"))
 
     def batches(self, seed: int) -> ExampleBatches:
         ids, lengths, labels = self.data["train"]

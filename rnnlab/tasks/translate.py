@@ -178,7 +178,8 @@ class TranslateTask(Task, Translator):
         saved = artifacts["vocabulary.json"]
         if not isinstance(saved, dict) or set(saved) != {"source", "target"}:
             raise ValueError("TranslateTask: vocabulary.json must hold {'source': ..., 'target': ...}")
-        return cls(config, (Vocabulary.from_dict(saved["source"]), Vocabulary.from_dict(saved["target"])))
+        return cls(config, (Vocabulary.from_dict(saved["source"], "vocabulary.json: source"),
+                             Vocabulary.from_dict(saved["target"], "vocabulary.json: target")))
 
     def batches(self, seed: int) -> ExampleBatches:
         sources, lengths, targets = self.data["train"]
