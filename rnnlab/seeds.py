@@ -110,6 +110,10 @@ def run_seed(task_name: str, task_config, train_config: TrainConfig, run_dir: st
         trainer.resume()
         if (run.path / PRETRAINING_FILE).is_file():
             pretrained = run.read_json(PRETRAINING_FILE)
+            if not isinstance(pretrained, dict) or not all(
+                    isinstance(pretrained.get(key), (int, float)) for key in ("elapsed_s", "cpu_s")):
+                raise CheckpointError(f"{run.path / PRETRAINING_FILE} is corrupt: not a pretraining record (elapsed_s "
+                                      f"and cpu_s, in seconds); delete it to count the pretraining's time as 0")
     else:
         run.check_new()
         pretrainer = task.pretraining(train_config)

@@ -64,6 +64,20 @@ def test_a_damaged_final_json_is_one_line_naming_it(tmp_path, capsys, content):
         and "\n" not in line, line
 
 
+@pytest.mark.parametrize("content", ['{"steps": 3}', '[1]', '{"elapsed_s": "x", "cpu_s": 1}'])
+def test_a_damaged_pretraining_json_is_one_line_naming_it(tmp_path, capsys, content):
+    """A seed resumed from its checkpoint reads its pretraining.json: one without its times was a KeyError."""
+    out = tmp_path / "digits"
+    assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 0
+    (out / "seed-0" / "final.json").unlink()  # the seed is scored again from its checkpoint
+    (out / "seed-0" / "pretraining.json").write_text(content)
+    capsys.readouterr()
+    assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"rnnlab: error: {out / 'seed-0' / 'pretraining.json'} is corrupt: not a pretraining") \
+        and "\n" not in line, line
+
+
 def test_a_seed_config_json_whose_train_is_not_an_object_is_one_line(tmp_path, capsys):
     """A TypeError traceback ('list' object is not a mapping) before."""
     out = tmp_path / "digits"
