@@ -342,8 +342,8 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
           f"({result.cpu_s / 60:.1f} min of process CPU time), {result.tokens / max(result.elapsed_s, 1e-9):,.0f} "
           f"{task.unit}s/s overall")
     if result.stopped == "diverged":
-        print(f"diverged: the training loss was not finite (nan or inf) at step {result.step + 1}, which was not "
-              f"taken; the weights are step {result.step}'s. Train anew with a lower --lr or a --clip-norm")
+        print(f"diverged: the training loss was not finite (nan or inf) at step {result.step + 1}, whose update was "
+              f"not made: the weights are the last finite update's. Train anew with a lower --lr or a --clip-norm")
     if result.stopped == "interrupted":
         again = "rnnlab train" if group is None else f"torchrun {distributed.launch_flags(group)} -m rnnlab train"
         print(f"interrupted: checkpoint saved; continue with: {again} --resume {run_dir}")

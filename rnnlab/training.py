@@ -198,7 +198,8 @@ class _Diverged(Exception):
 @dataclass
 class TrainResult:
     """How a call to `fit` ended. stopped: 'steps', 'time', 'early_stopping', 'solved', 'interrupted' or
-    'diverged' (the training loss was not finite: that step was not taken, the weights are the last step's)."""
+    'diverged' (a training loss was not finite: its update was not made, the weights are the last finite
+    update's; `step` counts the steps completed before it)."""
 
     step: int
     stopped: str
