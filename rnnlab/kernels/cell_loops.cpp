@@ -423,7 +423,8 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>();
     const int64_t threads = at::get_num_threads();
     std::vector<double> sums(d_peep ? threads * 3 * H : 0);  // per thread: i, f, o
-    backward_steps<T>(steps, batch, sizes, 4 * H * H, back, d, ch, H, H, [&](int64_t t, int64_t r0, int64_t r1, int64_t me) {
+    backward_steps<T>(steps, batch, sizes, 4 * H * H, back, d, ch, H, H,
+                      [&](int64_t t, int64_t r0, int64_t r1, int64_t me) {
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
       const T* dy_t = dout.step(t, r0, r1);
       double* sum_i = d_peep ? sums.data() + me * 3 * H : nullptr;
@@ -535,7 +536,8 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *w = whr.data_ptr<T>();
     T *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dmp = dm.data_ptr<T>(), *ch = carry_h.data_ptr<T>();
     const Upstream<T> dout(d_out);
-    backward_steps<T>(steps, batch, sizes, 4 * H * P, back, d, ch, H, P, [&](int64_t t, int64_t r0, int64_t r1, int64_t) {
+    backward_steps<T>(steps, batch, sizes, 4 * H * P, back, d, ch, H, P,
+                      [&](int64_t t, int64_t r0, int64_t r1, int64_t) {
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
       T* __restrict__ dh = dh_all.data_ptr<T>() + (t * batch + r0) * P;
       const T* __restrict__ dy = dout.step(t, r0, r1) + r0 * P;

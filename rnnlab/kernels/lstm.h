@@ -66,9 +66,12 @@ void lstm_forward_step(Act act, Act sigma, T* g, const T* bias, const T* c_prev,
 //   dz_i = sigma'(dc r);  dz_f = sigma'(dc c');  dz_r = a'(dc i);  dc' = dc f
 // The output gate's: dz_o, and a'(dh o) (a' at c) into `dho`: the r slot of db, which holds it until dc is
 // known, or (the layer-norm LSTM) the gradient of LN_c's output. dh_of(k): dL/dh at unit k.
+// Both parts are inlined where they are called, as the loops they replaced were (GCC's heuristics would
+// call them out of line from lstm_backward_step, measured: -fopt-info-vec).
 template <typename T, typename Dh>
-void lstm_output_backward(Act act, Act sigma, const T* __restrict__ gb, const T* __restrict__ tb, T* db, T* dho,
-                          int64_t w, int64_t H, const Dh& dh_of) {
+[[gnu::always_inline]] inline void lstm_output_backward(Act act, Act sigma, const T* __restrict__ gb,
+                                                        const T* __restrict__ tb, T* db, T* dho, int64_t w, int64_t H,
+                                                        const Dh& dh_of) {
 #pragma omp simd
   for (int64_t k = 0; k < w; ++k) {
     const T dh = dh_of(k);
@@ -82,8 +85,9 @@ void lstm_output_backward(Act act, Act sigma, const T* __restrict__ gb, const T*
 // The cell's: dz_i, dz_f, dz_r and dc' = dc f into cc, from dc_of(k) (dL/dc at unit k, read before
 // anything of unit k is written).
 template <typename T, typename Dc>
-void lstm_cell_backward(Act act, Act sigma, const T* __restrict__ gb, const T* __restrict__ cp, T* cc, T* db,
-                        int64_t w, int64_t H, const Dc& dc_of) {
+[[gnu::always_inline]] inline void lstm_cell_backward(Act act, Act sigma, const T* __restrict__ gb,
+                                                      const T* __restrict__ cp, T* cc, T* db, int64_t w, int64_t H,
+                                                      const Dc& dc_of) {
 #pragma omp simd
   for (int64_t k = 0; k < w; ++k) {
     const T dc = dc_of(k);
