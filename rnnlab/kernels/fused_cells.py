@@ -221,8 +221,8 @@ def _previous_all(first, buffer):
 
 
 class _Loop:
-    """What the three loops share: their activations, the views of a backward step, and the LSTM's
-    backward through c."""
+    """What the three loops' Python paths share: their activations and extras, the views of a forward
+    and of a backward step, the LSTM's gates and c, and its backward through c."""
 
     extra_names = ()  # the cell's parameters the loop reads besides the LSTM's (`extras`)
 
