@@ -17,15 +17,18 @@
 
 #include "activations.h"
 #include "checks.h"
+#include "lstm.h"
 #include "products.h"
 #include "team.h"
 #include "upstream.h"
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -162,6 +165,17 @@ void over_rows(Team& team, Split split, int64_t rows, const Body& body) {
   if (mine.second > mine.first) team.run([&] { body(mine.first, mine.second); });
 }
 
+// Every forward here: step(t, n, team, split) for step t of n rows, split as its products of
+// `macs_per_row` multiply-adds a row earn it.
+template <typename Step>
+void forward_steps(int64_t steps, int64_t batch, const std::vector<int64_t>& sizes, int64_t macs_per_row,
+                   const Step& step) {
+  over_steps(steps, false, batch, batch * macs_per_row, [&](int64_t t, Team& team) {
+    const int64_t n = rows_at(sizes, t, batch);
+    step(t, n, team, split_of(team.size, n, n * macs_per_row, true));
+  });
+}
+
 // What a forward step multiplies: x_t U^T where the step computes its input part itself (`inputs`
 // and `weight` given: no (T, B, 4H) buffer of Zx is written and read back), and the state the gates
 // read, masked, times V^T. Contiguous transposed copies of the weights, made once per call.
@@ -246,12 +260,6 @@ void expect_ring(const Expect& expect, const Tensor& t, const char* name, int64_
   if (width < 0) expect(t, name, {t.size(0), batch}); else expect(t, name, {t.size(0), batch, width});
 }
 
-template <typename T>
-void add_bias(T* __restrict__ g, const T* __restrict__ bias, int64_t n) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) g[k] += bias[k];
-}
-
 // carry[:n] = (dz_t[:n] V) * mask on raw pointers (V (KH x R) contiguous, or null: zeros): the gradient
 // reaching the state the gates read (these LSTMs have no direct term). No ATen dispatch per step.
 template <typename T>
@@ -276,6 +284,45 @@ struct Backward {
     return mask.defined() ? mask.data_ptr<T>() + r0 * R : nullptr;
   }
 };
+
+// A forward step t of n rows, split `split`: its products (each of `into`'s: product, where it writes,
+// or a null product: none), then rows(r0, r1), the elementwise work of each thread's block of rows. Split
+// by rows (or not at all), each thread multiplies its block's rows before its work on them; by columns
+// (one row), every thread its block of the products' columns, a sync, then the row on the first thread.
+template <typename T, typename Rows>
+void products_then_rows(Team& team, Split split, int64_t t, int64_t batch, int64_t n, const T* s_prev,
+                        std::initializer_list<std::pair<const StepProduct*, T*>> into, bool zx_in_out,
+                        const Rows& rows) {
+  if (split == Split::columns) {
+    for (const auto& [product, out] : into)
+      if (product) product->columns(team, t, batch, n, s_prev, out, zx_in_out);
+    team.sync();
+  }
+  over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
+    if (split != Split::columns)
+      for (const auto& [product, out] : into)
+        if (product) (*product)(t, batch, r0, r1, s_prev, out, zx_in_out);
+    rows(r0, r1);
+  });
+}
+
+// Every backward here, t from T-1 down to 0: on each thread's block [r0, r1) of the n_t rows still running,
+// rows(t, r0, r1, the thread's index), their elementwise work, then the gradient they pass to the state the
+// gates read, carry (rows R wide) = (product_dz_t V) * mask (`carry_back`; product_dz: the gradient of
+// the recurrent product's output, 4H a row).
+template <typename T, typename Rows>
+void backward_steps(int64_t steps, int64_t batch, const std::vector<int64_t>& sizes, int64_t macs_per_row,
+                    const Backward& back, const T* product_dz, T* carry, int64_t H, int64_t R, const Rows& rows) {
+  over_steps(steps, true, batch, batch * macs_per_row, [&](int64_t t, Team& team) {
+    const int64_t n = rows_at(sizes, t, batch);
+    if (n == 0) return;
+    over_rows(team, split_of(team.size, n, n * macs_per_row, false), n, [&](int64_t r0, int64_t r1) {  // each row's own
+      rows(t, r0, r1, team.index);
+      carry_back<T>(carry + r0 * R, product_dz + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, R),
+                    r1 - r0, 4 * H, R);
+    });
+  });
+}
 
 }  // namespace
 
@@ -310,16 +357,11 @@ void peephole_forward(const std::string& act_name, const std::string& sigma_name
     using T = decltype(zero);
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     const T *p_i = peep.data_ptr<T>(), *p_f = p_i + H, *p_o = p_i + 2 * H, *bi = maybe<T>(bias);
-    const auto macs = [&](int64_t n) { return n * 4 * H * product.depth(); };
-    over_steps(steps, false, batch, macs(batch), [&](int64_t t, Team& team) {
-      const int64_t n = rows_at(sizes, t, batch);
+    forward_steps(steps, batch, sizes, 4 * H * product.depth(), [&](int64_t t, int64_t n, Team& team, Split split) {
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
-      const Split split = split_of(team.size, n, macs(n), true);
-      if (split == Split::columns) product.columns(team, t, batch, n, h_prev, g_t, true), team.sync();
-      over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
-        if (split != Split::columns) product(t, batch, r0, r1, h_prev, g_t, true);
+      products_then_rows<T>(team, split, t, batch, n, h_prev, {{&product, g_t}}, true, [&](int64_t r0, int64_t r1) {
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
           const T* __restrict__ cp = c_prev + b * H;
@@ -381,53 +423,33 @@ void peephole_backward(const std::string& act_name, const std::string& sigma_nam
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>();
     const int64_t threads = at::get_num_threads();
     std::vector<double> sums(d_peep ? threads * 3 * H : 0);  // per thread: i, f, o
-    const auto macs = [&](int64_t n) { return n * 4 * H * H; };
-    over_steps(steps, true, batch, macs(batch), [&](int64_t t, Team& team) {
-      const int64_t n = rows_at(sizes, t, batch);
+    backward_steps<T>(steps, batch, sizes, 4 * H * H, back, d, ch, H, H,
+                      [&](int64_t t, int64_t r0, int64_t r1, int64_t me) {
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
-        const T* dy_t = dout.step(t, r0, r1);
-        double* sum_i = d_peep ? sums.data() + team.index * 3 * H : nullptr;
-        for (int64_t b = r0; b < r1; ++b) {
-          const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-          T* __restrict__ db = d + (t * batch + b) * 4 * H;
-          const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-          const T* __restrict__ dy = dy_t + b * H;
-          T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
+      const T* dy_t = dout.step(t, r0, r1);
+      double* sum_i = d_peep ? sums.data() + me * 3 * H : nullptr;
+      for (int64_t b = r0; b < r1; ++b) {
+        const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+        T* __restrict__ db = d + (t * batch + b) * 4 * H;
+        const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
+        const T* __restrict__ dy = dy_t + b * H;
+        T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
+        lstm_output_backward(act, sigma, gb, tb, db, db + 2 * H, H, H, [&](int64_t k) { return chb[k] + dy[k]; });
+        lstm_cell_backward(act, sigma, gb, cp, ccb, db, H, H,
+                           [&](int64_t k) { return ccb[k] + db[2 * H + k] + db[3 * H + k] * p_o[k]; });
+#pragma omp simd
+        for (int64_t k = 0; k < H; ++k) ccb[k] += db[k] * p_i[k] + db[H + k] * p_f[k];
+        if (sum_i) {
+          double *__restrict__ si = sum_i, *__restrict__ sf = sum_i + H, *__restrict__ so = sum_i + 2 * H;
+          const T* __restrict__ cb = c + t * step + b * H;
 #pragma omp simd
           for (int64_t k = 0; k < H; ++k) {
-            const T dh = chb[k] + dy[k];
-            db[3 * H + k] = dh * tb[k];
-            db[2 * H + k] = dh * gb[3 * H + k];  // the r slot holds dh o until dc is known
-          }
-          activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
-          activate_backward(act, db + 2 * H, tb, H);
-#pragma omp simd
-          for (int64_t k = 0; k < H; ++k) {
-            const T dc = ccb[k] + db[2 * H + k] + db[3 * H + k] * p_o[k];
-            db[k] = dc * gb[2 * H + k];
-            db[H + k] = dc * cp[k];
-            db[2 * H + k] = dc * gb[k];
-            ccb[k] = dc * gb[H + k];
-          }
-          activate_backward(sigma, db, gb, 2 * H);
-          activate_backward(act, db + 2 * H, gb + 2 * H, H);
-#pragma omp simd
-          for (int64_t k = 0; k < H; ++k) ccb[k] += db[k] * p_i[k] + db[H + k] * p_f[k];
-          if (sum_i) {
-            double *__restrict__ si = sum_i, *__restrict__ sf = sum_i + H, *__restrict__ so = sum_i + 2 * H;
-            const T* __restrict__ cb = c + t * step + b * H;
-#pragma omp simd
-            for (int64_t k = 0; k < H; ++k) {
-              si[k] += double(db[k]) * double(cp[k]);
-              sf[k] += double(db[H + k]) * double(cp[k]);
-              so[k] += double(db[3 * H + k]) * double(cb[k]);
-            }
+            si[k] += double(db[k]) * double(cp[k]);
+            sf[k] += double(db[H + k]) * double(cp[k]);
+            so[k] += double(db[3 * H + k]) * double(cb[k]);
           }
         }
-        carry_back<T>(ch + r0 * H, d + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, H), r1 - r0,
-                      4 * H, H);
-      });
+      }
     });
     if (d_peep) {
       for (int64_t me = 1; me < threads; ++me)
@@ -470,31 +492,15 @@ void projected_forward(const std::string& act_name, const std::string& sigma_nam
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     T* m = ms.data_ptr<T>();
     const T *bi = maybe<T>(bias), *r = rt.data_ptr<T>();
-    const auto macs = [&](int64_t n) { return n * H * (4 * product.depth() + P); };
-    over_steps(steps, false, batch, macs(batch), [&](int64_t t, Team& team) {
-      const int64_t n = rows_at(sizes, t, batch);
+    forward_steps(steps, batch, sizes, H * (4 * product.depth() + P), [&](int64_t t, int64_t n, Team& team, Split split) {
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * batch * P;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T *g_t = g + (t % ring_g) * 4 * step, *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step;
       T *m_t = m + (t % ring_m) * step, *h_t = h + t * batch * P;
-      const Split split = split_of(team.size, n, macs(n), true);
-      if (split == Split::columns) product.columns(team, t, batch, n, h_prev, g_t, true), team.sync();
-      over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
-        if (split != Split::columns) product(t, batch, r0, r1, h_prev, g_t, true);
-        for (int64_t b = r0; b < r1; ++b) {
-          T* __restrict__ gb = g_t + b * 4 * H;
-          const T* __restrict__ cp = c_prev + b * H;
-          T *__restrict__ cn = c_t + b * H, *__restrict__ tn = tc_t + b * H, *__restrict__ mn = m_t + b * H;
-          if (bi) add_bias(gb, bi, 4 * H);
-          activate(sigma, gb, 2 * H);
-          activate(act, gb + 2 * H, H);
-          activate(sigma, gb + 3 * H, H);
-#pragma omp simd
-          for (int64_t k = 0; k < H; ++k) cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
-          activate(act, tn, H);
-#pragma omp simd
-          for (int64_t k = 0; k < H; ++k) mn[k] = gb[3 * H + k] * tn[k];
-        }
+      products_then_rows<T>(team, split, t, batch, n, h_prev, {{&product, g_t}}, true, [&](int64_t r0, int64_t r1) {
+        const int64_t at = r0 * H;  // the LSTM's step, whose h is m = o a(c) here
+        lstm_forward_step<T>(act, sigma, g_t + 4 * at, bi, c_prev + at, c_t + at, tc_t + at, m_t + at, r1 - r0, H,
+                             Units{0, H});
         matmul<T>(r1 - r0, P, H, m_t + r0 * H, H, r, P, h_t + r0 * P, P, false);  // h = m W_hr^T
       });
     });
@@ -530,45 +536,24 @@ void projected_backward(const std::string& act_name, const std::string& sigma_na
     const T *g = gates.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>(), *w = whr.data_ptr<T>();
     T *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>(), *dmp = dm.data_ptr<T>(), *ch = carry_h.data_ptr<T>();
     const Upstream<T> dout(d_out);
-    const auto macs = [&](int64_t n) { return n * 4 * H * P; };
-    over_steps(steps, true, batch, macs(batch), [&](int64_t t, Team& team) {
-      const int64_t n = rows_at(sizes, t, batch);
-      if (n == 0) return;
+    backward_steps<T>(steps, batch, sizes, 4 * H * P, back, d, ch, H, P,
+                      [&](int64_t t, int64_t r0, int64_t r1, int64_t) {
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
-        T* __restrict__ dh = dh_all.data_ptr<T>() + (t * batch + r0) * P;
-        const T* __restrict__ dy = dout.step(t, r0, r1) + r0 * P;
-        const T* __restrict__ chr = ch + r0 * P;
+      T* __restrict__ dh = dh_all.data_ptr<T>() + (t * batch + r0) * P;
+      const T* __restrict__ dy = dout.step(t, r0, r1) + r0 * P;
+      const T* __restrict__ chr = ch + r0 * P;
 #pragma omp simd
-        for (int64_t k = 0; k < (r1 - r0) * P; ++k) dh[k] = chr[k] + dy[k];
-        matmul<T>(r1 - r0, H, P, dh, P, w, H, dmp + r0 * H, H, false);  // dL/dm = dh W_hr
-        for (int64_t b = r0; b < r1; ++b) {
-          const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-          T* __restrict__ db = d + (t * batch + b) * 4 * H;
-          const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-          const T* __restrict__ dmb = dmp + b * H;
-          T* __restrict__ ccb = cc + b * H;
-#pragma omp simd
-          for (int64_t k = 0; k < H; ++k) {
-            db[3 * H + k] = dmb[k] * tb[k];
-            db[2 * H + k] = dmb[k] * gb[3 * H + k];
-          }
-          activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
-          activate_backward(act, db + 2 * H, tb, H);
-#pragma omp simd
-          for (int64_t k = 0; k < H; ++k) {
-            const T dc = ccb[k] + db[2 * H + k];
-            db[k] = dc * gb[2 * H + k];
-            db[H + k] = dc * cp[k];
-            db[2 * H + k] = dc * gb[k];
-            ccb[k] = dc * gb[H + k];
-          }
-          activate_backward(sigma, db, gb, 2 * H);
-          activate_backward(act, db + 2 * H, gb + 2 * H, H);
-        }
-        carry_back<T>(ch + r0 * P, d + (t * batch + r0) * 4 * H, back.v_ptr<T>(), back.mask_at<T>(r0, P), r1 - r0,
-                      4 * H, P);
-      });
+      for (int64_t k = 0; k < (r1 - r0) * P; ++k) dh[k] = chr[k] + dy[k];
+      matmul<T>(r1 - r0, H, P, dh, P, w, H, dmp + r0 * H, H, false);  // dL/dm = dh W_hr
+      for (int64_t b = r0; b < r1; ++b) {
+        const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+        T* __restrict__ db = d + (t * batch + b) * 4 * H;
+        const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
+        const T* __restrict__ dmb = dmp + b * H;
+        T* __restrict__ ccb = cc + b * H;
+        lstm_output_backward(act, sigma, gb, tb, db, db + 2 * H, H, H, [&](int64_t k) { return dmb[k]; });
+        lstm_cell_backward(act, sigma, gb, cp, ccb, db, H, H, [&](int64_t k) { return ccb[k] + db[2 * H + k]; });
+      }
     });
   });
 }
@@ -626,26 +611,17 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
     const T *gc = gain_c.data_ptr<T>(), *bc = shift_c.data_ptr<T>(), *gh = maybe<T>(gain_h);
     const T *gx = maybe<T>(gain_x), *sx = maybe<T>(shift_x);
     T *xhp = reads ? xh->data_ptr<T>() : nullptr, *rhp = reads ? rh->data_ptr<T>() : nullptr;
-    const auto macs = [&](int64_t n) { return n * 4 * H * H; };
-    over_steps(steps, false, batch, macs(batch), [&](int64_t t, Team& team) {
-      const int64_t n = rows_at(sizes, t, batch);
+    forward_steps(steps, batch, sizes, 4 * H * H, [&](int64_t t, int64_t n, Team& team, Split split) {
       const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step, *xc_t = xcp + (t % ring_x) * step;
       T *rc_t = rcp + (t % ring_r) * batch, *xh_t = reads ? xhp + (t % ring_xh) * 4 * step : nullptr;
       T* rh_t = reads ? rhp + (t % ring_rh) * batch : nullptr;
       T* g_t = g + (t % ring_g) * 4 * step;
-      const Split split = split_of(team.size, n, macs(n), true);
-      if (split == Split::columns) {
-        if (reads) product.columns(team, t, batch, n, h_prev, xh_t, false);
-        if (inputs) input_product.columns(team, t, batch, n, h_prev, g_t, false);
-        team.sync();
-      }
-      over_rows(team, split, n, [&](int64_t r0, int64_t r1) {
-        if (split != Split::columns) {
-          if (reads) product(t, batch, r0, r1, h_prev, xh_t, false);  // xh = V h' (masked), normalised per row below
-          if (inputs) input_product(t, batch, r0, r1, h_prev, g_t, false);  // x_t U^T, normalised per row below
-        }
+      // xh = V h' (masked) and x_t U^T, each normalised per row below
+      products_then_rows<T>(team, split, t, batch, n, h_prev,
+                            {{reads ? &product : nullptr, xh_t}, {inputs ? &input_product : nullptr, g_t}}, false,
+                            [&](int64_t r0, int64_t r1) {
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
           if (inputs) {
@@ -733,63 +709,41 @@ void layernorm_backward(const std::string& act_name, const std::string& sigma_na
     const int64_t threads = at::get_num_threads(), G = reads ? 4 * H : 0;
     std::vector<T> scratch_all(threads * 5 * H);
     std::vector<double> sums(threads * (G + 2 * H));
-    const auto macs = [&](int64_t n) { return n * 4 * H * H; };
-    over_steps(steps, true, batch, macs(batch), [&](int64_t t, Team& team) {
-      const int64_t n = rows_at(sizes, t, batch);
-      if (n == 0) return;
+    // the recurrent product's output is V h', whose gradient is dzh here
+    backward_steps<T>(steps, batch, sizes, 4 * H * H, back, reads ? dzhp : d, ch, H, H,
+                      [&](int64_t t, int64_t r0, int64_t r1, int64_t me) {
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-      over_rows(team, split_of(team.size, n, macs(n), false), n, [&](int64_t r0, int64_t r1) {  // each row's own
-        const int64_t me = team.index;
-        T *scratch = scratch_all.data() + me * 5 * H, *dcv = scratch + 4 * H;
-        double *sum_gh = sums.data() + me * (G + 2 * H), *sum_gc = sum_gh + G, *sum_bc = sum_gc + H;
-        const T* dy_t = dout.step(t, r0, r1);
-        for (int64_t b = r0; b < r1; ++b) {
-          const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
-          T* __restrict__ db = d + (t * batch + b) * 4 * H;
-          const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
-          const T* __restrict__ xcb = xcp + t * step + b * H;
-          const T* __restrict__ dy = dy_t + b * H;
-          T *__restrict__ dlb = dl + t * step + b * H, *__restrict__ s = scratch, *__restrict__ dc = dcv;
-          T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
+      T *scratch = scratch_all.data() + me * 5 * H, *dcv = scratch + 4 * H;
+      double *sum_gh = sums.data() + me * (G + 2 * H), *sum_gc = sum_gh + G, *sum_bc = sum_gc + H;
+      const T* dy_t = dout.step(t, r0, r1);
+      for (int64_t b = r0; b < r1; ++b) {
+        const T* __restrict__ gb = g + (t * batch + b) * 4 * H;
+        T* __restrict__ db = d + (t * batch + b) * 4 * H;
+        const T *__restrict__ cp = c_prev + b * H, *__restrict__ tb = tc + t * step + b * H;
+        const T* __restrict__ xcb = xcp + t * step + b * H;
+        const T* __restrict__ dy = dy_t + b * H;
+        T *__restrict__ dlb = dl + t * step + b * H, *__restrict__ s = scratch, *__restrict__ dc = dcv;
+        T *__restrict__ chb = ch + b * H, *__restrict__ ccb = cc + b * H;
+        lstm_output_backward(act, sigma, gb, tb, db, dlb, H, H, [&](int64_t k) { return chb[k] + dy[k]; });
 #pragma omp simd
-          for (int64_t k = 0; k < H; ++k) {
-            const T dh = chb[k] + dy[k];
-            db[3 * H + k] = dh * tb[k];
-            dlb[k] = dh * gb[3 * H + k];
-          }
-          activate_backward(sigma, db + 3 * H, gb + 3 * H, H);
-          activate_backward(act, dlb, tb, H);
-#pragma omp simd
-          for (int64_t k = 0; k < H; ++k) {
-            s[k] = dlb[k] * gc[k];
-            sum_gc[k] += double(dlb[k]) * double(xcb[k]);
-            sum_bc[k] += double(dlb[k]);
-          }
-          normalise_backward(s, xcb, rcp[t * batch + b], dc, H);
-#pragma omp simd
-          for (int64_t k = 0; k < H; ++k) {
-            const T dck = dc[k] + ccb[k];
-            db[k] = dck * gb[2 * H + k];
-            db[H + k] = dck * cp[k];
-            db[2 * H + k] = dck * gb[k];
-            ccb[k] = dck * gb[H + k];
-          }
-          activate_backward(sigma, db, gb, 2 * H);
-          activate_backward(act, db + 2 * H, gb + 2 * H, H);
-          if (reads) {
-            const T* __restrict__ xhb = xhp + (t * batch + b) * 4 * H;
-#pragma omp simd
-            for (int64_t k = 0; k < 4 * H; ++k) {
-              s[k] = db[k] * gh[k];
-              sum_gh[k] += double(db[k]) * double(xhb[k]);
-            }
-            normalise_backward(s, xhp + (t * batch + b) * 4 * H, rhp[t * batch + b], dzhp + (t * batch + b) * 4 * H,
-                               4 * H);
-          }
+        for (int64_t k = 0; k < H; ++k) {
+          s[k] = dlb[k] * gc[k];
+          sum_gc[k] += double(dlb[k]) * double(xcb[k]);
+          sum_bc[k] += double(dlb[k]);
         }
-        carry_back<T>(ch + r0 * H, (reads ? dzhp : d) + (t * batch + r0) * 4 * H, back.v_ptr<T>(),
-                      back.mask_at<T>(r0, H), r1 - r0, 4 * H, H);
-      });
+        normalise_backward(s, xcb, rcp[t * batch + b], dc, H);
+        lstm_cell_backward(act, sigma, gb, cp, ccb, db, H, H, [&](int64_t k) { return dc[k] + ccb[k]; });
+        if (reads) {
+          const T* __restrict__ xhb = xhp + (t * batch + b) * 4 * H;
+#pragma omp simd
+          for (int64_t k = 0; k < 4 * H; ++k) {
+            s[k] = db[k] * gh[k];
+            sum_gh[k] += double(db[k]) * double(xhb[k]);
+          }
+          normalise_backward(s, xhp + (t * batch + b) * 4 * H, rhp[t * batch + b], dzhp + (t * batch + b) * 4 * H,
+                             4 * H);
+        }
+      }
     });
     for (int64_t me = 1; me < threads; ++me)
       for (int64_t k = 0; k < G + 2 * H; ++k) sums[k] += sums[me * (G + 2 * H) + k];

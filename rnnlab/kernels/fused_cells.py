@@ -220,18 +220,64 @@ def _previous_all(first, buffer):
     return torch.cat([first[None], buffer[:-1]], dim=0)
 
 
-class _Peephole:
-    """i = sigma(z_i + p_i c'), f = sigma(z_f + p_f c'), r = a(z_r), c = f c' + i r,
-    o = sigma(z_o + p_o c), h = o a(c). Buffers: hs, cs, gates, tcs (a(c))."""
+class _Loop:
+    """What the three loops' Python paths share: their activations and extras, the views of a forward
+    and of a backward step, the LSTM's gates and c, and its backward through c."""
 
-    family = "peephole"
+    extra_names = ()  # the cell's parameters the loop reads besides the LSTM's (`extras`)
 
     def __init__(self, cell):
         self.act, self.sigma = cell.activation, cell.gate_activation
 
+    @classmethod
+    def extras(cls, cell):
+        return tuple(getattr(cell, name) for name in cls.extra_names)
+
     @staticmethod
-    def extras(cell):
-        return (cell.weight_peephole,)
+    def forward_steps(tape, gates, weight_hh, mh, h0, hs, c0, cs):
+        """For t from 0 to T-1: t, step t's gates with V h' (h' masked) added, and c'. (Lazy: step t reads
+        h' once the caller has written it.)"""
+        vt = weight_hh.t() if weight_hh is not None else None
+        for t in range(tape.steps):
+            g = tape.at(gates, t)
+            if vt is not None:
+                g.addmm_(_read(tape.previous(h0, hs, t), mh, tape.n(t, gates.shape[1])), vt)
+            yield t, g, tape.previous(c0, cs, t)
+
+    def gates_and_c(self, g, c_prev, c):
+        """The LSTM's gates in place, i, f, o = sigma(.), r = a(.), and c = f c' + i r into c; returns o."""
+        act, sigma, H = FORWARD[self.act], FORWARD[self.sigma], c.shape[-1]
+        gi, gf, gr, go = g.chunk(4, dim=-1)
+        sigma(g[:, :2 * H], g[:, :2 * H])
+        act(gr, gr)
+        sigma(go, go)
+        torch.mul(gf, c_prev, out=c).addcmul_(gi, gr)
+        return go
+
+    @staticmethod
+    def backward_steps(tape, d_hs, carry_h, carry_c, c0, cs, gates, tcs, dz):
+        """For t from T-1 down to 0, the views step t reads: t, the gates (i, f, r, o) and their gradients'
+        slots, a(c) and c', the outputs' gradient, and the n_t rows of the carries."""
+        for t in reversed(range(tape.steps)):
+            n = tape.n(t, gates.shape[1])
+            yield (t, tape.at(gates, t).chunk(4, dim=-1), tape.at(dz, t).chunk(4, dim=-1), tape.at(tcs, t),
+                   tape.previous(c0, cs, t), tape.at(d_hs, t), carry_h[:n], carry_c[:n])
+
+    def through_c(self, dc, gates, d_gates, c_prev, cc):
+        """dz_i, dz_f, dz_r from dc (dL/dc) into their slots; returns cc = dc f (dc', before a peephole's part)."""
+        act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
+        (gi, gf, gr, _), (di, df, dr, _) = gates, d_gates
+        sigma_back(dc * gr, gi, di)
+        sigma_back(dc * c_prev, gf, df)
+        act_back(dc * gi, gr, dr)
+        return torch.mul(dc, gf, out=cc)
+
+
+class _Peephole(_Loop):
+    """i = sigma(z_i + p_i c'), f = sigma(z_f + p_f c'), r = a(z_r), c = f c' + i r,
+    o = sigma(z_o + p_o c), h = o a(c). Buffers: hs, cs, gates, tcs (a(c))."""
+
+    family, extra_names = "peephole", ("weight_peephole",)
 
     def forward(self, tape, gates, weight_hh, mh, extras, h0, c0, own=()):
         (peep,) = extras
@@ -244,12 +290,7 @@ class _Peephole:
             return hs, cs, gates, tcs
         act, sigma = FORWARD[self.act], FORWARD[self.sigma]
         p_i, p_f, p_o = peep
-        vt = weight_hh.t() if weight_hh is not None else None
-        for t in range(tape.steps):
-            n = tape.n(t, gates.shape[1])
-            g, c_prev = tape.at(gates, t), tape.previous(c0, cs, t)
-            if vt is not None:
-                g.addmm_(_read(tape.previous(h0, hs, t), mh, n), vt)
+        for t, g, c_prev in self.forward_steps(tape, gates, weight_hh, mh, h0, hs, c0, cs):
             gi, gf, gr, go = g.chunk(4, dim=-1)
             sigma(gi.addcmul_(p_i, c_prev), gi)
             sigma(gf.addcmul_(p_f, c_prev), gf)
@@ -285,19 +326,13 @@ class _Peephole:
         hs, cs, gates, tcs = buffers
         act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
         p_i, p_f, p_o = peep
-        for t in reversed(range(tape.steps)):
-            n = tape.n(t, gates.shape[1])
-            gi, gf, gr, go = tape.at(gates, t).chunk(4, dim=-1)
-            di, df, dr, do = tape.at(dz, t).chunk(4, dim=-1)
-            tc, c_prev = tape.at(tcs, t), tape.previous(c0, cs, t)
-            ch, cc = carry_h[:n], carry_c[:n]
-            dh = ch + tape.at(d_hs, t)
+        steps = self.backward_steps(tape, d_hs, carry_h, carry_c, c0, cs, gates, tcs, dz)
+        for t, g, d, tc, c_prev, dy, ch, cc in steps:
+            (_, _, _, go), (di, df, _, do) = g, d
+            dh = ch + dy
             sigma_back(dh * tc, go, do)
             dc = act_back(dh.mul_(go), tc, dh).add_(cc).addcmul_(do, p_o)
-            sigma_back(dc * gr, gi, di)
-            sigma_back(dc * c_prev, gf, df)
-            act_back(dc * gi, gr, dr)
-            torch.mul(dc, gf, out=cc).addcmul_(di, p_i).addcmul_(df, p_f)
+            self.through_c(dc, g, d, c_prev, cc).addcmul_(di, p_i).addcmul_(df, p_f)
             _recurrent(tape.at(dz, t), weight_hh, mh, ch)
 
 
@@ -325,14 +360,14 @@ def _normalise_backward(d_xhat, xhat, rstd):
     return (d_xhat - mean_d - xhat * mean_dx).mul_(rstd[:, None])
 
 
-class _LayerNorm:
+class _LayerNorm(_Loop):
     """z = Zx + g_h * xhat(V h'); i, f, o, r as the LSTM; c = f c' + i r; h = o a(g_c xhat(c) + beta_c).
     Buffers: hs, cs, gates, tcs (a(LN_c c)), xh (xhat of V h'), rh (its rstd), xc (xhat of c), rc."""
 
     family = "layernorm"
 
     def __init__(self, cell):
-        self.act, self.sigma = cell.activation, cell.gate_activation
+        super().__init__(cell)
         self.eps_h = cell.norm_hh.eps if cell.norm_hh is not None else 0.0
         self.eps_c = cell.norm_cell.eps
         self.eps_x = cell.norm_ih.eps  # LN_x, which _CellLoop applies
@@ -356,7 +391,7 @@ class _LayerNorm:
                                         shift_c.contiguous(), self.eps_h, self.eps_c, h0, c0, hs, cs, tcs, xc, rc,
                                         xh, rh, tape.sizes or [], *own)
             return buffers
-        act, sigma = FORWARD[self.act], FORWARD[self.sigma]
+        act = FORWARD[self.act]
         vt = weight_hh.t() if weight_hh is not None else None
         for t in range(tape.steps):
             n = tape.n(t, batch)
@@ -366,12 +401,8 @@ class _LayerNorm:
                 torch.mm(_read(tape.previous(h0, hs, t), mh, n), vt, out=x_h)
                 tape.at(rh, t).copy_(_normalise(x_h, self.eps_h, x_h))
                 g.addcmul_(gain_h, x_h)
-            gi, gf, gr, go = g.chunk(4, dim=-1)
-            sigma(g[:, :2 * H], g[:, :2 * H])
-            act(gr, gr)
-            sigma(go, go)
             c, x_c, tc = tape.at(cs, t), tape.at(xc, t), tape.at(tcs, t)
-            torch.mul(gf, c_prev, out=c).addcmul_(gi, gr)
+            go = self.gates_and_c(g, c_prev, c)
             tape.at(rc, t).copy_(_normalise(c, self.eps_c, x_c))
             act(torch.addcmul(shift_c, gain_c, x_c, out=tc), tc)
             torch.mul(go, tc, out=tape.at(hs, t))
@@ -405,46 +436,31 @@ class _LayerNorm:
         hs, cs, gates, tcs, xc, rc, *rest = buffers
         xh, rh = rest if rest else (None, None)
         act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
-        for t in reversed(range(tape.steps)):
-            n = tape.n(t, gates.shape[1])
-            gi, gf, gr, go = tape.at(gates, t).chunk(4, dim=-1)
-            dz_t = tape.at(dz, t)
-            di, df, dr, do = dz_t.chunk(4, dim=-1)
-            tc, c_prev = tape.at(tcs, t), tape.previous(c0, cs, t)
-            ch, cc = carry_h[:n], carry_c[:n]
-            dh = ch + tape.at(d_hs, t)
+        steps = self.backward_steps(tape, d_hs, carry_h, carry_c, c0, cs, gates, tcs, dz)
+        for t, g, d, tc, c_prev, dy, ch, cc in steps:
+            go, do = g[3], d[3]
+            dh = ch + dy
             sigma_back(dh * tc, go, do)
             d_ln = act_back(dh.mul_(go), tc, tape.at(d_ln_c, t))
             dc = _normalise_backward(d_ln * gain_c, tape.at(xc, t), tape.at(rc, t)).add_(cc)
-            sigma_back(dc * gr, gi, di)
-            sigma_back(dc * c_prev, gf, df)
-            act_back(dc * gi, gr, dr)
-            torch.mul(dc, gf, out=cc)
+            self.through_c(dc, g, d, c_prev, cc)
             if weight_hh is None:
                 ch.zero_()
                 continue
             d_zh = tape.at(dzh, t)
-            d_zh.copy_(_normalise_backward(dz_t * gain_h, tape.at(xh, t), tape.at(rh, t)))
+            d_zh.copy_(_normalise_backward(tape.at(dz, t) * gain_h, tape.at(xh, t), tape.at(rh, t)))
             _recurrent(d_zh, weight_hh, mh, ch)
 
 
-class _Projected:
+class _Projected(_Loop):
     """The LSTM's gates from z = Zx + V h' (V (4H, P)); m = o a(c), h = W_hr m (B, P).
     Buffers: hs (T, B, P), cs, gates, tcs (a(c)), ms (m)."""
 
-    family = "projected"
-
-    def __init__(self, cell):
-        self.act, self.sigma = cell.activation, cell.gate_activation
-
-    @staticmethod
-    def extras(cell):
-        return (cell.weight_hr,)
+    family, extra_names = "projected", ("weight_hr",)
 
     def forward(self, tape, gates, weight_hh, mh, extras, h0, c0, own=()):
         (w_hr,) = extras
-        batch, H = c0.shape
-        P = w_hr.shape[0]
+        H, P = c0.shape[1], w_hr.shape[0]
         hs, cs = tape.new(gates, P), tape.new(gates, H, ring=2)
         tcs, ms = tape.new(gates, H, ring=1), tape.new(gates, H, ring=1)
         extension = _extension(gates)
@@ -452,19 +468,10 @@ class _Projected:
             extension.projected_forward(self.act, self.sigma, gates, weight_hh, mh, w_hr, h0, c0, hs, cs, tcs, ms,
                                         tape.sizes or [], *own)
             return hs, cs, gates, tcs, ms
-        act, sigma = FORWARD[self.act], FORWARD[self.sigma]
-        vt, rt = (weight_hh.t() if weight_hh is not None else None), w_hr.t()
-        for t in range(tape.steps):
-            n = tape.n(t, batch)
-            g, c_prev = tape.at(gates, t), tape.previous(c0, cs, t)
-            if vt is not None:
-                g.addmm_(_read(tape.previous(h0, hs, t), mh, n), vt)
-            gi, gf, gr, go = g.chunk(4, dim=-1)
-            sigma(g[:, :2 * H], g[:, :2 * H])
-            act(gr, gr)
-            sigma(go, go)
+        act, rt = FORWARD[self.act], w_hr.t()
+        for t, g, c_prev in self.forward_steps(tape, gates, weight_hh, mh, h0, hs, c0, cs):
             c, tc, m = tape.at(cs, t), tape.at(tcs, t), tape.at(ms, t)
-            torch.mul(gf, c_prev, out=c).addcmul_(gi, gr)
+            go = self.gates_and_c(g, c_prev, c)
             act(c, tc)
             torch.mul(go, tc, out=m)
             torch.mm(m, rt, out=tape.at(hs, t))
@@ -489,20 +496,14 @@ class _Projected:
     def backward_loop(self, tape, d_hs, carry_h, carry_c, weight_hh, mh, w_hr, c0, buffers, dz, dh_all):
         hs, cs, gates, tcs, ms = buffers
         act_back, sigma_back = BACKWARD[self.act], BACKWARD[self.sigma]
-        for t in reversed(range(tape.steps)):
-            n = tape.n(t, gates.shape[1])
-            gi, gf, gr, go = tape.at(gates, t).chunk(4, dim=-1)
-            di, df, dr, do = tape.at(dz, t).chunk(4, dim=-1)
-            tc, c_prev = tape.at(tcs, t), tape.previous(c0, cs, t)
-            ch, cc = carry_h[:n], carry_c[:n]
-            dh = torch.add(ch, tape.at(d_hs, t), out=tape.at(dh_all, t))
+        steps = self.backward_steps(tape, d_hs, carry_h, carry_c, c0, cs, gates, tcs, dz)
+        for t, g, d, tc, c_prev, dy, ch, cc in steps:
+            go, do = g[3], d[3]
+            dh = torch.add(ch, dy, out=tape.at(dh_all, t))
             dm = dh.mm(w_hr)  # (n, H)
             sigma_back(dm * tc, go, do)
             dc = act_back(dm.mul_(go), tc, dm).add_(cc)
-            sigma_back(dc * gr, gi, di)
-            sigma_back(dc * c_prev, gf, df)
-            act_back(dc * gi, gr, dr)
-            torch.mul(dc, gf, out=cc)
+            self.through_c(dc, g, d, c_prev, cc)
             _recurrent(tape.at(dz, t), weight_hh, mh, ch)
 
 

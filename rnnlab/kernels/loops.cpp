@@ -26,6 +26,7 @@
 
 #include "activations.h"
 #include "checks.h"
+#include "lstm.h"
 #include "products.h"
 #include "team.h"
 #include "upstream.h"
@@ -54,12 +55,7 @@ int64_t rows_at(const std::vector<int64_t>& sizes, int64_t t, int64_t batch) {
 }
 
 // --- the step's matrix product and its split over threads ----------------------------------------
-// The hidden units [k0, k1) of every row that one thread's share of a step covers. A row of K
-// gates is K*H wide with gate j at j*H, so a share is K column blocks of the gates and one of the state.
-struct Units {
-  int64_t k0, k1;
-  int64_t width() const { return k1 - k0; }
-};
+// (Units, the hidden units of a thread's share of a step: lstm.h)
 
 constexpr int64_t UNIT = 16;  // hidden units per block: a multiple of every vector width
 // A step's matrix product smaller than this (multiply-adds) runs on one thread. With a region per step
@@ -276,81 +272,7 @@ T* pointer(const optional<Tensor>& t) {
 // comes from one product without its bias, which this pass adds for free (addmm's copy of a bias
 // broadcast to every row of every step cost more than the product at (32, 128, 100): measured).
 
-template <typename T>
-void add_bias(T* __restrict__ g, const T* __restrict__ bias, int64_t n) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) g[k] += bias[k];
-}
-
-// a over `gates` adjacent gate blocks of width w (stride H): one call where they touch.
-template <typename T>
-void activate_gates(Act a, T* g, int64_t gates, int64_t w, int64_t H) {
-  if (w == H) return activate(a, g, gates * H);
-  for (int64_t j = 0; j < gates; ++j) activate(a, g + j * H, w);
-}
-
-template <typename T>
-void activate_gates_backward(Act a, T* d, const T* y, int64_t gates, int64_t w, int64_t H) {
-  if (w == H) return activate_backward(a, d, y, gates * H);
-  for (int64_t j = 0; j < gates; ++j) activate_backward(a, d + j * H, y + j * H, w);
-}
-
-// --- LSTM ------------------------------------------------------------------------------------------
-// Gate order i, f, r, o; tc keeps a(c) for the backward.
-
-template <typename T>
-void lstm_forward_step(Act act, Act sigma, T* g, const T* bias, const T* c_prev, T* c, T* tc, T* h, int64_t rows,
-                       int64_t H, Units u) {
-  const int64_t w = u.width();
-  for (int64_t b = 0; b < rows; ++b) {
-    T* __restrict__ gb = g + b * 4 * H + u.k0;
-    const T* __restrict__ cp = c_prev + b * H + u.k0;
-    T *__restrict__ cn = c + b * H + u.k0, *__restrict__ tn = tc + b * H + u.k0, *__restrict__ hn = h + b * H + u.k0;
-    if (bias)
-      for (int64_t j = 0; j < 4; ++j) add_bias(gb + j * H, bias + j * H + u.k0, w);
-    activate_gates(sigma, gb, 2, w, H);  // i, f
-    activate(act, gb + 2 * H, w);
-    activate(sigma, gb + 3 * H, w);
-#pragma omp simd
-    for (int64_t k = 0; k < w; ++k) cn[k] = tn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
-    activate(act, tn, w);
-#pragma omp simd
-    for (int64_t k = 0; k < w; ++k) hn[k] = gb[3 * H + k] * tn[k];
-  }
-}
-
-//   dz_o = sigma'(dh a(c));  dc = dc' + a'(dh o)   (a' at c)
-//   dz_i = sigma'(dc r);  dz_f = sigma'(dc c');  dz_r = a'(dc i);  dc' = dc f
-template <typename T>
-void lstm_backward_step(Act act, Act sigma, const T* g, const T* c_prev, const T* tc, const T* d_out,
-                        const T* carry_h, T* carry_c, T* dz, int64_t rows, int64_t H, Units u) {
-  const int64_t w = u.width();
-  for (int64_t b = 0; b < rows; ++b) {
-    const T* __restrict__ gb = g + b * 4 * H + u.k0;
-    T* __restrict__ db = dz + b * 4 * H + u.k0;
-    const T *__restrict__ cp = c_prev + b * H + u.k0, *__restrict__ tb = tc + b * H + u.k0;
-    const T *__restrict__ dy = d_out + b * H + u.k0, *__restrict__ ch = carry_h + b * H + u.k0;
-    T* __restrict__ cc = carry_c + b * H + u.k0;
-#pragma omp simd
-    for (int64_t k = 0; k < w; ++k) {
-      T dh = ch[k] + dy[k];
-      db[3 * H + k] = dh * tb[k];
-      db[2 * H + k] = dh * gb[3 * H + k];  // the r slot holds dh o until dc is known
-    }
-    activate_backward(sigma, db + 3 * H, gb + 3 * H, w);
-    activate_backward(act, db + 2 * H, tb, w);
-#pragma omp simd
-    for (int64_t k = 0; k < w; ++k) {
-      T dc = cc[k] + db[2 * H + k];
-      db[k] = dc * gb[2 * H + k];
-      db[H + k] = dc * cp[k];
-      db[2 * H + k] = dc * gb[k];
-      cc[k] = dc * gb[H + k];
-    }
-    activate_gates_backward(sigma, db, gb, 2, w, H);
-    activate_backward(act, db + 2 * H, gb + 2 * H, w);
-  }
-}
+// --- LSTM: lstm.h (lstm_forward_step, lstm_backward_step; add_bias and activate_gates too) ----------
 
 // --- gated cells: vanilla, residual (after or before), input-gated, forget-gated -------------------
 // Gate order is the cell's: (r), (i, r) or (i, f, r); r is always last.
@@ -648,9 +570,9 @@ int64_t scan_gate_count(ScanKind scan, Kind kind) {
   return scan == ScanKind::lstm ? 4 : scan == ScanKind::gru ? 2 : kind == Kind::forget ? 3 : kind == Kind::input ? 2 : 1;
 }
 // --- the six entry points of `fused` ------------------------------------------------------------
-// Each is one time loop (`over_steps`) of one step function, which runs on every thread of the team the
-// thread's share of the step (`share_of`): the matrix product and the elementwise work for a block of
-// rows or of units.
+// Each is one time loop (`forward_steps` or `backward_steps`, over `over_steps`) of one step function,
+// which runs on every thread of the team the thread's share of the step (`share_of`): the matrix product
+// and the elementwise work for a block of rows or of units.
 
 // Contiguous copies where the loops read through raw pointers (V^T for the forward product).
 struct Weights {
@@ -664,6 +586,49 @@ struct Weights {
   template <typename T> const T* v_ptr() const { return v.defined() ? v.data_ptr<T>() : nullptr; }
   template <typename T> const T* mask_ptr() const { return mask.defined() ? mask.data_ptr<T>() : nullptr; }
 };
+
+// A forward loop (`over_steps`, forward in time): on every thread its share s of step t's n rows, the rows
+// its product reads prepared first (`step_reads`: [x_t, s'] where `stacked`, else s' masked; s_prev(t) the
+// state step t reads), then step(t, s, s.rows(n), s.r0 * H, read): the share's product and elementwise work.
+template <typename T, typename Previous, typename Step>
+void forward_steps(int64_t steps, int64_t batch, int64_t H, const std::vector<int64_t>& sizes, int64_t macs_per_row,
+                   const Stacked<T>& stacked, const T* vt, const T* mask, T* scratch, const Previous& s_prev,
+                   const Step& step) {
+  over_steps(steps, false, rows_at(sizes, 0, batch), H, rows_at(sizes, 0, batch) * macs_per_row,
+             FORWARD_PARALLEL_MACS, [&](int64_t t, Team& team) {
+    const int64_t n = rows_at(sizes, t, batch);
+    const Mode mode = mode_of(n, H, n * macs_per_row, FORWARD_PARALLEL_MACS, team.size);
+    const Share s = share_of(team, mode, n, H);
+    const T* read = step_reads(team, mode, s, t, batch, n, stacked, vt, s_prev(t), mask, scratch, H);
+    if (empty(s)) return;
+    team.run([&] { step(t, s, s.rows(n), s.r0 * H, read); });
+  });
+}
+
+// A backward loop (`over_steps`, t = T-1 down to -1), K gates a row (for the products' size): on every
+// thread its share of the rows of step t or t + 1, first the product that finishes step t + 1's gradient
+// of the state, carry += (dz_{t+1} V) * mask (`add_recurrent`, from `dz`'s rows KD*H wide; dz null: no
+// product; `add` false: carry = that product, the LSTM's, which has no direct term), then for t >= 0
+// step(t, s, s.rows(n), s.r0 * H, dy): the share's elementwise work, dy its rows of the outputs' gradient.
+template <typename T, typename Step>
+void backward_steps(int64_t steps, int64_t batch, int64_t H, int64_t K, const std::vector<int64_t>& sizes,
+                    const Upstream<T>& d_out, T* carry, const T* dz, int64_t KD, const T* v, const T* mask, bool add,
+                    const Step& step) {
+  over_steps(steps, true, batch, H, batch * K * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
+    const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
+    const int64_t rows = std::max(n, later);
+    const Share s = share_of(team, mode_of(rows, H, rows * K * H * H, PARALLEL_MACS, team.size), rows, H);
+    if (empty(s)) return;
+    team.run([&] {
+      const int64_t o = s.r0 * H;
+      if (t + 1 < steps && dz)
+        add_recurrent(carry + o, dz + (t + 1) * batch * KD * H + KD * o, v, mask ? mask + o : nullptr, s.rows(later),
+                      KD * H, H, s.u, add);
+      if (t < 0) return;
+      step(t, s, s.rows(n), o, d_out.step(t, s.r0, s.r0 + s.rows(n), s.u.k0, s.u.k1));
+    });
+  });
+}
 
 // T: the inputs' steps where given (the gates may then be a ring of steps), else the gates'.
 int64_t steps_of(const optional<Tensor>& inputs, const Tensor& gates) {
@@ -711,23 +676,14 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
     const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
     const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
-    const int64_t macs_per_row = 4 * H * (stacked.depth + H);
-    over_steps(steps, false, rows_at(sizes, 0, batch), H, rows_at(sizes, 0, batch) * macs_per_row,
-               FORWARD_PARALLEL_MACS, [&](int64_t t, Team& team) {
-      const int64_t n = rows_at(sizes, t, batch);
-      const Mode mode = mode_of(n, H, n * macs_per_row, FORWARD_PARALLEL_MACS, team.size);
-      const Share s = share_of(team, mode, n, H);
-      const T* h_prev = t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step;
+    const auto h_prev = [&](int64_t t) { return t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step; };
+    forward_steps<T>(steps, batch, H, sizes, 4 * H * (stacked.depth + H), stacked, vt, m, scratch.data_ptr<T>(), h_prev,
+                     [&](int64_t t, const Share& s, int64_t rows, int64_t o, const T* read) {
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + ((t - 1) % ring_c) * step;
       T* g_t = g + (t % gates.size(0)) * 4 * step;
       T *c_t = c + (t % ring_c) * step, *tc_t = tc + (t % ring_t) * step, *h_t = h + t * step;
-      const T* read = step_reads(team, mode, s, t, batch, n, stacked, vt, h_prev, m, scratch.data_ptr<T>(), H);
-      if (empty(s)) return;
-      team.run([&] {
-        const int64_t rows = s.rows(n), o = s.r0 * H;
-        step_product(s, rows, 4, H, read, stacked, vt, panel_ptr<T>(weights.vt_panels), g_t);
-        lstm_forward_step<T>(act, sigma, g_t + 4 * o, step_bias, c_prev + o, c_t + o, tc_t + o, h_t + o, rows, H, s.u);
-      });
+      step_product(s, rows, 4, H, read, stacked, vt, panel_ptr<T>(weights.vt_panels), g_t);
+      lstm_forward_step<T>(act, sigma, g_t + 4 * o, step_bias, c_prev + o, c_t + o, tc_t + o, h_t + o, rows, H, s.u);
     });
   });
 }
@@ -759,23 +715,12 @@ void lstm_backward(const std::string& act_name, const std::string& sigma_name, c
     const Upstream<T> dout(d_out);
     const T *v = weights.v_ptr<T>(), *m = weights.mask_ptr<T>();
     T *ch = carry_h.data_ptr<T>(), *cc = carry_c.data_ptr<T>(), *d = dz.data_ptr<T>();
-    over_steps(steps, true, batch, H, batch * 4 * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
-      const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
-      const int64_t rows = std::max(n, later);
-      const Share s = share_of(team, mode_of(rows, H, rows * 4 * H * H, PARALLEL_MACS, team.size), rows, H);
-      if (empty(s)) return;
-      team.run([&] {
-        const int64_t o = s.r0 * H;
-        // dh' = dz V (masked), from step t + 1: the LSTM has no direct term
-        if (t + 1 < steps)
-          add_recurrent(ch + o, d + (t + 1) * 4 * step + 4 * o, v, m ? m + o : nullptr, s.rows(later), 4 * H, H, s.u,
-                        false);
-        if (t < 0) return;
-        const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
-        const T* dy = dout.step(t, s.r0, s.r0 + s.rows(n), s.u.k0, s.u.k1);
-        lstm_backward_step<T>(act, sigma, g + t * 4 * step + 4 * o, c_prev + o, tc + t * step + o, dy + o,
-                              ch + o, cc + o, d + t * 4 * step + 4 * o, s.rows(n), H, s.u);
-      });
+    // dh' = dz V (masked), from step t + 1: the LSTM has no direct term
+    backward_steps<T>(steps, batch, H, 4, sizes, dout, ch, d, 4, v, m, false,
+                      [&](int64_t t, const Share& s, int64_t rows, int64_t o, const T* dy) {
+      const T* c_prev = t == 0 ? c0.data_ptr<T>() : c + (t - 1) * step;
+      lstm_backward_step<T>(act, sigma, g + t * 4 * step + 4 * o, c_prev + o, tc + t * step + o, dy + o, ch + o, cc + o,
+                            d + t * 4 * step + 4 * o, rows, H, s.u);
     });
   });
 }
@@ -805,22 +750,13 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
     const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
     const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
-    const int64_t macs_per_row = K * H * (stacked.depth + H);
-    over_steps(steps, false, rows_at(sizes, 0, batch), H, rows_at(sizes, 0, batch) * macs_per_row,
-               FORWARD_PARALLEL_MACS, [&](int64_t t, Team& team) {
-      const int64_t n = rows_at(sizes, t, batch);
-      const Mode mode = mode_of(n, H, n * macs_per_row, FORWARD_PARALLEL_MACS, team.size);
-      const Share sh = share_of(team, mode, n, H);
-      const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
+    const auto s_prev = [&](int64_t t) { return t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H; };
+    forward_steps<T>(steps, batch, H, sizes, K * H * (stacked.depth + H), stacked, vt, m, scratch.data_ptr<T>(), s_prev,
+                     [&](int64_t t, const Share& sh, int64_t rows, int64_t o, const T* read) {
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
-      const T* read = step_reads(team, mode, sh, t, batch, n, stacked, vt, s_prev, m, scratch.data_ptr<T>(), H);
-      if (empty(sh)) return;
-      team.run([&] {
-        const int64_t rows = sh.rows(n), o = sh.r0 * H;
-        step_product(sh, rows, K, H, read, stacked, vt, panel_ptr<T>(weights.vt_panels), g_t);
-        gated_forward_step<T>(kind, act, sigma, g_t + K * o, step_bias, s_prev + o, s + t * batch * H + o, rows, H,
-                              sh.u);
-      });
+      step_product(sh, rows, K, H, read, stacked, vt, panel_ptr<T>(weights.vt_panels), g_t);
+      gated_forward_step<T>(kind, act, sigma, g_t + K * o, step_bias, s_prev(t) + o, s + t * batch * H + o, rows, H,
+                            sh.u);
     });
   });
 }
@@ -850,22 +786,11 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
     const Upstream<T> dout(d_out);
     const T *v = weights.v_ptr<T>(), *m = weights.mask_ptr<T>();
     T *ds = carry.data_ptr<T>(), *d = dz.data_ptr<T>();
-    over_steps(steps, true, batch, H, batch * K * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
-      const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
-      const int64_t rows = std::max(n, later);
-      const Share sh = share_of(team, mode_of(rows, H, rows * K * H * H, PARALLEL_MACS, team.size), rows, H);
-      if (empty(sh)) return;
-      team.run([&] {
-        const int64_t o = sh.r0 * H;
-        if (t + 1 < steps && v)
-          add_recurrent(ds + o, d + (t + 1) * batch * K * H + K * o, v, m ? m + o : nullptr, sh.rows(later), K * H, H,
-                        sh.u, true);
-        if (t < 0) return;
-        const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
-        const T* dy = dout.step(t, sh.r0, sh.r0 + sh.rows(n), sh.u.k0, sh.u.k1);
-        gated_backward_step<T>(kind, act, sigma, g + t * batch * K * H + K * o, s_prev + o, dy + o,
-                               ds + o, d + t * batch * K * H + K * o, sh.rows(n), H, sh.u);
-      });
+    backward_steps<T>(steps, batch, H, K, sizes, dout, ds, v ? d : nullptr, K, v, m, true,
+                      [&](int64_t t, const Share& sh, int64_t rows, int64_t o, const T* dy) {
+      const T* s_prev = t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H;
+      gated_backward_step<T>(kind, act, sigma, g + t * batch * K * H + K * o, s_prev + o, dy + o, ds + o,
+                             d + t * batch * K * H + K * o, rows, H, sh.u);
     });
   });
 }
@@ -903,26 +828,17 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
     const T* bhh = b_hh.defined() ? b_hh.data_ptr<T>() : nullptr;
     const int64_t ring = zhs ? zhs->size(0) : 1;
     const Stacked<T> none(optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), batch);
-    const int64_t macs_per_row = K * H * (F + H);  // the GRU multiplies x_t and s' apart (zh = V s' is kept)
-    over_steps(steps, false, rows_at(sizes, 0, batch), H, rows_at(sizes, 0, batch) * macs_per_row,
-               FORWARD_PARALLEL_MACS, [&](int64_t t, Team& team) {
-      const int64_t n = rows_at(sizes, t, batch);
-      const Mode mode = mode_of(n, H, n * macs_per_row, FORWARD_PARALLEL_MACS, team.size);
-      const Share sh = share_of(team, mode, n, H);
-      const T* s_prev = t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H;
-      T* zh_t = zh ? zh + (t % ring) * batch * 3 * H : nullptr;
+    const auto s_prev = [&](int64_t t) { return t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H; };
+    // the GRU multiplies x_t and s' apart (zh = V s' is kept): K*H*(F + H) multiply-adds a row
+    forward_steps<T>(steps, batch, H, sizes, K * H * (F + H), none, vt, m, scratch.data_ptr<T>(), s_prev,
+                     [&](int64_t t, const Share& sh, int64_t rows, int64_t o, const T* read) {
+      T* zh_s = zh ? zh + (t % ring) * batch * 3 * H + 3 * o : nullptr;
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
-      const T* read = step_reads(team, mode, sh, t, batch, n, none, vt, s_prev, m, scratch.data_ptr<T>(), H);
-      if (empty(sh)) return;
-      team.run([&] {
-        const int64_t rows = sh.rows(n), o = sh.r0 * H;
-        T* zh_s = zh_t ? zh_t + 3 * o : nullptr;
-        if (F)
-          gate_product(rows, K, H, sh.u, inputs->data_ptr<T>() + (t * batch + sh.r0) * F, F, F, ut.data_ptr<T>(),
-                       g_t + K * o, false, panel_ptr<T>(ut_panels));
-        if (vt) gate_product(rows, 3, H, sh.u, read + o, H, H, vt, zh_s, false, panel_ptr<T>(weights.vt_panels));
-        gru_forward_step<T>(act, sigma, g_t + K * o, b, zh_s, bhh, s_prev + o, h + t * batch * H + o, rows, H, sh.u);
-      });
+      if (F)
+        gate_product(rows, K, H, sh.u, inputs->data_ptr<T>() + (t * batch + sh.r0) * F, F, F, ut.data_ptr<T>(),
+                     g_t + K * o, false, panel_ptr<T>(ut_panels));
+      if (vt) gate_product(rows, 3, H, sh.u, read + o, H, H, vt, zh_s, false, panel_ptr<T>(weights.vt_panels));
+      gru_forward_step<T>(act, sigma, g_t + K * o, b, zh_s, bhh, s_prev(t) + o, h + t * batch * H + o, rows, H, sh.u);
     });
   });
 }
@@ -955,23 +871,13 @@ void gru_backward(const std::string& act_name, const std::string& sigma_name, co
     const Upstream<T> dout(d_out);
     const T *v = weights.v_ptr<T>(), *m = weights.mask_ptr<T>();
     T *ds = carry.data_ptr<T>(), *dx = dzx.data_ptr<T>(), *dh = pointer<T>(dzh);
-    over_steps(steps, true, batch, H, batch * K * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
-      const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
-      const int64_t rows = std::max(n, later);
-      const Share sh = share_of(team, mode_of(rows, H, rows * K * H * H, PARALLEL_MACS, team.size), rows, H);
-      if (empty(sh)) return;
-      team.run([&] {
-        const int64_t o = sh.r0 * H;
-        if (t + 1 < steps && dh)
-          add_recurrent(ds + o, dh + (t + 1) * batch * 3 * H + 3 * o, v, m ? m + o : nullptr, sh.rows(later), 3 * H, H,
-                        sh.u, true);
-        if (t < 0) return;
-        const T* s_prev = t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H;
-        const T* dy = dout.step(t, sh.r0, sh.r0 + sh.rows(n), sh.u.k0, sh.u.k1);
-        gru_backward_step<T>(act, sigma, g + t * batch * K * H + K * o, zh ? zh + t * batch * 3 * H + 3 * o : nullptr,
-                             s_prev + o, dy + o, ds + o, dx + t * batch * K * H + K * o,
-                             dh ? dh + t * batch * 3 * H + 3 * o : nullptr, sh.rows(n), H, sh.u);
-      });
+    // the recurrent product's gradient is dzh (3H a row), present with V
+    backward_steps<T>(steps, batch, H, K, sizes, dout, ds, dh, 3, v, m, true,
+                      [&](int64_t t, const Share& sh, int64_t rows, int64_t o, const T* dy) {
+      const T* s_prev = t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H;
+      gru_backward_step<T>(act, sigma, g + t * batch * K * H + K * o, zh ? zh + t * batch * 3 * H + 3 * o : nullptr,
+                           s_prev + o, dy + o, ds + o, dx + t * batch * K * H + K * o,
+                           dh ? dh + t * batch * 3 * H + 3 * o : nullptr, rows, H, sh.u);
     });
   });
 }
