@@ -51,31 +51,23 @@ def test_seeds_refuse_another_configuration_and_bad_folders(tmp_path, capsys):
     assert "--hidden must be an int >= 1; got 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content", ['{"seed": 0}', '[1, 2]', '{"seed": 0, "metrics": 3}'])
-def test_a_damaged_final_json_is_one_line_naming_it(tmp_path, capsys, content):
-    """A final.json without its metrics was a KeyError traceback."""
+@pytest.mark.parametrize("file, content, message", [
+    ("final.json", '{"seed": 0}', "not a seed's result"), ("final.json", '[1, 2]', "not a seed's result"),
+    ("final.json", '{"seed": 0, "metrics": 3}', "not a seed's result"),
+    # a seed resumed from its checkpoint reads its pretraining.json (sentiment's pretraining times)
+    ("pretraining.json", '{"steps": 3}', "not a pretraining record"), ("pretraining.json", '[1]', "not a pretraining"),
+    ("pretraining.json", '{"elapsed_s": "x", "cpu_s": 1}', "not a pretraining record")])
+def test_a_damaged_seed_file_is_one_line_naming_it(tmp_path, capsys, file, content, message):
+    """A final.json without its metrics, or a pretraining.json without its times, was a KeyError traceback."""
     out = tmp_path / "digits"
     assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 0
-    (out / "seed-0" / "final.json").write_text(content)
+    if file != "final.json":
+        (out / "seed-0" / "final.json").unlink()  # the seed is scored again from its checkpoint
+    (out / "seed-0" / file).write_text(content)
     capsys.readouterr()
     assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 2
     line = capsys.readouterr().err.strip()
-    assert line.startswith(f"rnnlab: error: {out / 'seed-0' / 'final.json'} is corrupt: not a seed's result") \
-        and "\n" not in line, line
-
-
-@pytest.mark.parametrize("content", ['{"steps": 3}', '[1]', '{"elapsed_s": "x", "cpu_s": 1}'])
-def test_a_damaged_pretraining_json_is_one_line_naming_it(tmp_path, capsys, content):
-    """A seed resumed from its checkpoint reads its pretraining.json: one without its times was a KeyError."""
-    out = tmp_path / "digits"
-    assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 0
-    (out / "seed-0" / "final.json").unlink()  # the seed is scored again from its checkpoint
-    (out / "seed-0" / "pretraining.json").write_text(content)
-    capsys.readouterr()
-    assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 2
-    line = capsys.readouterr().err.strip()
-    assert line.startswith(f"rnnlab: error: {out / 'seed-0' / 'pretraining.json'} is corrupt: not a pretraining") \
-        and "\n" not in line, line
+    assert line.startswith(f"rnnlab: error: {out / 'seed-0' / file} is corrupt: {message}") and "\n" not in line, line
 
 
 def test_a_seed_config_json_whose_train_is_not_an_object_is_one_line(tmp_path, capsys):
