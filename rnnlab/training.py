@@ -380,9 +380,9 @@ class Trainer:
         self._stop_requested = True
 
     @contextmanager
-    def _ctrl_c_stops(self):
-        """Ctrl-C asks for a stop at the next step boundary, so the checkpoint is consistent;
-        a second Ctrl-C interrupts at once."""
+    def _signals_stop(self):
+        """Ctrl-C (SIGINT) or SIGTERM (`timeout`, `kill`, a scheduler or container ending the job) asks for
+        a stop at the next step boundary, so the checkpoint is consistent; a second one interrupts at once."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -392,11 +392,12 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop_requested = True
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for number, before in previous.items():
+                signal.signal(number, before)
 
     def _start_run_dir(self) -> None:
         if self.run is None or self.resumed:
@@ -406,7 +407,7 @@ class Trainer:
         self.run.metrics_file.unlink(missing_ok=True)
 
     def fit(self) -> TrainResult:
-        """Train until the step budget, the time budget, early stopping or Ctrl-C."""
+        """Train until the step budget, the time budget, early stopping, Ctrl-C or SIGTERM."""
         c = self.config
         if self.run is not None and not self.resumed:
             self.run.check_new()  # before the lock file goes into a folder that is not a run
@@ -441,7 +442,7 @@ class Trainer:
         stopped = "steps"
         if self.resumed and self.last_eval_step == self.step and self._meets_goal(self.last_eval):
             stopped = "solved"  # a run that stopped solved stays stopped
-        with self._ctrl_c_stops():
+        with self._signals_stop():
             while self.step < c.steps and stopped != "solved":
                 reason = self._stop_reason(deadline)
                 if reason is not None:

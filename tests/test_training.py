@@ -328,16 +328,21 @@ def test_time_budget_stops_the_run():
     assert result.stopped == "time" and 0 < result.step < 10**6
 
 
-def test_ctrl_c_saves_a_checkpoint_and_stops_cleanly(tmp_path):
-    def press_ctrl_c(event):
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, number):
+    """SIGTERM (`timeout`, `kill`, a scheduler ending the job) used to kill the run, losing the steps since
+    its last checkpoint; now it stops as Ctrl-C does."""
+    before = signal.getsignal(number)
+
+    def signal_at_step_3(event):
         if event["kind"] == "step" and event["step"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), number)
 
     task = tiny_task(write_play(tmp_path / "play.txt"))
-    result = trainer_for(task, tmp_path / "run", on_event=press_ctrl_c).fit()
+    result = trainer_for(task, tmp_path / "run", on_event=signal_at_step_3).fit()
     assert (result.stopped, result.step) == ("interrupted", 3)
     assert RunDir(tmp_path / "run").load()[0] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(number) is before  # the handler is put back
 
 
 def test_config_errors_name_the_argument():
