@@ -7,6 +7,8 @@ writes OUT_DIR/rank<r>.pt: the flattened parameters after every step of each sce
 each rank's training stream, and the final weights of the resume check.
 """
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from torch import nn
 
 from rnnlab import distributed
 from rnnlab.cells import LADDER
+from rnnlab.checkpoints import RunDir
 from rnnlab.data.batches import ExampleBatches
 from rnnlab.models import SequenceToVector
 from rnnlab.runners import Stacked
@@ -97,6 +100,22 @@ def diverge(group, steps: int):
     return result.stopped, result.step, torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def terminate(group, text: str, run_dir: Path):
+    """language's training; rank 1 (alone: the process) gets SIGTERM after its second step: every rank
+    stops ('interrupted') at the same step, and the checkpoint holds it. (stopped, step)."""
+    seed_everything(0)
+    task = LanguageTask(LanguageConfig(text=text, hidden=16, embedding=8, batch_size=4, seq_len=8, eval_tokens=100))
+    config = TrainConfig(steps=6, lr=1e-2, lr_schedule="constant", checkpoint_every=100, log_every=1)
+
+    def on_event(event):
+        if event["kind"] == "step" and event["step"] == 2 and (group is None or group.rank == 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = make_trainer(group, task.model, task.batches(0), task.loss, config, run_dir=run_dir,
+                          on_event=on_event).fit()
+    return result.stopped, result.step
+
+
 def main(out: Path, text: str) -> None:
     group = distributed.join("cpu")
     try:
@@ -104,12 +123,15 @@ def main(out: Path, text: str) -> None:
         _, language_steps, seeds = language(group, text, 4)
         classify_steps = classify(group, 5)
         diverged = diverge(group, 5)
+        terminated = terminate(group, text, out / "terminated")
+        checkpoint = RunDir(out / "terminated").load()[0] if group.rank == 0 else None  # rank 0 writes the run
         # Resume check: 6 steps straight against 2 steps, a stop and a resume (dropout on: the
         # generators of every rank must come back too).
         straight, _, _ = language(group, text, 6, out / "straight", dropout=0.3)
         language(group, text, 2, out / "stopped", dropout=0.3)
         resumed, _, _ = language(group, text, 6, out / "stopped", dropout=0.3, resume=True)
         torch.save({"language": language_steps, "classify": classify_steps, "seeds": seeds, "diverged": diverged,
+                    "terminated": terminated, "terminated_checkpoint": checkpoint,
                     "straight": straight.state_dict(), "resumed": resumed.state_dict()},
                    out / f"rank{group.rank}.pt")
     finally:

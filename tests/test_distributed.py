@@ -111,6 +111,13 @@ def test_a_loss_not_finite_on_one_rank_stops_every_rank_at_the_same_step(two_ran
     assert torch.equal(first, second) and torch.isfinite(first).all()
 
 
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(two_ranks):
+    """Rank 1 alone gets SIGTERM after step 2 (a scheduler ending the job): both ranks stop there,
+    'interrupted', and rank 0 wrote the checkpoint of step 2 (`terminated` in the worker)."""
+    assert two_ranks[0]["terminated"] == two_ranks[1]["terminated"] == ("interrupted", 2)
+    assert two_ranks[0]["terminated_checkpoint"] == 2
+
+
 def test_each_rank_draws_from_its_own_seed(two_ranks):
     seeds = [ranks["seeds"][0] for ranks in two_ranks]
     assert seeds[0] == 0 and seeds[1] != seeds[0]
