@@ -625,6 +625,34 @@ def test_two_threads_equal_one_thread(cls, dtype, split):
             torch.testing.assert_close(b, a)
 
 
+@pytest.mark.parametrize("cls", LADDER)
+def test_rows_apart_without_lengths_equal_the_synced_loop(cls):
+    """Without lengths, a loop split by rows keeps each thread's rows at every step, so loops.cpp runs the
+    threads' steps without the sync between them (`over_steps`): outputs, final state and every gradient
+    are bit for bit those of the same loop with the sync (`set_apart(False)`), with a recurrent-dropout
+    mask, with and without grad, and reference's (float64)."""
+    if EXTENSION is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    cell, xs, state, y_prev, _, masks = _split_case(cls, torch.float64)
+    case = (cell, xs, state, y_prev, None, masks)
+    runs = {}
+    try:
+        for apart in (True, False):
+            EXTENSION.set_apart(apart)
+            EXTENSION.set_split("rows")
+            with torch.no_grad():
+                forward = _run_threads(case, "fused", 2)
+            runs[apart] = _run_threads(case, "fused", 2) + forward
+    finally:
+        EXTENSION.set_apart(True)
+        EXTENSION.set_split("rule")
+    for a, b in zip(runs[False], runs[True]):
+        assert torch.equal(a, b)
+    expected = _run_threads(case, "reference", 1)
+    for a, b in zip(expected, runs[True]):
+        torch.testing.assert_close(b, a)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("cls", NEW_LSTMS)
 def test_one_row_forward_split_by_columns(cls, dtype):

@@ -78,6 +78,9 @@ struct Share {
 // units or always by rows.
 enum class Split { rule, units, rows };
 Split split_mode = Split::rule;
+// Whether a loop split by rows without lengths runs its threads' steps apart (no sync between steps;
+// `over_steps`). `set_apart`, for measuring against the sync.
+bool independent_rows = true;
 
 // From this many rows per thread, a step is split by batch rows (each thread's product keeps the
 // full K*H width and its gates stay its own), below by blocks of units.
@@ -131,16 +134,21 @@ void for_each_step(int64_t steps, bool backward, const Step& step) {
 
 // Every fused loop: step(t, team) for t forward or backward in time (`for_each_step`) on every thread
 // of one team (team.h: one parallel region for the whole loop, a sync between steps), or on one thread
-// where even the largest step, of `rows` rows and `macs` multiply-adds, is not split.
+// where even the largest step, of `rows` rows and `macs` multiply-adds, is not split. Where every step
+// has all `rows` (`same_rows`: no lengths) and is split by rows, each thread's block of rows is the same
+// at every step and a row's recurrence reads only that row: the threads run their steps without the
+// sync (a barrier per step, and each step waiting for the slower thread, cost the vanilla cell's loops
+// at (32, 128, 100) a tenth of their two-thread time: measured, docs/BENCHMARKS.md).
 template <typename Step>
-void over_steps(int64_t steps, bool backward, int64_t rows, int64_t H, int64_t macs, int64_t least,
+void over_steps(int64_t steps, bool backward, int64_t rows, int64_t H, int64_t macs, int64_t least, bool same_rows,
                 const Step& step) {
   const bool split = mode_of(rows, H, macs, least, at::get_num_threads()) != Mode::serial;
   in_team(split, [&](Team& team) {
+    const bool apart = same_rows && independent_rows && mode_of(rows, H, macs, least, team.size) == Mode::rows;
     for_each_step(steps, backward, [&](int64_t t) {
       team.run([&] { team.fault_at(t); });
       step(t, team);
-      team.sync();
+      if (!apart) team.sync();
     });
   });
 }
@@ -595,7 +603,7 @@ void forward_steps(int64_t steps, int64_t batch, int64_t H, const std::vector<in
                    const Stacked<T>& stacked, const T* vt, const T* mask, T* scratch, const Previous& s_prev,
                    const Step& step) {
   over_steps(steps, false, rows_at(sizes, 0, batch), H, rows_at(sizes, 0, batch) * macs_per_row,
-             FORWARD_PARALLEL_MACS, [&](int64_t t, Team& team) {
+             FORWARD_PARALLEL_MACS, sizes.empty(), [&](int64_t t, Team& team) {
     const int64_t n = rows_at(sizes, t, batch);
     const Mode mode = mode_of(n, H, n * macs_per_row, FORWARD_PARALLEL_MACS, team.size);
     const Share s = share_of(team, mode, n, H);
@@ -614,7 +622,7 @@ template <typename T, typename Step>
 void backward_steps(int64_t steps, int64_t batch, int64_t H, int64_t K, const std::vector<int64_t>& sizes,
                     const Upstream<T>& d_out, T* carry, const T* dz, int64_t KD, const T* v, const T* mask, bool add,
                     const Step& step) {
-  over_steps(steps, true, batch, H, batch * K * H * H, PARALLEL_MACS, [&](int64_t t, Team& team) {
+  over_steps(steps, true, batch, H, batch * K * H * H, PARALLEL_MACS, sizes.empty(), [&](int64_t t, Team& team) {
     const int64_t n = t >= 0 ? rows_at(sizes, t, batch) : 0, later = t + 1 < steps ? rows_at(sizes, t + 1, batch) : 0;
     const int64_t rows = std::max(n, later);
     const Share s = share_of(team, mode_of(rows, H, rows * K * H * H, PARALLEL_MACS, team.size), rows, H);
@@ -1080,6 +1088,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward, "fused GRU loop, backward");
   m.def("set_panels", [](bool on) { panels_on = on; }, "pack step weights in panels (default True; for measuring)");
   m.def("set_split", &set_split, "how steps split over threads: 'rule' (default), 'units' or 'rows' (for measuring)");
+  m.def("set_apart", [](bool apart) { independent_rows = apart; },
+        "whether loops split by rows without lengths skip the sync between steps (default True; for measuring)");
   m.def("set_least", [](int64_t forward, int64_t backward) { FORWARD_PARALLEL_MACS = forward, PARALLEL_MACS = backward; },
         "the multiply-adds from which a forward / backward step is split over threads (for measuring)");
   m.def("least", [] { return std::pair<int64_t, int64_t>{FORWARD_PARALLEL_MACS, PARALLEL_MACS}; },
