@@ -22,7 +22,7 @@ from rnnlab import (
     VanillaCell,
     kernels,
 )
-from rnnlab.kernels import compiled, fused_cells
+from rnnlab.kernels import compiled, fused_cells, time_major
 from rnnlab.kernels.scan import chunked, doubling, linear_scan
 from rnnlab.kernels.scan import compiled_loop as compiled_solver
 
@@ -651,6 +651,39 @@ def test_rows_apart_without_lengths_equal_the_synced_loop(cls):
     expected = _run_threads(case, "reference", 1)
     for a, b in zip(expected, runs[True]):
         torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cls", LADDER)
+def test_steps_read_batch_first_inputs_where_they_are(cls, threads):
+    """Where the C++ steps multiply the inputs themselves (B >= 16, small weights: time_major.
+    steps_multiply_inputs), they read batch-first x where it is (`kept_inputs`: a time-major view, no
+    copy) and, when training, write the time-major copy the backward's products read as they go: the
+    loop's copy equals the inputs, and outputs, final state and every gradient equal reference's, with and
+    without grad, on 1 and 2 threads (float64). Other layouts (a strided x) are copied first, as before."""
+    if EXTENSION is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    cell, xs, state, y_prev, _, masks = _split_case(cls, torch.float64, batch=32, hidden=16)
+    view = xs.detach().transpose(0, 1)
+    read, kept = time_major.kept_inputs(view, keep=True)
+    assert read.data_ptr() == xs.data_ptr() and not read.is_contiguous() and kept.is_contiguous()
+    assert time_major.kept_inputs(view, keep=False)[1] is None
+    assert time_major.kept_inputs(xs.detach()[:, :, ::2].transpose(0, 1), keep=True)[0].is_contiguous()
+    weight = cell.weight_ih.detach()
+    gates, states = torch.empty(*view.shape[:2], weight.shape[0], dtype=view.dtype), torch.empty(
+        *view.shape[:2], cell.hidden_size, dtype=view.dtype)
+    if cls is VanillaCell:  # the loop's copy, called directly
+        EXTENSION.gated_forward("vanilla", cell.activation, cell.gate_activation, gates, cell.weight_hh.detach(),
+                                None, torch.zeros(view.shape[1], cell.hidden_size, dtype=view.dtype), states, [],
+                                inputs=read, weight=weight, inputs_copy=kept)
+        assert torch.equal(kept, view)
+    time_major_x = xs.transpose(0, 1).contiguous().transpose(0, 1)  # batch-first, stored time-major
+    strided = (cell, time_major_x, state, y_prev, None, masks)
+    for case in ((cell, xs, state, y_prev, None, masks), strided):
+        with torch.no_grad():
+            forward = _run_threads(case, "fused", threads)
+        for a, b in zip(_run_threads(case, "reference", 1), _run_threads(case, "fused", threads) + forward):
+            torch.testing.assert_close(b, a)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -35,7 +35,15 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled, fused_cells, graphs
 from .activations import BACKWARD, FORWARD
-from .time_major import by_length, input_grads, inputs_and_weight, product, steps_multiply_inputs, weight_grad
+from .time_major import (
+    by_length,
+    input_grads,
+    inputs_and_weight,
+    kept_inputs,
+    product,
+    steps_multiply_inputs,
+    weight_grad,
+)
 
 # The families each loop serves (rnnlab.cells: Cell.family); the output-feedback cell is a vanilla cell.
 _GATED = {"vanilla": "vanilla", "feedback": "vanilla", "residual": "residual", "input": "input", "forget": "forget"}
@@ -92,17 +100,23 @@ class _Loop(torch.autograd.Function):
         if compiled.extension_for(inputs) is not None and steps_multiply_inputs(inputs, weight, weight_hh):
             # The C++ steps compute Zx = [x, y*] [U, W]^T a step at a time, in one product with V s'
             # (loops.cpp: Stacked), and add the bias in their pass over the gates: Zx of all steps is
-            # never written out and read back. Without grad the gates are a ring of one step.
+            # never written out and read back. Without grad the gates are a ring of one step. They read
+            # the inputs where they are (batch-first x seen time-major) and, for the backward's
+            # products, write the time-major copy as they go (`kept_inputs`).
+            inputs, kept = kept_inputs(inputs if tape.sizes is None or not save else inputs.contiguous(), save)
             gates = tape.new(inputs, weight.shape[0], keep=save or _one_buffer(loop, tape))
             bias = None if bias is None else bias.contiguous()
-            buffers = loop.forward(tape, gates, weight_hh, bias_hh, mh, state0, save, (bias, inputs, weight))
+            buffers = loop.forward(tape, gates, weight_hh, bias_hh, mh, state0, save, (bias, inputs, weight, kept))
+            inputs = inputs if kept is None else kept
         elif compiled.extension_for(inputs) is not None:
+            inputs = inputs.contiguous()
             # Zx for all steps in one product (oneDNN's), without its bias, which the C++ steps add in
             # their pass over the gates (addmm would first copy it to every row of every step)
             zx = product(inputs.reshape(steps * batch, -1), weight.t()).view(steps, batch, -1)
             bias = None if bias is None else bias.contiguous()
             buffers = loop.forward(tape, zx, weight_hh, bias_hh, mh, state0, save, (bias,))
         else:
+            inputs = inputs.contiguous()
             flat = inputs.reshape(steps * batch, -1)  # (T*B, I + O)
             # Zx for all steps in one GEMM; the loop then turns it into the gate values in place
             zx = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())

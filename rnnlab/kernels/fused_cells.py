@@ -50,6 +50,7 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
     """xs (B, T, I), y_prev (B, T, O) or None -> outputs (B, T, H or P), final state (h, c)."""
     xs, y_prev, (mx, mh, h0, c0), sizes, last, unsort = by_length(xs, y_prev, lengths, (*masks, *state))
     inputs, weight = inputs_and_weight(cell, xs, y_prev, mx)
+    inputs = inputs.contiguous()  # cell_loops.cpp reads them time-major
     bias = _sum(cell.bias_ih, cell.bias_hh)  # both add to every step's pre-activations alike
     loop = _LOOPS[cell.family](cell)
     if cell.family == "layernorm-lstm":  # Zx = LN_x(U x + W y) + b_ih + b_hh + beta_h

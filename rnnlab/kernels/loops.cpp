@@ -164,6 +164,30 @@ void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, int64
     matmul(rows, u.width(), depth, a, lda, w + j * H + u.k0, K * H, gates + j * H + u.k0, K * H, add);
 }
 
+// The inputs (T, B, F) where the steps multiply them themselves, read where they are: any strides but
+// contiguous rows (the batch-first x seen time-major: no copy of it made before the loop). Where `copy`
+// (T, B, F, contiguous) is given, each step's rows are written there as the step reads them, by the
+// thread that reads them: the time-major copy the backward's products need, made inside the loop's
+// threads instead of before the loop on one (rnnlab's fused.py: training without lengths).
+template <typename T>
+struct Inputs {
+  const T* x = nullptr;
+  T* copy = nullptr;
+  int64_t step = 0, batch_stride = 0, F = 0, B = 0;
+  Inputs(const optional<Tensor>& inputs, const optional<Tensor>& copy_in) {
+    if (!inputs) return;
+    x = inputs->data_ptr<T>(), step = inputs->stride(0), batch_stride = inputs->stride(1);
+    F = inputs->size(2), B = inputs->size(1);
+    if (copy_in) copy = copy_in->data_ptr<T>();
+  }
+  const T* row(int64_t t, int64_t b) const { return x + t * step + b * batch_stride; }
+  // the rows [r0, r1) of step t into the copy, where one is kept
+  void keep(int64_t t, int64_t r0, int64_t r1) const {
+    if (copy)
+      for (int64_t b = r0; b < r1; ++b) std::copy(row(t, b), row(t, b) + F, copy + (t * B + b) * F);
+  }
+};
+
 // Where the forward's step computes its whole pre-activation itself: [x_t, s'] [U; V]^T as ONE
 // product of depth F + H (F alone without V), from the step's rows of x and the state it reads
 // (masked) gathered side by side into `rows` (B x depth). Zx of all steps is then never written
@@ -171,29 +195,28 @@ void gate_product(int64_t rows, int64_t K, int64_t H, Units u, const T* a, int64
 template <typename T>
 struct Stacked {
   Tensor w, buffer, panels;  // [U^T; V^T; b] (depth x K*H); the rows [x_t, s', 1]; w by panels_of
-  const T* x = nullptr;
+  Inputs<T> x;
   int64_t F = 0, R = 0, depth = 0;
   bool bias = false;  // b is w's last row, and each row of `buffer` ends in a 1: the product adds the bias
   Stacked(const optional<Tensor>& inputs, const optional<Tensor>& weight, const optional<Tensor>& weight_hh,
-          const optional<Tensor>& bias_in, int64_t batch) {
+          const optional<Tensor>& bias_in, int64_t batch, const optional<Tensor>& copy) : x(inputs, copy) {
     if (!inputs) return;
     std::vector<Tensor> parts{weight->t()};
     if (weight_hh) parts.push_back(weight_hh->t()), R = weight_hh->size(1);
     if (bias_in) parts.push_back(bias_in->view({1, -1})), bias = true;
     w = at::cat(parts, 0).contiguous();
     panels = panels_of(w);
-    x = inputs->data_ptr<T>();
     F = inputs->size(2), depth = w.size(0);
     buffer = at::empty({batch, depth}, inputs->options());
     if (bias) buffer.select(1, depth - 1).fill_(1);  // gather never writes this column
   }
-  explicit operator bool() const { return x != nullptr; }
+  explicit operator bool() const { return x.x != nullptr; }
   // [x_t, s' * mask(, 1)] for the step's rows [r0, r1) (each thread gathers its own); returns all rows
   const T* gather(int64_t t, int64_t batch, int64_t r0, int64_t r1, const T* s_prev, const T* mask, int64_t H) const {
     T* rows = buffer.data_ptr<T>();
-    const T* x_t = x + t * batch * F;
+    x.keep(t, r0, r1);
     for (int64_t b = r0; b < r1; ++b) {
-      std::copy(x_t + b * F, x_t + (b + 1) * F, rows + b * depth);
+      std::copy(x.row(t, b), x.row(t, b) + F, rows + b * depth);
       if (R == 0) continue;
       T* __restrict__ s = rows + b * depth + F;
       const T* __restrict__ sp = s_prev + b * H;
@@ -643,12 +666,20 @@ int64_t steps_of(const optional<Tensor>& inputs, const Tensor& gates) {
   return inputs && inputs->dim() == 3 ? inputs->size(0) : gates.size(0);
 }
 
-// inputs (T, B, F) and weight (K*H, F), both or neither: with them the gates are written, not read.
-void expect_inputs(const Expect& expect, const optional<Tensor>& inputs, const optional<Tensor>& weight, int64_t steps,
-                   int64_t batch, int64_t KH) {
+// inputs (T, B, F), any strides but contiguous rows, and weight (K*H, F), both or neither: with them the
+// gates are written, not read; inputs_copy (T, B, F), only with them and without lengths (`Inputs`).
+void expect_inputs(const Expect& expect, const optional<Tensor>& inputs, const optional<Tensor>& weight,
+                   const optional<Tensor>& copy, const std::vector<int64_t>& sizes, int64_t steps, int64_t batch,
+                   int64_t KH) {
   expect.required(weight, "weight (with inputs)", static_cast<bool>(inputs));
-  expect(inputs, "inputs", {steps, batch, ANY});
-  if (inputs) expect(*weight, "weight", {KH, inputs->size(2)}, false);
+  expect(inputs, "inputs", {steps, batch, ANY}, false);
+  if (!inputs) return expect.required(copy, "inputs_copy (without inputs)", false);
+  TORCH_CHECK_VALUE((inputs->stride(2) == 1 || inputs->size(2) == 1) &&
+                        (inputs->size(1) == 1 || inputs->stride(1) >= inputs->size(2)), expect.where,
+                    ": inputs must have contiguous rows that do not overlap; got strides ", inputs->strides());
+  expect(*weight, "weight", {KH, inputs->size(2)}, false);
+  expect(copy, "inputs_copy", {steps, batch, inputs->size(2)});
+  TORCH_CHECK_VALUE(!copy || sizes.empty(), expect.where, ": inputs_copy needs every row at every step (no sizes)");
 }
 
 }  // namespace
@@ -660,7 +691,8 @@ void expect_inputs(const Expect& expect, const optional<Tensor>& inputs, const o
 void lstm_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
                   const optional<Tensor>& weight_hh, const optional<Tensor>& mask,
                   const Tensor& h0, const Tensor& c0, Tensor hs, Tensor cs, Tensor tcs, std::vector<int64_t> sizes,
-                  const optional<Tensor>& bias, const optional<Tensor>& inputs, const optional<Tensor>& weight) {
+                  const optional<Tensor>& bias, const optional<Tensor>& inputs, const optional<Tensor>& weight,
+                  const optional<Tensor>& inputs_copy) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("lstm_forward", gates, h0, 1);
   const int64_t steps = steps_of(inputs, gates), batch = gates.size(1), H = h0.size(1);
@@ -673,7 +705,7 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
   expect(weight_hh, "weight_hh", {4 * H, H}, false);
   expect(mask, "mask", {batch, H}, false);
   expect(bias, "bias", {4 * H});
-  expect_inputs(expect, inputs, weight, steps, batch, 4 * H);
+  expect_inputs(expect, inputs, weight, inputs_copy, sizes, steps, batch, 4 * H);
   check_sizes("lstm_forward", sizes, steps, batch);
   const int64_t ring_c = cs.size(0), ring_t = tcs.size(0), step = batch * H;  // elements of one step of hs, cs, tcs
   const Weights weights(inputs ? optional<Tensor>() : weight_hh, mask, true);
@@ -682,7 +714,7 @@ void lstm_forward(const std::string& act_name, const std::string& sigma_name, Te
     using T = scalar_t;
     T *g = gates.data_ptr<T>(), *h = hs.data_ptr<T>(), *c = cs.data_ptr<T>(), *tc = tcs.data_ptr<T>();
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
-    const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
+    const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch, inputs_copy);
     const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
     const auto h_prev = [&](int64_t t) { return t == 0 ? h0c.data_ptr<T>() : h + (t - 1) * step; };
     forward_steps<T>(steps, batch, H, sizes, 4 * H * (stacked.depth + H), stacked, vt, m, scratch.data_ptr<T>(), h_prev,
@@ -737,7 +769,7 @@ void lstm_backward(const std::string& act_name, const std::string& sigma_name, c
 void gated_forward(const std::string& kind_name, const std::string& act_name, const std::string& sigma_name,
                    Tensor gates, const optional<Tensor>& weight_hh, const optional<Tensor>& mask, const Tensor& s0,
                    Tensor states, std::vector<int64_t> sizes, const optional<Tensor>& bias,
-                   const optional<Tensor>& inputs, const optional<Tensor>& weight) {
+                   const optional<Tensor>& inputs, const optional<Tensor>& weight, const optional<Tensor>& inputs_copy) {
   const Kind kind = parse_kind(kind_name);
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("gated_forward", gates, s0, 1);
@@ -748,7 +780,7 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
   expect(weight_hh, "weight_hh", {K * H, H}, false);
   expect(mask, "mask", {batch, H}, false);
   expect(bias, "bias", {K * H});
-  expect_inputs(expect, inputs, weight, steps, batch, K * H);
+  expect_inputs(expect, inputs, weight, inputs_copy, sizes, steps, batch, K * H);
   check_sizes("gated_forward", sizes, steps, batch);
   const Weights weights(inputs ? optional<Tensor>() : weight_hh, mask, true);
   const Tensor scratch = at::empty_like(s0);
@@ -756,7 +788,7 @@ void gated_forward(const std::string& kind_name, const std::string& act_name, co
     using T = scalar_t;
     T *g = gates.data_ptr<T>(), *s = states.data_ptr<T>();
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
-    const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch);
+    const Stacked<T> stacked(inputs, weight, weight_hh, bias, batch, inputs_copy);
     const T* step_bias = stacked.bias ? nullptr : b;  // where the product adds it, the step does not
     const auto s_prev = [&](int64_t t) { return t == 0 ? s0.data_ptr<T>() : s + (t - 1) * batch * H; };
     forward_steps<T>(steps, batch, H, sizes, K * H * (stacked.depth + H), stacked, vt, m, scratch.data_ptr<T>(), s_prev,
@@ -809,7 +841,8 @@ void gated_backward(const std::string& kind_name, const std::string& act_name, c
 void gru_forward(const std::string& act_name, const std::string& sigma_name, Tensor gates,
                  const optional<Tensor>& weight_hh, const optional<Tensor>& bias_hh, const optional<Tensor>& mask,
                  const Tensor& s0, Tensor hs, const optional<Tensor>& zhs, std::vector<int64_t> sizes,
-                 const optional<Tensor>& bias, const optional<Tensor>& inputs, const optional<Tensor>& weight) {
+                 const optional<Tensor>& bias, const optional<Tensor>& inputs, const optional<Tensor>& weight,
+                 const optional<Tensor>& inputs_copy) {
   const Act act = parse(act_name), sigma = parse(sigma_name);
   const Expect expect = expect_gates("gru_forward", gates, s0, 1);
   const int64_t steps = steps_of(inputs, gates), batch = gates.size(1), H = s0.size(1), K = weight_hh ? 3 : 2;
@@ -822,7 +855,7 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
   expect(bias_hh, "bias_hh", {3 * H}, false);
   expect(mask, "mask", {batch, H}, false);
   expect(bias, "bias", {K * H});
-  expect_inputs(expect, inputs, weight, steps, batch, K * H);
+  expect_inputs(expect, inputs, weight, inputs_copy, sizes, steps, batch, K * H);
   check_sizes("gru_forward", sizes, steps, batch);
   // with the inputs, the step computes x_t U^T itself (straight from x: zh = V s' is a product of its own)
   const Tensor ut = inputs ? weight->t().contiguous() : Tensor(), ut_panels = inputs ? panels_of(ut) : Tensor();
@@ -835,16 +868,20 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
     const T *vt = weights.vt_ptr<T>(), *m = weights.mask_ptr<T>(), *b = pointer<T>(bias);
     const T* bhh = b_hh.defined() ? b_hh.data_ptr<T>() : nullptr;
     const int64_t ring = zhs ? zhs->size(0) : 1;
-    const Stacked<T> none(optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), batch);
+    const Stacked<T> none(optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), optional<Tensor>(), batch,
+                          optional<Tensor>());
+    const Inputs<T> x(inputs, inputs_copy);
     const auto s_prev = [&](int64_t t) { return t == 0 ? s0.data_ptr<T>() : h + (t - 1) * batch * H; };
     // the GRU multiplies x_t and s' apart (zh = V s' is kept): K*H*(F + H) multiply-adds a row
     forward_steps<T>(steps, batch, H, sizes, K * H * (F + H), none, vt, m, scratch.data_ptr<T>(), s_prev,
                      [&](int64_t t, const Share& sh, int64_t rows, int64_t o, const T* read) {
       T* zh_s = zh ? zh + (t % ring) * batch * 3 * H + 3 * o : nullptr;
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
-      if (F)
-        gate_product(rows, K, H, sh.u, inputs->data_ptr<T>() + (t * batch + sh.r0) * F, F, F, ut.data_ptr<T>(),
-                     g_t + K * o, false, panel_ptr<T>(ut_panels));
+      if (F) {
+        if (sh.u.k0 == 0) x.keep(t, sh.r0, sh.r0 + rows);  // each row by one thread: split by units, the first's
+        gate_product(rows, K, H, sh.u, x.row(t, sh.r0), std::max(x.batch_stride, F), F, ut.data_ptr<T>(), g_t + K * o, false,
+                     panel_ptr<T>(ut_panels));
+      }
       if (vt) gate_product(rows, 3, H, sh.u, read + o, H, H, vt, zh_s, false, panel_ptr<T>(weights.vt_panels));
       gru_forward_step<T>(act, sigma, g_t + K * o, b, zh_s, bhh, s_prev(t) + o, h + t * batch * H + o, rows, H, sh.u);
     });
@@ -1070,21 +1107,22 @@ void cell_scan_backward(const std::string& kind_name, const std::string& act_nam
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   // last and optional: `bias`, where Zx came without it (the step adds it); `inputs` (T, B, F) and
-  // `weight` (K*H, F), where the step computes Zx itself (the gates are then written, not read)
+  // `weight` (K*H, F), where the step computes Zx itself (the gates are then written, not read);
+  // `inputs_copy` (T, B, F), where the inputs are a strided view: filled with them, time-major (`Inputs`)
   m.def("lstm_forward", &lstm_forward, "fused LSTM loop, forward", py::arg("act"), py::arg("sigma"), py::arg("gates"),
         py::arg("weight_hh"), py::arg("mask"), py::arg("h0"), py::arg("c0"), py::arg("hs"), py::arg("cs"),
         py::arg("tcs"), py::arg("sizes"), py::arg("bias") = py::none(), py::arg("inputs") = py::none(),
-        py::arg("weight") = py::none());
+        py::arg("weight") = py::none(), py::arg("inputs_copy") = py::none());
   m.def("lstm_backward", &lstm_backward, "fused LSTM loop, backward");
   m.def("gated_forward", &gated_forward, "fused loop of the gated ladder cells, forward", py::arg("kind"),
         py::arg("act"), py::arg("sigma"), py::arg("gates"), py::arg("weight_hh"), py::arg("mask"), py::arg("s0"),
         py::arg("states"), py::arg("sizes"), py::arg("bias") = py::none(), py::arg("inputs") = py::none(),
-        py::arg("weight") = py::none());
+        py::arg("weight") = py::none(), py::arg("inputs_copy") = py::none());
   m.def("gated_backward", &gated_backward, "fused loop of the gated ladder cells, backward");
   m.def("gru_forward", &gru_forward, "fused GRU loop, forward", py::arg("act"), py::arg("sigma"), py::arg("gates"),
         py::arg("weight_hh"), py::arg("bias_hh"), py::arg("mask"), py::arg("s0"), py::arg("hs"), py::arg("zhs"),
         py::arg("sizes"), py::arg("bias") = py::none(), py::arg("inputs") = py::none(),
-        py::arg("weight") = py::none());
+        py::arg("weight") = py::none(), py::arg("inputs_copy") = py::none());
   m.def("gru_backward", &gru_backward, "fused GRU loop, backward");
   m.def("set_panels", [](bool on) { panels_on = on; }, "pack step weights in panels (default True; for measuring)");
   m.def("set_split", &set_split, "how steps split over threads: 'rule' (default), 'units' or 'rows' (for measuring)");
