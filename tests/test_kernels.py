@@ -625,27 +625,26 @@ def test_two_threads_equal_one_thread(cls, dtype, split):
             torch.testing.assert_close(b, a)
 
 
-@pytest.mark.parametrize("cls", LADDER)
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
 def test_rows_apart_without_lengths_equal_the_synced_loop(cls):
-    """Without lengths, a loop split by rows keeps each thread's rows at every step, so loops.cpp runs the
-    threads' steps without the sync between them (`over_steps`): outputs, final state and every gradient
-    are bit for bit those of the same loop with the sync (`set_apart(False)`), with a recurrent-dropout
-    mask, with and without grad, and reference's (float64)."""
-    if EXTENSION is None:
+    """Without lengths, a loop split by rows keeps each thread's rows at every step, so the C++ loops run
+    the threads' steps without the sync between them (team.h: `steps_apart`): outputs, final state and
+    every gradient are bit for bit those of the same loop with the sync (`set_apart(False)`), with a
+    recurrent-dropout mask, with and without grad, and reference's (float64)."""
+    module = EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME]
+    if module is None:
         pytest.skip("the C++ loops are not built (tests never compile them)")
     cell, xs, state, y_prev, _, masks = _split_case(cls, torch.float64)
     case = (cell, xs, state, y_prev, None, masks)
     runs = {}
     try:
         for apart in (True, False):
-            EXTENSION.set_apart(apart)
-            EXTENSION.set_split("rows")
+            module.set_apart(apart)
             with torch.no_grad():
                 forward = _run_threads(case, "fused", 2)
             runs[apart] = _run_threads(case, "fused", 2) + forward
     finally:
-        EXTENSION.set_apart(True)
-        EXTENSION.set_split("rule")
+        module.set_apart(True)
     for a, b in zip(runs[False], runs[True]):
         assert torch.equal(a, b)
     expected = _run_threads(case, "reference", 1)

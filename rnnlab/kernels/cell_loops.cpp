@@ -143,15 +143,18 @@ Split split_of(int64_t threads, int64_t rows, int64_t macs, bool forward) {
 
 // Every loop here: step(t, team) for t forward (or backward) in time on every thread of one team (team.h:
 // one parallel region for the whole loop, a sync between steps), or on one thread where even the
-// largest step (`largest` multiply-adds, of `batch` rows) is not split.
+// largest step (`largest` multiply-adds, of `batch` rows) is not split. Where every step has all rows
+// (`same_rows`: no lengths) and is split by rows, each thread keeps its block of rows at every step:
+// the threads run their steps apart (team.h: `steps_apart`).
 template <typename Step>
-void over_steps(int64_t steps, bool backward, int64_t batch, int64_t largest, const Step& step) {
+void over_steps(int64_t steps, bool backward, int64_t batch, int64_t largest, bool same_rows, const Step& step) {
   in_team(split_of(at::get_num_threads(), batch, largest, !backward) != Split::none, [&](Team& team) {
+    const bool apart = same_rows && steps_apart && split_of(team.size, batch, largest, !backward) == Split::rows;
     for (int64_t i = 0; i < steps; ++i) {
       const int64_t t = backward ? steps - 1 - i : i;
       team.run([&] { team.fault_at(t); });
       step(t, team);
-      team.sync();
+      if (!apart) team.sync();
     }
   });
 }
@@ -170,7 +173,7 @@ void over_rows(Team& team, Split split, int64_t rows, const Body& body) {
 template <typename Step>
 void forward_steps(int64_t steps, int64_t batch, const std::vector<int64_t>& sizes, int64_t macs_per_row,
                    const Step& step) {
-  over_steps(steps, false, batch, batch * macs_per_row, [&](int64_t t, Team& team) {
+  over_steps(steps, false, batch, batch * macs_per_row, sizes.empty(), [&](int64_t t, Team& team) {
     const int64_t n = rows_at(sizes, t, batch);
     step(t, n, team, split_of(team.size, n, n * macs_per_row, true));
   });
@@ -313,7 +316,7 @@ void products_then_rows(Team& team, Split split, int64_t t, int64_t batch, int64
 template <typename T, typename Rows>
 void backward_steps(int64_t steps, int64_t batch, const std::vector<int64_t>& sizes, int64_t macs_per_row,
                     const Backward& back, const T* product_dz, T* carry, int64_t H, int64_t R, const Rows& rows) {
-  over_steps(steps, true, batch, batch * macs_per_row, [&](int64_t t, Team& team) {
+  over_steps(steps, true, batch, batch * macs_per_row, sizes.empty(), [&](int64_t t, Team& team) {
     const int64_t n = rows_at(sizes, t, batch);
     if (n == 0) return;
     over_rows(team, split_of(team.size, n, n * macs_per_row, false), n, [&](int64_t r0, int64_t r1) {  // each row's own
@@ -779,6 +782,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("inputs") = py::none(), py::arg("weight") = py::none(), py::arg("gain_x") = py::none(),
         py::arg("shift_x") = py::none(), py::arg("eps_x") = 0.0);
   m.def("layernorm_backward", &layernorm_backward, "fused layer-norm LSTM loop, backward");
+  m.def("set_apart", [](bool apart) { steps_apart = apart; },
+        "whether loops split by rows without lengths skip the sync between steps (default True; for measuring)");
   m.def("set_least", [](int64_t macs, int64_t forward_macs) { PARALLEL_MACS = macs, FORWARD_PARALLEL_MACS = forward_macs; },
         "the multiply-adds from which a step is split over threads by rows, a forward step of one row by columns "
         "(for measuring)");

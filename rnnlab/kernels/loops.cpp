@@ -78,9 +78,6 @@ struct Share {
 // units or always by rows.
 enum class Split { rule, units, rows };
 Split split_mode = Split::rule;
-// Whether a loop split by rows without lengths runs its threads' steps apart (no sync between steps;
-// `over_steps`). `set_apart`, for measuring against the sync.
-bool independent_rows = true;
 
 // From this many rows per thread, a step is split by batch rows (each thread's product keeps the
 // full K*H width and its gates stay its own), below by blocks of units.
@@ -135,16 +132,14 @@ void for_each_step(int64_t steps, bool backward, const Step& step) {
 // Every fused loop: step(t, team) for t forward or backward in time (`for_each_step`) on every thread
 // of one team (team.h: one parallel region for the whole loop, a sync between steps), or on one thread
 // where even the largest step, of `rows` rows and `macs` multiply-adds, is not split. Where every step
-// has all `rows` (`same_rows`: no lengths) and is split by rows, each thread's block of rows is the same
-// at every step and a row's recurrence reads only that row: the threads run their steps without the
-// sync (a barrier per step, and each step waiting for the slower thread, cost the vanilla cell's loops
-// at (32, 128, 100) a tenth of their two-thread time: measured, docs/BENCHMARKS.md).
+// has all `rows` (`same_rows`: no lengths) and is split by rows, each thread keeps its block of rows at
+// every step: the threads run their steps apart (team.h: `steps_apart`).
 template <typename Step>
 void over_steps(int64_t steps, bool backward, int64_t rows, int64_t H, int64_t macs, int64_t least, bool same_rows,
                 const Step& step) {
   const bool split = mode_of(rows, H, macs, least, at::get_num_threads()) != Mode::serial;
   in_team(split, [&](Team& team) {
-    const bool apart = same_rows && independent_rows && mode_of(rows, H, macs, least, team.size) == Mode::rows;
+    const bool apart = same_rows && steps_apart && mode_of(rows, H, macs, least, team.size) == Mode::rows;
     for_each_step(steps, backward, [&](int64_t t) {
       team.run([&] { team.fault_at(t); });
       step(t, team);
@@ -1126,7 +1121,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward, "fused GRU loop, backward");
   m.def("set_panels", [](bool on) { panels_on = on; }, "pack step weights in panels (default True; for measuring)");
   m.def("set_split", &set_split, "how steps split over threads: 'rule' (default), 'units' or 'rows' (for measuring)");
-  m.def("set_apart", [](bool apart) { independent_rows = apart; },
+  m.def("set_apart", [](bool apart) { steps_apart = apart; },
         "whether loops split by rows without lengths skip the sync between steps (default True; for measuring)");
   m.def("set_least", [](int64_t forward, int64_t backward) { FORWARD_PARALLEL_MACS = forward, PARALLEL_MACS = backward; },
         "the multiply-adds from which a forward / backward step is split over threads (for measuring)");

@@ -28,6 +28,13 @@
 #include <cstdint>
 #include <exception>
 
+// Whether a loop whose threads keep the same block of rows at every step (split by rows, no lengths) runs
+// their steps apart, without the sync between steps: a row's recurrence reads only its own row, so nothing
+// crosses threads from one step to the next (the loop's region ends with a barrier all the same). A
+// barrier per step, and each step waiting for the slower thread, cost the vanilla cell's loops a few
+// percent of their two-thread time at (32, 128, 100). The modules' `set_apart`, for measuring.
+inline bool steps_apart = true;
+
 // For testing that an exception inside the loop surfaces as one error: where `fault_armed`, the step
 // `fault_step` (-1: the backward's last) throws in the last thread of the team. The modules' `set_fault`.
 inline bool fault_armed = false;
