@@ -652,6 +652,35 @@ def test_rows_apart_without_lengths_equal_the_synced_loop(cls):
         torch.testing.assert_close(b, a)
 
 
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
+def test_the_teams_barrier_equals_openmps(cls):
+    """The steps of a two-thread loop with lengths (so the threads sync at every step; loops.cpp split by
+    units, where a step also syncs between gathering its rows and its product) give bit for bit the same
+    outputs, final state and gradients with team.h's barrier as with OpenMP's (`set_own_barrier`), with
+    and without grad, and agree with reference (float64)."""
+    module = EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME]
+    if module is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    case = _split_case(cls, torch.float64)
+    runs = {}
+    try:
+        if cls not in NEW_LSTMS:
+            module.set_split("units")
+        for own in (True, False):
+            module.set_own_barrier(own)
+            with torch.no_grad():
+                forward = _run_threads(case, "fused", 2)
+            runs[own] = _run_threads(case, "fused", 2) + forward
+    finally:
+        module.set_own_barrier(True)
+        if cls not in NEW_LSTMS:
+            module.set_split("rule")
+    for a, b in zip(runs[False], runs[True]):
+        assert torch.equal(a, b)
+    for a, b in zip(_run_threads(case, "reference", 1), runs[True]):
+        torch.testing.assert_close(b, a)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cls", LADDER)
 def test_steps_read_batch_first_inputs_where_they_are(cls, threads):

@@ -782,6 +782,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("inputs") = py::none(), py::arg("weight") = py::none(), py::arg("gain_x") = py::none(),
         py::arg("shift_x") = py::none(), py::arg("eps_x") = 0.0);
   m.def("layernorm_backward", &layernorm_backward, "fused layer-norm LSTM loop, backward");
+  m.def("set_own_barrier", [](bool own) { own_barrier = own; },
+        "whether the loops' steps are separated by team.h's barrier or OpenMP's (default True; for measuring)");
   m.def("set_apart", [](bool apart) { steps_apart = apart; },
         "whether loops split by rows without lengths skip the sync between steps (default True; for measuring)");
   m.def("set_least", [](int64_t macs, int64_t forward_macs) { PARALLEL_MACS = macs, FORWARD_PARALLEL_MACS = forward_macs; },

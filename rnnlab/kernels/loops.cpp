@@ -1121,6 +1121,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward, "fused GRU loop, backward");
   m.def("set_panels", [](bool on) { panels_on = on; }, "pack step weights in panels (default True; for measuring)");
   m.def("set_split", &set_split, "how steps split over threads: 'rule' (default), 'units' or 'rows' (for measuring)");
+  m.def("set_own_barrier", [](bool own) { own_barrier = own; },
+        "whether the loops' steps are separated by team.h's barrier or OpenMP's (default True; for measuring)");
   m.def("set_apart", [](bool apart) { steps_apart = apart; },
         "whether loops split by rows without lengths skip the sync between steps (default True; for measuring)");
   m.def("set_least", [](int64_t forward, int64_t backward) { FORWARD_PARALLEL_MACS = forward, PARALLEL_MACS = backward; },
