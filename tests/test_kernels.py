@@ -625,55 +625,33 @@ def test_two_threads_equal_one_thread(cls, dtype, split):
             torch.testing.assert_close(b, a)
 
 
+@pytest.mark.parametrize("knob", ["set_apart", "set_own_barrier"])
 @pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
-def test_rows_apart_without_lengths_equal_the_synced_loop(cls):
-    """Without lengths, a loop split by rows keeps each thread's rows at every step, so the C++ loops run
-    the threads' steps without the sync between them (team.h: `steps_apart`): outputs, final state and
-    every gradient are bit for bit those of the same loop with the sync (`set_apart(False)`), with a
-    recurrent-dropout mask, with and without grad, and reference's (float64)."""
+def test_the_loops_ways_of_syncing_give_the_same_bits(cls, knob):
+    """Two-thread loops give bit for bit the same outputs, final state and gradients, with and without
+    grad, and agree with reference (float64), whichever way their threads sync, set by a knob kept for
+    measuring (team.h): `set_apart` -- without lengths, a loop split by rows keeps each thread's rows at
+    every step, so its threads run their steps apart, against the same loop with a sync between steps;
+    `set_own_barrier` -- with lengths (a sync at every step; loops.cpp split by units, where a step also
+    syncs between gathering its rows and its product), team.h's barrier against OpenMP's."""
     module = EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME]
     if module is None:
         pytest.skip("the C++ loops are not built (tests never compile them)")
-    cell, xs, state, y_prev, _, masks = _split_case(cls, torch.float64)
-    case = (cell, xs, state, y_prev, None, masks)
+    cell, xs, state, y_prev, lengths, masks = _split_case(cls, torch.float64)
+    case = (cell, xs, state, y_prev, None if knob == "set_apart" else lengths, masks)
+    split = knob == "set_own_barrier" and cls not in NEW_LSTMS
     runs = {}
     try:
-        for apart in (True, False):
-            module.set_apart(apart)
-            with torch.no_grad():
-                forward = _run_threads(case, "fused", 2)
-            runs[apart] = _run_threads(case, "fused", 2) + forward
-    finally:
-        module.set_apart(True)
-    for a, b in zip(runs[False], runs[True]):
-        assert torch.equal(a, b)
-    expected = _run_threads(case, "reference", 1)
-    for a, b in zip(expected, runs[True]):
-        torch.testing.assert_close(b, a)
-
-
-@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
-def test_the_teams_barrier_equals_openmps(cls):
-    """The steps of a two-thread loop with lengths (so the threads sync at every step; loops.cpp split by
-    units, where a step also syncs between gathering its rows and its product) give bit for bit the same
-    outputs, final state and gradients with team.h's barrier as with OpenMP's (`set_own_barrier`), with
-    and without grad, and agree with reference (float64)."""
-    module = EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME]
-    if module is None:
-        pytest.skip("the C++ loops are not built (tests never compile them)")
-    case = _split_case(cls, torch.float64)
-    runs = {}
-    try:
-        if cls not in NEW_LSTMS:
+        if split:
             module.set_split("units")
-        for own in (True, False):
-            module.set_own_barrier(own)
+        for on in (True, False):
+            getattr(module, knob)(on)
             with torch.no_grad():
                 forward = _run_threads(case, "fused", 2)
-            runs[own] = _run_threads(case, "fused", 2) + forward
+            runs[on] = _run_threads(case, "fused", 2) + forward
     finally:
-        module.set_own_barrier(True)
-        if cls not in NEW_LSTMS:
+        getattr(module, knob)(True)
+        if split:
             module.set_split("rule")
     for a, b in zip(runs[False], runs[True]):
         assert torch.equal(a, b)
