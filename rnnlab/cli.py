@@ -206,6 +206,7 @@ def _train_setup(args):
     from .checkpoints import RunDir
     from .config import differences, from_dict
     from .errors import RunDirError
+    from .runners import check_implementations
     from .tasks import DEFAULT_TASK, TASKS, changed_data, open_run
     from .training import RESUMABLE_FIELDS, seed_everything
 
@@ -222,6 +223,7 @@ def _train_setup(args):
         RunDir(run_dir).check_new()  # before the data is read: refuse a folder that is not ours at once
         seed_everything(train_config.seed)  # before the model is built: the initial weights follow the seed
         task = cls(cls.Config(**task_flags))
+        check_implementations(task.model)  # a refused --implementation fails here, not after the run is made
         return task, train_config, run_dir, False
     if args.out is not None:
         raise ValueError("rnnlab train: --out and --resume exclude each other; a resumed run stays in its directory")

@@ -21,6 +21,7 @@ from pathlib import Path
 from .checkpoints import CheckpointError, RunDir
 from .config import filled, to_dict
 from .errors import RunDirError
+from .runners import check_implementations
 from .tasks import TASKS, load_weights, run_config, write_artifacts
 from .training import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -116,6 +117,7 @@ def run_seed(task_name: str, task_config, train_config: TrainConfig, run_dir: st
                                       f"and cpu_s, in seconds); delete it to count the pretraining's time as 0")
     else:
         run.check_new()
+        check_implementations(task.model)  # a refused --implementation fails before the seed's folder is made
         pretrainer = task.pretraining(train_config)
         if pretrainer is not None:
             if progress:

@@ -173,6 +173,19 @@ def test_train_out_is_an_existing_file(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("flags", [["--implementation", "scan"],  # the LSTM reads its state: no scan
+                                   ["--cell", "gru", "--implementation", "fused", "--zoneout", "0.1"],
+                                   ["--implementation", "native", "--recurrent-dropout", "0.1"]])
+def test_an_implementation_the_cell_refuses_fails_before_anything_is_written(tmp_path, capsys, monkeypatch, flags):
+    """It failed at the first step, after the run directory (config, marker) was made."""
+    monkeypatch.chdir(tmp_path)  # no --out: the default runs/adding-<time> must not appear either
+    implementation = flags[flags.index("--implementation") + 1]
+    one_line_error(capsys, ["train", "adding", *TINY, *flags], f"implementation={implementation!r}")
+    one_line_error(capsys, ["train", "adding", *TINY, *flags, "--out", "run"], "cannot run")
+    one_line_error(capsys, ["seeds", "adding", *TINY, *flags, "--count", "1", "--out", "seeds"], "cannot run")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_train_out_below_a_file_cannot_be_written(tmp_path, capsys):
     (tmp_path / "afile").write_text("keep me")
     one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path / "afile" / "run")],
