@@ -627,9 +627,9 @@ def cmd_ladder(args) -> int:
 # --- sample and eval -------------------------------------------------------------------------
 
 
-def _open_trained(args, capability=None, refusal: str = ""):
+def _open_trained(args, capability=None, refusal: str = "", check=None):
     """(task, weights file) of the run in args.run_dir; with `capability`, a run whose task lacks it
-    is refused before its weights are loaded."""
+    is refused before its weights are loaded, as one that `check(task)` refuses (a ValueError)."""
     import torch
 
     from .config import MAX_THREADS
@@ -645,6 +645,8 @@ def _open_trained(args, capability=None, refusal: str = ""):
     if capability is not None and not isinstance(task, capability):
         raise ValueError(f"{refusal.format(task=task.name)}; what serves it: "
                          f"{commands_for(type(task))}")
+    if check is not None:
+        check(task)
     file = load_weights(task, args.run_dir, args.weights, args.device)
     return task, file
 
@@ -699,7 +701,14 @@ def cmd_export(args) -> int:
     """Export a trained run as ONNX (sequence and step graphs), verified in onnxruntime."""
     from . import export
 
-    task, file = _open_trained(args)  # on the CPU: the exported graph is device-neutral
+    def exportable(task) -> None:  # the model's kind decides, not its weights: refused before they load
+        try:
+            export.SequenceGraph(task.model)
+        except ValueError as error:
+            raise ValueError(f"rnnlab export: a {task.name!r} run cannot be exported: "
+                             f"{str(error).removeprefix('export: ')}") from None
+
+    task, file = _open_trained(args, check=exportable)  # on the CPU: the exported graph is device-neutral
     out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
     if out.suffix != ".onnx":
         raise ValueError(f"rnnlab export: --out must name a .onnx file; got {str(out)!r}")
