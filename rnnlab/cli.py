@@ -61,7 +61,10 @@ def _parse_value(kind, meta: dict, optional: bool):
             if item is not None:
                 if meta.get("choices") and text.strip() == "all":
                     return tuple(meta["choices"])
-                return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+                parts = [part.strip() for part in text.split(",")] if text.strip() else []
+                if "" in parts:  # '1,,2' or '1,': as the flags with parsers of their own (--sizes) refuse it
+                    raise argparse.ArgumentTypeError(f"must be a comma-separated list without empty items; got {text!r}")
+                return tuple(item(part) for part in parts)
             return kind(text)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error) if meta.get("parse") else f"invalid value {text!r}") from None

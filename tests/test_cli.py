@@ -282,6 +282,21 @@ def test_an_unknown_flag_is_named_by_its_command(capsys, argv, command):
     assert f"(see {command} --help)" in err[0]
 
 
+@pytest.mark.parametrize("argv, flag", [(["bench", "--threads", "1,,2"], "--threads"),
+                                        (["bench", "--cells", "lstm,"], "--cells"),
+                                        (["bench", "--sizes", "1x8x8x10,"], "--sizes"),  # refused before too
+                                        (["ladder", "adding", "--cells", ",gru"], "--cells"),
+                                        (["gradients", "--cells", "lstm,,gru"], "--cells"),
+                                        (["complexity", "--regimes", "bptt,"], "--regimes")])
+def test_an_empty_item_in_a_list_valued_flag_is_one_line_naming_the_flag(capsys, argv, flag):
+    """'1,,2' was read as 1,2 while --sizes refused '...,': every list-valued flag now refuses it."""
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(err) == 1, err
+    assert f"error: argument {flag}: " in err[0] and repr(argv[-1]) in err[0], err
+
+
 def test_the_task_may_come_after_flags(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "adding", *TINY]) == 0
