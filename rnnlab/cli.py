@@ -63,7 +63,8 @@ def _parse_value(kind, meta: dict, optional: bool):
                     return tuple(meta["choices"])
                 parts = [part.strip() for part in text.split(",")] if text.strip() else []
                 if "" in parts:  # '1,,2' or '1,': as the flags with parsers of their own (--sizes) refuse it
-                    raise argparse.ArgumentTypeError(f"must be a comma-separated list without empty items; got {text!r}")
+                    raise argparse.ArgumentTypeError(f"must be a comma-separated list without empty items; "
+                                                     f"got {text!r}")
                 return tuple(item(part) for part in parts)
             return kind(text)
         except ValueError as error:
