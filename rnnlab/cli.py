@@ -766,6 +766,10 @@ def cmd_explore(args) -> int:
     if out.exists() and not out.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
         raise ValueError(f"rnnlab explore: --out {out} exists and is not an explore page; choose another --out")
     page = build_page(args.run_dir, text_file=args.text, prompt=args.prompt, length=args.length, weights=args.weights)
+    if page.unknown:  # as rnnlab sample says of its prompt
+        passage = "the prompt's" if args.prompt is not None else f"{args.text}'s" if args.text else "the passage's"
+        print(f"note: {passage} {page.unknown} are not in the vocabulary; the model reads them as <unk>",
+              file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page.html, encoding="utf-8")
     size = out.stat().st_size / 1e6

@@ -158,6 +158,25 @@ def test_explore_command_errors_are_one_line(text_file, tmp_path_factory, tmp_pa
     assert read_page_data((tmp_path / "p.html").read_text())["passage"]["tokens"] == list("To be, or not")
 
 
+def test_a_passage_outside_the_vocabulary_is_named_in_a_note_as_sample_does(text_file, tmp_path_factory, tmp_path,
+                                                                            capsys):
+    """Characters the run never saw are read as <unk>; the page was written without a word about them."""
+    run = trained("lstm", text_file, tmp_path_factory)
+    capsys.readouterr()
+    prompt = "To be \u20ac\u20ac or \u2713"
+    assert cli.main(["explore", str(run), "--prompt", prompt, "--out", str(tmp_path / "p.html")]) == 0
+    err = capsys.readouterr().err
+    assert "note: the prompt's ['\u20ac', '\u2713'] are not in the vocabulary; the model reads them as <unk>" in err
+    assert cli.main(["sample", str(run), "--prompt", prompt, "--length", "2"]) == 0
+    assert "note: the prompt's ['\u20ac', '\u2713'] are not in the vocabulary" in capsys.readouterr().err  # the same
+    (tmp_path / "passage.txt").write_text("To be \u2713", encoding="utf-8")
+    passage = ["--text", str(tmp_path / "passage.txt"), "--out", str(tmp_path / "t.html")]
+    assert cli.main(["explore", str(run), *passage]) == 0
+    assert "passage.txt's ['\u2713'] are not in the vocabulary" in capsys.readouterr().err
+    assert cli.main(["explore", str(run), "--prompt", "To be", "--out", str(tmp_path / "p.html")]) == 0
+    assert "note" not in capsys.readouterr().err
+
+
 # --- in a real browser ---------------------------------------------------------------------------
 
 

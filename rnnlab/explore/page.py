@@ -14,7 +14,7 @@ import html
 import inspect
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -59,6 +59,7 @@ class ExplorePage:
     live_model: bool
     loss_float16: float | None  # nats per token on the passage, with the page's (float16) weights
     loss_float32: float | None  # ... and with the run's own weights (None: not a language run)
+    unknown: list[str] = field(default_factory=list)  # the passage's tokens outside the vocabulary
 
 
 def _tensor(t: torch.Tensor) -> dict:
@@ -272,7 +273,7 @@ def build_page(run_dir: str | Path, text_file: str | None = None, prompt: str | 
     ids = torch.tensor(data["passage"]["ids"])
     text = render(data)
     return ExplorePage(text, data, len(tokens), data["model"] is not None, _passage_loss(trace.logits, ids),
-                       _passage_loss(trace_own.logits, ids))
+                       _passage_loss(trace_own.logits, ids), task.vocabulary.unknown(tokens))
 
 
 def render(data: dict) -> str:
