@@ -42,12 +42,13 @@ class ConfigError(ValueError):
     """A config field's value is out of its declared range or choices. `owner` is the config class's
     name and `field` the field's, so the CLI can name the flag instead."""
 
-    def __init__(self, owner: str, field: str, expected: str, value: Any):
+    def __init__(self, owner: str, field: str, expected: str, value: Any, detail: str = ""):
         self.owner, self.field, self.expected, self.value = owner, field, expected, value
-        super().__init__(f"{owner}: {field} must be {expected}; got {value!r}")
+        self.detail = detail  # what the value turned out to be, after its repr: ", which is a file"
+        super().__init__(f"{owner}: {field} must be {expected}; got {value!r}{detail}")
 
     def for_flag(self, flag: str) -> str:
-        return f"{flag} must be {self.expected}; got {self.value!r}"
+        return f"{flag} must be {self.expected}; got {self.value!r}{self.detail}"
 
 
 class ConfigTypeError(ConfigError, TypeError):
