@@ -418,7 +418,10 @@ def cmd_seeds(args) -> int:
         print(f"| {row.seed} | " + " | ".join(f"{row.metrics[n]:.4g}" for n in names)
               + f" | {row.step:,} ({row.stopped}) | {spent} |")
     summary = seeds.summarize(rows)
-    print("| **mean +- std** | " + " | ".join(f"**{m:.4g}** +- {s:.2g}" for m, s in summary.values()) + " | | |")
+    if len(rows) == 1:  # one seed: its value, no spread (a "+- 0" would read as a measured one)
+        print("| **n = 1 (no spread)** | " + " | ".join(f"**{m:.4g}**" for m, _ in summary.values()) + " | | |")
+    else:
+        print("| **mean +- std** | " + " | ".join(f"**{m:.4g}** +- {s:.2g}" for m, s in summary.values()) + " | | |")
     if len(rows) < len(chosen):
         print(f"interrupted after {len(rows)} of {len(chosen)} seeds; continue with the same command (--out {out})")
         return 130

@@ -185,14 +185,15 @@ def run_seeds(task_name: str, task_config, train_config: TrainConfig, out: str |
     return rows
 
 
-def summarize(rows: list[SeedRow]) -> dict[str, tuple[float, float]]:
-    """Metric name -> (mean, sample standard deviation; 0 for one seed) over the rows."""
+def summarize(rows: list[SeedRow]) -> dict[str, tuple[float, float | None]]:
+    """Metric name -> (mean, sample standard deviation) over the rows; the deviation is None for one
+    seed, which has no spread to measure (never a zero that would read as a measured one)."""
     if not rows:
         raise ValueError("summarize: rows must not be empty")
     result = {}
     for name in rows[0].metrics:
         values = [row.metrics[name] for row in rows]
         mean = sum(values) / len(values)
-        spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
         result[name] = (mean, spread)
     return result
