@@ -204,11 +204,19 @@ def _check_at_least(args, minimum: int, *names: str) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}; got {value}")
 
 
+def _check_at_most(args, maximum: int, *names: str) -> None:
+    """ValueError naming the flag whose int value is above `maximum` (None passes)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value > maximum:
+            raise ValueError(f"--{name.replace('_', '-')} must be at most {maximum:,}; got {value:,}")
+
+
 def _train_setup(args):
     """(task, train_config, run_dir, resumed) from the flags: a new run, or the run to resume with
     the flags it may change."""
     from .checkpoints import RunDir
-    from .config import differences, from_dict
+    from .config import MAX_LENGTH, differences, from_dict
     from .errors import RunDirError
     from .runners import check_implementations
     from .tasks import DEFAULT_TASK, TASKS, changed_data, open_run
@@ -218,6 +226,7 @@ def _train_setup(args):
     cls = TASKS[task_name]
     task_flags, train_flags = _given(args, cls.Config), _given(args, type(cls.train_defaults))
     _check_at_least(args, 0, "samples", "sample_length")
+    _check_at_most(args, MAX_LENGTH, "sample_length")
     if "device" in train_flags:
         _check_device(train_flags["device"])
     if args.resume is None:
@@ -516,10 +525,12 @@ def _bench_generation(args, config) -> int:
     import torch
 
     from . import bench_generation
+    from .config import MAX_LENGTH
     from .tasks import load_weights, open_run
     from .tasks.language import LanguageTask, sample
 
     _check_at_least(args, 1, "generation_length", "generation_top_k")
+    _check_at_most(args, MAX_LENGTH, "generation_length")
     if len(config.threads) != 1:
         counts = ",".join(map(str, config.threads))
         raise ValueError(f"rnnlab bench --generation: --threads must be one count; got {counts}")
@@ -660,10 +671,11 @@ def _open_trained(args, capability=None, refusal: str = "", check=None):
 
 def cmd_sample(args) -> int:
     """Generate text from a trained run, the model's own outputs fed back after the prompt."""
-    from .config import MAX_SEED
+    from .config import MAX_LENGTH, MAX_SEED
     from .tasks import TextGenerator
 
     _check_at_least(args, 0, "length", "seed")
+    _check_at_most(args, MAX_LENGTH, "length")
     _check_at_least(args, 1, "top_k")
     if args.seed > MAX_SEED:  # torch reads a seed's low 32 bits: a larger one repeats a smaller
         raise ValueError(f"--seed must be at most {MAX_SEED}; got {args.seed}")
@@ -762,9 +774,11 @@ def cmd_eval(args) -> int:
 
 def cmd_explore(args) -> int:
     """Write one offline HTML page that shows what the run's model holds in its state and gates."""
+    from .config import MAX_LENGTH
     from .explore import build_page
     from .explore.page import MARKER
 
+    _check_at_most(args, MAX_LENGTH, "length")  # below: build_page refuses a length below 1
     out = Path(args.out) if args.out else Path(args.run_dir) / "explore.html"
     if out.exists() and not out.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
         raise ValueError(f"rnnlab explore: --out {out} exists and is not an explore page; choose another --out")
@@ -879,6 +893,7 @@ def _add_task_flags(parser: argparse.ArgumentParser, task, skip_train: tuple[str
 
 def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     """The command's parser; `train`'s flags are those of `task_name` (default: the default task)."""
+    from .config import MAX_LENGTH
     from .tasks import DEFAULT_TASK, TASKS, TextGenerator
 
     task_name = task_name or DEFAULT_TASK
@@ -896,7 +911,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                        help="continue the run in RUN_DIR (same result as never stopping)")
     if issubclass(task, TextGenerator):
         train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
-        train.add_argument("--sample-length", type=int, default=500, help="tokens per sample (default: 500)")
+        train.add_argument("--sample-length", type=int, default=500,
+                           help=f"tokens per sample, at most {MAX_LENGTH:,} (default: 500)")
         train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")
     _add_task_flags(train, task)
     train.set_defaults(func=cmd_train)
@@ -925,7 +941,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     bench.add_argument("--generation", metavar="RUN_DIR", help="instead: time sampling from a trained language run "
                        "(rnnlab's compiled and Python loops, a torch.nn.LSTM loop, the memory-bandwidth floor)")
-    bench.add_argument("--generation-length", type=int, default=500, help="tokens per timed sample (default: 500)")
+    bench.add_argument("--generation-length", type=int, default=500,
+                       help=f"tokens per timed sample, at most {MAX_LENGTH:,} (default: 500)")
     bench.add_argument("--generation-top-k", type=int, default=None, help="sample from the k most likely tokens only")
     bench.set_defaults(func=cmd_bench)
     comp = sub.add_parser("complexity", help="measure memory, FLOPs and serial steps against sequence length T")
@@ -953,7 +970,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="generate text from a trained run")
     sample.add_argument("run_dir", metavar="RUN_DIR")
     sample.add_argument("--prompt", default="\n", help="text to start from (default: a new line)")
-    sample.add_argument("--length", type=int, default=500, help="tokens to generate (default: 500)")
+    sample.add_argument("--length", type=int, default=500, help=f"tokens to generate, at most {MAX_LENGTH:,} "
+                                                                 f"(default: 500)")
     sample.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0: greedy (default: 0.8)")
     sample.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
@@ -979,8 +997,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                          help="passage from this UTF-8 file (default: the run's held-out text)")
     explore.add_argument("--prompt", help="the passage itself, as a string")
     explore.add_argument("--length", type=int, default=None,
-                         help="tokens of the passage at most (default: 2000); for other tasks, how many held-out "
-                              "examples (default: 6)")
+                         help=f"tokens of the passage at most (default: 2000); for other tasks, how many held-out "
+                              f"examples (default: 6); at most {MAX_LENGTH:,}")
     explore.add_argument("--out", metavar="HTML", help="the page to write (default: RUN_DIR/explore.html)")
     explore.add_argument("--weights", choices=("best", "last"), default="best",
                          help="the best evaluation's weights or the last checkpoint's (default: best)")

@@ -51,6 +51,7 @@ def one_line_error(capsys, argv, *names):
     ("--temperature", "-0.5", ("--temperature", "got -0.5")),
     ("--temperature", "inf", ("--temperature", "a finite number", "got inf")),
     ("--length", "-1", ("--length", "got -1")),
+    ("--length", "1000001", ("--length", "at most 1,000,000", "got 1,000,001")),  # no bound: days, or out of memory
     ("--threads", "0", ("--threads", "got 0")),
     ("--threads", "99999", ("--threads", "at most 1024", "got 99999")),  # OpenMP's segfault otherwise
     ("--seed", "-1", ("--seed", "got -1")),
@@ -234,6 +235,14 @@ def test_train_sampling_flags_below_zero(tmp_path, capsys, flag):
     text = tmp_path / "t.txt"
     text.write_text("abc " * 200)
     one_line_error(capsys, ["train", "--text", str(text), flag, "-1", "--out", str(tmp_path / "r")], flag, "got -1")
+
+
+def test_train_sample_length_beyond_the_bound(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("abc " * 200)
+    argv = ["train", "--text", str(text), "--sample-length", "99999999999", "--out", str(tmp_path / "r")]
+    one_line_error(capsys, argv, "--sample-length must be at most 1,000,000", "got 99,999,999,999")
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_text_that_does_not_exist(tmp_path, capsys):
