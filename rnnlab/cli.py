@@ -29,7 +29,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: the problem and where to read the flags, no usage block."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        from .distributed import is_reporter  # under torchrun every rank parses the same line: rank 0 says it
+
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if is_reporter() else None)
 
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but an unknown flag is reported by the command it was given to (`rnnlab bench:
@@ -197,19 +199,24 @@ def _check_device(name: str) -> None:
 
 
 def _check_at_least(args, minimum: int, *names: str) -> None:
-    """ValueError naming the flag whose int value is below `minimum` (None passes)."""
+    """ValueError naming the flag whose int value is below `minimum` (None passes); a SharedError, as
+    every torchrun rank reads the same flags."""
+    from .distributed import SharedError
+
     for name in names:
         value = getattr(args, name, None)
         if value is not None and value < minimum:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}; got {value}")
+            raise SharedError(f"--{name.replace('_', '-')} must be >= {minimum}; got {value}")
 
 
 def _check_at_most(args, maximum: int, *names: str) -> None:
-    """ValueError naming the flag whose int value is above `maximum` (None passes)."""
+    """ValueError naming the flag whose int value is above `maximum` (None passes); a SharedError."""
+    from .distributed import SharedError
+
     for name in names:
         value = getattr(args, name, None)
         if value is not None and value > maximum:
-            raise ValueError(f"--{name.replace('_', '-')} must be at most {maximum:,}; got {value:,}")
+            raise SharedError(f"--{name.replace('_', '-')} must be at most {maximum:,}; got {value:,}")
 
 
 def _train_setup(args):
@@ -217,6 +224,7 @@ def _train_setup(args):
     the flags it may change."""
     from .checkpoints import RunDir
     from .config import MAX_LENGTH, differences, from_dict
+    from .distributed import SharedError
     from .errors import RunDirError
     from .runners import check_implementations
     from .tasks import DEFAULT_TASK, TASKS, changed_data, open_run
@@ -236,10 +244,13 @@ def _train_setup(args):
         RunDir(run_dir).check_new()  # before the data is read: refuse a folder that is not ours at once
         seed_everything(train_config.seed)  # before the model is built: the initial weights follow the seed
         task = cls(cls.Config(**task_flags))
-        check_implementations(task.model)  # a refused --implementation fails here, not after the run is made
+        try:  # a refused --implementation fails here, not after the run is made
+            check_implementations(task.model)
+        except ValueError as error:
+            raise SharedError(str(error)) from None  # made of the flags: every torchrun rank raises it alike
         return task, train_config, run_dir, False
     if args.out is not None:
-        raise ValueError("rnnlab train: --out and --resume exclude each other; a resumed run stays in its directory")
+        raise SharedError("rnnlab train: --out and --resume exclude each other; a resumed run stays in its directory")
     RunDir(args.resume).check_resumable()
     task, stored = open_run(args.resume)
     if changes := changed_data(args.resume):
@@ -1096,11 +1107,13 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _one_line_warnings
         try:
             return args.func(args)
-        except FlagError as error:  # a flag's value: name the flag
-            print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
+        except FlagError as error:  # a flag's value: name the flag (torchrun: every rank raises it; rank 0 says it)
+            if is_reporter():
+                print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
             return 2
         except ConfigError as error:  # a config built from flags (a config file's errors name the file instead)
-            print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
+            if is_reporter():
+                print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
             return 2
         except (RnnlabError, ValueError) as error:  # wrong input or a run that cannot serve: a message
             if is_reporter() or not isinstance(error, SharedError):  # torchrun: rank 0 reports what all ranks raise
