@@ -163,7 +163,7 @@ class Recurrent(Runner):
         super().__init__()
         if not isinstance(cell, Cell):
             torch_cell = isinstance(cell, nn.RNNCellBase)
-            hint = " (rnnlab.interop.from_torch_cell converts a torch.nn cell)" if torch_cell else ""
+            hint = " (rnnlab.from_torch_cell converts a torch.nn cell)" if torch_cell else ""
             raise TypeError(f"Recurrent: cell must be an rnnlab Cell such as rnnlab.LSTMCell{hint}; "
                             f"got {type(cell).__module__}.{type(cell).__name__}")
         if implementation not in IMPLEMENTATION_NAMES:
