@@ -318,7 +318,7 @@ def copy_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_other_tasks_embed_the_traces_of_held_out_examples(copy_run, capsys):
+def test_other_tasks_embed_the_traces_of_held_out_examples(copy_run, capsys, tmp_path):
     data = read_page_data((copy_run / "explore.html").read_text(encoding="utf-8"))
     assert data["model"] is None and data["cell"]["gates"] == ["r", "z"] and len(data["passage"]["examples"]) == 3
     task, _ = open_run(copy_run)
@@ -331,6 +331,11 @@ def test_other_tasks_embed_the_traces_of_held_out_examples(copy_run, capsys):
     np.testing.assert_allclose(decoded, outputs.detach().reshape(-1, 8).numpy(),
                                atol=(layer["high"] - layer["low"]) / 500)
     assert cli.main(["explore", str(copy_run), "--prompt", "hi"]) == 2
+    assert "--text and --prompt serve language runs" in capsys.readouterr().err
+    bare = shutil.copytree(copy_run, tmp_path / "bare")
+    for weights in bare.glob("*.safetensors"):
+        weights.unlink()  # the refusal comes before the weights load (it came after)
+    assert cli.main(["explore", str(bare), "--prompt", "hi"]) == 2
     assert "--text and --prompt serve language runs" in capsys.readouterr().err
 
 

@@ -258,11 +258,11 @@ def build_page(run_dir: str | Path, text_file: str | None = None, prompt: str | 
     if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
         raise ValueError(f"rnnlab explore: --length must be an int >= 1; got {length!r}")
     task, _ = open_run(run_dir)
+    if not isinstance(task, LanguageTask) and (text_file is not None or prompt is not None):  # before the weights
+        raise ValueError(f"rnnlab explore: --text and --prompt serve language runs; a {task.name!r} run shows "
+                         f"held-out examples (--length: how many)")
     file = load_weights(task, run_dir, weights, "cpu")
     if not isinstance(task, LanguageTask):
-        if text_file is not None or prompt is not None:
-            raise ValueError(f"rnnlab explore: --text and --prompt serve language runs; a {task.name!r} run shows "
-                             f"held-out examples (--length: how many)")
         task.model.float().cpu()
         examples = held_out_examples(task, length or EXAMPLES)
         data = examples_page_data(task, run_dir, file, examples)
