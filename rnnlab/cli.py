@@ -738,12 +738,13 @@ def cmd_export(args) -> int:
             raise ValueError(f"rnnlab export: a {task.name!r} run cannot be exported: "
                              f"{str(error).removeprefix('export: ')}") from None
 
+    if args.out:  # before the run is read (the default, RUN_DIR/model.onnx, is always one)
+        if Path(args.out).suffix != ".onnx":
+            raise ValueError(f"rnnlab export: --out must name a .onnx file; got {args.out!r}")
+        if not Path(args.out).parent.is_dir():
+            raise ValueError(f"rnnlab export: --out's folder {str(Path(args.out).parent)!r} does not exist")
     task, file = _open_trained(args, check=exportable)  # on the CPU: the exported graph is device-neutral
     out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
-    if out.suffix != ".onnx":
-        raise ValueError(f"rnnlab export: --out must name a .onnx file; got {str(out)!r}")
-    if not out.parent.is_dir():
-        raise ValueError(f"rnnlab export: --out's folder {str(out.parent)!r} does not exist")
     model = task.model.eval()
     print(f"weights: {file}")
     try:

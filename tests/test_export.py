@@ -181,6 +181,10 @@ def test_cli_export_and_greedy_sampling_on_onnxruntime_equals_pytorch(tmp_path, 
 def test_cli_export_rejects_bad_paths(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing")]) == 2
     assert "rnnlab: error:" in capsys.readouterr().err
+    # --out is checked before the run is read, let alone its weights loaded
+    for out, message in (("model.txt", "--out must name a .onnx file"), ("nowhere/m.onnx", "--out's folder")):
+        assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / out)]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_cli_export_refuses_a_run_it_cannot_export_before_loading_its_weights(tmp_path, capsys):
