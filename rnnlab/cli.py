@@ -825,14 +825,15 @@ def cmd_caption(args) -> int:
 
     if args.count < 1:
         raise ValueError(f"rnnlab caption: --count must be >= 1; got {args.count}")
-    task, file = _open_trained(args, Captioner, "rnnlab caption: a {task!r} run does not caption images")
-    if not args.images:
-        out = Path(args.out) if args.out else Path(args.run_dir) / "captions.png"
+    out = Path(args.out) if args.out else Path(args.run_dir) / "captions.png"
+    if args.out and not args.images:  # before the run is read (the default is always a .png in the run)
         if out.suffix.lower() != ".png" or not out.parent.is_dir():
             raise ValueError(f"rnnlab caption: --out must be a .png file in an existing folder; got {str(out)!r}")
-        if args.out and out.exists() and not drawn_by_rnnlab(out):  # a user's picture is never replaced
+        if out.exists() and not drawn_by_rnnlab(out):  # a user's picture is never replaced
             raise ValueError(f"rnnlab caption: --out {str(out)!r} exists and is not a figure rnnlab drew; "
                              f"choose another --out")
+    task, file = _open_trained(args, Captioner, "rnnlab caption: a {task!r} run does not caption images")
+    if not args.images:
         print(f"weights: {file}")
         print(f"wrote {task.plot_grid(task.model, out, args.count)}")
         return 0
