@@ -181,6 +181,10 @@ def test_other_commands_name_the_command_that_serves_the_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["caption", str(digits)]) == 2
     assert "does not caption images" in capsys.readouterr().err
+    for weights in run.glob("*.safetensors"):
+        weights.unlink()  # explore refuses a caption run before loading its weights (it loaded them first)
+    assert main(["explore", str(run)]) == 2
+    assert "the run is a 'caption' run; what serves it: rnnlab eval, rnnlab caption" in capsys.readouterr().err
 
 
 def test_config_errors_are_clear():

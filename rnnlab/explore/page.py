@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from ..checkpoints import RunDir
 from ..config import filled
 from ..data.vocabulary import tokenize
-from ..tasks import LanguageTask, load_weights, open_run
+from ..tasks import LanguageTask, commands_for, load_weights, open_run
 from ..training import TrainConfig
-from .examples import Example, held_out_examples, traced_model
+from .examples import SERVED, Example, held_out_examples, traced_model
 from .trace import (
     Trace,
     correlated_units,
@@ -258,6 +258,9 @@ def build_page(run_dir: str | Path, text_file: str | None = None, prompt: str | 
     if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
         raise ValueError(f"rnnlab explore: --length must be an int >= 1; got {length!r}")
     task, _ = open_run(run_dir)
+    if not isinstance(task, LanguageTask) and task.name not in SERVED:  # before the weights load
+        raise ValueError(f"rnnlab explore: the page serves language, {', '.join(SERVED)} runs; the run is a "
+                         f"{task.name!r} run; what serves it: {commands_for(type(task))}")
     if not isinstance(task, LanguageTask) and (text_file is not None or prompt is not None):  # before the weights
         raise ValueError(f"rnnlab explore: --text and --prompt serve language runs; a {task.name!r} run shows "
                          f"held-out examples (--length: how many)")
