@@ -386,7 +386,9 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
         lines = task.report(task.model, run_dir)
     for line in lines:
         print(line)
-    for i in range(getattr(args, "samples", 0)):  # only a TextGenerator's parser has the sampling flags
+    if getattr(args, "samples", 0):  # only a TextGenerator's parser has the sampling flags
+        _note_unknown(task, args.prompt)
+    for i in range(getattr(args, "samples", 0)):
         text = task.sample_text(task.model, args.prompt, args.sample_length, temperature=0.8, seed=i)
         print(f"\n--- sample {i + 1} (temperature 0.8) ---\n{args.prompt}{text}")
     return 0
@@ -680,6 +682,14 @@ def _open_trained(args, capability=None, refusal: str = "", check=None):
     return task, file
 
 
+def _note_unknown(task, prompt: str) -> None:
+    """A note naming the tokens of the prompt that the run's vocabulary lacks (read as <unk>)."""
+    unknown = task.unknown_in(prompt)
+    if unknown:
+        print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
+              file=sys.stderr)
+
+
 def cmd_sample(args) -> int:
     """Generate text from a trained run, the model's own outputs fed back after the prompt."""
     from .config import MAX_LENGTH, MAX_SEED
@@ -693,10 +703,7 @@ def cmd_sample(args) -> int:
     if not 0 <= args.temperature < math.inf:  # inf: every probability NaN
         raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy); got {args.temperature}")
     task, _ = _open_trained(args, TextGenerator, "rnnlab sample: a {task!r} run does not generate text")
-    unknown = task.unknown_in(args.prompt)
-    if unknown:
-        print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
-              file=sys.stderr)
+    _note_unknown(task, args.prompt)
     if args.engine == "onnxruntime":
         text = _sample_onnxruntime(task, args)
     else:
