@@ -352,6 +352,20 @@ def test_the_static_page_of_another_task_works_offline(browser, copy_run):
     page.close()
 
 
+def test_a_bidirectional_run_is_refused_before_its_weights_load(tmp_path, capsys):
+    """The page traces cells read one way: a --bidirectional sentiment run was refused after its weights
+    loaded and its held-out examples ran."""
+    run = tmp_path / "bi"
+    assert cli.main(["train", "sentiment", "--bidirectional", "--members", "1", "--hidden", "4", "--embedding", "4",
+                     "--batch-size", "8", "--steps", "1", "--threads", "1", "--out", str(run)]) == 0
+    for weights in run.glob("*.safetensors"):
+        weights.unlink()
+    capsys.readouterr()
+    assert cli.main(["explore", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "every layer must read the sequence one way" in err and "got a Bidirectional layer" in err, err
+
+
 def test_forecast_examples_are_read_with_the_true_values_fed_back(tmp_path):
     from rnnlab.explore import held_out_examples, trace_core
 

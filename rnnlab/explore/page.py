@@ -30,6 +30,7 @@ from ..training import TrainConfig
 from .examples import SERVED, Example, held_out_examples, traced_model
 from .trace import (
     Trace,
+    check_traceable,
     correlated_units,
     feature_values,
     quantities_of,
@@ -264,6 +265,7 @@ def build_page(run_dir: str | Path, text_file: str | None = None, prompt: str | 
     if not isinstance(task, LanguageTask) and (text_file is not None or prompt is not None):  # before the weights
         raise ValueError(f"rnnlab explore: --text and --prompt serve language runs; a {task.name!r} run shows "
                          f"held-out examples (--length: how many)")
+    check_traceable(traced_model(task.model).core)  # a --bidirectional run: refused before its weights load too
     file = load_weights(task, run_dir, weights, "cpu")
     if not isinstance(task, LanguageTask):
         task.model.float().cpu()
