@@ -882,6 +882,11 @@ def cmd_translate(args) -> int:
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
         raise ValueError("rnnlab translate: sentence must be given, or lines on stdin; got nothing to translate")
+    unknown = list(dict.fromkeys(word for sentence in sentences for word in task.unknown_in(sentence)))
+    if unknown:  # as rnnlab sample says of its prompt
+        shown = unknown[:20] + ([f"... {len(unknown) - 20} more"] if len(unknown) > 20 else [])
+        print(f"note: the words {shown} are not in the source vocabulary; the model reads them as <unk>",
+              file=sys.stderr)
     for translation in task.translate(task.model, sentences, beam=args.beam):
         print(translation)
     return 0
