@@ -29,7 +29,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: the problem and where to read the flags, no usage block."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        from .distributed import is_reporter  # under torchrun every rank parses the same line: rank 0 says it
+
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if is_reporter() else None)
 
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but an unknown flag is reported by the command it was given to (`rnnlab bench:
@@ -61,7 +63,11 @@ def _parse_value(kind, meta: dict, optional: bool):
             if item is not None:
                 if meta.get("choices") and text.strip() == "all":
                     return tuple(meta["choices"])
-                return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+                parts = [part.strip() for part in text.split(",")] if text.strip() else []
+                if "" in parts:  # '1,,2' or '1,': as the flags with parsers of their own (--sizes) refuse it
+                    raise argparse.ArgumentTypeError(f"must be a comma-separated list without empty items; "
+                                                     f"got {text!r}")
+                return tuple(item(part) for part in parts)
             return kind(text)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error) if meta.get("parse") else f"invalid value {text!r}") from None
@@ -193,19 +199,34 @@ def _check_device(name: str) -> None:
 
 
 def _check_at_least(args, minimum: int, *names: str) -> None:
-    """ValueError naming the flag whose int value is below `minimum` (None passes)."""
+    """ValueError naming the flag whose int value is below `minimum` (None passes); a SharedError, as
+    every torchrun rank reads the same flags."""
+    from .distributed import SharedError
+
     for name in names:
         value = getattr(args, name, None)
         if value is not None and value < minimum:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}; got {value}")
+            raise SharedError(f"--{name.replace('_', '-')} must be >= {minimum}; got {value}")
+
+
+def _check_at_most(args, maximum: int, *names: str) -> None:
+    """ValueError naming the flag whose int value is above `maximum` (None passes); a SharedError."""
+    from .distributed import SharedError
+
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value > maximum:
+            raise SharedError(f"--{name.replace('_', '-')} must be at most {maximum:,}; got {value:,}")
 
 
 def _train_setup(args):
     """(task, train_config, run_dir, resumed) from the flags: a new run, or the run to resume with
     the flags it may change."""
     from .checkpoints import RunDir
-    from .config import differences, from_dict
+    from .config import MAX_LENGTH, differences, from_dict
+    from .distributed import SharedError
     from .errors import RunDirError
+    from .runners import check_implementations
     from .tasks import DEFAULT_TASK, TASKS, changed_data, open_run
     from .training import RESUMABLE_FIELDS, seed_everything
 
@@ -213,6 +234,7 @@ def _train_setup(args):
     cls = TASKS[task_name]
     task_flags, train_flags = _given(args, cls.Config), _given(args, type(cls.train_defaults))
     _check_at_least(args, 0, "samples", "sample_length")
+    _check_at_most(args, MAX_LENGTH, "sample_length")
     if "device" in train_flags:
         _check_device(train_flags["device"])
     if args.resume is None:
@@ -222,9 +244,13 @@ def _train_setup(args):
         RunDir(run_dir).check_new()  # before the data is read: refuse a folder that is not ours at once
         seed_everything(train_config.seed)  # before the model is built: the initial weights follow the seed
         task = cls(cls.Config(**task_flags))
+        try:  # a refused --implementation fails here, not after the run is made
+            check_implementations(task.model)
+        except ValueError as error:
+            raise SharedError(str(error)) from None  # made of the flags: every torchrun rank raises it alike
         return task, train_config, run_dir, False
     if args.out is not None:
-        raise ValueError("rnnlab train: --out and --resume exclude each other; a resumed run stays in its directory")
+        raise SharedError("rnnlab train: --out and --resume exclude each other; a resumed run stays in its directory")
     RunDir(args.resume).check_resumable()
     task, stored = open_run(args.resume)
     if changes := changed_data(args.resume):
@@ -360,7 +386,9 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
         lines = task.report(task.model, run_dir)
     for line in lines:
         print(line)
-    for i in range(getattr(args, "samples", 0)):  # only a TextGenerator's parser has the sampling flags
+    if getattr(args, "samples", 0):  # only a TextGenerator's parser has the sampling flags
+        _note_unknown(task, args.prompt)
+    for i in range(getattr(args, "samples", 0)):
         text = task.sample_text(task.model, args.prompt, args.sample_length, temperature=0.8, seed=i)
         print(f"\n--- sample {i + 1} (temperature 0.8) ---\n{args.prompt}{text}")
     return 0
@@ -412,7 +440,10 @@ def cmd_seeds(args) -> int:
         print(f"| {row.seed} | " + " | ".join(f"{row.metrics[n]:.4g}" for n in names)
               + f" | {row.step:,} ({row.stopped}) | {spent} |")
     summary = seeds.summarize(rows)
-    print("| **mean +- std** | " + " | ".join(f"**{m:.4g}** +- {s:.2g}" for m, s in summary.values()) + " | | |")
+    if len(rows) == 1:  # one seed: its value, no spread (a "+- 0" would read as a measured one)
+        print("| **n = 1 (no spread)** | " + " | ".join(f"**{m:.4g}**" for m, _ in summary.values()) + " | | |")
+    else:
+        print("| **mean +- std** | " + " | ".join(f"**{m:.4g}** +- {s:.2g}" for m, s in summary.values()) + " | | |")
     if len(rows) < len(chosen):
         print(f"interrupted after {len(rows)} of {len(chosen)} seeds; continue with the same command (--out {out})")
         return 130
@@ -507,10 +538,12 @@ def _bench_generation(args, config) -> int:
     import torch
 
     from . import bench_generation
+    from .config import MAX_LENGTH
     from .tasks import load_weights, open_run
     from .tasks.language import LanguageTask, sample
 
     _check_at_least(args, 1, "generation_length", "generation_top_k")
+    _check_at_most(args, MAX_LENGTH, "generation_length")
     if len(config.threads) != 1:
         counts = ",".join(map(str, config.threads))
         raise ValueError(f"rnnlab bench --generation: --threads must be one count; got {counts}")
@@ -625,9 +658,9 @@ def cmd_ladder(args) -> int:
 # --- sample and eval -------------------------------------------------------------------------
 
 
-def _open_trained(args, capability=None, refusal: str = ""):
+def _open_trained(args, capability=None, refusal: str = "", check=None):
     """(task, weights file) of the run in args.run_dir; with `capability`, a run whose task lacks it
-    is refused before its weights are loaded."""
+    is refused before its weights are loaded, as one that `check(task)` refuses (a ValueError)."""
     import torch
 
     from .config import MAX_THREADS
@@ -643,26 +676,34 @@ def _open_trained(args, capability=None, refusal: str = ""):
     if capability is not None and not isinstance(task, capability):
         raise ValueError(f"{refusal.format(task=task.name)}; what serves it: "
                          f"{commands_for(type(task))}")
+    if check is not None:
+        check(task)
     file = load_weights(task, args.run_dir, args.weights, args.device)
     return task, file
 
 
+def _note_unknown(task, prompt: str) -> None:
+    """A note naming the tokens of the prompt that the run's vocabulary lacks (read as <unk>)."""
+    unknown = task.unknown_in(prompt)
+    if unknown:
+        print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
+              file=sys.stderr)
+
+
 def cmd_sample(args) -> int:
     """Generate text from a trained run, the model's own outputs fed back after the prompt."""
-    from .config import MAX_SEED
+    from .config import MAX_LENGTH, MAX_SEED
     from .tasks import TextGenerator
 
     _check_at_least(args, 0, "length", "seed")
+    _check_at_most(args, MAX_LENGTH, "length")
     _check_at_least(args, 1, "top_k")
     if args.seed > MAX_SEED:  # torch reads a seed's low 32 bits: a larger one repeats a smaller
         raise ValueError(f"--seed must be at most {MAX_SEED}; got {args.seed}")
     if not 0 <= args.temperature < math.inf:  # inf: every probability NaN
         raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy); got {args.temperature}")
     task, _ = _open_trained(args, TextGenerator, "rnnlab sample: a {task!r} run does not generate text")
-    unknown = task.unknown_in(args.prompt)
-    if unknown:
-        print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
-              file=sys.stderr)
+    _note_unknown(task, args.prompt)
     if args.engine == "onnxruntime":
         text = _sample_onnxruntime(task, args)
     else:
@@ -697,12 +738,20 @@ def cmd_export(args) -> int:
     """Export a trained run as ONNX (sequence and step graphs), verified in onnxruntime."""
     from . import export
 
-    task, file = _open_trained(args)  # on the CPU: the exported graph is device-neutral
+    def exportable(task) -> None:  # the model's kind decides, not its weights: refused before they load
+        try:
+            export.SequenceGraph(task.model)
+        except ValueError as error:
+            raise ValueError(f"rnnlab export: a {task.name!r} run cannot be exported: "
+                             f"{str(error).removeprefix('export: ')}") from None
+
+    if args.out:  # before the run is read (the default, RUN_DIR/model.onnx, is always one)
+        if Path(args.out).suffix != ".onnx":
+            raise ValueError(f"rnnlab export: --out must name a .onnx file; got {args.out!r}")
+        if not Path(args.out).parent.is_dir():
+            raise ValueError(f"rnnlab export: --out's folder {str(Path(args.out).parent)!r} does not exist")
+    task, file = _open_trained(args, check=exportable)  # on the CPU: the exported graph is device-neutral
     out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
-    if out.suffix != ".onnx":
-        raise ValueError(f"rnnlab export: --out must name a .onnx file; got {str(out)!r}")
-    if not out.parent.is_dir():
-        raise ValueError(f"rnnlab export: --out's folder {str(out.parent)!r} does not exist")
     model = task.model.eval()
     print(f"weights: {file}")
     try:
@@ -744,13 +793,19 @@ def cmd_eval(args) -> int:
 
 def cmd_explore(args) -> int:
     """Write one offline HTML page that shows what the run's model holds in its state and gates."""
+    from .config import MAX_LENGTH
     from .explore import build_page
     from .explore.page import MARKER
 
+    _check_at_most(args, MAX_LENGTH, "length")  # below: build_page refuses a length below 1
     out = Path(args.out) if args.out else Path(args.run_dir) / "explore.html"
     if out.exists() and not out.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
         raise ValueError(f"rnnlab explore: --out {out} exists and is not an explore page; choose another --out")
     page = build_page(args.run_dir, text_file=args.text, prompt=args.prompt, length=args.length, weights=args.weights)
+    if page.unknown:  # as rnnlab sample says of its prompt
+        passage = "the prompt's" if args.prompt is not None else f"{args.text}'s" if args.text else "the passage's"
+        print(f"note: {passage} {page.unknown} are not in the vocabulary; the model reads them as <unk>",
+              file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page.html, encoding="utf-8")
     size = out.stat().st_size / 1e6
@@ -777,14 +832,15 @@ def cmd_caption(args) -> int:
 
     if args.count < 1:
         raise ValueError(f"rnnlab caption: --count must be >= 1; got {args.count}")
-    task, file = _open_trained(args, Captioner, "rnnlab caption: a {task!r} run does not caption images")
-    if not args.images:
-        out = Path(args.out) if args.out else Path(args.run_dir) / "captions.png"
+    out = Path(args.out) if args.out else Path(args.run_dir) / "captions.png"
+    if args.out and not args.images:  # before the run is read (the default is always a .png in the run)
         if out.suffix.lower() != ".png" or not out.parent.is_dir():
             raise ValueError(f"rnnlab caption: --out must be a .png file in an existing folder; got {str(out)!r}")
-        if args.out and out.exists() and not drawn_by_rnnlab(out):  # a user's picture is never replaced
+        if out.exists() and not drawn_by_rnnlab(out):  # a user's picture is never replaced
             raise ValueError(f"rnnlab caption: --out {str(out)!r} exists and is not a figure rnnlab drew; "
                              f"choose another --out")
+    task, file = _open_trained(args, Captioner, "rnnlab caption: a {task!r} run does not caption images")
+    if not args.images:
         print(f"weights: {file}")
         print(f"wrote {task.plot_grid(task.model, out, args.count)}")
         return 0
@@ -826,6 +882,11 @@ def cmd_translate(args) -> int:
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
         raise ValueError("rnnlab translate: sentence must be given, or lines on stdin; got nothing to translate")
+    unknown = list(dict.fromkeys(word for sentence in sentences for word in task.unknown_in(sentence)))
+    if unknown:  # as rnnlab sample says of its prompt
+        shown = unknown[:20] + ([f"... {len(unknown) - 20} more"] if len(unknown) > 20 else [])
+        print(f"note: the words {shown} are not in the source vocabulary; the model reads them as <unk>",
+              file=sys.stderr)
     for translation in task.translate(task.model, sentences, beam=args.beam):
         print(translation)
     return 0
@@ -857,6 +918,7 @@ def _add_task_flags(parser: argparse.ArgumentParser, task, skip_train: tuple[str
 
 def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     """The command's parser; `train`'s flags are those of `task_name` (default: the default task)."""
+    from .config import MAX_LENGTH
     from .tasks import DEFAULT_TASK, TASKS, TextGenerator
 
     task_name = task_name or DEFAULT_TASK
@@ -874,7 +936,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                        help="continue the run in RUN_DIR (same result as never stopping)")
     if issubclass(task, TextGenerator):
         train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
-        train.add_argument("--sample-length", type=int, default=500, help="tokens per sample (default: 500)")
+        train.add_argument("--sample-length", type=int, default=500,
+                           help=f"tokens per sample, at most {MAX_LENGTH:,} (default: 500)")
         train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")
     _add_task_flags(train, task)
     train.set_defaults(func=cmd_train)
@@ -903,7 +966,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     bench.add_argument("--generation", metavar="RUN_DIR", help="instead: time sampling from a trained language run "
                        "(rnnlab's compiled and Python loops, a torch.nn.LSTM loop, the memory-bandwidth floor)")
-    bench.add_argument("--generation-length", type=int, default=500, help="tokens per timed sample (default: 500)")
+    bench.add_argument("--generation-length", type=int, default=500,
+                       help=f"tokens per timed sample, at most {MAX_LENGTH:,} (default: 500)")
     bench.add_argument("--generation-top-k", type=int, default=None, help="sample from the k most likely tokens only")
     bench.set_defaults(func=cmd_bench)
     comp = sub.add_parser("complexity", help="measure memory, FLOPs and serial steps against sequence length T")
@@ -931,7 +995,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="generate text from a trained run")
     sample.add_argument("run_dir", metavar="RUN_DIR")
     sample.add_argument("--prompt", default="\n", help="text to start from (default: a new line)")
-    sample.add_argument("--length", type=int, default=500, help="tokens to generate (default: 500)")
+    sample.add_argument("--length", type=int, default=500, help=f"tokens to generate, at most {MAX_LENGTH:,} "
+                                                                 f"(default: 500)")
     sample.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0: greedy (default: 0.8)")
     sample.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
@@ -957,8 +1022,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
                          help="passage from this UTF-8 file (default: the run's held-out text)")
     explore.add_argument("--prompt", help="the passage itself, as a string")
     explore.add_argument("--length", type=int, default=None,
-                         help="tokens of the passage at most (default: 2000); for other tasks, how many held-out "
-                              "examples (default: 6)")
+                         help=f"tokens of the passage at most (default: 2000); for other tasks, how many held-out "
+                              f"examples (default: 6); at most {MAX_LENGTH:,}")
     explore.add_argument("--out", metavar="HTML", help="the page to write (default: RUN_DIR/explore.html)")
     explore.add_argument("--weights", choices=("best", "last"), default="best",
                          help="the best evaluation's weights or the last checkpoint's (default: best)")
@@ -1056,11 +1121,13 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _one_line_warnings
         try:
             return args.func(args)
-        except FlagError as error:  # a flag's value: name the flag
-            print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
+        except FlagError as error:  # a flag's value: name the flag (torchrun: every rank raises it; rank 0 says it)
+            if is_reporter():
+                print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
             return 2
         except ConfigError as error:  # a config built from flags (a config file's errors name the file instead)
-            print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
+            if is_reporter():
+                print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
             return 2
         except (RnnlabError, ValueError) as error:  # wrong input or a run that cannot serve: a message
             if is_reporter() or not isinstance(error, SharedError):  # torchrun: rank 0 reports what all ranks raise

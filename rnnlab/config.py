@@ -27,8 +27,9 @@ from collections.abc import Callable
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["MAX_SEED", "MAX_THREADS", "knob", "validate", "ConfigError", "ConfigTypeError", "UnknownFieldsError",
-           "to_dict", "from_dict", "filled", "absent_value", "differences", "field_types", "unwrap_optional"]
+__all__ = ["MAX_SEED", "MAX_THREADS", "MAX_LENGTH", "knob", "validate", "ConfigError", "ConfigTypeError",
+           "UnknownFieldsError", "to_dict", "from_dict", "filled", "absent_value", "differences", "field_types",
+           "unwrap_optional"]
 
 # The most torch threads a flag takes: far more than any machine's cores, and below where OpenMP fails
 # to create them and the process dies of a segmentation fault (--threads 99999).
@@ -36,18 +37,23 @@ MAX_THREADS = 1024
 # The largest seed: torch's CPU generator reads a seed's low 32 bits only, so --seed 4294967296 would
 # repeat the run of --seed 0 (and beyond 2**64 torch cannot read it at all).
 MAX_SEED = 2**32 - 1
+# The most tokens a --length flag (sample, explore, train's samples, bench --generation) generates or
+# reads: no real use comes near it (the bundled Shakespeare is 4.5 million characters; a page of a
+# million steps is hundreds of MB), while a typo's 10**11 would run out of memory or run for days.
+MAX_LENGTH = 1_000_000
 
 
 class ConfigError(ValueError):
     """A config field's value is out of its declared range or choices. `owner` is the config class's
     name and `field` the field's, so the CLI can name the flag instead."""
 
-    def __init__(self, owner: str, field: str, expected: str, value: Any):
+    def __init__(self, owner: str, field: str, expected: str, value: Any, detail: str = ""):
         self.owner, self.field, self.expected, self.value = owner, field, expected, value
-        super().__init__(f"{owner}: {field} must be {expected}; got {value!r}")
+        self.detail = detail  # what the value turned out to be, after its repr: ", which is a file"
+        super().__init__(f"{owner}: {field} must be {expected}; got {value!r}{detail}")
 
     def for_flag(self, flag: str) -> str:
-        return f"{flag} must be {self.expected}; got {self.value!r}"
+        return f"{flag} must be {self.expected}; got {self.value!r}{self.detail}"
 
 
 class ConfigTypeError(ConfigError, TypeError):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .cells import LADDER
-from .config import MAX_SEED, MAX_THREADS, knob, validate
+from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, validate
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
 from .init import Init
 from .plots import pyplot, save_figure
@@ -52,6 +52,13 @@ class GradientFlowConfig:
 
     def __post_init__(self):
         validate(self)
+        for name in self.cells:  # a cell that refuses the depth (gru: 1 only) fails now, not after the others trained
+            try:
+                with torch.random.fork_rng(devices=[]):  # building consumes random numbers: leave the stream as it was
+                    LADDER[name](2, 1, depth=self.depth)
+            except ValueError as error:
+                raise ConfigError("GradientFlowConfig", "depth", f"1 while cells holds {name} ({error})",
+                                  self.depth) from None
 
 
 @dataclass

@@ -24,7 +24,8 @@ from . import kernels
 from .cells import Cell, State, _describe
 from .checks import check_flag, check_number, check_tensor_like
 
-__all__ = ["Runner", "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded", "check_sequence"]
+__all__ = ["Runner", "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded", "check_sequence",
+           "check_implementations"]
 
 IMPLEMENTATION_NAMES = ("auto", "reference", "fused", "native", "scan")
 
@@ -161,7 +162,10 @@ class Recurrent(Runner):
     def __init__(self, cell: Cell, implementation: str = "auto"):
         super().__init__()
         if not isinstance(cell, Cell):
-            raise ValueError(f"Recurrent: cell must be an rnnlab Cell; got {type(cell).__name__}")
+            torch_cell = isinstance(cell, nn.RNNCellBase)
+            hint = " (rnnlab.from_torch_cell converts a torch.nn cell)" if torch_cell else ""
+            raise TypeError(f"Recurrent: cell must be an rnnlab Cell such as rnnlab.LSTMCell{hint}; "
+                            f"got {type(cell).__module__}.{type(cell).__name__}")
         if implementation not in IMPLEMENTATION_NAMES:
             raise ValueError(f"Recurrent: implementation must be one of {IMPLEMENTATION_NAMES}; got {implementation!r}")
         self.cell, self.implementation = cell, implementation
@@ -197,6 +201,21 @@ class Recurrent(Runner):
 
     def extra_repr(self):
         return f"implementation={self.implementation!r}"
+
+
+def check_implementations(model: nn.Module) -> None:
+    """The ValueError a forward pass would raise where a runner of `model` was given an implementation
+    that cannot run its cell, in training (with the cell's dropout masks) or in evaluation: raised
+    now, so that a run refuses such flags before it writes anything, not at its first step."""
+    for runner in model.modules():
+        if not isinstance(runner, Recurrent) or runner.implementation == "auto":
+            continue
+        cell = runner.cell
+        device = runner.example_weight().device.type
+        for training in (True, False):
+            masks = tuple(torch.ones(1) if training and p else None for p in (cell.dropout, cell.recurrent_dropout))
+            kernels.choose(cell, runner.implementation, feedback=bool(cell.feedback_size), lengths=False,
+                           masks=masks, training=training, device=device)
 
 
 class Stacked(Runner):

@@ -21,6 +21,7 @@ from pathlib import Path
 from .checkpoints import CheckpointError, RunDir
 from .config import filled, to_dict
 from .errors import RunDirError
+from .runners import check_implementations
 from .tasks import TASKS, load_weights, run_config, write_artifacts
 from .training import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -116,6 +117,7 @@ def run_seed(task_name: str, task_config, train_config: TrainConfig, run_dir: st
                                       f"and cpu_s, in seconds); delete it to count the pretraining's time as 0")
     else:
         run.check_new()
+        check_implementations(task.model)  # a refused --implementation fails before the seed's folder is made
         pretrainer = task.pretraining(train_config)
         if pretrainer is not None:
             if progress:
@@ -183,14 +185,15 @@ def run_seeds(task_name: str, task_config, train_config: TrainConfig, out: str |
     return rows
 
 
-def summarize(rows: list[SeedRow]) -> dict[str, tuple[float, float]]:
-    """Metric name -> (mean, sample standard deviation; 0 for one seed) over the rows."""
+def summarize(rows: list[SeedRow]) -> dict[str, tuple[float, float | None]]:
+    """Metric name -> (mean, sample standard deviation) over the rows; the deviation is None for one
+    seed, which has no spread to measure (never a zero that would read as a measured one)."""
     if not rows:
         raise ValueError("summarize: rows must not be empty")
     result = {}
     for name in rows[0].metrics:
         values = [row.metrics[name] for row in rows]
         mean = sum(values) / len(values)
-        spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
         result[name] = (mean, spread)
     return result

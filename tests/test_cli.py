@@ -51,6 +51,7 @@ def one_line_error(capsys, argv, *names):
     ("--temperature", "-0.5", ("--temperature", "got -0.5")),
     ("--temperature", "inf", ("--temperature", "a finite number", "got inf")),
     ("--length", "-1", ("--length", "got -1")),
+    ("--length", "1000001", ("--length", "at most 1,000,000", "got 1,000,001")),  # no bound: days, or out of memory
     ("--threads", "0", ("--threads", "got 0")),
     ("--threads", "99999", ("--threads", "at most 1024", "got 99999")),  # OpenMP's segfault otherwise
     ("--seed", "-1", ("--seed", "got -1")),
@@ -173,6 +174,19 @@ def test_train_out_is_an_existing_file(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("flags", [["--implementation", "scan"],  # the LSTM reads its state: no scan
+                                   ["--cell", "gru", "--implementation", "fused", "--zoneout", "0.1"],
+                                   ["--implementation", "native", "--recurrent-dropout", "0.1"]])
+def test_an_implementation_the_cell_refuses_fails_before_anything_is_written(tmp_path, capsys, monkeypatch, flags):
+    """It failed at the first step, after the run directory (config, marker) was made."""
+    monkeypatch.chdir(tmp_path)  # no --out: the default runs/adding-<time> must not appear either
+    implementation = flags[flags.index("--implementation") + 1]
+    one_line_error(capsys, ["train", "adding", *TINY, *flags], f"implementation={implementation!r}")
+    one_line_error(capsys, ["train", "adding", *TINY, *flags, "--out", "run"], "cannot run")
+    one_line_error(capsys, ["seeds", "adding", *TINY, *flags, "--count", "1", "--out", "seeds"], "cannot run")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_train_out_below_a_file_cannot_be_written(tmp_path, capsys):
     (tmp_path / "afile").write_text("keep me")
     one_line_error(capsys, ["train", "adding", *TINY, "--out", str(tmp_path / "afile" / "run")],
@@ -223,6 +237,14 @@ def test_train_sampling_flags_below_zero(tmp_path, capsys, flag):
     one_line_error(capsys, ["train", "--text", str(text), flag, "-1", "--out", str(tmp_path / "r")], flag, "got -1")
 
 
+def test_train_sample_length_beyond_the_bound(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("abc " * 200)
+    argv = ["train", "--text", str(text), "--sample-length", "99999999999", "--out", str(tmp_path / "r")]
+    one_line_error(capsys, argv, "--sample-length must be at most 1,000,000", "got 99,999,999,999")
+    assert not (tmp_path / "r").exists()
+
+
 def test_train_text_that_does_not_exist(tmp_path, capsys):
     one_line_error(capsys, ["train", "--text", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r")],
                    "missing.txt")
@@ -267,6 +289,21 @@ def test_an_unknown_flag_is_named_by_its_command(capsys, argv, command):
     assert exit.value.code == 2 and len(err) == 1, err
     assert err[0].startswith(f"{command}: error: unrecognized arguments: {' '.join(argv[-2:])}"), err
     assert f"(see {command} --help)" in err[0]
+
+
+@pytest.mark.parametrize("argv, flag", [(["bench", "--threads", "1,,2"], "--threads"),
+                                        (["bench", "--cells", "lstm,"], "--cells"),
+                                        (["bench", "--sizes", "1x8x8x10,"], "--sizes"),  # refused before too
+                                        (["ladder", "adding", "--cells", ",gru"], "--cells"),
+                                        (["gradients", "--cells", "lstm,,gru"], "--cells"),
+                                        (["complexity", "--regimes", "bptt,"], "--regimes")])
+def test_an_empty_item_in_a_list_valued_flag_is_one_line_naming_the_flag(capsys, argv, flag):
+    """'1,,2' was read as 1,2 while --sizes refused '...,': every list-valued flag now refuses it."""
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(err) == 1, err
+    assert f"error: argument {flag}: " in err[0] and repr(argv[-1]) in err[0], err
 
 
 def test_the_task_may_come_after_flags(tmp_path, capsys):

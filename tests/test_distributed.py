@@ -193,6 +193,34 @@ def test_a_dead_or_stuck_rank_stops_the_other_with_an_error_not_a_hang(tmp_path,
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("flags, line", [
+    (["--lr", "-1"], "rnnlab train: error: --lr must be a number > 0; got -1.0"),  # a config field
+    (["--samples", "-1"], "rnnlab: error: --samples must be >= 0; got -1"),  # a flag the CLI checks
+    (["--nosuch", "3"], "rnnlab train: error: unrecognized arguments: --nosuch 3 (see rnnlab train --help)"),
+    (["--implementation", "scan"], "rnnlab: error: Recurrent: implementation='scan' cannot run LSTMCell here"),
+])
+def test_an_error_in_the_flags_is_said_once_by_rank_0_and_every_rank_exits_2(tmp_path, text_file, flags, line):
+    """Every rank reads the same command line: each printed the same error, once per process."""
+    processes = start(cli("--text", text_file, "--hidden", "8", "--steps", "1", *flags, "--out", str(tmp_path / "r")),
+                      2, tmp_path)
+    (code0, _, err0), (code1, _, err1) = finish(processes)
+    assert (code0, code1) == (2, 2), err0[-2000:] + err1[-2000:]
+    assert err0.strip().startswith(line) and err0.strip().count("\n") == 0, err0[-2000:]
+    assert err1 == "", err1[-2000:]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_config_error_under_torchrun_itself_is_printed_once(tmp_path, text_file):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(free_port())]
+    env = {**os.environ, "RNNLAB_NO_EXTENSION": "1", "RNNLAB_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1", **LOOPBACK}
+    done = subprocess.run(torchrun + ["-m", "rnnlab", "train", "language", "--text", text_file, "--lr", "-1"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.count("rnnlab train: error: --lr must be a number > 0; got -1.0") == 1, done.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_torchrun_trains_and_only_a_run_of_as_many_processes_resumes(tmp_path, text_file, capsys, monkeypatch):
     run = tmp_path / "run"
     flags = ["--text", text_file, "--hidden", "16", "--batch-size", "4", "--seq-len", "8", "--eval-tokens", "100",

@@ -142,12 +142,14 @@ def test_features_correlations_and_saturation_by_hand():
 
 def test_explore_command_errors_are_one_line(text_file, tmp_path_factory, tmp_path, capsys):
     run = trained("lstm", text_file, tmp_path_factory)
+    capsys.readouterr()  # the training's output, where this test trained the run
     (tmp_path / "mine.html").write_text("my own page")
     for argv, message in (
         (["explore", str(run), "--text", str(text_file), "--prompt", "hi"], "--text and --prompt exclude each other"),
         (["explore", str(tmp_path / "nowhere")], "which does not exist"),
         (["explore", str(run), "--text", str(tmp_path / "none.txt")], "--text must be a UTF-8 text file"),
         (["explore", str(run), "--length", "0"], "--length must be an int >= 1"),
+        (["explore", str(run), "--length", "99999999999"], "--length must be at most 1,000,000; got 99,999,999,999"),
         (["explore", str(run), "--out", str(tmp_path / "mine.html")], "is not an explore page"),
     ):
         assert cli.main(argv) == 2
@@ -156,6 +158,25 @@ def test_explore_command_errors_are_one_line(text_file, tmp_path_factory, tmp_pa
     assert (tmp_path / "mine.html").read_text() == "my own page"
     assert cli.main(["explore", str(run), "--prompt", "To be, or not", "--out", str(tmp_path / "p.html")]) == 0
     assert read_page_data((tmp_path / "p.html").read_text())["passage"]["tokens"] == list("To be, or not")
+
+
+def test_a_passage_outside_the_vocabulary_is_named_in_a_note_as_sample_does(text_file, tmp_path_factory, tmp_path,
+                                                                            capsys):
+    """Characters the run never saw are read as <unk>; the page was written without a word about them."""
+    run = trained("lstm", text_file, tmp_path_factory)
+    capsys.readouterr()
+    prompt = "To be \u20ac\u20ac or \u2713"
+    assert cli.main(["explore", str(run), "--prompt", prompt, "--out", str(tmp_path / "p.html")]) == 0
+    err = capsys.readouterr().err
+    assert "note: the prompt's ['\u20ac', '\u2713'] are not in the vocabulary; the model reads them as <unk>" in err
+    assert cli.main(["sample", str(run), "--prompt", prompt, "--length", "2"]) == 0
+    assert "note: the prompt's ['\u20ac', '\u2713'] are not in the vocabulary" in capsys.readouterr().err  # the same
+    (tmp_path / "passage.txt").write_text("To be \u2713", encoding="utf-8")
+    passage = ["--text", str(tmp_path / "passage.txt"), "--out", str(tmp_path / "t.html")]
+    assert cli.main(["explore", str(run), *passage]) == 0
+    assert "passage.txt's ['\u2713'] are not in the vocabulary" in capsys.readouterr().err
+    assert cli.main(["explore", str(run), "--prompt", "To be", "--out", str(tmp_path / "p.html")]) == 0
+    assert "note" not in capsys.readouterr().err
 
 
 # --- in a real browser ---------------------------------------------------------------------------
@@ -297,7 +318,7 @@ def copy_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_other_tasks_embed_the_traces_of_held_out_examples(copy_run, capsys):
+def test_other_tasks_embed_the_traces_of_held_out_examples(copy_run, capsys, tmp_path):
     data = read_page_data((copy_run / "explore.html").read_text(encoding="utf-8"))
     assert data["model"] is None and data["cell"]["gates"] == ["r", "z"] and len(data["passage"]["examples"]) == 3
     task, _ = open_run(copy_run)
@@ -310,6 +331,11 @@ def test_other_tasks_embed_the_traces_of_held_out_examples(copy_run, capsys):
     np.testing.assert_allclose(decoded, outputs.detach().reshape(-1, 8).numpy(),
                                atol=(layer["high"] - layer["low"]) / 500)
     assert cli.main(["explore", str(copy_run), "--prompt", "hi"]) == 2
+    assert "--text and --prompt serve language runs" in capsys.readouterr().err
+    bare = shutil.copytree(copy_run, tmp_path / "bare")
+    for weights in bare.glob("*.safetensors"):
+        weights.unlink()  # the refusal comes before the weights load (it came after)
+    assert cli.main(["explore", str(bare), "--prompt", "hi"]) == 2
     assert "--text and --prompt serve language runs" in capsys.readouterr().err
 
 
@@ -324,6 +350,20 @@ def test_the_static_page_of_another_task_works_offline(browser, copy_run):
     assert page.locator("#live-input").count() == 0
     assert_offline_and_clean(page)
     page.close()
+
+
+def test_a_bidirectional_run_is_refused_before_its_weights_load(tmp_path, capsys):
+    """The page traces cells read one way: a --bidirectional sentiment run was refused after its weights
+    loaded and its held-out examples ran."""
+    run = tmp_path / "bi"
+    assert cli.main(["train", "sentiment", "--bidirectional", "--members", "1", "--hidden", "4", "--embedding", "4",
+                     "--batch-size", "8", "--steps", "1", "--threads", "1", "--out", str(run)]) == 0
+    for weights in run.glob("*.safetensors"):
+        weights.unlink()
+    capsys.readouterr()
+    assert cli.main(["explore", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "every layer must read the sequence one way" in err and "got a Bidirectional layer" in err, err
 
 
 def test_forecast_examples_are_read_with_the_true_values_fed_back(tmp_path):

@@ -181,6 +181,25 @@ def test_cli_export_and_greedy_sampling_on_onnxruntime_equals_pytorch(tmp_path, 
 def test_cli_export_rejects_bad_paths(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing")]) == 2
     assert "rnnlab: error:" in capsys.readouterr().err
+    # --out is checked before the run is read, let alone its weights loaded
+    for out, message in (("model.txt", "--out must name a .onnx file"), ("nowhere/m.onnx", "--out's folder")):
+        assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / out)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_cli_export_refuses_a_run_it_cannot_export_before_loading_its_weights(tmp_path, capsys):
+    """A caption run (as translate's and control's) has no sequence graph: refused first, naming the task
+    and what export writes, where it loaded the weights and then failed."""
+    run = tmp_path / "run"
+    assert main(["train", "caption", "--vector", "8", "--hidden", "8", "--embed", "4", "--batch-size", "8",
+                 "--eval-size", "20", "--steps", "1", "--threads", "1", "--out", str(run)]) == 0
+    for weights in run.glob("*.safetensors"):
+        weights.unlink()  # loading them would now fail: the refusal must come first
+    capsys.readouterr()
+    assert main(["export", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights" not in err, err
+    assert "a 'caption' run cannot be exported: model must be a RecurrentModel or a SequenceToVector" in err
 
 
 class _CustomLSTM(R.LSTMCell):

@@ -219,6 +219,8 @@ def test_the_generation_bench_times_every_loop_and_the_floor(tmp_path, capsys):
 def test_the_generation_bench_refuses_a_run_that_is_not_a_language_model(tmp_path, capsys):
     assert main(["bench", "--generation", str(tmp_path)]) != 0
     assert "rnnlab: error:" in capsys.readouterr().err
+    assert main(["bench", "--generation", str(tmp_path), "--generation-length", "1000001"]) == 2  # before the run
+    assert capsys.readouterr().err == "rnnlab: error: --generation-length must be at most 1,000,000; got 1,000,001\n"
 
 
 def test_under_autocast_the_python_loop_serves():

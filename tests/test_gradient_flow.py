@@ -46,6 +46,18 @@ def test_gradient_flow_of_a_deep_transition():
                                                      depth=3)).cells
     assert len(flows[0].init) == 6 and all(n > 0 for n in flows[0].init)
 
+
+def test_a_depth_a_cell_refuses_fails_before_any_cell_trains(tmp_path, capsys):
+    """`gradients --depth 2` trained vanilla to lstm (minutes each) and then failed at the GRU, losing them."""
+    with pytest.raises(ValueError, match=r"depth must be 1 while cells holds gru \(GRUCell: depth must be 1"):
+        GradientFlowConfig(depth=2)
+    state = torch.random.get_rng_state()
+    GradientFlowConfig(depth=2, cells=("vanilla", "lstm"))  # the check builds cells, leaving the random stream
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert main(["gradients", "--depth", "2", "--out", str(tmp_path / "g")]) == 2
+    assert capsys.readouterr().err.startswith("rnnlab gradients: error: --depth must be 1 while cells holds gru")
+    assert not (tmp_path / "g").exists()
+
 def test_cli_gradients(tmp_path, capsys):
     assert main(["gradients", "--cells", "vanilla,gru", "--T", "6", "--steps", "1", "--hidden", "4",
                  "--out", str(tmp_path)]) == 0

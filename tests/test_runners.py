@@ -6,6 +6,7 @@ import torch
 
 import rnnlab as R
 from rnnlab.cells import LADDER
+from rnnlab.runners import check_implementations
 
 torch.manual_seed(0)
 I, H, O = 3, 5, 2
@@ -102,8 +103,27 @@ def test_runner_errors():
         fb(torch.randn(2, 4, I), y_prev=torch.randn(2, 3, O))
     with pytest.raises(ValueError, match="implementation must be one of"):
         R.Recurrent(R.LSTMCell(I, H), implementation="fastest")
-    with pytest.raises(ValueError, match="cell must be an rnnlab Cell"):
-        R.Recurrent(torch.nn.LSTMCell(I, H))
+    with pytest.raises(TypeError, match=r"cell must be an rnnlab Cell .*from_torch_cell.*; got torch.nn.*LSTMCell"):
+        R.Recurrent(torch.nn.LSTMCell(I, H))  # a wrong kind of object: a TypeError, as Stacked's
+    with pytest.raises(TypeError, match="cell must be an rnnlab Cell such as rnnlab.LSTMCell; got builtins.str"):
+        R.Recurrent("lstm")
+
+
+@pytest.mark.parametrize("cell, options, implementation", [
+    ("lstm", {}, "scan"), ("gru", {"zoneout": 0.1}, "fused"), ("lstm", {"recurrent_dropout": 0.1}, "native")])
+def test_check_implementations_raises_what_the_first_step_would(cell, options, implementation):
+    """A run refuses the flags before it writes anything (rnnlab train, seeds): the check finds, in a
+    model just built, the error the forward pass would raise in training or evaluation."""
+    model = R.Stacked(R.Recurrent(LADDER["gru"](I, H), "fused"),
+                      R.Recurrent(LADDER[cell](H, H, **options), implementation))
+    with pytest.raises(ValueError, match=f"implementation='{implementation}' cannot run") as checked:
+        check_implementations(model)
+    with pytest.raises(ValueError) as stepped:
+        model.train()(torch.randn(2, 3, I))
+    assert str(stepped.value) == str(checked.value)
+    for served in ("auto", "reference"):
+        check_implementations(R.Recurrent(LADDER[cell](I, H, **options), served))
+    check_implementations(R.Recurrent(LADDER["lstm"](I, H), "native"))
 
 
 # --- stacking ------------------------------------------------------------------------------------

@@ -24,6 +24,10 @@ def test_seeds_train_each_seed_once_and_tabulate_mean_and_std(tmp_path, capsys):
     assert losses[0] != losses[1]  # two seeds, two runs
     assert f"**{sum(losses) / 2:.4g}** +- {abs(losses[0] - losses[1]) / 2 ** 0.5:.2g}" in printed
     stamp = (out / "seed-0" / "final.json").stat().st_mtime_ns
+    # one seed (read, not trained again) has no spread: its value alone, never "+- 0"
+    assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"| **n = 1 (no spread)** | **{losses[0]:.4g}** |" in printed and "+-" not in printed, printed
     # a third seed, beside its two finished ones: those are read, not trained again
     assert main(["seeds", "digits", *TINY, "--count", "3", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -90,6 +94,7 @@ def test_run_seeds_and_summarize_directly(tmp_path):
     summary = seeds.summarize([seeds.SeedRow(0, {"a": 1.0}, 1, "steps", 0, 0), seeds.SeedRow(1, {"a": 3.0}, 1,
                                                                                                "steps", 0, 0)])
     assert summary == {"a": (2.0, pytest.approx(2 ** 0.5))}
+    assert seeds.summarize([seeds.SeedRow(0, {"a": 1.0}, 1, "steps", 0, 0)]) == {"a": (1.0, None)}  # not 0.0
     with pytest.raises(ValueError, match="task must be one of"):
         seeds.run_seeds("nosuch", DigitsConfig(), TrainConfig(), tmp_path, range(1))
     with pytest.raises(ValueError, match="non-empty range"):

@@ -162,6 +162,14 @@ def test_train_then_caption_through_the_cli(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "mnist.png").read_bytes() == photo and (tmp_path / "notes.png").read_text() == "not a picture"
 
 
+def test_caption_out_is_checked_before_the_run_is_read(tmp_path, capsys):
+    (tmp_path / "photo.png").write_bytes(b"a user's picture")
+    for out, message in (("grid.txt", "--out must be a .png file"), ("photo.png", "is not a figure rnnlab drew")):
+        assert main(["caption", str(tmp_path / "no-run"), "--out", str(tmp_path / out)]) == 2
+        assert message in capsys.readouterr().err  # not "RUN_DIR must be a run directory": it came after the load
+    assert (tmp_path / "photo.png").read_bytes() == b"a user's picture"
+
+
 def test_other_commands_name_the_command_that_serves_the_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "caption", *TINY, "--steps", "2", "--out", str(run)]) == 0
@@ -173,6 +181,10 @@ def test_other_commands_name_the_command_that_serves_the_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["caption", str(digits)]) == 2
     assert "does not caption images" in capsys.readouterr().err
+    for weights in run.glob("*.safetensors"):
+        weights.unlink()  # explore refuses a caption run before loading its weights (it loaded them first)
+    assert main(["explore", str(run)]) == 2
+    assert "the run is a 'caption' run; what serves it: rnnlab eval, rnnlab caption" in capsys.readouterr().err
 
 
 def test_config_errors_are_clear():

@@ -99,6 +99,15 @@ def test_errors_are_clear(tmp_path, capsys):
     assert "Fashion-MNIST not found" in err and "apt-get install dataset-fashion-mnist" in err
     with pytest.raises(ValueError, match="root must be None unless dataset='fashion'"):
         DigitsConfig(root="/tmp")
+    (tmp_path / "afile").write_text("not a folder")
+    for root, came in (("afile", "which is a file"), ("nowhere", "which does not exist")):
+        # it said "Fashion-MNIST not found under FILE (missing ...)": now the flag, what it must be, what came
+        path = str(tmp_path / root)
+        assert main(["train", "digits", "--dataset", "fashion", "--root", path, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"rnnlab train: error: --root must be a folder holding the Fashion-MNIST IDX files; "
+                       f"got {path!r}, {came}\n")
+    assert not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="dataset must be one of"):
         DigitsConfig(dataset="mnist")
     with pytest.raises(ValueError, match="dropout must be a number in"):

@@ -98,7 +98,11 @@ def test_train_translate_eval_and_other_commands_through_the_cli(tmp_path, capsy
     assert (run / "vocabulary.json").is_file() and (run / "translations.txt").is_file()
     assert (run / "attention.png").is_file()  # the default attention is dot
     assert main(["translate", str(run), "In the beginning God created the heaven and the earth."]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+    out = capsys.readouterr()
+    assert len(out.out.strip().splitlines()) == 1 and "note" not in out.err
+    # words the run never saw are read as <unk>, as rnnlab sample says of its prompt (it said nothing)
+    assert main(["translate", str(run), "In the beginning zyxwv created the quasar."]) == 0
+    assert "note: the words ['zyxwv', 'quasar'] are not in the source vocabulary" in capsys.readouterr().err
     assert main(["sample", str(run)]) == 2
     assert "rnnlab eval, rnnlab translate" in capsys.readouterr().err
     assert main(["translate", str(run), "x", "--beam", "0"]) == 2

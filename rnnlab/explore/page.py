@@ -14,7 +14,7 @@ import html
 import inspect
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from ..checkpoints import RunDir
 from ..config import filled
 from ..data.vocabulary import tokenize
-from ..tasks import LanguageTask, load_weights, open_run
+from ..tasks import LanguageTask, commands_for, load_weights, open_run
 from ..training import TrainConfig
-from .examples import Example, held_out_examples, traced_model
+from .examples import SERVED, Example, held_out_examples, traced_model
 from .trace import (
     Trace,
+    check_traceable,
     correlated_units,
     feature_values,
     quantities_of,
@@ -59,6 +60,7 @@ class ExplorePage:
     live_model: bool
     loss_float16: float | None  # nats per token on the passage, with the page's (float16) weights
     loss_float32: float | None  # ... and with the run's own weights (None: not a language run)
+    unknown: list[str] = field(default_factory=list)  # the passage's tokens outside the vocabulary
 
 
 def _tensor(t: torch.Tensor) -> dict:
@@ -257,11 +259,15 @@ def build_page(run_dir: str | Path, text_file: str | None = None, prompt: str | 
     if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
         raise ValueError(f"rnnlab explore: --length must be an int >= 1; got {length!r}")
     task, _ = open_run(run_dir)
+    if not isinstance(task, LanguageTask) and task.name not in SERVED:  # before the weights load
+        raise ValueError(f"rnnlab explore: the page serves language, {', '.join(SERVED)} runs; the run is a "
+                         f"{task.name!r} run; what serves it: {commands_for(type(task))}")
+    if not isinstance(task, LanguageTask) and (text_file is not None or prompt is not None):  # before the weights
+        raise ValueError(f"rnnlab explore: --text and --prompt serve language runs; a {task.name!r} run shows "
+                         f"held-out examples (--length: how many)")
+    check_traceable(traced_model(task.model).core)  # a --bidirectional run: refused before its weights load too
     file = load_weights(task, run_dir, weights, "cpu")
     if not isinstance(task, LanguageTask):
-        if text_file is not None or prompt is not None:
-            raise ValueError(f"rnnlab explore: --text and --prompt serve language runs; a {task.name!r} run shows "
-                             f"held-out examples (--length: how many)")
         task.model.float().cpu()
         examples = held_out_examples(task, length or EXAMPLES)
         data = examples_page_data(task, run_dir, file, examples)
@@ -272,7 +278,7 @@ def build_page(run_dir: str | Path, text_file: str | None = None, prompt: str | 
     ids = torch.tensor(data["passage"]["ids"])
     text = render(data)
     return ExplorePage(text, data, len(tokens), data["model"] is not None, _passage_loss(trace.logits, ids),
-                       _passage_loss(trace_own.logits, ids))
+                       _passage_loss(trace_own.logits, ids), task.vocabulary.unknown(tokens))
 
 
 def render(data: dict) -> str:

@@ -12,8 +12,8 @@ import torch
 from ..cells import Cell, GRUCell, LSTMBase
 from ..models import RecurrentModel
 
-__all__ = ["Trace", "trace_core", "trace_language", "shown_gates", "quantities_of", "FEATURES", "feature_values",
-           "correlated_units", "saturation"]
+__all__ = ["Trace", "check_traceable", "trace_core", "trace_language", "shown_gates", "quantities_of", "FEATURES",
+           "feature_values", "correlated_units", "saturation"]
 
 
 @dataclass
@@ -59,17 +59,25 @@ def _gate_values(cell: Cell, zx: torch.Tensor, zh: torch.Tensor | None) -> dict[
     return {g: cell.sigma(part) for g, part in zip(cell.gates, z) if g != "r"}
 
 
+def check_traceable(core) -> None:
+    """ValueError unless every layer of the stack `core` is a Recurrent runner of a ladder cell (the
+    page traces cells read one way; a Bidirectional layer is refused), which the model's build decides:
+    a caller may check before loading weights."""
+    for runner in core.layers:
+        if not isinstance(getattr(runner, "cell", None), Cell):
+            raise ValueError(f"rnnlab explore: every layer must read the sequence one way (a Recurrent runner of a "
+                             f"ladder cell); got a {type(runner).__name__} layer")
+
+
 @torch.no_grad()
 def trace_core(core, xs: torch.Tensor, ys: torch.Tensor | None = None) -> tuple[list[dict], torch.Tensor]:
     """Run a stack of cells (a `Stacked` of `Recurrent` runners, eval mode) over one sequence xs
     (1, T, I), with y_prev ys (1, T, O) for the layers that take it, from the zero state. Returns
     the layers' quantities and gates, and the top layer's outputs (1, T, H)."""
+    check_traceable(core)
     layers = []
     for runner in core.layers:
-        cell = getattr(runner, "cell", None)
-        if not isinstance(cell, Cell):
-            raise ValueError(f"rnnlab explore: every layer must read the sequence one way (a Recurrent runner of a "
-                             f"ladder cell); got a {type(runner).__name__} layer")
+        cell = runner.cell
         state = cell.initial_state(1, device=xs.device, dtype=torch.float32)
         names = quantities_of(cell)
         kept = {name: [] for name in names}

@@ -139,6 +139,10 @@ class Translator(abc.ABC):
     def translate(self, model, sentences: list[str], beam: int = 5) -> list[str]:
         """One translation per sentence."""
 
+    @abc.abstractmethod
+    def unknown_in(self, sentence: str) -> list[str]:
+        """The sentence's tokens the source vocabulary lacks (read as <unk>)."""
+
 
 class Captioner(abc.ABC):
     """Capability: the model describes an image in words (`rnnlab caption`)."""

@@ -67,6 +67,10 @@ def load_splits(config: DigitsConfig) -> dict[str, tuple[torch.Tensor, torch.Ten
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
         parts = {"test": order[:360], "val": order[360:540], "train": order[540:]}
         return {name: (images[i], labels[i]) for name, i in parts.items()}
+    if config.root is not None and not Path(config.root).is_dir():  # the flag's error, not "not found under FILE"
+        came = "is a file" if Path(config.root).exists() else "does not exist"
+        raise ConfigError("DigitsConfig", "root", "a folder holding the Fashion-MNIST IDX files", config.root,
+                          f", which {came}")
     try:
         (images, labels), test = load_fashion_mnist(config.root or FASHION_MNIST)
     except FileNotFoundError as error:  # a ValueError: the CLI prints it as a message, not a traceback

@@ -255,6 +255,9 @@ class TranslateTask(Task, Translator):
             raise TypeError(f"translate: sentences must be a list of str; got {type(sentences).__name__}")
         return self.decode(model, sentences, beam)
 
+    def unknown_in(self, sentence: str) -> list[str]:
+        return self.source_vocabulary.unknown(sentence_tokens(sentence))
+
     def describe(self) -> str:
         c, params = self.config, sum(p.numel() for p in self.model.parameters())
         _, source, target = DATASETS[c.dataset]
