@@ -103,7 +103,9 @@ class _Loop(torch.autograd.Function):
             # never written out and read back. Without grad the gates are a ring of one step. They read
             # the inputs where they are (batch-first x seen time-major) and, for the backward's
             # products, write the time-major copy as they go (`kept_inputs`).
-            inputs, kept = kept_inputs(inputs if tape.sizes is None or not save else inputs.contiguous(), save)
+            if save and tape.sizes is not None:  # the steps read only the running rows: the backward's copy first
+                inputs = inputs.contiguous()
+            inputs, kept = kept_inputs(inputs, save)
             gates = tape.new(inputs, weight.shape[0], keep=save or _one_buffer(loop, tape))
             bias = None if bias is None else bias.contiguous()
             buffers = loop.forward(tape, gates, weight_hh, bias_hh, mh, state0, save, (bias, inputs, weight, kept))

@@ -874,8 +874,8 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
       T* g_t = g + (t % gates.size(0)) * batch * K * H;
       if (F) {
         if (sh.u.k0 == 0) x.keep(t, sh.r0, sh.r0 + rows);  // each row by one thread: split by units, the first's
-        gate_product(rows, K, H, sh.u, x.row(t, sh.r0), std::max(x.batch_stride, F), F, ut.data_ptr<T>(), g_t + K * o, false,
-                     panel_ptr<T>(ut_panels));
+        gate_product(rows, K, H, sh.u, x.row(t, sh.r0), std::max(x.batch_stride, F), F, ut.data_ptr<T>(),
+                     g_t + K * o, false, panel_ptr<T>(ut_panels));
       }
       if (vt) gate_product(rows, 3, H, sh.u, read + o, H, H, vt, zh_s, false, panel_ptr<T>(weights.vt_panels));
       gru_forward_step<T>(act, sigma, g_t + K * o, b, zh_s, bhh, s_prev(t) + o, h + t * batch * H + o, rows, H, sh.u);
