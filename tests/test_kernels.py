@@ -3,6 +3,7 @@ for every cell each one serves, with and without feedback, lengths and initial s
 
 import functools
 import itertools
+import os
 import sys
 
 import pytest
@@ -815,6 +816,40 @@ def test_weight_grad_equals_the_product_of_the_shifted_states(steps, masked):
     torch.testing.assert_close(weight_grad(dz, first, states, mask), expected)
 
 
+def _team_size(threads: int) -> int:
+    """The threads of a loop's team on `threads` of torch's threads: no more than the CPUs (team.h)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(threads, cpus)
+
+
+@pytest.mark.parametrize("cls", [VanillaCell, LSTMCell, GRUCell, PeepholeLSTMCell])
+def test_more_threads_than_cpus_make_a_team_of_the_cpus(cls):
+    """With more of torch's threads than CPUs, a loop's team is only as large as the CPUs (team.h:
+    threads meeting at a barrier every few microseconds must all be running; with twice the threads of
+    the cores, a step loop ran 15-60 times slower): the fault's message names a team of the CPUs, and
+    outputs, final state and gradients equal one thread's (float64; with lengths, so that the threads
+    sync at every step; loops.cpp's eight rows split by units) and reference's."""
+    module = EXTENSIONS[fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME]
+    if module is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    threads = _team_size(1 << 20) + 2
+    case = _split_case(cls, torch.float64, batch=64 if cls in NEW_LSTMS else 8)  # cell_loops.cpp: by rows
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        module.set_fault(0)
+        with torch.no_grad(), pytest.raises(RuntimeError, match=f"of {_team_size(threads)}\\b"):
+            kernels.fused(*case)
+    finally:
+        module.set_fault(None)
+        torch.set_num_threads(previous)
+    many = _run_threads(case, "fused", threads)
+    for a, b in zip(_run_threads(case, "fused", 1), many):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    for a, b in zip(_run_threads(case, "reference", 1), many):
+        torch.testing.assert_close(b, a)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cls,step", [(LSTMCell, 2), (LSTMCell, -1), (GRUCell, 1), (VanillaCell, 0),
                                       (PeepholeLSTMCell, 3), (LayerNormLSTMCell, 0), (ProjectedLSTMCell, 1)])
@@ -835,7 +870,8 @@ def test_an_error_inside_the_loop_surfaces_once(cls, step, threads):
     try:
         ys, _ = kernels.fused(cell, xs, state, y_prev, lengths, masks) if backward else (None, None)
         module.set_fault(step)  # after the forward where the backward's step is meant
-        fault = f"fault asked for at step {step} .*in thread {threads - 1} of {threads}"
+        size = _team_size(threads)
+        fault = f"fault asked for at step {step} .*in thread {size - 1} of {size}"
         with pytest.raises(RuntimeError, match=fault):
             if backward:
                 ys.sum().backward()

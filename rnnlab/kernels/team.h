@@ -29,6 +29,10 @@
 #include <exception>
 #include <thread>
 
+#ifdef __linux__
+#include <sched.h>
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -141,18 +145,36 @@ class Team {
   TeamState& state_;
 };
 
+// The CPUs this process may run on (its affinity mask where the system has one).
+inline int64_t cpus_available() {
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
 // body(team) on every thread of a team of torch's intra-op threads (one region), or on the calling thread
 // alone where `parallel` is false or no team can be formed; then the first exception inside is rethrown.
+// With more of torch's threads than CPUs (`--threads 4` on two cores), the team is only as large as the
+// CPUs: the others leave at once. Threads that meet at a barrier every few microseconds must all be
+// running: with twice as many threads as cores, a two-core machine ran the vanilla cell at B = 1, T =
+// 1000 in 56 ms with OpenMP's barrier and 225 ms with the team's, against 3 ms on one thread.
+// (OpenMP's barrier, `own_barrier` false, needs every thread of the region: there the team is all of them.)
 template <typename Body>
 void in_team(bool parallel, const Body& body) {
   TeamState state;
 #ifdef _OPENMP
   if (parallel && at::get_num_threads() > 1 && !at::in_parallel_region()) {
     // no num_threads clause (as at::parallel_for: it makes GOMP rebuild its pool): torch's threads
+    const int64_t cpus = cpus_available();
 #pragma omp parallel
     {
-      Team team(state, omp_get_num_threads(), omp_get_thread_num());
-      body(team);
+      const int64_t size = own_barrier ? std::min<int64_t>(omp_get_num_threads(), cpus) : omp_get_num_threads();
+      if (omp_get_thread_num() < size) {
+        Team team(state, size, omp_get_thread_num());
+        body(team);
+      }
     }
     state.rethrow();
     return;
