@@ -684,10 +684,14 @@ def _open_trained(args, capability=None, refusal: str = "", check=None):
 
 def _note_unknown(task, prompt: str) -> None:
     """A note naming the tokens of the prompt that the run's vocabulary lacks (read as <unk>)."""
-    unknown = task.unknown_in(prompt)
+    _say_unknown("the prompt's", task.unknown_in(prompt))
+
+
+def _say_unknown(whose: str, unknown: list[str], vocabulary: str = "vocabulary") -> None:
+    """The one note for input tokens a run's vocabulary lacks (the first 20 of them), on stderr."""
     if unknown:
-        print(f"note: the prompt's {unknown} are not in the vocabulary; the model reads them as <unk>",
-              file=sys.stderr)
+        shown = unknown[:20] + ([f"... {len(unknown) - 20} more"] if len(unknown) > 20 else [])
+        print(f"note: {whose} {shown} are not in the {vocabulary}; the model reads them as <unk>", file=sys.stderr)
 
 
 def cmd_sample(args) -> int:
@@ -802,10 +806,8 @@ def cmd_explore(args) -> int:
     if out.exists() and not out.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
         raise ValueError(f"rnnlab explore: --out {out} exists and is not an explore page; choose another --out")
     page = build_page(args.run_dir, text_file=args.text, prompt=args.prompt, length=args.length, weights=args.weights)
-    if page.unknown:  # as rnnlab sample says of its prompt
-        passage = "the prompt's" if args.prompt is not None else f"{args.text}'s" if args.text else "the passage's"
-        print(f"note: {passage} {page.unknown} are not in the vocabulary; the model reads them as <unk>",
-              file=sys.stderr)
+    passage = "the prompt's" if args.prompt is not None else f"{args.text}'s" if args.text else "the passage's"
+    _say_unknown(passage, page.unknown)  # as rnnlab sample says of its prompt
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page.html, encoding="utf-8")
     size = out.stat().st_size / 1e6
@@ -883,10 +885,7 @@ def cmd_translate(args) -> int:
     if not sentences:
         raise ValueError("rnnlab translate: sentence must be given, or lines on stdin; got nothing to translate")
     unknown = list(dict.fromkeys(word for sentence in sentences for word in task.unknown_in(sentence)))
-    if unknown:  # as rnnlab sample says of its prompt
-        shown = unknown[:20] + ([f"... {len(unknown) - 20} more"] if len(unknown) > 20 else [])
-        print(f"note: the words {shown} are not in the source vocabulary; the model reads them as <unk>",
-              file=sys.stderr)
+    _say_unknown("the words", unknown, "source vocabulary")  # as rnnlab sample says of its prompt
     for translation in task.translate(task.model, sentences, beam=args.beam):
         print(translation)
     return 0

@@ -33,7 +33,7 @@ def inputs_and_weight(cell, xs, y_prev, mx):
     side by side, so that U x + W y* is one product over all steps. The inputs are time-major but not
     copied (a view of batch-first x where nothing is put beside it): the caller makes them contiguous
     where a product reads them so, or lets the C++ steps read them where they are (`kept_inputs`)."""
-    inputs = xs.transpose(0, 1)  # (T, B, I): time-major, so each step's rows are contiguous
+    inputs = xs.transpose(0, 1)  # (T, B, I): time-major, a view (each row contiguous, a step's rows apart)
     if mx is not None:
         inputs = inputs * mx
     weight = cell.weight_ih
@@ -52,7 +52,7 @@ def kept_inputs(inputs, keep: bool):
     lengths). Other layouts are made contiguous first, as before."""
     if not inputs.transpose(0, 1).is_contiguous() or inputs.is_contiguous():
         return inputs.contiguous(), None
-    return inputs, (torch.empty(inputs.shape, dtype=inputs.dtype, device=inputs.device) if keep else None)
+    return inputs, (torch.empty_like(inputs, memory_format=torch.contiguous_format) if keep else None)
 
 
 def steps_multiply_inputs(inputs, weight, weight_hh) -> bool:
