@@ -153,8 +153,9 @@ class Recurrent(Runner):
 
     Args:
         cell: any `Cell` of the ladder.
-        implementation: 'auto' (default: the fastest valid), 'reference' (the step loop: the oracle),
-            or a fast path of `rnnlab.kernels`.
+        implementation: 'auto' (default: the first of `rnnlab.kernels.order` that serves the call, an
+            order measured fastest first), 'reference' (the step loop: the oracle), or a fast path of
+            `rnnlab.kernels` ('fused', 'native', 'scan'; `IMPLEMENTATION_NAMES`).
     The cell's `regularizers.activity`, if set, penalises the outputs of the last forward
     (`penalty()`, summed by `rnnlab.regularization_loss`).
     """

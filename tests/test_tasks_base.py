@@ -37,7 +37,7 @@ def test_a_task_missing_a_method_cannot_be_built():
         def batches(self, seed):
             return []
 
-        loss = staticmethod(lambda model, batch, state, tf: (0.0, state))
+        loss = staticmethod(lambda model, batch, state, tf: (0.0, state, 1))
 
         def evaluate(self, model, full=False):
             return {}

@@ -73,7 +73,9 @@ class Task(abc.ABC):
     @staticmethod
     @abc.abstractmethod
     def loss(model, batch, state, teacher_forcing: float):
-        """(loss, state carried to the next batch) for one batch."""
+        """(loss, state, count) for one batch: the mean loss over its `count` predictions (tokens,
+        sequences, points), and the model's final state, carried to the next batch where the batch
+        source marks it `continues` (the Trainer's loss_fn, rnnlab.training)."""
 
     @abc.abstractmethod
     def evaluate(self, model, full: bool = False) -> dict[str, float]:
