@@ -1,16 +1,18 @@
-"""The optional C++ loops (`loops.cpp`: the time loops of `fused` for every ladder cell, and the linear
-recurrence of `scan`), compiled once and cached outside the package (~/.cache/rnnlab, or $RNNLAB_CACHE).
+"""The optional C++ modules (`MODULES`: `loops.cpp`, the time loops of `fused` for the ladder cells and the
+linear recurrence of `scan`; `cell_loops.cpp`, those of the peephole, layer-norm and projected LSTMs;
+`generate.cpp`, free-running generation), each compiled once and cached outside the package
+(~/.cache/rnnlab, or $RNNLAB_CACHE).
 It only removes per-step Python overhead: results are the Python loops'. Where it cannot be built
 (no compiler, ninja or Python headers) `extension()` is None and the Python loops serve;
 RNNLAB_NO_EXTENSION=1 turns it off.
 
 The cache, one build per key and nothing else:
-- the key is everything the binary depends on: the source and the local headers it includes
-  (activations.h), the flags, torch's version, Python's ABI, the compiler (its path and version)
-  and the CPU's instruction set (the build uses -march=native,
-  so a cache shared between machines, e.g. a home directory on a network disk, must never hand one
-  CPU's binary to another). The build lives in a folder named by a hash of the key, with a copy of
-  the source, so that nothing in it names the environment that built it;
+- the key is everything the binary depends on: the source and the local headers it includes, and
+  theirs in turn (`local_headers`: team.h, products.h, activations.h, ...), the flags, torch's
+  version, Python's ABI, the compiler (its path and version) and the CPU's instruction set (the
+  build uses -march=native, so a cache shared between machines, e.g. a home directory on a network
+  disk, must never hand one CPU's binary to another). The build lives in a folder named by a hash of
+  the key, with a copy of the source, so that nothing in it names the environment that built it;
 - a built library is loaded directly (importlib) only after its SHA-256 matches the one recorded
   when it was built: a changed or swapped file is rebuilt, never run. Loading never invokes ninja,
   so two environments (two venvs, two ninja binaries) share one build instead of rebuilding;
