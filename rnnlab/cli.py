@@ -1078,6 +1078,18 @@ def _task_named(argv: list[str]) -> str | None:
     return None
 
 
+def _cell_flag(placeholder: str) -> str:
+    """The flag that sets a cell's argument, for its ArgumentError (`proj_size` -> --proj-size,
+    `reads_state=False` -> --no-state-read); an argument no flag sets keeps its name."""
+    from .tasks.cell_options import config_field
+
+    argument, _, value = placeholder.partition("=")
+    field = config_field(argument)
+    if field is None:
+        return placeholder
+    return "--no-" + field.replace("_", "-") if value == "False" else flag_name(field)
+
+
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
     text = str(message).removeprefix("rnnlab: ")  # the core's BuildNote names rnnlab itself, for library users
     print(f"rnnlab: warning: {text}", file=sys.stderr)
@@ -1105,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     its traceback. `--debug`, anywhere on the line, shows the traceback of every error."""
     import warnings
 
+    from .checks import ArgumentError
     from .config import ConfigError
     from .errors import RnnlabError
 
@@ -1127,6 +1140,12 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:  # a config built from flags (a config file's errors name the file instead)
             if is_reporter():
                 print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
+            return 2
+        except ArgumentError as error:  # a cell's argument: train and seeds set them by flags, named as typed
+            if is_reporter():  # torchrun: every rank builds the same cells from the same flags
+                named = args.command in ("train", "seeds")
+                print(f"rnnlab {args.command}: error: {error.named(_cell_flag)}" if named
+                      else f"rnnlab: error: {error}", file=sys.stderr)
             return 2
         except (RnnlabError, ValueError) as error:  # wrong input or a run that cannot serve: a message
             if is_reporter() or not isinstance(error, SharedError):  # torchrun: rank 0 reports what all ranks raise

@@ -343,3 +343,66 @@ def test_a_json_path_that_cannot_be_written_fails_before_the_run(command, tmp_pa
     captured = capsys.readouterr()
     assert captured.err.strip() == f"rnnlab: error: cannot write {blocker / 'report.json'}: {blocker} is not a folder"
     assert "rnnlab bench  cpu" not in captured.out and "measuring" not in captured.out  # nothing was run
+
+
+# Every cell option `train` and `seeds` take (rnnlab.tasks.cell_options.CellOptions), each with a value the
+# config or the cell refuses: the line names the flag typed, never the cell's Python argument
+# (`proj_size`, `reads_state`, `hidden_size`), which the library's own error keeps naming.
+CELL_OPTION_ERRORS = {
+    "activation": (["--activation", "nope"], ["--activation"]),
+    "gate_activation": (["--gate-activation", "nope"], ["--gate-activation"]),
+    "depth": (["--cell", "gru", "--depth", "2"], ["GRUCell: --depth must be 1", "got 2"]),
+    "residual": (["--cell", "residual", "--residual", "inside"], ["--residual"]),
+    "init": (["--init", "glorot"], ["--init"]),
+    "input_dropout": (["--input-dropout", "1"], ["--input-dropout"]),
+    "recurrent_dropout": (["--recurrent-dropout", "1"], ["--recurrent-dropout"]),
+    "zoneout": (["--zoneout", "1"], ["--zoneout"]),
+    "max_norm": (["--max-norm", "0"], ["--max-norm"]),
+    "l1": (["--l1", "-1"], ["--l1"]),
+    "l2": (["--l2", "-1"], ["--l2"]),
+    "activity_l2": (["--activity-l2", "-1"], ["--activity-l2"]),
+    "state_read": (["--no-state-read", "--recurrent-dropout", "0.1"],
+                   ["LSTMCell: --recurrent-dropout must be 0 with --no-state-read", "got 0.1"]),
+    "proj_size": (["--cell", "projected-lstm", "--proj-size", "4"],  # TINY's --hidden 4
+                  ["ProjectedLSTMCell: --proj-size must be an int in [1, --hidden) = [1, 4); got 4"]),
+}
+
+
+def test_the_cell_option_errors_cover_every_cell_option():
+    from rnnlab.tasks.cell_options import CellOptions
+
+    assert set(CELL_OPTION_ERRORS) == set(CellOptions.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("command", ["train", "seeds"])
+@pytest.mark.parametrize("field", sorted(CELL_OPTION_ERRORS))
+def test_a_cell_options_error_names_the_flag_typed_not_the_python_argument(tmp_path, capsys, command, field):
+    """`--proj-size 999` said 'ProjectedLSTMCell: proj_size must be ...', `--cell gru --depth 2` 'GRUCell: depth
+    ...', `--no-state-read --recurrent-dropout 0.1` 'recurrent_dropout needs reads_state=True': the cell's names."""
+    flags, names = CELL_OPTION_ERRORS[field]
+    argv = [command, "adding", *TINY, *flags, "--out", str(tmp_path / "r")] + (["--count", "1"] if command == "seeds"
+                                                                              else [])
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own refusal (a choice)
+        code = exit.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"rnnlab {command}: error: "), lines
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    for python in ("proj_size", "reads_state", "recurrent_dropout", "hidden_size", "input_dropout", "activity_l2",
+                   "gate_activation", "max_norm", "state_read"):
+        assert python not in lines[0], lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_library_keeps_naming_the_cells_arguments():
+    from rnnlab import GRUCell, LSTMCell, ProjectedLSTMCell
+
+    with pytest.raises(ValueError, match=r"^ProjectedLSTMCell: proj_size must be an int in \[1, hidden_size\) = "
+                                         r"\[1, 4\); got 4$"):
+        ProjectedLSTMCell(2, 4, proj_size=4)
+    with pytest.raises(ValueError, match=r"^GRUCell: depth must be 1; .*; got 2$"):
+        GRUCell(2, 4, depth=2)
+    with pytest.raises(ValueError, match=r"^LSTMCell: recurrent_dropout must be 0 with reads_state=False"):
+        LSTMCell(2, 4, reads_state=False, recurrent_dropout=0.1)

@@ -21,9 +21,21 @@ from ..cells import ACTIVATIONS
 from ..config import ConfigError, knob
 from ..init import L1L2, Constraints, Init, MaxNorm, Regularizers
 
-__all__ = ["CellOptions", "INITS"]
+__all__ = ["CellOptions", "INITS", "config_field"]
 
 INITS = {"torch": Init.torch, "keras": Init.keras}
+
+# The cell's arguments a task config sets under another name (cell_options below, and the task
+# configs' `hidden`); the other CellOptions fields are the arguments of their own name.
+_RENAMED = {"dropout": "input_dropout", "reads_state": "state_read", "hidden_size": "hidden"}
+
+
+def config_field(argument: str) -> str | None:
+    """The field of a task config that sets the cell's `argument` (None where none does), so an
+    error of the cell can name what the user set (the CLI: the flag)."""
+    if argument in _RENAMED:
+        return _RENAMED[argument]
+    return argument if argument in CellOptions.__dataclass_fields__ else None
 
 
 @dataclass(frozen=True)
