@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import threading
 import time
@@ -219,6 +220,31 @@ def _check_at_most(args, maximum: int, *names: str) -> None:
             raise SharedError(f"--{name.replace('_', '-')} must be at most {maximum:,}; got {value:,}")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the system has one (taskset, a
+    container's CPU set), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _note_threads(command: str, counts, whose: str = "") -> None:
+    """One note on stderr where --threads asks for more threads than the CPUs this process may use:
+    rnnlab's C++ loops keep their team to the CPUs, but torch's own matrix products run every thread,
+    several to a CPU (3-18x slower than one thread, docs/BENCHMARKS.md). Not an error: a user may
+    mean it (bench times exactly that)."""
+    from .distributed import is_reporter
+
+    cpus = usable_cpus()
+    over = [n for n in counts if n is not None and n > cpus]
+    if over and is_reporter():
+        asked = ",".join(str(n) for n in counts if n is not None)
+        print(f"rnnlab {command}: note: --threads {asked}{whose} asks for more threads than the {cpus} CPU"
+              f"{'s' if cpus != 1 else ''} this process may use: rnnlab's C++ loops keep to {cpus}, but torch's "
+              f"matrix products run {max(over)} threads on them, often several times slower; --threads {cpus} "
+              f"or fewer avoids that", file=sys.stderr)
+
+
 def _train_setup(args):
     """(task, train_config, run_dir, resumed) from the flags: a new run, or the run to resume with
     the flags it may change."""
@@ -279,6 +305,7 @@ def cmd_train(args) -> int:
 
     task, train_config, run_dir, resumed = _train_setup(args)  # every rank alike, before any joins the group
     _check_device(train_config.device)  # a resumed run's own device too
+    _note_threads("train", [train_config.threads], "" if hasattr(args, "threads") else " (the run's)")
     group = distributed.join(train_config.device) if distributed.launched() else None
     try:
         if group is not None and group.rank != 0:  # only rank 0 writes the run directory, so only it locks it
@@ -412,6 +439,7 @@ def cmd_seeds(args) -> int:
     task_config = config_from_flags(cls.Config, args, "seeds")
     train_config = config_from_flags(type(cls.train_defaults), args, "seeds", cls.train_defaults)
     _check_device(train_config.device)
+    _note_threads("seeds", [train_config.threads])
     out = Path(args.out or f"runs/seeds-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
     chosen = range(args.first, args.first + args.count)
     print(f"rnnlab seeds {args.task}: seeds {chosen.start} to {chosen.stop - 1}, one after another, in {out}/seed-S/")
@@ -505,6 +533,7 @@ def cmd_bench(args) -> int:
     config = config_from_flags(bench.BenchConfig, args, "bench", base)
     if args.json:
         json_folder(args.json)
+    _note_threads("bench", config.threads)
     if args.generation is not None:
         return _bench_generation(args, config)
     result = bench.run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -574,6 +603,7 @@ def cmd_complexity(args) -> int:
 
     base = complexity.ComplexityConfig(**complexity.QUICK) if args.quick else None
     config = config_from_flags(complexity.ComplexityConfig, args, "complexity", base)
+    _note_threads("complexity", [config.threads])
     out = Path(args.out) if args.out else Path("runs") / f"complexity-{datetime.now():%Y%m%d-%H%M%S}"
     for path in (out / "complexity.json", *([args.json] if args.json else [])):
         json_folder(path)
@@ -602,6 +632,7 @@ def cmd_gradients(args) -> int:
     from . import gradient_flow as gf
 
     config = config_from_flags(gf.GradientFlowConfig, args, "gradients")
+    _note_threads("gradients", [config.threads])
     out = Path(args.out) if args.out else Path("runs") / f"gradients-{datetime.now():%Y%m%d-%H%M%S}"
     json_folder(out / "gradients.json")
     result = gf.measure_gradient_flow(config, progress=lambda line: print("  ", line, flush=True))
@@ -635,6 +666,7 @@ def cmd_ladder(args) -> int:
     from . import ladder
 
     settings = config_from_flags(ladder.LadderConfig, args, "ladder")
+    _note_threads("ladder", [settings.threads])
     config, train = settings.overrides(settings.TASK_FIELDS), settings.overrides(settings.TRAIN_FIELDS)
     cells = settings.cells
     out = Path(args.out) if args.out else Path("runs") / f"ladder-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -678,6 +710,7 @@ def _open_trained(args, capability=None, refusal: str = "", check=None):
                          f"{commands_for(type(task))}")
     if check is not None:
         check(task)
+    _note_threads(args.command, [args.threads])  # once the run serves: not before an error about it
     file = load_weights(task, args.run_dir, args.weights, args.device)
     return task, file
 

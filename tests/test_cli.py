@@ -406,3 +406,85 @@ def test_the_library_keeps_naming_the_cells_arguments():
         GRUCell(2, 4, depth=2)
     with pytest.raises(ValueError, match=r"^LSTMCell: recurrent_dropout must be 0 with reads_state=False"):
         LSTMCell(2, 4, reads_state=False, recurrent_dropout=0.1)
+
+
+# --- --threads beyond the CPUs ---------------------------------------------------------------------
+
+
+def test_usable_cpus_is_the_affinity_mask_else_the_machines_count(monkeypatch):
+    from rnnlab import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert cli.usable_cpus() == 3
+    monkeypatch.delattr(cli.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 7)
+    assert cli.usable_cpus() == 7
+
+
+@pytest.fixture
+def stop_after_setup(monkeypatch):
+    """Each command's work after its flags are read raises ValueError('stop'): the note, if any, comes first.
+    The commands on a trained run get a stand-in task that has every capability."""
+    from rnnlab import bench, cli, complexity, gradient_flow, ladder, seeds, tasks
+
+    def stop(*args, **kwargs):
+        raise ValueError("stop")
+
+    for module, name in [(cli, "_train"), (seeds, "run_seeds"), (bench, "run_bench"), (complexity, "measure"),
+                         (gradient_flow, "measure_gradient_flow"), (ladder, "run_ladder"), (tasks, "load_weights")]:
+        monkeypatch.setattr(module, name, stop)
+
+    class Capable(tasks.TextGenerator, tasks.Captioner, tasks.Translator):
+        pass
+
+    Capable.__abstractmethods__ = frozenset()
+    monkeypatch.setattr(tasks, "open_run", lambda run_dir: (object.__new__(Capable), None))
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+
+
+THREADS_COMMANDS = [["train", "adding", *TINY[:-4], "--steps", "2"], ["seeds", "adding", "--count", "1"],
+                    ["ladder", "adding"], ["complexity", "--quick"], ["gradients"], ["sample", "RUN"], ["eval", "RUN"],
+                    ["caption", "RUN"], ["translate", "RUN", "a sentence"]]
+
+
+@pytest.mark.parametrize("command", THREADS_COMMANDS, ids=lambda c: c[0])
+def test_threads_beyond_the_cpus_is_one_note_naming_the_count_and_the_cpus(tmp_path, capsys, stop_after_setup,
+                                                                          command):
+    """torch's matrix products ran 3 threads on 2 CPUs without a word (3-18x slower, docs/BENCHMARKS.md)."""
+    argv = [*command, *([] if "RUN" in command else ["--out", str(tmp_path / "r")]), "--threads"]
+    assert main([*argv, "3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[1] == "rnnlab: error: stop", lines
+    assert lines[0].startswith(f"rnnlab {command[0]}: note: --threads 3 asks for more threads than the 2 CPUs "
+                               f"this process may use"), lines[0]
+    assert "--threads 2 or fewer" in lines[0]
+    assert main([*argv, "2"]) == 2  # as many as the CPUs: no note
+    assert capsys.readouterr().err.strip().splitlines() == ["rnnlab: error: stop"]
+
+
+def test_bench_names_its_list_of_thread_counts(capsys, stop_after_setup):
+    assert main(["bench", "--threads", "1,3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("rnnlab bench: note: --threads 1,3 asks for more threads than the 2 "
+                                                   "CPUs"), lines
+    assert "run 3 threads on them" in lines[0]
+    assert main(["bench", "--threads", "1,2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["rnnlab: error: stop"]
+
+
+def test_a_resumed_run_whose_threads_exceed_the_cpus_here_is_noted_as_the_runs(trained, tmp_path, capsys, monkeypatch):
+    """A run made with --threads 3 on a larger machine, resumed here without the flag."""
+    from rnnlab import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["threads"] = 3
+    (run / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(cli, "_train", lambda *args: 0)
+    assert main(["train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rnnlab train: note: --threads 3 (the run's) asks for more threads than the 2 CPUs this process "
+                   "may use: rnnlab's C++ loops keep to 2, but torch's matrix products run 3 threads on them, often "
+                   "several times slower; --threads 2 or fewer avoids that"], err
