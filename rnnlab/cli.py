@@ -836,6 +836,8 @@ def cmd_explore(args) -> int:
 
     _check_at_most(args, MAX_LENGTH, "length")  # below: build_page refuses a length below 1
     out = Path(args.out) if args.out else Path(args.run_dir) / "explore.html"
+    if out.is_dir():  # it read the folder as the page: "Is a directory", naming no flag
+        raise ValueError(f"rnnlab explore: --out {str(out)!r} is a folder; name the page's .html file")
     if out.exists() and not out.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
         raise ValueError(f"rnnlab explore: --out {out} exists and is not an explore page; choose another --out")
     page = build_page(args.run_dir, text_file=args.text, prompt=args.prompt, length=args.length, weights=args.weights)
@@ -1171,8 +1173,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
             return 2
         except ConfigError as error:  # a config built from flags (a config file's errors name the file instead)
-            if is_reporter():
-                print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
+            if is_reporter():  # on a trained run (eval, explore, ...): a flag the run was made with, not one given
+                whose = "the run's " if hasattr(args, "run_dir") else ""
+                print(f"rnnlab {args.command}: error: {whose}{error.for_flag(flag_name(error.field))}", file=sys.stderr)
             return 2
         except ArgumentError as error:  # a cell's argument: train and seeds set them by flags, named as typed
             if is_reporter():  # torchrun: every rank builds the same cells from the same flags
