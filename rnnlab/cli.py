@@ -502,6 +502,16 @@ def json_folder(path: str | Path) -> Path:
     return path
 
 
+def check_figures(*paths: Path) -> None:
+    """Refuse, before a command measures or trains, the figures it would draw over files that are not
+    figures rnnlab drew (a user's picture in the --out folder); rnnlab's own are replaced."""
+    from .plots import drawn_by_rnnlab
+
+    for path in paths:
+        if path.exists() and not drawn_by_rnnlab(path):
+            raise ValueError(f"cannot write {path}: it exists and is not a figure rnnlab drew; choose another --out")
+
+
 def _is_report(path: Path) -> bool:
     """Whether `path` holds a JSON report these commands write (which a new run may replace)."""
     import json
@@ -607,6 +617,7 @@ def cmd_complexity(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"complexity-{datetime.now():%Y%m%d-%H%M%S}"
     for path in (out / "complexity.json", *([args.json] if args.json else [])):
         json_folder(path)
+    check_figures(*(out / f"{quantity}.png" for quantity in complexity.QUANTITIES))
     print(f"rnnlab complexity: {config.cell}, H={config.hidden}, I={config.input}, B={config.batch}, "
           f"k={config.window}, device {config.device}")
     result = complexity.measure(config, progress=lambda line: print("  measuring", line, flush=True))
@@ -635,6 +646,7 @@ def cmd_gradients(args) -> int:
     _note_threads("gradients", [config.threads])
     out = Path(args.out) if args.out else Path("runs") / f"gradients-{datetime.now():%Y%m%d-%H%M%S}"
     json_folder(out / "gradients.json")
+    check_figures(out / "gradients.png")
     result = gf.measure_gradient_flow(config, progress=lambda line: print("  ", line, flush=True))
     print(f"\n||dLoss/ds^t|| on the adding problem (T={config.T}, H={config.hidden}, depth {config.depth}, "
           f"init {config.init}; loss at t=T; "
@@ -670,6 +682,7 @@ def cmd_ladder(args) -> int:
     config, train = settings.overrides(settings.TASK_FIELDS), settings.overrides(settings.TRAIN_FIELDS)
     cells = settings.cells
     out = Path(args.out) if args.out else Path("runs") / f"ladder-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_figures(out / "ladder.png")
     try:
         result = ladder.run_ladder(args.task, config, train, out, cells,
                                    progress=lambda line: print("  training", line, flush=True))

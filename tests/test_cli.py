@@ -488,3 +488,28 @@ def test_a_resumed_run_whose_threads_exceed_the_cpus_here_is_noted_as_the_runs(t
     assert err == ["rnnlab train: note: --threads 3 (the run's) asks for more threads than the 2 CPUs this process "
                    "may use: rnnlab's C++ loops keep to 2, but torch's matrix products run 3 threads on them, often "
                    "several times slower; --threads 2 or fewer avoids that"], err
+
+
+@pytest.mark.parametrize("argv, figure", [
+    (["gradients", "--cells", "lstm", "--steps", "1", "--T", "10"], "gradients.png"),
+    (["ladder", "adding", "--cells", "lstm", "--steps", "1", "--T", "10"], "ladder.png"),
+    (["complexity", "--quick"], "flops.png"),
+])
+def test_a_users_picture_where_a_figure_goes_is_refused_before_the_run_and_left_untouched(tmp_path, capsys, argv,
+                                                                                        figure):
+    """gradients, ladder and complexity drew their PNGs over any file of that name in --out (their JSON reports
+    were checked, their figures not), as caption --out did before it was checked."""
+    (tmp_path / figure).write_bytes(b"a user's picture")
+    line = one_line_error(capsys, [*argv, "--out", str(tmp_path)], str(tmp_path / figure),
+                          "is not a figure rnnlab drew")
+    assert line.startswith("rnnlab: error: cannot write ")
+    assert (tmp_path / figure).read_bytes() == b"a user's picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [figure]  # nothing measured or trained, nothing written
+
+
+def test_a_figure_rnnlab_drew_is_replaced(tmp_path):
+    from rnnlab import cli
+    from rnnlab.plots import pyplot, save_figure
+
+    save_figure(pyplot().figure(), tmp_path / "ladder.png")
+    cli.check_figures(tmp_path / "ladder.png", tmp_path / "absent.png")  # no error
