@@ -788,6 +788,8 @@ def cmd_export(args) -> int:
     """Export a trained run as ONNX (sequence and step graphs), verified in onnxruntime."""
     from . import export
 
+    exported_by = export.exported_by_rnnlab
+
     def exportable(task) -> None:  # the model's kind decides, not its weights: refused before they load
         try:
             export.SequenceGraph(task.model)
@@ -800,6 +802,14 @@ def cmd_export(args) -> int:
             raise ValueError(f"rnnlab export: --out must name a .onnx file; got {args.out!r}")
         if not Path(args.out).parent.is_dir():
             raise ValueError(f"rnnlab export: --out's folder {str(Path(args.out).parent)!r} does not exist")
+        for path in (Path(args.out), export.step_path(args.out)):  # a user's model is never replaced
+            try:
+                ours = not path.exists() or exported_by(path)
+            except export.MissingExtra as error:
+                raise ValueError(f"rnnlab export: {error}") from None
+            if not ours:
+                raise ValueError(f"rnnlab export: {str(path)!r} exists and is not a graph rnnlab exported; choose "
+                                 f"another --out")
     task, file = _open_trained(args, check=exportable)  # on the CPU: the exported graph is device-neutral
     out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
     model = task.model.eval()
