@@ -384,6 +384,10 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
     processes = "" if group is None else \
         f" on {group.world_size} process{'es' if group.world_size != 1 else ''} ({group.backend})"
     print(f"{'resuming' if resumed else 'training'} {task.name}{processes}: {task.describe()}; run directory {run_dir}")
+    if resumed and trainer.step >= train_config.steps:  # `--steps 2` read as "2 more": say that nothing trains
+        print(f"note: the run is at step {trainer.step:,}, not below --steps {train_config.steps:,}: nothing is "
+              f"trained (--steps counts from the run's start; give more than {trainer.step:,} to train on)",
+              file=sys.stderr)
     progress = Progress(train_config.steps, trainer.step, task.unit)
     trainer.on_event = progress
     try:

@@ -513,3 +513,17 @@ def test_a_figure_rnnlab_drew_is_replaced(tmp_path):
 
     save_figure(pyplot().figure(), tmp_path / "ladder.png")
     cli.check_figures(tmp_path / "ladder.png", tmp_path / "absent.png")  # no error
+
+
+def test_resume_with_steps_the_run_has_passed_says_that_nothing_trains(trained, tmp_path, capsys):
+    """`--steps 1` on a run at step 2 (read as "one more") trained nothing and said only "stopped (steps)"."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["train", "--resume", str(run), "--steps", "1"]) == 0
+    captured = capsys.readouterr()
+    assert ("note: the run is at step 2, not below --steps 1: nothing is trained (--steps counts from the run's "
+            "start; give more than 2 to train on)") in captured.err
+    assert "stopped (steps) at step 2" in captured.out
+    assert main(["train", "--resume", str(run), "--steps", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "nothing is trained" not in captured.err and "stopped (steps) at step 3" in captured.out

@@ -29,6 +29,8 @@ def read_text(path: str | None = None) -> str:
             with lzma.open(bundled, "rt", encoding="utf-8") as f:
                 return f.read()
     file = Path(path)
+    if not str(path):  # Path("") is the working folder
+        raise TextFileError(path, "names no file")
     if not file.is_file():
         raise TextFileError(path, "is a folder" if file.is_dir() else "is not a regular file" if file.exists()
                             else "does not exist")
