@@ -261,6 +261,10 @@ def _train_setup(args):
     task_flags, train_flags = _given(args, cls.Config), _given(args, type(cls.train_defaults))
     _check_at_least(args, 0, "samples", "sample_length")
     _check_at_most(args, MAX_LENGTH, "sample_length")
+    samples, length = getattr(args, "samples", 0), getattr(args, "sample_length", 0)
+    if samples * max(length, 1) > MAX_LENGTH:  # a typo's --samples 999999999 sampled for days after the training
+        raise SharedError(f"--samples x --sample-length must be at most {MAX_LENGTH:,} tokens in all; got {samples:,} "
+                          f"x {length:,}")
     if "device" in train_flags:
         _check_device(train_flags["device"])
     if args.resume is None:
@@ -996,7 +1000,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR (same result as never stopping)")
     if issubclass(task, TextGenerator):
-        train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
+        train.add_argument("--samples", type=int, default=1, help=f"samples to print at the end, {MAX_LENGTH:,} tokens "
+                                                                  f"at most in all (default: 1)")
         train.add_argument("--sample-length", type=int, default=500,
                            help=f"tokens per sample, at most {MAX_LENGTH:,} (default: 500)")
         train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")

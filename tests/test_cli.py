@@ -527,3 +527,15 @@ def test_resume_with_steps_the_run_has_passed_says_that_nothing_trains(trained, 
     assert main(["train", "--resume", str(run), "--steps", "3"]) == 0
     captured = capsys.readouterr()
     assert "nothing is trained" not in captured.err and "stopped (steps) at step 3" in captured.out
+
+
+def test_train_samples_beyond_the_bound(tmp_path, capsys):
+    """--samples 999999999 (of 500 tokens each) sampled for days after the training, the run already made."""
+    text = tmp_path / "t.txt"
+    text.write_text("abc " * 200)
+    for samples, length in (("999999999", "500"), ("2001", "500"), ("1000001", "0")):
+        argv = ["train", "--text", str(text), "--samples", samples, "--sample-length", length,
+                "--out", str(tmp_path / "r")]
+        one_line_error(capsys, argv, "--samples x --sample-length must be at most 1,000,000 tokens in all",
+                       f"got {int(samples):,} x {length}")
+    assert not (tmp_path / "r").exists()

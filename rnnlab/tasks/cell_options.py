@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..cells import ACTIVATIONS
-from ..config import ConfigError, knob
+from ..config import MAX_LAYERS, ConfigError, knob
 from ..init import L1L2, Constraints, Init, MaxNorm, Regularizers
 
 __all__ = ["CellOptions", "INITS", "config_field"]
@@ -45,7 +45,8 @@ class CellOptions:
     activation: str = knob("tanh", "a: the candidate's activation (and the LSTM's output squashing)",
                            tuple(ACTIVATIONS))
     gate_activation: str = knob("sigmoid", "sigma: the gates' activation", tuple(ACTIVATIONS))
-    depth: int = knob(1, "deep transition: h as an MLP of this many layers (1: the lecture's eq. 1)", low=1)
+    depth: int = knob(1, "deep transition: h as an MLP of this many layers (1: the lecture's eq. 1)", low=1,
+                      high=MAX_LAYERS)
     residual: str = knob("after", "the residual cell: s + a(z) (after) or a(z + s) (before)", ("after", "before"))
     init: str | None = knob(None, "initialisation: torch (uniform) or keras (Glorot kernels, orthogonal recurrent "
                                   "kernels, forget bias 1); none: the task's own", tuple(INITS))

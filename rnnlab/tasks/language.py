@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import progress
 from ..cells import LADDER
-from ..config import ConfigError, knob, validate
+from ..config import MAX_LAYERS, ConfigError, knob, validate
 from ..data.batches import Batch, TokenStream
 from ..data.ngrams import KneserNeyTrigram, Unigram, perplexity
 from ..data.text import TextFileError, read_text, split_blocks
@@ -56,7 +56,7 @@ class LanguageConfig(CellOptions):
                                above=0, below=1)
     cell: str = knob("lstm", "cell of the ladder", tuple(LADDER))
     hidden: int = knob(512, "state size H of each layer", low=1)
-    layers: int = knob(1, "stacked layers", low=1)
+    layers: int = knob(1, "stacked layers", low=1, high=MAX_LAYERS)
     embedding: int = knob(64, "size of the token embedding (the input, or the fed-back output with --feedback)", low=1)
     feedback: bool = knob(False, "feed the model's own output y^{t-1} back through W instead of an input x")
     dropout: float = knob(0.0, "dropout between stacked layers and before the readout", low=0, below=1)
