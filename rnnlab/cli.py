@@ -898,8 +898,14 @@ def cmd_caption(args) -> int:
     from .plots import drawn_by_rnnlab
     from .tasks import Captioner
 
-    if args.count < 1:
-        raise ValueError(f"rnnlab caption: --count must be >= 1; got {args.count}")
+    if args.images and (args.out is not None or args.count is not None):  # they were silently ignored
+        flags = [f for f, v in (("--out", args.out), ("--count", args.count)) if v is not None]
+        raise ValueError(f"rnnlab caption: {' and '.join(flags)} set{'' if len(flags) > 1 else 's'} the grid of "
+                         f"held-out strips, drawn only without IMAGE; with IMAGE the captions are printed; got "
+                         f"{' and '.join(flags)} with {len(args.images)} IMAGE")
+    count = GRID_STRIPS if args.count is None else args.count
+    if count < 1:
+        raise ValueError(f"rnnlab caption: --count must be >= 1; got {count}")
     out = Path(args.out) if args.out else Path(args.run_dir) / "captions.png"
     if args.out and not args.images:  # before the run is read (the default is always a .png in the run)
         if out.suffix.lower() != ".png" or not out.parent.is_dir():
@@ -910,7 +916,7 @@ def cmd_caption(args) -> int:
     task, file = _open_trained(args, Captioner, "rnnlab caption: a {task!r} run does not caption images")
     if not args.images:
         print(f"weights: {file}")
-        print(f"wrote {task.plot_grid(task.model, out, args.count)}")
+        print(f"wrote {task.plot_grid(task.model, out, count)}")
         return 0
     for path in args.images:
         image = read_image(path)
@@ -924,6 +930,9 @@ def cmd_caption(args) -> int:
     return 0
 
 
+GRID_STRIPS = 24  # caption's grid without --count
+
+
 def add_caption_command(sub) -> argparse.ArgumentParser:
     caption = sub.add_parser("caption", help="caption images with a trained caption run (no image: a grid of "
                                              "held-out strips with their captions)")
@@ -931,7 +940,8 @@ def add_caption_command(sub) -> argparse.ArgumentParser:
     caption.add_argument("images", metavar="IMAGE", nargs="*",
                          help="picture files (PNG, ...) of digits side by side, 8 pixels high, ink dark or light")
     caption.add_argument("--out", metavar="PNG", help="where the grid goes (default: RUN_DIR/captions.png)")
-    caption.add_argument("--count", type=int, default=24, help="held-out strips in the grid (default: 24)")
+    caption.add_argument("--count", type=int, default=None,
+                         help=f"held-out strips in the grid (default: {GRID_STRIPS})")
     caption.set_defaults(func=cmd_caption)
     return caption
 # --- translate (the translate task's own command) -------------------------------------------

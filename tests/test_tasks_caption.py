@@ -154,6 +154,10 @@ def test_train_then_caption_through_the_cli(tmp_path, capsys, monkeypatch):
                           (["notes.png"], "notes.png must be an image"),
                           (["missing.png"], "'missing.png', which does not exist"),
                           (["strips"], "'strips', which is a folder"),  # it said "which does not exist"
+                          # the grid's flags with IMAGE were ignored: no grid, not a word
+                          (["dark-ink.png", "--out", "g.png"], "--out sets the grid of held-out strips, drawn only "
+                                                               "without IMAGE; with IMAGE the captions are printed"),
+                          (["dark-ink.png", "--count", "3"], "got --count with 1 IMAGE"),
                           (["--count", "0"], "--count must be >= 1"),
                           (["--out", "grid.txt"], "--out must be a .png file"),
                           (["--out", "mnist.png"], "--out 'mnist.png' exists and is not a figure rnnlab drew"),
