@@ -580,6 +580,9 @@ def _print_bench(header: list[str], table: tables.Table, footer: list[str] | tup
         print("\n".join(footer))
 
 
+GENERATION_FIELDS = ("reps", "threads", "seed")  # the BenchConfig fields `bench --generation` reads
+
+
 def _bench_generation(args, config) -> int:
     """`rnnlab bench --generation RUN_DIR`: sampling speed of a trained language run at batch 1."""
     import torch
@@ -591,6 +594,10 @@ def _bench_generation(args, config) -> int:
 
     _check_at_least(args, 1, "generation_length", "generation_top_k")
     _check_at_most(args, MAX_LENGTH, "generation_length")
+    ignored = [flag_name(name) for name in _given(args, type(config)) if name not in GENERATION_FIELDS]
+    if ignored:  # the grid's flags: sampling times one model on the CPU, so they were silently ignored
+        raise ValueError(f"rnnlab bench --generation: {', '.join(ignored)} set the grid of implementations, which "
+                         f"sampling does not read (it takes --reps, --threads, --seed and the --generation-* flags)")
     if len(config.threads) != 1:
         counts = ",".join(map(str, config.threads))
         raise ValueError(f"rnnlab bench --generation: --threads must be one count; got {counts}")
