@@ -878,6 +878,11 @@ def cmd_explore(args) -> int:
         raise ValueError(f"rnnlab explore: --out {str(out)!r} is a folder; name the page's .html file")
     if out.exists() and not out.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
         raise ValueError(f"rnnlab explore: --out {out} exists and is not an explore page; choose another --out")
+    if args.out:  # before the page is built (it said "Not a directory" after): the first folder that exists
+        existing = next(p for p in out.absolute().parents if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            why = "is not a folder" if not existing.is_dir() else "cannot be written"
+            raise ValueError(f"rnnlab explore: cannot write --out {out}: {existing} {why}")
     page = build_page(args.run_dir, text_file=args.text, prompt=args.prompt, length=args.length, weights=args.weights)
     passage = "the prompt's" if args.prompt is not None else f"{args.text}'s" if args.text else "the passage's"
     _say_unknown(passage, page.unknown)  # as rnnlab sample says of its prompt

@@ -153,6 +153,9 @@ def test_explore_command_errors_are_one_line(text_file, tmp_path_factory, tmp_pa
         (["explore", str(run), "--text", str(tmp_path)], f"got {str(tmp_path)!r}, which is a folder"),
         (["explore", str(run), "--text", str(tmp_path / "empty.txt")], "empty.txt', which is empty"),
         (["explore", str(run), "--out", str(tmp_path)], f"--out {str(tmp_path)!r} is a folder"),
+        # below a file: "Not a directory", naming no flag, after the page was built
+        (["explore", str(run), "--out", str(tmp_path / "mine.html" / "p.html")],
+         f"cannot write --out {tmp_path / 'mine.html' / 'p.html'}: {tmp_path / 'mine.html'} is not a folder"),
         (["explore", str(run), "--length", "0"], "--length must be an int >= 1"),
         (["explore", str(run), "--length", "99999999999"], "--length must be at most 1,000,000; got 99,999,999,999"),
         (["explore", str(run), "--out", str(tmp_path / "mine.html")], "is not an explore page"),
