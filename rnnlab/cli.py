@@ -507,6 +507,8 @@ def json_folder(path: str | Path) -> Path:
     except OSError as error:
         why = f"{path.parent} is not a folder" if isinstance(error, FileExistsError) else error.strerror or error
         raise WriteError(error.errno, f"cannot write {path}: {why}") from error
+    if not os.access(path.parent, os.W_OK):  # a read-only folder that exists: said now, not after the measuring
+        raise WriteError(errno.EACCES, f"cannot write {path}: {path.parent} is read-only (permission denied)")
     return path
 
 

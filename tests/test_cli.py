@@ -539,3 +539,17 @@ def test_train_samples_beyond_the_bound(tmp_path, capsys):
         one_line_error(capsys, argv, "--samples x --sample-length must be at most 1,000,000 tokens in all",
                        f"got {int(samples):,} x {length}")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", [["bench", "--sizes", "2x4x3x5", "--cells", "lstm", "--reps", "1", "--json"],
+                                     ["complexity", "--quick", "--out"], ["gradients", "--steps", "1", "--out"]])
+def test_a_report_in_a_read_only_folder_fails_before_the_run(command, tmp_path, capsys, monkeypatch):
+    """The folder existed, so making it passed; the report's write failed after the measuring (minutes)."""
+    from rnnlab import cli
+
+    real_access = cli.os.access
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: Path(path) != tmp_path and real_access(path, mode))
+    target = tmp_path / "report.json" if command[0] == "bench" else tmp_path
+    line = one_line_error(capsys, [*command, str(target)], "cannot write", "is read-only (permission denied)")
+    assert "measuring" not in capsys.readouterr().out and line.startswith(f"rnnlab: error: cannot write {tmp_path}/")
+    assert list(tmp_path.iterdir()) == []
