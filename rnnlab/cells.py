@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_flag, check_number, check_tensor_like
+from .checks import ArgumentError, check_flag, check_number, check_tensor_like
 from .init import Constraints, Init, Regularizers
 
 __all__ = [
@@ -157,11 +157,11 @@ class Cell(nn.Module, ABC):
                                 ("feedback_size", feedback_size, 0), ("depth", depth, 1)):
             check_number(name, arg, value, integer=True)
             if value < low:
-                raise ValueError(f"{name}: {arg} must be an int >= {low}; got {value!r}")
+                raise ArgumentError(name, f"{{{arg}}} must be an int >= {low}; got {value!r}")
         for arg, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout), ("zoneout", zoneout)):
             check_number(name, arg, value)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}: {arg} must be in [0, 1); got {value!r}")
+                raise ArgumentError(name, f"{{{arg}}} must be in [0, 1); got {value!r}")
         check_flag(name, "reads_state", reads_state)
         check_flag(name, "bias", bias)
         for arg, value, kind in (("init", init, Init), ("constraints", constraints, Constraints),
@@ -169,7 +169,8 @@ class Cell(nn.Module, ABC):
             if not isinstance(value, kind):
                 raise TypeError(f"{name}: {arg} must be an rnnlab {kind.__name__}; got {type(value).__name__}")
         if recurrent_dropout and not reads_state:
-            raise ValueError(f"{name}: recurrent_dropout needs reads_state=True; nothing reads the state")
+            raise ArgumentError(name, f"{{recurrent_dropout}} must be 0 with {{reads_state=False}} (nothing reads the "
+                                      f"state); got {recurrent_dropout!r}")
         self.input_size, self.hidden_size, self.feedback_size = input_size, hidden_size, feedback_size
         self.activation, self.gate_activation = activation, gate_activation
         self.act = _activation(activation, "activation", name)
@@ -430,6 +431,10 @@ class OutputFeedbackCell(Cell):
     def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
         if options.pop("reads_state", False):
             raise ValueError("OutputFeedbackCell: reads_state must be False; the state does not recur")
+        dropped = options.get("recurrent_dropout", 0.0)  # the base's error names reads_state, which users never set
+        if isinstance(dropped, int | float) and not isinstance(dropped, bool) and 0 < dropped < 1:
+            raise ArgumentError("OutputFeedbackCell", f"{{recurrent_dropout}} must be 0: this cell does not read "
+                                                      f"its state; got {dropped!r}")
         super().__init__(input_size, hidden_size, feedback_size, reads_state=False, **options)
 
     def combine(self, zx, zh, s):
@@ -450,7 +455,7 @@ class ResidualCell(Cell):
     def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, *, residual: str = "after",
                  **options):
         if residual not in ("after", "before"):
-            raise ValueError(f"ResidualCell: residual must be 'after' or 'before'; got {residual!r}")
+            raise ArgumentError("ResidualCell", f"{{residual}} must be 'after' or 'before'; got {residual!r}")
         self.residual = residual
         super().__init__(input_size, hidden_size, feedback_size, **options)
 
@@ -544,7 +549,8 @@ class GRUCell(Cell):
     def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
         depth = options.get("depth", 1)
         if isinstance(depth, int) and not isinstance(depth, bool) and depth > 1:
-            raise ValueError("GRUCell: depth must be 1; the reset gate needs the state's projection apart")
+            raise ArgumentError("GRUCell", f"{{depth}} must be 1; the reset gate needs the state's projection apart; "
+                                           f"got {depth}")
         super().__init__(input_size, hidden_size, feedback_size, **options)
 
     def combine(self, zx, zh, s):
@@ -607,7 +613,8 @@ class LayerNormLSTMCell(LSTMBase):
 
     def __init__(self, input_size: int, hidden_size: int, feedback_size: int = 0, **options):
         if options.get("depth", 1) > 1:
-            raise ValueError("LayerNormLSTMCell: depth must be 1; the normalisations act on the gates' pre-activations")
+            raise ArgumentError("LayerNormLSTMCell", f"{{depth}} must be 1; the normalisations act on the gates' "
+                                                     f"pre-activations; got {options['depth']}")
         super().__init__(input_size, hidden_size, feedback_size, **options)
         K, H, dtype = len(self.gates), hidden_size, self.weight_ih.dtype
         self.norm_ih = nn.LayerNorm(K * H, dtype=dtype)
@@ -656,10 +663,11 @@ class ProjectedLSTMCell(LSTMBase):
             proj_size = max(hidden_size // 2, 1)
         check_number(name, "proj_size", proj_size, integer=True)
         if isinstance(hidden_size, int) and not 1 <= proj_size < max(hidden_size, 2):
-            raise ValueError(f"{name}: proj_size must be an int in [1, hidden_size) = [1, {hidden_size}); "
-                             f"got {proj_size!r}")
+            raise ArgumentError(name, f"{{proj_size}} must be an int in [1, {{hidden_size}}) = [1, {hidden_size}); "
+                                      f"got {proj_size!r}")
         if options.get("depth", 1) > 1:
-            raise ValueError(f"{name}: depth must be 1; the gates read the projection of the state")
+            raise ArgumentError(name, f"{{depth}} must be 1; the gates read the projection of the state; "
+                                      f"got {options['depth']}")
         self.proj_size = proj_size
         super().__init__(input_size, hidden_size, feedback_size, **options)
         K, H, P = len(self.gates), hidden_size, proj_size

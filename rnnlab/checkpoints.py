@@ -279,6 +279,10 @@ class RunDir:
     def read_json(self, name: str) -> Any:
         file = self.path / name
         if not file.is_file():
+            weights = any(self.path.glob("*.safetensors"))  # none: killed before its first checkpoint, not damaged
+            if self.marker_file.is_file() and not self.has_checkpoint() and not weights:
+                raise CheckpointError(f"run directory {self.path}: the run stopped before its first checkpoint, so it "
+                                      f"has no {name} and no weights; start it again with --out {self.path}")
             raise CheckpointError(f"run directory {self.path}: {name} is missing (is this a run directory?)")
         try:
             return json.loads(file.read_text(encoding="utf-8"))

@@ -9,10 +9,26 @@ nothing, or take the string "False" for true.
 from __future__ import annotations
 
 import numbers
+import re
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_number", "check_flag", "check_tensor_like"]
+__all__ = ["ArgumentError", "check_number", "check_flag", "check_tensor_like"]
+
+
+class ArgumentError(ValueError):
+    """A value out of range, or refused together with another argument. The message names each
+    argument as a {placeholder} (`{proj_size}`, or `{reads_state=False}` with its value), so a
+    caller that set them under other names can say those (the CLI: the flags the user typed):
+    str() names the Python arguments, `named(name)` what `name` makes of each placeholder."""
+
+    def __init__(self, where: str, message: str):
+        self.where, self.message = where, message
+        super().__init__(self.named(lambda argument: argument))
+
+    def named(self, name: Callable[[str], str]) -> str:
+        return f"{self.where}: " + re.sub(r"\{([a-z_]+(?:=\w+)?)\}", lambda m: name(m.group(1)), self.message)
 
 
 def _shown(value) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import threading
 import time
@@ -219,6 +220,31 @@ def _check_at_most(args, maximum: int, *names: str) -> None:
             raise SharedError(f"--{name.replace('_', '-')} must be at most {maximum:,}; got {value:,}")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the system has one (taskset, a
+    container's CPU set), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _note_threads(command: str, counts, whose: str = "") -> None:
+    """One note on stderr where --threads asks for more threads than the CPUs this process may use:
+    rnnlab's C++ loops keep their team to the CPUs, but torch's own matrix products run every thread,
+    several to a CPU (3-18x slower than one thread, docs/BENCHMARKS.md). Not an error: a user may
+    mean it (bench times exactly that)."""
+    from .distributed import is_reporter
+
+    cpus = usable_cpus()
+    over = [n for n in counts if n is not None and n > cpus]
+    if over and is_reporter():
+        asked = ",".join(str(n) for n in counts if n is not None)
+        print(f"rnnlab {command}: note: --threads {asked}{whose} asks for more threads than the {cpus} CPU"
+              f"{'s' if cpus != 1 else ''} this process may use: rnnlab's C++ loops keep to {cpus}, but torch's "
+              f"matrix products run {max(over)} threads on them, often several times slower; --threads {cpus} "
+              f"or fewer avoids that", file=sys.stderr)
+
+
 def _train_setup(args):
     """(task, train_config, run_dir, resumed) from the flags: a new run, or the run to resume with
     the flags it may change."""
@@ -235,6 +261,10 @@ def _train_setup(args):
     task_flags, train_flags = _given(args, cls.Config), _given(args, type(cls.train_defaults))
     _check_at_least(args, 0, "samples", "sample_length")
     _check_at_most(args, MAX_LENGTH, "sample_length")
+    samples, length = getattr(args, "samples", 0), getattr(args, "sample_length", 0)
+    if samples * max(length, 1) > MAX_LENGTH:  # a typo's --samples 999999999 sampled for days after the training
+        raise SharedError(f"--samples x --sample-length must be at most {MAX_LENGTH:,} tokens in all; got {samples:,} "
+                          f"x {length:,}")
     if "device" in train_flags:
         _check_device(train_flags["device"])
     if args.resume is None:
@@ -279,6 +309,7 @@ def cmd_train(args) -> int:
 
     task, train_config, run_dir, resumed = _train_setup(args)  # every rank alike, before any joins the group
     _check_device(train_config.device)  # a resumed run's own device too
+    _note_threads("train", [train_config.threads], "" if hasattr(args, "threads") else " (the run's)")
     group = distributed.join(train_config.device) if distributed.launched() else None
     try:
         if group is not None and group.rank != 0:  # only rank 0 writes the run directory, so only it locks it
@@ -357,6 +388,10 @@ def _train(args, task, train_config, run_dir: Path, resumed: bool, group) -> int
     processes = "" if group is None else \
         f" on {group.world_size} process{'es' if group.world_size != 1 else ''} ({group.backend})"
     print(f"{'resuming' if resumed else 'training'} {task.name}{processes}: {task.describe()}; run directory {run_dir}")
+    if resumed and trainer.step >= train_config.steps:  # `--steps 2` read as "2 more": say that nothing trains
+        print(f"note: the run is at step {trainer.step:,}, not below --steps {train_config.steps:,}: nothing is "
+              f"trained (--steps counts from the run's start; give more than {trainer.step:,} to train on)",
+              file=sys.stderr)
     progress = Progress(train_config.steps, trainer.step, task.unit)
     trainer.on_event = progress
     try:
@@ -412,6 +447,7 @@ def cmd_seeds(args) -> int:
     task_config = config_from_flags(cls.Config, args, "seeds")
     train_config = config_from_flags(type(cls.train_defaults), args, "seeds", cls.train_defaults)
     _check_device(train_config.device)
+    _note_threads("seeds", [train_config.threads])
     out = Path(args.out or f"runs/seeds-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
     chosen = range(args.first, args.first + args.count)
     print(f"rnnlab seeds {args.task}: seeds {chosen.start} to {chosen.stop - 1}, one after another, in {out}/seed-S/")
@@ -471,7 +507,19 @@ def json_folder(path: str | Path) -> Path:
     except OSError as error:
         why = f"{path.parent} is not a folder" if isinstance(error, FileExistsError) else error.strerror or error
         raise WriteError(error.errno, f"cannot write {path}: {why}") from error
+    if not os.access(path.parent, os.W_OK):  # a read-only folder that exists: said now, not after the measuring
+        raise WriteError(errno.EACCES, f"cannot write {path}: {path.parent} is read-only (permission denied)")
     return path
+
+
+def check_figures(*paths: Path) -> None:
+    """Refuse, before a command measures or trains, the figures it would draw over files that are not
+    figures rnnlab drew (a user's picture in the --out folder); rnnlab's own are replaced."""
+    from .plots import drawn_by_rnnlab
+
+    for path in paths:
+        if path.exists() and not drawn_by_rnnlab(path):
+            raise ValueError(f"cannot write {path}: it exists and is not a figure rnnlab drew; choose another --out")
 
 
 def _is_report(path: Path) -> bool:
@@ -505,6 +553,7 @@ def cmd_bench(args) -> int:
     config = config_from_flags(bench.BenchConfig, args, "bench", base)
     if args.json:
         json_folder(args.json)
+    _note_threads("bench", config.threads)
     if args.generation is not None:
         return _bench_generation(args, config)
     result = bench.run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -533,6 +582,9 @@ def _print_bench(header: list[str], table: tables.Table, footer: list[str] | tup
         print("\n".join(footer))
 
 
+GENERATION_FIELDS = ("reps", "threads", "seed")  # the BenchConfig fields `bench --generation` reads
+
+
 def _bench_generation(args, config) -> int:
     """`rnnlab bench --generation RUN_DIR`: sampling speed of a trained language run at batch 1."""
     import torch
@@ -544,6 +596,10 @@ def _bench_generation(args, config) -> int:
 
     _check_at_least(args, 1, "generation_length", "generation_top_k")
     _check_at_most(args, MAX_LENGTH, "generation_length")
+    ignored = [flag_name(name) for name in _given(args, type(config)) if name not in GENERATION_FIELDS]
+    if ignored:  # the grid's flags: sampling times one model on the CPU, so they were silently ignored
+        raise ValueError(f"rnnlab bench --generation: {', '.join(ignored)} set the grid of implementations, which "
+                         f"sampling does not read (it takes --reps, --threads, --seed and the --generation-* flags)")
     if len(config.threads) != 1:
         counts = ",".join(map(str, config.threads))
         raise ValueError(f"rnnlab bench --generation: --threads must be one count; got {counts}")
@@ -574,9 +630,11 @@ def cmd_complexity(args) -> int:
 
     base = complexity.ComplexityConfig(**complexity.QUICK) if args.quick else None
     config = config_from_flags(complexity.ComplexityConfig, args, "complexity", base)
+    _note_threads("complexity", [config.threads])
     out = Path(args.out) if args.out else Path("runs") / f"complexity-{datetime.now():%Y%m%d-%H%M%S}"
     for path in (out / "complexity.json", *([args.json] if args.json else [])):
         json_folder(path)
+    check_figures(*(out / f"{quantity}.png" for quantity in complexity.QUANTITIES))
     print(f"rnnlab complexity: {config.cell}, H={config.hidden}, I={config.input}, B={config.batch}, "
           f"k={config.window}, device {config.device}")
     result = complexity.measure(config, progress=lambda line: print("  measuring", line, flush=True))
@@ -602,8 +660,10 @@ def cmd_gradients(args) -> int:
     from . import gradient_flow as gf
 
     config = config_from_flags(gf.GradientFlowConfig, args, "gradients")
+    _note_threads("gradients", [config.threads])
     out = Path(args.out) if args.out else Path("runs") / f"gradients-{datetime.now():%Y%m%d-%H%M%S}"
     json_folder(out / "gradients.json")
+    check_figures(out / "gradients.png")
     result = gf.measure_gradient_flow(config, progress=lambda line: print("  ", line, flush=True))
     print(f"\n||dLoss/ds^t|| on the adding problem (T={config.T}, H={config.hidden}, depth {config.depth}, "
           f"init {config.init}; loss at t=T; "
@@ -635,9 +695,11 @@ def cmd_ladder(args) -> int:
     from . import ladder
 
     settings = config_from_flags(ladder.LadderConfig, args, "ladder")
+    _note_threads("ladder", [settings.threads])
     config, train = settings.overrides(settings.TASK_FIELDS), settings.overrides(settings.TRAIN_FIELDS)
     cells = settings.cells
     out = Path(args.out) if args.out else Path("runs") / f"ladder-{args.task}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_figures(out / "ladder.png")
     try:
         result = ladder.run_ladder(args.task, config, train, out, cells,
                                    progress=lambda line: print("  training", line, flush=True))
@@ -678,6 +740,7 @@ def _open_trained(args, capability=None, refusal: str = "", check=None):
                          f"{commands_for(type(task))}")
     if check is not None:
         check(task)
+    _note_threads(args.command, [args.threads])  # once the run serves: not before an error about it
     file = load_weights(task, args.run_dir, args.weights, args.device)
     return task, file
 
@@ -742,6 +805,8 @@ def cmd_export(args) -> int:
     """Export a trained run as ONNX (sequence and step graphs), verified in onnxruntime."""
     from . import export
 
+    exported_by = export.exported_by_rnnlab
+
     def exportable(task) -> None:  # the model's kind decides, not its weights: refused before they load
         try:
             export.SequenceGraph(task.model)
@@ -754,6 +819,14 @@ def cmd_export(args) -> int:
             raise ValueError(f"rnnlab export: --out must name a .onnx file; got {args.out!r}")
         if not Path(args.out).parent.is_dir():
             raise ValueError(f"rnnlab export: --out's folder {str(Path(args.out).parent)!r} does not exist")
+        for path in (Path(args.out), export.step_path(args.out)):  # a user's model is never replaced
+            try:
+                ours = not path.exists() or exported_by(path)
+            except export.MissingExtra as error:
+                raise ValueError(f"rnnlab export: {error}") from None
+            if not ours:
+                raise ValueError(f"rnnlab export: {str(path)!r} exists and is not a graph rnnlab exported; choose "
+                                 f"another --out")
     task, file = _open_trained(args, check=exportable)  # on the CPU: the exported graph is device-neutral
     out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
     model = task.model.eval()
@@ -803,8 +876,15 @@ def cmd_explore(args) -> int:
 
     _check_at_most(args, MAX_LENGTH, "length")  # below: build_page refuses a length below 1
     out = Path(args.out) if args.out else Path(args.run_dir) / "explore.html"
+    if out.is_dir():  # it read the folder as the page: "Is a directory", naming no flag
+        raise ValueError(f"rnnlab explore: --out {str(out)!r} is a folder; name the page's .html file")
     if out.exists() and not out.read_text(encoding="utf-8", errors="replace").startswith(MARKER):
         raise ValueError(f"rnnlab explore: --out {out} exists and is not an explore page; choose another --out")
+    if args.out:  # before the page is built (it said "Not a directory" after): the first folder that exists
+        existing = next(p for p in out.absolute().parents if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            why = "is not a folder" if not existing.is_dir() else "cannot be written"
+            raise ValueError(f"rnnlab explore: cannot write --out {out}: {existing} {why}")
     page = build_page(args.run_dir, text_file=args.text, prompt=args.prompt, length=args.length, weights=args.weights)
     passage = "the prompt's" if args.prompt is not None else f"{args.text}'s" if args.text else "the passage's"
     _say_unknown(passage, page.unknown)  # as rnnlab sample says of its prompt
@@ -832,8 +912,14 @@ def cmd_caption(args) -> int:
     from .plots import drawn_by_rnnlab
     from .tasks import Captioner
 
-    if args.count < 1:
-        raise ValueError(f"rnnlab caption: --count must be >= 1; got {args.count}")
+    if args.images and (args.out is not None or args.count is not None):  # they were silently ignored
+        flags = [f for f, v in (("--out", args.out), ("--count", args.count)) if v is not None]
+        raise ValueError(f"rnnlab caption: {' and '.join(flags)} set{'' if len(flags) > 1 else 's'} the grid of "
+                         f"held-out strips, drawn only without IMAGE; with IMAGE the captions are printed; got "
+                         f"{' and '.join(flags)} with {len(args.images)} IMAGE")
+    count = GRID_STRIPS if args.count is None else args.count
+    if count < 1:
+        raise ValueError(f"rnnlab caption: --count must be >= 1; got {count}")
     out = Path(args.out) if args.out else Path(args.run_dir) / "captions.png"
     if args.out and not args.images:  # before the run is read (the default is always a .png in the run)
         if out.suffix.lower() != ".png" or not out.parent.is_dir():
@@ -844,7 +930,7 @@ def cmd_caption(args) -> int:
     task, file = _open_trained(args, Captioner, "rnnlab caption: a {task!r} run does not caption images")
     if not args.images:
         print(f"weights: {file}")
-        print(f"wrote {task.plot_grid(task.model, out, args.count)}")
+        print(f"wrote {task.plot_grid(task.model, out, count)}")
         return 0
     for path in args.images:
         image = read_image(path)
@@ -858,6 +944,9 @@ def cmd_caption(args) -> int:
     return 0
 
 
+GRID_STRIPS = 24  # caption's grid without --count
+
+
 def add_caption_command(sub) -> argparse.ArgumentParser:
     caption = sub.add_parser("caption", help="caption images with a trained caption run (no image: a grid of "
                                              "held-out strips with their captions)")
@@ -865,7 +954,8 @@ def add_caption_command(sub) -> argparse.ArgumentParser:
     caption.add_argument("images", metavar="IMAGE", nargs="*",
                          help="picture files (PNG, ...) of digits side by side, 8 pixels high, ink dark or light")
     caption.add_argument("--out", metavar="PNG", help="where the grid goes (default: RUN_DIR/captions.png)")
-    caption.add_argument("--count", type=int, default=24, help="held-out strips in the grid (default: 24)")
+    caption.add_argument("--count", type=int, default=None,
+                         help=f"held-out strips in the grid (default: {GRID_STRIPS})")
     caption.set_defaults(func=cmd_caption)
     return caption
 # --- translate (the translate task's own command) -------------------------------------------
@@ -934,7 +1024,8 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR (same result as never stopping)")
     if issubclass(task, TextGenerator):
-        train.add_argument("--samples", type=int, default=1, help="samples to print at the end (default: 1)")
+        train.add_argument("--samples", type=int, default=1, help=f"samples to print at the end, {MAX_LENGTH:,} tokens "
+                                                                  f"at most in all (default: 1)")
         train.add_argument("--sample-length", type=int, default=500,
                            help=f"tokens per sample, at most {MAX_LENGTH:,} (default: 500)")
         train.add_argument("--prompt", default="\n", help="what the samples start from (default: a new line)")
@@ -1078,6 +1169,18 @@ def _task_named(argv: list[str]) -> str | None:
     return None
 
 
+def _cell_flag(placeholder: str) -> str:
+    """The flag that sets a cell's argument, for its ArgumentError (`proj_size` -> --proj-size,
+    `reads_state=False` -> --no-state-read); an argument no flag sets keeps its name."""
+    from .tasks.cell_options import config_field
+
+    argument, _, value = placeholder.partition("=")
+    field = config_field(argument)
+    if field is None:
+        return placeholder
+    return "--no-" + field.replace("_", "-") if value == "False" else flag_name(field)
+
+
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
     text = str(message).removeprefix("rnnlab: ")  # the core's BuildNote names rnnlab itself, for library users
     print(f"rnnlab: warning: {text}", file=sys.stderr)
@@ -1105,6 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
     its traceback. `--debug`, anywhere on the line, shows the traceback of every error."""
     import warnings
 
+    from .checks import ArgumentError
     from .config import ConfigError
     from .errors import RnnlabError
 
@@ -1125,8 +1229,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)
             return 2
         except ConfigError as error:  # a config built from flags (a config file's errors name the file instead)
-            if is_reporter():
-                print(f"rnnlab {args.command}: error: {error.for_flag(flag_name(error.field))}", file=sys.stderr)
+            if is_reporter():  # on a trained run (eval, explore, ...): a flag the run was made with, not one given
+                whose = "the run's " if hasattr(args, "run_dir") else ""
+                print(f"rnnlab {args.command}: error: {whose}{error.for_flag(flag_name(error.field))}", file=sys.stderr)
+            return 2
+        except ArgumentError as error:  # a cell's argument: train and seeds set them by flags, named as typed
+            if is_reporter():  # torchrun: every rank builds the same cells from the same flags
+                named = args.command in ("train", "seeds")
+                print(f"rnnlab {args.command}: error: {error.named(_cell_flag)}" if named
+                      else f"rnnlab: error: {error}", file=sys.stderr)
             return 2
         except (RnnlabError, ValueError) as error:  # wrong input or a run that cannot serve: a message
             if is_reporter() or not isinstance(error, SharedError):  # torchrun: rank 0 reports what all ranks raise

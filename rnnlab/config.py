@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["MAX_SEED", "MAX_THREADS", "MAX_LENGTH", "knob", "validate", "ConfigError", "ConfigTypeError",
+__all__ = ["MAX_SEED", "MAX_THREADS", "MAX_LENGTH", "MAX_LAYERS", "knob", "validate", "ConfigError", "ConfigTypeError",
            "UnknownFieldsError", "to_dict", "from_dict", "filled", "absent_value", "differences", "field_types",
            "unwrap_optional"]
 
@@ -41,6 +41,10 @@ MAX_SEED = 2**32 - 1
 # reads: no real use comes near it (the bundled Shakespeare is 4.5 million characters; a page of a
 # million steps is hundreds of MB), while a typo's 10**11 would run out of memory or run for days.
 MAX_LENGTH = 1_000_000
+# The most modules a count flag builds one after another (--layers, --depth, sentiment's --members):
+# far beyond any use (the deepest models here have a few), while each module is small enough to be
+# allocated, so a typo's --layers 999999999 filled the machine's memory for minutes before failing.
+MAX_LAYERS = 1000
 
 
 class ConfigError(ValueError):

@@ -31,13 +31,15 @@ from torch import nn
 from .models import Ensemble, RecurrentModel, SequenceToVector
 from .preprocessing import EmbeddingFeedback, RawFeedback, SoftmaxFeedback
 
-__all__ = ["MissingExtra", "require", "SequenceGraph", "StepGraph", "export_model", "verify", "OnnxStep",
-           "CHECK_LENGTHS", "CHECK_BATCHES", "OPSET"]
+__all__ = ["MissingExtra", "require", "SequenceGraph", "StepGraph", "export_model", "exported_by_rnnlab", "verify",
+           "OnnxStep", "CHECK_LENGTHS", "CHECK_BATCHES", "OPSET"]
 
 OPSET = 17
 CHECK_LENGTHS = (1, 7, 33)  # the sequence lengths and batch sizes `verify` compares at
 CHECK_BATCHES = (1, 3)
 TOLERANCE = 1e-4  # float32: largest absolute difference allowed, relative to max(1, |output|)
+# A metadata entry of every graph export_model writes: such a file a later export may replace, a user's not.
+MARK = ("written_by", "rnnlab")
 
 
 class MissingExtra(ImportError):
@@ -235,10 +237,27 @@ def export_model(graph: _Graph, path: str | Path | None = None) -> bytes:
         torch.onnx.export(graph, tuple(graph.examples(2, steps)), buffer, dynamo=False, opset_version=OPSET,
                           input_names=graph.input_names(), output_names=graph.output_names(),
                           dynamic_axes=graph.dynamic_axes())
-    data = buffer.getvalue()
+    model = require("onnx").load_from_string(buffer.getvalue())
+    entry = model.metadata_props.add()
+    entry.key, entry.value = MARK
+    data = model.SerializeToString()
     if path is not None:
-        Path(path).write_bytes(data)
+        from .checkpoints import write_atomic
+
+        write_atomic(Path(path), data)  # whole or not at all: a killed export leaves no half graph to refuse
     return data
+
+
+def exported_by_rnnlab(path: str | Path) -> bool:
+    """Whether `path` is an ONNX graph export_model wrote (which an export may replace), not a user's file."""
+    onnx = require("onnx")
+    from google.protobuf.message import DecodeError  # onnx's own dependency
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, ValueError, DecodeError):  # a folder, a text file, a damaged file
+        return False
+    return any((entry.key, entry.value) == MARK for entry in model.metadata_props)
 
 
 def session(model_bytes_or_path, threads: int = 1):

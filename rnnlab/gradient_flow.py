@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .cells import LADDER
-from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, validate
+from .config import MAX_LAYERS, MAX_SEED, MAX_THREADS, ConfigError, knob, validate
 from .data.synthetic import ADDING_BASELINE_MSE, adding_batch
 from .init import Init
 from .plots import pyplot, save_figure
@@ -40,7 +40,7 @@ class GradientFlowConfig:
     steps: int = knob(300, "training steps (plain Adam)", low=0)
     hidden: int = knob(32, "state size H", low=1)
     depth: int = knob(1, "deep transition: h as an MLP of this many layers (the lecture's claim: a longer path "
-                         "between steps)", low=1)
+                         "between steps)", low=1, high=MAX_LAYERS)
     batch: int = knob(32, "sequences per training batch", low=1)
     lr: float = knob(1e-2, "Adam's learning rate", above=0)
     seed: int = knob(0, "seed of the weights and the data", low=0, high=MAX_SEED)

@@ -119,6 +119,11 @@ def test_a_run_killed_before_its_first_checkpoint_can_start_again_in_its_folder(
     (run.path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
     assert main(["train", "--resume", str(run.path)]) == 2
     assert "before its first checkpoint" in error_line(capsys)
+    for command in ("eval", "sample", "explore", "export"):  # they asked "is this a run directory?" of a run
+        assert main([command, str(run.path)]) == 2
+        assert error_line(capsys) == (f"rnnlab: error: run directory {run.path}: the run stopped before its first "
+                                      f"checkpoint, so it has no config.json and no weights; start it again with "
+                                      f"--out {run.path}")
     assert train_adding(run.path) == 0
     assert run.load()[0] == 4
 

@@ -343,3 +343,213 @@ def test_a_json_path_that_cannot_be_written_fails_before_the_run(command, tmp_pa
     captured = capsys.readouterr()
     assert captured.err.strip() == f"rnnlab: error: cannot write {blocker / 'report.json'}: {blocker} is not a folder"
     assert "rnnlab bench  cpu" not in captured.out and "measuring" not in captured.out  # nothing was run
+
+
+# Every cell option `train` and `seeds` take (rnnlab.tasks.cell_options.CellOptions), each with a value the
+# config or the cell refuses: the line names the flag typed, never the cell's Python argument
+# (`proj_size`, `reads_state`, `hidden_size`), which the library's own error keeps naming.
+CELL_OPTION_ERRORS = {
+    "activation": (["--activation", "nope"], ["--activation"]),
+    "gate_activation": (["--gate-activation", "nope"], ["--gate-activation"]),
+    "depth": (["--cell", "gru", "--depth", "2"], ["GRUCell: --depth must be 1", "got 2"]),
+    "residual": (["--cell", "residual", "--residual", "inside"], ["--residual"]),
+    "init": (["--init", "glorot"], ["--init"]),
+    "input_dropout": (["--input-dropout", "1"], ["--input-dropout"]),
+    "recurrent_dropout": (["--recurrent-dropout", "1"], ["--recurrent-dropout"]),
+    "zoneout": (["--zoneout", "1"], ["--zoneout"]),
+    "max_norm": (["--max-norm", "0"], ["--max-norm"]),
+    "l1": (["--l1", "-1"], ["--l1"]),
+    "l2": (["--l2", "-1"], ["--l2"]),
+    "activity_l2": (["--activity-l2", "-1"], ["--activity-l2"]),
+    "state_read": (["--no-state-read", "--recurrent-dropout", "0.1"],
+                   ["LSTMCell: --recurrent-dropout must be 0 with --no-state-read", "got 0.1"]),
+    "proj_size": (["--cell", "projected-lstm", "--proj-size", "4"],  # TINY's --hidden 4
+                  ["ProjectedLSTMCell: --proj-size must be an int in [1, --hidden) = [1, 4); got 4"]),
+}
+
+
+def test_the_cell_option_errors_cover_every_cell_option():
+    from rnnlab.tasks.cell_options import CellOptions
+
+    assert set(CELL_OPTION_ERRORS) == set(CellOptions.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("command", ["train", "seeds"])
+@pytest.mark.parametrize("field", sorted(CELL_OPTION_ERRORS))
+def test_a_cell_options_error_names_the_flag_typed_not_the_python_argument(tmp_path, capsys, command, field):
+    """`--proj-size 999` said 'ProjectedLSTMCell: proj_size must be ...', `--cell gru --depth 2` 'GRUCell: depth
+    ...', `--no-state-read --recurrent-dropout 0.1` 'recurrent_dropout needs reads_state=True': the cell's names."""
+    flags, names = CELL_OPTION_ERRORS[field]
+    argv = [command, "adding", *TINY, *flags, "--out", str(tmp_path / "r")] + (["--count", "1"] if command == "seeds"
+                                                                              else [])
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own refusal (a choice)
+        code = exit.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"rnnlab {command}: error: "), lines
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    for python in ("proj_size", "reads_state", "recurrent_dropout", "hidden_size", "input_dropout", "activity_l2",
+                   "gate_activation", "max_norm", "state_read"):
+        assert python not in lines[0], lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_library_keeps_naming_the_cells_arguments():
+    from rnnlab import GRUCell, LSTMCell, ProjectedLSTMCell
+
+    with pytest.raises(ValueError, match=r"^ProjectedLSTMCell: proj_size must be an int in \[1, hidden_size\) = "
+                                         r"\[1, 4\); got 4$"):
+        ProjectedLSTMCell(2, 4, proj_size=4)
+    with pytest.raises(ValueError, match=r"^GRUCell: depth must be 1; .*; got 2$"):
+        GRUCell(2, 4, depth=2)
+    with pytest.raises(ValueError, match=r"^LSTMCell: recurrent_dropout must be 0 with reads_state=False"):
+        LSTMCell(2, 4, reads_state=False, recurrent_dropout=0.1)
+
+
+# --- --threads beyond the CPUs ---------------------------------------------------------------------
+
+
+def test_usable_cpus_is_the_affinity_mask_else_the_machines_count(monkeypatch):
+    from rnnlab import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert cli.usable_cpus() == 3
+    monkeypatch.delattr(cli.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 7)
+    assert cli.usable_cpus() == 7
+
+
+@pytest.fixture
+def stop_after_setup(monkeypatch):
+    """Each command's work after its flags are read raises ValueError('stop'): the note, if any, comes first.
+    The commands on a trained run get a stand-in task that has every capability."""
+    from rnnlab import bench, cli, complexity, gradient_flow, ladder, seeds, tasks
+
+    def stop(*args, **kwargs):
+        raise ValueError("stop")
+
+    for module, name in [(cli, "_train"), (seeds, "run_seeds"), (bench, "run_bench"), (complexity, "measure"),
+                         (gradient_flow, "measure_gradient_flow"), (ladder, "run_ladder"), (tasks, "load_weights")]:
+        monkeypatch.setattr(module, name, stop)
+
+    class Capable(tasks.TextGenerator, tasks.Captioner, tasks.Translator):
+        pass
+
+    Capable.__abstractmethods__ = frozenset()
+    monkeypatch.setattr(tasks, "open_run", lambda run_dir: (object.__new__(Capable), None))
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+
+
+THREADS_COMMANDS = [["train", "adding", *TINY[:-4], "--steps", "2"], ["seeds", "adding", "--count", "1"],
+                    ["ladder", "adding"], ["complexity", "--quick"], ["gradients"], ["sample", "RUN"], ["eval", "RUN"],
+                    ["caption", "RUN"], ["translate", "RUN", "a sentence"]]
+
+
+@pytest.mark.parametrize("command", THREADS_COMMANDS, ids=lambda c: c[0])
+def test_threads_beyond_the_cpus_is_one_note_naming_the_count_and_the_cpus(tmp_path, capsys, stop_after_setup,
+                                                                          command):
+    """torch's matrix products ran 3 threads on 2 CPUs without a word (3-18x slower, docs/BENCHMARKS.md)."""
+    argv = [*command, *([] if "RUN" in command else ["--out", str(tmp_path / "r")]), "--threads"]
+    assert main([*argv, "3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[1] == "rnnlab: error: stop", lines
+    assert lines[0].startswith(f"rnnlab {command[0]}: note: --threads 3 asks for more threads than the 2 CPUs "
+                               f"this process may use"), lines[0]
+    assert "--threads 2 or fewer" in lines[0]
+    assert main([*argv, "2"]) == 2  # as many as the CPUs: no note
+    assert capsys.readouterr().err.strip().splitlines() == ["rnnlab: error: stop"]
+
+
+def test_bench_names_its_list_of_thread_counts(capsys, stop_after_setup):
+    assert main(["bench", "--threads", "1,3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("rnnlab bench: note: --threads 1,3 asks for more threads than the 2 "
+                                                   "CPUs"), lines
+    assert "run 3 threads on them" in lines[0]
+    assert main(["bench", "--threads", "1,2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["rnnlab: error: stop"]
+
+
+def test_a_resumed_run_whose_threads_exceed_the_cpus_here_is_noted_as_the_runs(trained, tmp_path, capsys, monkeypatch):
+    """A run made with --threads 3 on a larger machine, resumed here without the flag."""
+    from rnnlab import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["threads"] = 3
+    (run / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(cli, "_train", lambda *args: 0)
+    assert main(["train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rnnlab train: note: --threads 3 (the run's) asks for more threads than the 2 CPUs this process "
+                   "may use: rnnlab's C++ loops keep to 2, but torch's matrix products run 3 threads on them, often "
+                   "several times slower; --threads 2 or fewer avoids that"], err
+
+
+@pytest.mark.parametrize("argv, figure", [
+    (["gradients", "--cells", "lstm", "--steps", "1", "--T", "10"], "gradients.png"),
+    (["ladder", "adding", "--cells", "lstm", "--steps", "1", "--T", "10"], "ladder.png"),
+    (["complexity", "--quick"], "flops.png"),
+])
+def test_a_users_picture_where_a_figure_goes_is_refused_before_the_run_and_left_untouched(tmp_path, capsys, argv,
+                                                                                        figure):
+    """gradients, ladder and complexity drew their PNGs over any file of that name in --out (their JSON reports
+    were checked, their figures not), as caption --out did before it was checked."""
+    (tmp_path / figure).write_bytes(b"a user's picture")
+    line = one_line_error(capsys, [*argv, "--out", str(tmp_path)], str(tmp_path / figure),
+                          "is not a figure rnnlab drew")
+    assert line.startswith("rnnlab: error: cannot write ")
+    assert (tmp_path / figure).read_bytes() == b"a user's picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [figure]  # nothing measured or trained, nothing written
+
+
+def test_a_figure_rnnlab_drew_is_replaced(tmp_path):
+    from rnnlab import cli
+    from rnnlab.plots import pyplot, save_figure
+
+    save_figure(pyplot().figure(), tmp_path / "ladder.png")
+    cli.check_figures(tmp_path / "ladder.png", tmp_path / "absent.png")  # no error
+
+
+def test_resume_with_steps_the_run_has_passed_says_that_nothing_trains(trained, tmp_path, capsys):
+    """`--steps 1` on a run at step 2 (read as "one more") trained nothing and said only "stopped (steps)"."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["train", "--resume", str(run), "--steps", "1"]) == 0
+    captured = capsys.readouterr()
+    assert ("note: the run is at step 2, not below --steps 1: nothing is trained (--steps counts from the run's "
+            "start; give more than 2 to train on)") in captured.err
+    assert "stopped (steps) at step 2" in captured.out
+    assert main(["train", "--resume", str(run), "--steps", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "nothing is trained" not in captured.err and "stopped (steps) at step 3" in captured.out
+
+
+def test_train_samples_beyond_the_bound(tmp_path, capsys):
+    """--samples 999999999 (of 500 tokens each) sampled for days after the training, the run already made."""
+    text = tmp_path / "t.txt"
+    text.write_text("abc " * 200)
+    for samples, length in (("999999999", "500"), ("2001", "500"), ("1000001", "0")):
+        argv = ["train", "--text", str(text), "--samples", samples, "--sample-length", length,
+                "--out", str(tmp_path / "r")]
+        one_line_error(capsys, argv, "--samples x --sample-length must be at most 1,000,000 tokens in all",
+                       f"got {int(samples):,} x {length}")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", [["bench", "--sizes", "2x4x3x5", "--cells", "lstm", "--reps", "1", "--json"],
+                                     ["complexity", "--quick", "--out"], ["gradients", "--steps", "1", "--out"]])
+def test_a_report_in_a_read_only_folder_fails_before_the_run(command, tmp_path, capsys, monkeypatch):
+    """The folder existed, so making it passed; the report's write failed after the measuring (minutes)."""
+    from rnnlab import cli
+
+    real_access = cli.os.access
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: Path(path) != tmp_path and real_access(path, mode))
+    target = tmp_path / "report.json" if command[0] == "bench" else tmp_path
+    line = one_line_error(capsys, [*command, str(target)], "cannot write", "is read-only (permission denied)")
+    assert "measuring" not in capsys.readouterr().out and line.startswith(f"rnnlab: error: cannot write {tmp_path}/")
+    assert list(tmp_path.iterdir()) == []

@@ -275,3 +275,32 @@ def test_an_infinite_flag_is_one_line_naming_the_flag(tmp_path, capsys):
                  "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip() == "rnnlab train: error: --lr must be a finite number > 0; got inf"
     assert not (tmp_path / "run").exists()
+
+
+def test_every_count_of_modules_built_one_by_one_is_bounded():
+    """--layers, --depth and sentiment's --members 999999999 built small modules one after another until the
+    memory was full, minutes later (no single allocation failed at once, as --hidden's does)."""
+    from rnnlab.config import MAX_LAYERS
+    from rnnlab.gradient_flow import GradientFlowConfig
+    from rnnlab.tasks import TASKS
+
+    configs = [task.Config for task in TASKS.values()] + [GradientFlowConfig]
+    bounded = 0
+    for cls in configs:
+        for name in ("layers", "depth", "members"):
+            if name not in cls.__dataclass_fields__:
+                continue
+            with pytest.raises(ConfigError, match=rf"{cls.__name__}: {name} must be an int in \[1, {MAX_LAYERS}\]"):
+                cls(**{name: MAX_LAYERS + 1})
+            bounded += 1
+    assert bounded >= 16  # layers of 8 tasks, depth of the 6 with cell options and of gradients, members
+
+
+@pytest.mark.parametrize("argv", [["train", "adding", "--layers", "1001"], ["train", "copy", "--depth", "1001"],
+                                  ["train", "sentiment", "--members", "1001"], ["gradients", "--depth", "1001"]])
+def test_a_count_beyond_the_bound_is_one_line_naming_the_flag(tmp_path, capsys, argv):
+    bounded = ["--steps", "1"] + (["--max-minutes", "0.05", "--threads", "1"] if argv[0] == "train" else [])
+    assert main([*argv, *bounded, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"rnnlab {argv[0]}: error: {argv[-2]} must be an int in [1, 1000]; got {int(argv[-1])}", err
+    assert not (tmp_path / "run").exists()

@@ -144,10 +144,18 @@ def test_explore_command_errors_are_one_line(text_file, tmp_path_factory, tmp_pa
     run = trained("lstm", text_file, tmp_path_factory)
     capsys.readouterr()  # the training's output, where this test trained the run
     (tmp_path / "mine.html").write_text("my own page")
+    (tmp_path / "empty.txt").write_text("")
     for argv, message in (
         (["explore", str(run), "--text", str(text_file), "--prompt", "hi"], "--text and --prompt exclude each other"),
         (["explore", str(tmp_path / "nowhere")], "which does not exist"),
         (["explore", str(run), "--text", str(tmp_path / "none.txt")], "--text must be a UTF-8 text file"),
+        # a folder "did not exist", an empty file "held no token", and a folder as --out was "Is a directory"
+        (["explore", str(run), "--text", str(tmp_path)], f"got {str(tmp_path)!r}, which is a folder"),
+        (["explore", str(run), "--text", str(tmp_path / "empty.txt")], "empty.txt', which is empty"),
+        (["explore", str(run), "--out", str(tmp_path)], f"--out {str(tmp_path)!r} is a folder"),
+        # below a file: "Not a directory", naming no flag, after the page was built
+        (["explore", str(run), "--out", str(tmp_path / "mine.html" / "p.html")],
+         f"cannot write --out {tmp_path / 'mine.html' / 'p.html'}: {tmp_path / 'mine.html'} is not a folder"),
         (["explore", str(run), "--length", "0"], "--length must be an int >= 1"),
         (["explore", str(run), "--length", "99999999999"], "--length must be at most 1,000,000; got 99,999,999,999"),
         (["explore", str(run), "--out", str(tmp_path / "mine.html")], "is not an explore page"),

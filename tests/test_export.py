@@ -171,6 +171,9 @@ def test_cli_export_and_greedy_sampling_on_onnxruntime_equals_pytorch(tmp_path, 
     assert main(["export", str(run), "--out", str(tmp_path / "lm.onnx")]) == 0
     out = capsys.readouterr().out
     assert "lm.onnx" in out and "lm-step.onnx" in out and "onnxruntime matches PyTorch" in out
+    assert export.exported_by_rnnlab(tmp_path / "lm.onnx") and export.exported_by_rnnlab(tmp_path / "lm-step.onnx")
+    assert main(["export", str(run), "--out", str(tmp_path / "lm.onnx")]) == 0  # its own graphs are replaced
+    capsys.readouterr()
     sample = ["sample", str(run), "--prompt", "ROMEO:", "--length", "60", "--temperature", "0"]
     assert main(sample) == 0
     torch_text = capsys.readouterr().out
@@ -185,6 +188,26 @@ def test_cli_export_rejects_bad_paths(tmp_path, capsys):
     for out, message in (("model.txt", "--out must name a .onnx file"), ("nowhere/m.onnx", "--out's folder")):
         assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / out)]) == 2
         assert message in capsys.readouterr().err
+    # a file rnnlab did not export, at --out or where its step graph goes beside it, was replaced: refused first
+    (tmp_path / "theirs.onnx").write_bytes(b"a user's model")
+    (tmp_path / "mine-step.onnx").write_bytes(b"a user's model")
+    for out, refused in (("theirs.onnx", "theirs.onnx"), ("mine.onnx", "mine-step.onnx")):
+        assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{str(tmp_path / refused)!r} exists and is not a graph rnnlab exported" in err and err.count("\n") == 1
+    assert (tmp_path / "theirs.onnx").read_bytes() == (tmp_path / "mine-step.onnx").read_bytes() == b"a user's model"
+
+
+def test_every_exported_graph_carries_rnnlab_s_mark_and_a_plain_one_does_not(tmp_path):
+    graph = export.SequenceGraph(model_of("lstm", False, "auto"))
+    export.export_model(graph, tmp_path / "ours.onnx")
+    assert export.exported_by_rnnlab(tmp_path / "ours.onnx")
+    plain = onnx.load(tmp_path / "ours.onnx")
+    del plain.metadata_props[:]
+    onnx.save(plain, tmp_path / "plain.onnx")
+    assert not export.exported_by_rnnlab(tmp_path / "plain.onnx")
+    assert not export.exported_by_rnnlab(tmp_path)  # a folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.onnx", "plain.onnx"]  # no temporary file left
 
 
 def test_cli_export_refuses_a_run_it_cannot_export_before_loading_its_weights(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The language-model task and its commands: train, resume, sample and eval on a tiny run."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,36 @@ def test_a_text_too_short_for_the_batches_names_the_flags_that_fit(tmp_path, cap
     batch_size = int(suggested.split("--batch-size ")[1].split()[0])
     assert main(["train", "--text", str(text), "--batch-size", str(batch_size), "--hidden", "8", "--steps", "1",
                  "--eval-tokens", "50", "--threads", "1", "--samples", "0", "--out", str(tmp_path / "fits")]) == 0
+
+
+@pytest.mark.parametrize("make, came", [
+    (lambda path: path.mkdir(), "which is a folder"),
+    (lambda path: None, "which does not exist"),
+    (lambda path: path.write_text(""), "which is empty"),
+    (lambda path: path.write_bytes(b"\xff\xfe text"), "which is not UTF-8 (byte 0: invalid start byte)"),
+    (lambda path: path.write_text("ab"), "which holds 2 chars"),  # too short to split into training and validation
+    ("", "which names no file"),  # --text '': Path('') is the working folder, "which is a folder"
+])
+def test_a_text_that_cannot_be_read_is_one_line_naming_the_flag(tmp_path, capsys, make, came):
+    """They named the library's functions and arguments (`read_text: path must name a text file`,
+    `split_blocks: tokens must be long enough ...`), and a folder 'must be UTF-8 text'."""
+    text = tmp_path / "text.txt"
+    if make == "":
+        text = ""
+    else:
+        make(text)
+    assert main(["train", "--text", str(text), *TINY, "--steps", "1", "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("rnnlab train: error: --text must be a ") and "\n" not in error, error
+    assert error.endswith(f"got {str(text)!r}, {came}"), error
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_of_a_run_whose_text_is_gone_names_the_runs_flag(tiny_run, capsys):
+    run, _ = tiny_run
+    text = json.loads((run / "config.json").read_text())["task_config"]["text"]
+    Path(text).unlink()
+    assert main(["eval", str(run)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (f"rnnlab eval: error: the run's --text must be a UTF-8 text file; got {text!r}, "
+                     f"which does not exist")

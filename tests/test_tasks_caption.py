@@ -147,11 +147,17 @@ def test_train_then_caption_through_the_cli(tmp_path, capsys, monkeypatch):
 
     Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "mnist.png")
     (tmp_path / "notes.png").write_text("not a picture")
+    (tmp_path / "strips").mkdir()
     photo = (tmp_path / "mnist.png").read_bytes()
     for args, message in ((["mnist.png"], "mnist.png is 28x28 pixels (rows x columns); this run reads strips 8 "
                                           "pixels high and 1 to 40 wide"),
                           (["notes.png"], "notes.png must be an image"),
                           (["missing.png"], "'missing.png', which does not exist"),
+                          (["strips"], "'strips', which is a folder"),  # it said "which does not exist"
+                          # the grid's flags with IMAGE were ignored: no grid, not a word
+                          (["dark-ink.png", "--out", "g.png"], "--out sets the grid of held-out strips, drawn only "
+                                                               "without IMAGE; with IMAGE the captions are printed"),
+                          (["dark-ink.png", "--count", "3"], "got --count with 1 IMAGE"),
                           (["--count", "0"], "--count must be >= 1"),
                           (["--out", "grid.txt"], "--out must be a .png file"),
                           (["--out", "mnist.png"], "--out 'mnist.png' exists and is not a figure rnnlab drew"),

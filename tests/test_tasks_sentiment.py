@@ -268,6 +268,6 @@ def test_members_train_resume_exactly_and_errors_are_one_line(tmp_path, capsys):
         capsys.readouterr().err
     assert main(["train", "sentiment", *TINY, "--members", "0"]) == 2
     err = capsys.readouterr().err
-    assert "--members must be an int >= 1; got 0" in err and len(err.strip().splitlines()) == 1
+    assert "--members must be an int in [1, 1000]; got 0" in err and len(err.strip().splitlines()) == 1
     assert main(["train", "sentiment", *TINY, "--members", "2", "--pretrain-steps", "2"]) == 2
     assert "--pretrain-steps must be 0 with members > 1" in capsys.readouterr().err

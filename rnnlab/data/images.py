@@ -60,7 +60,8 @@ def read_image(path: str | Path) -> torch.Tensor:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"read_image: path must be an image file; got {str(path)!r}, which does not exist")
+        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise ValueError(f"read_image: path must be an image file; got {str(path)!r}, which {what}")
     try:
         with Image.open(path) as picture:
             picture.load()

@@ -7,9 +7,19 @@ import lzma
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["BUNDLED", "read_text", "split_blocks"]
+__all__ = ["BUNDLED", "TextFileError", "read_text", "split_blocks"]
 
 BUNDLED = "shakespeare.txt.xz"
+
+
+class TextFileError(ValueError):
+    """A path that names no UTF-8 text to read: `what` says what it names instead ("is a folder",
+    "does not exist", "is empty", ...), so a caller that knows the path by another name (a task's
+    config field, the CLI's --text) can say that name."""
+
+    def __init__(self, path, what: str):
+        self.path, self.what = path, what
+        super().__init__(f"read_text: path must name a UTF-8 text file; got {str(path)!r}, which {what}")
 
 
 def read_text(path: str | None = None) -> str:
@@ -19,15 +29,17 @@ def read_text(path: str | None = None) -> str:
             with lzma.open(bundled, "rt", encoding="utf-8") as f:
                 return f.read()
     file = Path(path)
+    if not str(path):  # Path("") is the working folder
+        raise TextFileError(path, "names no file")
     if not file.is_file():
-        what = "is a folder" if file.is_dir() else "is not a regular file" if file.exists() else "does not exist"
-        raise ValueError(f"read_text: path must name a text file; got {path!r}, which {what}")
+        raise TextFileError(path, "is a folder" if file.is_dir() else "is not a regular file" if file.exists()
+                            else "does not exist")
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"read_text: {path} must be UTF-8 text; {error}") from None
+        raise TextFileError(path, f"is not UTF-8 (byte {error.start}: {error.reason})") from None
     if not text:
-        raise ValueError(f"read_text: {path} must not be empty")
+        raise TextFileError(path, "is empty")
     return text
 
 

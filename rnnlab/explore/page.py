@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import RunDir
 from ..config import filled
+from ..data.text import TextFileError, read_text
 from ..data.vocabulary import tokenize
 from ..tasks import LanguageTask, commands_for, load_weights, open_run
 from ..training import TrainConfig
@@ -234,16 +235,12 @@ def _passage(task, text_file: str | None, prompt: str | None, length: int | None
     if prompt is not None:
         tokens, source = list(tokenize(prompt, level)), "the prompt"
     elif text_file is not None:
-        path = Path(text_file)
-        if not path.is_file():
-            raise ValueError(f"rnnlab explore: --text must be a UTF-8 text file; "
-                             f"got {text_file!r}, which does not exist")
         try:
-            content = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise ValueError(f"rnnlab explore: --text must be a UTF-8 text file; "
-                             f"{text_file!r} is not ({error.reason})") from error
-        tokens, source = list(tokenize(content, level))[:limit], f"{path.name}"
+            content = read_text(text_file)
+        except TextFileError as error:  # a folder, a device, empty, not UTF-8: said as such
+            raise ValueError(f"rnnlab explore: --text must be a UTF-8 text file; got {text_file!r}, "
+                             f"which {error.what}") from None
+        tokens, source = list(tokenize(content, level))[:limit], f"{Path(text_file).name}"
     else:
         tokens = [task.vocabulary.tokens[int(i)] for i in task.val_ids[:limit]]
         source = "the run's held-out text"

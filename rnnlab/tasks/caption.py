@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob, validate
+from ..config import MAX_LAYERS, knob, validate
 from ..data.batches import Batch
 from ..data.seeded import SeededBatches
 from ..data.strips import Strips, caption_vocabulary, caption_words, make_strips
@@ -57,7 +57,7 @@ class CaptionConfig:
     vector: int = knob(256, "size of the image's vector v, the decoder's single input", low=1)
     cell: str = knob("lstm", "decoder cell of the ladder", CELLS)
     hidden: int = knob(256, "decoder state size H", low=1)
-    layers: int = knob(1, "decoder layers", low=1)
+    layers: int = knob(1, "decoder layers", low=1, high=MAX_LAYERS)
     embed: int = knob(32, "size of the fed-back word's embedding", low=1)
     dropout: float = knob(0.2, "dropout in the encoder, before its last layer", low=0, below=1)
     batch_size: int = knob(64, "strips per batch, new ones every batch", low=1)

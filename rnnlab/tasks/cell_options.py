@@ -18,12 +18,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..cells import ACTIVATIONS
-from ..config import ConfigError, knob
+from ..config import MAX_LAYERS, ConfigError, knob
 from ..init import L1L2, Constraints, Init, MaxNorm, Regularizers
 
-__all__ = ["CellOptions", "INITS"]
+__all__ = ["CellOptions", "INITS", "config_field"]
 
 INITS = {"torch": Init.torch, "keras": Init.keras}
+
+# The cell's arguments a task config sets under another name (cell_options below, and the task
+# configs' `hidden`); the other CellOptions fields are the arguments of their own name.
+_RENAMED = {"dropout": "input_dropout", "reads_state": "state_read", "hidden_size": "hidden"}
+
+
+def config_field(argument: str) -> str | None:
+    """The field of a task config that sets the cell's `argument` (None where none does), so an
+    error of the cell can name what the user set (the CLI: the flag)."""
+    if argument in _RENAMED:
+        return _RENAMED[argument]
+    return argument if argument in CellOptions.__dataclass_fields__ else None
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,8 @@ class CellOptions:
     activation: str = knob("tanh", "a: the candidate's activation (and the LSTM's output squashing)",
                            tuple(ACTIVATIONS))
     gate_activation: str = knob("sigmoid", "sigma: the gates' activation", tuple(ACTIVATIONS))
-    depth: int = knob(1, "deep transition: h as an MLP of this many layers (1: the lecture's eq. 1)", low=1)
+    depth: int = knob(1, "deep transition: h as an MLP of this many layers (1: the lecture's eq. 1)", low=1,
+                      high=MAX_LAYERS)
     residual: str = knob("after", "the residual cell: s + a(z) (after) or a(z + s) (before)", ("after", "before"))
     init: str | None = knob(None, "initialisation: torch (uniform) or keras (Glorot kernels, orthogonal recurrent "
                                   "kernels, forget bias 1); none: the task's own", tuple(INITS))

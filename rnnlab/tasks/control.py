@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..cells import LADDER
-from ..config import ConfigError, knob, validate
+from ..config import MAX_LAYERS, ConfigError, knob, validate
 from ..data.batches import Batch
 from ..data.cartpole import MAX_RETURN, STATE_NAMES, VISIBLE, make_cartpole
 from ..data.rollouts import Rollouts, play
@@ -72,7 +72,7 @@ class ControlConfig:
 
     cell: str = knob("lstm", "cell of the recurrent agent", CELLS)
     hidden: int = knob(64, "state size H of the recurrent core, and width of the feed-forward cores", low=1)
-    layers: int = knob(1, "stacked layers of the recurrent core", low=1)
+    layers: int = knob(1, "stacked layers of the recurrent core", low=1, high=MAX_LAYERS)
     episodes: int = knob(16, "episodes each agent plays per rollout (games stepped together)", low=1)
     epochs: int = knob(4, "times each rollout is learnt from", low=1)
     minibatches: int = knob(2, "minibatches (groups of whole episodes) per epoch; one training step each", low=1)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..cells import LADDER
-from ..config import ConfigError, knob, validate
+from ..config import MAX_LAYERS, ConfigError, knob, validate
 from ..data.batches import ExampleBatches
 from ..data.images import FASHION_MNIST, load_digits, load_fashion_mnist
 from ..models import SequenceToVector
@@ -47,7 +47,7 @@ class DigitsConfig(CellOptions):
     root: str | None = knob(None, f"folder of the Fashion-MNIST IDX files (none: {FASHION_MNIST})")
     cell: str = knob("lstm", "cell of the ladder", tuple(c for c in LADDER if c != "feedback"))
     hidden: int = knob(128, "state size H of each layer", low=1)
-    layers: int = knob(1, "stacked layers", low=1)
+    layers: int = knob(1, "stacked layers", low=1, high=MAX_LAYERS)
     dropout: float = knob(0.3, "dropout between layers and before the readout", low=0, below=1)
     batch_size: int = knob(64, "images per batch", low=1)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob, validate
+from ..config import MAX_LAYERS, knob, validate
 from ..data.batches import Batch
 from ..data.seeded import SeededBatches
 from ..data.series import load_co2, load_sunspots
@@ -88,7 +88,7 @@ class ForecastConfig(CellOptions):
     val_fraction: float = knob(0.1, "the validation part before the tail (fraction of the series)", above=0, below=0.5)
     cell: str = knob("lstm", "cell of the ladder", tuple(LADDER))
     hidden: int = knob(16, "state size H of each layer", low=1)
-    layers: int = knob(1, "stacked layers", low=1)
+    layers: int = knob(1, "stacked layers", low=1, high=MAX_LAYERS)
     window: int | None = knob(None, "training window in steps (none: 104 weeks for co2, 40 years for sunspots)",
                               low=2)
     batch_size: int = knob(32, "windows per batch, at random places in the training part", low=1)

@@ -28,10 +28,10 @@ from torch import nn
 
 from .. import progress
 from ..cells import LADDER
-from ..config import ConfigError, knob, validate
+from ..config import MAX_LAYERS, ConfigError, knob, validate
 from ..data.batches import Batch, TokenStream
 from ..data.ngrams import KneserNeyTrigram, Unigram, perplexity
-from ..data.text import read_text, split_blocks
+from ..data.text import TextFileError, read_text, split_blocks
 from ..data.vocabulary import LEVELS, Vocabulary, tokenize
 from ..generation import continue_tokens
 from ..models import RecurrentModel
@@ -56,7 +56,7 @@ class LanguageConfig(CellOptions):
                                above=0, below=1)
     cell: str = knob("lstm", "cell of the ladder", tuple(LADDER))
     hidden: int = knob(512, "state size H of each layer", low=1)
-    layers: int = knob(1, "stacked layers", low=1)
+    layers: int = knob(1, "stacked layers", low=1, high=MAX_LAYERS)
     embedding: int = knob(64, "size of the token embedding (the input, or the fed-back output with --feedback)", low=1)
     feedback: bool = knob(False, "feed the model's own output y^{t-1} back through W instead of an input x")
     dropout: float = knob(0.0, "dropout between stacked layers and before the readout", low=0, below=1)
@@ -205,8 +205,17 @@ class LanguageTask(Task, TextGenerator):
         """(training, validation) tokens, the text read at first need: a run rebuilt with its
         vocabulary samples without reading the text at all."""
         if self._split is None:
-            tokens = tokenize(read_text(self.config.text), self.config.level)
-            self._split = split_blocks(tokens, self.config.val_fraction)
+            try:  # the file named by the config's field (the CLI: --text), not by read_text's argument
+                tokens = tokenize(read_text(self.config.text), self.config.level)
+            except TextFileError as error:
+                raise ConfigError("LanguageConfig", "text", "a UTF-8 text file", self.config.text,
+                                  f", which {error.what}") from None
+            try:
+                self._split = split_blocks(tokens, self.config.val_fraction)
+            except ValueError:  # too short (val_fraction is checked by the config): split_blocks names its tokens
+                holds = f", which holds {len(tokens)} {self.config.level}s"
+                raise ConfigError("LanguageConfig", "text", "a text long enough for 10 blocks with a validation part "
+                                  "each", self.config.text, holds) from None
         return self._split
 
     train_ids = functools.cached_property(lambda self: self.vocabulary.encode(self._tokens()[0]))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
-from ..config import knob, validate
+from ..config import MAX_LAYERS, knob, validate
 from ..data.batches import Batch
 from ..data.seeded import SeededBatches
 from ..data.synthetic import ADDING_BASELINE_MSE, adding_batch, copy_memory_batch
@@ -68,7 +68,7 @@ class MemoryModelConfig(CellOptions):
 
     cell: str = knob("lstm", "cell of the ladder", CELLS)
     hidden: int = knob(64, "state size H of each layer", low=1)
-    layers: int = knob(1, "stacked layers", low=1)
+    layers: int = knob(1, "stacked layers", low=1, high=MAX_LAYERS)
     batch_size: int = knob(64, "sequences per batch, new ones every batch", low=1)
     eval_size: int = knob(1000, "held-out sequences of the evaluation (always the same ones)", low=1)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)

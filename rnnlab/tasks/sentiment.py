@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import LADDER
-from ..config import ConfigError, knob, validate
+from ..config import MAX_LAYERS, ConfigError, knob, validate
 from ..data.batches import Batch, ExampleBatches
 from ..data.sentiment import (
     LABELS,
@@ -72,7 +72,7 @@ class SentimentConfig(CellOptions):
     min_count: int = knob(2, "tokens seen fewer times in the training split are read as <unk>", low=1)
     cell: str = knob("lstm", "cell of the ladder", tuple(c for c in LADDER if c != "feedback"))
     hidden: int = knob(256, "state size H of each layer (of each direction)", low=1)
-    layers: int = knob(1, "stacked layers", low=1)
+    layers: int = knob(1, "stacked layers", low=1, high=MAX_LAYERS)
     embedding: int = knob(128, "size of the token embedding", low=1)
     bidirectional: bool = knob(False, "also read each snippet backwards")
     pool: str = knob("max", "summary of the outputs: the output at the last valid step (the lecture's single "
@@ -96,7 +96,7 @@ class SentimentConfig(CellOptions):
                                              "learning rates; none: 1, the same)", above=0, high=1)
     members: int = knob(2, "classifiers trained together as one ensemble, each initialised on its own, predicting "
                            "with the mean of their probabilities (1: a single classifier)", low=1,
-                        absent=1)  # a run made before the field (2026-11-30) is a single classifier
+                        high=MAX_LAYERS, absent=1)  # a run made before the field (2026-11-30) is a single classifier
     frozen_steps: int | None = knob(None, "fine-tuning after --pretrain-steps: the pretrained embedding and core "
                                           "stay fixed for this many steps while the readout learns (none: 0)", low=1)
 

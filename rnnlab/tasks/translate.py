@@ -25,7 +25,7 @@ from torch import nn
 
 from ..attention import ATTENTION_KINDS, Attention
 from ..cells import LADDER
-from ..config import knob, validate
+from ..config import MAX_LAYERS, knob, validate
 from ..data.batches import Batch, ExampleBatches
 from ..data.translation import (
     DATASETS,
@@ -63,7 +63,7 @@ class TranslateConfig:
                           ("none", *ATTENTION_KINDS))
     cell: str = knob("lstm", "cell of the encoder and the decoder", CELLS)
     hidden: int = knob(256, "state size H of each layer", low=1)
-    layers: int = knob(1, "stacked layers of the encoder and of the decoder", low=1)
+    layers: int = knob(1, "stacked layers of the encoder and of the decoder", low=1, high=MAX_LAYERS)
     embedding: int = knob(128, "size of the word embeddings (source, and target fed back)", low=1)
     dropout: float = knob(0.2, "dropout on the embeddings, between layers and before the readout", low=0, below=1)
     min_count: int = knob(2, "words seen fewer times in the training split are read (and written) as <unk>",
