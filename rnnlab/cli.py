@@ -963,10 +963,11 @@ def add_caption_command(sub) -> argparse.ArgumentParser:
 
 def cmd_translate(args) -> int:
     """Translate sentences with a trained translate run: the one given, or each line of stdin."""
+    from .config import MAX_BEAM
     from .tasks import Translator
 
-    if args.beam < 1:
-        raise ValueError(f"rnnlab translate: --beam must be >= 1; got {args.beam}")
+    if not 1 <= args.beam <= MAX_BEAM:
+        raise ValueError(f"rnnlab translate: --beam must be in [1, {MAX_BEAM}]; got {args.beam:,}")
     task, _ = _open_trained(args, Translator, "rnnlab translate: a {task!r} run does not translate")
     if args.sentence is None and sys.stdin.isatty():
         print("rnnlab translate: reading sentences from the terminal, one a line; end with Ctrl-D", file=sys.stderr)
@@ -982,10 +983,13 @@ def cmd_translate(args) -> int:
 
 
 def add_translate_parser(sub) -> argparse.ArgumentParser:
+    from .config import MAX_BEAM
+
     translate = sub.add_parser("translate", help="translate sentences with a trained translate run (beam search)")
     translate.add_argument("run_dir", metavar="RUN_DIR")
     translate.add_argument("sentence", nargs="?", help="the sentence (default: each line of stdin)")
-    translate.add_argument("--beam", type=int, default=5, help="beam width; 1: greedy (default: 5)")
+    translate.add_argument("--beam", type=int, default=5,
+                           help=f"beam width, at most {MAX_BEAM}; 1: greedy (default: 5)")
     translate.set_defaults(func=cmd_translate)
     return translate
 

@@ -45,6 +45,12 @@ MAX_LENGTH = 1_000_000
 # far beyond any use (the deepest models here have a few), while each module is small enough to be
 # allocated, so a typo's --layers 999999999 filled the machine's memory for minutes before failing.
 MAX_LAYERS = 1000
+# The widest beam `translate` searches: papers use 4 to 12 and gain nothing past a few dozen, while a
+# typo's --beam 100000 searched for minutes before running out of memory.
+MAX_BEAM = 100
+# The most episodes a control run plays at once or evaluates on: each is a game stepped with the others
+# and kept for its backward, so a typo's 10**9 ran until memory ran out.
+MAX_EPISODES = 10_000
 
 
 class ConfigError(ValueError):

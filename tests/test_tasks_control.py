@@ -133,4 +133,9 @@ def test_clear_errors(capsys):
     with pytest.raises(ValueError, match="make_cartpole: num_envs must be an int >= 1; got 0"):
         make_cartpole(0, True)
     assert main(["train", "control", "--episodes", "0", "--steps", "1"]) == 2
-    assert capsys.readouterr().err.strip() == "rnnlab train: error: --episodes must be an int >= 1; got 0"
+    assert capsys.readouterr().err.strip() == "rnnlab train: error: --episodes must be an int in [1, 10000]; got 0"
+    # a typo's count of episodes ran until memory ran out: each flag of episodes is bounded
+    for flag in ("--episodes", "--eval-episodes", "--test-episodes"):
+        assert main(["train", "control", flag, "999999999", "--steps", "1"]) == 2
+        expected = f"rnnlab train: error: {flag} must be an int in [1, 10000]; got 999999999"
+        assert capsys.readouterr().err.strip() == expected

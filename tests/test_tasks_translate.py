@@ -106,7 +106,10 @@ def test_train_translate_eval_and_other_commands_through_the_cli(tmp_path, capsy
     assert main(["sample", str(run)]) == 2
     assert "rnnlab eval, rnnlab translate" in capsys.readouterr().err
     assert main(["translate", str(run), "x", "--beam", "0"]) == 2
-    assert "--beam must be >= 1" in capsys.readouterr().err
+    assert "--beam must be in [1, 100]; got 0" in capsys.readouterr().err
+    # a typo's beam searched for minutes, then ran out of memory: refused before the run loads
+    assert main(["translate", str(run), "x", "--beam", "100000"]) == 2
+    assert capsys.readouterr().err.strip() == "rnnlab: error: rnnlab translate: --beam must be in [1, 100]; got 100,000"
 
 
 def test_errors_name_the_argument():
@@ -114,5 +117,7 @@ def test_errors_name_the_argument():
         TranslateConfig(attention="luong")
     with pytest.raises(ValueError, match="dataset must be one of"):
         TranslateConfig(dataset="latin")
-    with pytest.raises(ValueError, match="beam must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"beam must be an int in \[1, 100\]; got 0"):
         TranslateConfig(beam=0)
+    with pytest.raises(ValueError, match=r"beam must be an int in \[1, 100\]; got 101"):
+        TranslateConfig(beam=101)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..cells import LADDER
-from ..config import MAX_LAYERS, ConfigError, knob, validate
+from ..config import MAX_EPISODES, MAX_LAYERS, ConfigError, knob, validate
 from ..data.batches import Batch
 from ..data.cartpole import MAX_RETURN, STATE_NAMES, VISIBLE, make_cartpole
 from ..data.rollouts import Rollouts, play
@@ -73,7 +73,7 @@ class ControlConfig:
     cell: str = knob("lstm", "cell of the recurrent agent", CELLS)
     hidden: int = knob(64, "state size H of the recurrent core, and width of the feed-forward cores", low=1)
     layers: int = knob(1, "stacked layers of the recurrent core", low=1, high=MAX_LAYERS)
-    episodes: int = knob(16, "episodes each agent plays per rollout (games stepped together)", low=1)
+    episodes: int = knob(16, "episodes each agent plays per rollout (games stepped together)", low=1, high=MAX_EPISODES)
     epochs: int = knob(4, "times each rollout is learnt from", low=1)
     minibatches: int = knob(2, "minibatches (groups of whole episodes) per epoch; one training step each", low=1)
     gamma: float = knob(0.99, "discount", above=0, high=1)
@@ -81,8 +81,8 @@ class ControlConfig:
     clip: float = knob(0.2, "PPO's clipping of the probability ratio", above=0, below=1)
     value_coef: float = knob(0.5, "weight of the value loss", low=0)
     entropy_coef: float = knob(0.01, "weight of the entropy bonus", low=0)
-    eval_episodes: int = knob(32, "seeded validation episodes per agent at every evaluation", low=1)
-    test_episodes: int = knob(100, "seeded test episodes per agent in the report", low=1)
+    eval_episodes: int = knob(32, "seeded validation episodes per agent at every evaluation", low=1, high=MAX_EPISODES)
+    test_episodes: int = knob(100, "seeded test episodes per agent in the report", low=1, high=MAX_EPISODES)
     implementation: str = knob("auto", "runner implementation of the recurrent core", IMPLEMENTATION_NAMES)
 
     def __post_init__(self):

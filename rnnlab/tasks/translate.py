@@ -25,7 +25,7 @@ from torch import nn
 
 from ..attention import ATTENTION_KINDS, Attention
 from ..cells import LADDER
-from ..config import MAX_LAYERS, knob, validate
+from ..config import MAX_BEAM, MAX_LAYERS, knob, validate
 from ..data.batches import Batch, ExampleBatches
 from ..data.translation import (
     DATASETS,
@@ -70,7 +70,7 @@ class TranslateConfig:
                            low=1)
     batch_size: int = knob(64, "sentence pairs per batch (sorted by length in pools, so batches pad little)",
                             low=1)
-    beam: int = knob(5, "beam width of the reported translations (1: greedy)", low=1)
+    beam: int = knob(5, "beam width of the reported translations (1: greedy)", low=1, high=MAX_BEAM)
     length_penalty: float = knob(1.0, "beam search ranks log probability / length ** this (0: none)", low=0)
     implementation: str = knob("auto", "runner implementation", IMPLEMENTATION_NAMES)
 
@@ -214,8 +214,8 @@ class TranslateTask(Task, Translator):
     def decode(self, model, sentences: list[str], beam: int | None = None, batch_size: int = 64) -> list[str]:
         """Translations (lowercased text) by beam search (beam None: the config's width; 1: greedy)."""
         beam = self.config.beam if beam is None else beam
-        if not isinstance(beam, int) or beam < 1:
-            raise ValueError(f"translate: beam must be an int >= 1; got {beam!r}")
+        if not isinstance(beam, int) or not 1 <= beam <= MAX_BEAM:
+            raise ValueError(f"translate: beam must be an int in [1, {MAX_BEAM}]; got {beam!r}")
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
