@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["MAX_SEED", "MAX_THREADS", "MAX_LENGTH", "MAX_LAYERS", "knob", "validate", "ConfigError", "ConfigTypeError",
-           "UnknownFieldsError", "to_dict", "from_dict", "filled", "absent_value", "differences", "field_types",
-           "unwrap_optional"]
+__all__ = ["MAX_SEED", "MAX_THREADS", "MAX_LENGTH", "MAX_LAYERS", "MAX_BEAM", "MAX_EPISODES", "knob", "validate",
+           "ConfigError", "ConfigTypeError", "UnknownFieldsError", "to_dict", "from_dict", "filled", "absent_value",
+           "differences", "field_types", "unwrap_optional"]
 
 # The most torch threads a flag takes: far more than any machine's cores, and below where OpenMP fails
 # to create them and the process dies of a segmentation fault (--threads 99999).
