@@ -14,7 +14,15 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["ArgumentError", "check_number", "check_flag", "check_tensor_like"]
+__all__ = ["ArgumentError", "spelled", "check_number", "check_flag", "check_tensor_like"]
+
+_MARKED = re.compile(r"\{([a-z_]+(?:=\w+)?)\}")
+
+
+def spelled(text: str, name: Callable[[str], str] = str) -> str:
+    """`text` with each argument marked {like_this} (or {like_this=False}) as `name` spells it: by
+    default its Python name, as a library user sets it."""
+    return _MARKED.sub(lambda m: name(m.group(1)), text)
 
 
 class ArgumentError(ValueError):
@@ -25,10 +33,10 @@ class ArgumentError(ValueError):
 
     def __init__(self, where: str, message: str):
         self.where, self.message = where, message
-        super().__init__(self.named(lambda argument: argument))
+        super().__init__(self.named(str))
 
     def named(self, name: Callable[[str], str]) -> str:
-        return f"{self.where}: " + re.sub(r"\{([a-z_]+(?:=\w+)?)\}", lambda m: name(m.group(1)), self.message)
+        return f"{self.where}: " + spelled(self.message, name)
 
 
 def _shown(value) -> str:

@@ -249,6 +249,7 @@ def _train_setup(args):
     """(task, train_config, run_dir, resumed) from the flags: a new run, or the run to resume with
     the flags it may change."""
     from .checkpoints import RunDir
+    from .checks import ArgumentError
     from .config import MAX_LENGTH, differences, from_dict
     from .distributed import SharedError
     from .errors import RunDirError
@@ -276,8 +277,8 @@ def _train_setup(args):
         task = cls(cls.Config(**task_flags))
         try:  # a refused --implementation fails here, not after the run is made
             check_implementations(task.model)
-        except ValueError as error:
-            raise SharedError(str(error)) from None  # made of the flags: every torchrun rank raises it alike
+        except ValueError as error:  # made of the flags: every torchrun rank raises it alike
+            raise SharedError(error.named(_cell_flag) if isinstance(error, ArgumentError) else str(error)) from None
         return task, train_config, run_dir, False
     if args.out is not None:
         raise SharedError("rnnlab train: --out and --resume exclude each other; a resumed run stays in its directory")

@@ -174,16 +174,22 @@ def test_train_out_is_an_existing_file(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("flags", [["--implementation", "scan"],  # the LSTM reads its state: no scan
-                                   ["--cell", "gru", "--implementation", "fused", "--zoneout", "0.1"],
-                                   ["--implementation", "native", "--recurrent-dropout", "0.1"]])
-def test_an_implementation_the_cell_refuses_fails_before_anything_is_written(tmp_path, capsys, monkeypatch, flags):
-    """It failed at the first step, after the run directory (config, marker) was made."""
+@pytest.mark.parametrize("flags, why", [
+    (["--implementation", "scan"], "build the cell with --no-state-read"),  # the LSTM reads its state: no scan
+    (["--cell", "gru", "--implementation", "fused", "--zoneout", "0.1"], "fused has no --zoneout"),
+    (["--implementation", "native", "--recurrent-dropout", "0.1"], "torch.nn has no recurrent-dropout mask"),
+    (["--cell", "vanilla", "--depth", "2", "--implementation", "fused"], "no deep transition (--depth > 1)"),
+    (["--cell", "vanilla", "--activation", "gelu", "--implementation", "fused"], "which --activation='gelu' does"),
+    (["--cell", "lstm", "--no-state-read", "--implementation", "native"], "torch.nn has no --no-state-read")])
+def test_an_implementation_the_cell_refuses_fails_before_anything_is_written(tmp_path, capsys, monkeypatch, flags,
+                                                                              why):
+    """It failed at the first step, after the run directory (config, marker) was made. The reason names
+    the flags the user typed, where it named the cell's Python arguments (reads_state=False, depth)."""
     monkeypatch.chdir(tmp_path)  # no --out: the default runs/adding-<time> must not appear either
     implementation = flags[flags.index("--implementation") + 1]
-    one_line_error(capsys, ["train", "adding", *TINY, *flags], f"implementation={implementation!r}")
-    one_line_error(capsys, ["train", "adding", *TINY, *flags, "--out", "run"], "cannot run")
-    one_line_error(capsys, ["seeds", "adding", *TINY, *flags, "--count", "1", "--out", "seeds"], "cannot run")
+    one_line_error(capsys, ["train", "adding", *TINY, *flags], f"implementation={implementation!r}", why)
+    one_line_error(capsys, ["train", "adding", *TINY, *flags, "--out", "run"], "cannot run", why)
+    one_line_error(capsys, ["seeds", "adding", *TINY, *flags, "--count", "1", "--out", "seeds"], "cannot run", why)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -282,6 +282,9 @@ def test_unavailable_explicit_choice_raises(implementation, cell, reason):
     runner = Recurrent(cell, implementation)
     with pytest.raises(ValueError, match=f"implementation='{implementation}'.*{reason}"):
         runner(torch.randn(B, T, I, dtype=torch.float64))
+    # available() says it in the same Python names: none of the marks the CLI turns into flags is left
+    said = kernels.available(cell, implementation, feedback=False, lengths=False, masks=(None, None))
+    assert reason in said and "{" not in said
 
 
 def test_native_declines_recurrent_dropout_mask():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import ArgumentError, spelled
 from . import compiled
 from .fused import fused
 from .fused import unavailable as _fused_unavailable
@@ -77,6 +78,13 @@ def available(cell, implementation: str, **context) -> str | None:
 
     context: feedback (bool, y_prev given), lengths (bool), masks ((mx, mh), None when off),
     training (bool), device (str)."""
+    reason = _marked_reason(cell, implementation, **context)
+    return None if reason is None else spelled(reason)
+
+
+def _marked_reason(cell, implementation: str, **context) -> str | None:
+    """`available`'s reason as the implementations give it: the cell's arguments marked {like_this}
+    (checks.spelled), so that `choose`'s error can name them as the caller set them (the CLI: flags)."""
     if implementation not in _UNAVAILABLE:
         return f"unknown implementation {implementation!r}; expected one of {sorted(_UNAVAILABLE)}"
     return _UNAVAILABLE[implementation](cell, **context)
@@ -87,11 +95,11 @@ def choose(cell, implementation: str, **context) -> str:
     explicit implementation cannot serve it."""
     if implementation == "auto":
         candidates = order(context.get("device", "cpu"), cell)
-        return next(name for name in candidates if available(cell, name, **context) is None)
-    reason = available(cell, implementation, **context)
+        return next(name for name in candidates if _marked_reason(cell, name, **context) is None)
+    reason = _marked_reason(cell, implementation, **context)
     if reason is not None:
-        raise ValueError(f"Recurrent: implementation={implementation!r} cannot run {type(cell).__name__} here: "
-                         f"{reason}")
+        raise ArgumentError("Recurrent", f"implementation={implementation!r} cannot run {type(cell).__name__} here: "
+                                         f"{reason}")
     return implementation
 
 

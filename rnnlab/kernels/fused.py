@@ -55,13 +55,13 @@ def unavailable(cell: Cell, **context) -> str | None:
     if cell.family not in _GATED and cell.family not in ("lstm", "gru", *fused_cells.FAMILIES):
         return f"fused has no loop for the {cell.family!r} family ({type(cell).__name__})"
     if cell.depth > 1:
-        return "fused has no deep transition (depth > 1)"
+        return "fused has no deep transition ({depth} > 1)"
     if cell.zoneout:
-        return "fused has no zoneout"
+        return "fused has no {zoneout}"
     for arg in ("activation", "gate_activation"):
         if getattr(cell, arg) not in BACKWARD:
             return (f"fused differentiates activations from their outputs, "
-                    f"which {arg}={getattr(cell, arg)!r} does not allow")
+                    f"which {{{arg}}}={getattr(cell, arg)!r} does not allow")
     return None
 
 

@@ -21,6 +21,7 @@ from torch import _VF
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..cells import Cell, State
+from ..checks import spelled
 
 _KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
 
@@ -32,22 +33,28 @@ def torch_mode(cell: Cell, *, feedback: bool = False, dropout: bool = False) -> 
     feedback=True accepts output feedback and dropout=True the cell's dropout settings: torch's
     kernels can still run such a cell (teacher-forced y* as part of the input; a dropout mask
     applied outside), though no torch.nn module holds it."""
+    mode, reason = _marked_mode(cell, feedback=feedback, dropout=dropout)
+    return mode, spelled(reason)
+
+
+def _marked_mode(cell: Cell, *, feedback: bool, dropout: bool) -> tuple[str | None, str]:
+    """torch_mode, the cell's arguments in its reason marked for checks.spelled."""
     modes = {"lstm": "LSTM", "gru": "GRU", "vanilla": "RNN"}
     mode = modes.get(cell.family)
     if mode is None:
         return None, f"{type(cell).__name__} has no torch.nn counterpart"
     if mode == "RNN":
         if cell.activation not in ("tanh", "relu"):
-            return None, f"torch.nn.RNN has tanh or relu only; the cell uses activation={cell.activation!r}"
+            return None, f"torch.nn.RNN has tanh or relu only; the cell uses {{activation}}={cell.activation!r}"
         mode = "RNN_" + cell.activation.upper()
     elif cell.activation != "tanh" or cell.gate_activation != "sigmoid":
         return None, "torch.nn's LSTM and GRU use tanh and sigmoid only"
     for reason, bad in (("output feedback", cell.feedback_size and not feedback),
-                        ("reads_state=False", not cell.reads_state),
-                        ("a deep transition (depth > 1)", cell.depth > 1),
+                        ("{reads_state=False}", not cell.reads_state),
+                        ("a deep transition ({depth} > 1)", cell.depth > 1),
                         ("recurrent dropout", cell.recurrent_dropout and not dropout),
                         ("input dropout", cell.dropout and not dropout),
-                        ("zoneout", cell.zoneout),
+                        ("{zoneout}", cell.zoneout),
                         ("an input of size 0", cell.input_size == 0)):
         if bad:
             return None, f"torch.nn has no {reason}"
@@ -57,7 +64,7 @@ def torch_mode(cell: Cell, *, feedback: bool = False, dropout: bool = False) -> 
 def _mode(cell: Cell) -> tuple[str | None, str]:
     """torch's kernel for the cell, or (None, reason): torch.nn's conditions, with teacher-forced
     feedback and dropout settings allowed (a recurrent-dropout mask is checked per call)."""
-    return torch_mode(cell, feedback=True, dropout=True)
+    return _marked_mode(cell, feedback=True, dropout=True)
 
 
 def unavailable(cell: Cell, masks=(None, None), **context) -> str | None:

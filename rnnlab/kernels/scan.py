@@ -59,11 +59,11 @@ def unavailable(cell: Cell, **context) -> str | None:
     if cell.family not in _FAMILIES:
         return f"scan has no recurrence for the {cell.family!r} family ({type(cell).__name__})"
     if cell.reads_state:
-        return "scan needs an update linear in the state; build the cell with reads_state=False"
+        return "scan needs an update linear in the state; build the cell with {reads_state=False}"
     if cell.family == "residual" and cell.residual == "before":
-        return "scan cannot run residual='before': the state sits inside the activation"
+        return "scan cannot run {residual}='before': the state sits inside the activation"
     if cell.zoneout:
-        return "scan has no zoneout"
+        return "scan has no {zoneout}"
     return None
 
 
