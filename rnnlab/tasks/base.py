@@ -125,7 +125,7 @@ class Task(abc.ABC):
 class TextGenerator(abc.ABC):
     """Capability: the model writes text (`rnnlab sample`). Besides `sample_text`, which generates
     with the task's model, it declares the two ends of generating that another engine needs
-    (`rnnlab sample --engine onnxruntime`: `export.sample_text` steps the exported graph between
+    (`rnnlab sample --engine onnxruntime`: `export.sample_ids` steps the exported graph between
     them): `prompt_ids`, what the model reads first, and `continuation`, the generated ids as text."""
 
     @abc.abstractmethod
