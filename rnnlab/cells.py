@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import ArgumentError, check_flag, check_number, check_tensor_like
-from .init import Constraints, Init, Regularizers
+from .init import Constrained, Constraints, Init, Regularized, Regularizers
 
 __all__ = [
     "Cell",
@@ -94,7 +94,7 @@ def _dropout_mask(p: float, shape: tuple[int, ...], like: torch.Tensor) -> torch
     return torch.empty(shape, device=like.device, dtype=like.dtype).bernoulli_(1.0 - p) / (1.0 - p)
 
 
-class Cell(nn.Module, ABC):
+class Cell(nn.Module, Regularized, Constrained, ABC):
     """Base of the ladder. Subclasses name their gates and write their equations in `combine`.
 
     Args:
@@ -254,6 +254,12 @@ class Cell(nn.Module, ABC):
                         con(w)
 
     # --- state --------------------------------------------------------------------------------
+
+    @property
+    def output_size(self) -> int:
+        """How wide `output` is, what the runner's ys hold per step: H here; a cell that emits
+        something else overrides it (`ProjectedLSTMCell`: its P)."""
+        return self.hidden_size
 
     def initial_state(self, batch: int, device=None, dtype=None) -> State:
         """The zero state s^0 for a batch."""
@@ -682,7 +688,9 @@ class ProjectedLSTMCell(LSTMBase):
         if getattr(self, "weight_hr", None) is not None:  # not yet there when Cell.__init__ calls this
             self.init.apply(self.weight_hr, self.init.kernel, self.hidden_size, 1)
 
-    output_size = property(lambda self: self.proj_size)
+    @property
+    def output_size(self) -> int:
+        return self.proj_size
 
     def initial_state(self, batch, device=None, dtype=None):
         dtype = dtype or self.weight_ih.dtype

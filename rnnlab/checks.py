@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["ArgumentError", "spelled", "check_number", "check_flag", "check_tensor_like"]
+__all__ = ["ArgumentError", "spelled", "with_article", "check_number", "check_flag", "check_tensor_like"]
 
 _MARKED = re.compile(r"\{([a-z_]+(?:=\w+)?)\}")
 
@@ -37,6 +37,14 @@ class ArgumentError(ValueError):
 
     def named(self, name: Callable[[str], str]) -> str:
         return f"{self.where}: " + spelled(self.message, name)
+
+
+def with_article(word: str) -> str:
+    """`word` after the article its first letter takes, quotes skipped: "an 'adding'", "a 'copy'",
+    "an int", "a Stacked" (by the letter, not the sound: rnnlab's words do not start with a silent
+    h or a 'you' sound). Every message that names a thing it only knows at run time uses it."""
+    first = word.lstrip("'\"`")[:1].lower()
+    return f"{'an' if first and first in 'aeiou' else 'a'} {word}"
 
 
 def _shown(value) -> str:

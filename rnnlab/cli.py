@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__, tables
+from .checks import with_article
 
 # --- flags generated from config dataclasses ---------------------------------------------------
 
@@ -288,7 +289,8 @@ def _train_setup(args):
         raise RunDirError(f"rnnlab train --resume {args.resume}: {'; '.join(changes)}; a resumed run must read the "
                           f"data it was trained on (restore it, or start a new run)")
     if args.task is not None and task.name != args.task:
-        raise ValueError(f"rnnlab train: the run in {args.resume} is a {task.name!r} run; got task {args.task!r}")
+        raise ValueError(f"rnnlab train: the run in {args.resume} is {with_article(repr(task.name))} run; got task "
+                         f"{args.task!r}")
     task_flags = _given(args, type(task.config))  # the run's own task's flags (the parser was built for it)
     changed = differences(task.config, from_dict(type(task.config), {**dataclasses.asdict(task.config), **task_flags},
                                                  "rnnlab train"))
@@ -606,7 +608,8 @@ def _bench_generation(args, config) -> int:
         raise ValueError(f"rnnlab bench --generation: --threads must be one count; got {counts}")
     task, _ = open_run(args.generation)
     if not isinstance(task, LanguageTask):
-        raise ValueError(f"rnnlab bench --generation: RUN_DIR must be a language run; got a {task.name!r} run")
+        raise ValueError(f"rnnlab bench --generation: RUN_DIR must be a language run; got "
+                         f"{with_article(repr(task.name))} run")
     load_weights(task, args.generation, "best", "cpu")
     prompt = torch.as_tensor(task.vocabulary.encode(["\n"]))  # rnnlab sample's default prompt
     length, top_k, temperature = args.generation_length, args.generation_top_k, 0.8  # rnnlab sample's temperature
@@ -737,7 +740,7 @@ def _open_trained(args, capability=None, refusal: str = "", check=None):
         torch.set_num_threads(args.threads)
     task, _ = open_run(args.run_dir)
     if capability is not None and not isinstance(task, capability):
-        raise ValueError(f"{refusal.format(task=task.name)}; what serves it: "
+        raise ValueError(f"{refusal.format(task=with_article(repr(task.name)))}; what serves it: "
                          f"{commands_for(type(task))}")
     if check is not None:
         check(task)
@@ -770,7 +773,7 @@ def cmd_sample(args) -> int:
         raise ValueError(f"--seed must be at most {MAX_SEED}; got {args.seed}")
     if not 0 <= args.temperature < math.inf:  # inf: every probability NaN
         raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy); got {args.temperature}")
-    task, _ = _open_trained(args, TextGenerator, "rnnlab sample: a {task!r} run does not generate text")
+    task, _ = _open_trained(args, TextGenerator, "rnnlab sample: {task} run does not generate text")
     _note_unknown(task, args.prompt)
     if args.engine == "onnxruntime":
         text = _sample_onnxruntime(task, args)
@@ -785,8 +788,12 @@ def cmd_sample(args) -> int:
 
 def _sample_onnxruntime(task, args) -> str:
     """Sample on the step graph of the loaded weights, exported (and checked) into a temporary folder:
-    always the weights --weights names, never a stale file."""
+    always the weights --weights names, never a stale file. The task (a TextGenerator) gives the ids
+    read first and turns the sampled ones into text; onnxruntime runs --threads threads (torch's
+    count without it, as the PyTorch engine does)."""
     import tempfile
+
+    import torch
 
     from . import export
 
@@ -796,10 +803,13 @@ def _sample_onnxruntime(task, args) -> str:
             path = Path(folder) / "step.onnx"
             export.export_model(graph, path)
             export.verify(graph, path)
-            stepper = export.OnnxStep(path, graph)  # the session holds the model; the file may go
+            # the session holds the model; the file may go
+            stepper = export.OnnxStep(path, graph, threads=args.threads or torch.get_num_threads())
     except export.MissingExtra as error:
         raise ValueError(f"rnnlab sample --engine onnxruntime: {error}") from None
-    return export.sample_text(task, stepper, args.prompt, args.length, args.temperature, args.top_k, args.seed)
+    ids = export.sample_ids(stepper, task.prompt_ids(args.prompt), args.length, args.temperature, args.top_k,
+                            torch.Generator().manual_seed(args.seed))
+    return task.continuation(ids)
 
 
 def cmd_export(args) -> int:
@@ -812,7 +822,7 @@ def cmd_export(args) -> int:
         try:
             export.SequenceGraph(task.model)
         except ValueError as error:
-            raise ValueError(f"rnnlab export: a {task.name!r} run cannot be exported: "
+            raise ValueError(f"rnnlab export: {with_article(repr(task.name))} run cannot be exported: "
                              f"{str(error).removeprefix('export: ')}") from None
 
     if args.out:  # before the run is read (the default, RUN_DIR/model.onnx, is always one)
@@ -928,7 +938,7 @@ def cmd_caption(args) -> int:
         if out.exists() and not drawn_by_rnnlab(out):  # a user's picture is never replaced
             raise ValueError(f"rnnlab caption: --out {str(out)!r} exists and is not a figure rnnlab drew; "
                              f"choose another --out")
-    task, file = _open_trained(args, Captioner, "rnnlab caption: a {task!r} run does not caption images")
+    task, file = _open_trained(args, Captioner, "rnnlab caption: {task} run does not caption images")
     if not args.images:
         print(f"weights: {file}")
         print(f"wrote {task.plot_grid(task.model, out, count)}")
@@ -969,7 +979,7 @@ def cmd_translate(args) -> int:
 
     if not 1 <= args.beam <= MAX_BEAM:
         raise ValueError(f"rnnlab translate: --beam must be in [1, {MAX_BEAM}]; got {args.beam:,}")
-    task, _ = _open_trained(args, Translator, "rnnlab translate: a {task!r} run does not translate")
+    task, _ = _open_trained(args, Translator, "rnnlab translate: {task} run does not translate")
     if args.sentence is None and sys.stdin.isatty():
         print("rnnlab translate: reading sentences from the terminal, one a line; end with Ctrl-D", file=sys.stderr)
     sentences = [args.sentence] if args.sentence is not None else [line.rstrip("\n") for line in sys.stdin]
@@ -1145,8 +1155,10 @@ def build_parser(task_name: str | None = None) -> argparse.ArgumentParser:
         command.add_argument("--weights", choices=("best", "last"), default="best",
                              help="the best evaluation's weights or the last checkpoint's (default: best)")
         command.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        onnxruntime = ", and for onnxruntime with --engine onnxruntime" if command is sample else ""
         command.add_argument("--threads", type=int, default=None,
-                             help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
+                             help=f"CPU threads for torch{onnxruntime} (default: torch's; 1 is faster on a busy "
+                                  f"machine)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     return parser
 
@@ -1207,6 +1219,18 @@ def _allocation(error: BaseException) -> str:
     return ""
 
 
+# What each command's --out names (the others: a folder), for the error an empty --out gets.
+OUT_NAMES = {"caption": "a .png file", "explore": "an .html file", "export": "a .onnx file"}
+
+
+def _run(args) -> int:
+    """The command, once the checks every command shares pass: an empty --out was read as no --out (its
+    default folder or file), as `Path('')` is the working folder; it is refused, naming the flag."""
+    if getattr(args, "out", None) == "":  # the namespace holds `out` where the command takes --out
+        raise FlagError(args.command, f"--out must name {OUT_NAMES.get(args.command, 'a folder')}; got ''")
+    return args.func(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command. A user's mistake or a fault of the machine (rnnlab's error types, ValueError
     for bad input, OSError) prints one line and exits with 2; anything else is a bug of ours and keeps
@@ -1222,13 +1246,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     args = build_parser(_task_named(argv)).parse_args(argv)
     if debug:
-        return args.func(args)
+        return _run(args)
     from .distributed import PeerFailure, SharedError, is_reporter
 
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings
         try:
-            return args.func(args)
+            return _run(args)
         except FlagError as error:  # a flag's value: name the flag (torchrun: every rank raises it; rank 0 says it)
             if is_reporter():
                 print(f"rnnlab {error.command}: error: {error}", file=sys.stderr)

@@ -15,6 +15,8 @@ A run directory outlives the code that wrote it, so its config.json may lack a f
 behaviour, or resuming an old run would silently train it differently: tests/test_config.py holds
 every stored config to its record, tests/data/config_fields.json (each field, and what a missing
 one means). A field the class lacks (a config.json of a newer rnnlab) is an UnknownFieldsError.
+A value a field no longer takes (a retired choice) is read as what it meant: the knob's `retired=`
+table says so, next to its choices.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import typing
 from collections.abc import Callable
 from dataclasses import MISSING, field
 from typing import Any
+
+from .checks import with_article
 
 __all__ = ["MAX_SEED", "MAX_THREADS", "MAX_LENGTH", "MAX_LAYERS", "MAX_BEAM", "MAX_EPISODES", "knob", "validate",
            "ConfigError", "ConfigTypeError", "UnknownFieldsError", "to_dict", "from_dict", "filled", "absent_value",
@@ -81,14 +85,18 @@ class UnknownFieldsError(ValueError):
 
 def knob(default: Any, help: str, choices: tuple | None = None, *, low: float | None = None,
          high: float | None = None, above: float | None = None, below: float | None = None,
-         parse: Callable[[str], Any] | None = None, metavar: str | None = None, absent: Any = MISSING):
+         parse: Callable[[str], Any] | None = None, metavar: str | None = None, absent: Any = MISSING,
+         retired: dict[Any, Callable[[dict[str, Any]], Any]] | None = None):
     """A config field: its default, the help text its CLI flag shows, and what values it takes.
 
     choices: the allowed values (of each element, for a tuple field); low/high: inclusive bounds;
     above/below: exclusive bounds; parse: text -> value for the CLI where the type's own
     constructor does not serve (e.g. '16..4096' for a sweep). absent: the value a stored config
     written before this field existed means by lacking it, i.e. the behaviour before the field,
-    where that is not the default (e.g. a new option on by default: `knob(True, ..., absent=False)`)."""
+    where that is not the default (e.g. a new option on by default: `knob(True, ..., absent=False)`).
+    retired: the values the field took once and takes no more (a choice renamed or dropped), each
+    with a function of the stored config's fields (a dict) that gives what it meant in today's
+    values; a run made with one reads as that (`filled`)."""
     meta = {"help": help, "choices": choices, "low": low, "high": high, "above": above, "below": below,
             "parse": parse, "metavar": metavar}
     for name, value in (("default", default), ("absent", absent)):
@@ -96,6 +104,13 @@ def knob(default: Any, help: str, choices: tuple | None = None, *, low: float | 
             raise TypeError(f"knob: {name} must be immutable (use a tuple); got {type(value).__name__}")
     if absent is not MISSING:
         meta["absent"] = absent
+    if retired is not None:
+        if not isinstance(retired, dict) or not all(callable(meant) for meant in retired.values()):
+            raise TypeError(f"knob: retired must be a dict of retired value -> function of the stored fields; "
+                            f"got {retired!r}")
+        if still := [value for value in retired if choices is not None and value in choices]:
+            raise ValueError(f"knob: retired values must not be choices still; got {still}")
+        meta["retired"] = types.MappingProxyType(dict(retired))
     return field(default=default, metadata=meta)
 
 
@@ -156,7 +171,8 @@ def _expected(kind, optional: bool, meta: dict) -> str:
     if meta.get("choices") is not None:
         text = f"one of {tuple(meta['choices'])}"
     else:
-        text = _ARTICLE.get(kind, f"a {getattr(kind, '__name__', kind)}") + _range_text(meta)
+        text = _ARTICLE.get(kind) or with_article(str(getattr(kind, "__name__", kind)))
+        text += _range_text(meta)
     return f"None or {text}" if optional else text
 
 
@@ -201,11 +217,18 @@ def to_dict(config) -> dict[str, Any]:
 
 def filled(cls, data: dict[str, Any]) -> dict[str, Any]:
     """`data` (a stored config's fields) with each field it lacks set to what its absence means
-    (`absent_value`): the values a run written before those fields existed trained with; then, where
-    the class defines `stored_values(data)`, values it no longer takes translated to what they meant."""
+    (`absent_value`): the values a run written before those fields existed trained with; then each
+    value a field no longer takes translated to what it meant (its knob's `retired=`, which reads
+    the stored fields, the ones filled in included)."""
     missing = {f.name: absent_value(f) for f in dataclasses.fields(cls) if f.name not in data}
-    data = {**{k: v for k, v in missing.items() if v is not MISSING}, **data}
-    return cls.stored_values(data) if hasattr(cls, "stored_values") else data
+    stored = {**{k: v for k, v in missing.items() if v is not MISSING}, **data}
+    meant = {}
+    for f in dataclasses.fields(cls):
+        for value, meaning in f.metadata.get("retired", {}).items():
+            # compared by type and value, not hashed: a hand-edited config.json may hold a list here
+            if f.name in stored and type(stored[f.name]) is type(value) and stored[f.name] == value:
+                meant[f.name] = meaning(stored)
+    return {**stored, **meant}
 
 
 def from_dict(cls, data: dict[str, Any], where: str):

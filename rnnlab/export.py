@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .models import Ensemble, RecurrentModel, SequenceToVector
-from .preprocessing import EmbeddingFeedback, RawFeedback, SoftmaxFeedback
+from .preprocessing import MLP, EmbeddingFeedback, RawFeedback, SoftmaxFeedback
 
 __all__ = ["MissingExtra", "require", "SequenceGraph", "StepGraph", "export_model", "exported_by_rnnlab", "verify",
            "OnnxStep", "CHECK_LENGTHS", "CHECK_BATCHES", "OPSET"]
@@ -88,9 +88,8 @@ def _input_spec(input_map, size: int):
     embedding = _embedding_in(input_map)
     if embedding is not None:
         return "ids", embedding.num_embeddings
-    features = getattr(input_map, "in_features", None)
-    if isinstance(features, int):
-        return "float", features
+    if isinstance(input_map, (nn.Linear, MLP)):
+        return "float", input_map.in_features
     raise ValueError(f"export: cannot tell what the input map {type(input_map).__name__} reads; "
                      f"expected an nn.Embedding, an MLP or an nn.Linear")
 
@@ -301,10 +300,11 @@ def verify(graph: _Graph, model_bytes_or_path, lengths=CHECK_LENGTHS, batches=CH
 
 
 class OnnxStep:
-    """The exported step graph in onnxruntime, with the state carried: `logits = stepper(token)`."""
+    """The exported step graph in onnxruntime, with the state carried: `logits = stepper(token)`;
+    `threads`: the session's intra-op (and inter-op) threads."""
 
-    def __init__(self, model_bytes_or_path, graph: StepGraph):
-        self.session, self.graph = session(model_bytes_or_path), graph
+    def __init__(self, model_bytes_or_path, graph: StepGraph, threads: int = 1):
+        self.session, self.graph = session(model_bytes_or_path, threads), graph
         self.names = graph.input_names()
         self.state = None
 
@@ -349,20 +349,3 @@ def step_path(path: str | Path) -> Path:
     """Where the step graph goes beside the sequence graph: model.onnx -> model-step.onnx."""
     path = Path(path)
     return path.with_name(path.stem + "-step" + path.suffix)
-
-
-def sample_text(task, stepper: OnnxStep, prompt: str, length: int, temperature: float = 1.0,
-                top_k: int | None = None, seed: int = 0) -> str:
-    """The language task's `sample_text` on the exported step graph (the same prompt handling)."""
-    from .data.vocabulary import tokenize
-
-    vocabulary, level = getattr(task, "vocabulary", None), getattr(getattr(task, "config", None), "level", None)
-    if vocabulary is None or level is None:
-        raise ValueError(f"sample: --engine onnxruntime serves the language task; got a {task.name!r} run")
-    tokens = ["\n"] + list(tokenize(prompt, level))
-    ids = sample_ids(stepper, vocabulary.encode(tokens), length, temperature, top_k,
-                     torch.Generator().manual_seed(seed))
-    text = vocabulary.decode(ids)
-    if level == "word" and text and text[0].isalnum():
-        text = " " + text
-    return text

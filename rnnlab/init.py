@@ -11,6 +11,7 @@ knows about any particular cell beyond its weight groups:
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ __all__ = [
     "Regularizers",
     "regularization_loss",
     "apply_constraints",
+    "Regularized",
+    "Constrained",
 ]
 
 SCHEMES = ("uniform", "xavier_uniform", "xavier_normal", "orthogonal", "kaiming_uniform", "zeros")
@@ -204,14 +207,32 @@ def _check_callables(groups, names: tuple[str, ...], example: str) -> None:
                             f"got {type(value).__name__} {value!r}")
 
 
+class Regularized(abc.ABC):
+    """A module that adds a term to the loss, `penalty()`, which `regularization_loss` sums over a
+    model: the cells (their weights' regularisers) and the `Recurrent` runners (the activity's)."""
+
+    @abc.abstractmethod
+    def penalty(self) -> torch.Tensor | None:
+        """The term (a scalar tensor), or None when there is none."""
+
+
+class Constrained(abc.ABC):
+    """A module whose weights are projected back onto their sets after each optimiser step,
+    `constrain()`, which `apply_constraints` calls over a model: the cells."""
+
+    @abc.abstractmethod
+    def constrain(self) -> None:
+        """Apply the constraints in place."""
+
+
 def regularization_loss(module: nn.Module) -> torch.Tensor:
     """Sum of every regulariser in `module`: weight penalties of its cells plus the activity
-    penalties its runners recorded in their last forward. The trainer adds this to the loss."""
+    penalties its runners recorded in their last forward (every `Regularized` module's `penalty()`).
+    The trainer adds this to the loss."""
     total = None
     for sub in module.modules():
-        penalty = getattr(sub, "penalty", None)
-        if callable(penalty):
-            term = penalty()
+        if isinstance(sub, Regularized):
+            term = sub.penalty()
             if term is not None:
                 total = term if total is None else total + term
     if total is None:
@@ -221,9 +242,9 @@ def regularization_loss(module: nn.Module) -> torch.Tensor:
 
 
 def apply_constraints(module: nn.Module) -> None:
-    """Project every constrained weight of `module` back onto its set (call after optimiser.step())."""
+    """Project every constrained weight of `module` back onto its set (call after optimiser.step()):
+    every `Constrained` module's `constrain()`."""
     with torch.no_grad():
         for sub in module.modules():
-            constrain = getattr(sub, "constrain", None)
-            if callable(constrain):
-                constrain()
+            if isinstance(sub, Constrained):
+                sub.constrain()

@@ -85,7 +85,8 @@ def _layers(runner) -> list:
 def to_torch(runner) -> nn.Module:
     """Recurrent or Stacked (no residual) -> torch.nn.LSTM / GRU / RNN with batch_first=True."""
     layers = _layers(runner)
-    if getattr(runner, "residual", False):
+    stacked = runner if isinstance(runner, Stacked) else None  # a Recurrent has no connections between layers
+    if stacked is not None and stacked.residual:
         raise ValueError("to_torch: cannot convert; torch.nn has no residual connections between layers")
     modes = {_mode(r.cell, "to_torch") for r in layers}
     if len(modes) != 1:
@@ -94,10 +95,11 @@ def to_torch(runner) -> nn.Module:
     first = layers[0].cell
     if any(r.cell.hidden_size != first.hidden_size for r in layers):
         raise ValueError("to_torch: every layer must have the same hidden_size")
-    if any(getattr(r.cell, "proj_size", 0) != getattr(first, "proj_size", 0) for r in layers):
+    if any(r.cell.output_size != first.output_size for r in layers):  # one kind of cell: P differs, if any
         raise ValueError("to_torch: every layer must have the same proj_size")
     bias = first.bias_ih is not None
-    kwargs = dict(num_layers=len(layers), bias=bias, batch_first=True, dropout=getattr(runner, "dropout", 0.0))
+    kwargs = dict(num_layers=len(layers), bias=bias, batch_first=True,
+                  dropout=stacked.dropout if stacked is not None else 0.0)
     if mode == "LSTM+proj":
         out = nn.LSTM(first.input_size, first.hidden_size, proj_size=first.proj_size, **kwargs)
     elif mode.startswith("RNN"):

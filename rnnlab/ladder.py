@@ -200,7 +200,8 @@ def _check_same_cell(run: RunDir, task_cls, config, train_config: TrainConfig) -
     differ = [*differences(stored, config),
               *(name for name in differences(stored_train, train_config) if name not in RESUMABLE_FIELDS)]
     if differ:
-        raise RunDirError(f"{run.path} holds a run of another configuration ({', '.join(differ)} differ); "
+        verb = "differs" if len(differ) == 1 else "differ"
+        raise RunDirError(f"{run.path} holds a run of another configuration ({', '.join(differ)} {verb}); "
                           f"choose another --out, or give the flags it was made with")
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from . import kernels
 from .cells import Cell, State, _describe
 from .checks import check_flag, check_number, check_tensor_like
+from .init import Regularized
 
 __all__ = ["Runner", "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded", "check_sequence",
            "check_implementations"]
@@ -132,7 +133,7 @@ class Runner(nn.Module, ABC):
         """Unchecked forward: the caller checked the arguments."""
 
 
-class Recurrent(Runner):
+class Recurrent(Runner, Regularized):
     """Unroll a cell over time: the lecture's figures "RNN model, unrolled T steps".
 
     `ys, state = Recurrent(cell)(xs, state, y_prev, lengths)` computes what this loop computes (it
@@ -173,7 +174,7 @@ class Recurrent(Runner):
         self._activity: torch.Tensor | None = None
 
     input_size = property(lambda self: self.cell.input_size)
-    output_size = property(lambda self: getattr(self.cell, "output_size", self.cell.hidden_size))  # P when projected
+    output_size = property(lambda self: self.cell.output_size)  # H, or the projected LSTM's P
     feedback_size = property(lambda self: self.cell.feedback_size)
 
     def initial_state(self, batch: int, device=None, dtype=None) -> State:

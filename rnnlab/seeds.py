@@ -77,7 +77,8 @@ def _check_same_config(run: RunDir, expected: dict, task_config_class: type) -> 
     if saved.get("task") != expected["task"]:
         differ.insert(0, "task")
     if differ:
-        raise RunDirError(f"{run.path} holds a run of another configuration ({', '.join(differ)} differ); "
+        verb = "differs" if len(differ) == 1 else "differ"
+        raise RunDirError(f"{run.path} holds a run of another configuration ({', '.join(differ)} {verb}); "
                           f"choose another --out, or give the flags it was made with")
 
 

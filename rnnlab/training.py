@@ -362,8 +362,8 @@ class Trainer:
             self.averaged = None if averaged is None else [a.to(self.device) for a in averaged]
             self.averaged_steps = int(state.get("averaged_steps", 0))
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
-            raise CheckpointError(f"{source} does not match this trainer (optimiser, data or format "
-                                  f"differ): {error}") from None
+            raise CheckpointError(f"{source} does not match this trainer (another optimiser, other data or "
+                                  f"another format): {error}") from None
         if self.run is not None:
             self.run.truncate_metrics(step)
         self.resumed = True

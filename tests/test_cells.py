@@ -404,3 +404,36 @@ def test_the_kernels_serve_cells_by_family_not_by_class():
                                                     masks=(None, None), training=False) or implementation == "native"
     assert kernels.choose(cell, "auto", feedback=False, lengths=False, masks=(None, None),
                           training=False) == "reference"
+
+
+def test_every_cell_declares_how_wide_its_output_is_and_the_runner_reads_it():
+    """`Cell.output_size` is the contract (H; the projected LSTM's P), not a probe the runner guesses with."""
+    for name, cls in LADDER.items():
+        cell = cls(I, 6, O if name == "feedback" else 0)
+        out, _ = cell(torch.randn(B, I), y_prev=torch.zeros(B, O) if name == "feedback" else None)
+        assert cell.output_size == out.shape[-1] == R.Recurrent(cell).output_size, name
+    assert R.ProjectedLSTMCell(I, 6, proj_size=2).output_size == 2
+
+    class Halved(R.Cell):
+        """A cell of the user's that emits half its state: it says so by overriding output_size."""
+
+        family = "halved"
+
+        def combine(self, zx, zh, s):
+            return torch.tanh(self.preactivations(zx, zh))
+
+        def output(self, state):
+            return state[:, : self.hidden_size // 2]
+
+        output_size = property(lambda self: self.hidden_size // 2)
+
+    class Plain(R.Cell):
+        family = "plain"
+
+        def combine(self, zx, zh, s):
+            return torch.tanh(self.preactivations(zx, zh))
+
+    assert Plain(I, 6).output_size == 6 == R.Recurrent(Plain(I, 6)).output_size  # inherited: H
+    stack = R.Stacked(R.Recurrent(Halved(I, 6)), R.Recurrent(Plain(3, 5)))  # the second reads 3 = 6 // 2
+    ys, _ = stack(torch.randn(B, 4, I))
+    assert R.Recurrent(Halved(I, 6)).output_size == 3 and ys.shape == (B, 4, 5)

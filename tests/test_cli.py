@@ -66,6 +66,32 @@ def test_sample_on_a_task_that_cannot_generate_names_what_serves_it(trained, cap
     assert "rnnlab sample" in line
 
 
+def test_a_run_named_in_a_message_takes_the_article_its_name_does(trained, capsys):
+    """It said "a 'adding' run"; the article is chosen from the word (checks.with_article)."""
+    from rnnlab.checks import with_article
+
+    assert "rnnlab sample: an 'adding' run does not generate text" in one_line_error(capsys, ["sample", str(trained)])
+    assert "rnnlab translate: an 'adding' run does not translate" in one_line_error(
+        capsys, ["translate", str(trained), "a sentence"])
+    assert [with_article(w) for w in ("'adding'", "'copy'", "int", "Stacked", "'explore'")] == [
+        "an 'adding'", "a 'copy'", "an int", "a Stacked", "an 'explore'"]
+
+
+OUT_COMMANDS = [(["train", "adding"], "a folder"), (["seeds", "adding"], "a folder"),
+                (["ladder", "adding"], "a folder"), (["complexity"], "a folder"), (["gradients"], "a folder"),
+                (["export", "RUN"], "a .onnx file"), (["explore", "RUN"], "an .html file"),
+                (["caption", "RUN"], "a .png file")]
+
+
+@pytest.mark.parametrize("command, named", OUT_COMMANDS, ids=lambda c: c[0] if isinstance(c, list) else "")
+def test_an_empty_out_is_refused_naming_the_flag(tmp_path, capsys, monkeypatch, command, named):
+    """`--out ''` silently meant the default folder (Path('') is the working folder); now one line, as
+    `--text ''` is, before anything is read or written."""
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, [*command, "--out", ""], f"--out must name {named}; got ''")
+    assert line.startswith(f"rnnlab {command[0]}: error: ") and not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("command", ["sample", "eval"])
 def test_device_cuda_without_cuda(trained, capsys, no_cuda, command):
     one_line_error(capsys, [command, str(trained), "--device", "cuda"], "--device", "'cuda'", "CUDA is not available")

@@ -185,7 +185,7 @@ def choices_now(cls) -> dict[str, list]:
 def test_every_choice_ever_recorded_still_opens():
     """A run directory keeps the choices it was trained with: a choice that is renamed or retired would
     make its config.json stop opening, or open as another model. So every choice in the record (which
-    keeps them forever) must still be one, or be translated by the config's `stored_values(data)` to one
+    keeps them forever) must still be one, or be translated by its knob's `retired=` table to one
     that means the same; and every choice of today must be in the record."""
     recorded, problems = json.loads(FIELDS_FILE.read_text()), []
     for name, cls in stored_configs().items():
@@ -200,7 +200,7 @@ def test_every_choice_ever_recorded_still_opens():
                 if read not in now.get(field, []):
                     problems.append(
                         f"{name}: {cls.__name__}.{field} = {value!r} (recorded) is no longer a choice, so runs made "
-                        f"with it would stop opening: keep it, or translate it in {cls.__name__}.stored_values(data) "
+                        f"with it would stop opening: keep it, or translate it in the knob's retired= table "
                         f"to the choice that means what it meant (do not edit the record)")
     assert not problems, "\n".join(problems) + f"\n(the record: {FIELDS_FILE}; to record new choices: {WRITE_FIELDS})"
 
@@ -304,3 +304,28 @@ def test_a_count_beyond_the_bound_is_one_line_naming_the_flag(tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err == f"rnnlab {argv[0]}: error: {argv[-2]} must be an int in [1, 1000]; got {int(argv[-1])}", err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_retired_value_reads_as_what_its_knob_says_it_meant():
+    """A value a field no longer takes is translated by the table its knob declares (`retired=`), reading
+    the stored fields; it was a `stored_values` method that config.filled probed for with hasattr."""
+
+    @dataclass(frozen=True)
+    class Stored:
+        mode: str = knob("b", "the mode", ("b", "c"), retired={"a": lambda stored: "c" if stored["flag"] else "b"})
+        flag: bool = knob(False, "a flag", absent=True)
+
+        def __post_init__(self):
+            validate(self)
+
+    assert from_dict(Stored, {"mode": "a", "flag": False}, "x").mode == "b"
+    assert from_dict(Stored, {"mode": "a"}, "x").mode == "c"  # the flag's absence (True) read first
+    assert filled(Stored, {"mode": ["a"]})["mode"] == ["a"]  # a hand edit's list is not hashed, and left to validate
+    with pytest.raises(ValueError, match="retired values must not be choices still; got \\['a'\\]"):
+        knob("b", "the mode", ("a", "b"), retired={"a": lambda stored: "b"})
+    with pytest.raises(TypeError, match="retired must be a dict of retired value -> function"):
+        knob("b", "the mode", ("b",), retired={"a": "b"})
+    from rnnlab.tasks import SentimentConfig
+
+    assert filled(SentimentConfig, {"pool": "auto", "bidirectional": True})["pool"] == "max"
+    assert filled(SentimentConfig, {"pool": "auto"})["pool"] == "last"

@@ -33,7 +33,7 @@ def model_of(name: str, feedback: bool, implementation: str, layers: int = 1, **
 
 
 def cell_output(cell) -> int:
-    return getattr(cell, "output_size", cell.hidden_size)  # P for the projected LSTM
+    return cell.output_size  # P for the projected LSTM
 
 
 def implementations(cell) -> list[str]:
@@ -244,3 +244,20 @@ def test_the_new_lstms_export_with_lengths_and_as_steps(name):
     assert export.verify(graph, export.export_model(graph)) < 1e-4
     step = export.StepGraph(model_of(name, True, "auto", layers=2))
     assert export.verify(step, export.export_model(step)) < 1e-4
+
+
+def test_sampling_on_onnxruntime_runs_the_threads_threads_says(tmp_path, capsys, monkeypatch):
+    """`sample --engine onnxruntime` ran one thread whatever --threads said; the step graph's session now
+    takes --threads (without it, torch's count, as the PyTorch engine runs)."""
+    run = tmp_path / "run"
+    assert main(["train", "--text", str(write_play(tmp_path / "play.txt")), *TINY, "--out", str(run)]) == 0
+    made = []
+    real = export.session
+    monkeypatch.setattr(export, "session", lambda source, threads=1: made.append(real(source, threads)) or made[-1])
+    sample = ["sample", str(run), "--prompt", "ROMEO:", "--length", "5", "--engine", "onnxruntime"]
+    assert main(sample + ["--threads", "2"]) == 0
+    assert made[-1].get_session_options().intra_op_num_threads == 2
+    assert main(sample) == 0 and made[-1].get_session_options().intra_op_num_threads == torch.get_num_threads()
+    graph = export.StepGraph(model_of("gru", False, "auto"))
+    stepper = export.OnnxStep(export.export_model(graph), graph, threads=3)  # the library's own argument
+    assert stepper.session.get_session_options().intra_op_num_threads == 3

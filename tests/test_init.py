@@ -62,3 +62,35 @@ def test_regularisers_sum_into_one_loss():
     expected = 0.1 * cell.weight_ih.abs().sum() + 0.2 * cell.weight_hh.pow(2).sum() + ys.pow(2).sum() / B
     torch.testing.assert_close(R.regularization_loss(runner), expected)
     assert R.regularization_loss(R.Recurrent(R.LSTMCell(I, H))).item() == 0
+
+
+def test_the_loss_and_the_constraints_serve_the_modules_that_declare_them():
+    """regularization_loss and apply_constraints read the declared `Regularized` and `Constrained`
+    (cells and Recurrent runners are both), never a method that happens to be named penalty."""
+    from rnnlab.init import Constrained, Regularized
+
+    assert isinstance(R.LSTMCell(I, H), Regularized) and isinstance(R.LSTMCell(I, H), Constrained)
+    assert isinstance(R.Recurrent(R.LSTMCell(I, H)), Regularized)
+
+    class Declared(torch.nn.Module, Regularized, Constrained):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.full((2,), 3.0))
+
+        def penalty(self):
+            return self.weight.sum()
+
+        def constrain(self):
+            self.weight.clamp_(max=1.0)
+
+    class Undeclared(torch.nn.Module):
+        def penalty(self):
+            raise AssertionError("a module that does not declare Regularized is not asked for a penalty")
+
+        def constrain(self):
+            raise AssertionError("a module that does not declare Constrained is not constrained")
+
+    model = torch.nn.Sequential(Declared(), Undeclared())
+    assert R.regularization_loss(model).item() == 6.0
+    R.apply_constraints(model)
+    assert model[0].weight.tolist() == [1.0, 1.0]

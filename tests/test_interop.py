@@ -85,3 +85,18 @@ def test_to_torch_refuses_what_torch_cannot_compute():
         R.to_torch(R.Stacked.of(R.LSTMCell, I, H, 2, feedback_size=O))
     with pytest.raises(ValueError, match="same kind of cell"):
         R.to_torch(R.Stacked(R.Recurrent(R.LSTMCell(I, H)), R.Recurrent(R.GRUCell(H, H))))
+
+
+def test_to_torch_reads_the_runner_s_type_and_the_cells_declared_sizes():
+    """A Recurrent converts alone (no dropout between layers), a Stacked's dropout goes to torch's, its
+    residual connections are refused, and projected layers must share P (`output_size`)."""
+    one = R.to_torch(R.Recurrent(R.GRUCell(I, H)))
+    assert isinstance(one, torch.nn.GRU) and one.num_layers == 1 and one.dropout == 0.0
+    assert R.to_torch(R.Stacked.of(R.LSTMCell, I, H, 2, dropout=0.25)).dropout == 0.25
+    with pytest.raises(ValueError, match="residual"):
+        R.to_torch(R.Stacked.of(R.LSTMCell, H, H, 2, residual=True))
+    projected = R.to_torch(R.Stacked.of(R.ProjectedLSTMCell, I, H, 2, proj_size=2))
+    assert projected.proj_size == 2
+    with pytest.raises(ValueError, match="same proj_size"):
+        R.to_torch(R.Stacked(R.Recurrent(R.ProjectedLSTMCell(I, H, proj_size=2)),
+                             R.Recurrent(R.ProjectedLSTMCell(2, H, proj_size=3))))

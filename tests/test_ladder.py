@@ -59,7 +59,7 @@ def test_a_cell_folder_of_another_configuration_is_refused_not_resumed(tmp_path,
     """Rerunning a ladder in its folder with another --T must not resume the T=3 runs as T=4 ones."""
     out = tmp_path / "ladder"
     run_ladder("copy", {"T": 3, "hidden": 4, "batch_size": 4}, {"steps": 1, "eval_every": 1}, out, ("gru",))
-    with pytest.raises(RunDirError, match=r"ladder/gru holds a run of another configuration \(T differ\)"):
+    with pytest.raises(RunDirError, match=r"ladder/gru holds a run of another configuration \(T differs\)"):
         run_ladder("copy", {"T": 4, "hidden": 4, "batch_size": 4}, {"steps": 2, "eval_every": 1}, out, ("gru",))
     assert main(["ladder", "copy", "--T", "4", "--hidden", "4", "--batch-size", "4", "--steps", "2",
                  "--cells", "gru", "--out", str(out)]) == 2

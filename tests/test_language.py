@@ -78,6 +78,20 @@ def test_word_level_model_samples_words(tmp_path):
     assert "<unk>" not in words and len(words.split()) >= 5
 
 
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_the_two_ends_of_sampling_that_another_engine_needs(tmp_path, level):
+    """TextGenerator's prompt_ids (a new line, then the prompt) and continuation (the ids as the text after
+    the prompt: at word level a space before a word), which sample_text and the onnxruntime engine share."""
+    text = write_play(tmp_path / "play.txt")
+    task = LanguageTask(LanguageConfig(text=str(text), level=level, hidden=8, embedding=4))
+    prompt = "ROMEO:"
+    ids = task.prompt_ids(prompt)
+    assert ids[0] == task.vocabulary.encode(["\n"])[0] and task.vocabulary.decode(ids[1:]) == prompt
+    assert task.continuation(ids[1:]) == (" " + prompt if level == "word" else prompt)
+    chosen = sample(task.model, ids, 12, 0.0)
+    assert task.sample_text(task.model, prompt, 12, temperature=0.0) == task.continuation(chosen)
+
+
 @pytest.mark.parametrize("cell", ["vanilla", "residual", "input", "forget", "lstm", "gru"])
 def test_every_cell_of_the_ladder_trains_as_a_language_model(tmp_path, cell):
     task = LanguageTask(LanguageConfig(text=str(write_play(tmp_path / "play.txt")), cell=cell, hidden=8, embedding=4,

@@ -42,7 +42,7 @@ def test_seeds_refuse_another_configuration_and_bad_folders(tmp_path, capsys):
     assert main(["seeds", "digits", *TINY, "--count", "1", "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["seeds", "digits", *TINY, "--count", "1", "--lr", "0.1", "--out", str(out)]) == 2
-    assert "holds a run of another configuration (lr differ)" in capsys.readouterr().err
+    assert "holds a run of another configuration (lr differs)" in capsys.readouterr().err
     assert main(["seeds", "digits", *TINY[:-2], "--threads", "2", "--count", "1", "--out", str(out)]) == 0  # free
     assert main(["seeds", "digits", "--count", "0"]) == 2
     assert "--count must be >= 1; got 0" in capsys.readouterr().err

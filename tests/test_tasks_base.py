@@ -57,3 +57,21 @@ def test_sample_on_a_task_that_cannot_generate_says_so(tmp_path, capsys):
     assert main(["sample", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not generate text" in err[0] and "rnnlab eval" in err[0]
+
+
+def test_a_text_generator_declares_what_another_engine_needs():
+    """`rnnlab sample --engine onnxruntime` needs the ids the model reads first and the text of the ids it
+    chose: TextGenerator declares them (it read the language task's vocabulary and config.level); a
+    text generator without them cannot be built, naming them."""
+
+    class Sampler(TextGenerator):
+        def sample_text(self, model, prompt, length, temperature=1.0, top_k=None, seed=0):
+            return ""
+
+        def unknown_in(self, prompt):
+            return []
+
+    with pytest.raises(TypeError, match="continuation.*prompt_ids|prompt_ids.*continuation"):
+        Sampler()
+    language = TASKS["language"]
+    assert not ({"prompt_ids", "continuation"} & language.__abstractmethods__)

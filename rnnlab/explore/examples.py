@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import with_article
 from ..models import Ensemble
 from ..tasks import AddingTask, CopyTask, DigitsTask, ForecastTask, SentimentTask
 
@@ -111,4 +112,4 @@ def held_out_examples(task, count: int = 6) -> list[Example]:
                                     xs, f"one-step-ahead RMSE {error:.3f} (normalised units)", ys=ys))
         return examples
     raise ValueError(f"rnnlab explore: the page serves language, {', '.join(SERVED)} runs; "
-                     f"the run is a {task.name!r} run")
+                     f"the run is {with_article(repr(task.name))} run")

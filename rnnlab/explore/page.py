@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import RunDir
+from ..checks import with_article
 from ..config import filled
 from ..data.text import TextFileError, read_text
 from ..data.vocabulary import tokenize
@@ -159,7 +160,8 @@ def page_data(task, run_dir: str | Path, weights_file: Path, tokens: list[str],
               source: str) -> tuple[dict, Trace, Trace]:
     """Everything the page embeds, and the traces of the page's and the run's own model."""
     if not isinstance(task, LanguageTask):
-        raise ValueError(f"rnnlab explore: the page serves language runs; the run in {run_dir} is a {task.name!r} run")
+        raise ValueError(f"rnnlab explore: the page serves language runs; the run in {run_dir} is "
+                         f"{with_article(repr(task.name))} run")
     model = task.model.float().cpu().eval()
     page_model = dequantised(model)
     ids = task.vocabulary.encode(tokens)
@@ -257,11 +259,11 @@ def build_page(run_dir: str | Path, text_file: str | None = None, prompt: str | 
         raise ValueError(f"rnnlab explore: --length must be an int >= 1; got {length!r}")
     task, _ = open_run(run_dir)
     if not isinstance(task, LanguageTask) and task.name not in SERVED:  # before the weights load
-        raise ValueError(f"rnnlab explore: the page serves language, {', '.join(SERVED)} runs; the run is a "
-                         f"{task.name!r} run; what serves it: {commands_for(type(task))}")
+        raise ValueError(f"rnnlab explore: the page serves language, {', '.join(SERVED)} runs; the run is "
+                         f"{with_article(repr(task.name))} run; what serves it: {commands_for(type(task))}")
     if not isinstance(task, LanguageTask) and (text_file is not None or prompt is not None):  # before the weights
-        raise ValueError(f"rnnlab explore: --text and --prompt serve language runs; a {task.name!r} run shows "
-                         f"held-out examples (--length: how many)")
+        raise ValueError(f"rnnlab explore: --text and --prompt serve language runs; {with_article(repr(task.name))} "
+                         f"run shows held-out examples (--length: how many)")
     check_traceable(traced_model(task.model).core)  # a --bidirectional run: refused before its weights load too
     file = load_weights(task, run_dir, weights, "cpu")
     if not isinstance(task, LanguageTask):

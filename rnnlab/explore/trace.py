@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from ..cells import Cell, GRUCell, LSTMBase
+from ..checks import with_article
 from ..models import RecurrentModel
+from ..runners import Recurrent
 
 __all__ = ["Trace", "check_traceable", "trace_core", "trace_language", "shown_gates", "quantities_of", "FEATURES",
            "feature_values", "correlated_units", "saturation"]
@@ -64,9 +66,9 @@ def check_traceable(core) -> None:
     page traces cells read one way; a Bidirectional layer is refused), which the model's build decides:
     a caller may check before loading weights."""
     for runner in core.layers:
-        if not isinstance(getattr(runner, "cell", None), Cell):
+        if not isinstance(runner, Recurrent):  # a Recurrent runs one Cell
             raise ValueError(f"rnnlab explore: every layer must read the sequence one way (a Recurrent runner of a "
-                             f"ladder cell); got a {type(runner).__name__} layer")
+                             f"ladder cell); got {with_article(type(runner).__name__)} layer")
 
 
 @torch.no_grad()

@@ -67,7 +67,7 @@ def unavailable(cell: Cell, masks=(None, None), **context) -> str | None:
 
 def _signature(cell: Cell) -> tuple:
     """What fixes the generated source: the cell's family and settings."""
-    residual = getattr(cell, "residual", "after")
+    residual = cell.residual if cell.family == "residual" else "after"  # the residual family declares where it adds
     transition = () if cell.transition is None else tuple(
         m.bias is not None for m in cell.transition if isinstance(m, torch.nn.Linear))
     eps = (float(cell.norm_hh.eps if cell.norm_hh is not None else 0.0), float(cell.norm_cell.eps)) \

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from ..training import TrainConfig, Trainer
@@ -122,7 +123,10 @@ class Task(abc.ABC):
 
 
 class TextGenerator(abc.ABC):
-    """Capability: the model writes text (`rnnlab sample`)."""
+    """Capability: the model writes text (`rnnlab sample`). Besides `sample_text`, which generates
+    with the task's model, it declares the two ends of generating that another engine needs
+    (`rnnlab sample --engine onnxruntime`: `export.sample_ids` steps the exported graph between
+    them): `prompt_ids`, what the model reads first, and `continuation`, the generated ids as text."""
 
     @abc.abstractmethod
     def sample_text(self, model, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
@@ -132,6 +136,15 @@ class TextGenerator(abc.ABC):
     @abc.abstractmethod
     def unknown_in(self, prompt: str) -> list[str]:
         """The prompt's tokens the vocabulary lacks (read as <unk>)."""
+
+    @abc.abstractmethod
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        """(N,) the token ids the model reads before it generates: the prompt's, with whatever the
+        task puts before it (N >= 1)."""
+
+    @abc.abstractmethod
+    def continuation(self, ids: torch.Tensor) -> str:
+        """The generated token ids (L,) as the text printed after the prompt."""
 
 
 class Translator(abc.ABC):

@@ -279,9 +279,15 @@ class LanguageTask(Task, TextGenerator):
         The model reads a new line before the prompt: trained on stateful batches it has almost
         never started from a zero state, and a new line puts it where a prompt like "ROMEO:" stands
         in the text, at the start of a line (without it, "ROMEO:" is read as the middle of a line)."""
-        tokens = ["\n"] + list(tokenize(prompt, self.config.level))
         generator = torch.Generator().manual_seed(seed)
-        ids = sample(model, self.vocabulary.encode(tokens), length, temperature, top_k, generator)
+        return self.continuation(sample(model, self.prompt_ids(prompt), length, temperature, top_k, generator))
+
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        """A new line, then the prompt's tokens (`sample_text` says why)."""
+        return self.vocabulary.encode(["\n"] + list(tokenize(prompt, self.config.level)))
+
+    def continuation(self, ids: torch.Tensor) -> str:
+        """The ids' text; at word level a space first where it starts with a word (after the prompt's)."""
         text = self.vocabulary.decode(ids)
         if self.config.level == "word" and text and text[0].isalnum():
             text = " " + text

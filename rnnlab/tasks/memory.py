@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cells import LADDER
+from ..cells import LADDER, Cell
 from ..config import MAX_LAYERS, knob, validate
 from ..data.batches import Batch
 from ..data.seeded import SeededBatches
@@ -176,11 +176,13 @@ def chrono_init(model: nn.Module, longest: int) -> int:
     are left as they are. Returns how many cells it set."""
     count = 0
     for cell in model.modules():
-        gates = getattr(cell, "gates", ())
+        if not isinstance(cell, Cell):  # the runners, the readout, the embedding
+            continue
+        gates = cell.gates
         keep = "f" if "f" in gates else "z" if "z" in gates else None
         if keep is None:
             continue
-        transition = getattr(cell, "transition", None)
+        transition = cell.transition
         bias = transition[-1].bias if transition is not None else cell.bias_ih
         if bias is None:
             raise ValueError(f"{type(cell).__name__}: chrono initialisation needs bias=True")

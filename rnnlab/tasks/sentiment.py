@@ -64,6 +64,11 @@ __all__ = ["SentimentConfig", "SentimentTask", "TokenDropout", "build_model", "L
 POOLS = tuple(SequenceToVector.POOL_WIDTH)
 
 
+def _what_pool_auto_read(stored: dict) -> str:
+    """pool 'auto' (a choice until 2026-11-27) read the last step, or the max when bidirectional."""
+    return "max" if stored.get("bidirectional") else "last"
+
+
 @dataclass(frozen=True)
 class SentimentConfig(CellOptions):
     """What the sentiment classifier reads and how big it is."""
@@ -77,7 +82,7 @@ class SentimentConfig(CellOptions):
     bidirectional: bool = knob(False, "also read each snippet backwards")
     pool: str = knob("max", "summary of the outputs: the output at the last valid step (the lecture's single "
                             "output), the mean or max over the valid steps, or concat: the three side by side",
-                     POOLS)
+                     POOLS, retired={"auto": _what_pool_auto_read})
     dropout: float = knob(0.25, "dropout on the embeddings, between layers and before the readout", low=0, below=1)
     word_dropout: float = knob(0.15, "probability that a training token is read as <unk>", low=0, below=1)
     batch_size: int = knob(64, "snippets per batch (sorted by length in pools, so batches pad little)", low=1)
@@ -99,14 +104,6 @@ class SentimentConfig(CellOptions):
                         high=MAX_LAYERS, absent=1)  # a run made before the field (2026-11-30) is a single classifier
     frozen_steps: int | None = knob(None, "fine-tuning after --pretrain-steps: the pretrained embedding and core "
                                           "stay fixed for this many steps while the readout learns (none: 0)", low=1)
-
-    @staticmethod
-    def stored_values(data: dict) -> dict:
-        """A stored config's values in today's terms: pool 'auto' (a choice until 2026-11-27) read the last
-        step, or the max when bidirectional (config.filled calls this for every config.json it reads)."""
-        if data.get("pool") == "auto":
-            data = {**data, "pool": "max" if data.get("bidirectional") else "last"}
-        return data
 
     def __post_init__(self):
         validate(self)
