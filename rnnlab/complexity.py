@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -328,7 +329,9 @@ def _checkpointed(setup: _Setup, xs, y_prev):
     for start in range(0, T, chunk):
         part_loss, *parts = checkpoint(run_chunk, xs[:, start:start + chunk], *parts, use_reentrant=True)
         loss = loss + part_loss
-    loss.backward()
+    with warnings.catch_warnings():  # torch 2.4's own recomputation calls its deprecated torch.cpu.amp.autocast
+        warnings.filterwarnings("ignore", r".*torch\.cpu\.amp\.autocast", FutureWarning)
+        loss.backward()
 
 
 def _teacher_forced(setup: _Setup, xs, y_prev):

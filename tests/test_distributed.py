@@ -75,7 +75,7 @@ def two_ranks(tmp_path_factory, text_file):
     results = finish(start([sys.executable, str(HERE / "distributed_worker.py"), str(out), text_file], 2, out))
     for rank, (code, _, err) in enumerate(results):
         assert code == 0, f"rank {rank} failed:\n{err[-3000:]}"
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
 
 
 @pytest.fixture(scope="module")

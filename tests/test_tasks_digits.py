@@ -64,7 +64,7 @@ def test_a_few_steps_through_the_trainer_lower_the_loss():
     torch.manual_seed(0)
     task = DigitsTask(DigitsConfig(hidden=16))
     before = task.evaluate(task.model)["loss"]
-    result = Trainer(task.model, task.batches(0), task.loss, TrainConfig(steps=30, lr=1e-2, eval_every=30, threads=1),
+    result = Trainer(task.model, task.batches(0), task.loss, TrainConfig(steps=30, lr=3e-2, eval_every=30, threads=1),
                      evaluate=task.evaluate).fit()
     assert result.last_eval["loss"] < before and result.last_eval["accuracy"] > 0.3
 

@@ -296,15 +296,20 @@ def _compile(directory: Path, name: str, source: Path, flags: list[str], timeout
     arguments = json.dumps({"name": name, "source": str(source), "directory": str(directory), "flags": flags,
                             "key": key, "library": str(directory / f"{name}{LIBRARY_SUFFIX}"),
                             "manifest": str(directory / f"{name}.manifest.json")})
+    # The child writes to a log file, not to pipes of ours: orphaned by kill -9 of this process, it
+    # would die of the first line it printed into a pipe nobody reads (torch 2.4's CUDA builds print
+    # one as cpp_extension is imported), and leave no library.
+    log = directory / f"{name}.build.log"
     try:
-        done = subprocess.run([sys.executable, "-c", _BUILD, arguments], capture_output=True, text=True,
-                              timeout=timeout, pass_fds=() if lock is None else (lock,))
+        with open(log, "w") as output:
+            done = subprocess.run([sys.executable, "-c", _BUILD, arguments], stdout=output, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=timeout, pass_fds=() if lock is None else (lock,))
     except subprocess.TimeoutExpired:
         return f"the build took longer than {timeout:.0f} s and was stopped"
     except OSError as error:
         return str(error)
     if done.returncode != 0:  # the compiler's first error says more than ninja's last line
-        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
         errors = [line for line in lines if "error" in line.lower() or "not found" in line.lower()]
         return (errors or lines or [f"exit status {done.returncode}"])[0][:300]
     return None
