@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test clean
+.PHONY: run test test-oldest-torch clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -34,5 +34,20 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The oldest torch rnnlab supports (pyproject: torch>=2.4): the same suite on torch 2.4.1, in a venv of
+# its own. Not part of `make test`: PyPI's torch 2.4.1 is its CUDA build, about 3 GB with its libraries.
+OLDEST := .venv-torch2.4
+$(OLDEST)/.installed: pyproject.toml Makefile
+	$(PY) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install -q --upgrade pip
+	$(OLDEST)/bin/pip install -q torch==2.4.1
+	$(OLDEST)/bin/pip install -q -e '.[test,export]'
+	bash scripts/install_browser.sh
+	touch $@
+
+test-oldest-torch: $(OLDEST)/.installed
+	$(OLDEST)/bin/python -c "import torch; from rnnlab.kernels import compiled; print('torch', torch.__version__, '- compiled loops:', 'built' if compiled.build_all() else 'unavailable, Python loops')"
+	$(OLDEST)/bin/python -m pytest -q
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(OLDEST)

@@ -3,6 +3,8 @@ without output feedback, exported with dynamic batch and length and compared wit
 onnxruntime at three lengths and two batch sizes; the step graph; `rnnlab export` and
 `rnnlab sample --engine onnxruntime`."""
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -74,13 +76,35 @@ def test_every_cell_and_implementation_exports_and_matches_pytorch_in_onnxruntim
         assert "inputs" in model_inputs and ("feedback" in model_inputs) == feedback
 
 
-def test_without_the_export_dispatch_fused_is_traced_into_constants(monkeypatch):
+# Run in a child process: torch 2.4 and 2.5's TorchScript exporter crashes (SIGSEGV, in _optimize_graph)
+# on the graph traced through a C++ call; 2.13's exports constants, which `verify` must catch.
+TRACED_INTO_CONSTANTS = """
+import torch
+from torch import nn
+import rnnlab as R
+from rnnlab import export, kernels
+torch.manual_seed(0)
+core = R.Stacked(R.Recurrent(R.GRUCell(4, 6), "fused"), R.Recurrent(R.GRUCell(6, 5), "fused"))
+graph = export.SequenceGraph(R.RecurrentModel(core, nn.Linear(5, 2)).eval())
+print("inputs with the dispatch:", len(__import__("onnx").load_from_string(export.export_model(graph)).graph.input))
+kernels.exporting = lambda: False
+try:
+    export.verify(graph, export.export_model(graph))
+    print("verify passed")
+except ValueError as error:
+    print("verify refused:", error)
+"""
+
+
+def test_without_the_export_dispatch_fused_is_traced_into_constants():
     # the issue's bug, kept as a check that `verify` catches it: the C++ loop's outputs become constants
-    graph = export.SequenceGraph(model_of("gru", False, "fused", layers=2))
-    assert len(onnx.load_from_string(export.export_model(graph)).graph.input) == 3  # inputs and both states
-    monkeypatch.setattr(kernels, "exporting", lambda: False)
-    with pytest.raises(ValueError, match="does not read state_0"):
-        export.verify(graph, export.export_model(graph))
+    done = subprocess.run([sys.executable, "-c", TRACED_INTO_CONSTANTS], capture_output=True, text=True, timeout=300)
+    assert "inputs with the dispatch: 3" in done.stdout, done.stderr[-2000:]  # inputs and both states
+    if done.returncode < 0:
+        pytest.skip(f"torch {torch.__version__}'s exporter crashes (signal {-done.returncode}) tracing a C++ call "
+                    f"without the export dispatch, which every export goes through")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "verify refused:" in done.stdout and "does not read state_0" in done.stdout, done.stdout
 
 
 def test_exported_graph_has_dynamic_batch_and_time_axes():
