@@ -2,9 +2,11 @@
 written, and every command line the docs show (indented code lines and ```sh fences) parses with
 rnnlab's own parser and names what exists: `rnnlab ...` (its task, cell, implementation and values,
 checked by the configs the command builds from its flags), `torchrun ... -m rnnlab ...` (torchrun's
-flags too), `make TARGET` and `pip install 'rnnlab[EXTRA]'`. The commands the README's prose quotes
-(`rnnlab train --precision bf16`) name a command and flags that exist, and the Python names it quotes
-(`rnnlab.kernels.graphs.clear()`, `R.MaxNorm`) resolve. Parsing only: nothing is trained or run.
+flags too), `make TARGET` and `pip install 'rnnlab[EXTRA]'`. What the README's prose quotes is true
+too: its commands (`rnnlab train --precision bf16`) and flags (`--pool concat`) exist, its Python names
+(`rnnlab.kernels.graphs.clear`) resolve, its calls (`SequenceToVector(core, readout, pool="last")`) fit
+the signatures, and the options it says every cell takes build every ladder cell but those it names.
+Parsing only: nothing is trained or run.
 docs/ARCHITECTURE.md's "Extending rnnlab" is followed by tests/test_extending.py.
 
 docs/RESULTS.md and docs/BENCHMARKS.md record what was run at the time, and readers rerun them, so
@@ -16,10 +18,12 @@ a value the parser takes; a line with a placeholder this file does not know is l
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import functools
 import importlib
+import inspect
 import io
 import re
 import shlex
@@ -30,6 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import rnnlab as R
 from rnnlab import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,15 +252,15 @@ def check_pip(example: Example) -> None:
 
 
 def prose_spans(doc: str) -> list[Example]:
-    """The `code spans` of the doc's prose (outside code blocks), one Example each."""
-    inside, spans = False, []
-    for number, line in enumerate((ROOT / doc).read_text(encoding="utf-8").splitlines(), 1):
-        if line.lstrip().startswith("```"):
-            inside = not inside
-        if inside or line.startswith("    "):
-            continue
-        spans += [Example(doc, number, span) for span in re.findall(r"`([^`]+)`", line.replace("\\|", "|"))]
-    return spans
+    """The `code spans` of the doc's prose, code blocks left out; a span may run over a line break."""
+    lines = (ROOT / doc).read_text(encoding="utf-8").splitlines()
+    for language, block in blocks(doc):  # blank each block's lines (and its fences), keeping the numbering
+        fenced = language != "indented"
+        for number in range(block.line - fenced, block.line + len(block.text.splitlines()) + fenced):
+            lines[number - 1] = ""
+    text = "\n".join(lines).replace("\\|", "|")  # `none\|dot` in a table cell
+    return [Example(doc, text.count("\n", 0, match.start()) + 1, " ".join(match.group(1).split()))
+            for match in re.finditer(r"`([^`]+)`", text)]
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -352,9 +357,83 @@ def check_name(name: Example) -> None:
     raise AssertionError(f"{name}: no module {parts[0]!r}")
 
 
+# Where a bare class name the README quotes (`TrainConfig(ema_decay=D)`, `Task.parameter_groups()`) lives
+SEARCHED = ("rnnlab", "rnnlab.training", "rnnlab.tasks", "rnnlab.distributed", "rnnlab.models", "rnnlab.init",
+            "rnnlab.attention", "rnnlab.decoding", "rnnlab.export")
+
+
+def quoted_calls() -> list[Example]:
+    """The Python the README's prose quotes with a call in it (`R.Constraints(kernel=R.MaxNorm(3), ...)`)."""
+    found = []
+    for span in prose_spans("README.md"):
+        try:
+            tree = ast.parse(python(span.text))
+        except SyntaxError:
+            continue
+        names = [ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)]
+        if any(re.match(r"(R|rnnlab)\.|[A-Z][a-z]", name) for name in names):  # not `cell(x_t, state)`, `a(z_r)`
+            found.append(span)
+    return found
+
+
+def python(text: str) -> str:
+    """A quoted call as Python: `f(kernel=k, ...)`, where `...` elides more keywords, without the `...`."""
+    return re.sub(r"(=[^,()]*(?:\([^()]*\))?),\s*\.\.\.\s*\)", r"\1)", text)
+
+
+def called(name: str):
+    """What a quoted call's name names: `R.x`/`rnnlab.x` resolved (it must exist), a bare CapWords name
+    found in SEARCHED (it must be there), or None for the example's own variables (`cell(x_t, state)`)."""
+    head = name.split(".")[0]
+    if head in ("R", "rnnlab"):
+        check_name(Example("", 0, name))
+        found = importlib.import_module("rnnlab")
+        for part in name.split(".")[1:]:
+            found = getattr(found, part) if hasattr(found, part) else importlib.import_module(
+                f"{found.__name__}.{part}")
+        return found
+    if not re.fullmatch(r"[A-Z][a-z]\w*", head):  # a variable of the example, or the lecture's W_hr
+        return None
+    module = next((importlib.import_module(m) for m in SEARCHED if hasattr(importlib.import_module(m), head)), None)
+    assert module is not None, f"no {head} in {', '.join(SEARCHED)}"
+    found = module
+    for part in name.split("."):
+        assert hasattr(found, part), f"{found.__name__ if found is module else name} has no {part!r}"
+        found = getattr(found, part)
+    return found
+
+
+def check_call(span: Example) -> None:
+    """Each call of rnnlab's the span quotes names what exists and passes what its signature takes: its
+    keywords by name, no more positional arguments than it has (`...` stands for any)."""
+    for node in ast.walk(ast.parse(python(span.text))):
+        if not isinstance(node, ast.Call) or not re.fullmatch(r"[A-Za-z_][\w.]*", name := ast.unparse(node.func)):
+            continue
+        try:
+            target = called(name)
+        except AssertionError as error:
+            raise AssertionError(f"{span}: {error}") from None
+        if target is None:
+            continue
+        parameters = list(inspect.signature(target).parameters.values())
+        if inspect.isfunction(target) and "." in name and parameters and parameters[0].name == "self":
+            parameters = parameters[1:]  # `RecurrentModel.generate(batch, steps)`: a method, called on a model
+        kinds = {p.kind for p in parameters}
+        if inspect.Parameter.VAR_KEYWORD not in kinds:
+            named = {p.name for p in parameters if p.kind != inspect.Parameter.POSITIONAL_ONLY}
+            wrong = [k.arg for k in node.keywords if k.arg is not None and k.arg not in named]
+            assert not wrong, f"{span}: {name} takes no {wrong} (it takes {sorted(named)})"
+        elided = any(isinstance(a, ast.Starred) or (isinstance(a, ast.Constant) and a.value is Ellipsis)
+                     for a in node.args)
+        positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if not elided and inspect.Parameter.VAR_POSITIONAL not in kinds:
+            assert len(node.args) <= len(positional), (f"{span}: {name} takes {len(positional)} positional arguments "
+                                                       f"({positional}); got {len(node.args)}")
+
+
 CHECKS = {"python": check_python, "rnnlab": check_command, "python -m rnnlab": check_command,
           "torchrun": check_torchrun, "make": check_make, "pip": check_pip, "quoted command": check_quoted_command,
-          "quoted flag": check_quoted_flag, "name": check_name}
+          "quoted flag": check_quoted_flag, "name": check_name, "call": check_call}
 
 
 # --- the tests -----------------------------------------------------------------------------------
@@ -370,6 +449,7 @@ def test_the_docs_show_examples_of_every_kind_this_file_checks():
     assert len(commands("rnnlab")) >= 40
     assert commands("torchrun") and commands("make") and commands("pip")
     assert len(quoted_commands()) >= 10 and len(quoted_flags()) >= 30 and len(quoted_names()) >= 10
+    assert len(quoted_calls()) >= 15
 
 
 @pytest.mark.parametrize("block", python_blocks(), ids=str)
@@ -408,6 +488,11 @@ def test_a_flag_the_prose_quotes_exists_with_the_value_shown(span):
     check_quoted_flag(span)
 
 
+@pytest.mark.parametrize("span", quoted_calls(), ids=str)
+def test_a_call_the_prose_quotes_fits_its_signature(span):
+    check_call(span)
+
+
 @pytest.mark.parametrize("name", quoted_names(), ids=str)
 def test_a_python_name_the_prose_quotes_exists(name):
     check_name(name)
@@ -438,13 +523,17 @@ BREAKS = [("rnnlab", "--hidden 300", "--hiden 300", "does not parse"),
           ("quoted flag", "--attention none|dot|additive", "--attention none|dot|bahdanau", "got ['bahdanau']"),
           ("quoted flag", "--node-rank 0|1", "--node_rnk 0|1", "has a flag --node_rnk"),
           ("name", "rnnlab.kernels.graphs.clear", "rnnlab.kernels.graph.clear", "has no 'graph'"),
+          ("call", "pool=\"last\"", "pooling=\"last\"", "SequenceToVector takes no ['pooling']"),
+          ("call", "generate(batch, steps)", "generate(batch, steps, None, None, 1)", "takes 4 positional arguments"),
+          ("call", "R.MaxNorm(3)", "R.MaxNorms(3)", "has no 'MaxNorms'"),
+          ("call", "TrainConfig(ema_decay", "TrainConfig(ema_decays", "TrainConfig takes no ['ema_decays']"),
           ("python", "R.LSTMCell(", "R.LSTMCel(", "LSTMCel")]
 
 
 @pytest.mark.parametrize("kind, right, wrong, said", BREAKS, ids=lambda value: str(value))
 def test_each_check_fails_on_a_broken_copy_of_a_real_example(kind, right, wrong, said, tmp_path, monkeypatch):
     examples = {"python": python_blocks(), "quoted command": quoted_commands(), "quoted flag": quoted_flags(),
-                "name": quoted_names()}.get(kind) or commands(kind)
+                "name": quoted_names(), "call": quoted_calls()}.get(kind) or commands(kind)
     real = next((example for example in examples if right in example.text), None)
     assert real is not None, f"no {kind} example in the docs holds {right!r}: choose another"
     monkeypatch.chdir(tmp_path)
@@ -462,3 +551,40 @@ def test_a_note_on_a_recorded_line_is_applied_and_must_be_right():
     renamed = noted.text.replace("--threads 1", "--thread-count 1")
     assert "does not parse" in fails("rnnlab", replace(noted, text=renamed))
     assert fails("rnnlab", replace(noted, text=renamed + " (today: --thread-count is --threads)")) == ""
+
+
+# A value of each option the README says every cell takes, to build each ladder cell with
+OPTION_VALUES = {"activation": "relu", "gate_activation": "hard_sigmoid", "init": R.Init.keras(), "dropout": 0.1,
+                 "recurrent_dropout": 0.1, "zoneout": 0.1, "constraints": R.Constraints(kernel=R.MaxNorm(3)),
+                 "regularizers": R.Regularizers(kernel=R.L1L2(l2=1e-4)), "depth": 2, "reads_state": False}
+
+
+def check_cell_options(readme: str) -> None:
+    """Each option the README says every cell takes builds every ladder cell, but those named after it."""
+    paragraph = readme[readme.index("Options every cell takes"):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    options = list(re.finditer(r"`(\w+)=[^`]*`", paragraph))
+    assert len(options) >= 8, "the paragraph's options are `name=...` spans"
+    cells = {cls.__name__: cls for cls in R.LADDER.values()}
+    for option, after in zip(options, [*options[1:], None]):
+        name = option.group(1)
+        assert name in OPTION_VALUES, f"README.md names the cell option {name}=: give it a value in OPTION_VALUES"
+        refused = set()
+        for cls in cells.values():
+            try:
+                cls(8, 16, **{name: OPTION_VALUES[name]})
+            except (ValueError, TypeError):
+                refused.add(cls.__name__)
+        said = paragraph[option.end():after.start() if after else None]  # what the README says of this option
+        named = {cell for cell in re.findall(r"`(\w+)`", said) if cell in cells}
+        assert named == refused, f"README.md: {name}= is refused by {sorted(refused) or 'no cell'}; the README " \
+                                 f"names {sorted(named) or 'none'} after it"
+
+
+def test_the_options_every_cell_takes_build_every_ladder_cell_but_those_the_readme_names():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    check_cell_options(readme)
+    with pytest.raises(AssertionError, match=r"depth= is refused by \['GRUCell', 'LayerNormLSTMCell', 'Projected"):
+        check_cell_options(readme.replace("`GRUCell`, `LayerNormLSTMCell` and\n`ProjectedLSTMCell` keep depth 1", ""))
+    with pytest.raises(AssertionError, match="zoneout= is refused by no cell; the README names .'GRUCell'"):
+        check_cell_options(readme.replace("`zoneout=`", "`zoneout=` (not `GRUCell`)"))
