@@ -5,7 +5,8 @@ checked by the configs the command builds from its flags), `torchrun ... -m rnnl
 flags too), `make TARGET` and `pip install 'rnnlab[EXTRA]'`. What the README's prose quotes is true
 too: its commands (`rnnlab train --precision bf16`) and flags (`--pool concat`) exist, its Python names
 (`rnnlab.kernels.graphs.clear`) resolve, its calls (`SequenceToVector(core, readout, pool="last")`) fit
-the signatures, and the options it says every cell takes build every ladder cell but those it names.
+the signatures, the options it says every cell takes build every ladder cell but those it names, and
+its tables of cells, implementations and tasks show each one there is.
 Parsing only: nothing is trained or run.
 docs/ARCHITECTURE.md's "Extending rnnlab" is followed by tests/test_extending.py.
 
@@ -588,3 +589,33 @@ def test_the_options_every_cell_takes_build_every_ladder_cell_but_those_the_read
         check_cell_options(readme.replace("`GRUCell`, `LayerNormLSTMCell` and\n`ProjectedLSTMCell` keep depth 1", ""))
     with pytest.raises(AssertionError, match="zoneout= is refused by no cell; the README names .'GRUCell'"):
         check_cell_options(readme.replace("`zoneout=`", "`zoneout=` (not `GRUCell`)"))
+
+
+def table_names(readme: str, header: str) -> list[str]:
+    """The names in code spans of the first column of the README's table whose first header is `header`."""
+    tables = re.findall(r"(?m)(?:^\|.*\n?)+", readme)  # runs of lines that start with |
+    table = next(t for t in tables if t.split("|")[1].strip() == header)
+    rows = table.splitlines()[2:]  # past the header and its --- line
+    return [name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
+
+
+def check_tables(readme: str) -> None:
+    """The README's tables of cells, implementations and tasks name each one there is, and nothing else."""
+    from rnnlab import kernels
+    from rnnlab.tasks import TASKS
+
+    for header, names in (("class", {cls.__name__ for cls in R.LADDER.values()}),
+                          ("implementation", {*kernels.IMPLEMENTATIONS, "auto"}), ("task", set(TASKS))):
+        shown = table_names(readme, header)
+        assert len(shown) == len(set(shown)) and set(shown) == names, (
+            f"README.md: the table of {header}s shows {sorted(set(shown) - names) or 'nothing'} that does not exist "
+            f"and lacks {sorted(names - set(shown)) or 'nothing'}")
+
+
+def test_the_readme_tables_show_every_cell_implementation_and_task_there_is():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    check_tables(readme)
+    with pytest.raises(AssertionError, match=r"shows \['lstm'\] that does not exist and lacks \['language'\]"):
+        check_tables(readme.replace("| `language` (default)", "| `lstm` (default)"))
+    with pytest.raises(AssertionError, match=r"shows nothing that does not exist and lacks \['scan'\]"):
+        check_tables(readme.replace("| `scan` |", "| scan |"))
