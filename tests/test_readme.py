@@ -235,7 +235,8 @@ def make_targets() -> set[str]:
     def expand(value: str) -> str:
         return re.sub(r"\$\((\w+)\)", lambda m: expand(variables.get(m.group(1), "")), value)
 
-    return {expand(target) for line in re.findall(r"^([^\s#:=][^:=]*):(?!=)", text, re.M) for target in line.split()}
+    return {expand(target) for line in re.findall(r"^([^\s#:=][^:=]*):(?!=)", text, re.M) for target in line.split()
+            if not target.startswith(".PHONY")}
 
 
 def check_make(example: Example) -> None:
@@ -343,19 +344,26 @@ def quoted_names() -> list[Example]:
             for name in re.findall(r"(?<![\w.])((?:rnnlab|R)(?:\.[A-Za-z_]\w*)+)", span.text)]
 
 
-def check_name(name: Example) -> None:
-    """The dotted name resolves: the longest importable module, then its attributes."""
-    parts = ("rnnlab" + name.text[1:] if name.text.startswith("R.") else name.text).split(".")
+def resolve(dotted: str):
+    """What `rnnlab.module.name` or `R.name` names: the longest importable module, then its attributes."""
+    parts = ("rnnlab" + dotted[1:] if dotted.startswith("R.") else dotted).split(".")
     for cut in range(len(parts), 0, -1):
         try:
             found = importlib.import_module(".".join(parts[:cut]))
         except ModuleNotFoundError:
             continue
         for attribute in parts[cut:]:
-            assert hasattr(found, attribute), f"{name}: {found.__name__} has no {attribute!r}"
+            assert hasattr(found, attribute), f"{getattr(found, '__name__', found)} has no {attribute!r}"
             found = getattr(found, attribute)
-        return
-    raise AssertionError(f"{name}: no module {parts[0]!r}")
+        return found
+    raise AssertionError(f"no module {parts[0]!r}")
+
+
+def check_name(name: Example) -> None:
+    try:
+        resolve(name.text)
+    except AssertionError as error:
+        raise AssertionError(f"{name}: {error}") from None
 
 
 # Where a bare class name the README quotes (`TrainConfig(ema_decay=D)`, `Task.parameter_groups()`) lives
@@ -387,12 +395,7 @@ def called(name: str):
     found in SEARCHED (it must be there), or None for the example's own variables (`cell(x_t, state)`)."""
     head = name.split(".")[0]
     if head in ("R", "rnnlab"):
-        check_name(Example("", 0, name))
-        found = importlib.import_module("rnnlab")
-        for part in name.split(".")[1:]:
-            found = getattr(found, part) if hasattr(found, part) else importlib.import_module(
-                f"{found.__name__}.{part}")
-        return found
+        return resolve(name)
     if not re.fullmatch(r"[A-Z][a-z]\w*", head):  # a variable of the example, or the lecture's W_hr
         return None
     module = next((importlib.import_module(m) for m in SEARCHED if hasattr(importlib.import_module(m), head)), None)
