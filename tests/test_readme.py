@@ -39,7 +39,8 @@ import rnnlab as R
 from rnnlab import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "docs/COMPLEXITY.md", "docs/RESULTS.md", "docs/BENCHMARKS.md")
+DOCS = ("README.md", "docs/COMPLEXITY.md", "docs/RESULTS.md", "docs/BENCHMARKS.md")  # their command lines
+PROSE_DOCS = ("README.md", "docs/ARCHITECTURE.md", "docs/COMPLEXITY.md")  # what their prose quotes (not history)
 SHELL_FENCES = ("sh", "bash", "shell", "console")  # a bare ``` fence holds a program's output
 
 # What a placeholder stands for in a command line: a value the parser takes (parsing never reads it)
@@ -144,6 +145,13 @@ def commands(kind: str) -> list[Example]:
 # --- rnnlab's own parser, as `rnnlab` runs it --------------------------------------------------
 
 
+@functools.cache
+def parser_for(task: str | None) -> argparse.ArgumentParser:
+    """rnnlab's parser with `train`'s flags of the task (None: the default task), built once (parsing leaves
+    a parser unchanged)."""
+    return cli.build_parser(task)
+
+
 def parse(argv: list[str], where) -> argparse.Namespace | None:
     """`rnnlab ARGV` parsed as cli.main parses it (the task's flags, `--debug` anywhere), not run;
     None for --help and --version. A parse error fails the test with rnnlab's own one-line message."""
@@ -151,7 +159,7 @@ def parse(argv: list[str], where) -> argparse.Namespace | None:
     said = io.StringIO()
     with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
         try:
-            return cli.build_parser(cli._task_named(argv)).parse_args(argv)
+            return parser_for(cli._task_named(argv)).parse_args(argv)
         except SystemExit as stop:
             if stop.code == 0 and {"--help", "-h", "--version"} & set(argv):
                 return None
@@ -188,6 +196,11 @@ def check_values(args: argparse.Namespace) -> None:
 def check_rnnlab(argv: list[str], where) -> None:
     args = parse(argv, where)
     if args is not None:
+        parser = parser_for(cli._task_named(argv))
+        spelled = {*parser._option_string_actions, *subcommands(parser)[args.command]._option_string_actions}
+        short = [word for word in argv if word.startswith("--") and word.split("=")[0] not in spelled]
+        if short:  # argparse takes a flag's prefix, until a new flag shares it: a doc spells flags out
+            pytest.fail(f"{where}\n  abbreviates {short}: spell the flag out")
         try:
             check_values(args)
         except (ValueError, AssertionError) as error:
@@ -270,7 +283,7 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def quoted_commands() -> list[Example]:
-    return [span for span in prose_spans("README.md") if re.match(r"(?:\.venv/bin/)?rnnlab\s", span.text)]
+    return [span for doc in PROSE_DOCS for span in prose_spans(doc) if re.match(r"(?:\.venv/bin/)?rnnlab\s", span.text)]
 
 
 def check_quoted_command(span: Example) -> None:
@@ -281,13 +294,13 @@ def check_quoted_command(span: Example) -> None:
     if not any(word == "..." or (word.isupper() and not word.startswith("-")) for word in argv):
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             try:
-                cli.build_parser(cli._task_named(argv)).parse_args(argv)
+                parser_for(cli._task_named(argv)).parse_args(argv)
                 whole = True
             except SystemExit:
                 whole = False
         if whole:
             return check_rnnlab(argv, span)
-    commands_ = subcommands(cli.build_parser(cli._task_named(argv)))
+    commands_ = subcommands(parser_for(cli._task_named(argv)))
     assert argv and argv[0] in commands_, f"{span}: no command {argv[:1]} (rnnlab has {sorted(commands_)})"
     command = commands_[argv[0]]
     for i, word in enumerate(argv):
@@ -302,7 +315,7 @@ def check_quoted_command(span: Example) -> None:
 
 def quoted_flags() -> list[Example]:
     """The flags the README's prose quotes on their own (`--members K`, `copy --curriculum N`)."""
-    return [span for span in prose_spans("README.md") if re.match(r"(?:\w+ )?--[a-z]", span.text)]
+    return [span for doc in PROSE_DOCS for span in prose_spans(doc) if re.match(r"(?:\w+ )?--[a-z]", span.text)]
 
 
 @functools.cache
@@ -315,7 +328,7 @@ def every_flag() -> dict[str, set]:
 
     parsers = [get_args_parser()]
     for task in TASKS:
-        parser = cli.build_parser(task)
+        parser = parser_for(task)
         parsers += [parser, *subcommands(parser).values()]
     flags: dict[str, set] = {}
     for parser in parsers:
@@ -327,7 +340,7 @@ def every_flag() -> dict[str, set]:
 def check_quoted_flag(span: Example) -> None:
     """Each flag exists in some command; a value shown (`--pool concat`, `--attention none|dot`) is one
     of its choices where it has choices."""
-    argv = span.text.split()
+    argv = [part for word in span.text.split() for part in (word.split("/") if "/--" in word else [word])]
     for i, word in enumerate(argv):
         if not word.startswith("--"):
             continue
@@ -340,7 +353,7 @@ def check_quoted_flag(span: Example) -> None:
 
 def quoted_names() -> list[Example]:
     """The `rnnlab.module.name` and `R.name` the README's prose quotes, call arguments left out."""
-    return [Example(span.doc, span.line, name) for span in prose_spans("README.md")
+    return [Example(span.doc, span.line, name) for doc in PROSE_DOCS for span in prose_spans(doc)
             for name in re.findall(r"(?<![\w.])((?:rnnlab|R)(?:\.[A-Za-z_]\w*)+)", span.text)]
 
 
@@ -368,13 +381,14 @@ def check_name(name: Example) -> None:
 
 # Where a bare class name the README quotes (`TrainConfig(ema_decay=D)`, `Task.parameter_groups()`) lives
 SEARCHED = ("rnnlab", "rnnlab.training", "rnnlab.tasks", "rnnlab.distributed", "rnnlab.models", "rnnlab.init",
-            "rnnlab.attention", "rnnlab.decoding", "rnnlab.export")
+            "rnnlab.attention", "rnnlab.decoding", "rnnlab.export", "rnnlab.data.vocabulary", "rnnlab.checkpoints")
+EXAMPLE_NAMES = {"MyCell"}  # what a recipe of docs/ARCHITECTURE.md asks the reader to write
 
 
 def quoted_calls() -> list[Example]:
     """The Python the README's prose quotes with a call in it (`R.Constraints(kernel=R.MaxNorm(3), ...)`)."""
     found = []
-    for span in prose_spans("README.md"):
+    for span in (span for doc in PROSE_DOCS for span in prose_spans(doc)):
         try:
             tree = ast.parse(python(span.text))
         except SyntaxError:
@@ -396,7 +410,7 @@ def called(name: str):
     head = name.split(".")[0]
     if head in ("R", "rnnlab"):
         return resolve(name)
-    if not re.fullmatch(r"[A-Z][a-z]\w*", head):  # a variable of the example, or the lecture's W_hr
+    if not re.fullmatch(r"[A-Z][a-z]\w*", head) or head in EXAMPLE_NAMES:  # the example's own, or the lecture's W_hr
         return None
     module = next((importlib.import_module(m) for m in SEARCHED if hasattr(importlib.import_module(m), head)), None)
     assert module is not None, f"no {head} in {', '.join(SEARCHED)}"
@@ -513,6 +527,7 @@ def fails(kind: str, example: Example) -> str:
 
 # A real example of each kind (its text in the docs today) and a break a change of rnnlab or a typo makes
 BREAKS = [("rnnlab", "--hidden 300", "--hiden 300", "does not parse"),
+          ("rnnlab", "--hidden 300", "--hid 300", "abbreviates ['--hid']"),
           ("rnnlab", "--cell gru ", "--cell gruu ", "invalid choice: 'gruu'"),
           ("quoted command", "rnnlab ladder adding --T 200", "rnnlab ladder sentiment --T 200", "no ladder task"),
           ("rnnlab", "--T 32,128,512", "--T 0,128", "T must be"),
