@@ -379,6 +379,27 @@ def check_name(name: Example) -> None:
         raise AssertionError(f"{name}: {error}") from None
 
 
+def quoted_paths() -> list[Example]:
+    """The repository's files and folders the prose quotes (`docs/RESULTS.md`, `kernels/fused_cells.py`),
+    and those README.md's Layout lists (`cli.py`, `explore/`); not a pattern (`tests/test_<module>.py`)."""
+    path = r"(?<![\w./~-])((?:docs|tests|rnnlab|scripts|kernels|tasks|data|explore)/[\w./-]*)"
+    found = [Example(span.doc, span.line, name) for doc in PROSE_DOCS for span in prose_spans(doc)
+             if "<" not in span.text for name in re.findall(path, span.text)]
+    layout = next(block for language, block in blocks("README.md") if block.text.lstrip().startswith("cli.py"))
+    folder = ""  # an entry `data/` names its own files (vocabulary.py) on its lines
+    for offset, line in enumerate(layout.text.splitlines()):
+        if not line.startswith(" " * 5):  # a new entry, not a continuation line
+            folder = match.group(1) if (match := re.match(r"\s*(\w+/)\s", line)) else ""
+        found += [Example("README.md", layout.line + offset, name if "/" in name else folder + name)
+                  for name in re.findall(r"(?<![\w./])([\w/]+\.py|\w+/(?!\w))", line)]
+    return found
+
+
+def check_path(path: Example) -> None:
+    """The file or folder is in the repository, or in the package (the docs name rnnlab's own relative to it)."""
+    assert (ROOT / path.text).exists() or (ROOT / "rnnlab" / path.text).exists(), f"{path}: no such file or folder"
+
+
 # Where a bare class name the README quotes (`TrainConfig(ema_decay=D)`, `Task.parameter_groups()`) lives
 SEARCHED = ("rnnlab", "rnnlab.training", "rnnlab.tasks", "rnnlab.distributed", "rnnlab.models", "rnnlab.init",
             "rnnlab.attention", "rnnlab.decoding", "rnnlab.export", "rnnlab.data.vocabulary", "rnnlab.checkpoints")
@@ -451,7 +472,7 @@ def check_call(span: Example) -> None:
 
 CHECKS = {"python": check_python, "rnnlab": check_command, "python -m rnnlab": check_command,
           "torchrun": check_torchrun, "make": check_make, "pip": check_pip, "quoted command": check_quoted_command,
-          "quoted flag": check_quoted_flag, "name": check_name, "call": check_call}
+          "quoted flag": check_quoted_flag, "name": check_name, "call": check_call, "path": check_path}
 
 
 # --- the tests -----------------------------------------------------------------------------------
@@ -467,7 +488,7 @@ def test_the_docs_show_examples_of_every_kind_this_file_checks():
     assert len(commands("rnnlab")) >= 40
     assert commands("torchrun") and commands("make") and commands("pip")
     assert len(quoted_commands()) >= 10 and len(quoted_flags()) >= 30 and len(quoted_names()) >= 10
-    assert len(quoted_calls()) >= 15
+    assert len(quoted_calls()) >= 15 and len(quoted_paths()) >= 60
 
 
 @pytest.mark.parametrize("block", python_blocks(), ids=str)
@@ -486,12 +507,17 @@ def test_a_torchrun_line_parses_with_torchrun_and_rnnlab(example):
     check_torchrun(example)
 
 
-@pytest.mark.parametrize("example", commands("make"), ids=str)
+def quoted(kind: str) -> list[Example]:
+    """The prose's quotes of a command of this kind (`make test`, `pip install 'rnnlab[control]'`)."""
+    return [span for doc in PROSE_DOCS for span in prose_spans(doc) if COMMAND[kind].match(span.text)]
+
+
+@pytest.mark.parametrize("example", commands("make") + quoted("make"), ids=str)
 def test_a_make_target_the_docs_name_is_in_the_makefile(example):
     check_make(example)
 
 
-@pytest.mark.parametrize("example", commands("pip"), ids=str)
+@pytest.mark.parametrize("example", commands("pip") + quoted("pip"), ids=str)
 def test_a_pip_extra_the_docs_name_is_in_pyproject(example):
     check_pip(example)
 
@@ -509,6 +535,11 @@ def test_a_flag_the_prose_quotes_exists_with_the_value_shown(span):
 @pytest.mark.parametrize("span", quoted_calls(), ids=str)
 def test_a_call_the_prose_quotes_fits_its_signature(span):
     check_call(span)
+
+
+@pytest.mark.parametrize("path", quoted_paths(), ids=str)
+def test_a_file_the_docs_name_exists(path):
+    check_path(path)
 
 
 @pytest.mark.parametrize("name", quoted_names(), ids=str)
@@ -546,13 +577,15 @@ BREAKS = [("rnnlab", "--hidden 300", "--hiden 300", "does not parse"),
           ("call", "generate(batch, steps)", "generate(batch, steps, None, None, 1)", "takes 4 positional arguments"),
           ("call", "R.MaxNorm(3)", "R.MaxNorms(3)", "has no 'MaxNorms'"),
           ("call", "TrainConfig(ema_decay", "TrainConfig(ema_decays", "TrainConfig takes no ['ema_decays']"),
+          ("path", "kernels/fused_cells.py", "kernels/fused_cell.py", "no such file or folder"),
+          ("path", "gradient_flow.py", "gradients.py", "no such file or folder"),
           ("python", "R.LSTMCell(", "R.LSTMCel(", "LSTMCel")]
 
 
 @pytest.mark.parametrize("kind, right, wrong, said", BREAKS, ids=lambda value: str(value))
 def test_each_check_fails_on_a_broken_copy_of_a_real_example(kind, right, wrong, said, tmp_path, monkeypatch):
     examples = {"python": python_blocks(), "quoted command": quoted_commands(), "quoted flag": quoted_flags(),
-                "name": quoted_names(), "call": quoted_calls()}.get(kind) or commands(kind)
+                "name": quoted_names(), "call": quoted_calls(), "path": quoted_paths()}.get(kind) or commands(kind)
     real = next((example for example in examples if right in example.text), None)
     assert real is not None, f"no {kind} example in the docs holds {right!r}: choose another"
     monkeypatch.chdir(tmp_path)
