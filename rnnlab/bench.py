@@ -349,7 +349,7 @@ def _warm_up(group: list[Candidate], backward: bool, config: BenchConfig,
             results[c.name] = Outcome("failed", f"{type(error).__name__}: {error}")
             continue
         if first > config.max_call_s:
-            results[c.name] = Outcome("skipped", f"one call took {first:.1f} s > --max-call {config.max_call_s:g} s")
+            results[c.name] = Outcome("skipped", f"one call took {first:.1f} s > --max-call-s {config.max_call_s:g}")
             continue
         live.append(c)
     return live

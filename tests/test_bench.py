@@ -10,7 +10,7 @@ import torch
 
 from rnnlab import bench, kernels
 from rnnlab.bench import BenchConfig, Size
-from rnnlab.cli import main
+from rnnlab.cli import flag_name, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,7 +157,7 @@ def test_runner_errors_become_reasons_not_crashes(monkeypatch):
 def test_slow_candidates_are_skipped_saying_so():
     result = bench.run_bench(tiny(cells=("lstm",), impls=("reference",), passes=("forward",), max_call_s=1e-9))
     row = rows_of(result, name="lstm [reference]")[0]
-    assert row.status == "skipped" and "--max-call" in row.reason
+    assert row.status == "skipped" and f"{flag_name('max_call_s')} 1e-09" in row.reason  # the flag, spelled out
 
 
 def test_variants_follow_the_cells():
