@@ -38,9 +38,21 @@ class Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but an unknown flag is reported by the command it was given to (`rnnlab bench:
         error: unrecognized arguments: --x`), whose --help lists the flags it takes."""
+        args = sys.argv[1:] if args is None else list(args)
+        commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+        command = commands.get(args[0]) if args else None
+        # A flag the command does not know, refused before argparse reads the value after it as a
+        # positional: `train --hiden 300` said "argument task: invalid choice: '300'". Without a
+        # known command only the first word is ours to judge (`rnnlab trains ...`: argparse's word).
+        command, words = (command, args[1:]) if command is not None else (self, args[:1])
+        for arg in words:
+            if arg == "--":
+                break
+            name = arg.split("=", 1)[0]
+            if name.startswith("--") and not any(o.startswith(name) for o in command._option_string_actions):
+                command.error(f"unrecognized arguments: {arg}")
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
             command = commands.get(getattr(parsed, "command", None), self)
             command.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed
