@@ -258,8 +258,13 @@ class Cell(nn.Module, Regularized, Constrained, ABC):
     @property
     def output_size(self) -> int:
         """How wide `output` is, what the runner's ys hold per step: H here; a cell that emits
-        something else overrides it (`ProjectedLSTMCell`: its P)."""
-        return self.hidden_size
+        something else overrides it (`ProjectedLSTMCell`: its P) or sets it in its `__init__`
+        (`self.output_size = P`, as such cells did before this was a property)."""
+        return self.__dict__.get("_output_size", self.hidden_size)
+
+    @output_size.setter
+    def output_size(self, size: int) -> None:
+        self.__dict__["_output_size"] = size
 
     def initial_state(self, batch: int, device=None, dtype=None) -> State:
         """The zero state s^0 for a batch."""

@@ -48,8 +48,9 @@ class Parser(argparse.ArgumentParser):
         for arg in words:
             if arg == "--":
                 break
-            name = arg.split("=", 1)[0]
-            if name.startswith("--") and not any(o.startswith(name) for o in command._option_string_actions):
+            name = arg.split("=", 1)[0]  # a word with a space is a value to argparse (`--prompt "-- hence"`)
+            if name.startswith("--") and " " not in arg and not any(o.startswith(name)
+                                                                     for o in command._option_string_actions):
                 command.error(f"unrecognized arguments: {arg}")
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:

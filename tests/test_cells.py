@@ -437,3 +437,28 @@ def test_every_cell_declares_how_wide_its_output_is_and_the_runner_reads_it():
     stack = R.Stacked(R.Recurrent(Halved(I, 6)), R.Recurrent(Plain(3, 5)))  # the second reads 3 = 6 // 2
     ys, _ = stack(torch.randn(B, 4, I))
     assert R.Recurrent(Halved(I, 6)).output_size == 3 and ys.shape == (B, 4, 5)
+
+
+def test_a_cell_that_sets_its_output_size_in_init_still_builds_and_runs():
+    """Before output_size was a property of Cell, a cell whose output is not H wide could set it in its
+    `__init__` (`self.output_size = P`: the recipe said it "also sets output_size"), and Recurrent read it;
+    such a cell raised AttributeError ("property 'output_size' ... has no setter") when built."""
+
+    class Halved(R.Cell):
+        family = "halved-set"
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.output_size = self.hidden_size // 2
+
+        def combine(self, zx, zh, s):
+            return torch.tanh(self.preactivations(zx, zh))
+
+        def output(self, state):
+            return state[:, : self.hidden_size // 2]
+
+    cell = Halved(I, 6)
+    ys, _ = R.Recurrent(cell)(torch.randn(B, 4, I))
+    assert cell.output_size == R.Recurrent(cell).output_size == 3 and ys.shape == (B, 4, 3)
+    with pytest.raises(AttributeError):  # the projected LSTM's P is its proj_size, never set apart from it
+        R.ProjectedLSTMCell(I, 6, proj_size=2).output_size = 4

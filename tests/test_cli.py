@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab.cli import main
+from rnnlab.cli import _task_named, build_parser, main
 
 TINY = ["--T", "10", "--hidden", "4", "--batch-size", "8", "--eval-size", "16", "--eval-every", "2",
         "--checkpoint-every", "2", "--log-every", "2", "--threads", "1", "--steps", "2"]
@@ -327,6 +327,20 @@ def test_an_unknown_flag_is_named_by_its_command(capsys, argv, command, flag):
     assert exit.value.code == 2 and len(err) == 1, err
     assert err[0].startswith(f"{command}: error: unrecognized arguments: {flag} ("), err
     assert f"(see {command} --help)" in err[0]
+
+
+@pytest.mark.parametrize("argv, read", [
+    (["sample", "runs/x", "--prompt", "--- ROMEO: hi"], ("prompt", "--- ROMEO: hi")),
+    (["train", "--prompt", "-- hence, away"], ("prompt", "-- hence, away")),
+    (["translate", "runs/x", "-- a sentence"], ("sentence", "-- a sentence")),
+    (["sample", "runs/x", "--prompt=--x"], ("prompt", "--x")),
+    (["translate", "runs/x", "--", "--x"], ("sentence", "--x")),
+    (["train", "--hid", "3"], ("hidden", 3))])  # a prefix argparse takes
+def test_a_value_that_starts_with_two_dashes_is_read_as_argparse_reads_it(argv, read):
+    """The unknown-flag check before argparse judges a word as argparse does: one with a space in it is a
+    value (a prompt or a sentence that starts with '--'), not a flag; it was refused as an unknown flag."""
+    args = build_parser(_task_named(argv)).parse_args(argv)
+    assert getattr(args, read[0]) == read[1]
 
 
 @pytest.mark.parametrize("argv, flag", [(["bench", "--threads", "1,,2"], "--threads"),

@@ -252,6 +252,35 @@ def test_a_build_that_overruns_is_stopped(monkeypatch, tmp_path):
     assert any("longer than 1 s and was stopped); using the Python loops" in n for n in notes_of(record))
 
 
+# What a failed build prints (torch 2.13's load: the traceback quotes its `raise` lines, then ninja's output)
+FAILED_BUILD = """\
+Traceback (most recent call last):
+  File "torch/utils/cpp_extension.py", line 2893, in _run_ninja_build
+    raise CalledProcessError(retcode, process.args,
+subprocess.CalledProcessError: Command '['ninja', '-v']' returned non-zero exit status 1.
+RuntimeError: Error building extension 'probe': [1/2] c++ -c probe.cpp -o probe.o
+FAILED: probe.o
+{error}
+ninja: build stopped: subcommand failed.
+"""
+
+
+@pytest.mark.parametrize("error", ["probe.cpp:2:15: error: expected primary-expression before 'return'",
+                                   "probe.cpp:1:10: fatal error: Python.h: No such file or directory",
+                                   "/usr/bin/ld: cannot find -lc10: No such file or directory"])
+def test_a_failed_build_is_named_by_the_compilers_first_error(monkeypatch, tmp_path, error):
+    """The note names the compiler's (or the linker's) first error, not a line of the traceback torch's
+    builder prints before it (`raise CalledProcessError(...`, which holds 'error' too); the child's
+    output is in NAME.build.log."""
+    output = FAILED_BUILD.format(error=error)
+    monkeypatch.setattr(compiled, "_BUILD", f"import sys; sys.stderr.write({output!r}); sys.exit(1)")
+    monkeypatch.setattr(compiled, "_find_ninja", lambda: None)
+    directory = tmp_path / "cache" / "probe"
+    directory.mkdir(parents=True)
+    assert compiled._compile(directory, "probe", tmp_path / "probe.cpp", [], 60.0) == error
+    assert (directory / "probe.build.log").read_text() == output
+
+
 @pytest.mark.skipif(EXTENSION is None, reason="the C++ loops are not built (tests never compile them)")
 def test_a_verified_build_loads_without_ninja_or_compiler(monkeypatch):
     """Another environment (no ninja, no compiler on PATH) loads the cached build as it is."""

@@ -288,6 +288,10 @@ os.replace(a["manifest"] + ".tmp", a["manifest"])
 """
 
 
+# `file.cpp:2:15: error: ...`, `fatal error: Python.h: ...`, `/usr/bin/ld: cannot find -lc10`
+_DIAGNOSTIC = re.compile(r": (?:fatal )?error: |: cannot find ")
+
+
 def _compile(directory: Path, name: str, source: Path, flags: list[str], timeout: float, key: dict | None = None,
              lock: int | None = None) -> str | None:
     """Build in a child process (bounded by `timeout`; it inherits the `lock` descriptor); None on
@@ -310,7 +314,10 @@ def _compile(directory: Path, name: str, source: Path, flags: list[str], timeout
         return str(error)
     if done.returncode != 0:  # the compiler's first error says more than ninja's last line
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-        errors = [line for line in lines if "error" in line.lower() or "not found" in line.lower()]
+        # the compiler's and the linker's own words first: torch's traceback before them quotes its
+        # `raise CalledProcessError(...` line, which holds "error" too
+        errors = [line for line in lines if _DIAGNOSTIC.search(line)] or \
+            [line for line in lines if "error" in line.lower() or "not found" in line.lower()]
         return (errors or lines or [f"exit status {done.returncode}"])[0][:300]
     return None
 
