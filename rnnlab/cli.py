@@ -1244,6 +1244,16 @@ def _run(args) -> int:
     return args.func(args)
 
 
+def _error_line(command: str, message: str) -> str:
+    """`rnnlab: error: MESSAGE`; a message that names its command first (`rnnlab export: --out ...`,
+    `rnnlab train --resume RUN: ...`) reads as the flags' errors do, `rnnlab export: error: --out ...`,
+    not `rnnlab: error: rnnlab export: ...`."""
+    prefix = f"rnnlab {command}"
+    if message.startswith((prefix + ":", prefix + " ")):
+        return f"{prefix}: error: {message[len(prefix):].lstrip(':').strip()}"
+    return f"rnnlab: error: {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command. A user's mistake or a fault of the machine (rnnlab's error types, ValueError
     for bad input, OSError) prints one line and exits with 2; anything else is a bug of ours and keeps
@@ -1283,7 +1293,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except (RnnlabError, ValueError) as error:  # wrong input or a run that cannot serve: a message
             if is_reporter() or not isinstance(error, SharedError):  # torchrun: rank 0 reports what all ranks raise
-                print(f"rnnlab: error: {error}", file=sys.stderr)
+                print(_error_line(args.command, str(error)), file=sys.stderr)
             return 2
         except PeerFailure as error:  # torchrun: another process died or stopped answering
             print(f"rnnlab: error: {error}", file=sys.stderr)

@@ -70,8 +70,9 @@ def test_a_run_named_in_a_message_takes_the_article_its_name_does(trained, capsy
     """It said "a 'adding' run"; the article is chosen from the word (checks.with_article)."""
     from rnnlab.checks import with_article
 
-    assert "rnnlab sample: an 'adding' run does not generate text" in one_line_error(capsys, ["sample", str(trained)])
-    assert "rnnlab translate: an 'adding' run does not translate" in one_line_error(
+    assert "rnnlab sample: error: an 'adding' run does not generate text" in one_line_error(
+        capsys, ["sample", str(trained)])
+    assert "rnnlab translate: error: an 'adding' run does not translate" in one_line_error(
         capsys, ["translate", str(trained), "a sentence"])
     assert [with_article(w) for w in ("'adding'", "'copy'", "int", "Stacked", "'explore'")] == [
         "an 'adding'", "a 'copy'", "an int", "a Stacked", "an 'explore'"]

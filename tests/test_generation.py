@@ -242,6 +242,6 @@ def test_a_temperature_that_overflows_the_logits_fails_as_torch_multinomial_does
 def test_the_generation_bench_refuses_the_grids_flags_it_does_not_read(tmp_path, capsys, flags, named):
     """They were silently ignored: `--generation RUN --cells gru` timed the run's own model, as without them."""
     assert main(["bench", "--generation", str(tmp_path), *flags]) == 2  # before the run is read
-    assert capsys.readouterr().err == (f"rnnlab: error: rnnlab bench --generation: {named} set the grid of "
+    assert capsys.readouterr().err == (f"rnnlab bench: error: --generation: {named} set the grid of "
                                        f"implementations, which sampling does not read (it takes --reps, --threads, "
                                        f"--seed and the --generation-* flags)\n")

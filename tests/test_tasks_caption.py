@@ -164,7 +164,8 @@ def test_train_then_caption_through_the_cli(tmp_path, capsys, monkeypatch):
                           (["--out", "notes.png"], "--out 'notes.png' exists and is not a figure rnnlab drew")):
         assert main(["caption", str(run), *args]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("rnnlab: error: ") and message in err and err.count("\n") == 1
+        assert err.startswith(("rnnlab: error: ", "rnnlab caption: error: ")), err
+        assert message in err and err.count("\n") == 1, err
     assert (tmp_path / "mnist.png").read_bytes() == photo and (tmp_path / "notes.png").read_text() == "not a picture"
 
 

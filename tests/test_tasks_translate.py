@@ -109,7 +109,7 @@ def test_train_translate_eval_and_other_commands_through_the_cli(tmp_path, capsy
     assert "--beam must be in [1, 100]; got 0" in capsys.readouterr().err
     # a typo's beam searched for minutes, then ran out of memory: refused before the run loads
     assert main(["translate", str(run), "x", "--beam", "100000"]) == 2
-    assert capsys.readouterr().err.strip() == "rnnlab: error: rnnlab translate: --beam must be in [1, 100]; got 100,000"
+    assert capsys.readouterr().err.strip() == "rnnlab translate: error: --beam must be in [1, 100]; got 100,000"
 
 
 def test_errors_name_the_argument():
