@@ -58,7 +58,11 @@ def choose_token(logits: torch.Tensor, mode: str = "greedy", temperature: float 
 
 def _check_tokens(where: str, targets: torch.Tensor, num_classes: int) -> None:
     """ValueError naming `targets` when a token id lies outside [0, num_classes): torch would fail
-    deep inside (an IndexError naming nothing on CPU, a device-side assert on CUDA)."""
+    deep inside (an IndexError naming nothing on CPU, a device-side assert on CUDA). Floats are refused:
+    `.long()` truncated them silently (probabilities in [0, 1) all read as token 0)."""
+    if targets.is_floating_point() or targets.is_complex():
+        raise TypeError(f"{where}: targets must be integer token ids; got {targets.dtype} (whole numbers stored "
+                        f"as floats: convert them with .long())")
     if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < num_classes:
         raise ValueError(f"{where}: targets must be token ids in [0, {num_classes - 1}]; got values from "
                          f"{int(targets.min())} to {int(targets.max())}")

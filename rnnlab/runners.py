@@ -15,6 +15,7 @@ free-running loop uses.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from .checks import check_flag, check_number, check_tensor_like
 from .init import Regularized
 
 __all__ = ["Runner", "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded", "check_sequence",
-           "check_implementations"]
+           "check_implementations", "stepwise_activity"]
 
 IMPLEMENTATION_NAMES = ("auto", "reference", "fused", "native", "scan")
 
@@ -187,8 +188,13 @@ class Recurrent(Runner, Regularized):
     def sample_masks(self, batch: int, like: torch.Tensor):
         return self.cell.sample_masks(batch, like)
 
+    _stepped: list | None = None  # the outputs of `step` while a model steps with `stepwise_activity`
+
     def step(self, x_t, state, y_prev_t=None, masks=(None, None)):
-        return self.cell.step(x_t, state, y_prev_t, masks)
+        out, state = self.cell.step(x_t, state, y_prev_t, masks)
+        if self._stepped is not None:
+            self._stepped.append(out)
+        return out, state
 
     def unroll(self, xs, state, y_prev, lengths):
         """Unchecked forward (the caller checked): dispatch to the chosen implementation."""
@@ -389,3 +395,28 @@ class Bidirectional(Runner):
         else:
             out = fwd * bwd
         return out, (fs, bs)
+
+
+@contextmanager
+def stepwise_activity(core: nn.Module, valid: torch.Tensor | None):
+    """Around a forward that calls `core.step` once per step (free running, scheduled sampling):
+    each `Recurrent`'s activity penalty becomes that of the outputs of these steps, zero past `valid`
+    (B, T), as `unroll` records it. Without it the penalty of an earlier forward stayed, a stale term
+    (or a graph already freed by its backward) in `regularization_loss`."""
+    runners = [r for r in core.modules() if isinstance(r, Recurrent)]
+    for r in runners:
+        r._activity = None
+        r._stepped = [] if r.cell.regularizers.activity is not None and r.training else None
+    try:
+        yield
+    except BaseException:
+        for r in runners:
+            r._stepped = None
+        raise
+    for r in runners:
+        stepped, r._stepped = r._stepped, None
+        if stepped:
+            ys = torch.stack(stepped, 1)
+            if valid is not None:
+                ys = torch.where(valid[..., None], ys, ys.new_zeros(()))
+            r._activity = r.cell.regularizers.activity(ys) / ys.shape[0]

@@ -189,3 +189,57 @@ def test_encoder_decoder_learns_to_reverse():
 def test_encoder_decoder_errors():
     with pytest.raises(ValueError, match="decoder must read the encoder's summary of size 6"):
         R.EncoderDecoder(R.Recurrent(R.GRUCell(I, H)), token_model(input_size=4))
+
+
+def test_free_running_a_stacked_lstm_with_lengths_keeps_each_sequence_s_last_valid_state():
+    """The closed loop selects the state past each sequence's end layer by layer: a Stacked LSTM's
+    state is a tuple of layer tuples (it failed inside torch.where)."""
+    torch.manual_seed(0)
+    model = token_model(layers=2)
+    xs, lengths = torch.randn(3, 6, I), torch.tensor([6, 2, 4])
+    ys, state = model(xs, teacher_forcing=0.0, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        ys_b, state_b = model(xs[b:b + 1, :n], teacher_forcing=0.0)
+        torch.testing.assert_close(ys[b:b + 1, :n], ys_b)
+        for layer, layer_b in zip(state, state_b):
+            for s, s_b in zip(layer, layer_b):
+                torch.testing.assert_close(s[b:b + 1], s_b)
+
+
+def test_a_step_by_step_forward_records_its_own_activity_penalty():
+    """Scheduled sampling and free running step the core; the activity penalty is then that of
+    their steps (zero past lengths, as the whole-sequence forward's), not a stale one of the forward
+    before, whose graph a backward had already freed."""
+    torch.manual_seed(0)
+    regs = R.Regularizers(activity=R.L1L2(l1=0.1, l2=1.0))
+    core = R.Stacked.of(R.LSTMCell, I, H, 2, feedback_size=2, regularizers=regs)
+    model = R.RecurrentModel(core, nn.Linear(H, 2), feedback_map=R.RawFeedback(2))
+    xs, targets, lengths = torch.randn(3, 5, I), torch.randn(3, 5, 2), torch.tensor([5, 2, 4])
+    ys, _ = model(xs, targets=targets, lengths=lengths)  # teacher forcing: all steps at once
+    whole = R.regularization_loss(model)
+    (ys.sum() + whole).backward()
+    ys, _ = model(xs, targets=targets, teacher_forcing=1 - 1e-12, lengths=lengths)  # step by step, same feedback
+    stepped = R.regularization_loss(model)
+    torch.testing.assert_close(stepped, whole)
+    (ys.sum() + stepped).backward()  # it raised: backward through a freed graph
+    model(xs, teacher_forcing=0.0)
+    assert not torch.equal(R.regularization_loss(model), whole)
+    model.eval()
+    model(xs, teacher_forcing=0.0)
+    assert float(R.regularization_loss(model)) == 0.0
+
+
+def test_generate_refuses_inputs_of_another_batch_or_length():
+    """generate(batch, steps, xs=...) ran xs's own batch and length, ignoring both counts."""
+    model = token_model()
+    with pytest.raises(ValueError, match=r"generate: xs must be \(batch, steps, ...\) = \(4, 10, ...\); got tensor \(2, 5, 3\)"):
+        model.generate(4, 10, xs=torch.randn(2, 5, I))
+    assert model.generate(2, 5, xs=torch.randn(2, 5, I))[0].shape == (2, 5, C)
+
+
+@pytest.mark.parametrize("feedback", [R.EmbeddingFeedback(C, E), R.SoftmaxFeedback(C)])
+def test_float_token_targets_are_refused_not_truncated(feedback):
+    """Token targets as floats were cast with .long(): 0.7 became token 0, silently."""
+    with pytest.raises(TypeError, match=r"Feedback: targets must be integer token ids; got torch.float32"):
+        feedback.from_target(torch.tensor([[0.7, 2.0]]))
+    assert feedback.from_target(torch.tensor([[0, 2]])).shape[:2] == (1, 2)
