@@ -251,7 +251,9 @@ class Cell(nn.Module, Regularized, Constrained, ABC):
                 con = getattr(self.constraints, group)
                 if con is not None:
                     for w in weights:
-                        con(w)
+                        projected = con(w)  # rnnlab's act in place; one that returns the weight, as Keras's
+                        if isinstance(projected, torch.Tensor) and projected is not w:  # do, was ignored
+                            w.copy_(projected)
 
     # --- state --------------------------------------------------------------------------------
 

@@ -377,6 +377,9 @@ class EncoderDecoder(nn.Module):
     @torch.no_grad()
     def translate(self, source, steps: int, source_lengths=None):
         """Free-running decode of `steps` steps: (B, steps, C) outputs (tokens chosen greedily)."""
+        check_number("EncoderDecoder.translate", "steps", steps, integer=True)
+        if steps < 1:  # with attention torch.stack of no steps failed, naming nothing
+            raise ValueError(f"EncoderDecoder.translate: steps must be >= 1; got {steps}")
         if self.attention is None:  # whatever the feedback map feeds back (tokens, probabilities, values)
             summary, state = self.encode(source, source_lengths)
             ys, _ = self.decoder.generate(summary.shape[0], steps, state=state,

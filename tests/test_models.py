@@ -243,3 +243,20 @@ def test_float_token_targets_are_refused_not_truncated(feedback):
     with pytest.raises(TypeError, match=r"Feedback: targets must be integer token ids; got torch.float32"):
         feedback.from_target(torch.tensor([[0.7, 2.0]]))
     assert feedback.from_target(torch.tensor([[0, 2]])).shape[:2] == (1, 2)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_translate_refuses_a_step_count_below_one_naming_itself(attention):
+    """With attention, translate(source, 0) failed in torch.stack of no steps; without, the error
+    named RecurrentModel.generate."""
+    from rnnlab.attention import Attention
+    decoder = R.RecurrentModel(R.Recurrent(R.GRUCell(H, H, feedback_size=E)), nn.Linear(H, C),
+                               feedback_map=R.EmbeddingFeedback(C, E))
+    model = R.EncoderDecoder(R.Recurrent(R.GRUCell(I, H)), decoder,
+                             attention=Attention("dot", H, H) if attention else None)
+    source = torch.randn(2, 4, I)
+    with pytest.raises(ValueError, match=r"^EncoderDecoder.translate: steps must be >= 1; got 0$"):
+        model.translate(source, 0)
+    with pytest.raises(TypeError, match=r"^EncoderDecoder.translate: steps must be an int"):
+        model.translate(source, 2.0)
+    assert model.translate(source, 3).shape == (2, 3, C)
