@@ -38,10 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cells import _describe
 from .checkpoints import CheckpointError, RunDir, check_weights
 from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, to_dict, validate
 from .data.batches import Batch
-from .cells import _describe
 from .init import apply_constraints, regularization_loss
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "seed_everything", "resolve_device", "RESUMABLE_FIELDS"]
@@ -510,8 +510,9 @@ class Trainer:
         try:
             batch = next(self.batches)
         except StopIteration:
-            raise ValueError(f"Trainer: batches ended after {self.step} batches of steps={self.config.steps}; a batch "
-                             f"source must yield one batch per step (repeat the data, e.g. epoch after epoch)") from None
+            raise ValueError(f"Trainer: batches ended after {self.step} batches of steps={self.config.steps}; a "
+                             f"batch source must yield one batch per step (repeat the data, e.g. epoch after "
+                             f"epoch)") from None
         if not isinstance(batch, Batch):
             raise TypeError(f"Trainer: batches must yield rnnlab.data.Batch; got {type(batch).__name__}")
         return batch

@@ -112,7 +112,8 @@ def test_a_constraint_that_returns_the_projected_weight_is_applied():
     (lambda: R.Constraints(kernel=R.MaxNorm), r"Constraints: kernel must be None or callable on a weight, e.g. "
                                               r"MaxNorm\(3.0\); got the class MaxNorm \(call it: MaxNorm\(...\)\)"),
     (lambda: R.Regularizers(activity=R.L1L2), r"Regularizers: activity must be .*; got the class L1L2"),
-    (lambda: R.apply_constraints(torch.zeros(2)), r"apply_constraints: module must be a torch.nn.Module .*; got Tensor"),
+    (lambda: R.apply_constraints(torch.zeros(2)),
+     r"apply_constraints: module must be a torch.nn.Module .*; got Tensor"),
     (lambda: R.regularization_loss([R.LSTMCell(3, 6)]), r"regularization_loss: module must be a torch.nn.Module "
                                                         r".*; got list"),
 ])

@@ -232,7 +232,8 @@ def test_a_step_by_step_forward_records_its_own_activity_penalty():
 def test_generate_refuses_inputs_of_another_batch_or_length():
     """generate(batch, steps, xs=...) ran xs's own batch and length, ignoring both counts."""
     model = token_model()
-    with pytest.raises(ValueError, match=r"generate: xs must be \(batch, steps, ...\) = \(4, 10, ...\); got tensor \(2, 5, 3\)"):
+    expected = r"generate: xs must be \(batch, steps, ...\) = \(4, 10, ...\); got tensor \(2, 5, 3\)"
+    with pytest.raises(ValueError, match=expected):
         model.generate(4, 10, xs=torch.randn(2, 5, I))
     assert model.generate(2, 5, xs=torch.randn(2, 5, I))[0].shape == (2, 5, C)
 
