@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cells import ACTIVATIONS
+from .checks import check_number
 
 __all__ = ["MLP", "RawFeedback", "SoftmaxFeedback", "EmbeddingFeedback", "choose_token"]
 
@@ -46,14 +47,24 @@ def choose_token(logits: torch.Tensor, mode: str = "greedy", temperature: float 
         return logits.argmax(dim=-1)
     if mode != "sample":
         raise ValueError(f"choose_token: mode must be 'greedy' or 'sample'; got {mode!r}")
-    if temperature <= 0:
-        raise ValueError(f"choose_token: temperature must be > 0; got {temperature}")
+    check_sampling("choose_token", temperature, top_k)
     logits = logits / temperature
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits.float(), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def check_sampling(where: str, temperature, top_k) -> None:
+    """TypeError or ValueError naming `temperature` (a number > 0) or `top_k` (None or an int >= 1): top_k=0
+    or -1 failed inside torch.topk, naming nothing, and a NaN temperature inside torch.multinomial."""
+    check_number(where, "temperature", temperature)
+    if not temperature > 0:
+        raise ValueError(f"{where}: temperature must be > 0; got {temperature}")
+    check_number(where, "top_k", top_k, integer=True, optional=True)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{where}: top_k must be None (all tokens) or an int >= 1; got {top_k}")
 
 
 def _check_tokens(where: str, targets: torch.Tensor, num_classes: int) -> None:
@@ -111,6 +122,7 @@ class EmbeddingFeedback(nn.Module):
         super().__init__()
         if choose not in ("greedy", "sample"):
             raise ValueError(f"EmbeddingFeedback: choose must be 'greedy' or 'sample'; got {choose!r}")
+        check_sampling("EmbeddingFeedback", temperature, top_k)  # else a bad value fails at the first sampled step
         self.embedding = nn.Embedding(num_classes, dim)
         self.size, self.choose, self.temperature, self.top_k = dim, choose, temperature, top_k
 

@@ -44,3 +44,24 @@ def test_softmax_feedback_keeps_the_models_dtype_under_teacher_forcing():
     ys, _ = model(xs, targets=targets)
     assert ys.dtype == torch.float64
     assert model.feedback_map.from_target(targets).dtype == torch.float64
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: R.choose_token(torch.randn(3, 5), "sample", top_k=0), ValueError,
+     r"^choose_token: top_k must be None \(all tokens\) or an int >= 1; got 0$"),
+    (lambda: R.choose_token(torch.randn(3, 5), "sample", top_k=-1), ValueError, r"top_k must be None .*; got -1$"),
+    (lambda: R.choose_token(torch.randn(3, 5), "sample", top_k=1.5), TypeError, r"top_k must be an int or None"),
+    (lambda: R.choose_token(torch.randn(3, 5), "sample", temperature=float("nan")), ValueError,
+     r"^choose_token: temperature must be > 0; got nan$"),
+    (lambda: R.choose_token(torch.randn(3, 5), "sample", temperature="1"), TypeError,
+     r"^choose_token: temperature must be a number; got str"),
+    (lambda: R.EmbeddingFeedback(5, 4, choose="sample", temperature=0), ValueError,
+     r"^EmbeddingFeedback: temperature must be > 0; got 0$"),
+    (lambda: R.EmbeddingFeedback(5, 4, choose="sample", top_k=0), ValueError, r"^EmbeddingFeedback: top_k must be"),
+])
+def test_sampling_options_out_of_range_are_one_line_naming_them(call, error, message):
+    """top_k=0 or -1 failed inside torch.topk and a NaN temperature inside torch.multinomial, naming
+    nothing; EmbeddingFeedback took them and failed at its first sampled step."""
+    with pytest.raises(error, match=message):
+        call()
+    assert R.choose_token(torch.tensor([[0.0, 9.0, 1.0]]), "sample", top_k=1).item() == 1
