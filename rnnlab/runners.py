@@ -207,6 +207,12 @@ class Recurrent(Runner, Regularized):
     def penalty(self):
         return self._activity
 
+    def __getstate__(self):
+        # the last forward's activity penalty lies in that forward's graph: no part of the model, and
+        # copy.deepcopy of a model after a training forward failed on it (a non-leaf tensor)
+        state = super().__getstate__()
+        return {**state, "_activity": None, "_stepped": None}
+
     def extra_repr(self):
         return f"implementation={self.implementation!r}"
 
