@@ -249,6 +249,10 @@ class Trainer:
         if not hasattr(batches, "__next__"):  # next() failed at the first step, naming no argument
             raise TypeError(f"Trainer: batches must be an iterator of rnnlab.data.Batch (a batch source, or "
                             f"iter(...) of a list); got {type(batches).__name__}")
+        if run_dir is not None and not all(hasattr(batches, name) for name in ("state_dict", "load_state_dict")):
+            # it failed at the first checkpoint, after training, on an AttributeError
+            raise TypeError(f"Trainer: batches must have state_dict() and load_state_dict() to be checkpointed in "
+                            f"run_dir (a resumed run reads on where it stopped); got {type(batches).__name__}")
         self.batches, self.loss_fn, self.evaluate_fn, self.solved_fn = batches, loss_fn, evaluate, solved
         self.solved = False  # the last evaluation met the task's goal
         self.run = RunDir(run_dir) if run_dir is not None else None

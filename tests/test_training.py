@@ -520,12 +520,15 @@ def _regression_parts():
     ("loss per element", TypeError, r"loss_fn must return \(loss: a scalar tensor, state, count\); got tuple of 3 "
                                     r"\[tensor \(2, 5, 4\)"),
     ("evaluate None", TypeError, r"Trainer: evaluate must return a dict with 'loss'; got NoneType"),
+    ("run_dir", TypeError, r"Trainer: batches must have state_dict\(\) and load_state_dict\(\) to be checkpointed "
+                           r"in run_dir .*; got generator"),
 ])
-def test_a_batch_source_or_loss_function_of_the_wrong_kind_is_one_line_naming_it(case, error, message):
+def test_a_batch_source_or_loss_function_of_the_wrong_kind_is_one_line_naming_it(case, error, message, tmp_path):
     """A source that ended escaped fit() as a bare StopIteration (a RuntimeError inside a generator);
-    a tuple, a list, a loss pair or a loss per element failed deep inside, naming nothing."""
+    a tuple, a list, a loss pair or a loss per element failed deep inside, naming nothing; a source
+    that cannot be checkpointed failed at the first checkpoint, after training."""
     model, loss_fn, batches = _regression_parts()
-    source, evaluate = batches(2), None
+    source, evaluate, run_dir = batches(2), None, None
     if case == "tuples":
         source = iter([(torch.randn(2, 5, 3), torch.randn(2, 5, 4))] * 5)
     elif case == "list":
@@ -536,9 +539,12 @@ def test_a_batch_source_or_loss_function_of_the_wrong_kind_is_one_line_naming_it
         loss_fn = lambda m, batch, state, tf: ((m.lstm(batch.inputs)[0] - batch.targets).pow(2), None, 1)
     elif case == "evaluate None":
         evaluate = lambda m: None
+    elif case == "run_dir":
+        run_dir = tmp_path / "run"
     with pytest.raises(error, match=message) as caught:
-        Trainer(model, source, loss_fn, quick(steps=5, eval_every=1), evaluate=evaluate).fit()
+        Trainer(model, source, loss_fn, quick(steps=5, eval_every=1), evaluate=evaluate, run_dir=run_dir).fit()
     assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
     result = Trainer(model, batches(2), _regression_parts()[1], quick(steps=2, eval_every=100),
                      evaluate=lambda m: {"loss": 1.0}).fit()
     assert (result.step, result.stopped, result.last_eval) == (2, "steps", {"loss": 1.0})
