@@ -103,6 +103,10 @@ def test_a_constraint_that_returns_the_projected_weight_is_applied():
                                                       recurrent=lambda w: w.clamp(min=0.0)))
     R.apply_constraints(cell)
     assert float(cell.weight_ih.detach().abs().max()) <= 0.01 and float(cell.weight_hh.detach().min()) >= 0.0
+    scalar = R.LSTMCell(3, 6, constraints=R.Constraints(bias=lambda w: w.norm()))  # not a projection
+    with pytest.raises(ValueError, match=r"^LSTMCell: the bias constraint must change the weight in place or "
+                                         r"return it projected, \(24,\); got a tensor \(\)$"):
+        R.apply_constraints(scalar)
     in_place = R.LSTMCell(3, 6, constraints=R.Constraints(kernel=R.MaxNorm(0.1)))
     R.apply_constraints(in_place)
     assert float(in_place.weight_ih.detach().norm(dim=1).max()) <= 0.1 + 1e-6
