@@ -41,6 +41,11 @@ def _check_kind(where: str, name: str, value, kind: type, expected: str) -> None
         raise TypeError(f"{where}: {name} must be {expected}; got {type(value).__name__}")
 
 
+def _layout(state):
+    """A state's structure and each tensor's width: (H,) for a tensor, a tuple of layouts for a tuple."""
+    return tuple(state.shape[1:]) if isinstance(state, torch.Tensor) else tuple(_layout(s) for s in state)
+
+
 RUNNER = "a runner (Recurrent, Stacked, Bidirectional; a cell goes in Recurrent(cell))"
 
 
@@ -279,6 +284,12 @@ class EncoderDecoder(nn.Module):
                                                                                       encoder.output_size):
             raise ValueError(f"EncoderDecoder: attention must take queries of size {decoder.core.output_size} and "
                              f"keys of size {encoder.output_size}; got {attention.query_size} and {attention.key_size}")
+        if pass_state and _layout(encoder.initial_state(1, device="meta")) != _layout(
+                decoder.core.initial_state(1, device="meta")):  # it failed at the first forward, naming `state`
+            raise ValueError(f"EncoderDecoder: pass_state=True starts the decoder from the encoder's final state, so "
+                             f"both need the same cell, sizes and layers; got the states "
+                             f"{_layout(encoder.initial_state(1, device='meta'))} and "
+                             f"{_layout(decoder.core.initial_state(1, device='meta'))} (or pass_state=False)")
         self.encoder, self.decoder, self.source_map, self.pass_state = encoder, decoder, source_map, pass_state
         self.attention = attention
         if attention is not None:

@@ -261,3 +261,20 @@ def test_translate_refuses_a_step_count_below_one_naming_itself(attention):
     with pytest.raises(TypeError, match=r"^EncoderDecoder.translate: steps must be an int"):
         model.translate(source, 2.0)
     assert model.translate(source, 3).shape == (2, 3, C)
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "wider", "two layers", "bidirectional"])
+def test_pass_state_needs_states_of_one_structure_at_construction(encoder):
+    """An encoder whose final state cannot start the decoder failed at the first forward, with a
+    message about a `state` the user never passed; now the constructor says so (or pass_state=False)."""
+    encoder = {"lstm": R.Recurrent(R.LSTMCell(I, H)), "wider": R.Recurrent(R.GRUCell(I, H + 2)),
+               "two layers": R.Stacked.of(R.GRUCell, I, H, 2),
+               "bidirectional": R.Bidirectional(R.Recurrent(R.GRUCell(I, H // 2)), R.Recurrent(R.GRUCell(I, H // 2)))}[
+        encoder]
+    decoder = R.RecurrentModel(R.Recurrent(R.GRUCell(encoder.output_size, H, feedback_size=E)), nn.Linear(H, C),
+                               feedback_map=R.EmbeddingFeedback(C, E))
+    with pytest.raises(ValueError, match=r"^EncoderDecoder: pass_state=True starts the decoder from the encoder's "
+                                         r"final state, .*got .* and \(6,\) \(or pass_state=False\)$"):
+        R.EncoderDecoder(encoder, decoder)
+    model = R.EncoderDecoder(encoder, decoder, pass_state=False)
+    assert model(torch.randn(2, 4, I), torch.randint(0, C, (2, 5))).shape == (2, 5, C)
