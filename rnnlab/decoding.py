@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .checks import check_number
+
 __all__ = ["greedy_search", "beam_search", "select", "Step"]
 
 Step = Callable[[torch.Tensor | None, Any], tuple[torch.Tensor, Any]]
@@ -93,6 +95,7 @@ def beam_search(step: Step, state, batch: int, eos: int, max_steps: int, width: 
     _check(eos, max_steps, batch, state, "beam_search")
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"beam_search: width must be an int >= 1; got {width!r}")
+    check_number("beam_search", "length_penalty", length_penalty)  # a string failed on the comparison below
     if not length_penalty >= 0:
         raise ValueError(f"beam_search: length_penalty must be >= 0; got {length_penalty!r}")
     state = select(state, torch.arange(batch).repeat_interleave(width))

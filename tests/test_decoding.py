@@ -114,3 +114,6 @@ def test_a_state_of_another_batch_or_an_end_token_past_the_logits_is_refused(sea
     with pytest.raises(ValueError, match=rf"^{name}: eos must be a class of the logits, in \[0, 5\); got 9$"):
         search(step, torch.zeros(3, 4), 3, eos=9, max_steps=3)
     assert search(step, torch.zeros(3, 4), 3, eos=0, max_steps=3) == [[], [], []]
+    if search is beam_search:
+        with pytest.raises(TypeError, match=r"^beam_search: length_penalty must be a number; got str '1'$"):
+            search(step, torch.zeros(3, 4), 3, eos=0, max_steps=3, length_penalty="1")
