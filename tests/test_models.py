@@ -278,3 +278,24 @@ def test_pass_state_needs_states_of_one_structure_at_construction(encoder):
         R.EncoderDecoder(encoder, decoder)
     model = R.EncoderDecoder(encoder, decoder, pass_state=False)
     assert model(torch.randn(2, 4, I), torch.randint(0, C, (2, 5))).shape == (2, 5, C)
+
+
+@pytest.mark.parametrize("kind", ["dot", "additive"])
+def test_attention_refuses_lengths_outside_the_keys_and_a_hidden_size_of_zero(kind):
+    """A length 0 masked every key: the softmax of all -inf gave NaN weights and outputs, silently;
+    hidden_size=0 silently meant the default."""
+    from rnnlab.attention import Attention
+
+    attention = Attention(kind, H, H)
+    queries, keys = torch.randn(2, 3, H), torch.randn(2, 5, H)
+    for lengths, low, high in (([5, 0], 0, 5), ([5, 9], 5, 9)):
+        with pytest.raises(ValueError, match=rf"^Attention: lengths must lie in \[1, 5\]; got values from {low} "
+                                             rf"to {high}$"):
+            attention(queries, keys, torch.tensor(lengths))
+    with pytest.raises(ValueError, match=r"^Attention: lengths must be \(2,\); got tensor \(3,\)"):
+        attention(queries, keys, torch.tensor([5, 2, 1]))
+    context, weights = attention(queries, keys, torch.tensor([5, 2]))
+    assert torch.isfinite(context).all() and float(weights.detach()[1, :, 2:].abs().max()) == 0.0
+    with pytest.raises(ValueError, match=r"^Attention: hidden_size must be None \(the query size\) or an int >= 1; "
+                                         r"got 0$"):
+        Attention(kind, H, H, 0)
