@@ -36,7 +36,12 @@ def shift_right(y: torch.Tensor, first: torch.Tensor | None = None) -> torch.Ten
     """(B, T, O) targets -> y_prev with y_prev[:, t] = y[:, t-1] and y_prev[:, 0] = first (zeros)."""
     if not isinstance(y, torch.Tensor) or y.dim() < 2:
         raise ValueError(f"shift_right: y must be (B, T, ...); got {_describe(y)}")
-    start = torch.zeros_like(y[:, :1]) if first is None else first.reshape(y.shape[0], 1, -1).to(y)
+    step = (y.shape[0], *y.shape[2:])  # what y[:, 0] is; (B, 1, ...) is taken too
+    if first is not None and (not isinstance(first, torch.Tensor)
+                              or tuple(first.shape) not in (step, tuple(y[:, :1].shape))):
+        # a reshape took any tensor of as many elements, mixing the rows of a (O, B) one silently
+        raise ValueError(f"shift_right: first must be y[:, 0]'s shape {step}; got {_describe(first)}")
+    start = torch.zeros_like(y[:, :1]) if first is None else first.reshape(y[:, :1].shape).to(y)
     return torch.cat([start, y[:, :-1]], dim=1)
 
 

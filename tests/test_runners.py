@@ -253,3 +253,17 @@ def test_a_model_with_an_activity_penalty_copies_and_saves_after_a_training_forw
         torch.testing.assert_close(other(xs)[0], model(xs)[0])
         torch.testing.assert_close(R.regularization_loss(other), R.regularization_loss(model))
     assert R.regularization_loss(model).requires_grad  # the original keeps its own
+
+
+def test_shift_right_takes_a_first_step_of_its_shape_only():
+    """`first` was reshaped to (B, 1, -1): a (O, B) tensor of as many elements mixed the rows
+    silently, and token ids (B, T) with a first token failed inside torch.cat."""
+    import re
+
+    y = torch.arange(16.).reshape(2, 2, 4)
+    for first in (torch.ones(4, 2), torch.ones(8), torch.ones(2, 4, 1)):
+        expected = f"shift_right: first must be y[:, 0]'s shape (2, 4); got tensor {tuple(first.shape)} torch.float32"
+        with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+            R.shift_right(y, first)
+    assert R.shift_right(y, torch.ones(2, 1, 4))[:, 0].eq(1).all()
+    assert R.shift_right(torch.tensor([[1, 2, 3]]), torch.tensor([7])).tolist() == [[7, 1, 2]]
