@@ -28,6 +28,13 @@ class MLP(nn.Module):
             raise ValueError(f"MLP: sizes must name at least an input and an output size; got {sizes}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"MLP: activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+        for size in sizes:  # a float failed inside torch.empty; a 0 made an empty layer
+            check_number("MLP", "sizes", size, integer=True)
+            if size < 1:
+                raise ValueError(f"MLP: sizes must be ints >= 1; got {sizes}")
+        check_number("MLP", "dropout", dropout)
+        if not 0 <= dropout < 1:  # it failed at the first forward, in torch's dropout
+            raise ValueError(f"MLP: dropout must be in [0, 1); got {dropout}")
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.activation, self.dropout = activation, dropout
         self.in_features, self.out_features = sizes[0], sizes[-1]

@@ -65,3 +65,16 @@ def test_sampling_options_out_of_range_are_one_line_naming_them(call, error, mes
     with pytest.raises(error, match=message):
         call()
     assert R.choose_token(torch.tensor([[0.0, 9.0, 1.0]]), "sample", top_k=1).item() == 1
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: R.MLP(3, 4.0), TypeError, r"^MLP: sizes must be an int; got float 4.0$"),
+    (lambda: R.MLP(3, 0), ValueError, r"^MLP: sizes must be ints >= 1; got \(3, 0\)$"),
+    (lambda: R.MLP(3, 4, 2, dropout=2.0), ValueError, r"^MLP: dropout must be in \[0, 1\); got 2.0$"),
+    (lambda: R.MLP(3, 4, dropout="0.1"), TypeError, r"^MLP: dropout must be a number; got str"),
+])
+def test_mlp_refuses_sizes_and_dropout_out_of_range_at_construction(call, error, message):
+    """A float size failed inside torch.empty, a size 0 built an empty layer, and dropout=2 failed
+    at the first forward in torch's dropout."""
+    with pytest.raises(error, match=message):
+        call()
