@@ -74,6 +74,13 @@ def check_sampling(where: str, temperature, top_k) -> None:
         raise ValueError(f"{where}: top_k must be None (all tokens) or an int >= 1; got {top_k}")
 
 
+def _check_size(where: str, name: str, value) -> None:
+    """A feedback map's size: an int >= 1 (RawFeedback('2') passed, then 'size 2 but feedback_size=2')."""
+    check_number(where, name, value, integer=True)
+    if value < 1:
+        raise ValueError(f"{where}: {name} must be an int >= 1; got {value}")
+
+
 def _check_tokens(where: str, targets: torch.Tensor, num_classes: int) -> None:
     """ValueError naming `targets` when a token id lies outside [0, num_classes): torch would fail
     deep inside (an IndexError naming nothing on CPU, a device-side assert on CUDA). Floats are refused:
@@ -91,6 +98,7 @@ class RawFeedback(nn.Module):
 
     def __init__(self, size: int):
         super().__init__()
+        _check_size("RawFeedback", "size", size)
         self.size = size
 
     def from_target(self, targets: torch.Tensor) -> torch.Tensor:
@@ -107,6 +115,7 @@ class SoftmaxFeedback(nn.Module):
 
     def __init__(self, num_classes: int):
         super().__init__()
+        _check_size("SoftmaxFeedback", "num_classes", num_classes)
         self.size = num_classes
         # no weights, yet one-hot targets must take the model's dtype: an empty buffer follows
         # model.double() / .to(dtype) like a parameter would
@@ -129,6 +138,8 @@ class EmbeddingFeedback(nn.Module):
         super().__init__()
         if choose not in ("greedy", "sample"):
             raise ValueError(f"EmbeddingFeedback: choose must be 'greedy' or 'sample'; got {choose!r}")
+        _check_size("EmbeddingFeedback", "num_classes", num_classes)
+        _check_size("EmbeddingFeedback", "dim", dim)
         check_sampling("EmbeddingFeedback", temperature, top_k)  # else a bad value fails at the first sampled step
         self.embedding = nn.Embedding(num_classes, dim)
         self.size, self.choose, self.temperature, self.top_k = dim, choose, temperature, top_k

@@ -78,3 +78,17 @@ def test_mlp_refuses_sizes_and_dropout_out_of_range_at_construction(call, error,
     at the first forward in torch's dropout."""
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: R.RawFeedback("2"), TypeError, r"^RawFeedback: size must be an int; got str '2'$"),
+    (lambda: R.RawFeedback(2.0), TypeError, r"^RawFeedback: size must be an int; got float 2.0$"),
+    (lambda: R.SoftmaxFeedback(0), ValueError, r"^SoftmaxFeedback: num_classes must be an int >= 1; got 0$"),
+    (lambda: R.EmbeddingFeedback(0, 4), ValueError, r"^EmbeddingFeedback: num_classes must be an int >= 1; got 0$"),
+    (lambda: R.EmbeddingFeedback(5, 0), ValueError, r"^EmbeddingFeedback: dim must be an int >= 1; got 0$"),
+])
+def test_feedback_map_sizes_are_checked_at_construction(call, error, message):
+    """RawFeedback('2') was taken, then refused by RecurrentModel as 'vectors of size 2 but the cells
+    take feedback_size=2'; a size 0 built a map of nothing."""
+    with pytest.raises(error, match=message):
+        call()
