@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .cells import _describe
+from .checks import check_number
 
 __all__ = ["Attention", "ATTENTION_KINDS"]
 
@@ -38,6 +39,9 @@ class Attention(nn.Module):
         if kind == "dot" and query_size != key_size:
             raise ValueError(f"Attention: 'dot' needs queries and keys of one size; got {query_size} and {key_size}")
         self.kind, self.query_size, self.key_size = kind, query_size, key_size
+        check_number("Attention", "hidden_size", hidden_size, integer=True, optional=True)
+        if hidden_size is not None and hidden_size < 1:  # 0 silently meant the default
+            raise ValueError(f"Attention: hidden_size must be None (the query size) or an int >= 1; got {hidden_size}")
         if kind == "additive":
             hidden = hidden_size or query_size
             self.query_map = nn.Linear(query_size, hidden, bias=False)
@@ -56,8 +60,15 @@ class Attention(nn.Module):
             hidden = torch.tanh(self.query_map(queries)[:, :, None] + self.key_map(keys)[:, None])  # (B, T, S, A)
             scores = self.score(hidden).squeeze(-1)  # (B, T, S)
         if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=keys.device)
+            if lengths.shape != (keys.shape[0],):
+                raise ValueError(f"Attention: lengths must be ({keys.shape[0]},); got {_describe(lengths)}")
+            if bool(((lengths < 1) | (lengths > keys.shape[1])).any()):
+                # a length 0 masked every key: softmax of all -inf, NaN weights and outputs
+                raise ValueError(f"Attention: lengths must lie in [1, {keys.shape[1]}]; got values from "
+                                 f"{int(lengths.min())} to {int(lengths.max())}")
             position = torch.arange(keys.shape[1], device=keys.device)
-            padding = position[None, :] >= torch.as_tensor(lengths, device=keys.device)[:, None]  # (B, S)
+            padding = position[None, :] >= lengths[:, None]  # (B, S)
             scores = scores.masked_fill(padding[:, None], float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         return weights @ keys, weights

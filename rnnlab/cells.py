@@ -251,7 +251,13 @@ class Cell(nn.Module, Regularized, Constrained, ABC):
                 con = getattr(self.constraints, group)
                 if con is not None:
                     for w in weights:
-                        con(w)
+                        projected = con(w)  # rnnlab's act in place; one that returns the weight, as Keras's
+                        if isinstance(projected, torch.Tensor) and projected is not w:  # do, was ignored
+                            if projected.shape != w.shape:  # copy_ would broadcast a scalar over the weight
+                                raise ValueError(f"{type(self).__name__}: the {group} constraint must change the "
+                                                 f"weight in place or return it projected, {tuple(w.shape)}; got "
+                                                 f"a tensor {tuple(projected.shape)}")
+                            w.copy_(projected)
 
     # --- state --------------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .checks import check_number
+
 __all__ = ["greedy_search", "beam_search", "select", "Step"]
 
 Step = Callable[[torch.Tensor | None, Any], tuple[torch.Tensor, Any]]
@@ -36,10 +38,26 @@ def select(state, index: torch.Tensor):
                     f"{type(state).__name__}")
 
 
-def _check(eos: int, max_steps: int, batch: int):
+def _check(eos: int, max_steps: int, batch: int, state=None, where: str = "decoding"):
     for name, value, low in (("eos", eos, 0), ("max_steps", max_steps, 1), ("batch", batch, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"decoding: {name} must be an int >= {low}; got {value!r}")
+    rows = _rows(state)
+    if rows is not None and rows != batch:  # beam search kept the first `batch` sequences, silently
+        raise ValueError(f"{where}: state must hold batch={batch} sequences (rows of its tensors); got {rows}")
+
+
+def _rows(state) -> int | None:
+    """The batch size of a state: its first tensor's rows (None: no tensor in it)."""
+    if isinstance(state, torch.Tensor):
+        return state.shape[0]
+    values = state.values() if isinstance(state, dict) else state if isinstance(state, (tuple, list)) else ()
+    return next((rows for rows in map(_rows, values) if rows is not None), None)
+
+
+def _check_eos(where: str, eos: int, classes: int) -> None:
+    if not 0 <= eos < classes:  # an end token the logits cannot choose never ends a sequence
+        raise ValueError(f"{where}: eos must be a class of the logits, in [0, {classes}); got {eos}")
 
 
 def _until_eos(tokens: list[int], eos: int) -> list[int]:
@@ -49,10 +67,11 @@ def _until_eos(tokens: list[int], eos: int) -> list[int]:
 @torch.no_grad()
 def greedy_search(step: Step, state, batch: int, eos: int, max_steps: int) -> list[list[int]]:
     """The most likely token at every step, until `eos` (or max_steps): one token list per sequence."""
-    _check(eos, max_steps, batch)
+    _check(eos, max_steps, batch, state, "greedy_search")
     previous, chosen, done = None, [], None
     for _ in range(max_steps):
         logits, state = step(previous, state)
+        _check_eos("greedy_search", eos, logits.shape[-1])
         previous = logits.argmax(-1)
         chosen.append(previous)
         done = previous == eos if done is None else done | (previous == eos)
@@ -73,9 +92,10 @@ def beam_search(step: Step, state, batch: int, eos: int, max_steps: int, width: 
 
     state: the state of `batch` sequences; it is expanded to batch * width rows (beam b of
     sequence i at row i * width + b)."""
-    _check(eos, max_steps, batch)
+    _check(eos, max_steps, batch, state, "beam_search")
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"beam_search: width must be an int >= 1; got {width!r}")
+    check_number("beam_search", "length_penalty", length_penalty)  # a string failed on the comparison below
     if not length_penalty >= 0:
         raise ValueError(f"beam_search: length_penalty must be >= 0; got {length_penalty!r}")
     state = select(state, torch.arange(batch).repeat_interleave(width))
@@ -90,8 +110,7 @@ def beam_search(step: Step, state, batch: int, eos: int, max_steps: int, width: 
         logits, state = step(previous, state)
         log_probs = torch.log_softmax(logits.float().cpu(), dim=-1).view(batch, width, -1)  # (B, W, C)
         classes = log_probs.shape[-1]
-        if not 0 <= eos < classes:
-            raise ValueError(f"beam_search: eos must be a class of the logits, in [0, {classes}); got {eos}")
+        _check_eos("beam_search", eos, classes)
         stay = torch.full((classes,), float("-inf"))
         stay[eos] = 0.0  # a finished hypothesis can only repeat the end, at no cost and no length
         log_probs = torch.where(finished[..., None], stay, log_probs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -136,7 +137,13 @@ class _Graph(nn.Module):
         self.state_template = model.core.initial_state(1, device="meta")
         self.state_count = len(_flatten(self.state_template))
         self.lengths = isinstance(model, SequenceToVector)
-        self.eval()  # the exporter restores the wrapper's mode, and with it the model's, after exporting
+        # the wrapper is always in eval mode, the model only while the graph runs (`forward`): self.eval()
+        # here switched a model being trained to eval mode for good, its dropout silently off
+        self.training = False
+
+    def forward(self, *tensors):
+        with _evaluating(self.model):
+            return self.compute(*tensors)
 
     def train(self, mode: bool = True):
         if mode:
@@ -173,7 +180,7 @@ class _Graph(nn.Module):
 class SequenceGraph(_Graph):
     """(inputs, [feedback], [lengths], state...) -> (outputs, final state...): the whole sequence."""
 
-    def forward(self, *tensors):
+    def compute(self, *tensors):
         xs, fed, lengths, state = self._split(tensors)
         model = self.model
         if isinstance(model, SequenceToVector):
@@ -206,7 +213,7 @@ class StepGraph(_Graph):
                              f"only pool='last' does")
         self.lengths = False
 
-    def forward(self, *tensors):
+    def compute(self, *tensors):
         x_t, fed_t, _, state = self._split(tensors)
         model = self.model
         # the maps take (B, T, ...); one step is T = 1
@@ -225,13 +232,26 @@ class StepGraph(_Graph):
 # --- exporting and checking ---------------------------------------------------------------------
 
 
+@contextmanager
+def _evaluating(module: nn.Module):
+    """`module` in eval mode (no dropout) inside, each submodule's own mode restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    for m, _ in modes:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def export_model(graph: _Graph, path: str | Path | None = None) -> bytes:
     """Export `graph` (a SequenceGraph or StepGraph of a model in eval mode) as ONNX; write it to
     `path` if given; returns the file's bytes."""
     require("onnx")
     steps = None if isinstance(graph, StepGraph) else 5
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _evaluating(graph):  # the exporter leaves it in eval mode
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(graph, tuple(graph.examples(2, steps)), buffer, dynamo=False, opset_version=OPSET,
                           input_names=graph.input_names(), output_names=graph.output_names(),

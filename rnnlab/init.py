@@ -141,12 +141,13 @@ class UnitNorm:
             w.div_(w.norm(dim=1, keepdim=True).clamp(min=1e-12))
 
 
-Constraint = Callable[[torch.Tensor], None]
+Constraint = Callable[[torch.Tensor], torch.Tensor | None]
 
 
 @dataclass(frozen=True)
 class Constraints:
-    """Constraint per weight group; None leaves a group free."""
+    """Constraint per weight group; None leaves a group free. A constraint changes the weight in
+    place (MaxNorm, NonNeg, UnitNorm) or returns the projected weight, as Keras's constraints do."""
 
     kernel: Constraint | None = None
     recurrent: Constraint | None = None
@@ -202,6 +203,9 @@ def _check_callables(groups, names: tuple[str, ...], example: str) -> None:
     """TypeError unless each group's entry is None or a function of the weight (e.g. not a bare number)."""
     for name in names:
         value = getattr(groups, name)
+        if isinstance(value, type):  # the class itself is callable: it failed at the first step, printing a weight
+            raise TypeError(f"{type(groups).__name__}: {name} must be None or callable on a weight, e.g. {example}; "
+                            f"got the class {value.__name__} (call it: {value.__name__}(...))")
         if value is not None and not callable(value):
             raise TypeError(f"{type(groups).__name__}: {name} must be None or callable on a weight, e.g. {example}; "
                             f"got {type(value).__name__} {value!r}")
@@ -229,6 +233,7 @@ def regularization_loss(module: nn.Module) -> torch.Tensor:
     """Sum of every regulariser in `module`: weight penalties of its cells plus the activity
     penalties its runners recorded in their last forward (every `Regularized` module's `penalty()`).
     The trainer adds this to the loss."""
+    _check_module("regularization_loss", module)
     total = None
     for sub in module.modules():
         if isinstance(sub, Regularized):
@@ -244,7 +249,13 @@ def regularization_loss(module: nn.Module) -> torch.Tensor:
 def apply_constraints(module: nn.Module) -> None:
     """Project every constrained weight of `module` back onto its set (call after optimiser.step()):
     every `Constrained` module's `constrain()`."""
+    _check_module("apply_constraints", module)
     with torch.no_grad():
         for sub in module.modules():
             if isinstance(sub, Constrained):
                 sub.constrain()
+
+
+def _check_module(where: str, module) -> None:
+    if not isinstance(module, nn.Module):  # a tensor or a list failed on `.modules`, naming nothing
+        raise TypeError(f"{where}: module must be a torch.nn.Module (the model); got {type(module).__name__}")

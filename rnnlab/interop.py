@@ -1,4 +1,5 @@
-"""Conversion to and from torch.nn's recurrent modules, weights shared by value (copied).
+"""Conversion to and from torch.nn's recurrent modules, weights shared by value (copied), and the
+training mode carried over (an eval-mode module converts to an eval-mode one: no dropout).
 
 A cell that torch.nn computes exactly (`torch_mode`) has torch's parameter names and gate order, so
 its state_dict loads into the torch.nn cell with strict=True; these helpers do the same for whole
@@ -54,7 +55,7 @@ def to_torch_cell(cell) -> nn.Module:
     else:
         out = _TORCH_CELLS[mode](cell.input_size, cell.hidden_size, bias)
     out.load_state_dict(cell.state_dict(), strict=True)
-    return out.to(cell.weight_ih)
+    return out.to(cell.weight_ih).train(cell.training)
 
 
 def from_torch_cell(module: nn.Module):
@@ -70,7 +71,7 @@ def from_torch_cell(module: nn.Module):
         raise ValueError(f"from_torch_cell: module must be torch.nn.LSTMCell, GRUCell or RNNCell; "
                          f"got {type(module).__name__}")
     cell.load_state_dict(module.state_dict(), strict=True)
-    return cell.to(module.weight_ih)
+    return cell.to(module.weight_ih).train(module.training)
 
 
 def _layers(runner) -> list:
@@ -108,7 +109,7 @@ def to_torch(runner) -> nn.Module:
         out = _TORCH_LAYERS[mode](first.input_size, first.hidden_size, **kwargs)
     state = {f"{name}_l{k}": p for k, r in enumerate(layers) for name, p in r.cell.state_dict().items()}
     out.load_state_dict(state, strict=True)
-    return out.to(first.weight_ih)
+    return out.to(first.weight_ih).train(runner.training)  # an eval-mode stack must not come back dropping out
 
 
 def from_torch(module: nn.Module, implementation: str = "auto") -> Stacked:
@@ -141,4 +142,4 @@ def from_torch(module: nn.Module, implementation: str = "auto") -> Stacked:
         cell = make(module.input_size if k == 0 else layers[-1].output_size)
         cell.load_state_dict({name: params[f"{name}_l{k}"] for name in cell.state_dict()}, strict=True)
         layers.append(Recurrent(cell, implementation))
-    return Stacked(*layers, dropout=module.dropout).to(module.weight_ih_l0)
+    return Stacked(*layers, dropout=module.dropout).to(module.weight_ih_l0).train(module.training)

@@ -21,7 +21,7 @@ from torch import nn
 from .cells import _describe
 from .checks import check_number
 from .kernels import valid_steps, where_state, without_padding
-from .runners import Runner, check_sequence, shift_right
+from .runners import Runner, check_sequence, shift_right, stepwise_activity
 
 __all__ = ["RecurrentModel", "SequenceToVector", "Ensemble", "VectorToSequence", "EncoderDecoder", "last_valid"]
 
@@ -39,6 +39,11 @@ def _check_kind(where: str, name: str, value, kind: type, expected: str) -> None
     belongs): it would fail later with an AttributeError that names nothing."""
     if not isinstance(value, kind):
         raise TypeError(f"{where}: {name} must be {expected}; got {type(value).__name__}")
+
+
+def _layout(state):
+    """A state's structure and each tensor's width: (H,) for a tensor, a tuple of layouts for a tuple."""
+    return tuple(state.shape[1:]) if isinstance(state, torch.Tensor) else tuple(_layout(s) for s in state)
 
 
 RUNNER = "a runner (Recurrent, Stacked, Bidirectional; a cell goes in Recurrent(cell))"
@@ -101,6 +106,12 @@ class RecurrentModel(nn.Module):
         masks = self.core.sample_masks(batch, xs)
         valid = valid_steps(lengths, steps)
         xs = without_padding(xs, valid)  # the padding is never read: NaN there must not reach a gradient
+        with stepwise_activity(self.core, valid):
+            return self._steps(xs, state, valid, masks, fed_targets, teacher_forcing)
+
+    def _steps(self, xs, state, valid, masks, fed_targets, teacher_forcing):
+        """`_closed_loop`'s loop over the checked inputs."""
+        batch = xs.shape[0]
         y_fed = xs.new_zeros(batch, self.core.feedback_size)  # y^{-1} = 0
         ys = []
         for t, x_t in enumerate(xs.unbind(1)):
@@ -132,6 +143,10 @@ class RecurrentModel(nn.Module):
                                  f"{self.core.input_size}")
             p = next(self.parameters())
             xs = p.new_zeros(batch, steps, 0)
+        elif not isinstance(xs, torch.Tensor) or xs.dim() < 2 or tuple(xs.shape[:2]) != (batch, steps):
+            # it ran xs's own batch and length, batch and steps silently ignored
+            raise ValueError(f"RecurrentModel.generate: xs must be (batch, steps, ...) = ({batch}, {steps}, ...); "
+                             f"got {_describe(xs)}")
         elif self.input_map is not None:
             xs = self.input_map(xs)
         if not self.core.feedback_size:
@@ -269,6 +284,12 @@ class EncoderDecoder(nn.Module):
                                                                                       encoder.output_size):
             raise ValueError(f"EncoderDecoder: attention must take queries of size {decoder.core.output_size} and "
                              f"keys of size {encoder.output_size}; got {attention.query_size} and {attention.key_size}")
+        if pass_state and _layout(encoder.initial_state(1, device="meta")) != _layout(
+                decoder.core.initial_state(1, device="meta")):  # it failed at the first forward, naming `state`
+            raise ValueError(f"EncoderDecoder: pass_state=True starts the decoder from the encoder's final state, so "
+                             f"both need the same cell, sizes and layers; got the states "
+                             f"{_layout(encoder.initial_state(1, device='meta'))} and "
+                             f"{_layout(decoder.core.initial_state(1, device='meta'))} (or pass_state=False)")
         self.encoder, self.decoder, self.source_map, self.pass_state = encoder, decoder, source_map, pass_state
         self.attention = attention
         if attention is not None:
@@ -314,11 +335,14 @@ class EncoderDecoder(nn.Module):
             return self.decoder.readout(self._attend(outputs, memory, source_lengths))
         # scheduled sampling: step by step, each fed-back token the target's with probability teacher_forcing
         decode_state, logits, previous = self._start(memory, summary, state, source_lengths), [], None
-        for t in range(targets.shape[1]):
-            step_logits, decode_state = self.step(previous, decode_state)
-            logits.append(step_logits)
-            coin = torch.rand(targets.shape[0], device=targets.device) < teacher_forcing
-            previous = torch.where(coin, targets[:, t], step_logits.argmax(-1))
+        valid = valid_steps(None if target_lengths is None else torch.as_tensor(target_lengths, device=targets.device),
+                            targets.shape[1])
+        with stepwise_activity(self.decoder.core, valid):
+            for t in range(targets.shape[1]):
+                step_logits, decode_state = self.step(previous, decode_state)
+                logits.append(step_logits)
+                coin = torch.rand(targets.shape[0], device=targets.device) < teacher_forcing
+                previous = torch.where(coin, targets[:, t], step_logits.argmax(-1))
         return torch.stack(logits, dim=1)
 
     @torch.no_grad()
@@ -364,6 +388,9 @@ class EncoderDecoder(nn.Module):
     @torch.no_grad()
     def translate(self, source, steps: int, source_lengths=None):
         """Free-running decode of `steps` steps: (B, steps, C) outputs (tokens chosen greedily)."""
+        check_number("EncoderDecoder.translate", "steps", steps, integer=True)
+        if steps < 1:  # with attention torch.stack of no steps failed, naming nothing
+            raise ValueError(f"EncoderDecoder.translate: steps must be >= 1; got {steps}")
         if self.attention is None:  # whatever the feedback map feeds back (tokens, probabilities, values)
             summary, state = self.encode(source, source_lengths)
             ys, _ = self.decoder.generate(summary.shape[0], steps, state=state,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cells import ACTIVATIONS
+from .checks import check_number
 
 __all__ = ["MLP", "RawFeedback", "SoftmaxFeedback", "EmbeddingFeedback", "choose_token"]
 
@@ -27,6 +28,13 @@ class MLP(nn.Module):
             raise ValueError(f"MLP: sizes must name at least an input and an output size; got {sizes}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"MLP: activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+        for size in sizes:  # a float failed inside torch.empty; a 0 made an empty layer
+            check_number("MLP", "sizes", size, integer=True)
+            if size < 1:
+                raise ValueError(f"MLP: sizes must be ints >= 1; got {sizes}")
+        check_number("MLP", "dropout", dropout)
+        if not 0 <= dropout < 1:  # it failed at the first forward, in torch's dropout
+            raise ValueError(f"MLP: dropout must be in [0, 1); got {dropout}")
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.activation, self.dropout = activation, dropout
         self.in_features, self.out_features = sizes[0], sizes[-1]
@@ -46,8 +54,7 @@ def choose_token(logits: torch.Tensor, mode: str = "greedy", temperature: float 
         return logits.argmax(dim=-1)
     if mode != "sample":
         raise ValueError(f"choose_token: mode must be 'greedy' or 'sample'; got {mode!r}")
-    if temperature <= 0:
-        raise ValueError(f"choose_token: temperature must be > 0; got {temperature}")
+    check_sampling("choose_token", temperature, top_k)
     logits = logits / temperature
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
@@ -56,9 +63,31 @@ def choose_token(logits: torch.Tensor, mode: str = "greedy", temperature: float 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def check_sampling(where: str, temperature, top_k) -> None:
+    """TypeError or ValueError naming `temperature` (a number > 0) or `top_k` (None or an int >= 1): top_k=0
+    or -1 failed inside torch.topk, naming nothing, and a NaN temperature inside torch.multinomial."""
+    check_number(where, "temperature", temperature)
+    if not temperature > 0:
+        raise ValueError(f"{where}: temperature must be > 0; got {temperature}")
+    check_number(where, "top_k", top_k, integer=True, optional=True)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{where}: top_k must be None (all tokens) or an int >= 1; got {top_k}")
+
+
+def _check_size(where: str, name: str, value) -> None:
+    """A feedback map's size: an int >= 1 (RawFeedback('2') passed, then 'size 2 but feedback_size=2')."""
+    check_number(where, name, value, integer=True)
+    if value < 1:
+        raise ValueError(f"{where}: {name} must be an int >= 1; got {value}")
+
+
 def _check_tokens(where: str, targets: torch.Tensor, num_classes: int) -> None:
     """ValueError naming `targets` when a token id lies outside [0, num_classes): torch would fail
-    deep inside (an IndexError naming nothing on CPU, a device-side assert on CUDA)."""
+    deep inside (an IndexError naming nothing on CPU, a device-side assert on CUDA). Floats are refused:
+    `.long()` truncated them silently (probabilities in [0, 1) all read as token 0)."""
+    if targets.is_floating_point() or targets.is_complex():
+        raise TypeError(f"{where}: targets must be integer token ids; got {targets.dtype} (whole numbers stored "
+                        f"as floats: convert them with .long())")
     if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < num_classes:
         raise ValueError(f"{where}: targets must be token ids in [0, {num_classes - 1}]; got values from "
                          f"{int(targets.min())} to {int(targets.max())}")
@@ -69,6 +98,7 @@ class RawFeedback(nn.Module):
 
     def __init__(self, size: int):
         super().__init__()
+        _check_size("RawFeedback", "size", size)
         self.size = size
 
     def from_target(self, targets: torch.Tensor) -> torch.Tensor:
@@ -85,6 +115,7 @@ class SoftmaxFeedback(nn.Module):
 
     def __init__(self, num_classes: int):
         super().__init__()
+        _check_size("SoftmaxFeedback", "num_classes", num_classes)
         self.size = num_classes
         # no weights, yet one-hot targets must take the model's dtype: an empty buffer follows
         # model.double() / .to(dtype) like a parameter would
@@ -107,6 +138,9 @@ class EmbeddingFeedback(nn.Module):
         super().__init__()
         if choose not in ("greedy", "sample"):
             raise ValueError(f"EmbeddingFeedback: choose must be 'greedy' or 'sample'; got {choose!r}")
+        _check_size("EmbeddingFeedback", "num_classes", num_classes)
+        _check_size("EmbeddingFeedback", "dim", dim)
+        check_sampling("EmbeddingFeedback", temperature, top_k)  # else a bad value fails at the first sampled step
         self.embedding = nn.Embedding(num_classes, dim)
         self.size, self.choose, self.temperature, self.top_k = dim, choose, temperature, top_k
 

@@ -15,6 +15,7 @@ free-running loop uses.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from .checks import check_flag, check_number, check_tensor_like
 from .init import Regularized
 
 __all__ = ["Runner", "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded", "check_sequence",
-           "check_implementations"]
+           "check_implementations", "stepwise_activity"]
 
 IMPLEMENTATION_NAMES = ("auto", "reference", "fused", "native", "scan")
 
@@ -35,7 +36,12 @@ def shift_right(y: torch.Tensor, first: torch.Tensor | None = None) -> torch.Ten
     """(B, T, O) targets -> y_prev with y_prev[:, t] = y[:, t-1] and y_prev[:, 0] = first (zeros)."""
     if not isinstance(y, torch.Tensor) or y.dim() < 2:
         raise ValueError(f"shift_right: y must be (B, T, ...); got {_describe(y)}")
-    start = torch.zeros_like(y[:, :1]) if first is None else first.reshape(y.shape[0], 1, -1).to(y)
+    step = (y.shape[0], *y.shape[2:])  # what y[:, 0] is; (B, 1, ...) is taken too
+    if first is not None and (not isinstance(first, torch.Tensor)
+                              or tuple(first.shape) not in (step, tuple(y[:, :1].shape))):
+        # a reshape took any tensor of as many elements, mixing the rows of a (O, B) one silently
+        raise ValueError(f"shift_right: first must be y[:, 0]'s shape {step}; got {_describe(first)}")
+    start = torch.zeros_like(y[:, :1]) if first is None else first.reshape(y[:, :1].shape).to(y)
     return torch.cat([start, y[:, :-1]], dim=1)
 
 
@@ -187,8 +193,13 @@ class Recurrent(Runner, Regularized):
     def sample_masks(self, batch: int, like: torch.Tensor):
         return self.cell.sample_masks(batch, like)
 
+    _stepped: list | None = None  # the outputs of `step` while a model steps with `stepwise_activity`
+
     def step(self, x_t, state, y_prev_t=None, masks=(None, None)):
-        return self.cell.step(x_t, state, y_prev_t, masks)
+        out, state = self.cell.step(x_t, state, y_prev_t, masks)
+        if self._stepped is not None:
+            self._stepped.append(out)
+        return out, state
 
     def unroll(self, xs, state, y_prev, lengths):
         """Unchecked forward (the caller checked): dispatch to the chosen implementation."""
@@ -200,6 +211,12 @@ class Recurrent(Runner, Regularized):
 
     def penalty(self):
         return self._activity
+
+    def __getstate__(self):
+        # the last forward's activity penalty lies in that forward's graph: no part of the model, and
+        # copy.deepcopy of a model after a training forward failed on it (a non-leaf tensor)
+        state = super().__getstate__()
+        return {**state, "_activity": None, "_stepped": None}
 
     def extra_repr(self):
         return f"implementation={self.implementation!r}"
@@ -389,3 +406,28 @@ class Bidirectional(Runner):
         else:
             out = fwd * bwd
         return out, (fs, bs)
+
+
+@contextmanager
+def stepwise_activity(core: nn.Module, valid: torch.Tensor | None):
+    """Around a forward that calls `core.step` once per step (free running, scheduled sampling):
+    each `Recurrent`'s activity penalty becomes that of the outputs of these steps, zero past `valid`
+    (B, T), as `unroll` records it. Without it the penalty of an earlier forward stayed, a stale term
+    (or a graph already freed by its backward) in `regularization_loss`."""
+    runners = [r for r in core.modules() if isinstance(r, Recurrent)]
+    for r in runners:
+        r._activity = None
+        r._stepped = [] if r.cell.regularizers.activity is not None and r.training else None
+    try:
+        yield
+    except BaseException:
+        for r in runners:
+            r._stepped = None
+        raise
+    for r in runners:
+        stepped, r._stepped = r._stepped, None
+        if stepped:
+            ys = torch.stack(stepped, 1)
+            if valid is not None:
+                ys = torch.where(valid[..., None], ys, ys.new_zeros(()))
+            r._activity = r.cell.regularizers.activity(ys) / ys.shape[0]

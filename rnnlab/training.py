@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cells import _describe
 from .checkpoints import CheckpointError, RunDir, check_weights
 from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, to_dict, validate
 from .data.batches import Batch
@@ -245,6 +246,13 @@ class Trainer:
         self.config, self.device = config, resolve_device(config.device)
         self.model = model.to(self.device)
         self.parameter_groups = _check_parameter_groups(model, parameter_groups)
+        if not hasattr(batches, "__next__"):  # next() failed at the first step, naming no argument
+            raise TypeError(f"Trainer: batches must be an iterator of rnnlab.data.Batch (a batch source, or "
+                            f"iter(...) of a list); got {type(batches).__name__}")
+        if run_dir is not None and not all(hasattr(batches, name) for name in ("state_dict", "load_state_dict")):
+            # it failed at the first checkpoint, after training, on an AttributeError
+            raise TypeError(f"Trainer: batches must have state_dict() and load_state_dict() to be checkpointed in "
+                            f"run_dir (a resumed run reads on where it stopped); got {type(batches).__name__}")
         self.batches, self.loss_fn, self.evaluate_fn, self.solved_fn = batches, loss_fn, evaluate, solved
         self.solved = False  # the last evaluation met the task's goal
         self.run = RunDir(run_dir) if run_dir is not None else None
@@ -450,7 +458,7 @@ class Trainer:
                     break
                 batch_started = time.monotonic()
                 try:
-                    loss, count = self._train_batch(next(self.batches))
+                    loss, count = self._train_batch(self._next_batch())
                 except _Diverged:  # a NaN or inf loss would make every weight NaN: stop on the last finite ones
                     stopped = "diverged"
                     break
@@ -500,6 +508,19 @@ class Trainer:
         wall, cpu = self._session_start
         return self.elapsed_before + time.monotonic() - wall, self.cpu_before + time.process_time() - cpu
 
+    def _next_batch(self) -> Batch:
+        """The next batch; a source that ends or yields something else is a one-line error naming
+        `batches` (a bare StopIteration escaped fit(), and a tuple failed on `.to`)."""
+        try:
+            batch = next(self.batches)
+        except StopIteration:
+            raise ValueError(f"Trainer: batches ended after {self.step} batches of steps={self.config.steps}; a "
+                             f"batch source must yield one batch per step (repeat the data, e.g. epoch after "
+                             f"epoch)") from None
+        if not isinstance(batch, Batch):
+            raise TypeError(f"Trainer: batches must yield rnnlab.data.Batch; got {type(batch).__name__}")
+        return batch
+
     def _train_batch(self, batch: Batch) -> tuple[float, int]:
         """One step: one update per window of the batch. Returns (mean loss, predictions)."""
         batch = batch.to(self.device)
@@ -516,7 +537,12 @@ class Trainer:
         for window in windows:
             state = self.carried if window.continues else None
             with self.autocast():
-                loss, state, n = self.loss_fn(self.model, window, state, teacher_forcing)
+                result = self.loss_fn(self.model, window, state, teacher_forcing)
+            if (not isinstance(result, tuple) or len(result) != 3 or not isinstance(result[0], torch.Tensor)
+                    or result[0].numel() != 1):
+                raise TypeError(f"Trainer: loss_fn must return (loss: a scalar tensor, state, count); got "
+                                f"{_describe(result)}")
+            loss, state, n = result
             value = loss.item()
             if not self._finite(value):
                 raise _Diverged(value)
@@ -606,6 +632,8 @@ class Trainer:
                     metrics = self.evaluate_fn(self.model)
         finally:
             self.model.train()
+        if not isinstance(metrics, dict):
+            raise TypeError(f"Trainer: evaluate must return a dict with 'loss'; got {type(metrics).__name__}")
         if "loss" not in metrics:
             raise ValueError(f"Trainer: evaluate must return a dict with 'loss'; got keys {sorted(metrics)}")
         return {k: float(v) for k, v in metrics.items()}

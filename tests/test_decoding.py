@@ -96,3 +96,24 @@ def test_select_and_errors():
         beam_search(step, START, 1, EOS, 5, width=0)
     with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
         greedy_search(step, START, 1, EOS, 0)
+
+
+@pytest.mark.parametrize("search", [greedy_search, beam_search])
+def test_a_state_of_another_batch_or_an_end_token_past_the_logits_is_refused(search):
+    """beam_search kept the first `batch` sequences of a larger state and dropped the rest, silently
+    (and failed with an IndexError for a smaller one); greedy_search never ended at an eos the
+    logits cannot choose, returning max_steps tokens for every sequence."""
+    classes = 5
+    step = lambda previous, state: (torch.eye(classes)[torch.zeros(state.shape[0], dtype=torch.long)], state)
+    name = search.__name__  # the logits favour token 0, the end
+    with pytest.raises(ValueError, match=rf"^{name}: state must hold batch=2 sequences \(rows of its tensors\); "
+                                         rf"got 3$"):
+        search(step, torch.zeros(3, 4), 2, eos=0, max_steps=3)
+    with pytest.raises(ValueError, match=rf"^{name}: state must hold batch=4 sequences .*; got 3$"):
+        search(step, (None, {"h": torch.zeros(3, 4)}), 4, eos=0, max_steps=3)
+    with pytest.raises(ValueError, match=rf"^{name}: eos must be a class of the logits, in \[0, 5\); got 9$"):
+        search(step, torch.zeros(3, 4), 3, eos=9, max_steps=3)
+    assert search(step, torch.zeros(3, 4), 3, eos=0, max_steps=3) == [[], [], []]
+    if search is beam_search:
+        with pytest.raises(TypeError, match=r"^beam_search: length_penalty must be a number; got str '1'$"):
+            search(step, torch.zeros(3, 4), 3, eos=0, max_steps=3, length_penalty="1")

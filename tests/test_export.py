@@ -291,3 +291,20 @@ def test_sampling_on_onnxruntime_runs_the_threads_threads_says(tmp_path, capsys,
     graph = export.StepGraph(model_of("gru", False, "auto"))
     stepper = export.OnnxStep(export.export_model(graph), graph, threads=3)  # the library's own argument
     assert stepper.session.get_session_options().intra_op_num_threads == 3
+
+
+def test_a_graph_leaves_the_mode_of_a_model_in_training_as_it_was():
+    """SequenceGraph(model) called model.eval() for good: a model exported (or checked) between
+    training steps went on training with its dropout off, silently. The graph still runs in eval mode."""
+    torch.manual_seed(0)
+    model = R.RecurrentModel(R.Stacked.of(R.LSTMCell, 4, 6, 2, dropout=0.5), nn.Linear(6, 2)).train()
+    for kind in (export.SequenceGraph, export.StepGraph):
+        graph = kind(model)
+        assert model.training
+        data = export.export_model(graph)
+        assert all(m.training for m in model.modules())
+        assert export.verify(graph, data) < 1e-4  # eval mode inside: no dropout in PyTorch's outputs either
+        assert all(m.training for m in model.modules())
+    model.eval()
+    export.export_model(export.SequenceGraph(model))
+    assert not any(m.training for m in model.modules())

@@ -94,3 +94,36 @@ def test_the_loss_and_the_constraints_serve_the_modules_that_declare_them():
     assert R.regularization_loss(model).item() == 6.0
     R.apply_constraints(model)
     assert model[0].weight.tolist() == [1.0, 1.0]
+
+
+def test_a_constraint_that_returns_the_projected_weight_is_applied():
+    """A Keras-style constraint returns the new weight instead of changing it in place; it was
+    called and its result dropped, the weight left unconstrained without a word."""
+    cell = R.LSTMCell(3, 6, constraints=R.Constraints(kernel=lambda w: w.clamp(-0.01, 0.01),
+                                                      recurrent=lambda w: w.clamp(min=0.0)))
+    R.apply_constraints(cell)
+    assert float(cell.weight_ih.detach().abs().max()) <= 0.01 and float(cell.weight_hh.detach().min()) >= 0.0
+    scalar = R.LSTMCell(3, 6, constraints=R.Constraints(bias=lambda w: w.norm()))  # not a projection
+    with pytest.raises(ValueError, match=r"^LSTMCell: the bias constraint must change the weight in place or "
+                                         r"return it projected, \(24,\); got a tensor \(\)$"):
+        R.apply_constraints(scalar)
+    in_place = R.LSTMCell(3, 6, constraints=R.Constraints(kernel=R.MaxNorm(0.1)))
+    R.apply_constraints(in_place)
+    assert float(in_place.weight_ih.detach().norm(dim=1).max()) <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: R.Constraints(kernel=R.MaxNorm), r"Constraints: kernel must be None or callable on a weight, e.g. "
+                                              r"MaxNorm\(3.0\); got the class MaxNorm \(call it: MaxNorm\(...\)\)"),
+    (lambda: R.Regularizers(activity=R.L1L2), r"Regularizers: activity must be .*; got the class L1L2"),
+    (lambda: R.apply_constraints(torch.zeros(2)),
+     r"apply_constraints: module must be a torch.nn.Module .*; got Tensor"),
+    (lambda: R.regularization_loss([R.LSTMCell(3, 6)]), r"regularization_loss: module must be a torch.nn.Module "
+                                                        r".*; got list"),
+])
+def test_a_class_where_an_instance_belongs_or_a_non_module_is_a_type_error_naming_it(call, message):
+    """MaxNorm (the class) passed the callable check and failed at the first step with a 25-line
+    message printing a weight; a tensor given to apply_constraints failed on `.modules`."""
+    with pytest.raises(TypeError, match=message) as caught:
+        call()
+    assert "\n" not in str(caught.value)

@@ -100,3 +100,21 @@ def test_to_torch_reads_the_runner_s_type_and_the_cells_declared_sizes():
     with pytest.raises(ValueError, match="same proj_size"):
         R.to_torch(R.Stacked(R.Recurrent(R.ProjectedLSTMCell(I, H, proj_size=2)),
                              R.Recurrent(R.ProjectedLSTMCell(2, H, proj_size=3))))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_conversion_keeps_the_training_mode(training):
+    """An eval-mode module came back in training mode: with dropout between layers its outputs were
+    random where the module's were not, right-shaped and silently wrong."""
+    theirs = torch.nn.LSTM(I, H, num_layers=2, dropout=0.5, batch_first=True).train(training)
+    ours = R.from_torch(theirs)
+    assert ours.training == training and all(m.training == training for m in ours.modules())
+    assert R.to_torch(ours).training == training
+    cell = torch.nn.GRUCell(I, H).train(training)
+    assert R.from_torch_cell(cell).training == training
+    assert R.to_torch_cell(R.from_torch_cell(cell)).training == training
+    if not training:
+        xs = torch.randn(B, 6, I)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(xs)[0], theirs(xs)[0], atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(R.to_torch(ours)(xs)[0], theirs(xs)[0], atol=1e-6, rtol=1e-6)

@@ -189,3 +189,113 @@ def test_encoder_decoder_learns_to_reverse():
 def test_encoder_decoder_errors():
     with pytest.raises(ValueError, match="decoder must read the encoder's summary of size 6"):
         R.EncoderDecoder(R.Recurrent(R.GRUCell(I, H)), token_model(input_size=4))
+
+
+def test_free_running_a_stacked_lstm_with_lengths_keeps_each_sequence_s_last_valid_state():
+    """The closed loop selects the state past each sequence's end layer by layer: a Stacked LSTM's
+    state is a tuple of layer tuples (it failed inside torch.where)."""
+    torch.manual_seed(0)
+    model = token_model(layers=2)
+    xs, lengths = torch.randn(3, 6, I), torch.tensor([6, 2, 4])
+    ys, state = model(xs, teacher_forcing=0.0, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        ys_b, state_b = model(xs[b:b + 1, :n], teacher_forcing=0.0)
+        torch.testing.assert_close(ys[b:b + 1, :n], ys_b)
+        for layer, layer_b in zip(state, state_b):
+            for s, s_b in zip(layer, layer_b):
+                torch.testing.assert_close(s[b:b + 1], s_b)
+
+
+def test_a_step_by_step_forward_records_its_own_activity_penalty():
+    """Scheduled sampling and free running step the core; the activity penalty is then that of
+    their steps (zero past lengths, as the whole-sequence forward's), not a stale one of the forward
+    before, whose graph a backward had already freed."""
+    torch.manual_seed(0)
+    regs = R.Regularizers(activity=R.L1L2(l1=0.1, l2=1.0))
+    core = R.Stacked.of(R.LSTMCell, I, H, 2, feedback_size=2, regularizers=regs)
+    model = R.RecurrentModel(core, nn.Linear(H, 2), feedback_map=R.RawFeedback(2))
+    xs, targets, lengths = torch.randn(3, 5, I), torch.randn(3, 5, 2), torch.tensor([5, 2, 4])
+    ys, _ = model(xs, targets=targets, lengths=lengths)  # teacher forcing: all steps at once
+    whole = R.regularization_loss(model)
+    (ys.sum() + whole).backward()
+    ys, _ = model(xs, targets=targets, teacher_forcing=1 - 1e-12, lengths=lengths)  # step by step, same feedback
+    stepped = R.regularization_loss(model)
+    torch.testing.assert_close(stepped, whole)
+    (ys.sum() + stepped).backward()  # it raised: backward through a freed graph
+    model(xs, teacher_forcing=0.0)
+    assert not torch.equal(R.regularization_loss(model), whole)
+    model.eval()
+    model(xs, teacher_forcing=0.0)
+    assert float(R.regularization_loss(model)) == 0.0
+
+
+def test_generate_refuses_inputs_of_another_batch_or_length():
+    """generate(batch, steps, xs=...) ran xs's own batch and length, ignoring both counts."""
+    model = token_model()
+    expected = r"generate: xs must be \(batch, steps, ...\) = \(4, 10, ...\); got tensor \(2, 5, 3\)"
+    with pytest.raises(ValueError, match=expected):
+        model.generate(4, 10, xs=torch.randn(2, 5, I))
+    assert model.generate(2, 5, xs=torch.randn(2, 5, I))[0].shape == (2, 5, C)
+
+
+@pytest.mark.parametrize("feedback", [R.EmbeddingFeedback(C, E), R.SoftmaxFeedback(C)])
+def test_float_token_targets_are_refused_not_truncated(feedback):
+    """Token targets as floats were cast with .long(): 0.7 became token 0, silently."""
+    with pytest.raises(TypeError, match=r"Feedback: targets must be integer token ids; got torch.float32"):
+        feedback.from_target(torch.tensor([[0.7, 2.0]]))
+    assert feedback.from_target(torch.tensor([[0, 2]])).shape[:2] == (1, 2)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_translate_refuses_a_step_count_below_one_naming_itself(attention):
+    """With attention, translate(source, 0) failed in torch.stack of no steps; without, the error
+    named RecurrentModel.generate."""
+    from rnnlab.attention import Attention
+    decoder = R.RecurrentModel(R.Recurrent(R.GRUCell(H, H, feedback_size=E)), nn.Linear(H, C),
+                               feedback_map=R.EmbeddingFeedback(C, E))
+    model = R.EncoderDecoder(R.Recurrent(R.GRUCell(I, H)), decoder,
+                             attention=Attention("dot", H, H) if attention else None)
+    source = torch.randn(2, 4, I)
+    with pytest.raises(ValueError, match=r"^EncoderDecoder.translate: steps must be >= 1; got 0$"):
+        model.translate(source, 0)
+    with pytest.raises(TypeError, match=r"^EncoderDecoder.translate: steps must be an int"):
+        model.translate(source, 2.0)
+    assert model.translate(source, 3).shape == (2, 3, C)
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "wider", "two layers", "bidirectional"])
+def test_pass_state_needs_states_of_one_structure_at_construction(encoder):
+    """An encoder whose final state cannot start the decoder failed at the first forward, with a
+    message about a `state` the user never passed; now the constructor says so (or pass_state=False)."""
+    encoder = {"lstm": R.Recurrent(R.LSTMCell(I, H)), "wider": R.Recurrent(R.GRUCell(I, H + 2)),
+               "two layers": R.Stacked.of(R.GRUCell, I, H, 2),
+               "bidirectional": R.Bidirectional(R.Recurrent(R.GRUCell(I, H // 2)), R.Recurrent(R.GRUCell(I, H // 2)))}[
+        encoder]
+    decoder = R.RecurrentModel(R.Recurrent(R.GRUCell(encoder.output_size, H, feedback_size=E)), nn.Linear(H, C),
+                               feedback_map=R.EmbeddingFeedback(C, E))
+    with pytest.raises(ValueError, match=r"^EncoderDecoder: pass_state=True starts the decoder from the encoder's "
+                                         r"final state, .*got .* and \(6,\) \(or pass_state=False\)$"):
+        R.EncoderDecoder(encoder, decoder)
+    model = R.EncoderDecoder(encoder, decoder, pass_state=False)
+    assert model(torch.randn(2, 4, I), torch.randint(0, C, (2, 5))).shape == (2, 5, C)
+
+
+@pytest.mark.parametrize("kind", ["dot", "additive"])
+def test_attention_refuses_lengths_outside_the_keys_and_a_hidden_size_of_zero(kind):
+    """A length 0 masked every key: the softmax of all -inf gave NaN weights and outputs, silently;
+    hidden_size=0 silently meant the default."""
+    from rnnlab.attention import Attention
+
+    attention = Attention(kind, H, H)
+    queries, keys = torch.randn(2, 3, H), torch.randn(2, 5, H)
+    for lengths, low, high in (([5, 0], 0, 5), ([5, 9], 5, 9)):
+        with pytest.raises(ValueError, match=rf"^Attention: lengths must lie in \[1, 5\]; got values from {low} "
+                                             rf"to {high}$"):
+            attention(queries, keys, torch.tensor(lengths))
+    with pytest.raises(ValueError, match=r"^Attention: lengths must be \(2,\); got tensor \(3,\)"):
+        attention(queries, keys, torch.tensor([5, 2, 1]))
+    context, weights = attention(queries, keys, torch.tensor([5, 2]))
+    assert torch.isfinite(context).all() and float(weights.detach()[1, :, 2:].abs().max()) == 0.0
+    with pytest.raises(ValueError, match=r"^Attention: hidden_size must be None \(the query size\) or an int >= 1; "
+                                         r"got 0$"):
+        Attention(kind, H, H, 0)

@@ -230,3 +230,40 @@ def test_runner_contract_is_declared_and_stacked_takes_runners_only():
         R.Stacked(R.LSTMCell(3, 4))
     with pytest.raises(TypeError, match="Stacked: every layer must be a runner .*; layer 1 is LSTM"):
         R.Stacked(R.Recurrent(R.LSTMCell(3, 4)), torch.nn.LSTM(4, 4))
+
+
+def test_a_model_with_an_activity_penalty_copies_and_saves_after_a_training_forward():
+    """The last forward's penalty is kept for regularization_loss, a tensor inside that forward's
+    graph: copy.deepcopy of the model failed on it (a non-leaf tensor), and a pickle carried it."""
+    import copy
+    import io
+
+    regs = R.Regularizers(activity=R.L1L2(l2=1e-3))
+    model = R.SequenceToVector(R.Stacked.of(R.LSTMCell, 3, 6, 2, regularizers=regs), torch.nn.Linear(6, 2))
+    xs = torch.randn(2, 5, 3)
+    model(xs)
+    assert R.regularization_loss(model).requires_grad
+    twin = copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (twin, loaded):
+        assert float(R.regularization_loss(other)) == 0.0  # no penalty before its own forward
+        torch.testing.assert_close(other(xs)[0], model(xs)[0])
+        torch.testing.assert_close(R.regularization_loss(other), R.regularization_loss(model))
+    assert R.regularization_loss(model).requires_grad  # the original keeps its own
+
+
+def test_shift_right_takes_a_first_step_of_its_shape_only():
+    """`first` was reshaped to (B, 1, -1): a (O, B) tensor of as many elements mixed the rows
+    silently, and token ids (B, T) with a first token failed inside torch.cat."""
+    import re
+
+    y = torch.arange(16.).reshape(2, 2, 4)
+    for first in (torch.ones(4, 2), torch.ones(8), torch.ones(2, 4, 1)):
+        expected = f"shift_right: first must be y[:, 0]'s shape (2, 4); got tensor {tuple(first.shape)} torch.float32"
+        with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+            R.shift_right(y, first)
+    assert R.shift_right(y, torch.ones(2, 1, 4))[:, 0].eq(1).all()
+    assert R.shift_right(torch.tensor([[1, 2, 3]]), torch.tensor([7])).tolist() == [[7, 1, 2]]

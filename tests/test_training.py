@@ -494,3 +494,57 @@ def test_parameter_groups_must_cover_each_trainable_parameter_once():
         Trainer(model, Stream(), spying_loss([]), config, parameter_groups=[{"params": core + readout, "lr": 1}])
     with pytest.raises(TypeError, match="parameter_groups must be a list of dicts; got dict"):
         Trainer(model, Stream(), spying_loss([]), config, parameter_groups={"params": core})
+
+
+def _regression_parts():
+    torch.manual_seed(0)
+    model = nn.Sequential()  # any module: the loss function below does the work
+    model.lstm = Stacked.of(LSTMCell, 3, 4, 1)
+
+    def loss_fn(m, batch, state, teacher_forcing):
+        ys, state = m.lstm(batch.inputs, state)
+        return (ys - batch.targets).pow(2).mean(), state, batch.targets.numel()
+
+    def batches(n):
+        for _ in range(n):
+            yield Batch(torch.randn(2, 5, 3), torch.randn(2, 5, 4))
+    return model, loss_fn, batches
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("ends", ValueError, r"Trainer: batches ended after 2 batches of steps=5; a batch source must yield one batch "
+                         r"per step"),
+    ("tuples", TypeError, r"Trainer: batches must yield rnnlab.data.Batch; got tuple"),
+    ("list", TypeError, r"Trainer: batches must be an iterator of rnnlab.data.Batch .*; got list"),
+    ("loss pair", TypeError, r"Trainer: loss_fn must return \(loss: a scalar tensor, state, count\); got tuple of 2"),
+    ("loss per element", TypeError, r"loss_fn must return \(loss: a scalar tensor, state, count\); got tuple of 3 "
+                                    r"\[tensor \(2, 5, 4\)"),
+    ("evaluate None", TypeError, r"Trainer: evaluate must return a dict with 'loss'; got NoneType"),
+    ("run_dir", TypeError, r"Trainer: batches must have state_dict\(\) and load_state_dict\(\) to be checkpointed "
+                           r"in run_dir .*; got generator"),
+])
+def test_a_batch_source_or_loss_function_of_the_wrong_kind_is_one_line_naming_it(case, error, message, tmp_path):
+    """A source that ended escaped fit() as a bare StopIteration (a RuntimeError inside a generator);
+    a tuple, a list, a loss pair or a loss per element failed deep inside, naming nothing; a source
+    that cannot be checkpointed failed at the first checkpoint, after training."""
+    model, loss_fn, batches = _regression_parts()
+    source, evaluate, run_dir = batches(2), None, None
+    if case == "tuples":
+        source = iter([(torch.randn(2, 5, 3), torch.randn(2, 5, 4))] * 5)
+    elif case == "list":
+        source = list(batches(5))
+    elif case == "loss pair":
+        loss_fn = (lambda f: lambda *a: f(*a)[:2])(loss_fn)
+    elif case == "loss per element":
+        loss_fn = lambda m, batch, state, tf: ((m.lstm(batch.inputs)[0] - batch.targets).pow(2), None, 1)
+    elif case == "evaluate None":
+        evaluate = lambda m: None
+    elif case == "run_dir":
+        run_dir = tmp_path / "run"
+    with pytest.raises(error, match=message) as caught:
+        Trainer(model, source, loss_fn, quick(steps=5, eval_every=1), evaluate=evaluate, run_dir=run_dir).fit()
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    result = Trainer(model, batches(2), _regression_parts()[1], quick(steps=2, eval_every=100),
+                     evaluate=lambda m: {"loss": 1.0}).fit()
+    assert (result.step, result.stopped, result.last_eval) == (2, "steps", {"loss": 1.0})

@@ -8,9 +8,10 @@ from ..cells import Cell, State
 
 
 def where_state(keep: torch.Tensor, new: State, old: State) -> State:
-    """new where keep (B, 1) is true, old elsewhere; for tensors and tuples of them."""
-    if isinstance(new, tuple):
-        return tuple(torch.where(keep, n, o) for n, o in zip(new, old))
+    """new where keep (B, 1) is true, old elsewhere; for tensors and (nested) tuples of them: a
+    `Stacked` state is a tuple of its layers' states, an LSTM layer's a tuple of two tensors."""
+    if isinstance(new, (tuple, list)):
+        return tuple(where_state(keep, n, o) for n, o in zip(new, old))
     return torch.where(keep, new, old)
 
 
