@@ -41,7 +41,7 @@ from torch import nn
 from .cells import _describe
 from .checkpoints import CheckpointError, RunDir, check_weights
 from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, to_dict, validate
-from .data.batches import Batch
+from .data.batches import Batch, BatchSource
 from .init import apply_constraints, regularization_loss
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "seed_everything", "resolve_device", "RESUMABLE_FIELDS"]
@@ -249,7 +249,7 @@ class Trainer:
         if not hasattr(batches, "__next__"):  # next() failed at the first step, naming no argument
             raise TypeError(f"Trainer: batches must be an iterator of rnnlab.data.Batch (a batch source, or "
                             f"iter(...) of a list); got {type(batches).__name__}")
-        if run_dir is not None and not all(hasattr(batches, name) for name in ("state_dict", "load_state_dict")):
+        if run_dir is not None and not isinstance(batches, BatchSource):
             # it failed at the first checkpoint, after training, on an AttributeError
             raise TypeError(f"Trainer: batches must have state_dict() and load_state_dict() to be checkpointed in "
                             f"run_dir (a resumed run reads on where it stopped); got {type(batches).__name__}")

@@ -12,10 +12,11 @@ resumed run sees exactly the batches the uninterrupted run would have seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Batch", "TokenStream", "ExampleBatches"]
+__all__ = ["Batch", "BatchSource", "TokenStream", "ExampleBatches"]
 
 
 @dataclass
@@ -46,6 +47,18 @@ class Batch:
     def to(self, device) -> Batch:
         lengths = None if self.lengths is None else self.lengths.to(device)
         return Batch(self.inputs.to(device), self.targets.to(device), lengths, self.continues)
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """The contract of a batch source that a run can checkpoint: an iterator of `Batch` whose position
+    `state_dict()` records and `load_state_dict()` restores (TokenStream, ExampleBatches)."""
+
+    def __next__(self) -> Batch: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class TokenStream:
