@@ -75,33 +75,51 @@ Expect expect_gates(const char* where, const Tensor& gates) {
   return Expect{where, gates.scalar_type()};
 }
 
-// (v - mean) * rstd over n values, into out; returns rstd
+// The sum of term(k) over a row of n values, k a vector's first index (scalar(k) for the last few): four
+// vector accumulators, so that the adds overlap. One accumulator (an `omp simd` reduction's) waits out
+// each add's latency: the layer norms' sums were most of their cost (docs/BENCHMARKS.md, "The layer
+// norms' sums").
+template <typename T, typename Term, typename Scalar>
+T row_sum(int64_t n, const Term& term, const Scalar& scalar) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t W = V::size();
+  V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+  int64_t k = 0;
+  for (; k + 4 * W <= n; k += 4 * W) {
+    a0 = a0 + term(k);
+    a1 = a1 + term(k + W);
+    a2 = a2 + term(k + 2 * W);
+    a3 = a3 + term(k + 3 * W);
+  }
+  for (; k + W <= n; k += W) a0 = a0 + term(k);
+  T lanes[W];
+  ((a0 + a1) + (a2 + a3)).store(lanes);
+  T sum = 0;
+  for (int64_t j = 0; j < W; ++j) sum += lanes[j];
+  for (; k < n; ++k) sum += scalar(k);
+  return sum;
+}
+
+// A row's mean and 1 / sqrt(var + eps) (two passes: the deviations' squares, not E[v^2] - mean^2)
 template <typename T>
-T normalise(const T* __restrict__ v, T* __restrict__ out, int64_t n, double eps) {
-  T mean = 0;
-#pragma omp simd reduction(+ : mean)
-  for (int64_t k = 0; k < n; ++k) mean += v[k];
-  mean /= T(n);
-  T var = 0;
-#pragma omp simd reduction(+ : var)
-  for (int64_t k = 0; k < n; ++k) var += (v[k] - mean) * (v[k] - mean);
-  const T rstd = T(1) / std::sqrt(var / T(n) + T(eps));
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) out[k] = (v[k] - mean) * rstd;
-  return rstd;
+std::pair<T, T> moments(const T* __restrict__ v, int64_t n, double eps) {
+  using V = at::vec::Vectorized<T>;
+  const T mean = row_sum<T>(n, [&](int64_t k) { return V::loadu(v + k); }, [&](int64_t k) { return v[k]; }) / T(n);
+  const V m(mean);
+  const T var = row_sum<T>(
+      n, [&](int64_t k) { const V d = V::loadu(v + k) - m; return d * d; },
+      [&](int64_t k) { return (v[k] - mean) * (v[k] - mean); });
+  return {mean, T(1) / std::sqrt(var / T(n) + T(eps))};
 }
 
 // out = rstd * (d - mean(d) - xhat * mean(d xhat)): dv from d(xhat), per row of n values
 template <typename T>
 void normalise_backward(const T* __restrict__ d, const T* __restrict__ xhat, T rstd, T* __restrict__ out, int64_t n) {
-  T mean_d = 0, mean_dx = 0;
-#pragma omp simd reduction(+ : mean_d, mean_dx)
-  for (int64_t k = 0; k < n; ++k) {
-    mean_d += d[k];
-    mean_dx += d[k] * xhat[k];
-  }
-  mean_d /= T(n);
-  mean_dx /= T(n);
+  using V = at::vec::Vectorized<T>;
+  const T mean_d = row_sum<T>(n, [&](int64_t k) { return V::loadu(d + k); }, [&](int64_t k) { return d[k]; }) / T(n);
+  const T mean_dx = row_sum<T>(
+      n, [&](int64_t k) { return V::loadu(d + k) * V::loadu(xhat + k); }, [&](int64_t k) { return d[k] * xhat[k]; }) /
+      T(n);
 #pragma omp simd
   for (int64_t k = 0; k < n; ++k) out[k] = rstd * (d[k] - mean_d - xhat[k] * mean_dx);
 }
@@ -627,16 +645,20 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
                             [&](int64_t r0, int64_t r1) {
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
-          if (inputs) {
-            normalise(gb, gb, 4 * H, eps_x);
+          if (inputs) {  // gb = LN_x(x_t U^T), gain and shift in the same pass
+            const auto [mean, rstd] = moments(gb, 4 * H, eps_x);
 #pragma omp simd
-            for (int64_t k = 0; k < 4 * H; ++k) gb[k] = gx[k] * gb[k] + sx[k];
+            for (int64_t k = 0; k < 4 * H; ++k) gb[k] = gx[k] * ((gb[k] - mean) * rstd) + sx[k];
           }
-          if (reads) {
+          if (reads) {  // xhat of V h', kept for the backward, and its gained share of z
             T* __restrict__ xb = xh_t + b * 4 * H;
-            rh_t[b] = normalise(xb, xb, 4 * H, eps_h);
+            const auto [mean, rstd] = moments(xb, 4 * H, eps_h);
+            rh_t[b] = rstd;
 #pragma omp simd
-            for (int64_t k = 0; k < 4 * H; ++k) gb[k] += gh[k] * xb[k];
+            for (int64_t k = 0; k < 4 * H; ++k) {
+              xb[k] = (xb[k] - mean) * rstd;
+              gb[k] += gh[k] * xb[k];
+            }
           }
           const T* __restrict__ cp = c_prev + b * H;
           T *__restrict__ cn = c_t + b * H, *__restrict__ tn = tc_t + b * H;
@@ -646,9 +668,13 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
           activate(sigma, gb + 3 * H, H);
 #pragma omp simd
           for (int64_t k = 0; k < H; ++k) cn[k] = gb[H + k] * cp[k] + gb[k] * gb[2 * H + k];
-          rc_t[b] = normalise(cn, xcb, H, eps_c);
+          const auto [mean, rstd] = moments(cn, H, eps_c);
+          rc_t[b] = rstd;
 #pragma omp simd
-          for (int64_t k = 0; k < H; ++k) tn[k] = gc[k] * xcb[k] + bc[k];
+          for (int64_t k = 0; k < H; ++k) {
+            xcb[k] = (cn[k] - mean) * rstd;
+            tn[k] = gc[k] * xcb[k] + bc[k];
+          }
           activate(act, tn, H);
 #pragma omp simd
           for (int64_t k = 0; k < H; ++k) hn[k] = gb[3 * H + k] * tn[k];
