@@ -186,6 +186,9 @@ class Recurrent(Runner, Regularized):
     def initial_state(self, batch: int, device=None, dtype=None) -> State:
         return self.cell.initial_state(batch, device=device, dtype=dtype)
 
+    def example_weight(self) -> torch.Tensor:
+        return self.cell.weight_ih  # every cell has it (I = 0 included); next(parameters()) walks the modules
+
     def check_state(self, state, batch: int, where: str):
         self.cell.check_state(state, batch, where)
         return tuple(state) if isinstance(state, list) else state

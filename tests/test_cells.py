@@ -226,6 +226,20 @@ def test_zoneout_expectation_at_eval(xsy):
 
 # --- errors ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", sorted(LADDER))
+def test_a_state_check_refuses_a_wrong_state_after_right_ones(name):
+    """check_state learns the state's structure once (cached): later calls still refuse a wrong one."""
+    cell = LADDER[name](I, H)
+    right = cell.initial_state(B)
+    for _ in range(2):
+        cell.check_state(right, B, "here")
+    wrong = right[0] if isinstance(right, tuple) else (right, right)
+    with pytest.raises(ValueError, match="here: state must be a t"):
+        cell.check_state(wrong, B, "here")
+    with pytest.raises(ValueError, match=rf"here: state must be \({B + 1}, "):  # another batch
+        cell.check_state(right, B + 1, "here")
+
+
 def test_cell_errors_name_argument_expected_and_actual():
     cell = R.LSTMCell(I, H)
     with pytest.raises(ValueError, match=r"LSTMCell: x must be \(B, 3\); got tensor \(5, 7\)"):

@@ -67,7 +67,7 @@ def order(device: str = "cpu", cell=None) -> tuple[str, ...]:
     Elsewhere (GPU, other dtypes, or no compiler: Python loops) torch's kernels, then scan's few
     serial steps.
     """
-    dtype = next(cell.parameters()).dtype if cell is not None else torch.float32
+    dtype = cell.weight_ih.dtype if cell is not None else torch.float32
     if compiled.serves(device, dtype):
         return COMPILED_LSTM_ORDER if cell is not None and cell.family == "lstm" else COMPILED_ORDER
     return AUTO_ORDER
