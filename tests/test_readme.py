@@ -29,6 +29,7 @@ import inspect
 import io
 import re
 import shlex
+import tempfile
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -148,6 +149,13 @@ def commands(kind: str) -> list[Example]:
 # --- rnnlab's own parser, as `rnnlab` runs it --------------------------------------------------
 
 
+def task_of(argv: list[str]) -> str | None:
+    """The task whose flags the line's parser takes (cli._task_named), read in an empty folder: a line's
+    `--resume runs/...` must not find a run of the reader's own checkout there."""
+    with tempfile.TemporaryDirectory() as empty, contextlib.chdir(empty):
+        return cli._task_named(argv)
+
+
 @functools.cache
 def parser_for(task: str | None) -> argparse.ArgumentParser:
     """rnnlab's parser with `train`'s flags of the task (None: the default task), built once (parsing leaves
@@ -162,7 +170,7 @@ def parse(argv: list[str], where) -> argparse.Namespace | None:
     said = io.StringIO()
     with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
         try:
-            return parser_for(cli._task_named(argv)).parse_args(argv)
+            return parser_for(task_of(argv)).parse_args(argv)
         except SystemExit as stop:
             if stop.code == 0 and {"--help", "-h", "--version"} & set(argv):
                 return None
@@ -199,7 +207,7 @@ def check_values(args: argparse.Namespace) -> None:
 def check_rnnlab(argv: list[str], where) -> None:
     args = parse(argv, where)
     if args is not None:
-        parser = parser_for(cli._task_named(argv))
+        parser = parser_for(task_of(argv))
         spelled = {*parser._option_string_actions, *subcommands(parser)[args.command]._option_string_actions}
         short = [word for word in argv if word.startswith("--") and word.split("=")[0] not in spelled]
         if short:  # argparse takes a flag's prefix, until a new flag shares it: a doc spells flags out
@@ -298,13 +306,13 @@ def check_quoted_command(span: Example) -> None:
     if not any(word == "..." or (word.isupper() and not word.startswith("-")) for word in argv):
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             try:
-                parser_for(cli._task_named(argv)).parse_args(argv)
+                parser_for(task_of(argv)).parse_args(argv)
                 whole = True
             except SystemExit:
                 whole = False
         if whole:
             return check_rnnlab(argv, span)
-    commands_ = subcommands(parser_for(cli._task_named(argv)))
+    commands_ = subcommands(parser_for(task_of(argv)))
     assert argv and argv[0] in commands_, f"{span}: no command {argv[:1]} (rnnlab has {sorted(commands_)})"
     command = commands_[argv[0]]
     for i, word in enumerate(argv):
