@@ -281,3 +281,15 @@ def test_every_test_reliability_names_exists():
     unknown = [f"{start}...: {file}::{name}" for start, file, name in references
                if file is None or name not in tests.get(file, ())]
     assert not unknown, "docs/RELIABILITY.md names tests that do not exist:\n" + "\n".join(unknown)
+
+
+def test_make_run_trains_on_one_thread_for_at_most_five_minutes():
+    """RELIABILITY's "Long phases": `make run` trains with --threads 1 (two threads collapse on a busy 2-core
+    machine) and caps its training at 5 minutes."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert recipe, "the Makefile has no run target"
+    train = [line for line in recipe.group(1).splitlines() if "rnnlab train" in line]
+    assert train and all("--threads 1" in line and "--max-minutes 5" in line for line in train), recipe.group(1)
+    reliability = (ROOT / "docs" / "RELIABILITY.md").read_text()
+    assert "`make run` trains on one thread (`--threads 1`)" in reliability and "capped at 5 minutes" in reliability
