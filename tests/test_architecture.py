@@ -247,6 +247,13 @@ def test_no_module_imports_the_package_by_its_absolute_name():
     assert not found, "\n".join(found)
 
 
+def test_the_package_has_no_assert():
+    """Input is checked with one-line errors naming the argument, never `assert` (which `python -O` drops)."""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in modules()
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Assert)]
+    assert not found, "\n".join(found)
+
+
 # --- docs/RELIABILITY.md: each promise names the tests that keep it -------------------------------------
 
 def defined_tests() -> dict[str, set[str]]:
