@@ -922,3 +922,35 @@ def test_weights_packed_in_panels(cls, hidden, batch):
             EXTENSION.set_panels(True)
         for a, b in zip(plain, packed):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [4, 16], ids=["zx-product", "steps-multiply"])
+@pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
+def test_fused_runs_cells_without_inputs(cls, compiled_loop, batch, dtype, monkeypatch):
+    """input_size=0 and no feedback (a cell driven by its bias and state alone): fused's inputs are
+    (T, B, 0), which its C++ steps refused (ValueError), its products and layer-norm reshapes failed on
+    and the float32 peephole loop ran out of memory on (std::bad_alloc; found by
+    tests/test_fuzz_implementations.py); it agrees with reference, with lengths, grad and no_grad."""
+    module = fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME
+    if compiled_loop and EXTENSIONS[module] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    monkeypatch.setattr(compiled, "extension", lambda name=compiled.NAME: EXTENSIONS[name] if compiled_loop else None)
+    torch.manual_seed(0)
+    cell = cls(0, 3).to(dtype)
+    xs = torch.randn(batch, 5, 0, dtype=dtype, requires_grad=True)
+    zero = cell.initial_state(batch)
+    state = tuple(torch.randn_like(z).requires_grad_() for z in zero) if isinstance(zero, tuple) \
+        else torch.randn_like(zero).requires_grad_()
+    lengths = torch.tensor([5, 2] + [4] * (batch - 2))
+    close = {} if dtype is torch.float64 else dict(rtol=1e-4, atol=1e-4)  # float32: the layer norms' 1/std
+    for steps in (None, lengths):
+        expected = forward_backward(cell, "reference", xs, state, None, steps)
+        got = forward_backward(cell, "fused", xs, state, None, steps)
+        for e, g in zip(expected, got):
+            for a, b in zip(*((e,), (g,)) if isinstance(e, torch.Tensor) else (e, g)):
+                torch.testing.assert_close(b, a, **close)
+        with torch.no_grad():
+            ys, _ = kernels.fused(cell, xs, state, None, steps, (None, None))
+        torch.testing.assert_close(ys, expected[0].detach(), **close)

@@ -348,6 +348,8 @@ def _recurrent(dz, weight_hh, mask, out):
 
 def _normalise(v, eps, out):
     """out = (v - mean) / sqrt(var + eps) over the last dim; returns rstd (rows,)."""
+    if v.shape[0] == 0:  # no row still running (lengths all below T): var_mean would warn of 0 degrees of freedom
+        return v.new_empty(0)
     var, mean = torch.var_mean(v, dim=-1, unbiased=False, keepdim=True)
     rstd = (var + eps).rsqrt_()
     torch.sub(v, mean, out=out).mul_(rstd)

@@ -40,6 +40,10 @@ def inputs_and_weight(cell, xs, y_prev, mx):
     if y_prev is not None and cell.weight_yh is not None:
         inputs = torch.cat([inputs, y_prev.transpose(0, 1)], dim=-1)  # (T, B, I + O)
         weight = torch.cat([cell.weight_ih, cell.weight_yh], dim=1)  # (K*H, I + O)
+    if inputs.shape[-1] == 0:  # I = 0 and no feedback: the C++ steps and products refuse an empty width, so
+        # one zero column beside the inputs and the weight: Zx = 0, and the cat gives their empty gradients back
+        inputs = torch.cat([inputs, inputs.new_zeros(inputs.shape[:2] + (1,))], dim=-1)
+        weight = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], dim=1)
     return inputs, weight
 
 
