@@ -145,8 +145,9 @@ def cpu_model() -> str:
 
 @dataclass(frozen=True)
 class Machine:
-    """What a reader needs to judge the numbers: CPU, cores, torch, threads, the GPU if used, and
-    whether the C++ loops were built (None where the report does not say)."""
+    """What a reader needs to judge the numbers: CPU, cores, torch, threads, the GPU if used, whether the
+    C++ loops were built, and the vector width torch's CPU kernels (and so the C++ loops) use ("AVX512",
+    "AVX2": the same CPU name can be either; None where the report does not say)."""
 
     cpu: str
     cores: int | None
@@ -156,6 +157,7 @@ class Machine:
     device: str
     gpu: str | None = None
     compiled_loops: bool | None = None
+    vectors: str | None = None
 
     def to_dict(self) -> dict:
         found = {"cpu": self.cpu, "cores": self.cores, "torch": self.torch, "python": self.python,
@@ -164,12 +166,14 @@ class Machine:
             found["gpu"] = self.gpu
         if self.compiled_loops is not None:
             found["compiled_loops"] = self.compiled_loops
+        if self.vectors is not None:
+            found["vectors"] = self.vectors
         return found
 
     def describe(self) -> str:
         """One line: 'cpu: ...  cores: 2  torch 2.13.0  threads: 1,2' (and the GPU, the C++ loops)."""
-        line = (f"cpu: {self.cpu}  cores: {self.cores}  torch {self.torch}  "
-                f"threads: {','.join(map(str, self.threads))}")
+        line = f"cpu: {self.cpu}" + (f" ({self.vectors})" if self.vectors else "")
+        line += f"  cores: {self.cores}  torch {self.torch}  threads: {','.join(map(str, self.threads))}"
         if self.compiled_loops is not None:
             line += f"  C++ loops: {'built' if self.compiled_loops else 'unavailable (Python loops)'}"
         return line + (f"  gpu: {self.gpu}" if self.gpu else "")
@@ -178,7 +182,8 @@ class Machine:
 def machine(threads: tuple[int, ...], device: str = "cpu", compiled_loops: bool | None = None) -> Machine:
     """This machine, at these thread counts and on this device."""
     return Machine(cpu_model(), os.cpu_count(), torch.__version__, platform.python_version(), tuple(threads), device,
-                   torch.cuda.get_device_name() if device == "cuda" else None, compiled_loops)
+                   torch.cuda.get_device_name() if device == "cuda" else None, compiled_loops,
+                   torch.backends.cpu.get_cpu_capability())
 
 
 def _synchronize(device: str) -> None:

@@ -29,7 +29,7 @@ Flags: -O3 -march=native, -fopenmp-simd for the `omp simd` loops, -fopenmp where
 built on OpenMP (without it the loops' one parallel region per time loop, team.h, and
 at::parallel_for compile to serial code: the steps ran on one thread whatever torch.set_num_threads
 said; the OpenMP calls resolve to the runtime torch has loaded, so both share one thread pool),
-and ATen's AVX2 vector functions where the CPU has them.
+and ATen's AVX-512 or AVX2 vector functions, as torch's own kernels use on this CPU.
 No -ffast-math: it lets the compiler assume that no NaN or inf occurs, and measured no faster here
 (LSTM, B = 1 and 32).
 """
@@ -64,10 +64,16 @@ MODULES["rnnlab_generate"] = SOURCE.with_name("generate.cpp")  # free-running ge
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
 if torch.__config__.parallel_info().find("ATen parallel backend: OpenMP") >= 0:
     FLAGS += ["-fopenmp"]
-if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-    # ATen's 256-bit Vectorized<T>, whose exp and tanh are SLEEF's as in torch's own CPU kernels
-    # (without this the activations are ATen's scalar fallback: correct, and about 3x slower)
-    FLAGS += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+# ATen's Vectorized<T> at the width torch's own CPU kernels use here, whose exp and tanh are SLEEF's as in
+# those kernels (without a capability the activations are ATen's scalar fallback: correct, about 3x slower).
+# 512 bits where torch dispatches to AVX-512: the LSTM's forward 1.11-1.17 -> 1.04-1.05x torch.nn.LSTM at
+# (32, 128, 100) on an AVX-512 EPYC (docs/BENCHMARKS.md "AVX-512").
+CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY=AVX512",
+               "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+}
+FLAGS += CAPABILITY_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])
 # Longer than a build can take: measured 30-270 s on a busy 2-core machine (270 s at a load average
 # of 15). A build running longer is stopped; a lock held longer is not waited for.
 BUILD_SECONDS = 1200.0
