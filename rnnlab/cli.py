@@ -1254,6 +1254,39 @@ def _error_line(command: str, message: str) -> str:
     return f"rnnlab: error: {message}"
 
 
+def program() -> int:
+    """The `rnnlab` program (its console script, `python -m rnnlab`, torchrun's `-m rnnlab`): `main` in a
+    process that is the program's own, set up as a library must leave to its user (`keep_freed_memory`)."""
+    keep_freed_memory()
+    return main()
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX = -1, -3, 32 << 20
+
+
+def keep_freed_memory() -> bool:
+    """glibc keeps freed buffers below 32 MB for reuse instead of handing them back to the system: by
+    default it returns the heap's free top once it exceeds twice the largest buffer freed so far, so a
+    training step's buffers, freed at its end, are mapped afresh by the next and cost a page fault per 4
+    kB touched (the fused LSTM on the adding task: 650,000-760,000 faults in 300 steps, 15% of its time in
+    the kernel; with this, 130,000 and 23-25% more sequences a second, at 4-7% more peak memory:
+    docs/BENCHMARKS.md "Freed memory kept"). The two settings of `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:
+    glibc.malloc.trim_threshold=...`, made at run time; none where the environment sets glibc's malloc
+    or the C library is not glibc. Whether they were made."""
+    import ctypes
+    import ctypes.util
+
+    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): its allocator is its own
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command. A user's mistake or a fault of the machine (rnnlab's error types, ValueError
     for bad input, OSError) prints one line and exits with 2; anything else is a bug of ours and keeps
