@@ -954,3 +954,36 @@ def test_fused_runs_cells_without_inputs(cls, compiled_loop, batch, dtype, monke
         with torch.no_grad():
             ys, _ = kernels.fused(cell, xs, state, None, steps, (None, None))
         torch.testing.assert_close(ys, expected[0].detach(), **close)
+
+
+@pytest.mark.parametrize("batch", [4, 32], ids=["zx-product", "steps-multiply"])
+@pytest.mark.parametrize("cls", LADDER + NEW_LSTMS)
+def test_fused_reads_weights_stored_transposed(cls, batch):
+    """The C++ loops transpose the weights themselves (products.h `stacked_transposes`, by tiles): weights
+    whose storage is transposed (a Parameter made from w.t()) and sizes that are not multiples of the
+    tiles give reference's outputs and gradients, in float64 and float32, inference included."""
+    module = fused_cells.MODULE if cls in NEW_LSTMS else compiled.NAME
+    if EXTENSIONS[module] is None:
+        pytest.skip("the C++ loops are not built (tests never compile them)")
+    torch.manual_seed(0)
+    for dtype, close in ((torch.float64, {}), (torch.float32, dict(rtol=1e-3, atol=5e-4))):
+        cell = cls(19, 17, 3).to(dtype)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "weight_hr"):
+                w = getattr(cell, name, None)
+                if isinstance(w, torch.nn.Parameter):
+                    setattr(cell, name, torch.nn.Parameter(w.detach().t().contiguous().t()))
+        assert not cell.weight_ih.is_contiguous()
+        xs = torch.randn(batch, 7, 19, dtype=dtype, requires_grad=True)
+        y_prev = torch.randn(batch, 7, 3, dtype=dtype, requires_grad=True)
+        zero = cell.initial_state(batch, dtype=dtype)
+        state = tuple(torch.randn_like(z).requires_grad_() for z in zero) if isinstance(zero, tuple) \
+            else torch.randn_like(zero).requires_grad_()
+        expected = forward_backward(cell, "reference", xs, state, y_prev, None)
+        got = forward_backward(cell, "fused", xs, state, y_prev, None)
+        for e, g in zip(expected, got):
+            for a, b in zip(*((e,), (g,)) if isinstance(e, torch.Tensor) else (e, g)):
+                torch.testing.assert_close(b, a, **close)
+        with torch.no_grad():
+            ys, _ = kernels.fused(cell, xs, state, y_prev, None, (None, None))
+        torch.testing.assert_close(ys, expected[0].detach(), **close)

@@ -208,8 +208,8 @@ struct StepProduct {
               const optional<Tensor>& mask_in, int64_t batch, int64_t read_width, int64_t gate_width)
       : R(read_width), N(gate_width) {
     if (inputs_in)
-      inputs = &*inputs_in, ut = weight->t().contiguous(), F = inputs_in->size(2), ut_panels = panels_of(ut);
-    if (weight_hh) vt = weight_hh->t().contiguous(), vt_panels = panels_of(vt);
+      inputs = &*inputs_in, ut = transposed(*weight), F = inputs_in->size(2), ut_panels = panels_of(ut);
+    if (weight_hh) vt = transposed(*weight_hh), vt_panels = panels_of(vt);
     if (mask_in && weight_hh) mask = mask_in->contiguous(), scratch = at::empty({batch, R}, mask.options());
   }
   int64_t depth() const { return F + (vt.defined() ? R : 0); }
@@ -505,7 +505,7 @@ void projected_forward(const std::string& act_name, const std::string& sigma_nam
   expect(mask, "mask", {batch, P}, false);
   check_sizes("projected_forward", sizes, steps, batch);
   const StepProduct product(inputs, weight, weight_hh, mask, batch, P, 4 * H);
-  const Tensor rt = weight_hr.t().contiguous(), h0c = h0.contiguous();  // W_hr^T (H, P)
+  const Tensor rt = transposed(weight_hr), h0c = h0.contiguous();  // W_hr^T (H, P)
   const int64_t step = batch * H, ring_g = gates.size(0), ring_c = cs.size(0), ring_t = tcs.size(0);
   const int64_t ring_m = ms.size(0);
   dispatch(gates.scalar_type(), [&](auto zero) {

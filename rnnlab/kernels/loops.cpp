@@ -196,10 +196,10 @@ struct Stacked {
   Stacked(const optional<Tensor>& inputs, const optional<Tensor>& weight, const optional<Tensor>& weight_hh,
           const optional<Tensor>& bias_in, int64_t batch, const optional<Tensor>& copy) : x(inputs, copy) {
     if (!inputs) return;
-    std::vector<Tensor> parts{weight->t()};
-    if (weight_hh) parts.push_back(weight_hh->t()), R = weight_hh->size(1);
-    if (bias_in) parts.push_back(bias_in->view({1, -1})), bias = true;
-    w = at::cat(parts, 0).contiguous();
+    std::vector<Tensor> parts{*weight};
+    if (weight_hh) parts.push_back(*weight_hh), R = weight_hh->size(1);
+    if (bias_in) parts.push_back(*bias_in), bias = true;
+    w = stacked_transposes(parts);  // [U^T; V^T; b]
     panels = panels_of(w);
     F = inputs->size(2), depth = w.size(0);
     buffer = at::empty({batch, depth}, inputs->options());
@@ -604,7 +604,7 @@ int64_t scan_gate_count(ScanKind scan, Kind kind) {
 struct Weights {
   Tensor vt, v, mask, vt_panels;
   Weights(const optional<Tensor>& weight_hh, const optional<Tensor>& mask_in, bool forward) {
-    if (weight_hh) (forward ? vt : v) = forward ? weight_hh->t().contiguous() : weight_hh->contiguous();
+    if (weight_hh) (forward ? vt : v) = forward ? transposed(*weight_hh) : weight_hh->contiguous();
     if (vt.defined()) vt_panels = panels_of(vt);
     if (mask_in) mask = mask_in->contiguous();
   }
@@ -853,7 +853,7 @@ void gru_forward(const std::string& act_name, const std::string& sigma_name, Ten
   expect_inputs(expect, inputs, weight, inputs_copy, sizes, steps, batch, K * H);
   check_sizes("gru_forward", sizes, steps, batch);
   // with the inputs, the step computes x_t U^T itself (straight from x: zh = V s' is a product of its own)
-  const Tensor ut = inputs ? weight->t().contiguous() : Tensor(), ut_panels = inputs ? panels_of(ut) : Tensor();
+  const Tensor ut = inputs ? transposed(*weight) : Tensor(), ut_panels = inputs ? panels_of(ut) : Tensor();
   const int64_t F = inputs ? inputs->size(2) : 0;
   const Weights weights(weight_hh, mask, true);
   const Tensor scratch = at::empty_like(s0), b_hh = bias_hh ? bias_hh->contiguous() : Tensor();
