@@ -30,8 +30,6 @@ from rnnlab import Bidirectional, Recurrent, Stacked
 from rnnlab.cells import LADDER, Init
 from rnnlab.kernels import compiled, fused_cells
 
-from conftest import EXTENSIONS
-
 ACTIVATIONS = ("tanh", "tanh", "tanh", "sigmoid", "relu", "identity", "hard_sigmoid", "hard_tanh", "softsign", "elu",
                "gelu")
 GATE_ACTIVATIONS = ("sigmoid", "sigmoid", "sigmoid", "hard_sigmoid", "tanh", "softsign", "identity", "relu")
@@ -323,13 +321,29 @@ def cases(count: int, seed: int):
     return [draw(rng) for _ in range(count)]
 
 
-@pytest.mark.skipif(EXTENSIONS[compiled.NAME] is None, reason="the C++ loops are not built (tests never compile)")
-def test_implementations_agree_with_reference_on_drawn_configurations(monkeypatch):
+def test_implementations_agree_with_reference_on_drawn_configurations():
+    """Without the C++ loops too: the Python loops' cases, and the C++ ones on the Python loops."""
     count = int(os.environ.get("RNNLAB_FUZZ_CASES", "300"))
     seed = int(os.environ.get("RNNLAB_FUZZ_SEED", "0"))
+    before = dict(COMPARED)
     failures = []
     for case in cases(count, seed):
         problems = run_case(copy.deepcopy(case))
         if problems:
             failures.append(f"case {case}:\n  " + "\n  ".join(problems))
     assert not failures, f"{len(failures)} of {count} drawn configurations disagree:\n" + "\n".join(failures)
+    # a search that compared nothing passes as well: each implementation served some cases (300: native 30,
+    # scan 95, fused 271), so that a refusal everywhere (`kernels.available`, `_served`) cannot hide
+    compared = {name: COMPARED[name] - before[name] for name in IMPLEMENTATIONS}
+    assert count < 100 or all(compared.values()), compared
+
+
+def test_a_search_that_compares_nothing_fails(monkeypatch):
+    """Where every implementation is refused (a broken `available`), no case is compared: the search fails."""
+    monkeypatch.setenv("RNNLAB_FUZZ_CASES", "100")
+    tiny = {**cases(1, 0)[0], "cell": "vanilla", "options": {}, "hidden_size": 1, "batch": 1, "steps": 1,
+            "lengths": None}
+    monkeypatch.setitem(globals(), "cases", lambda count, seed: [tiny] * count)  # the reference's runs: a moment
+    monkeypatch.setitem(globals(), "_served", lambda case, runner, implementation: "refused")
+    with pytest.raises(AssertionError, match="'native': 0, 'fused': 0, 'scan': 0"):
+        test_implementations_agree_with_reference_on_drawn_configurations()
