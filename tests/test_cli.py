@@ -637,8 +637,14 @@ def _probe(**environment):
     import os
     import subprocess
     import sys
+
+    from conftest import EXTENSION
+    # this checkout's rnnlab, and the Python loops where the C++ loops are not built: tests never compile them
+    # (a fresh cache: the child's fused LSTM would build them, 1-3 minutes, into the user's cache)
+    own = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    own.update({"RNNLAB_NO_EXTENSION": "1"} if EXTENSION is None else {})
     environment = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")},
-                   **environment}
+                   **own, **environment}
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr
     made, faults = done.stdout.split()
