@@ -924,6 +924,25 @@ def test_weights_packed_in_panels(cls, hidden, batch):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
+def random_state(cell, batch, dtype):
+    """A random initial state of `cell` for `batch` rows, requiring grad."""
+    zero = cell.initial_state(batch, dtype=dtype)
+    return tuple(torch.randn_like(z).requires_grad_() for z in zero) if isinstance(zero, tuple) \
+        else torch.randn_like(zero).requires_grad_()
+
+
+def assert_fused_agrees(cell, xs, state, y_prev, lengths, close):
+    """fused's outputs, final state and gradients against reference's, and its no_grad outputs."""
+    expected = forward_backward(cell, "reference", xs, state, y_prev, lengths)
+    got = forward_backward(cell, "fused", xs, state, y_prev, lengths)
+    for e, g in zip(expected, got):
+        for a, b in zip(*((e,), (g,)) if isinstance(e, torch.Tensor) else (e, g)):
+            torch.testing.assert_close(b, a, **close)
+    with torch.no_grad():
+        ys, _ = kernels.fused(cell, xs, state, y_prev, lengths, (None, None))
+    torch.testing.assert_close(ys, expected[0].detach(), **close)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("batch", [4, 16], ids=["zx-product", "steps-multiply"])
 @pytest.mark.parametrize("compiled_loop", [True, False], ids=["c++", "python"])
@@ -940,20 +959,11 @@ def test_fused_runs_cells_without_inputs(cls, compiled_loop, batch, dtype, monke
     torch.manual_seed(0)
     cell = cls(0, 3).to(dtype)
     xs = torch.randn(batch, 5, 0, dtype=dtype, requires_grad=True)
-    zero = cell.initial_state(batch)
-    state = tuple(torch.randn_like(z).requires_grad_() for z in zero) if isinstance(zero, tuple) \
-        else torch.randn_like(zero).requires_grad_()
+    state = random_state(cell, batch, dtype)
     lengths = torch.tensor([5, 2] + [4] * (batch - 2))
     close = {} if dtype is torch.float64 else dict(rtol=1e-4, atol=1e-4)  # float32: the layer norms' 1/std
     for steps in (None, lengths):
-        expected = forward_backward(cell, "reference", xs, state, None, steps)
-        got = forward_backward(cell, "fused", xs, state, None, steps)
-        for e, g in zip(expected, got):
-            for a, b in zip(*((e,), (g,)) if isinstance(e, torch.Tensor) else (e, g)):
-                torch.testing.assert_close(b, a, **close)
-        with torch.no_grad():
-            ys, _ = kernels.fused(cell, xs, state, None, steps, (None, None))
-        torch.testing.assert_close(ys, expected[0].detach(), **close)
+        assert_fused_agrees(cell, xs, state, None, steps, close)
 
 
 @pytest.mark.parametrize("batch", [4, 32], ids=["zx-product", "steps-multiply"])
@@ -976,14 +986,4 @@ def test_fused_reads_weights_stored_transposed(cls, batch):
         assert not cell.weight_ih.is_contiguous()
         xs = torch.randn(batch, 7, 19, dtype=dtype, requires_grad=True)
         y_prev = torch.randn(batch, 7, 3, dtype=dtype, requires_grad=True)
-        zero = cell.initial_state(batch, dtype=dtype)
-        state = tuple(torch.randn_like(z).requires_grad_() for z in zero) if isinstance(zero, tuple) \
-            else torch.randn_like(zero).requires_grad_()
-        expected = forward_backward(cell, "reference", xs, state, y_prev, None)
-        got = forward_backward(cell, "fused", xs, state, y_prev, None)
-        for e, g in zip(expected, got):
-            for a, b in zip(*((e,), (g,)) if isinstance(e, torch.Tensor) else (e, g)):
-                torch.testing.assert_close(b, a, **close)
-        with torch.no_grad():
-            ys, _ = kernels.fused(cell, xs, state, y_prev, None, (None, None))
-        torch.testing.assert_close(ys, expected[0].detach(), **close)
+        assert_fused_agrees(cell, xs, random_state(cell, batch, dtype), y_prev, None, close)
