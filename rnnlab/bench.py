@@ -17,7 +17,9 @@ plain Python loop of torch.nn.LSTMCell (what a user writes by hand). The rnnlab 
 ladder cell in up to three variants (`plain`; `feedback`, output feedback of size O = I, teacher
 forced with a random y_prev; `linear`, reads_state=False, the recurrences a scan can serve) under
 each implementation. An implementation that cannot serve a configuration is reported with its
-reason instead of a time, so the same command lights up as the fast paths land.
+reason instead of a time, so the same command lights up as the fast paths land. `auto` is named by
+what it dispatches to, `[auto: native/fused]` where that differs without and with gradients
+(kernels.order); each row's `resolved` says which ran in its pass.
 
 Two passes: `forward` (under no_grad) and `forward+backward` (the sum of the outputs, backward to
 the parameters; the inputs do not require grad, for every candidate alike).
@@ -222,7 +224,7 @@ class Candidate:
     cell: str | None = None
     variant: str | None = None
     impl: str | None = None
-    resolved: str | None = None  # what `auto` dispatched to
+    resolved: dict[bool, str] = field(default_factory=dict)  # what `auto` dispatches to, by pass: backward?
     flops: int = 0
     forward: Callable[[bool], torch.Tensor] | None = None
     params: list = field(default_factory=list)
@@ -278,14 +280,15 @@ def _rnnlab(cell_name: str, variant: str, impl: str, size: Size, xs: torch.Tenso
     # for whatever the dispatcher cannot tell without running.
     context = dict(feedback=bool(feedback), lengths=False, masks=(None, None), training=cell.training,
                    device=xs.device.type)
-    resolved = kernels.choose(cell, impl, **context) if impl == "auto" else impl
-    candidate.resolved = resolved
-    reason = kernels.available(cell, resolved, **context)
-    if reason is not None:
-        candidate.reason = reason if impl != "auto" else f"auto chose {resolved!r}: {reason}"
-        return candidate
-    if impl == "auto":
-        candidate.name = f"{label} [auto: {resolved}]"
+    if impl != "auto":
+        candidate.resolved = {False: impl, True: impl}
+        candidate.reason = kernels.available(cell, impl, **context)
+        if candidate.reason is not None:
+            return candidate
+    else:  # auto may choose by whether gradients are recorded (kernels.order): named 'forward/with grad'
+        candidate.resolved = {grad: kernels.choose(cell, impl, grad=grad, **context) for grad in (False, True)}
+        chosen = dict.fromkeys(candidate.resolved.values())
+        candidate.name = f"{label} [auto: {'/'.join(chosen)}]"
     runner = Recurrent(cell, implementation=impl)
     fed = y_prev if feedback else None
     candidate.forward = lambda grad: runner(xs, y_prev=fed)[0]
@@ -612,7 +615,8 @@ def _rows(size: Size, pass_name: str, threads: int, group: list[Candidate], resu
     rows = []
     for c in group:
         outcome = results[c.name]
-        row = BenchRow(size, pass_name, threads, c.name, c.kind, c.cell, c.variant, c.impl, c.resolved,
+        row = BenchRow(size, pass_name, threads, c.name, c.kind, c.cell, c.variant, c.impl,
+                       c.resolved.get(pass_name == "forward+backward"),
                        c.flops * flop_factor, outcome.status, outcome.reason, outcome.times_s)
         if outcome.status == "ok":
             t = medians[c.name]

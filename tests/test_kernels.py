@@ -268,6 +268,37 @@ def test_auto_picks_the_fastest_valid():
     recurrent_dropout = make(LSTMCell, False, recurrent_dropout=0.5)
     assert auto(recurrent_dropout, masks=(None, torch.ones(B, H))) == "fused"
     assert auto(recurrent_dropout, masks=(None, None)) == "native"  # evaluation: no mask
+    # recording gradients, the compiled loop trains the LSTM faster than torch's kernel; without, torch's is first
+    assert auto(make(LSTMCell, False), grad=True) == ("fused" if EXTENSION is not None else "native")
+    assert auto(make(LSTMCell, True), grad=True, device="cuda") == "native"
+
+
+@pytest.mark.parametrize("cls, dtype", [(LSTMCell, torch.float32), (LSTMCell, torch.float64),
+                                        (GRUCell, torch.float32)])
+def test_auto_dispatches_the_lstm_by_whether_gradients_are_recorded(cls, dtype, monkeypatch):
+    """`run` tells `order` whether autograd records the call: with the compiled loops, the LSTM trains
+    under `fused` and infers under `native` (no_grad, inference_mode, or nothing that requires grad)."""
+    ran = []
+    for name in ("native", "fused"):
+        spy = lambda *args, _name=name, _run=kernels.IMPLEMENTATIONS[name]: ran.append(_name) or _run(*args)  # noqa: E731
+        monkeypatch.setitem(kernels.IMPLEMENTATIONS, name, spy)
+    cell = make(cls, False, dtype=dtype)
+    xs = torch.randn(B, T, I, dtype=dtype)
+    runner = Recurrent(cell, "auto")
+    runner(xs)[0].sum().backward()
+    with torch.no_grad():
+        runner(xs)
+    with torch.inference_mode():
+        runner(xs)
+    cell.requires_grad_(False)
+    runner(xs)  # nothing requires grad
+    runner(xs.requires_grad_())  # the inputs' gradient is recorded
+    if EXTENSION is None:  # no compiled loops: torch's kernels first, whatever is recorded
+        assert ran == ["native"] * 5
+    elif cls is LSTMCell:
+        assert ran == ["fused", "native", "native", "native", "fused"]
+    else:
+        assert ran == ["fused"] * 5
 
 
 @pytest.mark.parametrize("implementation, cell, reason", [

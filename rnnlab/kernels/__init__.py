@@ -6,13 +6,14 @@
 - `native`: torch's own fused kernels, where they compute the cell exactly (see `native.py`);
 - `scan`: a parallel scan over time for cells linear in their state (`reads_state=False`);
 - `fused`: one input GEMM for all steps, one GEMM per step, hand-written backward through time;
-- `auto`: the first of `order(device, cell)` that can serve the configuration: native, scan, fused,
-  reference; but on CPU where the compiled loops are built, fused first except for the LSTM
-  (see `order`).
+- `auto`: the first of `order(device, cell, grad)` that can serve the configuration: native, scan,
+  fused, reference; but on CPU where the compiled loops are built, fused first, except for the LSTM
+  when no gradient is recorded (see `order`).
 
 The configuration is the cell plus the context of the call: whether y_prev is given (`feedback`),
-whether there are `lengths`, the dropout `masks` (mx, mh) sampled for this sequence, and whether
-the cell is `training`, and the `device` type of the tensors ('cpu' when not given).
+whether there are `lengths`, the dropout `masks` (mx, mh) sampled for this sequence, whether
+the cell is `training`, whether autograd records the call (`grad`: False when not given), and the
+`device` type of the tensors ('cpu' when not given).
 `available` says why an implementation cannot serve it (None if it can).
 
 Every implementation keeps the same promise for padded batches (`lengths`): outputs past a
@@ -47,37 +48,45 @@ _UNAVAILABLE = {"reference": lambda cell, **context: None, "native": _native_una
 # Fastest first: torch's kernels, then scan's O(log T) serial steps, then one GEMM per step, then the oracle.
 AUTO_ORDER = ("native", "scan", "fused", "reference")
 COMPILED_ORDER = ("fused", "native", "scan", "reference")
-COMPILED_LSTM_ORDER = ("native", "fused", "scan", "reference")
+COMPILED_LSTM_INFERENCE_ORDER = ("native", "fused", "scan", "reference")
 
 
-def order(device: str = "cpu", cell=None) -> tuple[str, ...]:
-    """The implementations `auto` tries for `cell`, fastest first, on this device type.
+def order(device: str = "cpu", cell=None, grad: bool = False) -> tuple[str, ...]:
+    """The implementations `auto` tries for `cell`, fastest first, on this device type, with or
+    without autograd recording the call (`grad`).
 
     On CPU with the compiled loops (compiled.py; float and double cells) `fused` goes first,
     measured with `rnnlab bench` (float32, one thread, docs/BENCHMARKS.md): its C++ loop beats
     torch's own GRU and tanh-RNN kernels at every size of the grid, forward and forward+backward
     (0.67-0.92x torch.nn.GRU at B >= 32, 0.15x at B = 1, T = 1000 forward+backward), and `scan`
     for the cells both serve (reads_state=False: one pass per step in cache; on one core scan's
-    parallelism buys nothing). The LSTM is the exception: `native` stays first for it. Under no_grad
-    torch's oneDNN LSTM is 1.05-1.25x faster than the loop at batched sizes; with gradients the loop
-    is as fast or faster (0.54-0.83x at the sizes of adding, copy, sentiment and translate, 0.92-1.05x
-    at the others: docs/BENCHMARKS.md, "The LSTM under auto"), but every recorded LSTM result was
-    trained with `native`, so switching waits for those to be rerun (`implementation="fused"` or
-    `--implementation fused` chooses it now).
+    parallelism buys nothing). For the LSTM it goes first when gradients are recorded: whole training
+    commands run 0.50-0.91x native's time where the LSTM's work dominates (docs/RESULTS.md, "The
+    LSTM's recorded results under the fused loop"); without gradients torch's oneDNN LSTM forward is
+    1.05-1.25x faster at batched sizes, so `native` stays first there (docs/BENCHMARKS.md, "The LSTM
+    under auto").
     Elsewhere (GPU, other dtypes, or no compiler: Python loops) torch's kernels, then scan's few
     serial steps.
     """
     dtype = cell.weight_ih.dtype if cell is not None else torch.float32
     if compiled.serves(device, dtype):
-        return COMPILED_LSTM_ORDER if cell is not None and cell.family == "lstm" else COMPILED_ORDER
+        inference_lstm = cell is not None and cell.family == "lstm" and not grad
+        return COMPILED_LSTM_INFERENCE_ORDER if inference_lstm else COMPILED_ORDER
     return AUTO_ORDER
+
+
+def records_gradients(cell, *tensors) -> bool:
+    """Whether autograd records a call of `cell` on `tensors` (None entries ignored): `order`'s `grad`."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors) or any(p.requires_grad for p in cell.parameters())
 
 
 def available(cell, implementation: str, **context) -> str | None:
     """Why `implementation` cannot serve this configuration, or None if it can.
 
     context: feedback (bool, y_prev given), lengths (bool), masks ((mx, mh), None when off),
-    training (bool), device (str)."""
+    training (bool), grad (bool, autograd records the call), device (str)."""
     reason = _marked_reason(cell, implementation, **context)
     return None if reason is None else spelled(reason)
 
@@ -94,7 +103,7 @@ def choose(cell, implementation: str, **context) -> str:
     """Resolve 'auto' to the fastest implementation valid for this configuration; ValueError when an
     explicit implementation cannot serve it."""
     if implementation == "auto":
-        candidates = order(context.get("device", "cpu"), cell)
+        candidates = order(context.get("device", "cpu"), cell, context.get("grad", False))
         return next(name for name in candidates if _marked_reason(cell, name, **context) is None)
     reason = _marked_reason(cell, implementation, **context)
     if reason is not None:
@@ -128,8 +137,10 @@ def run(cell, xs, state, y_prev, lengths, masks, implementation: str = "auto"):
     if exporting():
         name = _export_choice(cell, implementation, masks=masks, lengths=lengths is not None)
         return (traceable if name == "traceable" else native)(cell, xs, state, y_prev, lengths, masks)
+    states = state if isinstance(state, tuple) else (state,)
     name = choose(cell, implementation, feedback=y_prev is not None, lengths=lengths is not None,
-                  masks=masks, training=cell.training, device=xs.device.type)
+                  masks=masks, training=cell.training, device=xs.device.type,
+                  grad=implementation == "auto" and records_gradients(cell, xs, y_prev, *states))
     if name == "fused" and torch.is_autocast_enabled(xs.device.type):
         return _without_autocast(fused, cell, xs, state, y_prev, lengths, masks)
     return IMPLEMENTATIONS[name](cell, xs, state, y_prev, lengths, masks)
@@ -149,4 +160,5 @@ def _without_autocast(implementation, cell, xs, state, y_prev, lengths, masks):
 
 __all__ = ["run", "choose", "exporting", "traceable", "available", "reference", "native", "scan", "fused",
            "valid_steps", "where_state", "without_padding",
-           "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_ORDER", "order"]
+           "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_INFERENCE_ORDER", "order",
+           "records_gradients"]
