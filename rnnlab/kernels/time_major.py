@@ -59,15 +59,25 @@ def kept_inputs(inputs, keep: bool):
     return inputs, (torch.empty_like(inputs, memory_format=torch.contiguous_format) if keep else None)
 
 
+# The stacked weight [U, V] in bytes up to which the C++ steps multiply the inputs themselves, by the vector
+# width torch's kernels run at (a proxy for the core's generation; docs/BENCHMARKS.md, "Where the steps
+# multiply the inputs"): a newer core streams a weight beyond its L2 from L3 fast enough that one product per
+# step still beats reading Zx back; an older one does not.
+STEP_WEIGHT_BYTES = {"AVX512": 8 << 20}
+_STEP_WEIGHT_LIMIT = STEP_WEIGHT_BYTES.get(torch.backends.cpu.get_cpu_capability(), 4 << 20)
+
+
 def steps_multiply_inputs(inputs, weight, weight_hh) -> bool:
     """Whether the C++ steps should multiply the inputs themselves ([x_t, s'] by [U, V] each step)
-    rather than read Zx from one product over all steps. Measured on this 2-core EPYC (1 MiB L2 per
-    core), the LSTM forward against torch.nn.LSTM: per step 1.03 vs 1.20 at (32, 128, 100) and 1.07
-    vs 1.15 at (64, 256, 100), where the stacked weight (0.5, 2 MiB) stays in cache across steps; but
-    1.34 vs 0.99 at (32, 512, 100) (8 MiB, streamed each step) and 1.10 vs 0.93 at (1, 128, 1000)
-    (one row: U is streamed each step for a single row)."""
+    rather than read Zx from one product over all steps. Measured on a 2-core EPYC with AVX2 (1 MiB
+    L2 per core), the LSTM forward against torch.nn.LSTM: per step 1.03 vs 1.20 at (32, 128, 100) and
+    1.07 vs 1.15 at (64, 256, 100), where the stacked weight (0.5, 2 MiB) stays in cache across steps;
+    but 1.34 vs 0.99 at (32, 512, 100) (8 MiB, streamed each step) and 1.10 vs 0.93 at (1, 128, 1000)
+    (one row: U is streamed each step for a single row). On a Zen 5 EPYC (AVX-512, the same caches)
+    the 8 MiB weight favours the steps too (1.05 vs 1.09 at (32, 512, 100); 32 MiB does not):
+    `STEP_WEIGHT_BYTES`."""
     batch, depth = inputs.shape[1], inputs.shape[-1] + (weight_hh.shape[-1] if weight_hh is not None else 0)
-    return batch >= 16 and depth * weight.shape[0] * inputs.element_size() <= 4 << 20
+    return batch >= 16 and depth * weight.shape[0] * inputs.element_size() <= _STEP_WEIGHT_LIMIT
 
 
 def weight_grad(dz, first, states, mask):
