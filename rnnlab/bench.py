@@ -48,6 +48,7 @@ from . import kernels
 from .cells import LADDER
 from .config import MAX_SEED, MAX_THREADS, ConfigError, knob, validate
 from .kernels import compiled
+from .kernels.time_major import product
 from .runners import IMPLEMENTATION_NAMES, Recurrent
 from .tables import Table
 
@@ -196,20 +197,25 @@ def _synchronize(device: str) -> None:
 def matmul_peak(sizes: tuple[int, ...] = (512, 1024), reps: int = 10, device: str = "cpu") -> float:
     """Best FLOP/s of square (n x n) @ (n x n) fp32 matmuls at the current thread count: the
     ceiling that an RNN's matrix products could reach on this machine. Several sizes and the best
-    repetition, because on a shared machine one size at one moment can land on a slow spell."""
+    repetition, because on a shared machine one size at one moment can land on a slow spell. On CPU
+    both torch.mm and oneDNN's product (time_major.product, what the C++ loops and torch.nn.LSTM use):
+    on AMD CPUs MKL's mm runs its AVX2 kernels, half oneDNN's rate on AVX-512 (docs/BENCHMARKS.md)."""
     if device == "cuda":
         sizes = (4096, 8192)  # a GPU needs large products to reach its peak
+    products = [torch.mm]
+    if device == "cpu" and compiled.extension() is not None:
+        products.append(product)
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        out = torch.empty(n, n, device=device)
-        torch.mm(a, b, out=out)  # warm-up: first call pays for allocation and dispatch set-up
-        for _ in range(reps):
-            _synchronize(device)
-            start = time.perf_counter()
-            torch.mm(a, b, out=out)
-            _synchronize(device)
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+        for multiply in products:
+            multiply(a, b)  # warm-up: first call pays for allocation and dispatch set-up
+            for _ in range(reps):
+                _synchronize(device)
+                start = time.perf_counter()
+                multiply(a, b)
+                _synchronize(device)
+                best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
     return best
 
 
