@@ -271,6 +271,7 @@ def test_auto_picks_the_fastest_valid():
     # recording gradients, the compiled loop trains the LSTM faster than torch's kernel; without, torch's is first
     assert auto(make(LSTMCell, False), grad=True) == ("fused" if EXTENSION is not None else "native")
     assert auto(make(LSTMCell, True), grad=True, device="cuda") == "native"
+    assert auto(make(LSTMCell, False), grad=True, autocast=True) == "native"  # torch's kernel runs bf16, the loop not
 
 
 @pytest.mark.parametrize("cls, dtype", [(LSTMCell, torch.float32), (LSTMCell, torch.float64),
@@ -293,12 +294,14 @@ def test_auto_dispatches_the_lstm_by_whether_gradients_are_recorded(cls, dtype, 
     cell.requires_grad_(False)
     runner(xs)  # nothing requires grad
     runner(xs.requires_grad_())  # the inputs' gradient is recorded
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        runner(xs)  # torch's LSTM computes in bf16 under autocast, the loop in float32
     if EXTENSION is None:  # no compiled loops: torch's kernels first, whatever is recorded
-        assert ran == ["native"] * 5
+        assert ran == ["native"] * 6
     elif cls is LSTMCell:
-        assert ran == ["fused", "native", "native", "native", "fused"]
+        assert ran == ["fused", "native", "native", "native", "fused", "native"]
     else:
-        assert ran == ["fused"] * 5
+        assert ran == ["fused"] * 6
 
 
 @pytest.mark.parametrize("implementation, cell, reason", [

@@ -6,14 +6,15 @@
 - `native`: torch's own fused kernels, where they compute the cell exactly (see `native.py`);
 - `scan`: a parallel scan over time for cells linear in their state (`reads_state=False`);
 - `fused`: one input GEMM for all steps, one GEMM per step, hand-written backward through time;
-- `auto`: the first of `order(device, cell, grad)` that can serve the configuration: native, scan,
-  fused, reference; but on CPU where the compiled loops are built, fused first, except for the LSTM
-  when no gradient is recorded (see `order`).
+- `auto`: the first of `order(device, cell, grad, autocast)` that can serve the configuration: native,
+  scan, fused, reference; but on CPU where the compiled loops are built, fused first, except for the
+  LSTM when no gradient is recorded or under autocast (see `order`).
 
 The configuration is the cell plus the context of the call: whether y_prev is given (`feedback`),
 whether there are `lengths`, the dropout `masks` (mx, mh) sampled for this sequence, whether
-the cell is `training`, whether autograd records the call (`grad`: False when not given), and the
-`device` type of the tensors ('cpu' when not given).
+the cell is `training`, whether autograd records the call (`grad`) and whether torch.autocast is on
+for its device (`autocast`; both False when not given), and the `device` type of the tensors ('cpu'
+when not given).
 `available` says why an implementation cannot serve it (None if it can).
 
 Every implementation keeps the same promise for padded batches (`lengths`): outputs past a
@@ -48,12 +49,12 @@ _UNAVAILABLE = {"reference": lambda cell, **context: None, "native": _native_una
 # Fastest first: torch's kernels, then scan's O(log T) serial steps, then one GEMM per step, then the oracle.
 AUTO_ORDER = ("native", "scan", "fused", "reference")
 COMPILED_ORDER = ("fused", "native", "scan", "reference")
-COMPILED_LSTM_INFERENCE_ORDER = ("native", "fused", "scan", "reference")
+COMPILED_LSTM_ORDER = ("native", "fused", "scan", "reference")  # without gradients, or under autocast
 
 
-def order(device: str = "cpu", cell=None, grad: bool = False) -> tuple[str, ...]:
+def order(device: str = "cpu", cell=None, grad: bool = False, autocast: bool = False) -> tuple[str, ...]:
     """The implementations `auto` tries for `cell`, fastest first, on this device type, with or
-    without autograd recording the call (`grad`).
+    without autograd recording the call (`grad`), under torch.autocast or not.
 
     On CPU with the compiled loops (compiled.py; float and double cells) `fused` goes first,
     measured with `rnnlab bench` (float32, one thread, docs/BENCHMARKS.md): its C++ loop beats
@@ -64,14 +65,15 @@ def order(device: str = "cpu", cell=None, grad: bool = False) -> tuple[str, ...]
     commands run 0.50-0.91x native's time where the LSTM's work dominates (docs/RESULTS.md, "The
     LSTM's recorded results under the fused loop"); without gradients torch's oneDNN LSTM forward is
     1.05-1.25x faster at batched sizes, so `native` stays first there (docs/BENCHMARKS.md, "The LSTM
-    under auto").
+    under auto"); and under autocast, where torch's kernel computes in bfloat16 and the loop in float32
+    (the default language model's LSTM, forward+backward: 70 against 132 ms).
     Elsewhere (GPU, other dtypes, or no compiler: Python loops) torch's kernels, then scan's few
     serial steps.
     """
     dtype = cell.weight_ih.dtype if cell is not None else torch.float32
     if compiled.serves(device, dtype):
-        inference_lstm = cell is not None and cell.family == "lstm" and not grad
-        return COMPILED_LSTM_INFERENCE_ORDER if inference_lstm else COMPILED_ORDER
+        native_lstm = cell is not None and cell.family == "lstm" and (not grad or autocast)
+        return COMPILED_LSTM_ORDER if native_lstm else COMPILED_ORDER
     return AUTO_ORDER
 
 
@@ -86,7 +88,7 @@ def available(cell, implementation: str, **context) -> str | None:
     """Why `implementation` cannot serve this configuration, or None if it can.
 
     context: feedback (bool, y_prev given), lengths (bool), masks ((mx, mh), None when off),
-    training (bool), grad (bool, autograd records the call), device (str)."""
+    training (bool), grad (bool, autograd records the call), autocast (bool), device (str)."""
     reason = _marked_reason(cell, implementation, **context)
     return None if reason is None else spelled(reason)
 
@@ -103,7 +105,8 @@ def choose(cell, implementation: str, **context) -> str:
     """Resolve 'auto' to the fastest implementation valid for this configuration; ValueError when an
     explicit implementation cannot serve it."""
     if implementation == "auto":
-        candidates = order(context.get("device", "cpu"), cell, context.get("grad", False))
+        candidates = order(context.get("device", "cpu"), cell, context.get("grad", False),
+                           context.get("autocast", False))
         return next(name for name in candidates if _marked_reason(cell, name, **context) is None)
     reason = _marked_reason(cell, implementation, **context)
     if reason is not None:
@@ -138,11 +141,12 @@ def run(cell, xs, state, y_prev, lengths, masks, implementation: str = "auto"):
         name = _export_choice(cell, implementation, masks=masks, lengths=lengths is not None)
         return (traceable if name == "traceable" else native)(cell, xs, state, y_prev, lengths, masks)
     states = state if isinstance(state, tuple) else (state,)
+    autocast = torch.is_autocast_enabled(xs.device.type)
     name = choose(cell, implementation, feedback=y_prev is not None, lengths=lengths is not None,
-                  masks=masks, training=cell.training, device=xs.device.type,
+                  masks=masks, training=cell.training, device=xs.device.type, autocast=autocast,
                   grad=implementation == "auto" and records_gradients(cell, xs, y_prev, *states))
-    if name == "fused" and torch.is_autocast_enabled(xs.device.type):
-        return _without_autocast(fused, cell, xs, state, y_prev, lengths, masks)
+    if name == "fused" and autocast:
+        return _without_autocast(IMPLEMENTATIONS[name], cell, xs, state, y_prev, lengths, masks)
     return IMPLEMENTATIONS[name](cell, xs, state, y_prev, lengths, masks)
 
 
@@ -160,5 +164,5 @@ def _without_autocast(implementation, cell, xs, state, y_prev, lengths, masks):
 
 __all__ = ["run", "choose", "exporting", "traceable", "available", "reference", "native", "scan", "fused",
            "valid_steps", "where_state", "without_padding",
-           "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_INFERENCE_ORDER", "order",
+           "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_ORDER", "order",
            "records_gradients"]
