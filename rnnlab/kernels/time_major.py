@@ -65,6 +65,7 @@ def kept_inputs(inputs, keep: bool):
 # step still beats reading Zx back; an older one does not.
 STEP_WEIGHT_BYTES = {"AVX512": 8 << 20}
 _STEP_WEIGHT_LIMIT = STEP_WEIGHT_BYTES.get(torch.backends.cpu.get_cpu_capability(), 4 << 20)
+ONE_GATE_STEP_WEIGHT_BYTES = 1 << 20
 
 
 def steps_multiply_inputs(inputs, weight, weight_hh) -> bool:
@@ -75,9 +76,14 @@ def steps_multiply_inputs(inputs, weight, weight_hh) -> bool:
     but 1.34 vs 0.99 at (32, 512, 100) (8 MiB, streamed each step) and 1.10 vs 0.93 at (1, 128, 1000)
     (one row: U is streamed each step for a single row). On a Zen 5 EPYC (AVX-512, the same caches)
     the 8 MiB weight favours the steps too (1.05 vs 1.09 at (32, 512, 100); 32 MiB does not):
-    `STEP_WEIGHT_BYTES`."""
+    `STEP_WEIGHT_BYTES`. A cell of one gate (vanilla, residual: V is (H, H)) keeps the steps' product
+    only while [U, V] fits a core's L2 (1 MiB): at (32, 512) (2 MiB) the one product over all steps made
+    its forward 20% and forward+backward 10% faster, on one and two threads, where at (32, 128) and
+    (64, 256) the steps' own stayed ahead (docs/BENCHMARKS.md, "Where the steps multiply the inputs")."""
+    one_gate = weight_hh is not None and weight_hh.shape[0] == weight_hh.shape[1]
     batch, depth = inputs.shape[1], inputs.shape[-1] + (weight_hh.shape[-1] if weight_hh is not None else 0)
-    return batch >= 16 and depth * weight.shape[0] * inputs.element_size() <= _STEP_WEIGHT_LIMIT
+    limit = ONE_GATE_STEP_WEIGHT_BYTES if one_gate else _STEP_WEIGHT_LIMIT
+    return batch >= 16 and depth * weight.shape[0] * inputs.element_size() <= limit
 
 
 def weight_grad(dz, first, states, mask):
