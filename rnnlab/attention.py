@@ -16,6 +16,7 @@ from torch import nn
 
 from .cells import _describe
 from .checks import check_number
+from .linear import Linear
 
 __all__ = ["Attention", "ATTENTION_KINDS"]
 
@@ -44,9 +45,9 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: hidden_size must be None (the query size) or an int >= 1; got {hidden_size}")
         if kind == "additive":
             hidden = hidden_size or query_size
-            self.query_map = nn.Linear(query_size, hidden, bias=False)
-            self.key_map = nn.Linear(key_size, hidden)
-            self.score = nn.Linear(hidden, 1, bias=False)
+            self.query_map = Linear(query_size, hidden, bias=False)
+            self.key_map = Linear(key_size, hidden)
+            self.score = Linear(hidden, 1, bias=False)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, lengths: torch.Tensor | None = None):
         if not isinstance(queries, torch.Tensor) or queries.dim() != 3 or queries.shape[2] != self.query_size:

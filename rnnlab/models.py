@@ -21,6 +21,7 @@ from torch import nn
 from .cells import _describe
 from .checks import check_number
 from .kernels import valid_steps, where_state, without_padding
+from .linear import Linear
 from .runners import Runner, check_sequence, shift_right, stepwise_activity
 
 __all__ = ["RecurrentModel", "SequenceToVector", "Ensemble", "VectorToSequence", "EncoderDecoder", "last_valid"]
@@ -294,7 +295,7 @@ class EncoderDecoder(nn.Module):
         self.attention = attention
         if attention is not None:
             size = decoder.core.output_size
-            self.combine = nn.Linear(size + encoder.output_size, size)
+            self.combine = Linear(size + encoder.output_size, size)
 
     def _encode(self, source, source_lengths):
         """(outputs (B, S, H), summary (B, H), the decoder's initial state or None)."""

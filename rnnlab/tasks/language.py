@@ -34,6 +34,7 @@ from ..data.ngrams import KneserNeyTrigram, Unigram, perplexity
 from ..data.text import TextFileError, read_text, split_blocks
 from ..data.vocabulary import LEVELS, Vocabulary, tokenize
 from ..generation import continue_tokens
+from ..linear import Linear
 from ..models import RecurrentModel
 from ..preprocessing import EmbeddingFeedback
 from ..runners import IMPLEMENTATION_NAMES, Stacked
@@ -77,7 +78,7 @@ def build_model(config: LanguageConfig, vocab_size: int) -> RecurrentModel:
     """Embedding -> stacked cells of the ladder -> linear readout to vocab_size logits."""
     cell, H, E = LADDER[config.cell], config.hidden, config.embedding
     options = config.cell_options(config.cell)
-    readout = lambda core: nn.Sequential(nn.Dropout(config.dropout), nn.Linear(core.output_size, vocab_size))  # noqa: E731
+    readout = lambda core: nn.Sequential(nn.Dropout(config.dropout), Linear(core.output_size, vocab_size))  # noqa: E731
     if config.feedback:
         core = Stacked.of(cell, 0, H, config.layers, feedback_size=E, implementation=config.implementation,
                           dropout=config.dropout, options=options)

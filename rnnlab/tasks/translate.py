@@ -39,6 +39,7 @@ from ..data.translation import (
 )
 from ..data.vocabulary import Vocabulary, detokenize
 from ..decoding import beam_search, greedy_search
+from ..linear import Linear
 from ..models import EncoderDecoder, RecurrentModel
 from ..plots import pyplot, save_figure
 from ..preprocessing import EmbeddingFeedback
@@ -85,7 +86,7 @@ def build_model(config: TranslateConfig, source_size: int, target_size: int) -> 
     source_map = nn.Sequential(nn.Embedding(source_size, E), nn.Dropout(p))
     encoder = Stacked.of(cell, E, H, config.layers, implementation=config.implementation, dropout=p)
     core = Stacked.of(cell, H, H, config.layers, feedback_size=E, implementation=config.implementation, dropout=p)
-    decoder = RecurrentModel(core, nn.Sequential(nn.Dropout(p), nn.Linear(H, target_size)),
+    decoder = RecurrentModel(core, nn.Sequential(nn.Dropout(p), Linear(H, target_size)),
                              feedback_map=EmbeddingFeedback(target_size, E))
     attention = None if config.attention == "none" else Attention(config.attention, H, H)
     return EncoderDecoder(encoder, decoder, source_map, attention=attention)

@@ -1,0 +1,66 @@
+"""Linear: torch.nn.Linear whose float32 products on CPU run through oneDNN.
+
+torch's CPU wheels multiply float32 matrices with MKL, and MKL runs its AVX2 kernels on AMD CPUs: on
+an AVX-512 EPYC that is half the rate oneDNN reaches on the same core (112 against 230-250 GFLOP/s on
+one thread; docs/BENCHMARKS.md, "The matmul peak"). oneDNN is what torch.nn.LSTM and rnnlab's C++
+loops use already (`kernels.time_major.product`). A readout over a vocabulary is the largest product of
+a translation model: the task trains about a quarter faster with it here. On Intel CPUs both libraries
+run AVX-512 code, and nothing changes but the order of the sums.
+
+Same parameters, state dict and modules as nn.Linear (`isinstance(m, nn.Linear)` holds; it loads into
+one with strict=True). Elsewhere it is nn.Linear itself: other dtypes, other devices, under autocast
+(which casts for F.linear), while a tracer records (the ONNX exporter writes a Gemm), and where the C++
+module is not built. Its backward is the two products of the gradient (and the bias's sum); it is not
+differentiable again (a second derivative raises, as through the fused loops).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import compiled
+from .kernels.time_major import product
+
+
+class Linear(nn.Linear):
+    """y = x W^T + b, as torch.nn.Linear (same arguments); float32 on CPU through oneDNN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _through_onednn(x, self.weight):
+            return _OneDNNLinear.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def _through_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu" and x.dim() >= 1
+            and x.shape[-1] == weight.shape[1] and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled("cpu") and compiled.extension_for(x) is not None)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """x (..., F) by W (O, F), plus b (O,): the products as 2-D matrices over the leading dimensions."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        flat = x.reshape(-1, x.shape[-1])
+        y = product(flat, weight.t())
+        if bias is not None:
+            y += bias
+        ctx.save_for_backward(flat, weight)
+        ctx.input_shape, ctx.with_bias = x.shape, bias is not None
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        flat, weight = ctx.saved_tensors
+        dy = dy.reshape(-1, dy.shape[-1])
+        d_x = product(dy, weight).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
+        d_weight = product(dy.t(), flat) if ctx.needs_input_grad[1] else None
+        d_bias = dy.sum(0) if ctx.with_bias and ctx.needs_input_grad[2] else None
+        return d_x, d_weight, d_bias
+
+
+__all__ = ["Linear"]
