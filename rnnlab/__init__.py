@@ -35,6 +35,7 @@ from .init import (
 )
 from .interop import from_torch, from_torch_cell, to_torch, to_torch_cell
 from .kernels.native import torch_mode
+from .linear import Linear
 from .models import EncoderDecoder, Ensemble, RecurrentModel, SequenceToVector, VectorToSequence, last_valid
 from .preprocessing import MLP, EmbeddingFeedback, RawFeedback, SoftmaxFeedback, choose_token
 from .runners import Bidirectional, Recurrent, Stacked, reverse_padded, shift_right
@@ -47,7 +48,7 @@ __all__ = [
     "Init", "MaxNorm", "NonNeg", "UnitNorm", "L1L2", "Constraints", "Regularizers", "apply_constraints",
     "regularization_loss",
     "Recurrent", "Stacked", "Bidirectional", "shift_right", "reverse_padded",
-    "MLP", "RawFeedback", "SoftmaxFeedback", "EmbeddingFeedback", "choose_token",
+    "Linear", "MLP", "RawFeedback", "SoftmaxFeedback", "EmbeddingFeedback", "choose_token",
     "RecurrentModel", "SequenceToVector", "Ensemble", "VectorToSequence", "EncoderDecoder", "last_valid",
     "to_torch", "from_torch", "to_torch_cell", "from_torch_cell",
 ]
