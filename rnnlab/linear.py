@@ -35,7 +35,7 @@ class Linear(nn.Linear):
 
 def _through_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu" and x.dim() >= 1
-            and x.shape[-1] == weight.shape[1] and not torch.jit.is_tracing()
+            and x.shape[-1] == weight.shape[1] > 0 and not torch.jit.is_tracing()
             and not torch.is_autocast_enabled("cpu") and compiled.extension_for(x) is not None)
 
 

@@ -89,3 +89,12 @@ def test_it_is_an_nn_linear_to_everything_that_asks():
     ours, _ = pair()
     assert isinstance(ours, nn.Linear) and repr(ours) == "Linear(in_features=24, out_features=40, bias=True)"
     nn.Linear(24, 40).load_state_dict(ours.state_dict(), strict=True)
+
+
+def test_no_input_features_is_nn_linears_bias():
+    ours, theirs = Linear(0, 5), nn.Linear(0, 5)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(3, 0, requires_grad=True)
+    y = ours(x)
+    y.sum().backward()
+    assert torch.equal(y, theirs(x)) and x.grad.shape == (3, 0)
