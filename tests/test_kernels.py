@@ -304,6 +304,14 @@ def test_auto_dispatches_the_lstm_by_whether_gradients_are_recorded(cls, dtype, 
         assert ran == ["fused"] * 6
 
 
+@pytest.mark.parametrize("implementation", ["auto", "native", "reference"])
+def test_meta_tensors_run_for_their_shapes(implementation):
+    """torch.autocast knows no 'meta' device: the dispatch asks it only where there is one to ask."""
+    cell = make(LSTMCell, False, dtype=torch.float32).to("meta")
+    ys, (h, c) = Recurrent(cell, implementation)(torch.empty(B, T, I, device="meta"))
+    assert ys.shape == (B, T, H) and ys.device.type == h.device.type == "meta"
+
+
 @pytest.mark.parametrize("implementation, cell, reason", [
     ("native", make(ForgetGatedCell, False), "no torch.nn counterpart"),
     ("native", make(LSTMCell, False, reads_state=False), "reads_state=False"),

@@ -141,7 +141,7 @@ def run(cell, xs, state, y_prev, lengths, masks, implementation: str = "auto"):
         name = _export_choice(cell, implementation, masks=masks, lengths=lengths is not None)
         return (traceable if name == "traceable" else native)(cell, xs, state, y_prev, lengths, masks)
     states = state if isinstance(state, tuple) else (state,)
-    autocast = torch.is_autocast_enabled(xs.device.type)
+    autocast = xs.device.type != "meta" and torch.is_autocast_enabled(xs.device.type)  # autocast knows no meta
     name = choose(cell, implementation, feedback=y_prev is not None, lengths=lengths is not None,
                   masks=masks, training=cell.training, device=xs.device.type, autocast=autocast,
                   grad=implementation == "auto" and records_gradients(cell, xs, y_prev, *states))
