@@ -12,6 +12,8 @@ from rnnlab import bench, kernels
 from rnnlab.bench import BenchConfig, Size
 from rnnlab.cli import flag_name, main
 
+from conftest import EXTENSION
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = (Size(2, 4, 3, 5),)
@@ -54,6 +56,22 @@ def test_tiny_grid_times_peers_and_rnnlab_in_both_passes():
             assert row.flops > 0 and row.peak_fraction > 0
     assert result.peaks[0].before > 0 and result.peaks[0].after > 0
     assert result.machine.threads == (1,) and result.machine.torch == torch.__version__
+
+
+def test_auto_rows_say_what_ran_in_their_pass(monkeypatch):
+    """auto's LSTM runs native under no_grad and fused when gradients are recorded (with the C++ loops):
+    the row of each pass names its own, and the candidate both."""
+    ran = []
+    for name in ("native", "fused"):
+        spy = lambda *args, _name=name, _run=kernels.IMPLEMENTATIONS[name]: ran.append(_name) or _run(*args)  # noqa: E731
+        monkeypatch.setitem(kernels.IMPLEMENTATIONS, name, spy)
+    result = bench.run_bench(tiny(cells=("lstm",), impls=("auto",), variants=("plain",)))
+    expected = {"forward": "native", "forward+backward": "fused" if EXTENSION is not None else "native"}
+    for pass_name, name in expected.items():
+        (row,) = rows_of(result, pass_name=pass_name, impl="auto")
+        assert row.resolved == name and row.status == "ok"
+        assert row.name == "lstm [auto: native/fused]" if EXTENSION is not None else row.name == "lstm [auto: native]"
+    assert set(ran) == set(expected.values())
 
 
 def test_ratios_medians_and_peak_shares_against_a_fake_clock(monkeypatch):
