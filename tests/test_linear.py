@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from rnnlab import linear
 from rnnlab.kernels import time_major
 from rnnlab.linear import Linear
 
@@ -19,6 +20,12 @@ def pair(bias=True, dtype=torch.float32):
     theirs = nn.Linear(24, 40, bias=bias, dtype=dtype)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     return ours, theirs
+
+
+@pytest.fixture(autouse=True)
+def every_call_through_onednn(monkeypatch):
+    """The tests' small calls take oneDNN's path too (the size rule has its own test)."""
+    monkeypatch.setattr(linear, "ONEDNN_MACS", 0)
 
 
 def count_products(monkeypatch):
@@ -92,9 +99,23 @@ def test_it_is_an_nn_linear_to_everything_that_asks():
 
 
 def test_no_input_features_is_nn_linears_bias():
-    ours, theirs = Linear(0, 5), nn.Linear(0, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "Initializing zero-element tensors is a no-op"
+        ours, theirs = Linear(0, 5), nn.Linear(0, 5)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(3, 0, requires_grad=True)
     y = ours(x)
     y.sum().backward()
     assert torch.equal(y, theirs(x)) and x.grad.shape == (3, 0)
+
+
+
+def test_calls_too_small_to_earn_onednns_set_up_are_nn_linears(monkeypatch):
+    monkeypatch.setattr(linear, "ONEDNN_MACS", 1 << 21)
+    calls = count_products(monkeypatch)
+    ours, theirs = pair()
+    small = torch.randn(8, 24)  # 8 x 24 x 40 multiply-adds
+    assert torch.equal(ours(small), theirs(small)) and calls == []
+    large = torch.randn(3, (1 << 21) // (24 * 40) + 1, 24)
+    torch.testing.assert_close(ours(large), theirs(large), rtol=1e-5, atol=1e-5)
+    assert len(calls) == (1 if EXTENSION is not None else 0)
