@@ -10,9 +10,8 @@ libraries run AVX-512 code, and nothing changes but the order of the sums.
 Same parameters, state dict and modules as nn.Linear (`isinstance(m, nn.Linear)` holds; it loads into
 one with strict=True). Elsewhere it is nn.Linear itself: calls too small to earn oneDNN's set-up
 (`ONEDNN_MACS`), other dtypes, other devices, under autocast (which casts for F.linear), while a tracer
-records (the ONNX exporter writes a Gemm), and where the C++ module is not built. Its backward is the
-two products of the gradient (and the bias's sum); it is not differentiable again (a second derivative
-raises, as through the fused loops).
+records (the ONNX exporter writes a Gemm), and where the C++ module is not built. Its product and
+backward are the fused loops' input product's (`time_major.LinearProduct`): not differentiable again.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import compiled
-from .kernels.time_major import product
+from .kernels.time_major import LinearProduct
 
 
 class Linear(nn.Linear):
@@ -30,7 +29,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _through_onednn(x, self.weight):
-            return _OneDNNLinear.apply(x, self.weight, self.bias)
+            return LinearProduct.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -46,30 +45,6 @@ def _through_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.shape[-1] == weight.shape[1] > 0 and x.numel() // x.shape[-1] * weight.numel() >= ONEDNN_MACS
             and not torch.jit.is_tracing() and not torch.is_autocast_enabled("cpu")
             and compiled.extension_for(x) is not None)
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """x (..., F) by W (O, F), plus b (O,): the products as 2-D matrices over the leading dimensions."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        flat = x.reshape(-1, x.shape[-1])
-        y = product(flat, weight.t())
-        if bias is not None:
-            y += bias
-        ctx.save_for_backward(flat, weight)
-        ctx.input_shape, ctx.with_bias = x.shape, bias is not None
-        return y.view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        flat, weight = ctx.saved_tensors
-        dy = dy.reshape(-1, dy.shape[-1])
-        d_x = product(dy, weight).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
-        d_weight = product(dy.t(), flat) if ctx.needs_input_grad[1] else None
-        d_bias = dy.sum(0) if ctx.with_bias and ctx.needs_input_grad[2] else None
-        return d_x, d_weight, d_bias
 
 
 __all__ = ["Linear"]

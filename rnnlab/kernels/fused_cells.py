@@ -4,7 +4,7 @@ these families here; the scheme is fused.py's:
 
   1. the input part Zx for all B*T rows at once: one GEMM (U x + W y*, biases folded); for the
      layer-norm LSTM also its input normalisation LN_x, over all steps at once (ATen's layer norm and
-     its backward, called by _CellLoop into the gate buffer; the product is _InputProduct's);
+     its backward, called by _CellLoop into the gate buffer; the product is time_major.LinearProduct's);
   2. one GEMM per step for V s_bar^{t-1} (the projected LSTM: one more for W_hr), the gate arithmetic
      in place in preallocated (T, B, ...) buffers. In C++, where the weights stay in cache (16 rows
      or more: time_major.steps_multiply_inputs), the peephole and projected LSTMs' steps compute
@@ -35,7 +35,15 @@ from torch.autograd.function import once_differentiable
 from ..cells import Cell, State
 from . import compiled
 from .activations import BACKWARD, FORWARD
-from .time_major import by_length, input_grads, inputs_and_weight, product, steps_multiply_inputs, weight_grad
+from .time_major import (
+    LinearProduct,
+    by_length,
+    input_grads,
+    inputs_and_weight,
+    product,
+    steps_multiply_inputs,
+    weight_grad,
+)
 
 MODULE = "rnnlab_cell_loops"
 FAMILIES = ("peephole-lstm", "layernorm-lstm", "projected-lstm")
@@ -60,7 +68,7 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
                 and _extension(inputs) is not None and steps_multiply_inputs(inputs, weight, cell.weight_hh):
             return _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, last, unsort)
         if torch.is_grad_enabled() and (inputs.requires_grad or weight.requires_grad):
-            zx = _InputProduct.apply(inputs, weight)
+            zx = LinearProduct.apply(inputs, weight)
         else:  # nothing to differentiate through the product: oneDNN's (1.2-3.6x faster than matmul here)
             zx = product(inputs.reshape(-1, inputs.shape[-1]), weight.t()).view(*inputs.shape[:2], -1)
         # LN_x is applied by _CellLoop, into the gate buffer (norm: its gain and shift)
@@ -89,22 +97,6 @@ def _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, l
     if unsort is not None:
         ys, h_final, c_final = (t.index_select(0, unsort) for t in (ys, h_final, c_final))
     return ys, (h_final, c_final)
-
-
-class _InputProduct(torch.autograd.Function):
-    """x W^T for x (T, B, F) over all steps, and its gradients, each one product through oneDNN (`product`,
-    as fused.py's): autograd's matmul runs the three on MKL, 1.1-1.2x slower at (32, 128, 100)."""
-
-    @staticmethod
-    def forward(ctx, inputs, weight):
-        ctx.save_for_backward(inputs, weight)
-        return product(inputs.reshape(-1, inputs.shape[-1]), weight.t()).view(*inputs.shape[:2], -1)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_zx):
-        inputs, weight = ctx.saved_tensors
-        return input_grads(d_zx, inputs, weight, *ctx.needs_input_grad)
 
 
 def _sum(a, b):
