@@ -33,7 +33,8 @@ def check_autocast(name, feedback, reads, device, dtype):
     tried = 0
     for implementation in IMPLEMENTATIONS:
         if implementation != "auto" and kernels.available(cell, implementation, feedback=bool(feedback), lengths=False,
-                                                          masks=(None, None), training=True, device=device) is not None:
+                                                          masks=(None, None), training=True, device=device,
+                                                          autocast=True) is not None:
             continue
         tried += 1
         cell.zero_grad(set_to_none=True)
@@ -80,6 +81,20 @@ def test_auto_no_longer_fails_under_bf16_autocast_for_the_cells_of_the_issue():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ys, _ = R.Stacked(R.Recurrent(cell), R.Recurrent(R.LSTMCell(7, 7)))(torch.randn(2, 6, 5))
         assert ys.shape == (2, 6, 7) and torch.isfinite(ys).all()
+
+
+def test_native_lstm_under_cpu_autocast_runs_or_says_why():
+    """torch's oneDNN LSTM has no bf16 on some CPUs (AVX2 without bf16 instructions): there `native`
+    refuses with the reason, and `auto` runs the loop, instead of torch's opaque primitive error."""
+    runner, xs = R.Recurrent(R.LSTMCell(5, 7), "native"), torch.randn(2, 6, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if kernels.cpu_autocast_lstm_runs(torch.bfloat16):
+            assert runner(xs)[0].dtype == torch.bfloat16
+        else:
+            with pytest.raises(ValueError, match="torch's LSTM kernel has no bfloat16 for this CPU under autocast"):
+                runner(xs)
+        runner.implementation = "auto"
+        assert torch.isfinite(runner(xs)[0]).all()
 
 
 def train_loss(text, precision: str, steps: int = 30) -> tuple[float, float]:

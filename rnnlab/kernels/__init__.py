@@ -35,7 +35,7 @@ from ..checks import ArgumentError, spelled
 from . import compiled
 from .fused import fused
 from .fused import unavailable as _fused_unavailable
-from .native import native
+from .native import cpu_autocast_lstm_runs, native
 from .native import unavailable as _native_unavailable
 from .reference import reference, valid_steps, where_state, without_padding
 from .scan import scan
@@ -165,4 +165,4 @@ def _without_autocast(implementation, cell, xs, state, y_prev, lengths, masks):
 __all__ = ["run", "choose", "exporting", "traceable", "available", "reference", "native", "scan", "fused",
            "valid_steps", "where_state", "without_padding",
            "IMPLEMENTATIONS", "AUTO_ORDER", "COMPILED_ORDER", "COMPILED_LSTM_ORDER", "order",
-           "records_gradients"]
+           "records_gradients", "cpu_autocast_lstm_runs"]

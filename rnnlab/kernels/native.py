@@ -12,9 +12,14 @@ The conditions, as Keras documents its cuDNN ones. `native` serves a cell when
      weight [weight_ih, weight_yh] (concatenated in the graph, not copied into a parameter).
 `lengths` are served by packing (`pack_padded_sequence`, unsorted): outputs past a sequence's end
 are zero and the final state is the one at its last valid step, as in `reference`.
+  5. under CPU autocast, the LSTM only where torch's oneDNN LSTM has the autocast dtype for this CPU:
+     on CPUs without bf16 instructions (an AVX2 AMD EPYC) torch.nn.LSTM itself raises "could not
+     create a primitive descriptor" (pytorch/pytorch#88136), so `auto` takes the next implementation.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import _VF
@@ -74,7 +79,26 @@ def unavailable(cell: Cell, masks=(None, None), **context) -> str | None:
         return reason
     if masks[1] is not None:
         return "torch.nn has no recurrent-dropout mask"
+    if mode == "LSTM" and context.get("autocast") and context.get("device", "cpu") == "cpu":
+        dtype = torch.get_autocast_dtype("cpu")
+        if not cpu_autocast_lstm_runs(dtype):
+            return f"torch's LSTM kernel has no {str(dtype).removeprefix('torch.')} for this CPU under autocast"
     return None
+
+
+@functools.cache
+def cpu_autocast_lstm_runs(dtype: torch.dtype) -> bool:
+    """Whether torch.nn.LSTM runs under CPU autocast to `dtype` on this machine: tried once per process
+    on one step of a width-8 LSTM of zero weights (oneDNN's support depends on the CPU's instructions, not
+    on a flag; no module is made, so the random generator is left as it was)."""
+    zero = lambda *shape: torch.zeros(shape)  # noqa: E731
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+            _VF.lstm(zero(1, 1, 8), (zero(1, 1, 8), zero(1, 1, 8)), [zero(32, 8), zero(32, 8)], False, 1, 0.0, False,
+                     False, False)
+    except RuntimeError:
+        return False
+    return True
 
 
 def native(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | None,
