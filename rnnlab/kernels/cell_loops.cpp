@@ -75,51 +75,77 @@ Expect expect_gates(const char* where, const Tensor& gates) {
   return Expect{where, gates.scalar_type()};
 }
 
-// The sum of term(k) over a row of n values, k a vector's first index (scalar(k) for the last few): four
-// vector accumulators, so that the adds overlap. One accumulator (an `omp simd` reduction's) waits out
-// each add's latency: the layer norms' sums were most of their cost (docs/BENCHMARKS.md, "The layer
-// norms' sums").
-template <typename T, typename Term, typename Scalar>
-T row_sum(int64_t n, const Term& term, const Scalar& scalar) {
+// The lanes of a vector summed: float's by torch's shuffle tree (three adds for eight lanes, where a loop
+// over them waits out eight), double's (the tests' dtype) in a loop
+template <typename T>
+T lanes_sum(const at::vec::Vectorized<T>& v) {
   using V = at::vec::Vectorized<T>;
-  constexpr int64_t W = V::size();
-  V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
-  int64_t k = 0;
-  for (; k + 4 * W <= n; k += 4 * W) {
-    a0 = a0 + term(k);
-    a1 = a1 + term(k + W);
-    a2 = a2 + term(k + 2 * W);
-    a3 = a3 + term(k + 3 * W);
+  if constexpr (std::is_same_v<T, float>) {
+    return at::vec::vec_reduce_all<T>([](const V& a, const V& b) { return a + b; }, v);
+  } else {
+    T lanes[V::size()];
+    v.store(lanes);
+    T sum = 0;
+    for (int64_t j = 0; j < V::size(); ++j) sum += lanes[j];
+    return sum;
   }
-  for (; k + W <= n; k += W) a0 = a0 + term(k);
-  T lanes[W];
-  ((a0 + a1) + (a2 + a3)).store(lanes);
-  T sum = 0;
-  for (int64_t j = 0; j < W; ++j) sum += lanes[j];
-  for (; k < n; ++k) sum += scalar(k);
-  return sum;
 }
 
-// A row's mean and 1 / sqrt(var + eps) (two passes: the deviations' squares, not E[v^2] - mean^2)
+// The sums of the two parts of term(k) = {a, b} (vectors at k, a vector's first index) over a row of n values
+// (scalar(k) for the last few), in one pass: four accumulators each, so that the adds overlap. One
+// accumulator (an `omp simd` reduction's) waits out each add's latency, and a pass per sum waits for the
+// first sum before the second starts: the layer norms' sums were most of their cost (docs/BENCHMARKS.md,
+// "The layer norms' sums").
+template <typename T, typename Term, typename Scalar>
+std::pair<T, T> row_sums(int64_t n, const Term& term, const Scalar& scalar) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t W = V::size();
+  V a[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))}, b[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
+  int64_t k = 0;
+  for (; k + 4 * W <= n; k += 4 * W) {
+    for (int j = 0; j < 4; ++j) {
+      const auto [x, y] = term(k + j * W);
+      a[j] = a[j] + x;
+      b[j] = b[j] + y;
+    }
+  }
+  for (; k + W <= n; k += W) {
+    const auto [x, y] = term(k);
+    a[0] = a[0] + x;
+    b[0] = b[0] + y;
+  }
+  T sum_a = lanes_sum<T>((a[0] + a[1]) + (a[2] + a[3])), sum_b = lanes_sum<T>((b[0] + b[1]) + (b[2] + b[3]));
+  for (; k < n; ++k) {
+    const auto [x, y] = scalar(k);
+    sum_a += x;
+    sum_b += y;
+  }
+  return {sum_a, sum_b};
+}
+
+// A row's mean and 1 / sqrt(var + eps), in one pass: var = E[d^2] - E[d]^2 for d = v - v[0]. Shifted by one
+// of the row's own values, E[d]^2 stays within a few var (unshifted, E[v^2] - mean^2 of a row far from 0
+// would cancel all of var's bits), so the difference loses a few bits at most.
 template <typename T>
 std::pair<T, T> moments(const T* __restrict__ v, int64_t n, double eps) {
   using V = at::vec::Vectorized<T>;
-  const T mean = row_sum<T>(n, [&](int64_t k) { return V::loadu(v + k); }, [&](int64_t k) { return v[k]; }) / T(n);
-  const V m(mean);
-  const T var = row_sum<T>(
-      n, [&](int64_t k) { const V d = V::loadu(v + k) - m; return d * d; },
-      [&](int64_t k) { return (v[k] - mean) * (v[k] - mean); });
-  return {mean, T(1) / std::sqrt(var / T(n) + T(eps))};
+  const T shift = v[0];
+  const V s(shift);
+  const auto [sum, squares] = row_sums<T>(
+      n, [&](int64_t k) { const V d = V::loadu(v + k) - s; return std::pair{d, d * d}; },
+      [&](int64_t k) { const T d = v[k] - shift; return std::pair{d, d * d}; });
+  const T mean_d = sum / T(n), var = std::max(squares / T(n) - mean_d * mean_d, T(0));
+  return {shift + mean_d, T(1) / std::sqrt(var + T(eps))};
 }
 
 // out = rstd * (d - mean(d) - xhat * mean(d xhat)): dv from d(xhat), per row of n values
 template <typename T>
 void normalise_backward(const T* __restrict__ d, const T* __restrict__ xhat, T rstd, T* __restrict__ out, int64_t n) {
   using V = at::vec::Vectorized<T>;
-  const T mean_d = row_sum<T>(n, [&](int64_t k) { return V::loadu(d + k); }, [&](int64_t k) { return d[k]; }) / T(n);
-  const T mean_dx = row_sum<T>(
-      n, [&](int64_t k) { return V::loadu(d + k) * V::loadu(xhat + k); }, [&](int64_t k) { return d[k] * xhat[k]; }) /
-      T(n);
+  const auto [sum_d, sum_dx] = row_sums<T>(
+      n, [&](int64_t k) { const V dk = V::loadu(d + k); return std::pair{dk, dk * V::loadu(xhat + k)}; },
+      [&](int64_t k) { return std::pair{d[k], d[k] * xhat[k]}; });
+  const T mean_d = sum_d / T(n), mean_dx = sum_dx / T(n);
 #pragma omp simd
   for (int64_t k = 0; k < n; ++k) out[k] = rstd * (d[k] - mean_d - xhat[k] * mean_dx);
 }
