@@ -10,11 +10,11 @@ The conditions, as Keras documents its cuDNN ones. `native` serves a cell when
   4. output feedback only under teacher forcing (`y_prev` given). Then the cell computes
      U x + W y_prev = [U W] [x; y_prev], so the kernel gets the input [x, y_prev] and the input
      weight [weight_ih, weight_yh] (concatenated in the graph, not copied into a parameter).
-`lengths` are served by packing (`pack_padded_sequence`, unsorted): outputs past a sequence's end
-are zero and the final state is the one at its last valid step, as in `reference`.
   5. under CPU autocast, the LSTM only where torch's oneDNN LSTM has the autocast dtype for this CPU:
      on CPUs without bf16 instructions (an AVX2 AMD EPYC) torch.nn.LSTM itself raises "could not
      create a primitive descriptor" (pytorch/pytorch#88136), so `auto` takes the next implementation.
+`lengths` are served by packing (`pack_padded_sequence`, unsorted): outputs past a sequence's end
+are zero and the final state is the one at its last valid step, as in `reference`.
 """
 
 from __future__ import annotations
