@@ -108,6 +108,28 @@ def test_fused_in_float32_is_close_to_the_reference():
                                    atol=1e-5)
 
 
+def test_layer_norms_of_rows_far_from_zero_in_float32(loop):
+    """The C++ loop's moments take a row's mean and variance in one pass, shifted by one of the row's own
+    values: a row of pre-activations offset by 1000 (a constant input feature of weight 1000) keeps its
+    spread of about 0.35, where E[v^2] - mean^2 in float32 (ulp(10^6) = 0.06) would lose most of it. 16 rows and no
+    gradient: the steps normalise x_t U^T themselves (time_major.steps_multiply_inputs), not torch's layer_norm."""
+    torch.manual_seed(5)
+    rows = 16
+    cell = R.LayerNormLSTMCell(I + 1, H)
+    with torch.no_grad():
+        cell.weight_ih[:, 0] = 1e3
+    xs = torch.cat([torch.ones(rows, T, 1), torch.randn(rows, T, I)], dim=-1)
+    state = cell.initial_state(rows)
+    with torch.no_grad():
+        ys, (h, c) = kernels.run(cell, xs, state, None, None, None, "fused")
+        oracle = cell.double()
+        want, (want_h, want_c) = kernels.run(oracle, xs.double(), tuple(s.double() for s in state), None, None, None,
+                                             "reference")
+    # float32's rounding of the offset rows themselves (ulp(1000) = 6e-5 against their spread) is the bound
+    torch.testing.assert_close(ys.double(), want, rtol=0, atol=1e-2)
+    torch.testing.assert_close(c.double(), want_c, rtol=0, atol=1e-2)
+
+
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 def test_steps_that_multiply_their_own_inputs(loop, name, grad):
