@@ -864,6 +864,19 @@ def test_weight_grad_equals_the_product_of_the_shifted_states(steps, masked):
     torch.testing.assert_close(weight_grad(dz, first, states, mask), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_product_of_a_transposed_view_is_the_product(dtype):
+    """time_major.product of a transposed view with more rows than the result's columns (a weight's gradient,
+    dz^T x: where MKL serves, computed as (x^T dz)^T) equals torch.mm's and comes contiguous, as every other."""
+    from rnnlab.kernels.time_major import product
+    g = torch.Generator().manual_seed(4)
+    dz, x = torch.randn(300, 64, generator=g, dtype=dtype), torch.randn(300, 8, generator=g, dtype=dtype)
+    for a, b in ((dz.t(), x), (x.t(), dz), (dz[:, :5].t(), x)):
+        got = product(a, b)
+        assert got.is_contiguous() and got.shape == (a.shape[0], b.shape[1])
+        torch.testing.assert_close(got, torch.mm(a, b))
+
+
 def _team_size(threads: int) -> int:
     """The threads of a loop's team on `threads` of torch's threads: no more than the CPUs (team.h)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

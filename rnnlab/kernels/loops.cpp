@@ -930,6 +930,16 @@ void set_split(const std::string& mode) {
   split_mode = mode == "units" ? Split::units : mode == "rows" ? Split::rows : Split::rule;
 }
 
+// at::mm(a, b), where a is a transposed view (a weight's gradient: dz^T x over all steps) and has more
+// rows than b columns, as (b^T a^T)^T: MKL, which serves where oneDNN's matmul declines (an AVX2 Zen 2
+// EPYC), ran dz^T x 1.6x slower than x^T dz for a (2048 x 64) result over K = 3200, 1.04-1.12x for
+// (512 x 128) to (2048 x 512) results, the transposed copy included (docs/BENCHMARKS.md, "The weight
+// gradients' orientation").
+Tensor wide_on_the_right(const Tensor& a, const Tensor& b) {
+  if (a.stride(0) == 1 && a.stride(1) != 1 && a.size(0) > b.size(1)) return at::mm(b.t(), a.t()).t().contiguous();
+  return at::mm(a, b);
+}
+
 // a @ b for 2-D tensors: the products of `fused` over all steps at once (Zx and the weight and input
 // gradients). Floats through oneDNN's matmul where torch has it: on this AMD EPYC it took 0.5-0.9x
 // the time of at::mm (MKL) for the (T*B x I) (I x 4H) products of the benchmark sizes (measured).
@@ -947,7 +957,7 @@ Tensor product(const Tensor& a, const Tensor& b) {
     } catch (const c10::Error&) {  // a torch built without oneDNN, or a layout it declines
     }
   }
-  return at::mm(a, b);
+  return wide_on_the_right(a, b);
 }
 
 // s_t = f_t s_{t-1} + b_t along dim 1 of (B, T, H), from s0 (B, H): one pass, B*H recurrences side by side.
