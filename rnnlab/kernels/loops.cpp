@@ -930,13 +930,16 @@ void set_split(const std::string& mode) {
   split_mode = mode == "units" ? Split::units : mode == "rows" ? Split::rows : Split::rule;
 }
 
-// at::mm(a, b), where a is a transposed view (a weight's gradient: dz^T x over all steps) and has more
-// rows than b columns, as (b^T a^T)^T: MKL, which serves where oneDNN's matmul declines (an AVX2 Zen 2
-// EPYC), ran dz^T x 1.6x slower than x^T dz for a (2048 x 64) result over K = 3200, 1.04-1.12x for
-// (512 x 128) to (2048 x 512) results, the transposed copy included (docs/BENCHMARKS.md, "The weight
-// gradients' orientation").
+// at::mm(a, b), where a is a transposed view (a weight's gradient: dz^T x over all steps) with more rows than
+// b has columns, as (b^T a^T)^T from 2^28 multiply-adds: MKL, which serves where oneDNN's matmul declines (an
+// AVX2 Zen 2 EPYC), ran dz^T x 1.6x slower than x^T dz for a (2048 x 64) result over K = 3200 and 1.12x for
+// (1024 x 256) over 6,400, the transposed copy included; smaller products gained nothing, and at B = 1
+// (K = 1000) the LSTM's forward+backward lost 2-3% (docs/BENCHMARKS.md, "The weight gradients' orientation").
+constexpr int64_t WIDE_ON_THE_RIGHT_MACS = int64_t{1} << 28;
+
 Tensor wide_on_the_right(const Tensor& a, const Tensor& b) {
-  if (a.stride(0) == 1 && a.stride(1) != 1 && a.size(0) > b.size(1)) return at::mm(b.t(), a.t()).t().contiguous();
+  const bool tall = a.size(0) > b.size(1) && a.size(0) * a.size(1) * b.size(1) >= WIDE_ON_THE_RIGHT_MACS;
+  if (tall && a.stride(0) == 1 && a.stride(1) != 1) return at::mm(b.t(), a.t()).t().contiguous();
   return at::mm(a, b);
 }
 
