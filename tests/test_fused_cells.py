@@ -108,13 +108,14 @@ def test_fused_in_float32_is_close_to_the_reference():
                                    atol=1e-5)
 
 
-def test_layer_norms_of_rows_far_from_zero_in_float32(loop):
+@pytest.mark.parametrize("rows", [4, 16])
+def test_layer_norms_of_rows_far_from_zero_in_float32(loop, rows):
     """The C++ loop's moments take a row's mean and variance in one pass, shifted by one of the row's own
     values: a row of pre-activations offset by 1000 (a constant input feature of weight 1000) keeps its
-    spread of about 0.35, where E[v^2] - mean^2 in float32 (ulp(10^6) = 0.06) would lose most of it. 16 rows and no
-    gradient: the steps normalise x_t U^T themselves (time_major.steps_multiply_inputs), not torch's layer_norm."""
+    spread of about 0.35, where E[v^2] - mean^2 in float32 (ulp(10^6) = 0.06) would lose most of it. Without
+    a gradient the steps normalise x_t U^T themselves: with 16 rows they compute it too
+    (time_major.steps_multiply_inputs), with 4 it is one product over all steps."""
     torch.manual_seed(5)
-    rows = 16
     cell = R.LayerNormLSTMCell(I + 1, H)
     with torch.no_grad():
         cell.weight_ih[:, 0] = 1e3

@@ -621,9 +621,8 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
   TORCH_CHECK_VALUE(hs.dim() == 3, "layernorm_forward: hs must be (T, B, H)");
   const int64_t steps = hs.size(0);
   expect_forward(expect, gates, optional<Tensor>(), inputs, weight, steps, batch, H);
-  TORCH_CHECK_VALUE(static_cast<bool>(inputs) == static_cast<bool>(gain_x) &&
-                        static_cast<bool>(inputs) == static_cast<bool>(shift_x),
-                    "layernorm_forward: gain_x and shift_x come exactly with inputs");
+  TORCH_CHECK_VALUE(static_cast<bool>(gain_x) == static_cast<bool>(shift_x) && (!inputs || gain_x),
+                    "layernorm_forward: gain_x and shift_x come together, and with inputs");
   expect(gain_x, "gain_x", {4 * H});
   expect(shift_x, "shift_x", {4 * H});
   expect(h0, "h0", {batch, H}, false);
@@ -671,7 +670,7 @@ void layernorm_forward(const std::string& act_name, const std::string& sigma_nam
                             [&](int64_t r0, int64_t r1) {
         for (int64_t b = r0; b < r1; ++b) {
           T* __restrict__ gb = g_t + b * 4 * H;
-          if (inputs) {  // gb = LN_x(x_t U^T), gain and shift in the same pass
+          if (gx) {  // gb = LN_x(x_t U^T), gain and shift in the same pass (x_t U^T the step's, or given in gb)
             const auto [mean, rstd] = moments(gb, 4 * H, eps_x);
 #pragma omp simd
             for (int64_t k = 0; k < 4 * H; ++k) gb[k] = gx[k] * ((gb[k] - mean) * rstd) + sx[k];

@@ -65,7 +65,7 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
         shift = _sum(_sum(cell.norm_ih.bias, bias), cell.norm_hh.bias if cell.norm_hh is not None else None)
         differentiable = (inputs, weight, cell.norm_ih.weight, shift, cell.weight_hh, mh, h0, c0, *loop.extras(cell))
         if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)) \
-                and _extension(inputs) is not None and steps_multiply_inputs(inputs, weight, cell.weight_hh):
+                and _extension(inputs) is not None:
             return _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, last, unsort)
         if torch.is_grad_enabled() and (inputs.requires_grad or weight.requires_grad):
             zx = LinearProduct.apply(inputs, weight)
@@ -86,11 +86,17 @@ def fused(cell: Cell, xs: torch.Tensor, state: State, y_prev: torch.Tensor | Non
 
 
 def _layernorm_inference(cell, loop, inputs, weight, shift, mh, h0, c0, sizes, last, unsort):
-    """The layer-norm LSTM where nothing is differentiated and the weights stay in cache: each C++
-    step computes its rows of Zx = LN_x(x_t U^T) itself, into a gate buffer of one step; no autograd."""
+    """The layer-norm LSTM where nothing is differentiated, in the C++ loop, no autograd: each step normalises
+    its rows of Zx = x_t U^T itself (LN_x), where the weights stay in cache also computing them, into a gate
+    buffer of one step; else they are one product over all steps, normalised in place (no pass of ATen's
+    layer_norm over them, whose output would be a second (T, B, 4H) buffer)."""
     tape = _Tape(inputs.shape[0], sizes, last, save=False)
-    gates = tape.new(inputs, weight.shape[0], ring=1)
-    own = (inputs, weight, cell.norm_ih.weight.contiguous(), shift.contiguous(), cell.norm_ih.eps)
+    norm = (cell.norm_ih.weight.contiguous(), shift.contiguous(), cell.norm_ih.eps)
+    if steps_multiply_inputs(inputs, weight, cell.weight_hh):
+        gates, own = tape.new(inputs, weight.shape[0], ring=1), (inputs, weight, *norm)
+    else:
+        gates = product(inputs.reshape(-1, inputs.shape[-1]), weight.t()).view(*inputs.shape[:2], -1)
+        own = (None, None, *norm)
     hs, cs, *_ = loop.forward(tape, gates, cell.weight_hh, mh, loop.extras(cell), h0.contiguous(), c0.contiguous(),
                               own)
     ys, h_final, c_final = hs.transpose(0, 1), tape.final(hs), tape.final(cs)
