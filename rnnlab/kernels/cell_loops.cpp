@@ -75,8 +75,8 @@ Expect expect_gates(const char* where, const Tensor& gates) {
   return Expect{where, gates.scalar_type()};
 }
 
-// The lanes of a vector summed: float's by torch's shuffle tree (three adds for eight lanes, where a loop
-// over them waits out eight), double's (the tests' dtype) in a loop
+// The lanes of a vector summed: float's by torch's shuffle tree (three adds for 8 lanes, four for 16, where a loop
+// over them waits out every lane), double's (the tests' dtype) in a loop
 template <typename T>
 T lanes_sum(const at::vec::Vectorized<T>& v) {
   using V = at::vec::Vectorized<T>;
